@@ -1,0 +1,183 @@
+"""Every error Conveyor raises, in one tree.
+
+::
+
+    ConveyorError
+    ├── MLServerError                  MLServer's base, with an HTTP-like status_code
+    │   ├── InferenceError             the model failed on a request
+    │   │   └── RemoteError            ... on a worker: carries the exception's type and message
+    │   ├── ModelNotFound              no such model (or version)
+    │   ├── ModelNotReady
+    │   ├── MethodNotAllowed           the model does not expose that method
+    │   ├── InvalidModelURI
+    │   └── ModelParametersMissing
+    ├── ModelSettingsError             a model folder or model-settings.json is unusable
+    ├── WireError                      an entry read from Redis is not a valid Conveyor entry
+    ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
+    ├── DeadlineExceeded               no answer in time (also a TimeoutError)
+    │   └── NoWorkerError              ... and no worker ever took the job
+    ├── QueueFull                      the model's backlog is at its limit
+    ├── PayloadTooLarge                a payload is over the size limit
+    └── DeadLettered                   the job failed too often and was dead-lettered
+
+``conveyor.codecs.CodecError`` is an ``MLServerError`` too, as in MLServer.
+Errors cross the wire as data (type name, message), never pickled.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "BrokerConnectionError",
+    "ConveyorError",
+    "DeadLettered",
+    "DeadlineExceeded",
+    "InferenceError",
+    "InvalidModelURI",
+    "MLServerError",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "ModelNotReady",
+    "ModelParametersMissing",
+    "ModelSettingsError",
+    "NoWorkerError",
+    "PayloadTooLarge",
+    "QueueFull",
+    "RemoteError",
+    "WireError",
+)
+
+
+class ConveyorError(Exception):
+    """Base class of every error Conveyor raises."""
+
+
+class MLServerError(ConveyorError):
+    """MLServer's base error; ``status_code`` follows MLServer's HTTP mapping."""
+
+    def __init__(self, msg: str, status_code: int = 400) -> None:
+        super().__init__(msg)
+        self.status_code = status_code
+
+
+class InferenceError(MLServerError):
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, 400)
+
+
+class RemoteError(InferenceError):
+    """A model raised on a worker; ``type_name`` is the remote exception's class name."""
+
+    def __init__(self, type_name: str, message: str, *, request_id: str | None = None) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.request_id = request_id
+        super().__init__(f"{type_name}: {message}")
+
+
+class ModelNotFound(MLServerError):
+    def __init__(self, name: str, version: str | None = None) -> None:
+        self.name = name
+        self.version = version
+        msg = f"Model {name} not found"
+        if version is not None:
+            msg = f"Model {name} with version {version} not found"
+        super().__init__(msg, 404)
+
+
+class ModelNotReady(MLServerError):
+    def __init__(self, name: str, version: str | None = None) -> None:
+        msg = f"Model {name} is not ready yet."
+        if version is not None:
+            msg = f"Model {name} with version {version} is not ready yet."
+        super().__init__(msg, 400)
+
+
+class MethodNotAllowed(MLServerError):
+    """The model does not expose the method a job asked for."""
+
+    def __init__(self, model: str, method: str, allowed: list[str]) -> None:
+        self.model = model
+        self.method = method
+        self.allowed = allowed
+        super().__init__(
+            f"model {model!r} does not expose method {method!r}; "
+            f"callable methods are: {', '.join(sorted(allowed))}",
+            400,
+        )
+
+
+class InvalidModelURI(MLServerError):
+    def __init__(self, name: str, model_uri: str | None = None) -> None:
+        msg = f"Invalid URI specified for model {name}"
+        if model_uri:
+            msg += f" ({model_uri})"
+        super().__init__(msg, 422)
+
+
+class ModelParametersMissing(MLServerError):
+    def __init__(self, model_name: str) -> None:
+        super().__init__(f"Parameters missing for model {model_name}", 400)
+
+
+class ModelSettingsError(ConveyorError):
+    """A model folder cannot be used: missing or invalid model-settings.json, bad import."""
+
+
+class WireError(ConveyorError):
+    """An entry read from Redis is not a valid Conveyor entry; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class BrokerConnectionError(ConveyorError, ConnectionError):
+    """Redis at ``url`` (shown without its password) could not be reached."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        super().__init__(f"cannot reach Redis at {url}: {reason}")
+
+
+class DeadlineExceeded(ConveyorError, TimeoutError):
+    """No answer within the call's timeout; ``except TimeoutError`` catches it too."""
+
+    def __init__(self, request_id: str, timeout_s: float, detail: str = "") -> None:
+        self.request_id = request_id
+        self.timeout_s = timeout_s
+        msg = f"no answer to request {request_id} within {timeout_s:.1f}s"
+        super().__init__(f"{msg}; {detail}" if detail else msg)
+
+
+class NoWorkerError(DeadlineExceeded):
+    """The call timed out and no worker ever took the job from the model's queue."""
+
+    def __init__(self, request_id: str, timeout_s: float, model: str) -> None:
+        self.model = model
+        super().__init__(
+            request_id,
+            timeout_s,
+            f"no worker consumed the job: is a worker serving model {model!r} running "
+            "and connected to this Redis?",
+        )
+
+
+class QueueFull(ConveyorError):
+    def __init__(self, model: str, backlog: int, limit: int) -> None:
+        self.model, self.backlog, self.limit = model, backlog, limit
+        super().__init__(
+            f"queue of model {model!r} is full ({backlog} jobs waiting, limit {limit}); "
+            "retry later or start more workers"
+        )
+
+
+class PayloadTooLarge(ConveyorError):
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(f"payload of {size} bytes is over the limit of {limit} bytes")
+
+
+class DeadLettered(ConveyorError):
+    def __init__(self, request_id: str, model: str, reason: str) -> None:
+        self.request_id, self.model, self.reason = request_id, model, reason
+        super().__init__(f"request {request_id} to model {model!r} was dead-lettered: {reason}")
