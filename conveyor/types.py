@@ -38,12 +38,12 @@ class BaseModel(pydantic.BaseModel):
 
     model_config = ConfigDict(protected_namespaces=(), use_enum_values=True)
 
-    def model_dump(  # type: ignore[override]
+    def model_dump(
         self, *, exclude_unset: bool = True, exclude_none: bool = True, **kwargs: Any
     ) -> dict[str, Any]:
         return super().model_dump(exclude_unset=exclude_unset, exclude_none=exclude_none, **kwargs)
 
-    def model_dump_json(  # type: ignore[override]
+    def model_dump_json(
         self, *, exclude_unset: bool = True, exclude_none: bool = True, **kwargs: Any
     ) -> str:
         return super().model_dump_json(
@@ -96,7 +96,7 @@ class TensorData(RootModel[Any]):
     def _serialize_json(self, root: Any) -> Any:
         return _to_json_value(root)
 
-    def __iter__(self) -> Any:  # type: ignore[override]
+    def __iter__(self) -> Any:
         return iter(self.root)
 
     def __getitem__(self, idx: Any) -> Any:
