@@ -1,0 +1,430 @@
+"""A model's settings, read from MLServer's ``model-settings.json``.
+
+Every field MLServer's ``ModelSettings`` and ``ModelParameters`` have is accepted, so an
+existing file loads unchanged; unknown keys are ignored, as MLServer does. Conveyor adds a few
+fields of its own (timeout, deliveries, queue and payload limits), each optional.
+
+Unlike MLServer, nothing here reads environment variables: a worker reads its settings once
+and passes them down.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlparse
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+
+from conveyor.errors import ModelSettingsError
+from conveyor.types import MetadataTensor
+
+if TYPE_CHECKING:
+    from conveyor.model import MLModel
+
+__all__ = (
+    "DEFAULT_MODEL_SETTINGS_FILENAME",
+    "ModelParameters",
+    "ModelSettings",
+    "find_model_settings",
+    "load_model_settings",
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_SETTINGS_FILENAME = "model-settings.json"
+
+# 64 MiB: well under Redis' 512 MB bulk-string limit, and big enough for most tensors.
+_DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+
+class ModelParameters(BaseModel):
+    """Settings of one instance (e.g. one version) of a model, as in MLServer.
+
+    Unknown keys are kept (``extra="allow"``), since MLServer runtimes read their own
+    ones with ``getattr(settings.parameters, "my_key", default)``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    uri: str | None = None
+    """Where the model's artefacts are; a relative path is relative to the settings' folder."""
+
+    version: str | None = None
+    """Version of the model."""
+
+    environment_path: str | None = None
+    """MLServer: a Python environment to load the model in. Kept; Conveyor ignores it."""
+
+    environment_tarball: str | None = None
+    """MLServer: a tarball of that environment. Kept; Conveyor ignores it."""
+
+    inference_pool_gid: str | None = None
+    """MLServer: the inference pool group to serve the model in. Kept; Conveyor ignores it."""
+
+    autogenerate_inference_pool_gid: bool = False
+    """MLServer: generate ``inference_pool_gid`` (a UUID) when it is not set."""
+
+    format: str | None = None
+    """Format of the model's artefacts (only some runtimes read it)."""
+
+    content_type: str | None = None
+    """Default content type of requests and responses."""
+
+    # Arbitrary JSON, read by the runtime itself: typed as what json.load returns.
+    extra: dict[str, Any] | None = Field(default_factory=dict)
+    """Runtime-specific settings."""
+
+    @model_validator(mode="after")
+    def _autogenerate_inference_pool_gid(self) -> Self:
+        if self.autogenerate_inference_pool_gid and self.inference_pool_gid is None:
+            self.inference_pool_gid = str(uuid.uuid4())
+        return self
+
+
+class ModelSettings(BaseModel):
+    """What MLServer's ``model-settings.json`` holds, plus Conveyor's own limits.
+
+    ``implementation`` is a property: it imports the class named by the file the first time
+    it is read (see :attr:`implementation`). Dumps use ``"implementation"`` as the key, so a
+    dump loads back.
+    """
+
+    model_config = ConfigDict(extra="ignore", serialize_by_alias=True)
+
+    # The file these settings came from (absolute), as MLServer's `_source`.
+    _source: str | None = PrivateAttr(default=None)
+    # The imported class, with the import path it was imported for.
+    _resolved: tuple[str, type[MLModel]] | None = PrivateAttr(default=None)
+
+    # The import path of the runtime class: read it through `implementation`, which imports
+    # it. The name (with its trailing underscore) is MLServer's.
+    implementation_: str = Field(alias="implementation")
+
+    name: str = ""
+    """Name of the model; when loaded from a folder, defaults to the folder's name."""
+
+    platform: str = ""
+    """Framework the model was trained with (e.g. ``sklearn``), reported by ``metadata()``."""
+
+    versions: list[str] = Field(default_factory=list)
+    """Versions of the dependencies the model was trained with (e.g. ``sklearn/1.4.0``)."""
+
+    inputs: list[MetadataTensor] = Field(default_factory=list)
+    """Metadata of the inputs the model accepts; their content types steer decoding."""
+
+    outputs: list[MetadataTensor] = Field(default_factory=list)
+    """Metadata of the outputs the model returns; their content types steer encoding."""
+
+    parallel_workers: int | None = Field(
+        default=None,
+        deprecated="MLServer's per-model parallel_workers: Conveyor scales by running workers",
+    )
+
+    warm_workers: bool = Field(
+        default=False,
+        deprecated="MLServer's warm_workers: Conveyor's workers load their models at start",
+    )
+
+    max_batch_size: int = 0
+    """Adaptive batching: most requests grouped into one ``predict`` (0 disables it)."""
+
+    max_batch_time: float = 0.0
+    """Adaptive batching: seconds to wait for a batch to fill."""
+
+    parameters: ModelParameters | None = None
+    """Settings of this instance of the model."""
+
+    cache_enabled: bool = False
+    """MLServer: cache this model's predictions. Kept; Conveyor does not cache."""
+
+    # --- Conveyor's own fields -----------------------------------------------------------
+
+    timeout: float = Field(default=60.0, gt=0)
+    """Seconds a client waits for an answer when the call gives no timeout of its own."""
+
+    max_deliveries: int = Field(default=3, ge=1)
+    """Deliveries of a job (first one included) before it is dead-lettered; a worker that
+    dies mid-job causes a redelivery."""
+
+    max_queue_length: int | None = Field(default=None, ge=1)
+    """Most jobs waiting in the model's queue; a client's call beyond it fails with
+    ``QueueFull``. ``None``: unbounded."""
+
+    max_payload_bytes: int = Field(default=_DEFAULT_MAX_PAYLOAD_BYTES, ge=1)
+    """Largest encoded request or response accepted, in bytes (default 64 MiB)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _take_source_and_class(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        # MLServer accepts `_source` as a key and a class as `implementation`; neither is a
+        # field, so take them out before validating and put them on the instance after.
+        source: object = None
+        klass: type | None = None
+        if isinstance(data, dict):
+            data = dict(data)
+            source = data.pop("_source", None)
+            if isinstance(data.get("implementation"), type):
+                klass = data["implementation"]
+                data["implementation"] = _import_path(klass)
+        settings = handler(data)
+        if source is not None:
+            settings._source = str(source)
+        if klass is not None:
+            settings._resolved = (settings.implementation_, klass)
+        return settings
+
+    @classmethod
+    def parse_file(cls, path: str | os.PathLike[str]) -> Self:  # type: ignore[override]
+        """Reads one ``model-settings.json``, as MLServer's ``ModelSettings.parse_file``.
+
+        Unlike :func:`load_model_settings`, it does not default the name or the URI.
+        Raises :class:`~conveyor.errors.ModelSettingsError` naming the file and the problem.
+        """
+        source = os.path.abspath(path)
+        try:
+            with open(source, encoding="utf-8") as file:
+                obj = json.load(file)
+        except FileNotFoundError as exc:
+            raise ModelSettingsError(f"{source}: no such file") from exc
+        except json.JSONDecodeError as exc:
+            raise ModelSettingsError(
+                f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelSettingsError(f"{source}: cannot read: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise ModelSettingsError(
+                f"{source}: expected a JSON object, got a JSON {type(obj).__name__}"
+            )
+        try:
+            return cls.model_validate({**obj, "_source": source})
+        except ValidationError as exc:
+            raise ModelSettingsError(f"{source}: {_describe(exc)}") from exc
+
+    @property
+    def source(self) -> str | None:
+        """The absolute path of the file these settings were read from, if any."""
+        return self._source
+
+    @property
+    def version(self) -> str | None:
+        """The model's version, from ``parameters.version``."""
+        return self.parameters.version if self.parameters is not None else None
+
+    @property
+    def implementation(self) -> type[MLModel]:
+        """The runtime class, imported the first time this is read.
+
+        For settings read from a file, the file's folder is put first on ``sys.path`` for
+        the import (and only for it), so ``"mymodel.MyModel"`` finds the ``mymodel.py``
+        beside the file, even when another folder's ``mymodel`` was imported before.
+        Only the module named by ``implementation`` is imported.
+
+        Raises :class:`~conveyor.errors.ModelSettingsError` if the import fails or the
+        object is not an :class:`~conveyor.model.MLModel` subclass.
+        """
+        if self._resolved is not None and self._resolved[0] == self.implementation_:
+            return self._resolved[1]
+        folder = Path(self._source).parent if self._source else None
+        klass = _import_implementation(self.implementation_, folder, self._where())
+        self._resolved = (self.implementation_, klass)
+        return klass
+
+    @implementation.setter
+    def implementation(self, value: type[MLModel]) -> None:
+        self.implementation_ = _import_path(value)
+        self._resolved = (self.implementation_, value)
+
+    def _where(self) -> str:
+        return self._source or f"settings of model {self.name!r}"
+
+
+def load_model_settings(path: str | os.PathLike[str]) -> ModelSettings:
+    """Reads a model folder's ``model-settings.json`` (or the file itself, if given).
+
+    As MLServer's model repository: the name defaults to the folder's name, and the URI to
+    the folder. A relative ``parameters.uri`` (one without a scheme such as ``s3://``) is made
+    absolute against the folder. The implementation is not imported yet.
+    Raises :class:`~conveyor.errors.ModelSettingsError`.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / DEFAULT_MODEL_SETTINGS_FILENAME
+    settings = ModelSettings.parse_file(file)
+    folder = Path(settings.source or file).parent
+
+    if not settings.name:
+        settings.name = folder.name
+    elif not _folder_matches(folder.name, settings):
+        logger.warning(
+            "model_settings.name_mismatch model=%s folder=%s file=%s",
+            settings.name,
+            folder.name,
+            settings.source,
+        )
+
+    if settings.parameters is None:
+        settings.parameters = ModelParameters()
+    settings.parameters.uri = _resolve_uri(settings.parameters.uri, folder)
+    return settings
+
+
+def find_model_settings(paths: Iterable[str | os.PathLike[str]]) -> list[ModelSettings]:
+    """Loads every model under ``paths``: model folders, or folders of model folders.
+
+    Each folder is searched recursively for ``model-settings.json`` (hidden folders are
+    skipped, as MLServer's glob does); a path may also be the file itself. A file reached
+    twice is loaded once. Unlike MLServer, which logs and skips a broken file, this fails:
+    a worker should not start without a model it was asked to serve.
+
+    Raises :class:`~conveyor.errors.ModelSettingsError` if a path does not exist, holds no
+    model-settings.json, a file is invalid, or two files declare the same name and version.
+    """
+    found: list[ModelSettings] = []
+    seen_files: set[str] = set()
+    seen_models: dict[tuple[str, str | None], str] = {}
+    for path in paths:
+        for file in _settings_files(Path(path)):
+            if str(file) in seen_files:
+                continue
+            seen_files.add(str(file))
+            settings = load_model_settings(file)
+            key = (settings.name, settings.version)
+            if key in seen_models:
+                raise ModelSettingsError(
+                    f"{settings.source}: model {settings.name!r} (version {settings.version}) "
+                    f"is also declared by {seen_models[key]}; rename one of them"
+                )
+            seen_models[key] = str(settings.source)
+            found.append(settings)
+    return found
+
+
+def _settings_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path.resolve()]
+    if not path.is_dir():
+        raise ModelSettingsError(f"{path}: no such file or folder")
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(path.resolve()):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if DEFAULT_MODEL_SETTINGS_FILENAME in names:
+            files.append(Path(folder, DEFAULT_MODEL_SETTINGS_FILENAME))
+    if not files:
+        raise ModelSettingsError(
+            f"{path}: no {DEFAULT_MODEL_SETTINGS_FILENAME} in this folder or below it"
+        )
+    return files
+
+
+def _folder_matches(folder_name: str, settings: ModelSettings) -> bool:
+    # As MLServer (and Triton): a model's folder is named for the model or for its version.
+    return folder_name in (settings.name, settings.version)
+
+
+def _resolve_uri(uri: str | None, folder: Path) -> str:
+    if not uri:
+        return str(folder)
+    if urlparse(uri).scheme:
+        return uri  # s3://, gs://, file://...: the runtime's business
+    return os.path.normpath(folder / uri)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "(the whole object)"
+        problem = f"field {field!r}: {error['msg']}"
+        if error["type"] != "missing":
+            got = repr(error["input"])
+            problem += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
+        problems.append(problem)
+    return "invalid model settings: " + "; ".join(problems)
+
+
+def _import_path(klass: type) -> str:
+    return f"{klass.__module__}.{klass.__qualname__}"
+
+
+def _import_implementation(import_path: str, folder: Path | None, where: str) -> type[MLModel]:
+    from conveyor.model import MLModel  # here, not above: conveyor.model imports this module
+
+    separator = ":" if ":" in import_path else "."
+    module_name, _, attr = import_path.rpartition(separator)
+    if not module_name or not attr:
+        raise ModelSettingsError(
+            f"{where}: implementation {import_path!r} is not an import path like 'module.ClassName'"
+        )
+    try:
+        with _importing_from(folder, module_name):
+            module = importlib.import_module(module_name)
+    except Exception as exc:  # anything the module raises while it is imported
+        raise ModelSettingsError(
+            f"{where}: cannot import module {module_name!r} of implementation "
+            f"{import_path!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        klass = getattr(module, attr)
+    except AttributeError as exc:
+        raise ModelSettingsError(
+            f"{where}: module {module_name!r} ({module.__file__}) has no {attr!r}, named by "
+            f"implementation {import_path!r}: {exc}"
+        ) from exc
+    if not (isinstance(klass, type) and issubclass(klass, MLModel)):
+        raise ModelSettingsError(
+            f"{where}: implementation {import_path!r} is {klass!r}, not a subclass of "
+            "conveyor.MLModel (a runtime ported from MLServer imports MLModel from conveyor)"
+        )
+    return klass
+
+
+@contextmanager
+def _importing_from(folder: Path | None, module_name: str) -> Iterator[None]:
+    """Puts ``folder`` first on ``sys.path`` while importing ``module_name``.
+
+    If the folder holds the module's top-level package, a module of that name imported
+    before from elsewhere (another model's ``mymodel.py``) is dropped from ``sys.modules``
+    first, so this folder's is imported. The old module object stays alive for whatever
+    uses it; MLServer reloads it in place instead, which changes the other model's code.
+    """
+    if folder is None:
+        yield
+        return
+    entry = str(folder.resolve())
+    top = module_name.partition(".")[0]
+    if (folder / f"{top}.py").is_file() or (folder / top).is_dir():
+        importlib.invalidate_caches()  # the folder may be newer than the import caches
+        loaded = sys.modules.get(top)
+        if loaded is not None and not _is_from(loaded, Path(entry)):
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        # The first equal entry is ours, at the front, unless the import reordered sys.path.
+        if entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _is_from(module: ModuleType, folder: Path) -> bool:
+    files = [getattr(module, "__file__", None), *getattr(module, "__path__", [])]
+    return any(file and Path(file).resolve().is_relative_to(folder) for file in files)
