@@ -188,7 +188,7 @@ class ModelSettings(BaseModel):
         if source is not None:
             settings._source = str(source)
         if klass is not None:
-            settings._resolved = (settings.implementation_, klass)
+            settings.implementation = klass
         return settings
 
     @classmethod
@@ -250,8 +250,10 @@ class ModelSettings(BaseModel):
 
     @implementation.setter
     def implementation(self, value: type[MLModel]) -> None:
-        self.implementation_ = _import_path(value)
-        self._resolved = (self.implementation_, value)
+        import_path = _import_path(value)
+        _check_model_class(value, import_path, self._where())
+        self.implementation_ = import_path
+        self._resolved = (import_path, value)
 
     def _where(self) -> str:
         return self._source or f"settings of model {self.name!r}"
@@ -365,8 +367,6 @@ def _import_path(klass: type) -> str:
 
 
 def _import_implementation(import_path: str, folder: Path | None, where: str) -> type[MLModel]:
-    from conveyor.model import MLModel  # here, not above: conveyor.model imports this module
-
     separator = ":" if ":" in import_path else "."
     module_name, _, attr = import_path.rpartition(separator)
     if not module_name or not attr:
@@ -388,6 +388,12 @@ def _import_implementation(import_path: str, folder: Path | None, where: str) ->
             f"{where}: module {module_name!r} ({module.__file__}) has no {attr!r}, named by "
             f"implementation {import_path!r}: {exc}"
         ) from exc
+    return _check_model_class(klass, import_path, where)
+
+
+def _check_model_class(klass: object, import_path: str, where: str) -> type[MLModel]:
+    from conveyor.model import MLModel  # here, not above: conveyor.model imports this module
+
     if not (isinstance(klass, type) and issubclass(klass, MLModel)):
         raise ModelSettingsError(
             f"{where}: implementation {import_path!r} is {klass!r}, not a subclass of "

@@ -231,6 +231,11 @@ def test_an_inline_class_is_kept_and_dumps_as_its_import_path() -> None:
     assert ModelSettings.model_validate(dumped).implementation is SumModel
 
 
+def test_an_inline_class_must_be_a_model() -> None:
+    with pytest.raises(ModelSettingsError, match=r"'builtins.dict' is <class 'dict'>, not a sub"):
+        ModelSettings(name="m", implementation=dict)
+
+
 def test_implementation_setter_and_mlserver_source_key(tmp_path: Path) -> None:
     source = str(tmp_path / "model-settings.json")
     settings = ModelSettings.model_validate({"_source": source, "implementation": "x.Y"})
