@@ -26,9 +26,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import anyio
@@ -56,6 +56,8 @@ __all__ = (
     "redact_url",
     "translate_errors",
 )
+
+_T = TypeVar("_T")
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -270,6 +272,40 @@ class RedisSettings(BaseModel):
         return self._url(quote(secret, safe=""))
 
 
+def _retryable(error: Exception) -> bool:
+    # AuthenticationError is a ConnectionError to redis-py, but a wrong password or a disabled
+    # user fails the same way on every try: give up at once instead of hammering AUTH.
+    return not isinstance(error, rex.AuthenticationError | rex.AuthorizationError)
+
+
+class _Retry(Retry):
+    """redis-py's asyncio ``Retry``, except that it does not retry what cannot succeed."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[_T]],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        return await super().call_with_retry(
+            do, fail, is_retryable or _retryable, with_failure_count
+        )
+
+
+class _SyncRetry(SyncRetry):
+    """redis-py's ``Retry``, except that it does not retry what cannot succeed."""
+
+    def call_with_retry(
+        self,
+        do: Callable[[], _T],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        return super().call_with_retry(do, fail, is_retryable or _retryable, with_failure_count)
+
+
 def _retry_errors(blocking: bool) -> tuple[type[rex.RedisError], ...]:
     # A blocking connection retries only connection errors: re-sending a BLOCK whose read
     # timed out would silently wait again (DESIGN.md, redis-py pitfalls).
@@ -322,7 +358,8 @@ def create_client(
     """A ``redis.asyncio.Redis`` client with its own pool, and the options we rely on pinned.
 
     Pinned: ``decode_responses=False`` (the wire is bytes), ``protocol=2`` (:data:`PROTOCOL`),
-    a bounded retry with exponential backoff and jitter (redis-py's ``Retry``), explicit
+    a bounded retry with exponential backoff and jitter (redis-py's ``Retry``; a refused
+    password or user is not retried), explicit
     timeouts, ``health_check_interval``, TCP keepalive, and a bounded pool that makes a command
     wait for a free connection (``BlockingConnectionPool``; ``max_connections`` overrides the
     settings' size).
@@ -343,7 +380,7 @@ def create_client(
     backoff = ExponentialWithJitterBackoff(
         base=settings.retry_backoff_base, cap=settings.retry_backoff_cap
     )
-    retry = Retry(backoff, settings.retries, supported_errors=_retry_errors(blocking))
+    retry = _Retry(backoff, settings.retries, supported_errors=_retry_errors(blocking))
     connection_class: type[AsyncConnection | AsyncUnixConnection] = {
         "tcp": AsyncConnection,
         "tls": AsyncSSLConnection,
@@ -364,7 +401,7 @@ def create_sync_client(
     backoff = ExponentialWithJitterBackoff(
         base=settings.retry_backoff_base, cap=settings.retry_backoff_cap
     )
-    retry = SyncRetry(backoff, settings.retries, supported_errors=_retry_errors(blocking))
+    retry = _SyncRetry(backoff, settings.retries, supported_errors=_retry_errors(blocking))
     connection_class: type[redis.Connection | redis.UnixDomainSocketConnection] = {
         "tcp": redis.Connection,
         "tls": redis.SSLConnection,

@@ -249,17 +249,16 @@ class _State:
 
 def _finalize(state: _State) -> None:
     """Kill a server nobody closed and remove its directory (on GC or at interpreter exit)."""
-    proc = state.proc
+    proc, state.proc = state.proc, None
+    shutil.rmtree(state.dir, ignore_errors=True)  # first: a warning may be raised as an error
     if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=5)
         warnings.warn(
-            f"RedisServer pid {proc.pid} was never closed; killing it",
+            f"RedisServer pid {proc.pid} was never closed; killed it",
             ResourceWarning,
             stacklevel=1,
         )
-        proc.kill()
-        proc.wait(timeout=5)
-    state.proc = None
-    shutil.rmtree(state.dir, ignore_errors=True)
 
 
 def _conf_quote(value: str) -> str:
@@ -479,7 +478,8 @@ class RedisServer:
         """Whether the server replies to PING with anything but ``-LOADING`` (a reply such as
         ``-NOAUTH`` still means it serves commands)."""
         try:
-            with socket.create_connection((LOOPBACK, port), timeout=1.0) as raw:
+            # A short timeout: the port may be somebody else's listener that never answers.
+            with socket.create_connection((LOOPBACK, port), timeout=0.25) as raw:
                 if self._tls is None:
                     return _ping(raw)
                 context = ssl.create_default_context(cafile=str(self._tls.ca_file))
