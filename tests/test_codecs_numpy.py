@@ -66,7 +66,7 @@ def test_encode_puts_the_array_itself_in_data() -> None:
     assert isinstance(data, np.ndarray)
     # the same buffer: a view, not a copy
     assert data.__array_interface__["data"] == array.__array_interface__["data"]
-    assert (output.shape, output.datatype) == ([3, 4], "FP32")
+    assert (output.shape, Datatype(output.datatype).value) == ([3, 4], "FP32")
 
 
 def test_encode_input_matches_encode_output() -> None:
@@ -81,7 +81,7 @@ def test_encode_input_matches_encode_output() -> None:
 
 def test_zero_d_array_is_sent_as_shape_1_as_mlserver_does() -> None:
     output = NumpyCodec.encode_output("y", np.array(7.5, dtype=np.float32))
-    assert (output.shape, output.datatype) == ([1], "FP32")
+    assert (output.shape, Datatype(output.datatype).value) == ([1], "FP32")
     decoded = NumpyCodec.decode_output(output)
     assert decoded.shape == (1,)
     assert decoded.dtype == np.float32
@@ -102,7 +102,7 @@ def test_non_contiguous_array_is_made_contiguous() -> None:
 def test_big_endian_array_is_detected_and_sent_native() -> None:
     array = np.array([[1.5, -2.25], [3.0, 1e30]], dtype=">f4")
     output = NumpyCodec.encode_output("y", array)
-    assert output.datatype == "FP32"
+    assert Datatype(output.datatype).value == "FP32"
     assert output.data.root.dtype.isnative
     np.testing.assert_array_equal(NumpyCodec.decode_output(output), array)
 
@@ -222,14 +222,18 @@ def test_encode_strings_as_mlserver(
     payload: npt.NDArray[Any], shape: list[int], data: list[Any]
 ) -> None:
     output = NumpyCodec.encode_output("foo", payload)
-    assert (output.datatype, output.shape, output.data.root) == ("BYTES", shape, data)
+    assert (Datatype(output.datatype).value, output.shape, output.data.root) == (
+        "BYTES",
+        shape,
+        data,
+    )
 
 
 def test_encode_bytes_array_keeps_one_element_per_string() -> None:
     # MLServer sends `[array.tobytes()]`, one buffer; we keep the array (one element each).
     array = np.array([[b"ab"], [b"cd"]])
     output = NumpyCodec.encode_output("foo", array)
-    assert (output.datatype, output.shape) == ("BYTES", [2, 1])
+    assert (Datatype(output.datatype).value, output.shape) == ("BYTES", [2, 1])
     assert isinstance(output.data.root, np.ndarray)
     assert _json(output)["data"] == ["ab", "cd"]
     np.testing.assert_array_equal(NumpyCodec.decode_output(output), array)

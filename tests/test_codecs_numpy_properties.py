@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from conveyor.codecs import NumpyCodec
 from conveyor.codecs.numpy import to_datatype
-from conveyor.types import RequestInput, ResponseOutput
+from conveyor.types import Datatype, RequestInput, ResponseOutput
 
 NUMERIC_DTYPES = [
     np.dtype(name)
@@ -66,7 +66,7 @@ def test_round_trip_through_json(array: npt.NDArray[Any]) -> None:
 def test_response_round_trip_through_json(array: npt.NDArray[Any]) -> None:
     output = NumpyCodec.encode_output("y", array)
     parsed = ResponseOutput.model_validate_json(output.model_dump_json())
-    assert parsed.datatype == to_datatype(array.dtype).value
+    assert Datatype(parsed.datatype) is to_datatype(array.dtype)
     decoded = NumpyCodec.decode_output(parsed)
     np.testing.assert_array_equal(decoded, array.reshape(_sent_shape(array)))
 
@@ -103,7 +103,7 @@ def test_any_layout_or_byte_order_round_trips(
     data = output.data.root
     assert data.flags.c_contiguous
     assert data.dtype.isnative
-    assert output.datatype == to_datatype(array.dtype).value
+    assert Datatype(output.datatype) is to_datatype(array.dtype)
     for received in (output, ResponseOutput.model_validate_json(output.model_dump_json())):
         decoded = NumpyCodec.decode_output(received)
         np.testing.assert_array_equal(decoded, array.reshape(_sent_shape(array)))

@@ -120,11 +120,11 @@ def _to_response_output(series: pd.Series[Any], use_bytes: bool = True) -> Respo
 
 def _to_dataframe(inputs: list[RequestInput] | list[ResponseOutput]) -> pd.DataFrame:
     columns = {item.name: _to_series(item) for item in inputs}
-    try:
-        return pd.DataFrame(columns)
-    except ValueError as exc:
+    if len({len(column) for column in columns.values()}) > 1:
+        # MLServer aligns the columns on their index, padding the short ones with NaN.
         rows = ", ".join(f"{name}={len(column)}" for name, column in columns.items())
-        raise CodecError(f"columns do not have the same number of rows ({rows})") from exc
+        raise CodecError(f"columns do not have the same number of rows ({rows})")
+    return pd.DataFrame(columns)
 
 
 @register_request_codec
