@@ -13,9 +13,9 @@ URL forms (``user:password@`` is optional everywhere; percent-encode special cha
 
 Query options (any URL): ``db``, ``socket_timeout``, ``socket_connect_timeout``,
 ``max_connections``, ``pool_timeout``, ``retries``, ``health_check_interval``,
-``client_name``; TLS only (``rediss://``):
-``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` (``none``, ``optional``
-or ``required``) and ``ssl_check_hostname``. Unknown options are an error, not ignored.
+``client_name`` and ``cluster`` (reserved); TLS only (``rediss://``): ``ssl_ca_certs``,
+``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs`` (``none``, ``optional`` or ``required``)
+and ``ssl_check_hostname``. Unknown options are an error, not ignored.
 
 ``redis.asyncio`` runs on asyncio only: :func:`create_client` and :func:`ping` need an asyncio
 event loop, and a client must only be used on the loop that first used it.
@@ -326,7 +326,7 @@ def _pool_kwargs(
         "timeout": settings.pool_timeout,
         "db": settings.db,
         "username": settings.username,
-        "password": (None if settings.password is None else settings.password.get_secret_value()),
+        "password": None if settings.password is None else settings.password.get_secret_value(),
         "socket_timeout": (
             settings.blocking_socket_timeout if blocking else settings.socket_timeout
         ),
@@ -359,10 +359,9 @@ def create_client(
 
     Pinned: ``decode_responses=False`` (the wire is bytes), ``protocol=2`` (:data:`PROTOCOL`),
     a bounded retry with exponential backoff and jitter (redis-py's ``Retry``; a refused
-    password or user is not retried), explicit
-    timeouts, ``health_check_interval``, TCP keepalive, and a bounded pool that makes a command
-    wait for a free connection (``BlockingConnectionPool``; ``max_connections`` overrides the
-    settings' size).
+    password or user is not retried), explicit timeouts, ``health_check_interval``, TCP
+    keepalive, and a bounded pool that makes a command wait for a free connection
+    (``BlockingConnectionPool``; ``max_connections`` overrides the settings' size).
 
     ``blocking=True`` makes a client for blocking commands (BLMPOP, XREADGROUP BLOCK): no read
     timeout (``settings.blocking_socket_timeout``), and only connection errors are retried, so

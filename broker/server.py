@@ -5,8 +5,10 @@ process on a free loopback port, in a private temporary directory, with persiste
 asked for. It waits until the server answers ``PING``, stops it with ``SIGTERM`` (then
 ``SIGKILL`` if it lingers), and removes the directory on :meth:`RedisServer.close`. It never
 leaves an orphan: on Linux the child gets ``PR_SET_PDEATHSIG`` = ``SIGKILL`` (see
-:func:`_spawn` for why that is done from a long-lived thread), and a ``weakref.finalize`` kills
-a server that was never closed when its object is collected or the interpreter exits.
+:class:`_Spawner` for why some forks happen on a long-lived thread), and a ``weakref.finalize``
+kills a server that was never closed when its object is collected or the interpreter exits.
+Only a ``kill -9`` of our own process leaves files behind (a ``conveyor-redis-*`` directory
+under the system's temporary directory): nothing runs to remove them.
 
 Usage::
 
@@ -15,8 +17,8 @@ Usage::
         server.kill()                         # SIGKILL, as a crash would
         server.start()                        # same port, same directory
 
-    with RedisServer(args=["--appendonly", "yes"]) as server:
-        ...                                   # data survives kill() + start()
+    with RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"]) as server:
+        ...                                   # acknowledged writes survive kill() + start()
 
 This module only needs the standard library; the Redis client lives in
 :mod:`conveyor.broker.connection`. A ``RedisServer`` is not thread-safe: drive one from one
@@ -196,7 +198,18 @@ class _Spawner:
     def spawn(self, spawn: _PopenFn) -> subprocess.Popen[bytes]:
         future: Future[subprocess.Popen[bytes]] = Future()
         self._jobs.put((spawn, future))
-        return future.result(timeout=30)  # a fork + exec; only a wedged machine takes this long
+        try:
+            return future.result(timeout=30)  # a fork + exec: only a wedged machine is slower
+        except TimeoutError:
+            future.add_done_callback(_kill_late_child)  # nobody will own it: don't let it run
+            raise
+
+
+def _kill_late_child(future: Future[subprocess.Popen[bytes]]) -> None:
+    if future.exception() is None:
+        proc = future.result()
+        proc.kill()
+        proc.wait()
 
 
 _spawner_lock = threading.Lock()
@@ -307,7 +320,6 @@ class RedisServer:
             if found is None:
                 raise RedisBinaryNotFound([f"{os.fspath(binary)!r} (not an executable file)"])
             self._binary = Path(found)
-        self._fixed_port = port is not None
         self._port = port
         self._password = password
         self._tls = tls
@@ -315,12 +327,13 @@ class RedisServer:
         self._args = tuple(args)
         self._startup_timeout = startup_timeout
         self._closed = False
+        secrets = "" if password is None else f"requirepass {_conf_quote(password)}\n"
         self._state = _State(Path(tempfile.mkdtemp(prefix="conveyor-redis-")))
         self._finalizer = weakref.finalize(self, _finalize, self._state)
-        if password is not None:
+        if secrets:
             conf = self._state.dir / _CONF_NAME
-            conf.touch(mode=0o600)
-            conf.write_text(f"requirepass {_conf_quote(password)}\n", encoding="utf-8")
+            conf.touch(mode=0o600)  # in a 0700 directory, but the file is private too
+            conf.write_text(secrets, encoding="utf-8")
 
     # -- properties --
 
@@ -387,7 +400,11 @@ class RedisServer:
 
     def __enter__(self) -> Self:
         if not self.running:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.close()  # __exit__ will not run: remove the directory now
+                raise
         return self
 
     def __exit__(
@@ -410,14 +427,16 @@ class RedisServer:
             raise RedisServerError("this RedisServer is closed; create a new one")
         if self.running:
             raise RedisServerError(f"the server is already running (pid {self.pid})")
+        # A port given to us, or kept from an earlier start, is fixed; only one we pick now
+        # may be swapped for another when somebody takes it first.
+        fixed = self._port
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = self._port if self._port is not None else free_port()
+            port = fixed if fixed is not None else free_port()
             try:
                 self._start_on(port)
             except RedisStartError as exc:
-                if self._fixed_port or "already in use" not in exc.log_tail:
-                    raise
-                if attempt == _PORT_ATTEMPTS:
+                taken = "already in use" in exc.log_tail
+                if fixed is not None or not taken or attempt == _PORT_ATTEMPTS:
                     raise
                 _log.info("redis_server.port_taken port=%d attempt=%d", port, attempt)
                 continue

@@ -13,6 +13,7 @@ Tests isolate themselves with ``prefix`` (a unique key prefix); nothing flushes 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import warnings
@@ -35,9 +36,10 @@ def _docker_answers() -> bool:
     """Whether a Docker engine answers a ping within 2 s (no import at all without one)."""
     if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
         return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # docker's import-time deprecations
+    with warnings.catch_warnings():
+        # docker's import-time deprecations, and the socket it leaks when the engine is absent
+        warnings.simplefilter("ignore")
+        try:
             import docker  # type: ignore[import-untyped, unused-ignore]
 
             client = docker.from_env(timeout=2)
@@ -45,9 +47,11 @@ def _docker_answers() -> bool:
                 return bool(client.ping())
             finally:
                 client.close()
-    except Exception as exc:  # any failure means "no usable engine"
-        logger.info("redis_url.docker_unavailable reason=%r", exc)
-        return False
+        except Exception as exc:  # any failure means "no usable engine"
+            logger.info("redis_url.docker_unavailable reason=%r", exc)
+            return False
+        finally:
+            gc.collect()  # while warnings are off: collect what the failed probe left behind
 
 
 @contextlib.contextmanager

@@ -103,7 +103,8 @@ def test_stop_keeps_the_directory_and_start_resumes(
 def test_restart_with_appendonly_keeps_data_on_the_same_port(
     client_of: Callable[[RedisServer], redis.Redis],
 ) -> None:
-    with RedisServer(args=["--appendonly", "yes"]) as server:
+    # appendfsync always: what kill -9 must not lose is on disk before the reply
+    with RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"]) as server:
         client = client_of(server)
         port, first_pid = server.port, server.pid
         client.set("before-kill", "1")
@@ -164,6 +165,13 @@ def test_no_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_a_missing_explicit_binary_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RedisBinaryNotFound, match="no-such-server"):
         RedisServer(binary=tmp_path / "no-such-server")
+
+
+def test_a_failed_start_in_with_leaves_nothing_behind() -> None:
+    server = RedisServer(args=["--no-such-directive", "x"])
+    with pytest.raises(RedisStartError), server:
+        pass
+    assert not server.dir.exists()
 
 
 def test_a_server_that_fails_to_start_shows_its_log() -> None:
