@@ -597,3 +597,20 @@ def test_sync_translation_of_an_unreachable_server() -> None:
 def test_redis_exceptions_are_not_conveyor_errors() -> None:
     """The reason translate_errors exists: callers catch Conveyor's tree, never redis-py's."""
     assert not issubclass(redis.ConnectionError, ConveyorError)
+
+
+def test_module_exports() -> None:
+    import conveyor.broker.connection as module
+
+    assert module.__all__ == (
+        "DEFAULT_REDIS_URL",
+        "PROTOCOL",
+        "RedisSettings",
+        "create_client",
+        "create_sync_client",
+        "default_redis_url",
+        "ping",
+        "redact_url",
+        "translate_errors",
+    )
+    assert all(hasattr(module, name) for name in module.__all__)

@@ -300,3 +300,18 @@ def test_unix_socket_url() -> None:
             assert client.ping()
         finally:
             client.close()
+
+
+def test_module_exports() -> None:
+    import conveyor.broker.server as module
+
+    assert module.__all__ == (
+        "RedisBinaryNotFound",
+        "RedisServer",
+        "RedisServerError",
+        "RedisStartError",
+        "TLSFiles",
+        "find_redis_binary",
+        "free_port",
+    )
+    assert all(hasattr(module, name) for name in module.__all__)
