@@ -238,6 +238,8 @@ class _Encoder:
             return _ext(_EXT_SCALAR, self._array_body(np.asarray(obj)))
         if isinstance(obj, Enum):  # Datatype members in a model built with model_construct
             return obj.value
+        if isinstance(obj, int):  # msgpack hands over ints it cannot pack
+            raise ValueError(f"cannot send the int {obj}: msgpack holds 64-bit ints")
         raise TypeError(
             f"cannot send a {type(obj).__module__}.{type(obj).__qualname__} on the wire: "
             "payloads hold V2 types, numpy arrays, and None/bool/int/float/str/bytes/list/dict"
