@@ -459,7 +459,7 @@ def translate_errors(target: RedisSettings | str) -> Iterator[None]:
 
 # A timeout parameter rather than the caller's cancel scope: its expiry becomes a
 # BrokerConnectionError naming the server, which a caller's fail_after cannot say.
-async def ping(settings: RedisSettings, *, timeout: float = 10.0) -> float:  # noqa: ASYNC109
+async def ping(settings: RedisSettings, *, timeout: float = 10.0) -> float:
     """Connect, PING and disconnect; return the round trip in seconds (connection included).
 
     Waits at most ``timeout`` seconds. Needs asyncio.

@@ -115,7 +115,7 @@ class InferenceErrorResponse(BaseModel):
     error: str | None = None
 
 
-class Datatype(Enum):
+class Datatype(str, Enum):  # noqa: UP042 - MLServer's Enum; str so values compare equal
     BOOL = "BOOL"
     UINT8 = "UINT8"
     UINT16 = "UINT16"

@@ -23,6 +23,7 @@ from typing import Any, cast
 from uuid import uuid4
 
 import pytest
+
 from conveyor.broker.connection import redact_url
 from conveyor.broker.server import RedisServer
 

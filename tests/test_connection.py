@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis import exceptions as rex
+
 from conveyor.broker.connection import (
     DEFAULT_REDIS_URL,
     RedisSettings,
@@ -25,8 +27,6 @@ from conveyor.broker.connection import (
     translate_errors,
 )
 from conveyor.broker.server import RedisServer, RedisStartError, TLSFiles, free_port
-from redis import exceptions as rex
-
 from conveyor.errors import BrokerConnectionError, ConveyorError
 
 pytestmark = pytest.mark.timeout(30)

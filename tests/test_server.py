@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from conveyor.broker.server import (
     RedisBinaryNotFound,
     RedisServer,

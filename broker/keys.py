@@ -1,0 +1,63 @@
+"""The key layout: every Redis key Conveyor uses, in one place.
+
+A model's keys share the hash tag ``{<model>}`` and a client's keys share ``{<client id>}``,
+so every multi-key command stays inside one Redis Cluster slot.
+
+| key                                         | type   | what                                   |
+|---------------------------------------------|--------|----------------------------------------|
+| ``<p>:{<model>}:jobs``                      | stream | jobs for the model, any version         |
+| ``<p>:{<model>}:v:<version>:jobs``          | stream | jobs for one version of the model       |
+| ``<p>:{<model>}:dead``                      | stream | dead letters: reason, attempts, error   |
+| ``<p>:{<model>}:control``                   | stream | load / unload requests to the fleet     |
+| ``<p>:reply:{<client>}:<request id>``       | stream | result, or chunks + end, or error; TTL  |
+| ``<p>:in:{<client>}:<request id>``          | stream | inputs of one predict_stream; TTL       |
+| ``<p>:bell:{<client>}``                     | list   | request ids whose reply stream has news |
+| ``<p>:worker:<worker id>``                  | hash   | a worker's heartbeat; TTL               |
+| ``<p>:workers``                             | zset   | worker ids by last heartbeat (unix s)   |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("DEFAULT_PREFIX", "GROUP", "Keys")
+
+DEFAULT_PREFIX = "conveyor"
+GROUP = "workers"  # the one consumer group of every job stream
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds Conveyor's key names under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def jobs(self, model: str, version: str | None = None) -> str:
+        if version:
+            return f"{self.prefix}:{{{model}}}:v:{version}:jobs"
+        return f"{self.prefix}:{{{model}}}:jobs"
+
+    def dead(self, model: str) -> str:
+        return f"{self.prefix}:{{{model}}}:dead"
+
+    def control(self, model: str) -> str:
+        return f"{self.prefix}:{{{model}}}:control"
+
+    def reply(self, client_id: str, request_id: str) -> str:
+        return f"{self.prefix}:reply:{{{client_id}}}:{request_id}"
+
+    def inputs(self, client_id: str, request_id: str) -> str:
+        return f"{self.prefix}:in:{{{client_id}}}:{request_id}"
+
+    def bell(self, client_id: str) -> str:
+        return f"{self.prefix}:bell:{{{client_id}}}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def job_streams_pattern(self) -> str:
+        """A SCAN pattern matching every job stream (for inspection)."""
+        return f"{self.prefix}:{{*}}:*jobs"

@@ -1,0 +1,324 @@
+"""Stream operations: each step of a job's life as one Redis round trip.
+
+This is the one module that sends commands to Redis (connections are made in
+``connection``). The worker and the client call these steps and never see redis-py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio.client import Pipeline, Redis
+
+from conveyor.broker.batching import PipelineBatcher
+from conveyor.broker.keys import GROUP, Keys
+from conveyor.broker.wire import Fields, Job, Message, RawFields, encode_message
+
+__all__ = ("ClientStreams", "Delivery", "WorkerStreams", "is_nogroup")
+
+logger = logging.getLogger(__name__)
+
+# Replies and inputs live at least this long past the job's deadline, then expire unread.
+REPLY_GRACE_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One job entry as a worker received it."""
+
+    stream: str
+    entry_id: bytes
+    fields: RawFields
+    deliveries: int = 1  # how many times Redis has handed this entry out (fencing attempt)
+
+
+def is_nogroup(error: BaseException) -> bool:
+    return isinstance(error, redis_errors.ResponseError) and str(error).startswith("NOGROUP")
+
+
+def _entries_by_stream(response: Any) -> list[tuple[str, list[tuple[bytes, RawFields]]]]:
+    """XREAD/XREADGROUP's RESP2 reply (connections pin RESP2) as (stream, entries) pairs."""
+    if not response:
+        return []
+    return [
+        (key.decode() if isinstance(key, bytes) else str(key), [(i, f or {}) for i, f in entries])
+        for key, entries in response
+    ]
+
+
+def _add_message(pipe: Pipeline, key: str, message: Message, ttl_s: float) -> None:
+    pipe.xadd(key, encode_message(message))  # type: ignore[arg-type]
+    pipe.expire(key, max(1, int(ttl_s)))
+
+
+def _ttl_for(job: Job) -> float:
+    return max(job.deadline - time.time(), 0.0) + REPLY_GRACE_S
+
+
+class WorkerStreams:
+    """The worker's side: read jobs as one consumer of the group, answer, ack, dead-letter."""
+
+    def __init__(self, redis: Redis, keys: Keys, consumer: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.consumer = consumer
+        self.batcher = PipelineBatcher(redis)
+
+    async def ensure_groups(self, streams: Sequence[str]) -> None:
+        """Creates the consumer group of each stream from its start (so jobs sent before any
+        worker existed are served); a group that exists already is left as it is."""
+        for stream in streams:
+            try:
+                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis_errors.ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
+
+    async def read_jobs(self, streams: Sequence[str], free: int, block_s: float) -> list[Delivery]:
+        """Takes at most ``free`` new jobs from ``streams``, waiting up to ``block_s``.
+
+        XREADGROUP's COUNT is per stream, so a backlog is taken one stream at a time (in the
+        given order: rotate it for fairness) until ``free`` is reached; only when every
+        stream is empty does the worker block on all of them, and a blocked read is answered
+        with the entries of the one stream that got them. A worker never holds more jobs
+        than it can run (taskiq-redis PR #129).
+        """
+        if not streams or free <= 0:
+            return []
+        deliveries: list[Delivery] = []
+        if len(streams) > 1:
+            for stream in streams:
+                deliveries += await self._read_group({stream: ">"}, free - len(deliveries), None)
+                if len(deliveries) >= free:
+                    return deliveries
+            if deliveries:
+                return deliveries
+        return await self._read_group(dict.fromkeys(streams, ">"), free, int(block_s * 1000))
+
+    async def _read_group(
+        self, streams: dict[str, str], count: int, block_ms: int | None
+    ) -> list[Delivery]:
+        try:
+            response = await self.redis.xreadgroup(
+                GROUP,
+                self.consumer,
+                dict(streams),  # type: ignore[arg-type]  # redis-py's dict type is invariant
+                count=count,
+                block=block_ms,
+            )
+        except redis_errors.ResponseError as error:
+            if not is_nogroup(error):
+                raise
+            # Redis lost the group (restarted without persistence, or the stream was deleted)
+            logger.warning("consumer group missing; recreating it streams=%s", list(streams))
+            await self.ensure_groups(list(streams))
+            return []
+        deliveries = [
+            Delivery(stream, entry_id, fields)
+            for stream, entries in _entries_by_stream(response)
+            for entry_id, fields in entries
+        ]
+        return deliveries[:count]
+
+    async def reply(self, job: Job, messages: Sequence[Message]) -> None:
+        """Writes messages to the job's reply stream and rings the client's bell."""
+        ttl = _ttl_for(job)
+
+        def add(pipe: Pipeline) -> None:
+            for message in messages:
+                _add_message(pipe, job.reply, message, ttl)
+            pipe.lpush(job.bell, job.id)
+            pipe.expire(job.bell, max(1, int(ttl)))
+
+        await self.batcher.run(add)
+
+    async def finish(
+        self, delivery: Delivery, job: Job | None, messages: Sequence[Message]
+    ) -> None:
+        """Writes the final messages, then acks and deletes the job entry, in one round trip.
+
+        The reply goes first: a crash between the two leaves a job that is delivered again,
+        never an acked job without an answer.
+        """
+        ttl = _ttl_for(job) if job is not None else REPLY_GRACE_S
+
+        def add(pipe: Pipeline) -> None:
+            if job is not None and messages:
+                for message in messages:
+                    _add_message(pipe, job.reply, message, ttl)
+                pipe.lpush(job.bell, job.id)
+                pipe.expire(job.bell, max(1, int(ttl)))
+            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
+            pipe.xdel(delivery.stream, delivery.entry_id)
+
+        await self.batcher.run(add)
+
+    async def requeue(self, delivery: Delivery) -> None:
+        """Puts a job this worker cannot run now (its model was just unloaded here) back at
+        the end of its stream for another worker, then acks and deletes this delivery."""
+        fields = dict(delivery.fields)
+
+        def add(pipe: Pipeline) -> None:
+            pipe.xadd(delivery.stream, fields)  # type: ignore[arg-type]
+            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
+            pipe.xdel(delivery.stream, delivery.entry_id)
+
+        await self.batcher.run(add)
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        dead_stream: str,
+        reason: str,
+        *,
+        job: Job | None = None,
+        error_message: Message | None = None,
+    ) -> None:
+        """Moves an entry to the dead-letter stream with its reason, then acks and deletes it.
+
+        The original fields are kept as they were (binary ones included) so `dlq retry` can
+        send the job again; the reason and bookkeeping are added as readable fields.
+        """
+        dead: dict[str | bytes, Any] = {
+            "dead_reason": reason,
+            "dead_at": f"{time.time():.3f}",
+            "dead_from": delivery.stream,
+            "dead_entry": delivery.entry_id,
+            "dead_deliveries": str(delivery.deliveries),
+            "dead_consumer": self.consumer,
+        }
+        for name, value in delivery.fields.items():
+            if name not in dead:
+                dead[name] = value
+        ttl = _ttl_for(job) if job is not None else REPLY_GRACE_S
+
+        def add(pipe: Pipeline) -> None:
+            pipe.xadd(dead_stream, dead, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            if job is not None and error_message is not None:
+                _add_message(pipe, job.reply, error_message, ttl)
+                pipe.lpush(job.bell, job.id)
+                pipe.expire(job.bell, max(1, int(ttl)))
+            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
+            pipe.xdel(delivery.stream, delivery.entry_id)
+
+        await self.batcher.run(add)
+
+    async def read_inputs(
+        self, key: str, after: bytes, block_s: float
+    ) -> list[tuple[bytes, RawFields]]:
+        """Reads a predict_stream's input entries after ``after``, waiting up to ``block_s``."""
+        response = await self.redis.xread({key: after}, count=64, block=int(block_s * 1000))
+        return [entry for _, entries in _entries_by_stream(response) for entry in entries]
+
+    async def read_control(
+        self, cursors: Mapping[str, bytes], block_s: float
+    ) -> list[tuple[str, bytes, RawFields]]:
+        """Reads load/unload requests sent to the fleet after each stream's cursor."""
+        response = await self.redis.xread(
+            dict(cursors),  # type: ignore[arg-type]  # redis-py's dict type is invariant
+            count=16,
+            block=int(block_s * 1000),
+        )
+        return [
+            (stream, entry_id, fields)
+            for stream, entries in _entries_by_stream(response)
+            for entry_id, fields in entries
+        ]
+
+    async def control_cursors(self, streams: Sequence[str]) -> dict[str, bytes]:
+        """The id of the last entry of each control stream, to read only what comes next."""
+        cursors: dict[str, bytes] = {}
+        for stream in streams:
+            last = await self.redis.xrevrange(stream, count=1)
+            entry_id = last[0][0] if last else b"0-0"
+            cursors[stream] = entry_id if isinstance(entry_id, bytes) else b"0-0"
+        return cursors
+
+
+class ClientStreams:
+    """The client's side: send jobs, wait on the doorbell, read reply streams."""
+
+    def __init__(self, redis: Redis, blocking: Redis, keys: Keys, client_id: str) -> None:
+        self.redis = redis
+        self.blocking = blocking  # one connection's worth, for BLMPOP
+        self.keys = keys
+        self.client_id = client_id
+        self.bell = keys.bell(client_id)
+        self.batcher = PipelineBatcher(redis)
+
+    async def send_job(self, stream: str, fields: Fields) -> bytes:
+        """XADDs one job and returns its entry id (pipelined with other callers' jobs)."""
+
+        def add(pipe: Pipeline) -> None:
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+
+        results = await self.batcher.run(add)
+        entry_id = results[-1]
+        assert isinstance(entry_id, bytes)
+        return entry_id
+
+    async def send_control(self, stream: str, fields: Fields) -> None:
+        """XADDs a load/unload request to a model's control stream (kept short)."""
+
+        def add(pipe: Pipeline) -> None:
+            pipe.xadd(stream, fields, maxlen=1000, approximate=True)  # type: ignore[arg-type]
+
+        await self.batcher.run(add)
+
+    async def send_inputs(self, key: str, entries: Sequence[Fields], ttl_s: float) -> None:
+        def add(pipe: Pipeline) -> None:
+            for entry in entries:
+                pipe.xadd(key, entry)  # type: ignore[arg-type]
+            pipe.expire(key, max(1, int(ttl_s)))
+
+        await self.batcher.run(add)
+
+    async def wait_bell(self, block_s: float, unlink: Sequence[str] = ()) -> list[str]:
+        """Deletes finished reply streams, then waits up to ``block_s`` for rung request ids."""
+        pipe = self.blocking.pipeline(transaction=False)
+        if unlink:
+            pipe.unlink(*unlink)
+        pipe.blmpop(block_s, 1, self.bell, direction="RIGHT", count=1000)
+        results = await pipe.execute()
+        popped = results[-1]
+        if not popped:
+            return []
+        return [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in popped[1]]
+
+    async def read_replies(
+        self, cursors: Mapping[str, bytes]
+    ) -> list[tuple[str, list[tuple[bytes, RawFields]]]]:
+        """Reads every reply stream after its cursor, in one XREAD (all in one slot)."""
+        response = await self.blocking.xread(dict(cursors), count=1000)  # type: ignore[arg-type]
+        return list(_entries_by_stream(response))
+
+    async def job_was_taken(self, stream: str, entry_id: bytes) -> bool:
+        """Whether any worker's consumer group has been handed the entry."""
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except redis_errors.ResponseError:
+            return False  # no stream: nobody ever created the group
+        for group in groups:
+            if group.get("name") in (GROUP, GROUP.encode()):
+                last = group.get("last-delivered-id") or b"0-0"
+                return _id_tuple(last) >= _id_tuple(entry_id)
+        return False
+
+    async def withdraw_job(self, stream: str, entry_id: bytes) -> None:
+        """Deletes a job that the caller gave up on, so no worker runs it later."""
+        await self.redis.xdel(stream, entry_id)
+
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self.redis.unlink(*keys)
+
+
+def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,184 @@
+"""The ``conveyor`` command line. Errors print as one readable line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from conveyor.broker.connection import default_redis_url
+from conveyor.broker.keys import DEFAULT_PREFIX
+from conveyor.errors import ConveyorError
+
+__all__ = ("app", "main")
+
+app = typer.Typer(
+    name="conveyor",
+    help="Serve MLServer-style models from a fleet of workers over Redis Streams.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+RedisOption = Annotated[
+    str | None,
+    typer.Option("--redis", help="Redis URL (default: $CONVEYOR_REDIS_URL or local Redis)."),
+]
+PrefixOption = Annotated[str, typer.Option("--prefix", help="Key prefix in Redis.")]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(error: BaseException) -> typer.Exit:
+    typer.echo(f"error: {error}", err=True)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def worker(
+    model_dirs: Annotated[list[Path], typer.Argument(help="Model folders, or folders of them.")],
+    redis: RedisOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+    processes: Annotated[int, typer.Option(min=1, help="Worker processes to run.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once per process.")] = 16,
+    name: Annotated[str | None, typer.Option(help="Consumer name (unique in the fleet).")] = None,
+    heartbeat_ttl: Annotated[
+        float, typer.Option(help="Seconds before a silent worker is dead.")
+    ] = 10.0,
+    grace_period: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
+    log_level: LogLevelOption = "info",
+) -> None:
+    """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
+    _setup_logging(log_level)
+    from conveyor.settings import find_model_settings
+    from conveyor.worker.supervisor import supervise, worker_argv
+
+    url = redis or default_redis_url()
+    try:
+        models = find_model_settings(model_dirs)
+        for model in models:
+            model.implementation  # noqa: B018 - import now, so a bad folder fails at once
+    except ConveyorError as error:
+        raise _fail(error) from None
+    if not models:
+        raise _fail(
+            ValueError(f"no model-settings.json found in {', '.join(map(str, model_dirs))}")
+        )
+    if processes > 1:
+        args = [str(p) for p in model_dirs]
+        args += ["--redis", url, "--prefix", prefix, "--concurrency", str(concurrency)]
+        args += ["--heartbeat-ttl", str(heartbeat_ttl), "--grace-period", str(grace_period)]
+        args += ["--log-level", log_level]
+        raise typer.Exit(supervise(worker_argv(args), processes, grace_period))
+
+    import anyio
+
+    from conveyor.worker import Worker, WorkerSettings
+
+    settings = WorkerSettings(
+        redis_url=url,
+        prefix=prefix,
+        concurrency=concurrency,
+        heartbeat_ttl=heartbeat_ttl,
+        grace_period=grace_period,
+    )
+    if name:
+        settings.name = name
+    try:
+        anyio.run(lambda: Worker(settings, models).run(handle_signals=True))
+    except ConveyorError as error:
+        raise _fail(error) from None
+
+
+def _read_data(data: str) -> object:
+    text = Path(data[1:]).read_text() if data.startswith("@") else data
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _fail(ValueError(f"--data is not valid JSON: {error}")) from None
+
+
+@app.command()
+def infer(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    data: Annotated[str, typer.Option("--data", help="V2 request JSON, or @file.")],
+    version: Annotated[str | None, typer.Option(help="Model version.")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Call predict_stream.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 30.0,
+    redis: RedisOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+) -> None:
+    """Send a V2 inference request (as for MLServer) and print the V2 JSON response.
+
+    With --stream, --data may be one request or a JSON list of them; each response is
+    printed on its own line as it arrives.
+    """
+    import anyio
+
+    from conveyor.client import Client
+    from conveyor.types import InferenceRequest
+
+    raw = _read_data(data)
+    items = raw if stream and isinstance(raw, list) else [raw]
+    try:
+        requests = [InferenceRequest.model_validate(item) for item in items]
+    except ValueError as error:
+        raise _fail(ValueError(f"--data is not a V2 inference request: {error}")) from None
+
+    async def run() -> None:
+        async with Client(redis or default_redis_url(), prefix=prefix) as client:
+            parallel = client.model(model, version)
+            if not stream:
+                response = await parallel.predict(requests[0], timeout=timeout)
+                typer.echo(response.model_dump_json())
+                return
+
+            async def feed() -> AsyncIterator[InferenceRequest]:
+                for request in requests:
+                    yield request
+
+            async for chunk in parallel.predict_stream(feed(), timeout=timeout):
+                typer.echo(chunk.model_dump_json())
+
+    try:
+        anyio.run(run)
+    except ConveyorError as error:
+        raise _fail(error) from None
+
+
+@app.command()
+def up(
+    model_dirs: Annotated[
+        list[Path] | None, typer.Argument(help="Model folders (default: examples/models).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes to start.")] = 2,
+    redis: RedisOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+    log_level: LogLevelOption = "warning",
+) -> None:
+    """Run the whole thing: Redis (embedded unless --redis), workers, until Ctrl-C."""
+    _setup_logging(log_level)
+    from conveyor.cli.embedded import run_up
+
+    dirs = model_dirs or [Path("examples/models")]
+    try:
+        code = run_up(dirs, workers=workers, redis_url=redis, prefix=prefix, log_level=log_level)
+    except ConveyorError as error:
+        raise _fail(error) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

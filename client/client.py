@@ -1,0 +1,439 @@
+"""The client: sends jobs to the fleet and hands each caller its own answer.
+
+One reader per client waits on the client's doorbell (``BLMPOP``) and reads the reply
+streams it names, so any number of calls in flight share two Redis connections: one for
+sending (every waiting caller's commands pipelined together) and one for the reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from conveyor.broker.bridge import Transport, open_transport
+from conveyor.broker.connection import RedisSettings, create_client, default_redis_url
+from conveyor.broker.keys import DEFAULT_PREFIX, Keys
+from conveyor.broker.streams import ClientStreams
+from conveyor.broker.wire import (
+    Fields,
+    Job,
+    Message,
+    MessageType,
+    Payload,
+    decode_message,
+    encode_job,
+    encode_message,
+    fields_size,
+)
+from conveyor.errors import (
+    ConveyorError,
+    DeadlineExceeded,
+    InferenceError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NoWorkerError,
+    PayloadTooLarge,
+    RemoteError,
+    WireError,
+)
+from conveyor.methods import ModelMethods
+
+if TYPE_CHECKING:
+    from conveyor.client.model import ParallelModel
+
+__all__ = ("Client",)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+_BELL_BLOCK_S = 1.0  # the reader's longest wait; keeps it well below any socket timeout
+_INPUTS_TTL_GRACE_S = 60.0
+_SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is in flight
+
+
+class _Waiter:
+    """One call in flight: where its replies are and what has arrived."""
+
+    __slots__ = ("attempt", "cursor", "event", "inbox", "key", "request_id")
+
+    def __init__(self, request_id: str, key: str) -> None:
+        self.request_id = request_id
+        self.key = key
+        self.cursor = b"0-0"
+        self.inbox: deque[Message] = deque()
+        self.event = anyio.Event()
+        self.attempt: int | None = None  # the delivery whose answer this call takes
+
+    def deliver(self, message: Message) -> None:
+        # Fencing: once one delivery answered, messages of any other are ignored.
+        if self.attempt is None:
+            self.attempt = message.attempt
+        elif message.attempt != self.attempt:
+            logger.debug(
+                "reply.ignored request=%s attempt=%d kept=%d",
+                self.request_id,
+                message.attempt,
+                self.attempt,
+            )
+            return
+        self.inbox.append(message)
+        self.event.set()
+
+    async def next(self) -> Message:
+        while not self.inbox:
+            await self.event.wait()
+            self.event = anyio.Event()
+        return self.inbox.popleft()
+
+
+class Client:
+    """A connection to the fleet. Use as ``async with Client(url) as client:``.
+
+    Works on asyncio and trio. ``timeout`` is the default of every call, in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = RedisSettings.from_url(url or default_redis_url())
+        self.keys = Keys(prefix)
+        self.timeout = timeout
+        self.max_payload_bytes = max_payload_bytes
+        self.client_id = client_id or uuid.uuid4().hex[:12]
+        self._waiters: dict[str, _Waiter] = {}
+        self._finished: list[str] = []
+        self._exit: contextlib.AsyncExitStack | None = None
+        self._transport: Transport | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Client:
+        # Named connections, so `CLIENT LIST` shows which belong to this client. The sender
+        # pipelines every caller's commands on (mostly) one connection; the reader has one.
+        named = self.settings.model_copy(
+            update={"client_name": f"conveyor-client-{self.client_id}"}
+        )
+        redis = create_client(named, max_connections=_SEND_CONNECTIONS)
+        blocking = create_client(named, blocking=True, max_connections=1)
+        self._streams = ClientStreams(redis, blocking, self.keys, self.client_id)
+
+        async def close_connections() -> None:
+            await redis.aclose()
+            await blocking.aclose()
+
+        async with contextlib.AsyncExitStack() as stack:
+            self._transport = await stack.enter_async_context(
+                open_transport([self._streams.batcher.run_flusher], close_connections)
+            )
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            tg.start_soon(self._read_replies)
+            self._tg = tg
+            self._exit = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stops the reader and closes the connections; idempotent."""
+        exit_stack, self._exit = self._exit, None
+        self._tg = None
+        if exit_stack is not None:
+            await exit_stack.aclose()
+
+    def model(self, name: str, version: str | None = None) -> ParallelModel:
+        """A :class:`~conveyor.client.ParallelModel` for ``name`` served by the fleet."""
+        from conveyor.client.model import ParallelModel
+
+        return ParallelModel(self, name, version)
+
+    @property
+    def _task_group(self) -> anyio.abc.TaskGroup:
+        if self._tg is None:
+            raise ConveyorError("the client is not open: use `async with Client(...)`")
+        return self._tg
+
+    @property
+    def _io(self) -> Transport:
+        if self._transport is None:
+            raise ConveyorError("the client is not open: use `async with Client(...)`")
+        return self._transport
+
+    # -- the reader -------------------------------------------------------------------------
+
+    async def _read_replies(self) -> None:
+        streams = self._streams
+        while True:
+            finished, self._finished = self._finished, []
+            try:
+                rung = await self._io.step(streams.wait_bell, _BELL_BLOCK_S, finished)
+                cursors = {}
+                for request_id in set(rung):
+                    waiter = self._waiters.get(request_id)
+                    if waiter is not None:
+                        cursors[waiter.key] = waiter.cursor
+                if not cursors:
+                    continue
+                replies = await self._io.step(streams.read_replies, cursors)
+            except ConveyorError as error:
+                logger.warning("client.read_failed error=%s", error)
+                await anyio.sleep(0.5)  # reconnect backoff; the connection retries itself
+                continue
+            for key, entries in replies:
+                request_id = key.rsplit(":", 1)[-1]
+                waiter = self._waiters.get(request_id)
+                if waiter is None:
+                    continue
+                for entry_id, fields in entries:
+                    waiter.cursor = entry_id
+                    try:
+                        message = decode_message(fields)
+                    except WireError as error:
+                        message = Message(
+                            MessageType.ERROR,
+                            request_id,
+                            waiter.attempt or 0,
+                            error=_error_info("bad_entry", "WireError", error.reason),
+                        )
+                    waiter.deliver(message)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _job(
+        self,
+        model: str,
+        version: str | None,
+        method: str,
+        args: Sequence[Payload],
+        kwargs: Mapping[str, Payload],
+        timeout: float,
+        streamed: bool = False,
+    ) -> tuple[Job, _Waiter]:
+        request_id = uuid.uuid4().hex
+        now = time.time()
+        job = Job(
+            id=request_id,
+            method=method,
+            model=model,
+            version=version,
+            reply=self.keys.reply(self.client_id, request_id),
+            bell=self._streams.bell,
+            deadline=now + timeout,
+            sent_at=now,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            inputs=self.keys.inputs(self.client_id, request_id) if streamed else None,
+        )
+        return job, _Waiter(request_id, job.reply)
+
+    def _encode(self, job: Job) -> Fields:
+        fields = encode_job(job)
+        size = fields_size(fields)
+        if size > self.max_payload_bytes:
+            raise PayloadTooLarge(size, self.max_payload_bytes)
+        return fields
+
+    async def call(
+        self,
+        model: str,
+        method: str,
+        *args: Payload,
+        version: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Payload,
+    ) -> Payload:
+        """Runs ``method`` of ``model`` on some worker and returns its result.
+
+        Waits at most ``timeout`` seconds (the client's default when None), then raises
+        :class:`NoWorkerError` if no worker took the job, else :class:`DeadlineExceeded`.
+        A failure in the model raises :class:`RemoteError` with the exception's type.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        job, waiter = self._job(model, version, method, args, kwargs, timeout)
+        stream = self.keys.jobs(model, version)
+        fields = self._encode(job)
+        self._waiters[job.id] = waiter
+        entry_id: bytes | None = None
+        answered = False
+        try:
+            with anyio.fail_after(timeout):
+                entry_id = await self._io.step(self._streams.send_job, stream, fields)
+                message = await waiter.next()
+            answered = True
+        except TimeoutError:
+            raise await self._timed_out(job, stream, entry_id, timeout) from None
+        finally:
+            await self._forget(waiter, stream, None if answered else entry_id)
+        return _result(job, message)
+
+    async def stream(
+        self,
+        model: str,
+        requests: AsyncIterator[Payload],
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Payload]:
+        """Runs ``predict_stream``: sends ``requests`` as they come, yields each response.
+
+        ``timeout`` bounds the whole stream.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        job, waiter = self._job(
+            model, version, ModelMethods.PredictStream.value, (), {}, timeout, streamed=True
+        )
+        assert job.inputs is not None
+        stream = self.keys.jobs(model, version)
+        fields = self._encode(job)
+        self._waiters[job.id] = waiter
+        deadline = anyio.current_time() + timeout
+        entry_id: bytes | None = None
+        finished = False
+        # The input pump lives in the client's task group, not in this generator: a yield
+        # inside a task group or cancel scope of an async generator breaks cancellation.
+        pump_scope = anyio.CancelScope()
+        try:
+            with anyio.fail_after(timeout):
+                entry_id = await self._io.step(self._streams.send_job, stream, fields)
+            self._task_group.start_soon(self._pump_inputs, job, waiter, requests, pump_scope)
+            while True:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+                    message = await waiter.next()
+                if message.type is MessageType.CHUNK:
+                    yield message.payload
+                elif message.type is MessageType.END:
+                    finished = True
+                    return
+                else:
+                    finished = True
+                    _result(job, message)
+        except TimeoutError:
+            raise await self._timed_out(job, stream, entry_id, timeout) from None
+        finally:
+            pump_scope.cancel()
+            await self._forget(waiter, stream, None if finished else entry_id, job.inputs)
+
+    async def control(self, model: str, method: str, *, timeout: float | None = None) -> bool:
+        """Sends ``load`` or ``unload`` to every live worker of ``model``.
+
+        Returns once the first worker reports it done; raises :class:`DeadlineExceeded` if
+        none does within ``timeout`` (no live worker has the model in its folders).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        job, waiter = self._job(model, None, method, (), {}, timeout)
+        stream = self.keys.control(model)
+        fields = self._encode(job)
+        self._waiters[job.id] = waiter
+        try:
+            with anyio.fail_after(timeout):
+                await self._io.step(self._streams.send_control, stream, fields)
+                while True:
+                    message = await waiter.next()
+                    result = _result(job, message)
+                    if isinstance(result, dict):
+                        return bool(result.get("ready")) == (method == ModelMethods.Load.value)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                job.id, timeout, f"no live worker answered {method} of model {model!r}"
+            ) from None
+        finally:
+            await self._forget(waiter, stream, None)
+
+    async def _pump_inputs(
+        self,
+        job: Job,
+        waiter: _Waiter,
+        requests: AsyncIterator[Payload],
+        scope: anyio.CancelScope,
+    ) -> None:
+        assert job.inputs is not None
+        ttl = job.deadline - time.time() + _INPUTS_TTL_GRACE_S
+        seq = 0
+        with scope:
+            try:
+                async for request in requests:
+                    entry = encode_message(Message(MessageType.INPUT, job.id, 0, seq, request))
+                    await self._io.step(self._streams.send_inputs, job.inputs, [entry], ttl)
+                    seq += 1
+                end = encode_message(Message(MessageType.END, job.id, 0, seq))
+                await self._io.step(self._streams.send_inputs, job.inputs, [end], ttl)
+            except Exception as error:  # the caller's iterator failed: end the call with it
+                waiter.deliver(
+                    Message(
+                        MessageType.ERROR,
+                        job.id,
+                        waiter.attempt or 0,
+                        error=_error_info("input_error", type(error).__name__, str(error)),
+                    )
+                )
+
+    async def _timed_out(
+        self, job: Job, stream: str, entry_id: bytes | None, timeout: float
+    ) -> ConveyorError:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            if entry_id is not None and not await self._io.step(
+                self._streams.job_was_taken, stream, entry_id
+            ):
+                return NoWorkerError(job.id, timeout, job.model)
+        return DeadlineExceeded(job.id, timeout, "the job was taken by a worker")
+
+    async def _forget(
+        self, waiter: _Waiter, stream: str, withdraw: bytes | None, *extra_keys: str
+    ) -> None:
+        """Drops the waiter; deletes its reply stream (and a job no longer wanted)."""
+        self._waiters.pop(waiter.request_id, None)
+        self._finished.append(waiter.key)
+        if withdraw is None and not extra_keys:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            if withdraw is not None:
+                await self._io.step(self._streams.withdraw_job, stream, withdraw)
+            if extra_keys:
+                await self._io.step(self._streams.delete, *extra_keys)
+
+
+def _error_info(code: str, type_name: str, message: str) -> Any:
+    from conveyor.broker.wire import ErrorInfo
+
+    return ErrorInfo(code, type_name, message)
+
+
+def _result(job: Job, message: Message) -> Payload:
+    """The payload of a final message, or the error it carries, raised."""
+    if message.type is MessageType.RESULT:
+        return message.payload
+    if message.type is MessageType.ERROR and message.error is not None:
+        error = message.error
+        if error.code == "model_not_found":
+            raise ModelNotFound(job.model, job.version)
+        if error.code == "method_not_allowed":
+            exc = MethodNotAllowed(job.model, job.method, [])
+            exc.args = (error.message,)
+            raise exc
+        if error.code == "deadline":
+            raise DeadlineExceeded(job.id, job.deadline - job.sent_at, error.message)
+        if error.code == "bad_entry":
+            raise InferenceError(f"request {job.id}: {error.message}")
+        raise RemoteError(error.type, error.message, request_id=job.id)
+    raise InferenceError(f"request {job.id}: unexpected {message.type.value!r} message")

@@ -1,0 +1,119 @@
+"""The worker's heartbeat, in a thread of its own.
+
+A model that holds the GIL or blocks in C can starve the event loop, never this thread for
+long: the heartbeat (registry entry with a TTL) and the claims on in-flight jobs stay fresh,
+so a live worker's long job is never taken for a dead one's (dramatiq#692, taskiq-redis#101).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from conveyor.broker.keys import GROUP, Keys
+
+__all__ = ("Heartbeat", "WorkerStats")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    """Counters the loop updates and the heartbeat thread reads (plain ints: GIL-atomic)."""
+
+    in_flight: dict[bytes, str] = field(default_factory=dict)  # entry id -> job stream
+    done: int = 0
+    models: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+
+class Heartbeat:
+    """Writes ``<prefix>:worker:<id>`` every ``ttl_s / 3`` seconds until stopped."""
+
+    def __init__(
+        self,
+        connect: Callable[[], redis.Redis],
+        keys: Keys,
+        worker_id: str,
+        stats: WorkerStats,
+        ttl_s: float,
+    ) -> None:
+        self._connect = connect
+        self._keys = keys
+        self._worker_id = worker_id
+        self._stats = stats
+        self._ttl_s = ttl_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="conveyor-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, unregister: bool = True) -> None:
+        """Stops the thread; with ``unregister``, removes the registry entry (bounded)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if unregister:
+            try:
+                client = self._connect()
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.delete(self._keys.worker(self._worker_id))
+                    pipe.zrem(self._keys.workers(), self._worker_id)
+                    pipe.execute()
+                client.close()
+            except redis.RedisError as error:
+                logger.warning(
+                    "worker.unregister_failed worker=%s error=%s", self._worker_id, error
+                )
+
+    def beat_once(self, client: redis.Redis) -> None:
+        stats = self._stats
+        now = time.time()
+        key = self._keys.worker(self._worker_id)
+        in_flight = dict(stats.in_flight)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "id": self._worker_id,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "models": ",".join(stats.models),
+                    "started": f"{stats.started:.3f}",
+                    "heartbeat": f"{now:.3f}",
+                    "in_flight": len(in_flight),
+                    "done": stats.done,
+                    "ttl": f"{self._ttl_s:g}",
+                },
+            )
+            pipe.pexpire(key, int(self._ttl_s * 1000))
+            pipe.zadd(self._keys.workers(), {self._worker_id: now})
+            # Reset the idle time of every job this worker still runs: reclaim goes by idle
+            # time, so a job is only ever taken from a worker whose heartbeat stopped.
+            for entry_id, stream in in_flight.items():
+                pipe.xclaim(stream, GROUP, self._worker_id, 0, [entry_id], justid=True)
+            pipe.execute(raise_on_error=False)
+
+    def _run(self) -> None:
+        client: redis.Redis | None = None
+        interval = self._ttl_s / 3
+        while not self._stop.is_set():
+            try:
+                if client is None:
+                    client = self._connect()
+                self.beat_once(client)
+            except (redis.RedisError, OSError) as error:
+                logger.warning("worker.heartbeat_failed worker=%s error=%s", self._worker_id, error)
+                if client is not None:
+                    client.close()
+                client = None
+            self._stop.wait(interval)
+        if client is not None:
+            client.close()

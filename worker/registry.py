@@ -1,0 +1,146 @@
+"""The models one worker serves: loaded from its own model folders, never from a job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import anyio
+
+from conveyor.broker.keys import Keys
+from conveyor.methods import exposed_methods
+from conveyor.model import MLModel
+from conveyor.settings import ModelSettings
+from conveyor.worker.execution import call
+
+__all__ = ("ModelRegistry", "ServedModel")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ServedModel:
+    """One model folder of this worker, loaded or not."""
+
+    settings: ModelSettings
+    model: MLModel | None = None
+    exposed: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def version(self) -> str | None:
+        return self.settings.version
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and bool(self.model.ready)
+
+
+class ModelRegistry:
+    """Loads, unloads and finds this worker's models.
+
+    A call without a version is served by any loaded version of the model (MLServer serves
+    such calls with its default version); a call with a version only by that version.
+    """
+
+    def __init__(self, settings: list[ModelSettings], keys: Keys) -> None:
+        self._keys = keys
+        self._served: dict[tuple[str, str | None], ServedModel] = {}
+        for model_settings in settings:
+            key = (model_settings.name, model_settings.version)
+            if key in self._served:
+                raise ValueError(
+                    f"model {model_settings.name!r} version {model_settings.version!r} "
+                    "is declared by two model folders"
+                )
+            self._served[key] = ServedModel(model_settings)
+        self._load_limiter: anyio.CapacityLimiter | None = None
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        # Loads and unloads of plain `def` methods run one at a time, in a thread.
+        if self._load_limiter is None:
+            self._load_limiter = anyio.CapacityLimiter(1)
+        return self._load_limiter
+
+    def names(self) -> list[str]:
+        return sorted({name for name, _ in self._served})
+
+    def all(self) -> list[ServedModel]:
+        return list(self._served.values())
+
+    def find(self, name: str, version: str | None) -> ServedModel | None:
+        """The ready model that serves a call to ``name`` (and ``version``), if any."""
+        if version:
+            served = self._served.get((name, version))
+            return served if served is not None and served.ready else None
+        candidates = [s for (n, _), s in self._served.items() if n == name and s.ready]
+        candidates.sort(key=lambda s: s.version is not None)  # the unversioned folder first
+        return candidates[0] if candidates else None
+
+    def job_streams(self) -> list[str]:
+        """The job streams of every ready model: its own, and the any-version stream."""
+        streams: list[str] = []
+        for served in self._served.values():
+            if not served.ready:
+                continue
+            for stream in (
+                self._keys.jobs(served.name, served.version),
+                self._keys.jobs(served.name),
+            ):
+                if stream not in streams:
+                    streams.append(stream)
+        return streams
+
+    def control_streams(self) -> list[str]:
+        return [self._keys.control(name) for name in self.names()]
+
+    def has(self, name: str) -> bool:
+        return any(n == name for n, _ in self._served)
+
+    async def load(self, name: str) -> bool:
+        """Loads every folder of model ``name``; True when at least one is ready."""
+        for served in self._served.values():
+            if served.name == name and not served.ready:
+                await _load(served, self._limiter())
+        return any(s.ready for s in self._served.values() if s.name == name)
+
+    async def load_all(self) -> None:
+        for served in self._served.values():
+            await _load(served, self._limiter())
+
+    async def unload(self, name: str) -> bool:
+        """Unloads every loaded folder of model ``name``; True when none is left ready."""
+        for served in self._served.values():
+            if served.name == name and served.model is not None:
+                await _unload(served, self._limiter())
+        return not any(s.ready for s in self._served.values() if s.name == name)
+
+    async def unload_all(self) -> None:
+        for served in self._served.values():
+            if served.model is not None:
+                await _unload(served, self._limiter())
+
+
+async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
+    implementation = served.settings.implementation
+    model = implementation(served.settings)
+    ready = await call(model.load, limiter)
+    # MLServer's convention: load() returns readiness; a runtime may also set it itself.
+    model.ready = bool(ready) if ready is not None else True
+    served.model = model
+    served.exposed = exposed_methods(model)
+    logger.info(
+        "model.loaded model=%s version=%s ready=%s", served.name, served.version, model.ready
+    )
+
+
+async def _unload(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
+    model = served.model
+    served.model = None
+    if model is not None:
+        await call(model.unload, limiter)
+        model.ready = False
+    logger.info("model.unloaded model=%s version=%s", served.name, served.version)

@@ -1,0 +1,103 @@
+"""``--processes N``: N worker processes, each restarted with backoff when it dies."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+__all__ = ("supervise", "worker_argv")
+
+logger = logging.getLogger(__name__)
+
+_MAX_BACKOFF_S = 30.0
+_STABLE_S = 10.0  # a child that lived this long resets its backoff
+
+
+class _Child:
+    def __init__(self, index: int, argv: Sequence[str]) -> None:
+        self.index = index
+        self.argv = list(argv)
+        self.backoff = 0.5
+        self.restart_at = 0.0
+        self.started = 0.0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv)
+        self.started = time.monotonic()
+        logger.info("supervisor.started child=%d pid=%d", self.index, self.process.pid)
+
+
+def supervise(
+    child_argv: Sequence[str],
+    processes: int,
+    grace_period: float,
+    on_started: Callable[[], None] | None = None,
+) -> int:
+    """Runs ``processes`` copies of ``child_argv`` until SIGTERM/SIGINT, then stops them.
+
+    A child that exits is started again after a backoff that doubles up to 30 s (and
+    resets once a child has lived 10 s). Returns 0 after a clean stop.
+    """
+    children = [_Child(i, child_argv) for i in range(processes)]
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for child in children:
+            child.start()
+        if on_started is not None:
+            on_started()
+        while not stopping:
+            now = time.monotonic()
+            for child in children:
+                process = child.process
+                if process is not None and process.poll() is not None:
+                    if now - child.started > _STABLE_S:
+                        child.backoff = 0.5
+                    logger.warning(
+                        "supervisor.child_exited child=%d pid=%d code=%s restart_in=%.1fs",
+                        child.index,
+                        process.pid,
+                        process.returncode,
+                        child.backoff,
+                    )
+                    child.process = None
+                    child.restart_at = now + child.backoff
+                    child.backoff = min(child.backoff * 2, _MAX_BACKOFF_S)
+                if child.process is None and now >= child.restart_at:
+                    child.start()
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop_all(children, grace_period)
+    return 0
+
+
+def _stop_all(children: list[_Child], grace_period: float) -> None:
+    running = [c.process for c in children if c.process is not None and c.process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_period + 5
+    for process in running:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            logger.warning("supervisor.kill pid=%d: did not stop in time", process.pid)
+            process.kill()
+            process.wait()
+
+
+def worker_argv(args: Sequence[str]) -> list[str]:
+    """The command line of one child worker process."""
+    return [sys.executable, "-m", "conveyor.cli", "worker", *args, "--processes", "1"]

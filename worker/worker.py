@@ -1,0 +1,383 @@
+"""The worker process: consume jobs of its models, run them, answer, ack."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+from anyio.abc import TaskStatus
+
+from conveyor.broker.connection import RedisSettings, create_client, create_sync_client
+from conveyor.broker.keys import DEFAULT_PREFIX, Keys
+from conveyor.broker.streams import Delivery, WorkerStreams
+from conveyor.broker.wire import (
+    ErrorInfo,
+    Job,
+    Message,
+    MessageType,
+    Payload,
+    decode_job,
+    decode_message,
+)
+from conveyor.errors import WireError
+from conveyor.methods import ModelMethods
+from conveyor.settings import ModelSettings
+from conveyor.worker import execution
+from conveyor.worker.heartbeat import Heartbeat, WorkerStats
+from conveyor.worker.registry import ModelRegistry, ServedModel
+
+__all__ = ("Worker", "WorkerSettings")
+
+logger = logging.getLogger(__name__)
+
+
+def _default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+@dataclass
+class WorkerSettings:
+    """How one worker process runs. Durations are seconds."""
+
+    redis_url: str
+    prefix: str = DEFAULT_PREFIX
+    concurrency: int = 16  # jobs run at once; the worker never fetches more than its free slots
+    name: str = field(default_factory=_default_name)  # the consumer name, unique in the fleet
+    heartbeat_ttl: float = 10.0  # a worker silent this long is taken for dead
+    grace_period: float = 30.0  # on SIGTERM, how long in-flight jobs may take to finish
+    read_block: float = 1.0  # longest wait of one read; bounds how fast a stop is noticed
+
+
+class Worker:
+    """Serves the models of its folders until stopped.
+
+    ``run`` loads every model, registers the worker, consumes the job streams of its ready
+    models, and on :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``) stops taking
+    jobs, lets in-flight ones finish within the grace period, unregisters and returns.
+    """
+
+    def __init__(self, settings: WorkerSettings, models: Sequence[ModelSettings]) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.registry = ModelRegistry(list(models), self.keys)
+        self.stats = WorkerStats(models=self.registry.names())
+        self._redis_settings = RedisSettings.from_url(settings.redis_url)
+        self._stopping = False
+        self._slot_freed = anyio.Event()
+
+    def stop(self) -> None:
+        """Stops taking new jobs; ``run`` returns once in-flight jobs are done."""
+        self._stopping = True
+        self._slot_freed.set()
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        redis = create_client(self._redis_settings, blocking=True)
+        streams = WorkerStreams(redis, self.keys, self.settings.name)
+        self._streams = streams
+        self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
+        heartbeat = Heartbeat(
+            lambda: create_sync_client(self._redis_settings),
+            self.keys,
+            self.settings.name,
+            self.stats,
+            self.settings.heartbeat_ttl,
+        )
+        try:
+            await self.registry.load_all()
+            await streams.ensure_groups(self.registry.job_streams())
+            heartbeat.start()
+            async with anyio.create_task_group() as infra:
+                infra.start_soon(streams.batcher.run_flusher)
+                # cursors first: a load/unload sent once we report started is never missed
+                cursors = await streams.control_cursors(self.registry.control_streams())
+                infra.start_soon(self._control_loop, streams, cursors)
+                if handle_signals:
+                    infra.start_soon(self._signal_loop)
+                logger.info(
+                    "worker.started worker=%s models=%s concurrency=%d",
+                    self.settings.name,
+                    ",".join(self.registry.names()),
+                    self.settings.concurrency,
+                )
+                task_status.started()
+                async with anyio.create_task_group() as jobs:
+                    self._jobs = jobs
+                    await self._consume(streams, jobs)
+                    with anyio.move_on_after(self.settings.grace_period):
+                        while self.stats.in_flight:
+                            await self._wait_slot()
+                    if self.stats.in_flight:
+                        logger.warning(
+                            "worker.grace_expired worker=%s unfinished=%d",
+                            self.settings.name,
+                            len(self.stats.in_flight),
+                        )
+                    jobs.cancel_scope.cancel()
+                infra.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                heartbeat.stop(unregister=True)
+                with anyio.move_on_after(5):
+                    await self.registry.unload_all()
+                await redis.aclose()
+            logger.info("worker.stopped worker=%s done=%d", self.settings.name, self.stats.done)
+
+    async def _wait_slot(self) -> None:
+        await self._slot_freed.wait()
+        self._slot_freed = anyio.Event()
+
+    async def _signal_loop(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logger.info("worker.stopping worker=%s signal=%s", self.settings.name, signum)
+                self.stop()
+                return
+
+    async def _consume(self, streams: WorkerStreams, jobs: anyio.abc.TaskGroup) -> None:
+        turn = 0
+        while not self._stopping:
+            free = self.settings.concurrency - len(self.stats.in_flight)
+            if free <= 0:
+                await self._wait_slot()
+                continue
+            job_streams = self.registry.job_streams()
+            if not job_streams:  # every model unloaded: wait for a load
+                with anyio.move_on_after(self.settings.read_block):
+                    await self._wait_slot()
+                continue
+            turn = (turn + 1) % len(job_streams)  # rotate, so no model starves another
+            order = job_streams[turn:] + job_streams[:turn]
+            for delivery in await streams.read_jobs(order, free, self.settings.read_block):
+                self.stats.in_flight[delivery.entry_id] = delivery.stream
+                jobs.start_soon(self._handle, streams, delivery)
+
+    async def _handle(self, streams: WorkerStreams, delivery: Delivery) -> None:
+        try:
+            await self._run_job(streams, delivery)
+        finally:
+            self.stats.in_flight.pop(delivery.entry_id, None)
+            self.stats.done += 1
+            self._slot_freed.set()
+
+    async def _run_job(self, streams: WorkerStreams, delivery: Delivery) -> None:
+        try:
+            job = decode_job(delivery.fields)
+        except WireError as error:
+            logger.warning(
+                "job.bad_entry stream=%s entry=%s reason=%s",
+                delivery.stream,
+                delivery.entry_id.decode(),
+                error.reason,
+            )
+            await streams.dead_letter(
+                delivery, self.keys.dead(_model_of(delivery.stream)), f"bad entry: {error.reason}"
+            )
+            return
+        log = {"request": job.id, "model": job.model, "method": job.method}
+        now = time.time()
+        if job.deadline <= now:
+            logger.info("job.expired %s", _kv(log))
+            await streams.finish(
+                delivery,
+                job,
+                [
+                    _error(
+                        job,
+                        delivery,
+                        "deadline",
+                        "DeadlineExceeded",
+                        f"the deadline passed {now - job.deadline:.1f}s before a worker "
+                        "took the job; it was skipped",
+                    )
+                ],
+            )
+            return
+        served = self.registry.find(job.model, job.version)
+        if (served is None or served.model is None) and self.registry.has(job.model):
+            # read just before this worker unloaded the model: leave it to the others
+            logger.info("job.requeued %s", _kv(log))
+            await streams.requeue(delivery)
+            return
+        if served is None or served.model is None:
+            version = f" version {job.version!r}" if job.version else ""
+            await streams.finish(
+                delivery,
+                job,
+                [
+                    _error(
+                        job,
+                        delivery,
+                        "model_not_found",
+                        "ModelNotFound",
+                        f"worker {self.settings.name} does not serve model {job.model!r}{version}",
+                    )
+                ],
+            )
+            return
+        if job.method not in served.exposed:
+            allowed = ", ".join(sorted(served.exposed))
+            logger.info("job.method_not_allowed %s", _kv(log))
+            await streams.finish(
+                delivery,
+                job,
+                [
+                    _error(
+                        job,
+                        delivery,
+                        "method_not_allowed",
+                        "MethodNotAllowed",
+                        f"model {job.model!r} does not expose method {job.method!r}; "
+                        f"callable methods are: {allowed}",
+                    )
+                ],
+            )
+            return
+        with anyio.move_on_after(max(job.deadline - time.time(), 0.0)) as scope:
+            if job.method == ModelMethods.PredictStream.value:
+                await self._run_stream(streams, delivery, job, served)
+                return
+            try:
+                result = await self._call(served, job)
+            except Exception as error:  # the model's own failure goes back to the caller
+                logger.info("job.failed %s error=%s", _kv(log), type(error).__name__)
+                message = _error(job, delivery, "model_error", type(error).__name__, str(error))
+                await streams.finish(delivery, job, [message])
+                return
+            await streams.finish(
+                delivery,
+                job,
+                [Message(MessageType.RESULT, job.id, delivery.deliveries, payload=result)],
+            )
+        if scope.cancelled_caught:
+            await streams.finish(
+                delivery,
+                job,
+                [
+                    _error(
+                        job,
+                        delivery,
+                        "deadline",
+                        "DeadlineExceeded",
+                        "the job ran past its deadline and was stopped",
+                    )
+                ],
+            )
+
+    async def _call(self, served: ServedModel, job: Job) -> Payload:
+        assert served.model is not None
+        method = getattr(served.model, job.method)
+        result: Payload = await execution.call(method, self._limiter, *job.args, **job.kwargs)
+        return result
+
+    async def _run_stream(
+        self, streams: WorkerStreams, delivery: Delivery, job: Job, served: ServedModel
+    ) -> None:
+        assert served.model is not None
+        inputs = self._inputs(streams, job)
+        seq = 0
+        try:
+            async for response in execution.iterate(
+                served.model.predict_stream, inputs, self._limiter
+            ):
+                await streams.reply(
+                    job, [Message(MessageType.CHUNK, job.id, delivery.deliveries, seq, response)]
+                )
+                seq += 1
+        except Exception as error:
+            message = _error(job, delivery, "model_error", type(error).__name__, str(error))
+            await streams.finish(delivery, job, [message])
+            return
+        finally:
+            await inputs.aclose()
+        await streams.finish(
+            delivery, job, [Message(MessageType.END, job.id, delivery.deliveries, seq)]
+        )
+
+    async def _inputs(self, streams: WorkerStreams, job: Job) -> AsyncGenerator[Payload, None]:
+        """The requests a client streams to a predict_stream, until its end marker."""
+        if job.inputs is None:
+            for arg in job.args:
+                yield arg
+            return
+        cursor = b"0-0"
+        while True:
+            entries = await streams.read_inputs(job.inputs, cursor, self.settings.read_block)
+            for entry_id, fields in entries:
+                cursor = entry_id
+                message = decode_message(fields)
+                if message.type is MessageType.END:
+                    return
+                yield message.payload
+            if time.time() > job.deadline:
+                return
+
+    async def _control_loop(self, streams: WorkerStreams, cursors: dict[str, bytes]) -> None:
+        """Answers load/unload requests sent to every worker of a model."""
+        if not cursors:
+            return
+        while True:
+            for stream, entry_id, fields in await streams.read_control(
+                cursors, self.settings.read_block
+            ):
+                cursors[stream] = entry_id
+                try:
+                    job = decode_job(fields)
+                except WireError as error:
+                    logger.warning("control.bad_entry stream=%s reason=%s", stream, error.reason)
+                    continue
+                if not self.registry.has(job.model) or time.time() > job.deadline:
+                    continue
+                await self._control(streams, job)
+
+    async def _control(self, streams: WorkerStreams, job: Job) -> None:
+        try:
+            if job.method == ModelMethods.Load.value:
+                ready = await self.registry.load(job.model)
+                await streams.ensure_groups(self.registry.job_streams())
+            elif job.method == ModelMethods.Unload.value:
+                ready = not await self.registry.unload(job.model)
+            else:
+                raise ValueError(f"unknown control method {job.method!r}")
+        except Exception as error:
+            message = Message(
+                MessageType.ERROR,
+                job.id,
+                error=ErrorInfo("model_error", type(error).__name__, str(error)),
+            )
+        else:
+            self._slot_freed.set()  # the streams to read changed
+            message = Message(
+                MessageType.RESULT,
+                job.id,
+                payload={"worker": self.settings.name, "model": job.model, "ready": ready},
+            )
+        await streams.reply(job, [message])
+
+
+def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
+    return Message(
+        MessageType.ERROR, job.id, delivery.deliveries, error=ErrorInfo(code, type_name, text)
+    )
+
+
+def _model_of(stream: str) -> str:
+    """The model name inside a job stream key's hash tag."""
+    start, end = stream.find("{"), stream.find("}")
+    return stream[start + 1 : end] if 0 <= start < end else stream
+
+
+def _kv(fields: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in fields.items())
