@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.wire [--repeat N]
+    python -m bench.wire [--repeat N] [--threshold]
 
 For float32 tensors of 1 KiB, 1 MiB and 100 MiB: the time to ``encode_job`` a predict job that
 holds an ``InferenceRequest`` with the tensor, plus the time to ``decode_job`` the fields as Redis
@@ -20,14 +20,15 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from importlib.metadata import version
 
 import msgpack
 import numpy as np
 
-from conveyor.broker.wire import Job, decode_job, encode_job
+from conveyor.broker import wire
+from conveyor.broker.wire import FieldValue, Job, decode_job, encode_job
 from conveyor.types import InferenceRequest, RequestInput
 
 _SIZES = (("1 KiB", 1 << 10), ("1 MiB", 1 << 20), ("100 MiB", 100 << 20))
@@ -110,10 +111,55 @@ def _machine() -> list[str]:
     ]
 
 
+def _threshold(repeat: int) -> None:
+    """Inline in the envelope vs a field of its own, for tensors around the threshold.
+
+    Each figure: ``encode_job`` + redis-py's packing of the XADD (``redis.asyncio``'s Python
+    packer, no socket) + ``decode_job``, for a one-tensor request.
+    """
+    from redis.asyncio.connection import Connection
+
+    connection = Connection()
+
+    def roundtrip(job: Job, raw: dict[bytes, bytes]) -> None:
+        fields = encode_job(job)
+        args: list[FieldValue] = ["XADD", "key", "*"]
+        for name, value in fields.items():
+            args += [name, value]
+        connection.pack_command(*args)
+        decode_job(raw)  # what Redis returned, built once: its copy is the same either way
+
+    def best(job: Job, inline_max: int) -> float:
+        wire.INLINE_MAX_BYTES = inline_max
+        return _best(partial(roundtrip, job, _as_redis(encode_job(job))), repeat)
+
+    saved = wire.INLINE_MAX_BYTES
+    rows = []
+    try:
+        for kib in (1, 2, 4, 8, 16, 32):
+            job = _job(np.ones(kib * 256, dtype=np.float32))
+            inline_s, field_s = best(job, 1 << 40), best(job, 1)
+            rows.append((f"{kib} KiB", _fmt(inline_s), _fmt(field_s)))
+    finally:
+        wire.INLINE_MAX_BYTES = saved
+    for line in _machine():
+        print(line)
+    print()
+    _print_table(("tensor", "inline", "own field"), rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.wire", description=__doc__)
     parser.add_argument("--repeat", type=int, default=7, help="runs per figure (best is kept)")
+    parser.add_argument(
+        "--threshold",
+        action="store_true",
+        help="instead: compare inline vs own-field tensors of 1-32 KiB (INLINE_MAX_BYTES)",
+    )
     args = parser.parse_args(argv)
+    if args.threshold:
+        _threshold(args.repeat)
+        return
     rng = np.random.default_rng(0)
     rows: list[tuple[str, ...]] = []
     for label, nbytes in _SIZES:
@@ -136,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                 _fmt(copy_s),
                 _fmt(encode_s),
                 _fmt(decode_s),
-                f"{wire_s / copy_s:.2f}x",
+                f"{wire_s / copy_s:.3g}x",
                 _fmt(tolist_s) + mark,
                 f"{tolist_s / wire_s:,.0f}x",
             )
@@ -168,7 +214,7 @@ def _fmt(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} us"
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
