@@ -92,11 +92,11 @@ __all__ = (
 WIRE_VERSION = 1
 
 # Arrays smaller than this ride inside the envelope as msgpack bin; larger ones get a field of
-# their own. Measured (bench/README.md, "Wire format"; encode + redis-py's packing + decode of a
-# one-tensor request): a field of its own costs ~3 us more (two more XADD arguments for redis-py's
-# Python packer, one more lookup), while inlining copies the bytes ~4 times (tobytes, into the
-# envelope, out as ext data, out as bin); inline stays cheaper up to 8 KiB, a field of its own
-# wins from 16 KiB.
+# their own. Measured with `python -m bench.wire --threshold` (bench/README.md, "Wire format":
+# encode + redis-py's packing of the XADD + decode, one-tensor request): a field of its own costs
+# two more XADD arguments for redis-py's Python packer (~1 us each) and a lookup, inlining copies
+# the bytes ~4 times (tobytes, into the envelope, out as ext data, out as bin). They tie at about
+# 8 KiB: inline wins by 1-4 us up to 4 KiB, a field of its own by 3-10 us from 16 KiB.
 INLINE_MAX_BYTES = 8192
 
 # What a payload may be: a V2 type, or a plain msgpack-able value (which may hold numpy arrays).
@@ -684,7 +684,7 @@ def decode_job(fields: RawFields) -> Job:
 
 
 def _decode_job(fields: RawFields) -> Job:
-    if not isinstance(fields, Mapping):
+    if type(fields) is not dict and not isinstance(fields, Mapping):
         raise WireError(f"an entry's fields must be a mapping, not {type(fields).__name__}")
     job_id, method, model, version, reply, bell = (_text(fields, name) for name in _JOB_TEXT)
     for name, text in (
@@ -747,7 +747,7 @@ def decode_message(fields: RawFields) -> Message:
 
 
 def _decode_message(fields: RawFields) -> Message:
-    if not isinstance(fields, Mapping):
+    if type(fields) is not dict and not isinstance(fields, Mapping):
         raise WireError(f"an entry's fields must be a mapping, not {type(fields).__name__}")
     raw_type = fields.get(b"type")
     if raw_type is None:
