@@ -1,0 +1,106 @@
+"""Pins the public API: what a user imports, and where MLServer users expect it."""
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "conveyor": [
+        "ConveyorError",
+        "MLModel",
+        "ModelMethods",
+        "ModelParameters",
+        "ModelSettings",
+        "custom_handler",
+    ],
+    "conveyor.client": ["Client", "ParallelModel"],
+    "conveyor.worker": ["Worker", "WorkerSettings"],
+    "conveyor.types": [
+        "InferenceRequest",
+        "InferenceResponse",
+        "RequestInput",
+        "RequestOutput",
+        "ResponseOutput",
+        "MetadataModelResponse",
+        "MetadataTensor",
+        "MetadataServerResponse",
+        "Parameters",
+        "Datatype",
+        "TensorData",
+    ],
+    "conveyor.errors": [
+        "ConveyorError",
+        "MLServerError",
+        "InferenceError",
+        "ModelNotFound",
+        "RemoteError",
+        "DeadlineExceeded",
+        "NoWorkerError",
+        "MethodNotAllowed",
+        "WireError",
+        "BrokerConnectionError",
+    ],
+    "conveyor.codecs": [
+        "NumpyCodec",
+        "NumpyRequestCodec",
+        "StringCodec",
+        "StringRequestCodec",
+        "Base64Codec",
+        "DatetimeCodec",
+        "InputCodec",
+        "RequestCodec",
+        "register_input_codec",
+        "register_request_codec",
+        "find_input_codec",
+        "find_request_codec",
+        "decode_args",
+        "encode_inference_response",
+        "decode_inference_request",
+        "encode_response_output",
+        "decode_request_input",
+        "has_decoded",
+        "get_decoded",
+        "get_decoded_or_raw",
+        "DecodedParameterName",
+        "CodecError",
+        "CodecNotFound",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_import(module: str) -> None:
+    imported = importlib.import_module(module)
+    missing = [name for name in PUBLIC[module] if not hasattr(imported, name)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("module", ["conveyor", "conveyor.client", "conveyor.worker"])
+def test_all_lists_exactly_the_public_names(module: str) -> None:
+    imported = importlib.import_module(module)
+    assert sorted(imported.__all__) == sorted(PUBLIC[module])
+
+
+def test_model_methods_match_mlserver() -> None:
+    from conveyor import ModelMethods
+
+    assert {m.name: m.value for m in ModelMethods} == {
+        "Predict": "predict",
+        "Metadata": "metadata",
+        "PredictStream": "predict_stream",
+        "Load": "load",
+        "Unload": "unload",
+    }
+
+
+def test_core_does_not_import_the_layers_above() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, conveyor, conveyor.codecs, conveyor.types;"
+        "bad = [m for m in sys.modules if m.startswith(('conveyor.client', 'conveyor.worker',"
+        " 'conveyor.cli', 'conveyor.broker'))]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
