@@ -8,7 +8,8 @@ entry with three kinds of fields, in this order:
 
    - a job: ``id method model version reply bell deadline sent_at attempt`` and ``inputs`` when
      set (``version`` is ``""`` when ``None``);
-   - a message: ``type id attempt seq`` and, for ``type=error``, ``code error_type error``.
+   - a message: ``type id attempt seq`` and, for ``type=error``, ``code error_type error`` (a
+     readable copy of the envelope's ``error``, which is what decoding uses; both must be there).
 
 2. ``envelope``: one msgpack map. ``v`` (the format version, :data:`WIRE_VERSION`) always comes
    first and every later format keeps it there; new keys get defaults, and unknown keys are ignored.
@@ -22,7 +23,8 @@ entry with three kinds of fields, in this order:
    fields of ``Parameters`` are kept as they are). Tensor data that is a list stays a list.
 
    A numpy array anywhere in a body (tensor data, a plain value, parameters) is msgpack ext type
-   1 (a numpy scalar, ext type 2) whose data is the msgpack array ``[dtype, shape, data]``:
+   1 (ext type 2 for a numpy scalar, which decodes back to one) whose data is the msgpack array
+   ``[dtype, shape, data]``:
    ``dtype`` is numpy's dtype string with byte order (``"<f4"``, ``">i8"``, ``"|b1"``), ``shape`` a
    list of ints, and ``data`` one of:
 
@@ -95,8 +97,8 @@ WIRE_VERSION = 1
 # their own. Measured with `python -m bench.wire --threshold` (bench/README.md, "Wire format":
 # encode + redis-py's packing of the XADD + decode, one-tensor request): a field of its own costs
 # two more XADD arguments for redis-py's Python packer (~1 us each) and a lookup, inlining copies
-# the bytes ~4 times (tobytes, into the envelope, out as ext data, out as bin). They tie at about
-# 8 KiB: inline wins by 1-4 us up to 4 KiB, a field of its own by 3-10 us from 16 KiB.
+# the bytes ~4 times (tobytes, into the envelope, out as ext data, out as bin). Inline won by
+# 1-11 us at 1-2 KiB, the two were within noise at 4-8 KiB, a field of its own won from 16 KiB.
 INLINE_MAX_BYTES = 8192
 
 # What a payload may be: a V2 type, or a plain msgpack-able value (which may hold numpy arrays).
