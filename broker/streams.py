@@ -51,6 +51,10 @@ def _entries_by_stream(response: Any) -> list[tuple[str, list[tuple[bytes, RawFi
     ]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _add_message(pipe: Pipeline, key: str, message: Message, ttl_s: float) -> None:
     pipe.xadd(key, encode_message(message))  # type: ignore[arg-type]
     pipe.expire(key, max(1, int(ttl_s)))
@@ -124,6 +128,54 @@ class WorkerStreams:
             for entry_id, fields in entries
         ]
         return deliveries[:count]
+
+    async def reclaim(
+        self, streams: Sequence[str], idle_s: float, limit: int, workers_key: str
+    ) -> list[Delivery]:
+        """Takes over jobs whose worker stopped: pending longer than ``idle_s`` (live workers
+        reset the idle time of their running jobs from their heartbeat thread) and whose
+        owner's heartbeat key is gone. At most ``limit`` jobs; each comes with its delivery
+        count, which is its fencing attempt.
+        """
+        idle_ms = int(idle_s * 1000)
+        found: list[Delivery] = []
+        for stream in streams:
+            if len(found) >= limit:
+                break
+            pending: list[dict[str, Any]] = await self.redis.xpending_range(
+                stream, GROUP, min="-", max="+", count=limit - len(found), idle=idle_ms
+            )
+            if not pending:
+                continue
+            owners = sorted({_text(p["consumer"]) for p in pending})
+            alive = await self._alive(owners, workers_key)
+            stale = [p for p in pending if _text(p["consumer"]) not in alive]
+            if not stale:
+                continue
+            ids: list[bytes] = [p["message_id"] for p in stale]
+            counts = {p["message_id"]: int(p["times_delivered"]) + 1 for p in stale}
+            # XCLAIM re-checks the idle time, so two workers never both take one job.
+            claimed: list[Any] = await self.redis.xclaim(
+                stream,
+                GROUP,
+                self.consumer,
+                idle_ms,
+                ids,  # type: ignore[arg-type]  # redis-py's list type is invariant
+            )
+            for entry_id, fields in claimed:
+                if fields is None:  # deleted meanwhile (answered late by its first runner)
+                    await self.redis.xack(stream, GROUP, entry_id)
+                    continue
+                found.append(Delivery(stream, entry_id, fields, counts.get(entry_id, 2)))
+        return found
+
+    async def _alive(self, consumers: Sequence[str], workers_key: str) -> set[str]:
+        prefix = workers_key.removesuffix("workers") + "worker:"
+        pipe = self.redis.pipeline(transaction=False)
+        for consumer in consumers:
+            pipe.exists(prefix + consumer)
+        results = await pipe.execute()
+        return {c for c, exists in zip(consumers, results, strict=True) if exists}
 
     async def reply(self, job: Job, messages: Sequence[Message]) -> None:
         """Writes messages to the job's reply stream and rings the client's bell."""

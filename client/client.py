@@ -12,15 +12,20 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
 
 from conveyor.broker.bridge import Transport, open_transport
-from conveyor.broker.connection import RedisSettings, create_client, default_redis_url
+from conveyor.broker.connection import (
+    RedisSettings,
+    create_client,
+    default_redis_url,
+    translate_errors,
+)
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.broker.streams import ClientStreams
 from conveyor.broker.wire import (
@@ -36,6 +41,7 @@ from conveyor.broker.wire import (
 )
 from conveyor.errors import (
     ConveyorError,
+    DeadLettered,
     DeadlineExceeded,
     InferenceError,
     MethodNotAllowed,
@@ -59,6 +65,22 @@ DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 _BELL_BLOCK_S = 1.0  # the reader's longest wait; keeps it well below any socket timeout
 _INPUTS_TTL_GRACE_S = 60.0
 _SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is in flight
+
+T = TypeVar("T")
+
+
+class _Translated:
+    """Every broker step of the client, with Redis failures as ``BrokerConnectionError``."""
+
+    def __init__(self, inner: Transport, settings: RedisSettings) -> None:
+        self._inner = inner
+        self._settings = settings
+
+    async def step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        # Here, not in each step: the reader's retry loop and every caller expect
+        # ConveyorError, and no redis exception may leave the broker layer.
+        with translate_errors(self._settings):
+            return await self._inner.step(fn, *args)
 
 
 class _Waiter:
@@ -137,9 +159,10 @@ class Client:
             await blocking.aclose()
 
         async with contextlib.AsyncExitStack() as stack:
-            self._transport = await stack.enter_async_context(
+            transport = await stack.enter_async_context(
                 open_transport([self._streams.batcher.run_flusher], close_connections)
             )
+            self._transport = _Translated(transport, self.settings)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             tg.start_soon(self._read_replies)
@@ -433,6 +456,8 @@ def _result(job: Job, message: Message) -> Payload:
             raise exc
         if error.code == "deadline":
             raise DeadlineExceeded(job.id, job.deadline - job.sent_at, error.message)
+        if error.code == "dead_letter":
+            raise DeadLettered(job.id, job.model, error.message)
         if error.code == "bad_entry":
             raise InferenceError(f"request {job.id}: {error.message}")
         raise RemoteError(error.type, error.message, request_id=job.id)

@@ -148,6 +148,7 @@ class Worker:
 
     async def _consume(self, streams: WorkerStreams, jobs: anyio.abc.TaskGroup) -> None:
         turn = 0
+        next_reclaim = 0.0
         while not self._stopping:
             free = self.settings.concurrency - len(self.stats.in_flight)
             if free <= 0:
@@ -160,7 +161,23 @@ class Worker:
                 continue
             turn = (turn + 1) % len(job_streams)  # rotate, so no model starves another
             order = job_streams[turn:] + job_streams[:turn]
-            for delivery in await streams.read_jobs(order, free, self.settings.read_block):
+            deliveries: list[Delivery] = []
+            if time.monotonic() >= next_reclaim:
+                # A dead worker's jobs: recovery time is bounded by the heartbeat TTL.
+                next_reclaim = time.monotonic() + self.settings.heartbeat_ttl / 2
+                deliveries = await streams.reclaim(
+                    order, self.settings.heartbeat_ttl, free, self.keys.workers()
+                )
+                for delivery in deliveries:
+                    logger.warning(
+                        "job.reclaimed stream=%s entry=%s deliveries=%d",
+                        delivery.stream,
+                        delivery.entry_id.decode(),
+                        delivery.deliveries,
+                    )
+            if not deliveries:
+                deliveries = await streams.read_jobs(order, free, self.settings.read_block)
+            for delivery in deliveries:
                 self.stats.in_flight[delivery.entry_id] = delivery.stream
                 jobs.start_soon(self._handle, streams, delivery)
 
@@ -187,6 +204,22 @@ class Worker:
             )
             return
         log = {"request": job.id, "model": job.model, "method": job.method}
+        served_any = self.registry.find(job.model, job.version)
+        limit = served_any.settings.max_deliveries if served_any is not None else 3
+        if delivery.deliveries > limit:
+            reason = (
+                f"delivered {delivery.deliveries} times (max_deliveries={limit}); "
+                "each worker that took it stopped before answering"
+            )
+            logger.warning("job.dead_lettered %s reason=%s", _kv(log), reason)
+            await streams.dead_letter(
+                delivery,
+                self.keys.dead(job.model),
+                reason,
+                job=job,
+                error_message=_error(job, delivery, "dead_letter", "DeadLettered", reason),
+            )
+            return
         now = time.time()
         if job.deadline <= now:
             logger.info("job.expired %s", _kv(log))
