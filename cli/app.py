@@ -7,13 +7,17 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 
 from conveyor.broker.connection import default_redis_url
 from conveyor.broker.keys import DEFAULT_PREFIX
 from conveyor.errors import ConveyorError
+
+if TYPE_CHECKING:
+    from conveyor.settings import ModelSettings
 
 __all__ = ("app", "main")
 
@@ -46,6 +50,24 @@ def _fail(error: BaseException) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _find_models(model_dirs: list[Path]) -> list[ModelSettings]:
+    """The models of ``model_dirs``, each implementation imported: a bad folder fails here,
+    in one line, before any process or server starts."""
+    from conveyor.settings import find_model_settings
+
+    try:
+        models = find_model_settings(model_dirs)
+        for model in models:
+            model.implementation  # noqa: B018 - import now, so a bad folder fails at once
+    except ConveyorError as error:
+        raise _fail(error) from None
+    if not models:
+        raise _fail(
+            ValueError(f"no model-settings.json found in {', '.join(map(str, model_dirs))}")
+        )
+    return models
+
+
 @app.command()
 def worker(
     model_dirs: Annotated[list[Path], typer.Argument(help="Model folders, or folders of them.")],
@@ -62,20 +84,10 @@ def worker(
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
     _setup_logging(log_level)
-    from conveyor.settings import find_model_settings
     from conveyor.worker.supervisor import supervise, worker_argv
 
     url = redis or default_redis_url()
-    try:
-        models = find_model_settings(model_dirs)
-        for model in models:
-            model.implementation  # noqa: B018 - import now, so a bad folder fails at once
-    except ConveyorError as error:
-        raise _fail(error) from None
-    if not models:
-        raise _fail(
-            ValueError(f"no model-settings.json found in {', '.join(map(str, model_dirs))}")
-        )
+    models = _find_models(model_dirs)
     if processes > 1:
         args = [str(p) for p in model_dirs]
         args += ["--redis", url, "--prefix", prefix, "--concurrency", str(concurrency)]
@@ -103,7 +115,10 @@ def worker(
 
 
 def _read_data(data: str) -> object:
-    text = Path(data[1:]).read_text() if data.startswith("@") else data
+    try:
+        text = Path(data[1:]).read_text() if data.startswith("@") else data
+    except OSError as error:
+        raise _fail(ValueError(f"cannot read --data {data}: {error.strerror or error}")) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -134,8 +149,12 @@ def infer(
     items = raw if stream and isinstance(raw, list) else [raw]
     try:
         requests = [InferenceRequest.model_validate(item) for item in items]
-    except ValueError as error:
-        raise _fail(ValueError(f"--data is not a V2 inference request: {error}")) from None
+    except ValidationError as error:
+        # pydantic's message spans lines; the CLI's error is one line
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in error.errors()
+        )
+        raise _fail(ValueError(f"--data is not a V2 inference request: {problems}")) from None
 
     async def run() -> None:
         async with Client(redis or default_redis_url(), prefix=prefix) as client:
@@ -173,6 +192,7 @@ def up(
     from conveyor.cli.embedded import run_up
 
     dirs = model_dirs or [Path("examples/models")]
+    _find_models(dirs)
     try:
         code = run_up(dirs, workers=workers, redis_url=redis, prefix=prefix, log_level=log_level)
     except ConveyorError as error:

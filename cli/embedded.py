@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import typer
 
-from conveyor.broker.connection import RedisSettings, create_sync_client
-from conveyor.broker.keys import Keys
+from conveyor.broker.connection import RedisSettings, create_sync_client, translate_errors
+from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.broker.server import RedisServer
+from conveyor.errors import ConveyorError
 from conveyor.worker.supervisor import supervise, worker_argv
 
 __all__ = ("run_up",)
@@ -31,17 +33,22 @@ def _redis(url: str | None) -> Iterator[str]:
         yield server.url
 
 
-def _wait_for_workers(url: str, prefix: str, count: int, timeout_s: float = 60.0) -> int:
-    """Waits until ``count`` workers have registered (or the timeout); returns how many did."""
-    client = create_sync_client(RedisSettings.from_url(url))
+def _wait_for_workers(
+    url: str, prefix: str, count: int, stop: threading.Event, timeout_s: float = 60.0
+) -> int:
+    """Waits until ``count`` workers have registered, ``stop`` is set, or ``timeout_s``
+    passed; returns how many did. Raises ``BrokerConnectionError`` if Redis fails."""
+    settings = RedisSettings.from_url(url)
+    client = create_sync_client(settings)
     deadline = time.monotonic() + timeout_s
     try:
         seen = 0
-        while time.monotonic() < deadline:
-            seen = int(client.zcount(Keys(prefix).workers(), time.time() - 60, "+inf"))
+        while not stop.is_set() and time.monotonic() < deadline:
+            with translate_errors(settings):
+                seen = int(client.zcount(Keys(prefix).workers(), time.time() - 60, "+inf"))
             if seen >= count:
                 break
-            time.sleep(0.2)
+            stop.wait(0.2)  # polling: registration rings no bell
         return seen
     finally:
         client.close()
@@ -56,14 +63,36 @@ def run_up(
         typer.echo(f"conveyor: Redis at {RedisSettings.from_url(url).redacted_url}")
         folders = ", ".join(str(p) for p in model_dirs)
         typer.echo(f"conveyor: starting {workers} worker process(es) for {folders}")
+        stop = threading.Event()
 
         def announce() -> None:
-            ready = _wait_for_workers(url, prefix, workers)
-            typer.echo(f"conveyor: {ready} worker(s) ready. Try, in another terminal:")
+            try:
+                ready = _wait_for_workers(url, prefix, workers, stop)
+            except ConveyorError as error:
+                typer.echo(f"conveyor: cannot see the workers: {error}", err=True)
+                return
+            if stop.is_set():
+                return
+            status = f"{ready} worker(s) ready"
+            if ready < workers:
+                status = f"only {ready} of {workers} worker(s) ready (see the log)"
+            typer.echo(f"conveyor: {status}. Try, in another terminal:")
+            # the workers' prefix too, or the line would send to streams nobody reads
+            scope = "" if prefix == DEFAULT_PREFIX else f" --prefix {shlex.quote(prefix)}"
             typer.echo(
-                f"  conveyor infer numpy-linear --redis {shlex.quote(url)} "
+                f"  conveyor infer numpy-linear --redis {shlex.quote(url)}{scope} "
                 f"--data {shlex.quote(_EXAMPLE_REQUEST)}"
             )
             typer.echo("conveyor: Ctrl-C stops everything.")
 
-        return supervise(worker_argv(args), workers, grace_period=10.0, on_started=announce)
+        # The wait runs beside the supervisor, not in it: meanwhile a worker that dies is
+        # restarted, and Ctrl-C stops everything at once.
+        announcer = threading.Thread(target=announce, name="conveyor-up-announce", daemon=True)
+        try:
+            return supervise(
+                worker_argv(args), workers, grace_period=10.0, on_started=announcer.start
+            )
+        finally:
+            stop.set()
+            if announcer.ident is not None:  # started
+                announcer.join(timeout=5)

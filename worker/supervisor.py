@@ -28,7 +28,11 @@ class _Child:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
+        # Own session, as RedisServer's child: a terminal's Ctrl-C (sent to the whole
+        # foreground group) reaches only us, and we stop each child with one SIGTERM. A
+        # child that got the SIGINT too would close its signal receiver and die on our
+        # SIGTERM, without draining its jobs or unregistering.
+        self.process = subprocess.Popen(self.argv, start_new_session=True)
         self.started = time.monotonic()
         logger.info("supervisor.started child=%d pid=%d", self.index, self.process.pid)
 
@@ -39,7 +43,7 @@ def supervise(
     grace_period: float,
     on_started: Callable[[], None] | None = None,
 ) -> int:
-    """Runs ``processes`` copies of ``child_argv`` until SIGTERM/SIGINT, then stops them.
+    """Runs ``processes`` copies of ``child_argv`` until SIGTERM/SIGINT/SIGHUP, then stops them.
 
     A child that exits is started again after a backoff that doubles up to 30 s (and
     resets once a child has lived 10 s). Returns 0 after a clean stop.
@@ -51,7 +55,10 @@ def supervise(
         nonlocal stopping
         stopping = True
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP too: a closed terminal no longer reaches the children (own sessions), so it
+    # must stop them through us.
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         for child in children:
             child.start()
