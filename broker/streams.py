@@ -16,6 +16,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.batching import PipelineBatcher
+from conveyor.broker.connection import translate_errors
 from conveyor.broker.keys import GROUP, Keys
 from conveyor.broker.wire import Fields, Job, Message, RawFields, encode_message
 
@@ -67,10 +68,11 @@ def _ttl_for(job: Job) -> float:
 class WorkerStreams:
     """The worker's side: read jobs as one consumer of the group, answer, ack, dead-letter."""
 
-    def __init__(self, redis: Redis, keys: Keys, consumer: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys, consumer: str, where: str = "redis") -> None:
         self.redis = redis
         self.keys = keys
         self.consumer = consumer
+        self.where = where  # the redacted URL, for errors
         self.batcher = PipelineBatcher(redis)
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
@@ -94,6 +96,10 @@ class WorkerStreams:
         """
         if not streams or free <= 0:
             return []
+        with translate_errors(self.where):
+            return await self._read_jobs(streams, free, block_s)
+
+    async def _read_jobs(self, streams: Sequence[str], free: int, block_s: float) -> list[Delivery]:
         deliveries: list[Delivery] = []
         if len(streams) > 1:
             for stream in streams:
@@ -137,14 +143,25 @@ class WorkerStreams:
         owner's heartbeat key is gone. At most ``limit`` jobs; each comes with its delivery
         count, which is its fencing attempt.
         """
-        idle_ms = int(idle_s * 1000)
+        with translate_errors(self.where):
+            return await self._reclaim(streams, int(idle_s * 1000), limit, workers_key)
+
+    async def _reclaim(
+        self, streams: Sequence[str], idle_ms: int, limit: int, workers_key: str
+    ) -> list[Delivery]:
         found: list[Delivery] = []
         for stream in streams:
             if len(found) >= limit:
                 break
-            pending: list[dict[str, Any]] = await self.redis.xpending_range(
-                stream, GROUP, min="-", max="+", count=limit - len(found), idle=idle_ms
-            )
+            try:
+                pending: list[dict[str, Any]] = await self.redis.xpending_range(
+                    stream, GROUP, min="-", max="+", count=limit - len(found), idle=idle_ms
+                )
+            except redis_errors.ResponseError as error:
+                if not is_nogroup(error):
+                    raise
+                await self.ensure_groups([stream])
+                continue
             if not pending:
                 continue
             owners = sorted({_text(p["consumer"]) for p in pending})

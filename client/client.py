@@ -12,7 +12,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,6 +50,7 @@ from conveyor.errors import (
     NoWorkerError,
     PayloadTooLarge,
     RemoteError,
+    StreamInterrupted,
     WireError,
 )
 from conveyor.methods import ModelMethods
@@ -58,6 +60,8 @@ if TYPE_CHECKING:
 
 __all__ = ("Client",)
 
+T = TypeVar("T")
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -66,27 +70,15 @@ _BELL_BLOCK_S = 1.0  # the reader's longest wait; keeps it well below any socket
 _INPUTS_TTL_GRACE_S = 60.0
 _SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is in flight
 
-T = TypeVar("T")
 
-
-class _Translated:
-    """Every broker step of the client, with Redis failures as ``BrokerConnectionError``."""
-
-    def __init__(self, inner: Transport, settings: RedisSettings) -> None:
-        self._inner = inner
-        self._settings = settings
-
-    async def step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        # Here, not in each step: the reader's retry loop and every caller expect
-        # ConveyorError, and no redis exception may leave the broker layer.
-        with translate_errors(self._settings):
-            return await self._inner.step(fn, *args)
+_ENDED = -1  # a waiter's attempt once it stopped taking messages
+_CANCEL = "cancel"  # the control request that stops a running job (see the worker)
 
 
 class _Waiter:
     """One call in flight: where its replies are and what has arrived."""
 
-    __slots__ = ("attempt", "cursor", "event", "inbox", "key", "request_id")
+    __slots__ = ("attempt", "cursor", "event", "inbox", "key", "request_id", "taken")
 
     def __init__(self, request_id: str, key: str) -> None:
         self.request_id = request_id
@@ -95,19 +87,45 @@ class _Waiter:
         self.inbox: deque[Message] = deque()
         self.event = anyio.Event()
         self.attempt: int | None = None  # the delivery whose answer this call takes
+        self.taken = 0  # messages the caller has taken
 
     def deliver(self, message: Message) -> None:
-        # Fencing: once one delivery answered, messages of any other are ignored.
+        # Fencing: the call takes the messages of one delivery (attempt) of its job.
+        if self.attempt == _ENDED:
+            return
         if self.attempt is None:
             self.attempt = message.attempt
         elif message.attempt != self.attempt:
-            logger.debug(
-                "reply.ignored request=%s attempt=%d kept=%d",
-                self.request_id,
-                message.attempt,
-                self.attempt,
-            )
-            return
+            if self.taken == 0:
+                # A reclaimed job restarted before the caller saw anything: follow the
+                # new delivery, drop what the old one left unread.
+                self.inbox = deque(m for m in self.inbox if m.attempt == message.attempt)
+                self.attempt = message.attempt
+            elif message.attempt > self.attempt:
+                # The worker streaming to this caller died after some chunks; another one
+                # restarted the job. Never show duplicated or missing chunks: stop here.
+                self.inbox.append(
+                    Message(
+                        MessageType.ERROR,
+                        self.request_id,
+                        self.attempt,
+                        error=_error_info(
+                            "stream_interrupted",
+                            "StreamInterrupted",
+                            f"the stream broke after {self.taken} chunks: the worker "
+                            "running it stopped and another restarted it; send the "
+                            "request again",
+                        ),
+                    )
+                )
+                self.attempt = _ENDED  # ignore everything after
+                self.event.set()
+                return
+            else:
+                logger.debug(
+                    "reply.ignored request=%s attempt=%d", self.request_id, message.attempt
+                )
+                return
         self.inbox.append(message)
         self.event.set()
 
@@ -115,6 +133,7 @@ class _Waiter:
         while not self.inbox:
             await self.event.wait()
             self.event = anyio.Event()
+        self.taken += 1
         return self.inbox.popleft()
 
 
@@ -159,10 +178,9 @@ class Client:
             await blocking.aclose()
 
         async with contextlib.AsyncExitStack() as stack:
-            transport = await stack.enter_async_context(
+            self._transport = await stack.enter_async_context(
                 open_transport([self._streams.batcher.run_flusher], close_connections)
             )
-            self._transport = _Translated(transport, self.settings)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             tg.start_soon(self._read_replies)
@@ -203,6 +221,11 @@ class Client:
             raise ConveyorError("the client is not open: use `async with Client(...)`")
         return self._transport
 
+    async def _step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Runs one broker step; Redis failures become ``BrokerConnectionError``."""
+        with translate_errors(self.settings):
+            return await self._io.step(fn, *args)
+
     # -- the reader -------------------------------------------------------------------------
 
     async def _read_replies(self) -> None:
@@ -210,7 +233,7 @@ class Client:
         while True:
             finished, self._finished = self._finished, []
             try:
-                rung = await self._io.step(streams.wait_bell, _BELL_BLOCK_S, finished)
+                rung = await self._step(streams.wait_bell, _BELL_BLOCK_S, finished)
                 cursors = {}
                 for request_id in set(rung):
                     waiter = self._waiters.get(request_id)
@@ -218,7 +241,7 @@ class Client:
                         cursors[waiter.key] = waiter.cursor
                 if not cursors:
                     continue
-                replies = await self._io.step(streams.read_replies, cursors)
+                replies = await self._step(streams.read_replies, cursors)
             except ConveyorError as error:
                 logger.warning("client.read_failed error=%s", error)
                 await anyio.sleep(0.5)  # reconnect backoff; the connection retries itself
@@ -301,13 +324,13 @@ class Client:
         answered = False
         try:
             with anyio.fail_after(timeout):
-                entry_id = await self._io.step(self._streams.send_job, stream, fields)
+                entry_id = await self._step(self._streams.send_job, stream, fields)
                 message = await waiter.next()
             answered = True
         except TimeoutError:
             raise await self._timed_out(job, stream, entry_id, timeout) from None
         finally:
-            await self._forget(waiter, stream, None if answered else entry_id)
+            await self._forget(waiter, job, stream, None if answered else entry_id)
         return _result(job, message)
 
     async def stream(
@@ -317,7 +340,7 @@ class Client:
         *,
         version: str | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[Payload]:
+    ) -> AsyncGenerator[Payload, None]:
         """Runs ``predict_stream``: sends ``requests`` as they come, yields each response.
 
         ``timeout`` bounds the whole stream.
@@ -338,7 +361,7 @@ class Client:
         pump_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(timeout):
-                entry_id = await self._io.step(self._streams.send_job, stream, fields)
+                entry_id = await self._step(self._streams.send_job, stream, fields)
             self._task_group.start_soon(self._pump_inputs, job, waiter, requests, pump_scope)
             while True:
                 with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
@@ -355,7 +378,7 @@ class Client:
             raise await self._timed_out(job, stream, entry_id, timeout) from None
         finally:
             pump_scope.cancel()
-            await self._forget(waiter, stream, None if finished else entry_id, job.inputs)
+            await self._forget(waiter, job, stream, None if finished else entry_id, job.inputs)
 
     async def control(self, model: str, method: str, *, timeout: float | None = None) -> bool:
         """Sends ``load`` or ``unload`` to every live worker of ``model``.
@@ -370,7 +393,7 @@ class Client:
         self._waiters[job.id] = waiter
         try:
             with anyio.fail_after(timeout):
-                await self._io.step(self._streams.send_control, stream, fields)
+                await self._step(self._streams.send_control, stream, fields)
                 while True:
                     message = await waiter.next()
                     result = _result(job, message)
@@ -381,7 +404,7 @@ class Client:
                 job.id, timeout, f"no live worker answered {method} of model {model!r}"
             ) from None
         finally:
-            await self._forget(waiter, stream, None)
+            await self._forget(waiter, job, stream, None)
 
     async def _pump_inputs(
         self,
@@ -397,10 +420,10 @@ class Client:
             try:
                 async for request in requests:
                     entry = encode_message(Message(MessageType.INPUT, job.id, 0, seq, request))
-                    await self._io.step(self._streams.send_inputs, job.inputs, [entry], ttl)
+                    await self._step(self._streams.send_inputs, job.inputs, [entry], ttl)
                     seq += 1
                 end = encode_message(Message(MessageType.END, job.id, 0, seq))
-                await self._io.step(self._streams.send_inputs, job.inputs, [end], ttl)
+                await self._step(self._streams.send_inputs, job.inputs, [end], ttl)
             except Exception as error:  # the caller's iterator failed: end the call with it
                 waiter.deliver(
                     Message(
@@ -415,25 +438,31 @@ class Client:
         self, job: Job, stream: str, entry_id: bytes | None, timeout: float
     ) -> ConveyorError:
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            if entry_id is not None and not await self._io.step(
+            if entry_id is not None and not await self._step(
                 self._streams.job_was_taken, stream, entry_id
             ):
                 return NoWorkerError(job.id, timeout, job.model)
         return DeadlineExceeded(job.id, timeout, "the job was taken by a worker")
 
     async def _forget(
-        self, waiter: _Waiter, stream: str, withdraw: bytes | None, *extra_keys: str
+        self, waiter: _Waiter, job: Job, stream: str, unanswered: bytes | None, *keys: str
     ) -> None:
-        """Drops the waiter; deletes its reply stream (and a job no longer wanted)."""
+        """Drops the waiter and its reply stream. For a call given up on (``unanswered`` is
+        its job's entry id), deletes the job if no worker took it yet and asks the workers
+        to stop it if one did, so a caller that gave up leaves no work running."""
         self._waiters.pop(waiter.request_id, None)
         self._finished.append(waiter.key)
-        if withdraw is None and not extra_keys:
+        if unanswered is None and not keys:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            if withdraw is not None:
-                await self._io.step(self._streams.withdraw_job, stream, withdraw)
-            if extra_keys:
-                await self._io.step(self._streams.delete, *extra_keys)
+            if unanswered is not None:
+                await self._step(self._streams.withdraw_job, stream, unanswered)
+                cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
+                await self._step(
+                    self._streams.send_control, self.keys.control(job.model), encode_job(cancel)
+                )
+            if keys:
+                await self._step(self._streams.delete, *keys)
 
 
 def _error_info(code: str, type_name: str, message: str) -> Any:
@@ -456,6 +485,10 @@ def _result(job: Job, message: Message) -> Payload:
             raise exc
         if error.code == "deadline":
             raise DeadlineExceeded(job.id, job.deadline - job.sent_at, error.message)
+        if error.code == "payload_too_large":
+            raise PayloadTooLarge(0, 0, error.message)
+        if error.code == "stream_interrupted":
+            raise StreamInterrupted(job.id, error.message)
         if error.code == "dead_letter":
             raise DeadLettered(job.id, job.model, error.message)
         if error.code == "bad_entry":

@@ -10,6 +10,7 @@ locally, using the input and output metadata the fleet reports (fetch it once wi
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from conveyor.broker.wire import Payload
@@ -60,11 +61,16 @@ class ParallelModel(MLModel):
     async def predict_stream(
         self, payloads: AsyncIterator[InferenceRequest], *, timeout: float | None = None
     ) -> AsyncIterator[InferenceResponse]:
-        """Streams ``payloads`` to a worker's ``predict_stream`` and yields its responses."""
-        async for chunk in self._client.stream(
-            self.name, payloads, version=self.version, timeout=timeout
-        ):
-            yield self._expect(chunk, InferenceResponse, "predict_stream")
+        """Streams ``payloads`` to a worker's ``predict_stream`` and yields its responses.
+
+        Leaving early stops the job on the worker. On trio, wrap the iteration in
+        ``contextlib.aclosing(...)`` so that happens at once rather than when the generator
+        is garbage-collected.
+        """
+        chunks = self._client.stream(self.name, payloads, version=self.version, timeout=timeout)
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield self._expect(chunk, InferenceResponse, "predict_stream")
 
     async def metadata(self, *, timeout: float | None = None) -> MetadataModelResponse:
         """The model's metadata as a worker reports it; fetched once, then cached."""

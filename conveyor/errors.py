@@ -18,7 +18,8 @@
     │   └── NoWorkerError              ... and no worker ever took the job
     ├── QueueFull                      the model's backlog is at its limit
     ├── PayloadTooLarge                a payload is over the size limit
-    └── DeadLettered                   the job failed too often and was dead-lettered
+    ├── DeadLettered                   the job failed too often and was dead-lettered
+    └── StreamInterrupted              a predict_stream's worker died after some chunks
 
 ``conveyor.codecs.CodecError`` is an ``MLServerError`` too, as in MLServer.
 Errors cross the wire as data (type name, message), never pickled.
@@ -43,6 +44,7 @@ __all__ = (
     "PayloadTooLarge",
     "QueueFull",
     "RemoteError",
+    "StreamInterrupted",
     "WireError",
 )
 
@@ -172,12 +174,22 @@ class QueueFull(ConveyorError):
 
 
 class PayloadTooLarge(ConveyorError):
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, message: str = "") -> None:
         self.size, self.limit = size, limit
-        super().__init__(f"payload of {size} bytes is over the limit of {limit} bytes")
+        super().__init__(message or f"payload of {size} bytes is over the limit of {limit} bytes")
 
 
 class DeadLettered(ConveyorError):
     def __init__(self, request_id: str, model: str, reason: str) -> None:
         self.request_id, self.model, self.reason = request_id, model, reason
         super().__init__(f"request {request_id} to model {model!r} was dead-lettered: {reason}")
+
+
+class StreamInterrupted(ConveyorError):
+    """The worker running a ``predict_stream`` stopped after some chunks had reached the
+    caller; another worker restarted the job, so the stream cannot go on without repeating
+    or missing chunks. Sending the request again is safe."""
+
+    def __init__(self, request_id: str, message: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"request {request_id}: {message}")

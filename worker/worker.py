@@ -27,7 +27,7 @@ from conveyor.broker.wire import (
     decode_job,
     decode_message,
 )
-from conveyor.errors import WireError
+from conveyor.errors import ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.worker import execution
@@ -72,6 +72,9 @@ class Worker:
         self._redis_settings = RedisSettings.from_url(settings.redis_url)
         self._stopping = False
         self._slot_freed = anyio.Event()
+        self._next_reclaim = 0.0
+        self._running: dict[str, anyio.CancelScope] = {}  # request id -> its job's scope
+        self._cancelled: dict[str, float] = {}  # request ids cancelled by their caller
 
     def stop(self) -> None:
         """Stops taking new jobs; ``run`` returns once in-flight jobs are done."""
@@ -85,7 +88,9 @@ class Worker:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         redis = create_client(self._redis_settings, blocking=True)
-        streams = WorkerStreams(redis, self.keys, self.settings.name)
+        streams = WorkerStreams(
+            redis, self.keys, self.settings.name, self._redis_settings.redacted_url
+        )
         self._streams = streams
         self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
         heartbeat = Heartbeat(
@@ -148,7 +153,7 @@ class Worker:
 
     async def _consume(self, streams: WorkerStreams, jobs: anyio.abc.TaskGroup) -> None:
         turn = 0
-        next_reclaim = 0.0
+        backoff = 0.1
         while not self._stopping:
             free = self.settings.concurrency - len(self.stats.in_flight)
             if free <= 0:
@@ -161,29 +166,57 @@ class Worker:
                 continue
             turn = (turn + 1) % len(job_streams)  # rotate, so no model starves another
             order = job_streams[turn:] + job_streams[:turn]
-            deliveries: list[Delivery] = []
-            if time.monotonic() >= next_reclaim:
-                # A dead worker's jobs: recovery time is bounded by the heartbeat TTL.
-                next_reclaim = time.monotonic() + self.settings.heartbeat_ttl / 2
-                deliveries = await streams.reclaim(
-                    order, self.settings.heartbeat_ttl, free, self.keys.workers()
+            try:
+                deliveries = await self._next_jobs(streams, order, free)
+            except ConveyorError as error:
+                # Redis restarting or unreachable: back off and try again, never give up
+                logger.warning(
+                    "worker.redis_unavailable worker=%s retry_in=%.1fs error=%s",
+                    self.settings.name,
+                    backoff,
+                    _describe(error),
                 )
-                for delivery in deliveries:
-                    logger.warning(
-                        "job.reclaimed stream=%s entry=%s deliveries=%d",
-                        delivery.stream,
-                        delivery.entry_id.decode(),
-                        delivery.deliveries,
-                    )
-            if not deliveries:
-                deliveries = await streams.read_jobs(order, free, self.settings.read_block)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
             for delivery in deliveries:
                 self.stats.in_flight[delivery.entry_id] = delivery.stream
                 jobs.start_soon(self._handle, streams, delivery)
 
+    async def _next_jobs(
+        self, streams: WorkerStreams, order: list[str], free: int
+    ) -> list[Delivery]:
+        """Jobs of dead workers first (checked every half TTL), else new ones."""
+        if time.monotonic() >= self._next_reclaim:
+            # Recovery time is bounded by the heartbeat TTL, not by the longest job.
+            self._next_reclaim = time.monotonic() + self.settings.heartbeat_ttl / 2
+            reclaimed = await streams.reclaim(
+                order, self.settings.heartbeat_ttl, free, self.keys.workers()
+            )
+            for delivery in reclaimed:
+                logger.warning(
+                    "job.reclaimed stream=%s entry=%s deliveries=%d",
+                    delivery.stream,
+                    delivery.entry_id.decode(),
+                    delivery.deliveries,
+                )
+            if reclaimed:
+                self._next_reclaim = 0.0  # there may be more: look again next round
+                return reclaimed
+        return await streams.read_jobs(order, free, self.settings.read_block)
+
     async def _handle(self, streams: WorkerStreams, delivery: Delivery) -> None:
         try:
             await self._run_job(streams, delivery)
+        except Exception as error:  # e.g. Redis went away mid-answer: the job stays pending
+            # and is delivered again once reclaimed; the worker itself keeps serving.
+            logger.warning(
+                "job.unfinished stream=%s entry=%s error=%s",
+                delivery.stream,
+                delivery.entry_id.decode(),
+                _describe(error),
+            )
         finally:
             self.stats.in_flight.pop(delivery.entry_id, None)
             self.stats.done += 1
@@ -246,68 +279,96 @@ class Worker:
             return
         if served is None or served.model is None:
             version = f" version {job.version!r}" if job.version else ""
-            await streams.finish(
+            await self._refuse(
+                streams,
                 delivery,
                 job,
-                [
-                    _error(
-                        job,
-                        delivery,
-                        "model_not_found",
-                        "ModelNotFound",
-                        f"worker {self.settings.name} does not serve model {job.model!r}{version}",
-                    )
-                ],
+                "model_not_found",
+                "ModelNotFound",
+                f"worker {self.settings.name} does not serve model {job.model!r}{version}",
             )
             return
         if job.method not in served.exposed:
             allowed = ", ".join(sorted(served.exposed))
-            logger.info("job.method_not_allowed %s", _kv(log))
-            await streams.finish(
+            await self._refuse(
+                streams,
                 delivery,
                 job,
-                [
-                    _error(
-                        job,
-                        delivery,
-                        "method_not_allowed",
-                        "MethodNotAllowed",
-                        f"model {job.model!r} does not expose method {job.method!r}; "
-                        f"callable methods are: {allowed}",
-                    )
-                ],
+                "method_not_allowed",
+                "MethodNotAllowed",
+                f"model {job.model!r} does not expose method {job.method!r}; "
+                f"callable methods are: {allowed}",
             )
             return
-        with anyio.move_on_after(max(job.deadline - time.time(), 0.0)) as scope:
-            if job.method == ModelMethods.PredictStream.value:
-                await self._run_stream(streams, delivery, job, served)
-                return
-            try:
-                result = await self._call(served, job)
-            except Exception as error:  # the model's own failure goes back to the caller
-                logger.info("job.failed %s error=%s", _kv(log), type(error).__name__)
-                message = _error(job, delivery, "model_error", type(error).__name__, str(error))
-                await streams.finish(delivery, job, [message])
-                return
-            await streams.finish(
+        size = sum(len(value) for value in delivery.fields.values())
+        limit = served.settings.max_payload_bytes
+        if size > limit:
+            await self._refuse(
+                streams,
                 delivery,
                 job,
-                [Message(MessageType.RESULT, job.id, delivery.deliveries, payload=result)],
+                "payload_too_large",
+                "PayloadTooLarge",
+                f"payload of {size} bytes is over the limit of {limit} bytes "
+                f"(max_payload_bytes of model {job.model!r})",
             )
+            return
+        # Bounded by the job's deadline; a caller that gives up cancels it (see _control).
+        scope = anyio.move_on_after(max(job.deadline - time.time(), 0.0))
+        self._running[job.id] = scope
+        try:
+            with scope:
+                if job.method == ModelMethods.PredictStream.value:
+                    messages = await self._run_stream(streams, delivery, job, served)
+                else:
+                    messages = await self._run_unary(delivery, job, served)
+        finally:
+            self._running.pop(job.id, None)
         if scope.cancelled_caught:
-            await streams.finish(
-                delivery,
-                job,
-                [
-                    _error(
-                        job,
-                        delivery,
-                        "deadline",
-                        "DeadlineExceeded",
-                        "the job ran past its deadline and was stopped",
-                    )
-                ],
+            if self._cancelled.pop(job.id, None) is not None:
+                logger.info("job.stopped %s reason=cancelled", _kv(log))
+                text = "cancelled: the caller gave up waiting"
+                messages = [_error(job, delivery, "cancelled", "Cancelled", text)]
+            else:
+                logger.info("job.stopped %s reason=deadline", _kv(log))
+                text = "the job ran past its deadline and was stopped"
+                messages = [_error(job, delivery, "deadline", "DeadlineExceeded", text)]
+        await streams.finish(delivery, job, messages)
+
+    async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
+        try:
+            result = await self._call(served, job)
+        except Exception as error:  # the model's own failure goes back to the caller
+            logger.info(
+                "job.failed request=%s model=%s error=%s", job.id, job.model, type(error).__name__
             )
+            return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
+        return [Message(MessageType.RESULT, job.id, delivery.deliveries, payload=result)]
+
+    async def _refuse(
+        self,
+        streams: WorkerStreams,
+        delivery: Delivery,
+        job: Job,
+        code: str,
+        type_name: str,
+        reason: str,
+    ) -> None:
+        """A job that can never run: one log line, a dead letter, the reason to the caller."""
+        logger.warning(
+            "job.refused request=%s model=%s method=%s reason=%s",
+            job.id,
+            job.model,
+            job.method,
+            reason,
+        )
+        await streams.dead_letter(
+            delivery,
+            self.keys.dead(job.model),
+            reason,
+            job=job,
+            error_message=_error(job, delivery, code, type_name, reason),
+        )
 
     async def _call(self, served: ServedModel, job: Job) -> Payload:
         assert served.model is not None
@@ -317,7 +378,8 @@ class Worker:
 
     async def _run_stream(
         self, streams: WorkerStreams, delivery: Delivery, job: Job, served: ServedModel
-    ) -> None:
+    ) -> list[Message]:
+        """Streams each response as a chunk; returns the closing message (end or error)."""
         assert served.model is not None
         inputs = self._inputs(streams, job)
         seq = 0
@@ -330,14 +392,11 @@ class Worker:
                 )
                 seq += 1
         except Exception as error:
-            message = _error(job, delivery, "model_error", type(error).__name__, str(error))
-            await streams.finish(delivery, job, [message])
-            return
+            return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
-            await inputs.aclose()
-        await streams.finish(
-            delivery, job, [Message(MessageType.END, job.id, delivery.deliveries, seq)]
-        )
+            with anyio.CancelScope(shield=True):
+                await inputs.aclose()
+        return [Message(MessageType.END, job.id, delivery.deliveries, seq)]
 
     async def _inputs(self, streams: WorkerStreams, job: Job) -> AsyncGenerator[Payload, None]:
         """The requests a client streams to a predict_stream, until its end marker."""
@@ -376,6 +435,12 @@ class Worker:
                 await self._control(streams, job)
 
     async def _control(self, streams: WorkerStreams, job: Job) -> None:
+        if job.method == _CANCEL:
+            scope = self._running.get(job.id)
+            if scope is not None:
+                self._cancelled[job.id] = time.time()
+                scope.cancel()
+            return
         try:
             if job.method == ModelMethods.Load.value:
                 ready = await self.registry.load(job.model)
@@ -400,6 +465,9 @@ class Worker:
         await streams.reply(job, [message])
 
 
+_CANCEL = "cancel"  # a control request: stop the running job with this request id
+
+
 def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
     return Message(
         MessageType.ERROR, job.id, delivery.deliveries, error=ErrorInfo(code, type_name, text)
@@ -410,6 +478,10 @@ def _model_of(stream: str) -> str:
     """The model name inside a job stream key's hash tag."""
     start, end = stream.find("{"), stream.find("}")
     return stream[start + 1 : end] if 0 <= start < end else stream
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def _kv(fields: dict[str, str]) -> str:
