@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from conveyor.broker.connection import default_redis_url
 from conveyor.broker.keys import DEFAULT_PREFIX
+from conveyor.cli.dlq import dlq_app
 from conveyor.errors import ConveyorError
 
 if TYPE_CHECKING:
@@ -198,6 +199,9 @@ def up(
     except ConveyorError as error:
         raise _fail(error) from None
     raise typer.Exit(code)
+
+
+app.add_typer(dlq_app, name="dlq")
 
 
 def main() -> None:
