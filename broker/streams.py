@@ -192,7 +192,11 @@ class WorkerStreams:
         for consumer in consumers:
             pipe.exists(prefix + consumer)
         results = await pipe.execute()
-        return {c for c, exists in zip(consumers, results, strict=True) if exists}
+        # This worker's own stale entries are jobs it gave up on (its answer could not be
+        # written): its heartbeat refreshes every job it still runs, so take them again.
+        return {
+            c for c, exists in zip(consumers, results, strict=True) if exists and c != self.consumer
+        }
 
     async def reply(self, job: Job, messages: Sequence[Message]) -> None:
         """Writes messages to the job's reply stream and rings the client's bell."""
@@ -262,7 +266,8 @@ class WorkerStreams:
             "dead_consumer": self.consumer,
         }
         for name, value in delivery.fields.items():
-            if name not in dead:
+            text = name.decode(errors="replace") if isinstance(name, bytes) else name
+            if text not in dead:  # a job's own field never overwrites the bookkeeping
                 dead[name] = value
         ttl = _ttl_for(job) if job is not None else REPLY_GRACE_S
 
@@ -377,6 +382,15 @@ class ClientStreams:
                 last = group.get("last-delivered-id") or b"0-0"
                 return _id_tuple(last) >= _id_tuple(entry_id)
         return False
+
+    async def jobs_present(self, jobs: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Whether each (stream, entry id) is still in its stream: queued or running."""
+        if not jobs:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, entry_id in jobs:
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+        return [bool(found) for found in await pipe.execute()]
 
     async def withdraw_job(self, stream: str, entry_id: bytes) -> None:
         """Deletes a job that the caller gave up on, so no worker runs it later."""

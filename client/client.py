@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,12 +35,14 @@ from conveyor.broker.wire import (
     Message,
     MessageType,
     Payload,
+    RawFields,
     decode_message,
     encode_job,
     encode_message,
     fields_size,
 )
 from conveyor.errors import (
+    BrokerConnectionError,
     ConveyorError,
     DeadLettered,
     DeadlineExceeded,
@@ -72,13 +74,34 @@ _SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is 
 
 
 _ENDED = -1  # a waiter's attempt once it stopped taking messages
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A job as sent: enough to find it in its stream, or send it again."""
+
+    job: Job
+    stream: str
+    entry_id: bytes
+
+
 _CANCEL = "cancel"  # the control request that stops a running job (see the worker)
 
 
 class _Waiter:
     """One call in flight: where its replies are and what has arrived."""
 
-    __slots__ = ("attempt", "cursor", "event", "inbox", "key", "request_id", "taken")
+    __slots__ = (
+        "attempt",
+        "cursor",
+        "event",
+        "inbox",
+        "key",
+        "request_id",
+        "sent",
+        "taken",
+        "unreachable",
+    )
 
     def __init__(self, request_id: str, key: str) -> None:
         self.request_id = request_id
@@ -88,6 +111,8 @@ class _Waiter:
         self.event = anyio.Event()
         self.attempt: int | None = None  # the delivery whose answer this call takes
         self.taken = 0  # messages the caller has taken
+        self.sent: _Sent | None = None  # the job entry, once XADDed
+        self.unreachable: BrokerConnectionError | None = None  # why the job is not sent yet
 
     def deliver(self, message: Message) -> None:
         # Fencing: the call takes the messages of one delivery (attempt) of its job.
@@ -162,6 +187,7 @@ class Client:
         self._exit: contextlib.AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._reached = False  # whether Redis ever answered this client
 
     async def __aenter__(self) -> Client:
         # Named connections, so `CLIENT LIST` shows which belong to this client. The sender
@@ -224,15 +250,23 @@ class Client:
     async def _step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs one broker step; Redis failures become ``BrokerConnectionError``."""
         with translate_errors(self.settings):
-            return await self._io.step(fn, *args)
+            result = await self._io.step(fn, *args)
+        self._reached = True
+        return result
 
     # -- the reader -------------------------------------------------------------------------
 
     async def _read_replies(self) -> None:
         streams = self._streams
+        broken = False
         while True:
             finished, self._finished = self._finished, []
             try:
+                if broken:
+                    # Back after an outage: a bell may have been lost, and Redis may have
+                    # lost the last writes before a crash (appendfsync everysec).
+                    await self._resync()
+                    broken = False
                 rung = await self._step(streams.wait_bell, _BELL_BLOCK_S, finished)
                 cursors = {}
                 for request_id in set(rung):
@@ -243,26 +277,57 @@ class Client:
                     continue
                 replies = await self._step(streams.read_replies, cursors)
             except ConveyorError as error:
-                logger.warning("client.read_failed error=%s", error)
-                await anyio.sleep(0.5)  # reconnect backoff; the connection retries itself
+                if not broken:
+                    logger.warning("client.redis_unavailable error=%s", error)
+                broken = True
+                await anyio.sleep(0.5)  # the connection's own retries have run out: wait
                 continue
-            for key, entries in replies:
-                request_id = key.rsplit(":", 1)[-1]
-                waiter = self._waiters.get(request_id)
-                if waiter is None:
-                    continue
-                for entry_id, fields in entries:
-                    waiter.cursor = entry_id
-                    try:
-                        message = decode_message(fields)
-                    except WireError as error:
-                        message = Message(
-                            MessageType.ERROR,
-                            request_id,
-                            waiter.attempt or 0,
-                            error=_error_info("bad_entry", "WireError", error.reason),
-                        )
-                    waiter.deliver(message)
+            self._dispatch(replies)
+
+    def _dispatch(self, replies: list[tuple[str, list[tuple[bytes, RawFields]]]]) -> None:
+        for key, entries in replies:
+            request_id = key.rsplit(":", 1)[-1]
+            waiter = self._waiters.get(request_id)
+            if waiter is None:
+                continue
+            for entry_id, fields in entries:
+                waiter.cursor = entry_id
+                try:
+                    message = decode_message(fields)
+                except WireError as error:
+                    message = Message(
+                        MessageType.ERROR,
+                        request_id,
+                        waiter.attempt or 0,
+                        error=_error_info("bad_entry", "WireError", error.reason),
+                    )
+                waiter.deliver(message)
+
+    async def _resync(self) -> None:
+        """Reads every open reply stream, and sends again the jobs Redis no longer has.
+
+        A job that is neither in its stream (queued or running) nor answered was lost with
+        the last writes before a Redis crash: it goes again under the same request id, with
+        the next attempt number. Workers and answer-taking are idempotent per request id.
+        """
+        waiters = [w for w in self._waiters.values() if w.sent is not None]
+        if not waiters:
+            return
+        cursors = {w.key: w.cursor for w in waiters}
+        self._dispatch(await self._step(self._streams.read_replies, cursors))
+        pending = [
+            (w, w.sent) for w in waiters if not w.inbox and w.taken == 0 and w.sent is not None
+        ]
+        present = await self._step(
+            self._streams.jobs_present, [(sent.stream, sent.entry_id) for _, sent in pending]
+        )
+        for (waiter, sent), here in zip(pending, present, strict=True):
+            if here:
+                continue
+            job = replace(sent.job, attempt=sent.job.attempt + 1)
+            entry_id = await self._step(self._streams.send_job, sent.stream, encode_job(job))
+            waiter.sent = _Sent(job, sent.stream, entry_id)
+            logger.warning("client.resent request=%s attempt=%d", job.id, job.attempt)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -320,17 +385,16 @@ class Client:
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         self._waiters[job.id] = waiter
-        entry_id: bytes | None = None
         answered = False
         try:
             with anyio.fail_after(timeout):
-                entry_id = await self._step(self._streams.send_job, stream, fields)
+                await self._send(waiter, job, stream, fields)
                 message = await waiter.next()
             answered = True
         except TimeoutError:
-            raise await self._timed_out(job, stream, entry_id, timeout) from None
+            raise await self._timed_out(job, waiter, timeout) from None
         finally:
-            await self._forget(waiter, job, stream, None if answered else entry_id)
+            await self._forget(waiter, job, None if answered else waiter.sent)
         return _result(job, message)
 
     async def stream(
@@ -354,14 +418,13 @@ class Client:
         fields = self._encode(job)
         self._waiters[job.id] = waiter
         deadline = anyio.current_time() + timeout
-        entry_id: bytes | None = None
         finished = False
         # The input pump lives in the client's task group, not in this generator: a yield
         # inside a task group or cancel scope of an async generator breaks cancellation.
         pump_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(timeout):
-                entry_id = await self._step(self._streams.send_job, stream, fields)
+                await self._send(waiter, job, stream, fields)
             self._task_group.start_soon(self._pump_inputs, job, waiter, requests, pump_scope)
             while True:
                 with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
@@ -375,10 +438,10 @@ class Client:
                     finished = True
                     _result(job, message)
         except TimeoutError:
-            raise await self._timed_out(job, stream, entry_id, timeout) from None
+            raise await self._timed_out(job, waiter, timeout) from None
         finally:
             pump_scope.cancel()
-            await self._forget(waiter, job, stream, None if finished else entry_id, job.inputs)
+            await self._forget(waiter, job, None if finished else waiter.sent, job.inputs)
 
     async def control(self, model: str, method: str, *, timeout: float | None = None) -> bool:
         """Sends ``load`` or ``unload`` to every live worker of ``model``.
@@ -404,7 +467,26 @@ class Client:
                 job.id, timeout, f"no live worker answered {method} of model {model!r}"
             ) from None
         finally:
-            await self._forget(waiter, job, stream, None)
+            await self._forget(waiter, job, None)
+
+    async def _send(self, waiter: _Waiter, job: Job, stream: str, fields: Fields) -> None:
+        """XADDs the job. While a Redis that answered before is unreachable (restarting, or
+        failing over), tries again until the caller's deadline, whose TimeoutError then
+        reports the connection error (see ``_timed_out``)."""
+        backoff = 0.05
+        while True:
+            try:
+                entry_id = await self._step(self._streams.send_job, stream, fields)
+            except BrokerConnectionError as error:
+                if not self._reached:
+                    raise  # never reached: a wrong URL or a server that is down, say so now
+                waiter.unreachable = error  # an outage of a Redis that worked: wait it out
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            waiter.unreachable = None
+            waiter.sent = _Sent(job, stream, entry_id)
+            return
 
     async def _pump_inputs(
         self,
@@ -434,29 +516,31 @@ class Client:
                     )
                 )
 
-    async def _timed_out(
-        self, job: Job, stream: str, entry_id: bytes | None, timeout: float
-    ) -> ConveyorError:
+    async def _timed_out(self, job: Job, waiter: _Waiter, timeout: float) -> ConveyorError:
+        """The error for a call that got no answer in time, saying as well as we can why."""
+        if waiter.unreachable is not None:
+            return waiter.unreachable
+        sent = waiter.sent
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            if entry_id is not None and not await self._step(
-                self._streams.job_was_taken, stream, entry_id
+            if sent is not None and not await self._step(
+                self._streams.job_was_taken, sent.stream, sent.entry_id
             ):
                 return NoWorkerError(job.id, timeout, job.model)
         return DeadlineExceeded(job.id, timeout, "the job was taken by a worker")
 
     async def _forget(
-        self, waiter: _Waiter, job: Job, stream: str, unanswered: bytes | None, *keys: str
+        self, waiter: _Waiter, job: Job, unanswered: _Sent | None, *keys: str
     ) -> None:
         """Drops the waiter and its reply stream. For a call given up on (``unanswered`` is
-        its job's entry id), deletes the job if no worker took it yet and asks the workers
-        to stop it if one did, so a caller that gave up leaves no work running."""
+        its job as sent), deletes the job if no worker took it yet and asks the workers to
+        stop it if one did, so a caller that gave up leaves no work running."""
         self._waiters.pop(waiter.request_id, None)
         self._finished.append(waiter.key)
         if unanswered is None and not keys:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             if unanswered is not None:
-                await self._step(self._streams.withdraw_job, stream, unanswered)
+                await self._step(self._streams.withdraw_job, unanswered.stream, unanswered.entry_id)
                 cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
                 await self._step(
                     self._streams.send_control, self.keys.control(job.model), encode_job(cancel)

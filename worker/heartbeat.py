@@ -59,6 +59,8 @@ class Heartbeat:
     def stop(self, unregister: bool = True) -> None:
         """Stops the thread; with ``unregister``, removes the registry entry (bounded)."""
         self._stop.set()
+        if self._thread.ident is None:
+            return  # never started: nothing was registered
         self._thread.join(timeout=5)
         if unregister:
             try:

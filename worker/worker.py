@@ -15,7 +15,12 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from conveyor.broker.connection import RedisSettings, create_client, create_sync_client
+from conveyor.broker.connection import (
+    RedisSettings,
+    create_client,
+    create_sync_client,
+    translate_errors,
+)
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.broker.streams import Delivery, WorkerStreams
 from conveyor.broker.wire import (
@@ -73,6 +78,7 @@ class Worker:
         self._stopping = False
         self._slot_freed = anyio.Event()
         self._next_reclaim = 0.0
+        self._jobs: anyio.abc.TaskGroup | None = None
         self._running: dict[str, anyio.CancelScope] = {}  # request id -> its job's scope
         self._cancelled: dict[str, float] = {}  # request ids cancelled by their caller
 
@@ -102,12 +108,14 @@ class Worker:
         )
         try:
             await self.registry.load_all()
-            await streams.ensure_groups(self.registry.job_streams())
+            with translate_errors(self._redis_settings):
+                await streams.ensure_groups(self.registry.job_streams())
             heartbeat.start()
             async with anyio.create_task_group() as infra:
                 infra.start_soon(streams.batcher.run_flusher)
                 # cursors first: a load/unload sent once we report started is never missed
-                cursors = await streams.control_cursors(self.registry.control_streams())
+                with translate_errors(self._redis_settings):
+                    cursors = await streams.control_cursors(self.registry.control_streams())
                 infra.start_soon(self._control_loop, streams, cursors)
                 if handle_signals:
                     infra.start_soon(self._signal_loop)
@@ -145,10 +153,22 @@ class Worker:
         self._slot_freed = anyio.Event()
 
     async def _signal_loop(self) -> None:
+        """First SIGTERM/SIGINT: drain (warm stop). A second one: stop at once; unfinished
+        jobs stay pending and another worker reclaims them."""
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
-                logger.info("worker.stopping worker=%s signal=%s", self.settings.name, signum)
-                self.stop()
+                if not self._stopping:
+                    logger.info("worker.stopping worker=%s signal=%s", self.settings.name, signum)
+                    self.stop()
+                    continue
+                logger.warning(
+                    "worker.stopping_now worker=%s signal=%s unfinished=%d",
+                    self.settings.name,
+                    signum,
+                    len(self.stats.in_flight),
+                )
+                if self._jobs is not None:
+                    self._jobs.cancel_scope.cancel()
                 return
 
     async def _consume(self, streams: WorkerStreams, jobs: anyio.abc.TaskGroup) -> None:
