@@ -11,6 +11,7 @@ so every multi-key command stays inside one Redis Cluster slot.
 | ``<p>:{<model>}:control``                   | stream | load / unload requests to the fleet     |
 | ``<p>:reply:{<client>}:<request id>``       | stream | result, or chunks + end, or error; TTL  |
 | ``<p>:in:{<client>}:<request id>``          | stream | inputs of one predict_stream; TTL       |
+| ``<p>:credit:{<client>}:<request id>``      | list   | chunks a predict_stream caller took     |
 | ``<p>:bell:{<client>}``                     | list   | request ids whose reply stream has news |
 | ``<p>:worker:<worker id>``                  | hash   | a worker's heartbeat; TTL               |
 | ``<p>:workers``                             | zset   | worker ids by last heartbeat (unix s)   |
@@ -48,6 +49,9 @@ class Keys:
 
     def inputs(self, client_id: str, request_id: str) -> str:
         return f"{self.prefix}:in:{{{client_id}}}:{request_id}"
+
+    def credit(self, client_id: str, request_id: str) -> str:
+        return f"{self.prefix}:credit:{{{client_id}}}:{request_id}"
 
     def bell(self, client_id: str) -> str:
         return f"{self.prefix}:bell:{{{client_id}}}"

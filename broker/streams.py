@@ -282,6 +282,15 @@ class WorkerStreams:
 
         await self.batcher.run(add)
 
+    async def wait_credit(self, key: str, block_s: float) -> int | None:
+        """Waits up to ``block_s`` for a predict_stream caller to report the number of chunks
+        it has taken (the largest reported so far), or None if it reported nothing."""
+        with translate_errors(self.where):
+            popped = await self.redis.blmpop(block_s, 1, key, direction="RIGHT", count=100)
+        if not popped:
+            return None
+        return max(int(value) for value in popped[1])
+
     async def read_inputs(
         self, key: str, after: bytes, block_s: float
     ) -> list[tuple[bytes, RawFields]]:
@@ -382,6 +391,15 @@ class ClientStreams:
                 last = group.get("last-delivered-id") or b"0-0"
                 return _id_tuple(last) >= _id_tuple(entry_id)
         return False
+
+    async def send_credit(self, key: str, taken: int, ttl_s: float) -> None:
+        """Tells the worker of a predict_stream how many chunks the caller has taken."""
+
+        def add(pipe: Pipeline) -> None:
+            pipe.lpush(key, taken)
+            pipe.expire(key, max(1, int(ttl_s)))
+
+        await self.batcher.run(add)
 
     async def jobs_present(self, jobs: Sequence[tuple[str, bytes]]) -> list[bool]:
         """Whether each (stream, entry id) is still in its stream: queued or running."""

@@ -6,8 +6,9 @@ entry with three kinds of fields, in this order:
 1. Plain-text fields a person can read with ``redis-cli XRANGE`` (numbers as decimal text; times
    are unix seconds written with ``repr(float)``, which round-trips exactly):
 
-   - a job: ``id method model version reply bell deadline sent_at attempt`` and ``inputs`` when
-     set (``version`` is ``""`` when ``None``);
+   - a job: ``id method model version reply bell deadline sent_at attempt``, ``inputs`` when
+     set, and ``credit window`` for a flow-controlled ``predict_stream`` (``version`` is ``""``
+     when ``None``);
    - a message: ``type id attempt seq`` and, for ``type=error``, ``code error_type error`` (a
      readable copy of the envelope's ``error``, which is what decoding uses; both must be there).
 
@@ -129,6 +130,10 @@ class Job:
     args: tuple[Payload, ...] = ()
     kwargs: Mapping[str, Payload] = field(default_factory=dict)
     inputs: str | None = None  # key of the input stream of a predict_stream
+    # Flow control of a predict_stream: the worker writes at most `window` chunks the caller
+    # has not taken; the caller LPUSHes how many it took to the `credit` list.
+    credit: str | None = None
+    window: int = 0
 
 
 # Kept (str, Enum) rather than StrEnum: str()/format() of a member stay as the stub defined them.
@@ -409,6 +414,9 @@ def encode_job(job: Job) -> Fields:
     }
     if job.inputs is not None:
         fields["inputs"] = job.inputs
+    if job.credit:
+        fields["credit"] = job.credit
+        fields["window"] = _count("window", job.window, 1)
     for name in job.kwargs:
         if type(name) is not str:
             raise TypeError(f"keyword argument names must be str, not {name!r}")
@@ -703,6 +711,13 @@ def _decode_job(fields: RawFields) -> Job:
         inputs = _text(fields, b"inputs")
         if not inputs:
             raise WireError("field 'inputs' is empty")
+    credit: str | None = None
+    window = 0
+    if b"credit" in fields:
+        credit = _text(fields, b"credit")
+        if not credit:
+            raise WireError("field 'credit' is empty")
+        window = _int(fields, b"window", 1)
     deadline = _time(fields, b"deadline")
     sent_at = _time(fields, b"sent_at")
     attempt = _int(fields, b"attempt", 1)
@@ -732,6 +747,8 @@ def _decode_job(fields: RawFields) -> Job:
         args=args,
         kwargs=kwargs,
         inputs=inputs,
+        credit=credit,
+        window=window,
     )
 
 

@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+# A predict_stream's worker runs at most this many chunks ahead of the caller.
+DEFAULT_STREAM_WINDOW = 64
 _BELL_BLOCK_S = 1.0  # the reader's longest wait; keeps it well below any socket timeout
 _INPUTS_TTL_GRACE_S = 60.0
 _SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is in flight
@@ -175,12 +177,14 @@ class Client:
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
         client_id: str | None = None,
     ) -> None:
         self.settings = RedisSettings.from_url(url or default_redis_url())
         self.keys = Keys(prefix)
         self.timeout = timeout
         self.max_payload_bytes = max_payload_bytes
+        self.stream_window = stream_window
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self._waiters: dict[str, _Waiter] = {}
         self._finished: list[str] = []
@@ -355,6 +359,8 @@ class Client:
             args=tuple(args),
             kwargs=dict(kwargs),
             inputs=self.keys.inputs(self.client_id, request_id) if streamed else None,
+            credit=self.keys.credit(self.client_id, request_id) if streamed else None,
+            window=self.stream_window if streamed else 0,
         )
         return job, _Waiter(request_id, job.reply)
 
@@ -407,7 +413,8 @@ class Client:
     ) -> AsyncGenerator[Payload, None]:
         """Runs ``predict_stream``: sends ``requests`` as they come, yields each response.
 
-        ``timeout`` bounds the whole stream.
+        ``timeout`` bounds the whole stream. The worker runs at most ``stream_window`` chunks
+        ahead of the caller, so a slow reader pauses the model instead of filling Redis.
         """
         timeout = self.timeout if timeout is None else timeout
         job, waiter = self._job(
@@ -431,6 +438,10 @@ class Client:
                     message = await waiter.next()
                 if message.type is MessageType.CHUNK:
                     yield message.payload
+                    # back for more: credit the worker every half window
+                    if job.credit and waiter.taken % max(job.window // 2, 1) == 0:
+                        ttl = job.deadline - time.time() + _INPUTS_TTL_GRACE_S
+                        await self._step(self._streams.send_credit, job.credit, waiter.taken, ttl)
                 elif message.type is MessageType.END:
                     finished = True
                     return
@@ -441,7 +452,8 @@ class Client:
             raise await self._timed_out(job, waiter, timeout) from None
         finally:
             pump_scope.cancel()
-            await self._forget(waiter, job, None if finished else waiter.sent, job.inputs)
+            keys = [key for key in (job.inputs, job.credit) if key]
+            await self._forget(waiter, job, None if finished else waiter.sent, *keys)
 
     async def control(self, model: str, method: str, *, timeout: float | None = None) -> bool:
         """Sends ``load`` or ``unload`` to every live worker of ``model``.

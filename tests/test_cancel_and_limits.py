@@ -112,3 +112,40 @@ async def test_worker_dead_letters_a_payload_over_the_model_limit(
         probe.close()
     # the worker keeps serving
     await client.model("small-limit").predict(request([1.0]))
+
+
+@pytest.mark.timeout(30)
+async def test_a_slow_stream_reader_pauses_the_worker(
+    redis_url: str, module_prefix: str, worker: WorkerProcess
+) -> None:
+    probe = redis.Redis.from_url(redis_url)
+
+    def written() -> int:
+        keys = list(probe.scan_iter(f"{module_prefix}:reply:{{{client.client_id}}}:*"))
+        return sum(probe.xlen(key) for key in keys)
+
+    async def wait_written(at_least: int) -> int:
+        with anyio.fail_after(10):
+            while (count := written()) < at_least:  # noqa: ASYNC110 - watching Redis
+                await anyio.sleep(0.01)
+        return count
+
+    async def one() -> AsyncIterator[InferenceRequest]:
+        yield request([0.0])
+
+    try:
+        async with Client(redis_url, prefix=module_prefix, stream_window=4) as client:
+            chunks = client.model("ticker").predict_stream(one())
+            async with aclosing(chunks):
+                await chunks.__anext__()  # take one chunk, then stop reading a while
+                assert await wait_written(4) == 4
+                # ticks come every 20 ms: 25 would have been written without the window
+                await anyio.sleep(0.5)
+                assert written() == 4
+                for _ in range(3):
+                    await chunks.__anext__()
+                # Coming back for the 3rd chunk, the caller credited the 2 it had taken
+                # (credits go every half window): the worker may now write 2 more.
+                assert await wait_written(6) == 6
+    finally:
+        probe.close()

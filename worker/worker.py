@@ -403,10 +403,16 @@ class Worker:
         assert served.model is not None
         inputs = self._inputs(streams, job)
         seq = 0
+        taken = 0  # chunks the caller has taken, as it last told us
         try:
             async for response in execution.iterate(
                 served.model.predict_stream, inputs, self._limiter
             ):
+                while job.credit and seq - taken >= job.window:
+                    # A slow reader: pause the model instead of filling Redis.
+                    reported = await streams.wait_credit(job.credit, self.settings.read_block)
+                    if reported is not None:
+                        taken = max(taken, reported)
                 await streams.reply(
                     job, [Message(MessageType.CHUNK, job.id, delivery.deliveries, seq, response)]
                 )
