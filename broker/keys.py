@@ -8,7 +8,8 @@ so every multi-key command stays inside one Redis Cluster slot.
 | ``<p>:{<model>}:jobs``                      | stream | jobs for the model, any version         |
 | ``<p>:{<model>}:v:<version>:jobs``          | stream | jobs for one version of the model       |
 | ``<p>:{<model>}:dead``                      | stream | dead letters: reason, attempts, error   |
-| ``<p>:{<model>}:control``                   | stream | load / unload requests to the fleet     |
+| ``<p>:{<model>}:control``                   | stream | load / unload / cancel requests         |
+| ``<p>:{<model>}:limits``                    | hash   | limits clients enforce (queue length)   |
 | ``<p>:reply:{<client>}:<request id>``       | stream | result, or chunks + end, or error; TTL  |
 | ``<p>:in:{<client>}:<request id>``          | stream | inputs of one predict_stream; TTL       |
 | ``<p>:credit:{<client>}:<request id>``      | list   | chunks a predict_stream caller took     |
@@ -40,6 +41,9 @@ class Keys:
 
     def dead(self, model: str) -> str:
         return f"{self.prefix}:{{{model}}}:dead"
+
+    def limits(self, model: str) -> str:
+        return f"{self.prefix}:{{{model}}}:limits"
 
     def control(self, model: str) -> str:
         return f"{self.prefix}:{{{model}}}:control"

@@ -27,6 +27,14 @@ logger = logging.getLogger(__name__)
 # Replies and inputs live at least this long past the job's deadline, then expire unread.
 REPLY_GRACE_S = 60.0
 
+# XADD only while the stream holds fewer than ARGV[1] entries (answered jobs are deleted,
+# so XLEN is the backlog); else return the backlog. One key: fine on Redis Cluster.
+_BOUNDED_XADD = """
+local backlog = redis.call('XLEN', KEYS[1])
+if backlog >= tonumber(ARGV[1]) then return backlog end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -39,7 +47,11 @@ class Delivery:
 
 
 def is_nogroup(error: BaseException) -> bool:
-    return isinstance(error, redis_errors.ResponseError) and str(error).startswith("NOGROUP")
+    """The consumer group is gone: destroyed, or its stream deleted (a blocked XREADGROUP is
+    then answered "UNBLOCKED the stream key no longer exists")."""
+    return isinstance(error, redis_errors.ResponseError) and str(error).startswith(
+        ("NOGROUP", "UNBLOCKED")
+    )
 
 
 def _entries_by_stream(response: Any) -> list[tuple[str, list[tuple[bytes, RawFields]]]]:
@@ -231,6 +243,15 @@ class WorkerStreams:
 
         await self.batcher.run(add)
 
+    async def publish_limits(self, model: str, max_queue_length: int | None) -> None:
+        """Tells clients the model's queue limit (the last worker to start wins)."""
+        key = self.keys.limits(model)
+        with translate_errors(self.where):
+            if max_queue_length is None:
+                await self.redis.hdel(key, "max_queue_length")
+            else:
+                await self.redis.hset(key, "max_queue_length", max_queue_length)
+
     async def requeue(self, delivery: Delivery) -> None:
         """Puts a job this worker cannot run now (its model was just unloaded here) back at
         the end of its stream for another worker, then acks and deletes this delivery."""
@@ -334,16 +355,30 @@ class ClientStreams:
         self.bell = keys.bell(client_id)
         self.batcher = PipelineBatcher(redis)
 
-    async def send_job(self, stream: str, fields: Fields) -> bytes:
-        """XADDs one job and returns its entry id (pipelined with other callers' jobs)."""
+    async def send_job(
+        self, stream: str, fields: Fields, max_backlog: int | None = None
+    ) -> bytes | int:
+        """XADDs one job (pipelined with other callers' jobs) and returns its entry id; with
+        ``max_backlog``, only if the stream's backlog is below it, else returns the backlog."""
 
         def add(pipe: Pipeline) -> None:
-            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            if max_backlog is None:
+                pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                return
+            args: list[Any] = [max_backlog]
+            for name, value in fields.items():
+                args += (name, value)
+            pipe.eval(_BOUNDED_XADD, 1, stream, *args)
 
         results = await self.batcher.run(add)
         entry_id = results[-1]
-        assert isinstance(entry_id, bytes)
+        assert isinstance(entry_id, bytes | int)
         return entry_id
+
+    async def model_limits(self, model: str) -> int | None:
+        """The queue limit workers published for ``model`` (None: unbounded)."""
+        value = await self.redis.hget(self.keys.limits(model), "max_queue_length")
+        return int(value) if value else None
 
     async def send_control(self, stream: str, fields: Fields) -> None:
         """XADDs a load/unload request to a model's control stream (kept short)."""
@@ -380,10 +415,13 @@ class ClientStreams:
         response = await self.blocking.xread(dict(cursors), count=1000)  # type: ignore[arg-type]
         return list(_entries_by_stream(response))
 
-    async def job_was_taken(self, stream: str, entry_id: bytes) -> bool:
-        """Whether any worker's consumer group has been handed the entry."""
+    async def job_was_taken(self, stream: str, entry_id: bytes) -> bool | None:
+        """Whether the workers' consumer group has been handed the entry (None: cannot
+        tell, e.g. an ACL without XINFO)."""
         try:
             groups = await self.redis.xinfo_groups(stream)
+        except redis_errors.NoPermissionError:
+            return None
         except redis_errors.ResponseError:
             return False  # no stream: nobody ever created the group
         for group in groups:

@@ -85,16 +85,17 @@ def worker(
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
     _setup_logging(log_level)
-    from conveyor.worker.supervisor import supervise, worker_argv
+    from conveyor.worker.supervisor import supervise, worker_argv, worker_env
 
     url = redis or default_redis_url()
     models = _find_models(model_dirs)
     if processes > 1:
         args = [str(p) for p in model_dirs]
-        args += ["--redis", url, "--prefix", prefix, "--concurrency", str(concurrency)]
+        args += ["--prefix", prefix, "--concurrency", str(concurrency)]
         args += ["--heartbeat-ttl", str(heartbeat_ttl), "--grace-period", str(grace_period)]
         args += ["--log-level", log_level]
-        raise typer.Exit(supervise(worker_argv(args), processes, grace_period))
+        code = supervise(worker_argv(args), processes, grace_period, env=worker_env(url))
+        raise typer.Exit(code)
 
     import anyio
 

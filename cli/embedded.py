@@ -15,7 +15,7 @@ from conveyor.broker.connection import RedisSettings, create_sync_client, transl
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.broker.server import RedisServer
 from conveyor.errors import ConveyorError
-from conveyor.worker.supervisor import supervise, worker_argv
+from conveyor.worker.supervisor import supervise, worker_argv, worker_env
 
 __all__ = ("run_up",)
 
@@ -58,7 +58,7 @@ def run_up(
     model_dirs: Sequence[Path], *, workers: int, redis_url: str | None, prefix: str, log_level: str
 ) -> int:
     with _redis(redis_url) as url:
-        args = [str(p) for p in model_dirs] + ["--redis", url, "--prefix", prefix]
+        args = [str(p) for p in model_dirs] + ["--prefix", prefix]
         args += ["--log-level", log_level]
         typer.echo(f"conveyor: Redis at {RedisSettings.from_url(url).redacted_url}")
         folders = ", ".join(str(p) for p in model_dirs)
@@ -79,10 +79,14 @@ def run_up(
             typer.echo(f"conveyor: {status}. Try, in another terminal:")
             # the workers' prefix too, or the line would send to streams nobody reads
             scope = "" if prefix == DEFAULT_PREFIX else f" --prefix {shlex.quote(prefix)}"
+            settings = RedisSettings.from_url(url)
+            shown = settings.redacted_url if settings.password else url  # never print one
             typer.echo(
-                f"  conveyor infer numpy-linear --redis {shlex.quote(url)}{scope} "
+                f"  conveyor infer numpy-linear --redis {shlex.quote(shown)}{scope} "
                 f"--data {shlex.quote(_EXAMPLE_REQUEST)}"
             )
+            if settings.password:
+                typer.echo("  (put the password in place of ***)")
             typer.echo("conveyor: Ctrl-C stops everything.")
 
         # The wait runs beside the supervisor, not in it: meanwhile a worker that dies is
@@ -90,7 +94,11 @@ def run_up(
         announcer = threading.Thread(target=announce, name="conveyor-up-announce", daemon=True)
         try:
             return supervise(
-                worker_argv(args), workers, grace_period=10.0, on_started=announcer.start
+                worker_argv(args),
+                workers,
+                grace_period=10.0,
+                on_started=announcer.start,
+                env=worker_env(url),
             )
         finally:
             stop.set()

@@ -51,6 +51,7 @@ from conveyor.errors import (
     ModelNotFound,
     NoWorkerError,
     PayloadTooLarge,
+    QueueFull,
     RemoteError,
     StreamInterrupted,
     WireError,
@@ -72,6 +73,7 @@ DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_STREAM_WINDOW = 64
 _BELL_BLOCK_S = 1.0  # the reader's longest wait; keeps it well below any socket timeout
 _INPUTS_TTL_GRACE_S = 60.0
+_LIMITS_TTL_S = 10.0  # how long a model's published queue limit is trusted
 _SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is in flight
 
 
@@ -97,6 +99,7 @@ class _Waiter:
         "attempt",
         "cursor",
         "event",
+        "full",
         "inbox",
         "key",
         "request_id",
@@ -115,6 +118,7 @@ class _Waiter:
         self.taken = 0  # messages the caller has taken
         self.sent: _Sent | None = None  # the job entry, once XADDed
         self.unreachable: BrokerConnectionError | None = None  # why the job is not sent yet
+        self.full: QueueFull | None = None  # ... or: the queue was full, waiting for room
 
     def deliver(self, message: Message) -> None:
         # Fencing: the call takes the messages of one delivery (attempt) of its job.
@@ -192,6 +196,7 @@ class Client:
         self._transport: Transport | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._reached = False  # whether Redis ever answered this client
+        self._limits: dict[str, tuple[float, int | None]] = {}  # model -> (when, queue limit)
 
     async def __aenter__(self) -> Client:
         # Named connections, so `CLIENT LIST` shows which belong to this client. The sender
@@ -329,7 +334,9 @@ class Client:
             if here:
                 continue
             job = replace(sent.job, attempt=sent.job.attempt + 1)
+            # no queue limit here: the job was admitted once already
             entry_id = await self._step(self._streams.send_job, sent.stream, encode_job(job))
+            assert isinstance(entry_id, bytes)
             waiter.sent = _Sent(job, sent.stream, entry_id)
             logger.warning("client.resent request=%s attempt=%d", job.id, job.attempt)
 
@@ -375,26 +382,30 @@ class Client:
         self,
         model: str,
         method: str,
-        *args: Payload,
+        args: Sequence[Payload] = (),
+        kwargs: Mapping[str, Payload] | None = None,
+        *,
         version: str | None = None,
         timeout: float | None = None,
-        **kwargs: Payload,
+        wait_when_full: bool = False,
     ) -> Payload:
         """Runs ``method`` of ``model`` on some worker and returns its result.
 
         Waits at most ``timeout`` seconds (the client's default when None), then raises
         :class:`NoWorkerError` if no worker took the job, else :class:`DeadlineExceeded`.
-        A failure in the model raises :class:`RemoteError` with the exception's type.
+        A failure in the model raises :class:`RemoteError` with the exception's type. When
+        the model's queue is at its ``max_queue_length``, raises :class:`QueueFull` at once,
+        or with ``wait_when_full`` waits (within the timeout) for room.
         """
         timeout = self.timeout if timeout is None else timeout
-        job, waiter = self._job(model, version, method, args, kwargs, timeout)
+        job, waiter = self._job(model, version, method, args, kwargs or {}, timeout)
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         self._waiters[job.id] = waiter
         answered = False
         try:
             with anyio.fail_after(timeout):
-                await self._send(waiter, job, stream, fields)
+                await self._send(waiter, job, stream, fields, wait_when_full)
                 message = await waiter.next()
             answered = True
         except TimeoutError:
@@ -431,7 +442,7 @@ class Client:
         pump_scope = anyio.CancelScope()
         try:
             with anyio.fail_after(timeout):
-                await self._send(waiter, job, stream, fields)
+                await self._send(waiter, job, stream, fields, False)
             self._task_group.start_soon(self._pump_inputs, job, waiter, requests, pump_scope)
             while True:
                 with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
@@ -481,14 +492,21 @@ class Client:
         finally:
             await self._forget(waiter, job, None)
 
-    async def _send(self, waiter: _Waiter, job: Job, stream: str, fields: Fields) -> None:
-        """XADDs the job. While a Redis that answered before is unreachable (restarting, or
-        failing over), tries again until the caller's deadline, whose TimeoutError then
-        reports the connection error (see ``_timed_out``)."""
+    async def _send(
+        self, waiter: _Waiter, job: Job, stream: str, fields: Fields, wait_when_full: bool
+    ) -> None:
+        """XADDs the job, within the model's queue limit.
+
+        A full queue raises :class:`QueueFull`, or with ``wait_when_full`` waits for room.
+        While a Redis that answered before is unreachable (restarting, failing over), tries
+        again until the caller's deadline, whose TimeoutError then reports the connection
+        error (see ``_timed_out``).
+        """
         backoff = 0.05
         while True:
             try:
-                entry_id = await self._step(self._streams.send_job, stream, fields)
+                limit = await self._queue_limit(job.model)
+                sent = await self._step(self._streams.send_job, stream, fields, limit)
             except BrokerConnectionError as error:
                 if not self._reached:
                     raise  # never reached: a wrong URL or a server that is down, say so now
@@ -497,8 +515,28 @@ class Client:
                 backoff = min(backoff * 2, 1.0)
                 continue
             waiter.unreachable = None
-            waiter.sent = _Sent(job, stream, entry_id)
+            if isinstance(sent, int):  # the queue is full: `sent` is its backlog
+                assert limit is not None
+                if not wait_when_full:
+                    raise QueueFull(job.model, sent, limit)
+                waiter.full = QueueFull(job.model, sent, limit)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            waiter.full = None
+            assert isinstance(sent, bytes)
+            waiter.sent = _Sent(job, stream, sent)
             return
+
+    async def _queue_limit(self, model: str) -> int | None:
+        """The model's ``max_queue_length`` as its workers published it (cached a while)."""
+        cached = self._limits.get(model)
+        now = anyio.current_time()
+        if cached is not None and now - cached[0] < _LIMITS_TTL_S:
+            return cached[1]
+        limit = await self._step(self._streams.model_limits, model)
+        self._limits[model] = (now, limit)
+        return limit
 
     async def _pump_inputs(
         self,
@@ -532,12 +570,17 @@ class Client:
         """The error for a call that got no answer in time, saying as well as we can why."""
         if waiter.unreachable is not None:
             return waiter.unreachable
+        if waiter.full is not None:
+            return waiter.full
         sent = waiter.sent
+        taken: bool | None = None
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            if sent is not None and not await self._step(
-                self._streams.job_was_taken, sent.stream, sent.entry_id
-            ):
-                return NoWorkerError(job.id, timeout, job.model)
+            if sent is not None:
+                taken = await self._step(self._streams.job_was_taken, sent.stream, sent.entry_id)
+        if taken is False:
+            return NoWorkerError(job.id, timeout, job.model)
+        if taken is None:
+            return DeadlineExceeded(job.id, timeout)
         return DeadlineExceeded(job.id, timeout, "the job was taken by a worker")
 
     async def _forget(

@@ -49,11 +49,24 @@ class ParallelModel(MLModel):
         return value
 
     async def predict(
-        self, payload: InferenceRequest, *, timeout: float | None = None
+        self,
+        payload: InferenceRequest,
+        *,
+        timeout: float | None = None,
+        wait_when_full: bool = False,
     ) -> InferenceResponse:
-        """Runs ``predict`` on a worker; waits at most ``timeout`` seconds."""
+        """Runs ``predict`` on a worker; waits at most ``timeout`` seconds.
+
+        A full queue (the model's ``max_queue_length``) raises ``QueueFull``, or with
+        ``wait_when_full`` waits for room within the timeout.
+        """
         result = await self._client.call(
-            self.name, ModelMethods.Predict.value, payload, version=self.version, timeout=timeout
+            self.name,
+            ModelMethods.Predict.value,
+            [payload],
+            version=self.version,
+            timeout=timeout,
+            wait_when_full=wait_when_full,
         )
         response: InferenceResponse = self._expect(result, InferenceResponse, "predict")
         return response
@@ -103,7 +116,7 @@ class ParallelModel(MLModel):
     ) -> Payload:
         """Calls a custom method the model marks with ``@custom_handler``."""
         return await self._client.call(
-            self.name, method, *args, version=self.version, timeout=timeout, **kwargs
+            self.name, method, args, kwargs, version=self.version, timeout=timeout
         )
 
     def __getattr__(self, method: str) -> Callable[..., Awaitable[Payload]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
+from pathlib import Path
 from uuid import uuid4
 
 import anyio
@@ -13,7 +14,7 @@ import redis
 from fleet import MODELS, Fleet, WorkerProcess
 
 from conveyor.client import Client
-from conveyor.errors import DeadlineExceeded, PayloadTooLarge
+from conveyor.errors import DeadlineExceeded, PayloadTooLarge, QueueFull
 from conveyor.types import InferenceRequest, RequestInput
 
 pytestmark = pytest.mark.anyio
@@ -149,3 +150,28 @@ async def test_a_slow_stream_reader_pauses_the_worker(
                 assert await wait_written(6) == 6
     finally:
         probe.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_full_queue_fails_fast_or_waits(redis_url: str, prefix: str) -> None:
+    fleet = Fleet(redis_url, prefix)
+    limited = Path(__file__).parent / "models_limited"
+    fleet.start(limited, extra=["--concurrency", "1"])
+    try:
+        async with Client(redis_url, prefix=prefix, timeout=30) as client:
+            model = client.model("bounded")
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):  # one runs, two wait: the backlog (XLEN) is 3
+                    tg.start_soon(model.predict, request([1.0]))
+                probe = redis.Redis.from_url(redis_url)
+                with anyio.fail_after(10):
+                    while probe.xlen(f"{prefix}:{{bounded}}:jobs") < 3:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)  # watching Redis: no event to await
+                probe.close()
+                with pytest.raises(QueueFull, match=r"3 jobs waiting, limit 3"):
+                    await model.predict(request([0.0]))
+                # asked to wait, the call goes in once there is room, and is answered
+                await model.predict(request([0.0]), wait_when_full=True)
+    finally:
+        fleet.stop()

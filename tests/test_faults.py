@@ -502,19 +502,7 @@ async def test_a_worker_never_holds_more_jobs_than_it_runs(
     "how",
     [
         "destroy-group",
-        pytest.param(
-            "delete-stream",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason=(
-                    "product bug: Redis >= 7 unblocks an XREADGROUP BLOCK whose stream is "
-                    "deleted with '-UNBLOCKED the stream key no longer exists', not NOGROUP; "
-                    "WorkerStreams._read_group re-raises it (is_nogroup is False) and the "
-                    "worker process dies"
-                ),
-            ),
-        ),
+        "delete-stream",
         "delete-stream-mid-job",
     ],
 )

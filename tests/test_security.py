@@ -81,8 +81,11 @@ COMMANDS = (
     "unlink",
     "del",
     "hset",
+    "hget",  # the client reads a model's published queue limit
+    "hdel",  # a worker clears the queue limit of a model that has none
     "zadd",
     "zrem",
+    "zremrangebyscore",  # the heartbeat forgets workers silent for long
     "exists",  # only when reclaiming: is the job's owner still alive?
 )
 # redis-py sends CLIENT SETINFO on connect (Redis >= 7.2) and ignores a refusal.
@@ -345,19 +348,7 @@ async def test_a_worker_with_a_wrong_password_exits_without_showing_it(
         "wrong-password",
         "prefix-outside-acl",
         "untrusted-tls",
-        pytest.param(
-            "command-outside-acl",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason=(
-                    "worker/worker.py run(): control_cursors (XREVRANGE) runs inside the "
-                    "`infra` task group, so its BrokerConnectionError leaves as an "
-                    "ExceptionGroup that cli/app.py's `except ConveyorError` misses: a "
-                    "traceback instead of one line"
-                ),
-            ),
-        ),
+        "command-outside-acl",
     ],
 )
 async def test_a_worker_refused_by_redis_exits_with_one_error_line(
@@ -397,15 +388,6 @@ async def test_a_worker_refused_by_redis_exits_with_one_error_line(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "worker/heartbeat.py Heartbeat.beat_once runs its pipeline with "
-        "execute(raise_on_error=False) and never looks at the results: a refused HSET (or "
-        "PEXPIRE, ZADD, XCLAIM) is dropped without a word, and the worker is invisible"
-    ),
-)
 async def test_a_heartbeat_the_acl_refuses_is_reported(
     redis_server_factory: ServerFactory, workers: Workers, prefix: str, tmp_path: Path
 ) -> None:
@@ -422,15 +404,6 @@ async def test_a_heartbeat_the_acl_refuses_is_reported(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "broker/streams.py ClientStreams.job_was_taken catches ResponseError, which includes "
-        "redis-py's NoPermissionError: an ACL without XINFO GROUPS turns every timeout into "
-        "NoWorkerError ('is a worker serving model ... running?') while a worker runs the job"
-    ),
-)
 async def test_a_timeout_under_an_acl_without_xinfo_is_not_blamed_on_missing_workers(
     redis_server_factory: ServerFactory, workers: Workers, prefix: str, tmp_path: Path
 ) -> None:
@@ -522,14 +495,6 @@ def _command_line(pid: int) -> str:
 
 @pytest.mark.anyio
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux only)")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "cli/app.py worker(--processes N) hands the URL to each child as `--redis URL` "
-        "(worker/supervisor.py worker_argv): any local user reads the password with ps"
-    ),
-)
 async def test_supervised_workers_keep_the_password_off_their_command_lines(
     redis_server_factory: ServerFactory, workers: Workers
 ) -> None:
@@ -557,15 +522,6 @@ def _read_until(process: subprocess.Popen[str], text: str) -> list[str]:
     return lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "cli/embedded.py run_up prints its ready-to-paste line `conveyor infer numpy-linear "
-        "--redis <url>` with the password of the --redis URL (and hands the URL to the "
-        "workers on their command line)"
-    ),
-)
 def test_conveyor_up_on_a_password_protected_redis_never_prints_it(
     redis_server_factory: ServerFactory, prefix: str
 ) -> None:

@@ -51,6 +51,7 @@ class Heartbeat:
         self._stats = stats
         self._ttl_s = ttl_s
         self._stop = threading.Event()
+        self._last_errors: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="conveyor-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -97,11 +98,21 @@ class Heartbeat:
             )
             pipe.pexpire(key, int(self._ttl_s * 1000))
             pipe.zadd(self._keys.workers(), {self._worker_id: now})
+            # forget workers silent for long (killed ones never unregister)
+            pipe.zremrangebyscore(self._keys.workers(), "-inf", now - max(600.0, 10 * self._ttl_s))
             # Reset the idle time of every job this worker still runs: reclaim goes by idle
             # time, so a job is only ever taken from a worker whose heartbeat stopped.
             for entry_id, stream in in_flight.items():
                 pipe.xclaim(stream, GROUP, self._worker_id, 0, [entry_id], justid=True)
-            pipe.execute(raise_on_error=False)
+            results = pipe.execute(raise_on_error=False)
+        # A refused command (an ACL without HSET or XCLAIM, say) must not go unnoticed: this
+        # worker would drop out of the registry, or lose its jobs to a reclaim.
+        # (A NOGROUP on a claim refresh only means the stream was deleted: the loop sees it.)
+        errors = {str(r) for r in results if isinstance(r, redis.exceptions.NoPermissionError)}
+        if errors != self._last_errors:
+            for error in sorted(errors):
+                logger.error("worker.heartbeat_refused worker=%s error=%s", self._worker_id, error)
+            self._last_errors = errors
 
     def _run(self) -> None:
         client: redis.Redis | None = None

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
-__all__ = ("supervise", "worker_argv")
+__all__ = ("supervise", "worker_argv", "worker_env")
 
 logger = logging.getLogger(__name__)
 
@@ -19,9 +20,10 @@ _STABLE_S = 10.0  # a child that lived this long resets its backoff
 
 
 class _Child:
-    def __init__(self, index: int, argv: Sequence[str]) -> None:
+    def __init__(self, index: int, argv: Sequence[str], env: Mapping[str, str] | None) -> None:
         self.index = index
         self.argv = list(argv)
+        self.env = dict(env) if env is not None else None
         self.backoff = 0.5
         self.restart_at = 0.0
         self.started = 0.0
@@ -32,7 +34,7 @@ class _Child:
         # foreground group) reaches only us, and we stop each child with one SIGTERM. A
         # child that got the SIGINT too would close its signal receiver and die on our
         # SIGTERM, without draining its jobs or unregistering.
-        self.process = subprocess.Popen(self.argv, start_new_session=True)
+        self.process = subprocess.Popen(self.argv, start_new_session=True, env=self.env)
         self.started = time.monotonic()
         logger.info("supervisor.started child=%d pid=%d", self.index, self.process.pid)
 
@@ -42,13 +44,14 @@ def supervise(
     processes: int,
     grace_period: float,
     on_started: Callable[[], None] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """Runs ``processes`` copies of ``child_argv`` until SIGTERM/SIGINT/SIGHUP, then stops them.
 
     A child that exits is started again after a backoff that doubles up to 30 s (and
     resets once a child has lived 10 s). Returns 0 after a clean stop.
     """
-    children = [_Child(i, child_argv) for i in range(processes)]
+    children = [_Child(i, child_argv, env) for i in range(processes)]
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -108,3 +111,9 @@ def _stop_all(children: list[_Child], grace_period: float) -> None:
 def worker_argv(args: Sequence[str]) -> list[str]:
     """The command line of one child worker process."""
     return [sys.executable, "-m", "conveyor.cli", "worker", *args, "--processes", "1"]
+
+
+def worker_env(redis_url: str) -> dict[str, str]:
+    """The environment of a child worker: the Redis URL goes here, never on a command line
+    (which any local user can read with ``ps``, password included)."""
+    return {**os.environ, "CONVEYOR_REDIS_URL": redis_url}

@@ -110,12 +110,13 @@ class Worker:
             await self.registry.load_all()
             with translate_errors(self._redis_settings):
                 await streams.ensure_groups(self.registry.job_streams())
+                # cursors first: a load/unload sent once we report started is never missed
+                cursors = await streams.control_cursors(self.registry.control_streams())
+            for served in self.registry.all():
+                await streams.publish_limits(served.name, served.settings.max_queue_length)
             heartbeat.start()
             async with anyio.create_task_group() as infra:
                 infra.start_soon(streams.batcher.run_flusher)
-                # cursors first: a load/unload sent once we report started is never missed
-                with translate_errors(self._redis_settings):
-                    cursors = await streams.control_cursors(self.registry.control_streams())
                 infra.start_soon(self._control_loop, streams, cursors)
                 if handle_signals:
                     infra.start_soon(self._signal_loop)
