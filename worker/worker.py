@@ -35,7 +35,9 @@ from conveyor.broker.wire import (
 from conveyor.errors import ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
+from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import execution
+from conveyor.worker.batching import AdaptiveBatcher
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 from conveyor.worker.registry import ModelRegistry, ServedModel
 
@@ -74,11 +76,22 @@ class Worker:
         self.keys = Keys(settings.prefix)
         self.registry = ModelRegistry(list(models), self.keys)
         self.stats = WorkerStats(models=self.registry.names())
+        largest_batch = max((m.max_batch_size for m in models), default=0)
+        if largest_batch > settings.concurrency:
+            # a batch can only fill if the worker may hold that many jobs at once
+            logger.info(
+                "worker.concurrency_raised from=%d to=%d reason=max_batch_size",
+                settings.concurrency,
+                largest_batch,
+            )
+            settings.concurrency = largest_batch
         self._redis_settings = RedisSettings.from_url(settings.redis_url)
         self._stopping = False
         self._slot_freed = anyio.Event()
         self._next_reclaim = 0.0
         self._jobs: anyio.abc.TaskGroup | None = None
+        self._infra: anyio.abc.TaskGroup | None = None
+        self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
         self._running: dict[str, anyio.CancelScope] = {}  # request id -> its job's scope
         self._cancelled: dict[str, float] = {}  # request ids cancelled by their caller
 
@@ -116,6 +129,7 @@ class Worker:
                 await streams.publish_limits(served.name, served.settings.max_queue_length)
             heartbeat.start()
             async with anyio.create_task_group() as infra:
+                self._infra = infra
                 infra.start_soon(streams.batcher.run_flusher)
                 infra.start_soon(self._control_loop, streams, cursors)
                 if handle_signals:
@@ -358,7 +372,17 @@ class Worker:
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
         try:
-            result = await self._call(served, job)
+            batcher = self._batcher_for(served, job)
+            if batcher is not None:
+                assert isinstance(job.args[0], InferenceRequest)
+                result: Payload = await batcher.predict(job.args[0])
+            else:
+                result = await self._call(served, job)
+            if isinstance(result, InferenceResponse) and job.args:
+                # As MLServer's data plane: a response carries its request's id (or the job's).
+                request = job.args[0]
+                if isinstance(request, InferenceRequest):
+                    result.id = request.id or job.id
         except Exception as error:  # the model's own failure goes back to the caller
             logger.info(
                 "job.failed request=%s model=%s error=%s", job.id, job.model, type(error).__name__
@@ -390,6 +414,35 @@ class Worker:
             job=job,
             error_message=_error(job, delivery, code, type_name, reason),
         )
+
+    def _batcher_for(self, served: ServedModel, job: Job) -> AdaptiveBatcher | None:
+        """The model's adaptive batcher, for a ``predict`` of one request (made on first use)."""
+        settings = served.settings
+        if (
+            settings.max_batch_size <= 1
+            or job.method != ModelMethods.Predict.value
+            or len(job.args) != 1
+            or job.kwargs
+            or not isinstance(job.args[0], InferenceRequest)
+        ):
+            return None
+        batcher = self._batchers.get(id(served))
+        if batcher is None:
+
+            async def predict(request: InferenceRequest) -> InferenceResponse:
+                model = served.model
+                if model is None:
+                    raise RuntimeError(f"model {served.name!r} was unloaded")
+                response = await execution.call(model.predict, self._limiter, request)
+                if not isinstance(response, InferenceResponse):
+                    raise TypeError(f"predict returned {type(response).__name__}")
+                return response
+
+            batcher = AdaptiveBatcher(predict, settings.max_batch_size, settings.max_batch_time)
+            self._batchers[id(served)] = batcher
+            assert self._infra is not None
+            self._infra.start_soon(batcher.run)
+        return batcher
 
     async def _call(self, served: ServedModel, job: Job) -> Payload:
         assert served.model is not None
