@@ -81,6 +81,9 @@ def worker(
         float, typer.Option(help="Seconds before a silent worker is dead.")
     ] = 10.0,
     grace_period: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
     log_level: LogLevelOption = "info",
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
@@ -94,7 +97,14 @@ def worker(
         args += ["--prefix", prefix, "--concurrency", str(concurrency)]
         args += ["--heartbeat-ttl", str(heartbeat_ttl), "--grace-period", str(grace_period)]
         args += ["--log-level", log_level]
-        code = supervise(worker_argv(args), processes, grace_period, env=worker_env(url))
+
+        def child_args(index: int) -> list[str]:
+            # each process serves its metrics on a port of its own: P, P+1, ...
+            return [] if metrics_port is None else ["--metrics-port", str(metrics_port + index)]
+
+        code = supervise(
+            worker_argv(args), processes, grace_period, env=worker_env(url), extra=child_args
+        )
         raise typer.Exit(code)
 
     import anyio
@@ -107,6 +117,7 @@ def worker(
         concurrency=concurrency,
         heartbeat_ttl=heartbeat_ttl,
         grace_period=grace_period,
+        metrics_port=metrics_port,
     )
     if name:
         settings.name = name

@@ -12,7 +12,15 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +49,7 @@ from conveyor.broker.wire import (
     encode_message,
     fields_size,
 )
+from conveyor.client.metrics import ClientMetrics
 from conveyor.errors import (
     BrokerConnectionError,
     ConveyorError,
@@ -183,12 +192,14 @@ class Client:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         stream_window: int = DEFAULT_STREAM_WINDOW,
         client_id: str | None = None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self.settings = RedisSettings.from_url(url or default_redis_url())
         self.keys = Keys(prefix)
         self.timeout = timeout
         self.max_payload_bytes = max_payload_bytes
         self.stream_window = stream_window
+        self.metrics = metrics or ClientMetrics()
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self._waiters: dict[str, _Waiter] = {}
         self._finished: list[str] = []
@@ -403,16 +414,36 @@ class Client:
         fields = self._encode(job)
         self._waiters[job.id] = waiter
         answered = False
+        with self._measure(model, method):
+            try:
+                with anyio.fail_after(timeout):
+                    await self._send(waiter, job, stream, fields, wait_when_full)
+                    message = await waiter.next()
+                answered = True
+            except TimeoutError:
+                raise await self._timed_out(job, waiter, timeout) from None
+            finally:
+                await self._forget(waiter, job, None if answered else waiter.sent)
+            return _result(job, message)
+
+    @contextlib.contextmanager
+    def _measure(self, model: str, method: str) -> Iterator[None]:
+        metrics = self.metrics
+        metrics.in_flight.inc()
+        started = time.monotonic()
+        outcome = "ok"
         try:
-            with anyio.fail_after(timeout):
-                await self._send(waiter, job, stream, fields, wait_when_full)
-                message = await waiter.next()
-            answered = True
-        except TimeoutError:
-            raise await self._timed_out(job, waiter, timeout) from None
+            yield
+        except GeneratorExit:
+            outcome = "closed"  # a predict_stream the caller left early
+            raise
+        except BaseException as error:
+            outcome = type(error).__name__
+            raise
         finally:
-            await self._forget(waiter, job, None if answered else waiter.sent)
-        return _result(job, message)
+            metrics.in_flight.dec()
+            metrics.latency.labels(model, method).observe(time.monotonic() - started)
+            metrics.calls.labels(model, method, outcome).inc()
 
     async def stream(
         self,
@@ -440,31 +471,34 @@ class Client:
         # The input pump lives in the client's task group, not in this generator: a yield
         # inside a task group or cancel scope of an async generator breaks cancellation.
         pump_scope = anyio.CancelScope()
-        try:
-            with anyio.fail_after(timeout):
-                await self._send(waiter, job, stream, fields, False)
-            self._task_group.start_soon(self._pump_inputs, job, waiter, requests, pump_scope)
-            while True:
-                with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
-                    message = await waiter.next()
-                if message.type is MessageType.CHUNK:
-                    yield message.payload
-                    # back for more: credit the worker every half window
-                    if job.credit and waiter.taken % max(job.window // 2, 1) == 0:
-                        ttl = job.deadline - time.time() + _INPUTS_TTL_GRACE_S
-                        await self._step(self._streams.send_credit, job.credit, waiter.taken, ttl)
-                elif message.type is MessageType.END:
-                    finished = True
-                    return
-                else:
-                    finished = True
-                    _result(job, message)
-        except TimeoutError:
-            raise await self._timed_out(job, waiter, timeout) from None
-        finally:
-            pump_scope.cancel()
-            keys = [key for key in (job.inputs, job.credit) if key]
-            await self._forget(waiter, job, None if finished else waiter.sent, *keys)
+        with self._measure(model, ModelMethods.PredictStream.value):
+            try:
+                with anyio.fail_after(timeout):
+                    await self._send(waiter, job, stream, fields, False)
+                self._task_group.start_soon(self._pump_inputs, job, waiter, requests, pump_scope)
+                while True:
+                    with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+                        message = await waiter.next()
+                    if message.type is MessageType.CHUNK:
+                        yield message.payload
+                        # back for more: credit the worker every half window
+                        if job.credit and waiter.taken % max(job.window // 2, 1) == 0:
+                            ttl = job.deadline - time.time() + _INPUTS_TTL_GRACE_S
+                            await self._step(
+                                self._streams.send_credit, job.credit, waiter.taken, ttl
+                            )
+                    elif message.type is MessageType.END:
+                        finished = True
+                        return
+                    else:
+                        finished = True
+                        _result(job, message)
+            except TimeoutError:
+                raise await self._timed_out(job, waiter, timeout) from None
+            finally:
+                pump_scope.cancel()
+                keys = [key for key in (job.inputs, job.credit) if key]
+                await self._forget(waiter, job, None if finished else waiter.sent, *keys)
 
     async def control(self, model: str, method: str, *, timeout: float | None = None) -> bool:
         """Sends ``load`` or ``unload`` to every live worker of ``model``.

@@ -124,8 +124,15 @@ class AdaptiveBatcher:
     must run in a task group for as long as the model serves.
     """
 
-    def __init__(self, predict: Predict, max_batch_size: int, max_batch_time: float) -> None:
+    def __init__(
+        self,
+        predict: Predict,
+        max_batch_size: int,
+        max_batch_time: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._predict = predict
+        self._on_batch = on_batch
         self.max_batch_size = max_batch_size
         self.max_batch_time = max_batch_time
         self._send, self._receive = anyio.create_memory_object_stream[_Item](max_batch_size * 4)
@@ -160,6 +167,8 @@ class AdaptiveBatcher:
 
     async def _run_batch(self, items: list[_Item]) -> None:
         requests = [item.request for item in items]
+        if self._on_batch is not None:
+            self._on_batch(len(items))
         try:
             if len(items) == 1:
                 responses = [await self._predict(requests[0])]

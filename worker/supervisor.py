@@ -45,13 +45,16 @@ def supervise(
     grace_period: float,
     on_started: Callable[[], None] | None = None,
     env: Mapping[str, str] | None = None,
+    extra: Callable[[int], Sequence[str]] | None = None,
 ) -> int:
     """Runs ``processes`` copies of ``child_argv`` until SIGTERM/SIGINT/SIGHUP, then stops them.
 
     A child that exits is started again after a backoff that doubles up to 30 s (and
     resets once a child has lived 10 s). Returns 0 after a clean stop.
     """
-    children = [_Child(i, child_argv, env) for i in range(processes)]
+    children = [
+        _Child(i, [*child_argv, *(extra(i) if extra else ())], env) for i in range(processes)
+    ]
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -39,6 +39,7 @@ from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import execution
 from conveyor.worker.batching import AdaptiveBatcher
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
+from conveyor.worker.metrics import WorkerMetrics
 from conveyor.worker.registry import ModelRegistry, ServedModel
 
 __all__ = ("Worker", "WorkerSettings")
@@ -61,6 +62,7 @@ class WorkerSettings:
     heartbeat_ttl: float = 10.0  # a worker silent this long is taken for dead
     grace_period: float = 30.0  # on SIGTERM, how long in-flight jobs may take to finish
     read_block: float = 1.0  # longest wait of one read; bounds how fast a stop is noticed
+    metrics_port: int | None = None  # serve Prometheus metrics on this port
 
 
 class Worker:
@@ -76,6 +78,8 @@ class Worker:
         self.keys = Keys(settings.prefix)
         self.registry = ModelRegistry(list(models), self.keys)
         self.stats = WorkerStats(models=self.registry.names())
+        self.metrics = WorkerMetrics()
+        self.metrics.track_in_flight(lambda: len(self.stats.in_flight))
         largest_batch = max((m.max_batch_size for m in models), default=0)
         if largest_batch > settings.concurrency:
             # a batch can only fill if the worker may hold that many jobs at once
@@ -128,6 +132,8 @@ class Worker:
             for served in self.registry.all():
                 await streams.publish_limits(served.name, served.settings.max_queue_length)
             heartbeat.start()
+            if self.settings.metrics_port is not None:
+                self.metrics.serve(self.settings.metrics_port)
             async with anyio.create_task_group() as infra:
                 self._infra = infra
                 infra.start_soon(streams.batcher.run_flusher)
@@ -230,6 +236,7 @@ class Worker:
                 order, self.settings.heartbeat_ttl, free, self.keys.workers()
             )
             for delivery in reclaimed:
+                self.metrics.reclaimed.labels(_model_of(delivery.stream)).inc()
                 logger.warning(
                     "job.reclaimed stream=%s entry=%s deliveries=%d",
                     delivery.stream,
@@ -267,9 +274,10 @@ class Worker:
                 delivery.entry_id.decode(),
                 error.reason,
             )
-            await streams.dead_letter(
-                delivery, self.keys.dead(_model_of(delivery.stream)), f"bad entry: {error.reason}"
-            )
+            model = _model_of(delivery.stream)
+            self.metrics.dead_lettered.labels(model).inc()
+            self.metrics.jobs.labels(model, "", "refused").inc()
+            await streams.dead_letter(delivery, self.keys.dead(model), f"bad entry: {error.reason}")
             return
         log = {"request": job.id, "model": job.model, "method": job.method}
         served_any = self.registry.find(job.model, job.version)
@@ -280,6 +288,8 @@ class Worker:
                 "each worker that took it stopped before answering"
             )
             logger.warning("job.dead_lettered %s reason=%s", _kv(log), reason)
+            self.metrics.dead_lettered.labels(job.model).inc()
+            self.metrics.jobs.labels(job.model, job.method, "dead_letter").inc()
             await streams.dead_letter(
                 delivery,
                 self.keys.dead(job.model),
@@ -348,6 +358,8 @@ class Worker:
                 f"(max_payload_bytes of model {job.model!r})",
             )
             return
+        started = time.monotonic()
+        self.metrics.queue_wait.labels(job.model).observe(max(time.time() - job.sent_at, 0.0))
         # Bounded by the job's deadline; a caller that gives up cancels it (see _control).
         scope = anyio.move_on_after(max(job.deadline - time.time(), 0.0))
         self._running[job.id] = scope
@@ -369,6 +381,8 @@ class Worker:
                 text = "the job ran past its deadline and was stopped"
                 messages = [_error(job, delivery, "deadline", "DeadlineExceeded", text)]
         await streams.finish(delivery, job, messages)
+        self.metrics.latency.labels(job.model, job.method).observe(time.monotonic() - started)
+        self.metrics.jobs.labels(job.model, job.method, _outcome(messages[-1])).inc()
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
         try:
@@ -400,6 +414,8 @@ class Worker:
         reason: str,
     ) -> None:
         """A job that can never run: one log line, a dead letter, the reason to the caller."""
+        self.metrics.dead_lettered.labels(job.model).inc()
+        self.metrics.jobs.labels(job.model, job.method, "refused").inc()
         logger.warning(
             "job.refused request=%s model=%s method=%s reason=%s",
             job.id,
@@ -438,7 +454,10 @@ class Worker:
                     raise TypeError(f"predict returned {type(response).__name__}")
                 return response
 
-            batcher = AdaptiveBatcher(predict, settings.max_batch_size, settings.max_batch_time)
+            sizes = self.metrics.batch_size.labels(served.name)
+            batcher = AdaptiveBatcher(
+                predict, settings.max_batch_size, settings.max_batch_time, on_batch=sizes.observe
+            )
             self._batchers[id(served)] = batcher
             assert self._infra is not None
             self._infra.start_soon(batcher.run)
@@ -558,6 +577,13 @@ def _model_of(stream: str) -> str:
     """The model name inside a job stream key's hash tag."""
     start, end = stream.find("{"), stream.find("}")
     return stream[start + 1 : end] if 0 <= start < end else stream
+
+
+def _outcome(message: Message) -> str:
+    """A job's outcome for metrics: ok, or the error code of its last message."""
+    if message.type is not MessageType.ERROR or message.error is None:
+        return "ok"
+    return "error" if message.error.code == "model_error" else message.error.code
 
 
 def _describe(error: BaseException) -> str:

@@ -1,0 +1,36 @@
+"""A client's view of its own calls, as Prometheus metrics in a registry users can mount."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ("ClientMetrics",)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ClientMetrics:
+    """Calls by model, method and outcome; call latency; calls in flight.
+
+    Pass a registry to add these to yours (e.g. the one your web app exposes), or read
+    ``registry`` and mount it: ``prometheus_client.make_asgi_app(client.metrics.registry)``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.calls = Counter(
+            "conveyor_client_calls",
+            "Calls finished, by model, method and outcome (ok, or the error's class name)",
+            ["model", "method", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "conveyor_client_call_seconds",
+            "Time from sending a call to its answer (the whole stream, for predict_stream)",
+            ["model", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "conveyor_client_calls_in_flight", "Calls waiting for an answer", registry=self.registry
+        )
