@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,6 +13,7 @@ from pydantic import ValidationError
 from conveyor.broker.connection import default_redis_url
 from conveyor.broker.keys import DEFAULT_PREFIX
 from conveyor.cli.dlq import dlq_app
+from conveyor.cli.logs import LogFormat, setup_logging
 from conveyor.errors import ConveyorError
 
 if TYPE_CHECKING:
@@ -36,14 +35,13 @@ RedisOption = Annotated[
 ]
 PrefixOption = Annotated[str, typer.Option("--prefix", help="Key prefix in Redis.")]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
+LogFormatOption = Annotated[
+    LogFormat, typer.Option("--log-format", help="text, or json (one object per line).")
+]
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, log_format: LogFormat = "text") -> None:
+    setup_logging(level, log_format)
 
 
 def _fail(error: BaseException) -> typer.Exit:
@@ -85,9 +83,10 @@ def worker(
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format)
     from conveyor.worker.supervisor import supervise, worker_argv, worker_env
 
     url = redis or default_redis_url()
@@ -96,7 +95,7 @@ def worker(
         args = [str(p) for p in model_dirs]
         args += ["--prefix", prefix, "--concurrency", str(concurrency)]
         args += ["--heartbeat-ttl", str(heartbeat_ttl), "--grace-period", str(grace_period)]
-        args += ["--log-level", log_level]
+        args += ["--log-level", log_level, "--log-format", log_format]
 
         def child_args(index: int) -> list[str]:
             # each process serves its metrics on a port of its own: P, P+1, ...

@@ -279,7 +279,14 @@ class Worker:
             self.metrics.jobs.labels(model, "", "refused").inc()
             await streams.dead_letter(delivery, self.keys.dead(model), f"bad entry: {error.reason}")
             return
-        log = {"request": job.id, "model": job.model, "method": job.method}
+        log = {
+            "request": job.id,
+            "model": job.model,
+            "method": job.method,
+            "worker": self.settings.name,
+            "entry": delivery.entry_id.decode(),
+            "deliveries": str(delivery.deliveries),
+        }
         served_any = self.registry.find(job.model, job.version)
         limit = served_any.settings.max_deliveries if served_any is not None else 3
         if delivery.deliveries > limit:
@@ -399,7 +406,12 @@ class Worker:
                     result.id = request.id or job.id
         except Exception as error:  # the model's own failure goes back to the caller
             logger.info(
-                "job.failed request=%s model=%s error=%s", job.id, job.model, type(error).__name__
+                "job.failed request=%s model=%s method=%s worker=%s error=%s",
+                job.id,
+                job.model,
+                job.method,
+                self.settings.name,
+                type(error).__name__,
             )
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         return [Message(MessageType.RESULT, job.id, delivery.deliveries, payload=result)]
@@ -417,10 +429,11 @@ class Worker:
         self.metrics.dead_lettered.labels(job.model).inc()
         self.metrics.jobs.labels(job.model, job.method, "refused").inc()
         logger.warning(
-            "job.refused request=%s model=%s method=%s reason=%s",
+            "job.refused request=%s model=%s method=%s worker=%s reason=%s",
             job.id,
             job.model,
             job.method,
+            self.settings.name,
             reason,
         )
         await streams.dead_letter(
