@@ -90,9 +90,9 @@ class PipelineBatcher:
         pipe = self._redis.pipeline(transaction=False)
         counts: list[int] = []
         for slot in batch:
-            before = len(pipe.command_stack)
+            before = len(pipe)
             slot.add(pipe)
-            counts.append(len(pipe.command_stack) - before)
+            counts.append(len(pipe) - before)
         try:
             results = await pipe.execute(raise_on_error=False)
         except BaseException as error:  # delivered to every caller of the batch
