@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from conveyor.broker.connection import default_redis_url
 from conveyor.broker.keys import DEFAULT_PREFIX
 from conveyor.cli.dlq import dlq_app
+from conveyor.cli.inspect import inspect_fleet
 from conveyor.cli.logs import LogFormat, setup_logging
 from conveyor.errors import ConveyorError
 
@@ -213,6 +214,7 @@ def up(
 
 
 app.add_typer(dlq_app, name="dlq")
+app.command("inspect")(inspect_fleet)
 
 
 def main() -> None:
