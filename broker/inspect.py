@@ -151,18 +151,25 @@ class Snapshot:
     gone: tuple[GoneWorker, ...]
 
 
+def _read_so_far(group: GroupInfo) -> int | None:
+    # A group made at id 0 reports entries-read as nil until its first read: it read 0.
+    if group.entries_read is None and group.last_delivered_id == "0-0":
+        return 0
+    return group.entries_read
+
+
 def delivery_rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
     """Jobs per second delivered to each stream's group between two snapshots.
 
-    The ``entries-read`` delta over the Redis clock's delta. A stream missing from either
-    snapshot, whose entries read are unknown, or whose count went down (the stream was
-    deleted and made again) is left out.
+    The ``entries-read`` delta over the Redis clock's delta (a group that has delivered
+    nothing yet counts 0). A stream missing from either snapshot, whose entries read are
+    unknown, or whose count went down (the stream was deleted and made again) is left out.
     """
     elapsed = after.time - before.time
     if elapsed <= 0:
         return {}
     earlier = {
-        stream.key: stream.group.entries_read
+        stream.key: _read_so_far(stream.group)
         for model in before.models
         for stream in model.streams
         if stream.group is not None
