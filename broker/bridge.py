@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from typing import Any, Protocol, TypeVar
 
 import anyio
-import sniffio
 
 __all__ = ("LoopThread", "Transport", "open_transport")
 
@@ -108,7 +107,7 @@ class LoopThread:
                 wake()
 
         def submit() -> None:
-            # A fresh context: the trio caller's context variables (sniffio's "trio" among
+            # A fresh context: the trio caller's context variables (its backend marker among
             # them) must not leak into the asyncio task.
             self._loop.create_task(wrapped(), context=contextvars.Context())
 
@@ -147,7 +146,7 @@ async def open_transport(
 
     ``cleanup`` (closing connections) runs on the loop that used them, before it stops.
     """
-    if sniffio.current_async_library() == "asyncio":
+    if _on_asyncio():
         async with anyio.create_task_group() as tg:
             for fn in background:
                 tg.start_soon(fn)
@@ -167,6 +166,15 @@ async def open_transport(
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             await thread.run(cleanup)
         await anyio.to_thread.run_sync(thread.close)
+
+
+def _on_asyncio() -> bool:
+    """Whether the running backend is asyncio (anything else goes through the bridge)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _Bridge:
