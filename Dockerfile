@@ -1,0 +1,32 @@
+# The `conveyor` command in a slim image: run workers (`worker /app/examples/models`), clients
+# and `inspect` against a Redis named by CONVEYOR_REDIS_URL (docker-compose.yml sets it; no
+# host is baked in here).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only what the package needs to build; .dockerignore keeps tests, .git and venvs out.
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY conveyor/ conveyor/
+COPY broker/ broker/
+COPY worker/ worker/
+COPY client/ client/
+COPY cli/ cli/
+# The runtime dependencies only: no [dev] (tests, linters), no [embedded] (compose runs
+# Redis). The sources go once installed, so /src can't shadow the package on sys.path.
+RUN pip install --no-cache-dir . && rm -rf /src
+
+WORKDIR /app
+COPY examples/ examples/
+
+# A user of its own: a worker runs model code, which has no business being root.
+RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin conveyor
+USER conveyor
+
+# Exec form: conveyor is PID 1's child under `init: true`, or PID 1 itself, and gets SIGTERM.
+ENTRYPOINT ["conveyor"]
+CMD ["--help"]
