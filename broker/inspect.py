@@ -22,6 +22,7 @@ errors: :class:`~conveyor.errors.BrokerConnectionError` when Redis cannot be rea
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -237,7 +238,7 @@ def _float(value: object) -> float | None:
         number = float(cast(bytes | float, value))
     except (TypeError, ValueError):
         return None
-    return number if number == number and abs(number) != float("inf") else None
+    return number if math.isfinite(number) else None
 
 
 def _id_seconds(entry_id: str) -> float | None:
