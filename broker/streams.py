@@ -73,8 +73,12 @@ def _add_message(pipe: Pipeline, key: str, message: Message, ttl_s: float) -> No
     pipe.expire(key, max(1, int(ttl_s)))
 
 
+# However far a job's deadline, its reply and bell expire within a week.
+_MAX_TTL_S = 7 * 24 * 3600.0
+
+
 def _ttl_for(job: Job) -> float:
-    return max(job.deadline - time.time(), 0.0) + REPLY_GRACE_S
+    return min(max(job.deadline - time.time(), 0.0) + REPLY_GRACE_S, _MAX_TTL_S)
 
 
 class WorkerStreams:
@@ -293,7 +297,8 @@ class WorkerStreams:
         ttl = _ttl_for(job) if job is not None else REPLY_GRACE_S
 
         def add(pipe: Pipeline) -> None:
-            pipe.xadd(dead_stream, dead, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            # never trimmed: dead letters leave only by `conveyor dlq retry|purge`
+            pipe.xadd(dead_stream, dead)  # type: ignore[arg-type]
             if job is not None and error_message is not None:
                 _add_message(pipe, job.reply, error_message, ttl)
                 pipe.lpush(job.bell, job.id)

@@ -111,6 +111,7 @@ class _Waiter:
         "full",
         "inbox",
         "key",
+        "next_seq",
         "request_id",
         "sent",
         "taken",
@@ -125,6 +126,7 @@ class _Waiter:
         self.event = anyio.Event()
         self.attempt: int | None = None  # the delivery whose answer this call takes
         self.taken = 0  # messages the caller has taken
+        self.next_seq = 0  # the chunk a predict_stream expects next
         self.sent: _Sent | None = None  # the job entry, once XADDed
         self.unreachable: BrokerConnectionError | None = None  # why the job is not sent yet
         self.full: QueueFull | None = None  # ... or: the queue was full, waiting for room
@@ -141,9 +143,11 @@ class _Waiter:
                 # new delivery, drop what the old one left unread.
                 self.inbox = deque(m for m in self.inbox if m.attempt == message.attempt)
                 self.attempt = message.attempt
+                self.next_seq = 0
             elif message.attempt > self.attempt:
                 # The worker streaming to this caller died after some chunks; another one
                 # restarted the job. Never show duplicated or missing chunks: stop here.
+                shown = self.taken + sum(m.type is MessageType.CHUNK for m in self.inbox)
                 self.inbox.append(
                     Message(
                         MessageType.ERROR,
@@ -152,7 +156,7 @@ class _Waiter:
                         error=_error_info(
                             "stream_interrupted",
                             "StreamInterrupted",
-                            f"the stream broke after {self.taken} chunks: the worker "
+                            f"the stream broke after {shown} chunks: the worker "
                             "running it stopped and another restarted it; send the "
                             "request again",
                         ),
@@ -166,6 +170,11 @@ class _Waiter:
                     "reply.ignored request=%s attempt=%d", self.request_id, message.attempt
                 )
                 return
+        if message.type is MessageType.CHUNK:
+            # A write that redis-py re-sent after a connection error can land twice.
+            if message.seq < self.next_seq:
+                return
+            self.next_seq = message.seq + 1
         self.inbox.append(message)
         self.event.set()
 
@@ -491,7 +500,10 @@ class Client:
                         finished = True
                         return
                     else:
-                        finished = True
+                        # the job is over, unless the stream broke: then stop its restart
+                        finished = not (
+                            message.error is not None and message.error.code == "stream_interrupted"
+                        )
                         _result(job, message)
             except TimeoutError:
                 raise await self._timed_out(job, waiter, timeout) from None

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import redis
 from fleet import MODELS, Fleet, WorkerProcess
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conveyor.broker.keys import Keys
@@ -287,8 +287,6 @@ CASES = {
         "does not serve model 'nope'",
         REFUSED,
         code="model_not_found",
-        # today the dead letter goes to the claimed model's stream; see the xfail test below
-        dead_model="nope",
     ),
     "newer-format": Case(
         lambda keys, tmp: _with(keys, envelope=msgpack.packb({"v": 99, "args": [], "x": 1})),
@@ -372,11 +370,6 @@ def test_bad_entry_is_dead_lettered_and_the_worker_keeps_serving(
 # -- 2. what does not work yet (strict xfails: each passes once its bug is fixed) ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker._refuse dead-letters to keys.dead(job.model), the model the entry claims, "
-    "not the dead stream of the job stream it was read from",
-)
 @pytest.mark.timeout(30)
 def test_unknown_model_dead_letter_stays_with_its_stream(served: Served) -> None:
     """A job on the echo stream naming a model nobody serves must be dead-lettered where the
@@ -392,11 +385,6 @@ def test_unknown_model_dead_letter_stays_with_its_stream(served: Served) -> None
     assert entry_id in ids, f"the dead letter went to {keys.dead('nope')} instead"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker._run_job dead-letters an undecodable entry without telling its caller, "
-    "even when its readable fields (id, reply, bell, deadline) are intact",
-)
 @pytest.mark.timeout(30)
 def test_caller_of_a_newer_format_job_gets_the_reason(served: Served) -> None:
     """README: an entry a worker cannot run ("a newer format" included) is dead-lettered and
@@ -416,12 +404,6 @@ def test_caller_of_a_newer_format_job_gets_the_reason(served: Served) -> None:
     assert "newer Conveyor" in message.error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker._run_job requeues a job for a version of a model it has but does not "
-    "serve (registry.has(model) is true), and reads it straight back: a hot loop until the "
-    "job's deadline, never dead-lettered, the caller never told",
-)
 @pytest.mark.timeout(60)
 def test_job_for_a_version_nobody_serves_is_refused(served: Served) -> None:
     """A job on the any-version echo stream asking for echo version "v9" (this worker serves
@@ -448,12 +430,6 @@ def test_job_for_a_version_nobody_serves_is_refused(served: Served) -> None:
     assert predict_echo(served, 1.0) == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decode_job accepts any finite deadline; for one past Redis's EXPIRE range the "
-    "worker's EXPIRE of the reply and bell fails ('value is not an integer or out of range'): "
-    "both keys never expire, and the worker logs job.unfinished for a job it acked",
-)
 @pytest.mark.timeout(30)
 def test_deadline_beyond_any_ttl_is_refused_or_bounded(served: Served) -> None:
     """A job whose deadline is 1e300 (a bug or a hostile client): either it is dead-lettered
@@ -547,16 +523,6 @@ mutations = st.builds(
 )
 
 
-def serves_another_version(fields: Mapping[str, Any]) -> bool:
-    """A valid job for an echo version this worker does not serve: the requeue loop of
-    test_job_for_a_version_nobody_serves_is_refused (xfail), left out here until fixed."""
-    try:
-        version = as_bytes(fields.get("version", b"")).decode()
-    except UnicodeDecodeError:
-        return False
-    return version not in ("", ECHO_VERSION)
-
-
 @pytest.mark.timeout(180)
 def test_any_entry_leaves_the_stream_and_the_worker_keeps_serving(served: Served) -> None:
     """Random field sets and real jobs with one field replaced, deleted or truncated, XADDed
@@ -580,7 +546,6 @@ def test_any_entry_leaves_the_stream_and_the_worker_keeps_serving(served: Served
         else:
             job = real_job(keys, count=4096, timeout=60)  # 16 KiB: the tensor rides in t0
             fields = entry.apply(dict(encode_job(job)))
-            assume(not serves_another_version(fields))
         entry_id = xadd(probe, stream, fields)
         wait_until(lambda: probe.xlen(stream) == 0, f"entry {entry_id!r} left the stream")
         assert pending_count(probe, stream) == 0

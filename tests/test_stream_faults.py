@@ -232,12 +232,6 @@ async def test_stream_broken_after_some_chunks_raises_stream_interrupted(
     print(f"\nstream broken after 3 chunks: StreamInterrupted after {elapsed:.1f}s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after StreamInterrupted the client neither withdraws nor cancels the restarted "
-    "job (Client.stream takes any error message as the job's end): the worker that "
-    "reclaimed it streams it to nobody until it ends or its deadline passes",
-)
 @pytest.mark.timeout(60)
 async def test_stream_interrupted_stops_the_restarted_job(
     fleet: Fleet, redis_url: str, prefix: str, probe: redis.Redis
@@ -305,11 +299,6 @@ async def test_stream_whose_worker_dies_before_the_first_chunk_restarts_seamless
     print(f"\nstream restarted before its first chunk: {count} chunks in {elapsed:.1f}s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StreamInterrupted counts only the chunks the caller had taken when the restart "
-    "was noticed, not those still buffered that it is handed afterwards (_Waiter.deliver)",
-)
 @pytest.mark.timeout(60)
 async def test_stream_interrupted_counts_every_chunk_the_caller_got(
     fleet: Fleet, redis_url: str, prefix: str, probe: redis.Redis, attempts: list[int]
@@ -432,12 +421,6 @@ class CuttingProxy:
                 tg.start_soon(down, tg.cancel_scope)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis-py re-sends a whole pipeline after a connection error: an XADD that ran but "
-    "whose reply was lost is written twice (a chunk: _Waiter.deliver fences on attempt, never "
-    "on seq; a job: two runs stream into one reply stream, both as attempt 1)",
-)
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("side", ["worker", "client"])
 async def test_write_resent_after_a_lost_reply_reaches_the_caller_once(

@@ -100,6 +100,13 @@ class ModelRegistry:
     def has(self, name: str) -> bool:
         return any(n == name for n, _ in self._served)
 
+    def has_unloaded(self, name: str, version: str | None) -> bool:
+        """Whether a folder of this worker could serve the call, but is not loaded now."""
+        return any(
+            n == name and (version is None or v == version) and not served.ready
+            for (n, v), served in self._served.items()
+        )
+
     async def load(self, name: str) -> bool:
         """Loads every folder of model ``name``; True when at least one is ready."""
         for served in self._served.values():

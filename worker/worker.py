@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -277,7 +278,23 @@ class Worker:
             model = _model_of(delivery.stream)
             self.metrics.dead_lettered.labels(model).inc()
             self.metrics.jobs.labels(model, "", "refused").inc()
-            await streams.dead_letter(delivery, self.keys.dead(model), f"bad entry: {error.reason}")
+            reason = f"bad entry: {error.reason}"
+            # Tell the caller if the entry names its reply stream (a newer format, say).
+            caller = _readable_job(delivery, model)
+            await streams.dead_letter(
+                delivery,
+                self.keys.dead(model),
+                reason,
+                job=caller,
+                error_message=None
+                if caller is None
+                else Message(
+                    MessageType.ERROR,
+                    caller.id,
+                    delivery.deliveries,
+                    error=ErrorInfo("bad_entry", "WireError", reason),
+                ),
+            )
             return
         log = {
             "request": job.id,
@@ -299,7 +316,7 @@ class Worker:
             self.metrics.jobs.labels(job.model, job.method, "dead_letter").inc()
             await streams.dead_letter(
                 delivery,
-                self.keys.dead(job.model),
+                self.keys.dead(_model_of(delivery.stream)),
                 reason,
                 job=job,
                 error_message=_error(job, delivery, "dead_letter", "DeadLettered", reason),
@@ -324,7 +341,9 @@ class Worker:
             )
             return
         served = self.registry.find(job.model, job.version)
-        if (served is None or served.model is None) and self.registry.has(job.model):
+        if (served is None or served.model is None) and self.registry.has_unloaded(
+            job.model, job.version
+        ):
             # read just before this worker unloaded the model: leave it to the others
             logger.info("job.requeued %s", _kv(log))
             await streams.requeue(delivery)
@@ -438,7 +457,7 @@ class Worker:
         )
         await streams.dead_letter(
             delivery,
-            self.keys.dead(job.model),
+            self.keys.dead(_model_of(delivery.stream)),  # beside the stream it came from
             reason,
             job=job,
             error_message=_error(job, delivery, code, type_name, reason),
@@ -590,6 +609,19 @@ def _model_of(stream: str) -> str:
     """The model name inside a job stream key's hash tag."""
     start, end = stream.find("{"), stream.find("}")
     return stream[start + 1 : end] if 0 <= start < end else stream
+
+
+def _readable_job(delivery: Delivery, model: str) -> Job | None:
+    """The readable fields of an entry that did not decode, when they say where to reply."""
+    fields = delivery.fields
+    try:
+        request_id, reply, bell = (fields[k].decode() for k in (b"id", b"reply", b"bell"))
+        deadline = float(fields[b"deadline"])
+    except (KeyError, UnicodeDecodeError, ValueError):
+        return None
+    if not (request_id and reply and bell) or not math.isfinite(deadline):
+        return None
+    return Job(request_id, "", model, None, reply, bell, deadline, time.time())
 
 
 def _outcome(message: Message) -> str:
