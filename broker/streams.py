@@ -46,6 +46,15 @@ class Delivery:
     deliveries: int = 1  # how many times Redis has handed this entry out (fencing attempt)
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """Messages to write for a job, and its delivery to ack once they are written."""
+
+    job: Job | None
+    messages: Sequence[Message]
+    delivery: Delivery | None
+
+
 def is_nogroup(error: BaseException) -> bool:
     """The consumer group is gone: destroyed, or its stream deleted (a blocked XREADGROUP is
     then answered "UNBLOCKED the stream key no longer exists")."""
@@ -90,6 +99,7 @@ class WorkerStreams:
         self.consumer = consumer
         self.where = where  # the redacted URL, for errors
         self.batcher = PipelineBatcher(redis)
+        self._outgoing: list[_Outgoing] = []  # replies and acks waiting for the next flush
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
         """Creates the consumer group of each stream from its start (so jobs sent before any
@@ -216,15 +226,8 @@ class WorkerStreams:
 
     async def reply(self, job: Job, messages: Sequence[Message]) -> None:
         """Writes messages to the job's reply stream and rings the client's bell."""
-        ttl = _ttl_for(job)
-
-        def add(pipe: Pipeline) -> None:
-            for message in messages:
-                _add_message(pipe, job.reply, message, ttl)
-            pipe.lpush(job.bell, job.id)
-            pipe.expire(job.bell, max(1, int(ttl)))
-
-        await self.batcher.run(add)
+        self._outgoing.append(_Outgoing(job, messages, None))
+        await self.batcher.run(self._add_outgoing)
 
     async def finish(
         self, delivery: Delivery, job: Job | None, messages: Sequence[Message]
@@ -234,18 +237,39 @@ class WorkerStreams:
         The reply goes first: a crash between the two leaves a job that is delivered again,
         never an acked job without an answer.
         """
-        ttl = _ttl_for(job) if job is not None else REPLY_GRACE_S
+        self._outgoing.append(_Outgoing(job, messages, delivery))
+        await self.batcher.run(self._add_outgoing)
 
-        def add(pipe: Pipeline) -> None:
-            if job is not None and messages:
-                for message in messages:
-                    _add_message(pipe, job.reply, message, ttl)
-                pipe.lpush(job.bell, job.id)
-                pipe.expire(job.bell, max(1, int(ttl)))
-            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
-            pipe.xdel(delivery.stream, delivery.entry_id)
-
-        await self.batcher.run(add)
+    def _add_outgoing(self, pipe: Pipeline) -> None:
+        """Adds every reply and ack queued since the last flush, coalesced: one EXPIRE per
+        reply stream, one LPUSH + EXPIRE per client's bell, one XACK and one XDEL per job
+        stream. The first caller of a flush sends them all; the others find nothing left."""
+        outgoing, self._outgoing = self._outgoing, []
+        if not outgoing:
+            return
+        replies: dict[str, float] = {}
+        bells: dict[str, tuple[list[str], float]] = {}
+        acks: dict[str, list[bytes]] = {}
+        for item in outgoing:
+            job = item.job
+            if job is not None and item.messages:
+                ttl = _ttl_for(job)
+                for message in item.messages:
+                    pipe.xadd(job.reply, encode_message(message))  # type: ignore[arg-type]
+                replies[job.reply] = max(ttl, replies.get(job.reply, 0.0))
+                ids, bell_ttl = bells.get(job.bell, ([], 0.0))
+                ids.append(job.id)
+                bells[job.bell] = (ids, max(ttl, bell_ttl))
+            if item.delivery is not None:
+                acks.setdefault(item.delivery.stream, []).append(item.delivery.entry_id)
+        for key, ttl in replies.items():
+            pipe.expire(key, max(1, int(ttl)))
+        for bell, (ids, ttl) in bells.items():
+            pipe.lpush(bell, *ids)
+            pipe.expire(bell, max(1, int(ttl)))
+        for stream, entry_ids in acks.items():
+            pipe.xack(stream, GROUP, *entry_ids)
+            pipe.xdel(stream, *entry_ids)
 
     async def publish_limits(self, model: str, max_queue_length: int | None) -> None:
         """Tells clients the model's queue limit (the last worker to start wins)."""
