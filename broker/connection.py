@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import anyio
@@ -36,11 +36,13 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from redis import exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.connection import UnixDomainSocketConnection as AsyncUnixConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.retry import Retry as SyncRetry
 
 from conveyor.errors import BrokerConnectionError, ConveyorError
@@ -170,7 +172,8 @@ class RedisSettings(BaseModel):
     max_connections: int = Field(default=50, ge=1)
     pool_timeout: float = Field(default=10.0, gt=0)
     client_name: str | None = None  # CLIENT SETNAME on connect (needs that ACL permission)
-    # Reserved for Redis Cluster (redis-py's RedisCluster); create_client refuses it for now.
+    # Redis Cluster (`?cluster=true`): the URL names one node; redis-py's cluster client
+    # discovers the others and routes each command to the node of its key's slot.
     cluster: bool = False
 
     @model_validator(mode="after")
@@ -316,11 +319,6 @@ def _pool_kwargs(
     settings: RedisSettings, *, blocking: bool, max_connections: int | None
 ) -> tuple[dict[str, Any], Literal["tcp", "tls", "unix"]]:
     """Keyword arguments of a redis-py connection pool, shared by the sync and async flavour."""
-    if settings.cluster:
-        raise NotImplementedError(
-            f"Redis Cluster is not supported yet ({settings.redacted_url}); "
-            "use a standalone Redis or Valkey"
-        )
     kwargs: dict[str, Any] = {
         "max_connections": max_connections or settings.max_connections,
         "timeout": settings.pool_timeout,
@@ -372,14 +370,16 @@ def create_client(
     (it owns its pool). Failures surface as ``redis`` exceptions: wrap calls in
     :func:`translate_errors`. Needs asyncio (redis.asyncio does not run on trio).
 
-    Raises:
-        NotImplementedError: ``settings.cluster`` is set.
+    With ``settings.cluster``, the client is redis-py's ``RedisCluster`` (typed as ``Redis``:
+    Conveyor uses only commands both have, and every multi-key command stays in one slot).
     """
     kwargs, kind = _pool_kwargs(settings, blocking=blocking, max_connections=max_connections)
     backoff = ExponentialWithJitterBackoff(
         base=settings.retry_backoff_base, cap=settings.retry_backoff_cap
     )
     retry = _Retry(backoff, settings.retries, supported_errors=_retry_errors(blocking))
+    if settings.cluster:
+        return cast(Redis, AsyncRedisCluster(retry=retry, **_cluster_kwargs(kwargs, kind)))
     connection_class: type[AsyncConnection | AsyncUnixConnection] = {
         "tcp": AsyncConnection,
         "tls": AsyncSSLConnection,
@@ -387,6 +387,16 @@ def create_client(
     }[kind]
     pool = BlockingConnectionPool(connection_class=connection_class, retry=retry, **kwargs)
     return Redis.from_pool(pool)
+
+
+def _cluster_kwargs(kwargs: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Pool options turned into RedisCluster options (it keeps one pool per node)."""
+    if kind == "unix" or kwargs.get("db"):
+        raise ValueError("Redis Cluster needs a TCP address and database 0")
+    options = {k: v for k, v in kwargs.items() if k not in ("timeout", "db")}
+    if kind == "tls":
+        options["ssl"] = True
+    return options
 
 
 def create_sync_client(
@@ -401,6 +411,8 @@ def create_sync_client(
         base=settings.retry_backoff_base, cap=settings.retry_backoff_cap
     )
     retry = _SyncRetry(backoff, settings.retries, supported_errors=_retry_errors(blocking))
+    if settings.cluster:
+        return cast(redis.Redis, SyncRedisCluster(retry=retry, **_cluster_kwargs(kwargs, kind)))
     connection_class: type[redis.Connection | redis.UnixDomainSocketConnection] = {
         "tcp": redis.Connection,
         "tls": redis.SSLConnection,

@@ -73,6 +73,17 @@ def _entries_by_stream(response: Any) -> list[tuple[str, list[tuple[bytes, RawFi
     ]
 
 
+# On Redis Cluster, how long a worker of several models blocks on one model's streams.
+_CLUSTER_BLOCK_S = 0.1
+
+
+def _tag(key: str) -> str:
+    """A key's hash tag: the part between the first { and the next }."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if 0 <= start < end else key
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -93,8 +104,11 @@ def _ttl_for(job: Job) -> float:
 class WorkerStreams:
     """The worker's side: read jobs as one consumer of the group, answer, ack, dead-letter."""
 
-    def __init__(self, redis: Redis, keys: Keys, consumer: str, where: str = "redis") -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, consumer: str, where: str = "redis", cluster: bool = False
+    ) -> None:
         self.redis = redis
+        self.cluster = cluster  # Redis Cluster: a blocking read names one slot's streams
         self.keys = keys
         self.consumer = consumer
         self.where = where  # the redacted URL, for errors
@@ -134,6 +148,13 @@ class WorkerStreams:
                     return deliveries
             if deliveries:
                 return deliveries
+        if self.cluster:
+            # One blocking read may only name keys of one slot: block on the first model's
+            # streams (the caller rotates the order), briefly if other models wait their turn.
+            tag = _tag(streams[0])
+            same = [stream for stream in streams if _tag(stream) == tag]
+            if len(same) < len(streams):
+                streams, block_s = same, min(block_s, _CLUSTER_BLOCK_S)
         return await self._read_group(dict.fromkeys(streams, ">"), free, int(block_s * 1000))
 
     async def _read_group(
@@ -216,7 +237,7 @@ class WorkerStreams:
         prefix = workers_key.removesuffix("workers") + "worker:"
         pipe = self.redis.pipeline(transaction=False)
         for consumer in consumers:
-            pipe.exists(prefix + consumer)
+            pipe.execute_command("EXISTS", prefix + consumer)  # cluster pipelines lack exists()
         results = await pipe.execute()
         # This worker's own stale entries are jobs it gave up on (its answer could not be
         # written): its heartbeat refreshes every job it still runs, so take them again.
@@ -352,11 +373,12 @@ class WorkerStreams:
         self, cursors: Mapping[str, bytes], block_s: float
     ) -> list[tuple[str, bytes, RawFields]]:
         """Reads load/unload requests sent to the fleet after each stream's cursor."""
-        response = await self.redis.xread(
-            dict(cursors),  # type: ignore[arg-type]  # redis-py's dict type is invariant
-            count=16,
-            block=int(block_s * 1000),
-        )
+        with translate_errors(self.where):
+            response = await self.redis.xread(
+                dict(cursors),  # type: ignore[arg-type]  # redis-py's dict type is invariant
+                count=16,
+                block=int(block_s * 1000),
+            )
         return [
             (stream, entry_id, fields)
             for stream, entries in _entries_by_stream(response)
@@ -429,7 +451,7 @@ class ClientStreams:
         """Deletes finished reply streams, then waits up to ``block_s`` for rung request ids."""
         pipe = self.blocking.pipeline(transaction=False)
         if unlink:
-            pipe.unlink(*unlink)
+            pipe.execute_command("UNLINK", *unlink)  # one slot; cluster pipelines lack unlink()
         pipe.blmpop(block_s, 1, self.bell, direction="RIGHT", count=1000)
         results = await pipe.execute()
         popped = results[-1]

@@ -181,11 +181,15 @@ def test_create_client_pins_our_options() -> None:
     assert rex.TimeoutError not in blocking_retry._supported_errors  # a BLOCK is never re-sent
 
 
-def test_cluster_is_reserved_but_not_supported_yet() -> None:
-    settings = RedisSettings.from_url("redis://h?cluster=true")
+def test_a_cluster_url_makes_cluster_clients() -> None:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    settings = RedisSettings.from_url("redis://h:7000?cluster=true")
     assert settings.cluster
-    with pytest.raises(NotImplementedError, match="Cluster"):
-        create_client(settings)
+    # nothing connects until the first command (tests/test_cluster.py runs a real cluster)
+    assert isinstance(create_client(settings), AsyncRedisCluster)
+    with pytest.raises(ValueError, match="database 0"):
+        create_client(RedisSettings.from_url("redis://h:7000/2?cluster=true"))
 
 
 @pytest.mark.anyio

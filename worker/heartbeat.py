@@ -67,7 +67,7 @@ class Heartbeat:
             try:
                 client = self._connect()
                 with client.pipeline(transaction=False) as pipe:
-                    pipe.delete(self._keys.worker(self._worker_id))
+                    pipe.execute_command("DEL", self._keys.worker(self._worker_id))  # type: ignore[no-untyped-call]
                     pipe.zrem(self._keys.workers(), self._worker_id)
                     pipe.execute()
                 client.close()

@@ -113,7 +113,11 @@ class Worker:
     ) -> None:
         redis = create_client(self._redis_settings, blocking=True)
         streams = WorkerStreams(
-            redis, self.keys, self.settings.name, self._redis_settings.redacted_url
+            redis,
+            self.keys,
+            self.settings.name,
+            self._redis_settings.redacted_url,
+            cluster=self._redis_settings.cluster,
         )
         self._streams = streams
         self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
@@ -548,13 +552,26 @@ class Worker:
                 return
 
     async def _control_loop(self, streams: WorkerStreams, cursors: dict[str, bytes]) -> None:
-        """Answers load/unload requests sent to every worker of a model."""
+        """Answers load/unload/cancel requests sent to every worker of a model."""
         if not cursors:
             return
+        if not streams.cluster:
+            await self._read_control(streams, cursors)
+            return
+        # On Redis Cluster one read names one slot's keys: a reader per model.
+        async with anyio.create_task_group() as tg:
+            for stream, cursor in cursors.items():
+                tg.start_soon(self._read_control, streams, {stream: cursor})
+
+    async def _read_control(self, streams: WorkerStreams, cursors: dict[str, bytes]) -> None:
         while True:
-            for stream, entry_id, fields in await streams.read_control(
-                cursors, self.settings.read_block
-            ):
+            try:
+                entries = await streams.read_control(cursors, self.settings.read_block)
+            except ConveyorError as error:  # Redis unavailable: the job loop says so too
+                logger.debug("control.read_failed error=%s", _describe(error))
+                await anyio.sleep(1.0)
+                continue
+            for stream, entry_id, fields in entries:
                 cursors[stream] = entry_id
                 try:
                     job = decode_job(fields)
