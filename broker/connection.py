@@ -32,6 +32,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import anyio
+import hiredis
 import redis
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from redis import exceptions as rex
@@ -350,6 +351,43 @@ def _pool_kwargs(
     return kwargs, "tls"
 
 
+# Arguments this long (or memoryviews: tensors) go out as chunks of their own, uncopied.
+_PACK_INLINE_MAX = 6000
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis (C) instead of redis-py's Python packer (~8x faster for
+    a job's XADD), except commands carrying a large value or a memoryview, which keep
+    redis-py's packer so a tensor is handed to the socket without a copy."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        for arg in args:
+            if isinstance(arg, memoryview) or (
+                isinstance(arg, bytes | str) and len(arg) > _PACK_INLINE_MAX
+            ):
+                return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+        head = args[0]
+        # a command of two words ("XINFO GROUPS") goes out as two arguments
+        if (isinstance(head, str) and " " in head) or (isinstance(head, bytes) and b" " in head):
+            args = (*head.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+
+
+class _FastConnection(_HiredisPacking, AsyncConnection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacking, AsyncSSLConnection):
+    pass
+
+
+class _FastUnixConnection(_HiredisPacking, AsyncUnixConnection):
+    pass
+
+
 def create_client(
     settings: RedisSettings, *, blocking: bool = False, max_connections: int | None = None
 ) -> Redis:
@@ -381,9 +419,9 @@ def create_client(
     if settings.cluster:
         return cast(Redis, AsyncRedisCluster(retry=retry, **_cluster_kwargs(kwargs, kind)))
     connection_class: type[AsyncConnection | AsyncUnixConnection] = {
-        "tcp": AsyncConnection,
-        "tls": AsyncSSLConnection,
-        "unix": AsyncUnixConnection,
+        "tcp": _FastConnection,
+        "tls": _FastSSLConnection,
+        "unix": _FastUnixConnection,
     }[kind]
     pool = BlockingConnectionPool(connection_class=connection_class, retry=retry, **kwargs)
     return Redis.from_pool(pool)
