@@ -8,6 +8,7 @@ sending (every waiting caller's commands pipelined together) and one for the rea
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -216,6 +217,7 @@ class Client:
         self._transport: Transport | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._reached = False  # whether Redis ever answered this client
+        self._request_numbers = itertools.count(1)
         self._limits: dict[str, tuple[float, int | None]] = {}  # model -> (when, queue limit)
 
     async def __aenter__(self) -> Client:
@@ -372,7 +374,8 @@ class Client:
         timeout: float,
         streamed: bool = False,
     ) -> tuple[Job, _Waiter]:
-        request_id = uuid.uuid4().hex
+        # unique: the client id is random, the counter is this client's
+        request_id = f"{self.client_id}-{next(self._request_numbers)}"
         now = time.time()
         job = Job(
             id=request_id,
@@ -451,8 +454,7 @@ class Client:
             raise
         finally:
             metrics.in_flight.dec()
-            metrics.latency.labels(model, method).observe(time.monotonic() - started)
-            metrics.calls.labels(model, method, outcome).inc()
+            metrics.record(model, method, outcome, time.monotonic() - started)
 
     async def stream(
         self,

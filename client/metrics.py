@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ("ClientMetrics",)
@@ -34,3 +36,19 @@ class ClientMetrics:
         self.in_flight = Gauge(
             "conveyor_client_calls_in_flight", "Calls waiting for an answer", registry=self.registry
         )
+        # labels() costs a few microseconds a call: keep each child once made
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._calls: dict[tuple[str, str, str], Any] = {}
+
+    def record(self, model: str, method: str, outcome: str, seconds: float) -> None:
+        """One finished call: its latency and outcome."""
+        latency = self._latency.get((model, method))
+        if latency is None:
+            latency = self._latency[(model, method)] = self.latency.labels(model, method)
+        latency.observe(seconds)
+        calls = self._calls.get((model, method, outcome))
+        if calls is None:
+            calls = self._calls[(model, method, outcome)] = self.calls.labels(
+                model, method, outcome
+            )
+        calls.inc()

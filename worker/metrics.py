@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -56,12 +57,33 @@ class WorkerMetrics:
             ["model"],
             registry=self.registry,
         )
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._jobs: dict[tuple[str, str, str], Any] = {}
+        self._wait: dict[str, Any] = {}
         self.dead_lettered = Counter(
             "conveyor_worker_dead_lettered_jobs",
             "Jobs moved to the dead-letter stream",
             ["model"],
             registry=self.registry,
         )
+
+    def job_done(self, model: str, method: str, outcome: str, seconds: float) -> None:
+        """One finished job: its outcome and latency (label children are cached)."""
+        key = (model, method)
+        latency = self._latency.get(key)
+        if latency is None:
+            latency = self._latency[key] = self.latency.labels(model, method)
+        latency.observe(seconds)
+        jobs = self._jobs.get((model, method, outcome))
+        if jobs is None:
+            jobs = self._jobs[(model, method, outcome)] = self.jobs.labels(model, method, outcome)
+        jobs.inc()
+
+    def job_taken(self, model: str, waited: float) -> None:
+        wait = self._wait.get(model)
+        if wait is None:
+            wait = self._wait[model] = self.queue_wait.labels(model)
+        wait.observe(waited)
 
     def track_in_flight(self, count: Callable[[], int]) -> None:
         self.in_flight.set_function(lambda: float(count()))

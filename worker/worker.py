@@ -389,7 +389,7 @@ class Worker:
             )
             return
         started = time.monotonic()
-        self.metrics.queue_wait.labels(job.model).observe(max(time.time() - job.sent_at, 0.0))
+        self.metrics.job_taken(job.model, max(time.time() - job.sent_at, 0.0))
         # Bounded by the job's deadline; a caller that gives up cancels it (see _control).
         scope = anyio.move_on_after(max(job.deadline - time.time(), 0.0))
         self._running[job.id] = scope
@@ -411,8 +411,9 @@ class Worker:
                 text = "the job ran past its deadline and was stopped"
                 messages = [_error(job, delivery, "deadline", "DeadlineExceeded", text)]
         await streams.finish(delivery, job, messages)
-        self.metrics.latency.labels(job.model, job.method).observe(time.monotonic() - started)
-        self.metrics.jobs.labels(job.model, job.method, _outcome(messages[-1])).inc()
+        self.metrics.job_done(
+            job.model, job.method, _outcome(messages[-1]), time.monotonic() - started
+        )
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
         try:
