@@ -1,0 +1,9 @@
+"""Benchmark model: a no-op. Each request is answered with an empty response."""
+
+from conveyor import MLModel
+from conveyor.types import InferenceRequest, InferenceResponse
+
+
+class NoopModel(MLModel):
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        return InferenceResponse(model_name=self.name, outputs=[])
