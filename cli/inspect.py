@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 from datetime import UTC, datetime
 from typing import Annotated
@@ -257,6 +258,10 @@ def inspect_fleet(
             with anyio.move_on_after(2, shield=True):  # runs even if the caller was cancelled
                 await client.aclose()
 
+    if watch:
+        # Ctrl-C stops --watch, even when this process was started with SIGINT ignored (as
+        # a background job of a non-interactive shell is): put Python's handler back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         shot = anyio.run(main)
     except KeyboardInterrupt:  # Ctrl-C ends --watch: that is how it stops, not a failure
