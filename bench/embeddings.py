@@ -427,13 +427,14 @@ def _ms(seconds: float) -> str:
 def report(results: Results, max_batch_time: float) -> None:
     table = Table(title="all-MiniLM-L6-v2, one sentence per request")
     columns = ("run", "sentences", "sentences/s", "rounds: min-max", "p50", "p99")
-    for column in (*columns, "mean batch", "CPU s / wall s"):
+    for column in (*columns, "mean batch", "CPU ms / sentence", "CPU s / wall s"):
         table.add_column(column, justify="left" if column in ("run", "CPU s / wall s") else "right")
     tallies = [*results.in_process.values(), *results.fleet.values(), results.alone]
     for tally in [*tallies, results.bursts]:
         if not tally.sentences:
             continue
         cpu = ", ".join(f"{k} {v / tally.seconds:.2f}" for k, v in tally.cpu.items())
+        per_sentence = f"{sum(tally.cpu.values()) / tally.sentences * 1e3:.1f}" if tally.cpu else ""
         spread = f"{min(tally.rates):,.1f}-{max(tally.rates):,.1f}" if len(tally.rates) > 1 else ""
         table.add_row(
             tally.label,
@@ -443,12 +444,14 @@ def report(results: Results, max_batch_time: float) -> None:
             _ms(tally.percentile(50)),
             _ms(tally.percentile(99)),
             f"{tally.mean_batch:.1f}" if tally.mean_batch is not None else "",
+            per_sentence,
             cpu,
         )
     console.print(table)
     console.print(
-        "p50, p99: of each call of 32 in-process; from send to answer on the fleet. "
-        "mean batch: requests per predict call in the worker."
+        "p50, p99: of each call in-process; from send to answer on the fleet. mean batch: "
+        "requests per predict call in the worker. CPU: of this process in-process; of the "
+        "worker, Redis and this process (the client) on the fleet."
     )
 
     ratios = Table(title="ratios")
@@ -475,6 +478,15 @@ def report(results: Results, max_batch_time: float) -> None:
         ">= 0.8x",
         "yes" if share >= 0.8 else "no",
     )
+    efficiency = (sum(ceiling.cpu.values()) / ceiling.sentences) / (
+        sum(batched.cpu.values()) / batched.sentences
+    )
+    ratios.add_row(
+        "fleet (32) / in-process ceiling, sentences per CPU second",
+        f"{efficiency:.2f}x",
+        "none: less swayed than wall time by other load on the machine",
+        "-",
+    )
     if not results.bursts.sentences:
         console.print(ratios)
         return
@@ -498,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="one short round, 3 bursts")
-    parser.add_argument("--rounds", type=int, help="rounds of the four runs (4; quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds of the four runs (6; quick 1)")
     parser.add_argument("--per-round", type=int, help="sentences per run and round (512; 256)")
     parser.add_argument("--in-flight", type=int, default=256, help="fleet calls in flight")
     parser.add_argument("--bursts", type=int, help="bursts of 32 (20; quick 3)")
@@ -506,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
         "--concurrency", type=int, default=2 * BATCH, help="each worker's --concurrency (64)"
     )
     args = parser.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 4)
+    rounds = args.rounds or (1 if args.quick else 6)
     per_round = args.per_round or (256 if args.quick else 512)
     bursts = args.bursts if args.bursts is not None else (3 if args.quick else 20)
     corpus = sentences(max(per_round, bursts * BATCH, 1024))
