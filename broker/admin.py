@@ -26,9 +26,8 @@ from typing import Final, Literal, TypeAlias, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
-from redis.asyncio.connection import SSLConnection
 
-from conveyor.broker.connection import translate_errors
+from conveyor.broker.connection import server_url, translate_errors
 from conveyor.broker.keys import Keys
 from conveyor.errors import ConveyorError
 
@@ -115,24 +114,11 @@ class DeadLetterDetail:
     binary: dict[str, int]
 
 
-def _where(redis: Redis) -> str:
-    """The client's server as a URL without credentials, for error messages."""
-    pool = redis.connection_pool
-    kwargs = pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={db}"
-    host = str(kwargs.get("host", "localhost"))
-    host = f"[{host}]" if ":" in host else host
-    scheme = "rediss" if issubclass(pool.connection_class, SSLConnection) else "redis"
-    return f"{scheme}://{host}:{kwargs.get('port', 6379)}/{db}"
-
-
 @contextmanager
 def _errors(redis: Redis, key: str) -> Iterator[None]:
     """Connection failures as BrokerConnectionError, any other Redis error as DeadLetterError."""
     try:
-        with translate_errors(_where(redis)):
+        with translate_errors(server_url(redis)):
             yield
     except redis_errors.RedisError as exc:
         raise DeadLetterError(key, f"Redis refused the command: {exc}") from exc

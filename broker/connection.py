@@ -462,6 +462,19 @@ def create_sync_client(
     return redis.Redis.from_pool(pool)
 
 
+def server_url(client: Redis) -> str:
+    """A client's server as a URL without credentials, for error messages."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    host = str(kwargs.get("host", "localhost"))
+    host = f"[{host}]" if ":" in host else host
+    scheme = "rediss" if issubclass(pool.connection_class, AsyncSSLConnection) else "redis"
+    return f"{scheme}://{host}:{kwargs.get('port', 6379)}/{db}"
+
+
 def _reason(exc: BaseException) -> str:
     """What went wrong, in words, then redis-py's own message (which holds no password)."""
     detail = str(exc) or type(exc).__name__

@@ -30,9 +30,8 @@ from typing import Final, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
-from redis.asyncio.connection import SSLConnection
 
-from conveyor.broker.connection import translate_errors
+from conveyor.broker.connection import server_url, translate_errors
 from conveyor.broker.keys import GROUP, Keys
 from conveyor.errors import ConveyorError
 
@@ -192,25 +191,11 @@ def delivery_rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
 # -- Redis replies ------------------------------------------------------------------------
 
 
-def _where(redis: Redis) -> str:
-    """The client's server as a URL without credentials, for error messages (the same as
-    ``broker.admin`` gives)."""
-    pool = redis.connection_pool
-    kwargs = pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={db}"
-    host = str(kwargs.get("host", "localhost"))
-    host = f"[{host}]" if ":" in host else host
-    scheme = "rediss" if issubclass(pool.connection_class, SSLConnection) else "redis"
-    return f"{scheme}://{host}:{kwargs.get('port', 6379)}/{db}"
-
-
 @contextmanager
 def _errors(redis: Redis, key: str) -> Iterator[None]:
     """Connection failures as BrokerConnectionError, any other Redis error as InspectError."""
     try:
-        with translate_errors(_where(redis)):
+        with translate_errors(server_url(redis)):
             yield
     except redis_errors.RedisError as exc:
         raise InspectError(key, f"Redis refused the command: {exc}") from exc
