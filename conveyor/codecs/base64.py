@@ -9,8 +9,8 @@ from typing import Any
 from conveyor.codecs.base import InputCodec, register_input_codec
 from conveyor.codecs.errors import CodecError
 from conveyor.codecs.lists import _flat_elements, is_list_of
-from conveyor.codecs.utils import InputOrOutput, _describe, _require_bytes
-from conveyor.types import Parameters, RequestInput, ResponseOutput
+from conveyor.codecs.utils import InputOrOutput, _describe, _require_bytes, bytes_column
+from conveyor.types import RequestInput, ResponseOutput
 
 __all__ = ("Base64Codec",)
 
@@ -80,13 +80,7 @@ class Base64Codec(InputCodec):
     ) -> ResponseOutput:
         """Each element base64-encoded, as ``bytes`` (``str`` with ``use_bytes=False``)."""
         data = _encode_elements(name, payload, use_bytes)
-        return ResponseOutput(
-            name=name,
-            datatype="BYTES",
-            shape=[len(data), 1],
-            data=data,
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_column(ResponseOutput, name, data, cls.ContentType)
 
     @classmethod
     def decode_output(cls, response_output: ResponseOutput) -> list[bytes]:
@@ -97,13 +91,7 @@ class Base64Codec(InputCodec):
         cls, name: str, payload: list[bytes], use_bytes: bool = True, **kwargs: Any
     ) -> RequestInput:
         data = _encode_elements(name, payload, use_bytes)
-        return RequestInput(
-            name=name,
-            datatype="BYTES",
-            shape=[len(data), 1],
-            data=data,
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_column(RequestInput, name, data, cls.ContentType)
 
     @classmethod
     def decode_input(cls, request_input: RequestInput) -> list[bytes]:

@@ -8,8 +8,8 @@ from typing import Any
 from conveyor.codecs.base import InputCodec, register_input_codec
 from conveyor.codecs.errors import CodecError
 from conveyor.codecs.lists import _flat_elements, is_list_of
-from conveyor.codecs.utils import InputOrOutput, _describe, _require_bytes
-from conveyor.types import Parameters, RequestInput, ResponseOutput
+from conveyor.codecs.utils import InputOrOutput, _describe, _require_bytes, bytes_column
+from conveyor.types import RequestInput, ResponseOutput
 
 __all__ = ("DatetimeCodec",)
 
@@ -74,13 +74,7 @@ class DatetimeCodec(InputCodec):
     ) -> ResponseOutput:
         """Shape ``[N, 1]``; elements are ASCII ``bytes`` (``str`` with ``use_bytes=False``)."""
         data = _encode_elements(name, payload, use_bytes)
-        return ResponseOutput(
-            name=name,
-            datatype="BYTES",
-            shape=[len(data), 1],
-            data=data,
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_column(ResponseOutput, name, data, cls.ContentType)
 
     @classmethod
     def decode_output(cls, response_output: ResponseOutput) -> list[datetime]:
@@ -91,13 +85,7 @@ class DatetimeCodec(InputCodec):
         cls, name: str, payload: list[str | datetime], use_bytes: bool = True, **kwargs: Any
     ) -> RequestInput:
         data = _encode_elements(name, payload, use_bytes)
-        return RequestInput(
-            name=name,
-            datatype="BYTES",
-            shape=[len(data), 1],
-            data=data,
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_column(RequestInput, name, data, cls.ContentType)
 
     @classmethod
     def decode_input(cls, request_input: RequestInput) -> list[datetime]:

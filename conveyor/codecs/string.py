@@ -12,8 +12,9 @@ from conveyor.codecs.utils import (
     SingleInputRequestCodec,
     _describe,
     _require_bytes,
+    bytes_column,
 )
-from conveyor.types import Parameters, RequestInput, ResponseOutput
+from conveyor.types import RequestInput, ResponseOutput
 
 __all__ = ("StringCodec", "StringRequestCodec", "decode_str", "encode_str")
 
@@ -90,13 +91,7 @@ class StringCodec(InputCodec):
     ) -> ResponseOutput:
         """Data is UTF-8 ``bytes`` (``str`` with ``use_bytes=False``), shape ``[N, 1]``."""
         data = _encode_strings(name, payload, use_bytes)
-        return ResponseOutput(
-            name=name,
-            datatype="BYTES",
-            shape=[len(data), 1],
-            data=data,
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_column(ResponseOutput, name, data, cls.ContentType)
 
     @classmethod
     def decode_output(cls, response_output: ResponseOutput) -> list[str]:
@@ -107,13 +102,7 @@ class StringCodec(InputCodec):
         cls, name: str, payload: list[str], use_bytes: bool = True, **kwargs: Any
     ) -> RequestInput:
         data = _encode_strings(name, payload, use_bytes)
-        return RequestInput(
-            name=name,
-            datatype="BYTES",
-            shape=[len(data), 1],
-            data=data,
-            parameters=Parameters(content_type=cls.ContentType),
-        )
+        return bytes_column(RequestInput, name, data, cls.ContentType)
 
     @classmethod
     def decode_input(cls, request_input: RequestInput) -> list[str]:

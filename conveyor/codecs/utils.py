@@ -16,7 +16,7 @@ attribute is not a pydantic field, so it never reaches a dump or the wire.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol, TypeAlias
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 from conveyor.codecs.base import (
     InputCodecLike,
@@ -290,3 +290,20 @@ class SingleInputRequestCodec(RequestCodec):
         if not has_decoded(first) and cls.InputCodec is not None:
             _save_decoded(first, cls.InputCodec.decode_input(first))
         return get_decoded_or_raw(first)
+
+
+_Column = TypeVar("_Column", RequestInput, ResponseOutput)
+
+
+def bytes_column(
+    kind: type[_Column], name: str, data: list[bytes | str], content_type: str
+) -> _Column:
+    """A BYTES input or output of shape ``[N, 1]``, one element per row, as MLServer's
+    string-like codecs (str, base64, datetime) build them."""
+    return kind(
+        name=name,
+        datatype="BYTES",
+        shape=[len(data), 1],
+        data=data,
+        parameters=Parameters(content_type=content_type),
+    )
