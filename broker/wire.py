@@ -15,7 +15,9 @@ entry with three kinds of fields, in this order:
 2. ``envelope``: one msgpack map. ``v`` (the format version, :data:`WIRE_VERSION`) always comes
    first and every later format keeps it there; new keys get defaults, and unknown keys are ignored.
 
-   - a job: ``{"v": 1, "args": [payload, ...], "kwargs": {name: payload}}``
+   - a job: ``{"v": 1, "args": [payload, ...], "kwargs": {name: payload}}``, plus
+     ``"inline": true`` when the client takes a small final answer in its doorbell (see
+     :attr:`Job.inline_reply`)
    - a message: ``{"v": 1, "payload": payload, "error": None | {"code", "type", "message"}}``
 
    A payload is ``[tag, body]``: tag ``"plain"`` with any msgpack value as body, or
@@ -134,6 +136,9 @@ class Job:
     # has not taken; the caller LPUSHes how many it took to the `credit` list.
     credit: str | None = None
     window: int = 0
+    # The client reads small final answers straight from its doorbell list (one round trip
+    # less); workers that predate it ignore the flag and write the reply stream as always.
+    inline_reply: bool = False
 
 
 # Kept (str, Enum) rather than StrEnum: str()/format() of a member stay as the stub defined them.
@@ -425,6 +430,8 @@ def encode_job(job: Job) -> Fields:
         "args": [_payload(arg) for arg in job.args],
         "kwargs": {name: _payload(value) for name, value in job.kwargs.items()},
     }
+    if job.inline_reply:
+        envelope["inline"] = True
     fields["envelope"], tensors = _encoder().pack(envelope)
     return _add_tensors(fields, tensors)
 
@@ -749,6 +756,7 @@ def _decode_job(fields: RawFields) -> Job:
         inputs=inputs,
         credit=credit,
         window=window,
+        inline_reply=envelope.get("inline") is True,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import msgpack
@@ -214,6 +215,13 @@ def test_job_version_none_is_an_empty_field_and_inputs_is_left_out() -> None:
     decoded = decode_job(_as_redis(fields))
     assert decoded.version is None
     assert decoded.inputs is None
+
+
+def test_inline_reply_flag_rides_in_the_envelope_and_defaults_to_off() -> None:
+    assert not _roundtrip_job(_job())[0].inline_reply
+    decoded, raw = _roundtrip_job(replace(_job(), inline_reply=True))
+    assert decoded.inline_reply
+    assert msgpack.unpackb(raw[b"envelope"])["inline"] is True
 
 
 def test_times_keep_sub_millisecond_precision() -> None:
