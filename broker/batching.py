@@ -2,54 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 from redis.asyncio.client import Pipeline, Redis
 
 __all__ = ("PipelineBatcher",)
 
-# Commands a caller adds to the shared pipeline; returns how many it added.
+# Commands a caller adds to the shared pipeline.
 AddCommands = Callable[[Pipeline], None]
 
 
 class _Slot:
-    __slots__ = ("add", "done", "error", "results")
+    __slots__ = ("add", "done")
 
-    def __init__(self, add: AddCommands) -> None:
+    def __init__(self, add: AddCommands, done: asyncio.Future[list[Any]]) -> None:
         self.add = add
-        self.done = anyio.Event()
-        self.results: list[Any] = []
-        self.error: BaseException | None = None
+        self.done = done  # the caller's replies, or the error of the whole round trip
 
 
 class PipelineBatcher:
     """Sends the commands of every caller waiting at the same moment in one pipeline.
 
-    While one pipeline is on the wire, new callers queue up and go together in the next, so
-    a busy client or worker pays one round trip per batch instead of one per call, and an
-    idle one pays a single task switch. ``run_flusher`` must run in a task group.
+    While a pipeline is on the wire, new callers queue up and go together in the next, so a
+    busy client or worker pays one round trip per batch instead of one per call. A caller
+    that finds nothing on the wire sends its own commands at once, without waking the
+    flusher task: at one call in flight that saves a task switch on every step.
+
+    Always runs on asyncio (redis.asyncio); ``run_flusher`` must run in a task group there.
     """
 
     def __init__(self, redis: Redis, max_batch: int = 1024) -> None:
         self._redis = redis
         self._max_batch = max_batch
         self._queue: list[_Slot] = []
-        # Made by the first user, on the loop that runs the batcher (a trio caller hands
-        # its steps to an asyncio loop thread: an event made on trio would not work there).
-        self._wake_event: anyio.Event | None = None
+        self._wake: asyncio.Event | None = None  # made on the loop that runs the batcher
+        self._sending = 0  # round trips on the wire (the flusher's or callers' own)
         self._closed = False
-
-    @property
-    def _wake(self) -> anyio.Event:
-        if self._wake_event is None:
-            self._wake_event = anyio.Event()
-        return self._wake_event
-
-    @_wake.setter
-    def _wake(self, event: anyio.Event) -> None:
-        self._wake_event = event
 
     async def run(self, add: AddCommands) -> list[Any]:
         """Queues ``add``'s commands, waits for their batch, and returns their replies.
@@ -58,23 +48,44 @@ class PipelineBatcher:
         """
         if self._closed:
             raise RuntimeError("the pipeline batcher is closed")
-        slot = _Slot(add)
-        self._queue.append(slot)
-        self._wake.set()
-        await slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        for result in slot.results:
+        if self._sending == 0 and not self._queue:
+            results = await self._send_alone(add)
+        else:
+            done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            self._queue.append(_Slot(add, done))
+            self._wake_flusher()
+            results = await done
+        for result in results:
             if isinstance(result, Exception):
                 raise result
-        return slot.results
+        return results
+
+    async def _send_alone(self, add: AddCommands) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        add(pipe)
+        self._sending += 1
+        try:
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        finally:
+            self._sending -= 1
+            if self._queue:  # others came while this was on the wire
+                self._wake_flusher()
+        return results
+
+    def _wake_flusher(self) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.set()
 
     async def run_flusher(self) -> None:
         """Flushes queued commands until cancelled; fails waiting callers on shutdown."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        wake = self._wake
         try:
             while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
+                await wake.wait()
+                wake.clear()
                 while self._queue:
                     batch = self._queue[: self._max_batch]
                     del self._queue[: self._max_batch]
@@ -82,8 +93,8 @@ class PipelineBatcher:
         finally:
             self._closed = True
             for slot in self._queue:
-                slot.error = RuntimeError("the connection to Redis was closed")
-                slot.done.set()
+                if not slot.done.done():
+                    slot.done.set_exception(RuntimeError("the connection to Redis was closed"))
             self._queue.clear()
 
     async def _flush(self, batch: list[_Slot]) -> None:
@@ -93,17 +104,24 @@ class PipelineBatcher:
             before = len(pipe)
             slot.add(pipe)
             counts.append(len(pipe) - before)
+        self._sending += 1
         try:
             results = await pipe.execute(raise_on_error=False)
         except BaseException as error:  # delivered to every caller of the batch
             for slot in batch:
-                slot.error = error
-                slot.done.set()
+                if not slot.done.done():
+                    slot.done.set_exception(
+                        error
+                        if isinstance(error, Exception)
+                        else RuntimeError("the connection to Redis was closed")
+                    )
             if not isinstance(error, Exception):
                 raise
             return
+        finally:
+            self._sending -= 1
         start = 0
         for slot, count in zip(batch, counts, strict=True):
-            slot.results = results[start : start + count]
+            if not slot.done.done():  # a caller that was cancelled meanwhile is left out
+                slot.done.set_result(results[start : start + count])
             start += count
-            slot.done.set()

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-__all__ = ("LoopThread", "Transport", "open_transport")
+__all__ = ("LoopThread", "Transport", "on_asyncio", "open_transport")
 
 T = TypeVar("T")
 Background = Callable[[], Coroutine[Any, Any, None]]
@@ -146,7 +146,7 @@ async def open_transport(
 
     ``cleanup`` (closing connections) runs on the loop that used them, before it stops.
     """
-    if _on_asyncio():
+    if on_asyncio():
         async with anyio.create_task_group() as tg:
             for fn in background:
                 tg.start_soon(fn)
@@ -168,7 +168,7 @@ async def open_transport(
         await anyio.to_thread.run_sync(thread.close)
 
 
-def _on_asyncio() -> bool:
+def on_asyncio() -> bool:
     """Whether the running backend is asyncio (anything else goes through the bridge)."""
     try:
         asyncio.get_running_loop()

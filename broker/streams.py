@@ -10,22 +10,40 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import msgpack
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.batching import PipelineBatcher
 from conveyor.broker.connection import translate_errors
 from conveyor.broker.keys import GROUP, Keys
-from conveyor.broker.wire import Fields, Job, Message, RawFields, encode_message
+from conveyor.broker.wire import Fields, Job, Message, MessageType, RawFields, encode_message
 
-__all__ = ("ClientStreams", "Delivery", "WorkerStreams", "is_nogroup")
+__all__ = (
+    "INLINE_REPLY_MAX_BYTES",
+    "ClientStreams",
+    "Delivery",
+    "Rung",
+    "WorkerStreams",
+    "is_nogroup",
+)
 
 logger = logging.getLogger(__name__)
 
 # Replies and inputs live at least this long past the job's deadline, then expire unread.
 REPLY_GRACE_S = 60.0
+
+# A final answer up to this size rides in the client's doorbell list itself, when the job
+# says the client reads it there (Job.inline_reply): no reply stream to XADD and EXPIRE, no
+# XREAD round trip and no UNLINK for the client. Streams, bigger answers and answers with
+# tensor fields of their own keep reply streams.
+INLINE_REPLY_MAX_BYTES = 64 * 1024
+# A bell entry is a request id (text: "read my reply stream") or this byte followed by a
+# msgpack map of a message's fields, exactly as they would sit in the reply stream.
+_INLINE_MARK = b"\x00"
+_FINAL = (MessageType.RESULT, MessageType.ERROR)
 
 # XADD only while the stream holds fewer than ARGV[1] entries (answered jobs are deleted,
 # so XLEN is the backlog); else return the backlog. One key: fine on Redis Cluster.
@@ -99,6 +117,55 @@ _MAX_TTL_S = 7 * 24 * 3600.0
 
 def _ttl_for(job: Job) -> float:
     return min(max(job.deadline - time.time(), 0.0) + REPLY_GRACE_S, _MAX_TTL_S)
+
+
+def _inline_entry(job: Job, item: _Outgoing, entries: list[Fields]) -> bytes | None:
+    """The bell entry carrying a job's final answer, if it may ride there."""
+    if not job.inline_reply or item.delivery is None or len(entries) != 1:
+        return None
+    if item.messages[0].type not in _FINAL:
+        return None
+    fields = entries[0]
+    size = 0
+    for value in fields.values():
+        if type(value) is str or type(value) is bytes:
+            size += len(value)
+        else:  # a tensor of its own (a memoryview): reply stream
+            return None
+    if size > INLINE_REPLY_MAX_BYTES:
+        return None
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return _INLINE_MARK + packed
+
+
+@dataclass(frozen=True, slots=True)
+class Rung:
+    """What a client found on its doorbell."""
+
+    ids: list[str]  # request ids whose reply streams have news
+    messages: list[RawFields]  # final answers that came inline, as a reply stream's fields
+
+
+def _rung(values: Sequence[bytes | str]) -> Rung:
+    rung = Rung([], [])
+    for value in values:
+        if isinstance(value, bytes) and value[:1] == _INLINE_MARK:
+            rung.messages.append(_inline_fields(value))
+        else:
+            rung.ids.append(value.decode() if isinstance(value, bytes) else str(value))
+    return rung
+
+
+def _inline_fields(value: bytes) -> RawFields:
+    """An inline answer's fields; an entry that is not one gives ``{}``, which the wire
+    decoder refuses with a reason (nothing read from Redis is trusted)."""
+    try:
+        fields = msgpack.unpackb(value[1:], raw=True, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return {}
+    if type(fields) is not dict:
+        return {}
+    return cast("RawFields", fields)
 
 
 class WorkerStreams:
@@ -269,18 +336,23 @@ class WorkerStreams:
         if not outgoing:
             return
         replies: dict[str, float] = {}
-        bells: dict[str, tuple[list[str], float]] = {}
+        bells: dict[str, tuple[list[str | bytes], float]] = {}
         acks: dict[str, list[bytes]] = {}
         for item in outgoing:
             job = item.job
             if job is not None and item.messages:
                 ttl = _ttl_for(job)
-                for message in item.messages:
-                    pipe.xadd(job.reply, encode_message(message))  # type: ignore[arg-type]
-                replies[job.reply] = max(ttl, replies.get(job.reply, 0.0))
                 ids, bell_ttl = bells.get(job.bell, ([], 0.0))
-                ids.append(job.id)
                 bells[job.bell] = (ids, max(ttl, bell_ttl))
+                entries = [encode_message(message) for message in item.messages]
+                inline = _inline_entry(job, item, entries)
+                if inline is not None:
+                    ids.append(inline)
+                else:
+                    for entry in entries:
+                        pipe.xadd(job.reply, entry)  # type: ignore[arg-type]
+                    replies[job.reply] = max(ttl, replies.get(job.reply, 0.0))
+                    ids.append(job.id)
             if item.delivery is not None:
                 acks.setdefault(item.delivery.stream, []).append(item.delivery.entry_id)
         for key, ttl in replies.items():
@@ -447,17 +519,28 @@ class ClientStreams:
 
         await self.batcher.run(add)
 
-    async def wait_bell(self, block_s: float, unlink: Sequence[str] = ()) -> list[str]:
-        """Deletes finished reply streams, then waits up to ``block_s`` for rung request ids."""
+    async def wait_bell(self, block_s: float, unlink: Sequence[str] = ()) -> Rung:
+        """Deletes finished reply streams, then waits up to ``block_s`` for the bell: the
+        request ids whose reply streams have news, and the answers that came inline."""
         pipe = self.blocking.pipeline(transaction=False)
         if unlink:
             pipe.execute_command("UNLINK", *unlink)  # one slot; cluster pipelines lack unlink()
         pipe.blmpop(block_s, 1, self.bell, direction="RIGHT", count=1000)
         results = await pipe.execute()
         popped = results[-1]
-        if not popped:
-            return []
-        return [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in popped[1]]
+        return _rung(popped[1] if popped else [])
+
+    async def drain_bell(self) -> Rung:
+        """Everything on the bell now, hardly waiting (after an outage). BLMPOP with a short
+        timeout rather than RPOP: the ACL of a client needs no other command."""
+        rung = Rung([], [])
+        while True:
+            popped = await self.blocking.blmpop(0.01, 1, self.bell, direction="RIGHT", count=1000)
+            if not popped:
+                return rung
+            more = _rung(popped[1])
+            rung.ids.extend(more.ids)
+            rung.messages.extend(more.messages)
 
     async def read_replies(
         self, cursors: Mapping[str, bytes]

@@ -7,6 +7,7 @@ sending (every waiting caller's commands pipelined together) and one for the rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -24,12 +25,12 @@ from collections.abc import (
 )
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
 
-from conveyor.broker.bridge import Transport, open_transport
+from conveyor.broker.bridge import Transport, on_asyncio, open_transport
 from conveyor.broker.connection import (
     RedisSettings,
     create_client,
@@ -37,7 +38,7 @@ from conveyor.broker.connection import (
     translate_errors,
 )
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
-from conveyor.broker.streams import ClientStreams
+from conveyor.broker.streams import ClientStreams, Rung
 from conveyor.broker.wire import (
     Fields,
     Job,
@@ -90,6 +91,13 @@ _SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is 
 _ENDED = -1  # a waiter's attempt once it stopped taking messages
 
 
+class _Event(Protocol):
+    """anyio.Event, or asyncio.Event where the client runs on asyncio (10x cheaper to make)."""
+
+    def set(self) -> object: ...
+    async def wait(self) -> object: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Sent:
     """A job as sent: enough to find it in its stream, or send it again."""
@@ -112,19 +120,23 @@ class _Waiter:
         "full",
         "inbox",
         "key",
+        "new_event",
         "next_seq",
         "request_id",
         "sent",
+        "streamed",
         "taken",
         "unreachable",
     )
 
-    def __init__(self, request_id: str, key: str) -> None:
+    def __init__(self, request_id: str, key: str, new_event: Callable[[], _Event]) -> None:
         self.request_id = request_id
         self.key = key
         self.cursor = b"0-0"
         self.inbox: deque[Message] = deque()
-        self.event = anyio.Event()
+        self.new_event = new_event
+        self.event = new_event()
+        self.streamed = False  # whether anything came through the reply stream
         self.attempt: int | None = None  # the delivery whose answer this call takes
         self.taken = 0  # messages the caller has taken
         self.next_seq = 0  # the chunk a predict_stream expects next
@@ -182,7 +194,7 @@ class _Waiter:
     async def next(self) -> Message:
         while not self.inbox:
             await self.event.wait()
-            self.event = anyio.Event()
+            self.event = self.new_event()
         self.taken += 1
         return self.inbox.popleft()
 
@@ -219,6 +231,8 @@ class Client:
         self._reached = False  # whether Redis ever answered this client
         self._request_numbers = itertools.count(1)
         self._limits: dict[str, tuple[float, int | None]] = {}  # model -> (when, queue limit)
+        self._asyncio = True  # whether the client runs on asyncio (set when opened)
+        self._new_event: Callable[[], _Event] = asyncio.Event
 
     async def __aenter__(self) -> Client:
         # Named connections, so `CLIENT LIST` shows which belong to this client. The sender
@@ -226,6 +240,8 @@ class Client:
         named = self.settings.model_copy(
             update={"client_name": f"conveyor-client-{self.client_id}"}
         )
+        self._asyncio = on_asyncio()
+        self._new_event = asyncio.Event if self._asyncio else anyio.Event
         redis = create_client(named, max_connections=_SEND_CONNECTIONS)
         blocking = create_client(named, blocking=True, max_connections=1)
         self._streams = ClientStreams(redis, blocking, self.keys, self.client_id)
@@ -299,8 +315,9 @@ class Client:
                     await self._resync()
                     broken = False
                 rung = await self._step(streams.wait_bell, _BELL_BLOCK_S, finished)
+                self._deliver_inline(rung)
                 cursors = {}
-                for request_id in set(rung):
+                for request_id in set(rung.ids):
                     waiter = self._waiters.get(request_id)
                     if waiter is not None:
                         cursors[waiter.key] = waiter.cursor
@@ -315,12 +332,25 @@ class Client:
                 continue
             self._dispatch(replies)
 
+    def _deliver_inline(self, rung: Rung) -> None:
+        """Hands the answers that came in the bell itself to their callers."""
+        for fields in rung.messages:
+            try:
+                message = decode_message(fields)
+            except WireError as error:  # no request id to tell: say it here
+                logger.warning("client.bad_bell_entry reason=%s", error.reason)
+                continue
+            waiter = self._waiters.get(message.id)
+            if waiter is not None:
+                waiter.deliver(message)
+
     def _dispatch(self, replies: list[tuple[str, list[tuple[bytes, RawFields]]]]) -> None:
         for key, entries in replies:
             request_id = key.rsplit(":", 1)[-1]
             waiter = self._waiters.get(request_id)
             if waiter is None:
                 continue
+            waiter.streamed = True
             for entry_id, fields in entries:
                 waiter.cursor = entry_id
                 try:
@@ -344,6 +374,8 @@ class Client:
         waiters = [w for w in self._waiters.values() if w.sent is not None]
         if not waiters:
             return
+        # answers that came inline first: the jobs they answer are gone from their streams
+        self._deliver_inline(await self._step(self._streams.drain_bell))
         cursors = {w.key: w.cursor for w in waiters}
         self._dispatch(await self._step(self._streams.read_replies, cursors))
         pending = [
@@ -373,6 +405,7 @@ class Client:
         kwargs: Mapping[str, Payload],
         timeout: float,
         streamed: bool = False,
+        inline_reply: bool = False,
     ) -> tuple[Job, _Waiter]:
         # unique: the client id is random, the counter is this client's
         request_id = f"{self.client_id}-{next(self._request_numbers)}"
@@ -391,8 +424,9 @@ class Client:
             inputs=self.keys.inputs(self.client_id, request_id) if streamed else None,
             credit=self.keys.credit(self.client_id, request_id) if streamed else None,
             window=self.stream_window if streamed else 0,
+            inline_reply=inline_reply,
         )
-        return job, _Waiter(request_id, job.reply)
+        return job, _Waiter(request_id, job.reply, self._new_event)
 
     def _encode(self, job: Job) -> Fields:
         fields = encode_job(job)
@@ -421,27 +455,59 @@ class Client:
         or with ``wait_when_full`` waits (within the timeout) for room.
         """
         timeout = self.timeout if timeout is None else timeout
-        job, waiter = self._job(model, version, method, args, kwargs or {}, timeout)
+        job, waiter = self._job(
+            model, version, method, args, kwargs or {}, timeout, inline_reply=True
+        )
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         self._waiters[job.id] = waiter
-        answered = False
-        with self._measure(model, method):
+        # The hot path of every call: the metrics and the deadline are spelled out rather
+        # than in context managers (a generator-based one, or anyio's fail_after on asyncio,
+        # costs several microseconds a call).
+        metrics = self.metrics
+        metrics.calls_in_flight += 1
+        started = time.monotonic()
+        outcome = "ok"
+        try:
             try:
-                with anyio.fail_after(timeout):
-                    await self._send(waiter, job, stream, fields, wait_when_full)
-                    message = await waiter.next()
-                answered = True
+                if self._asyncio:
+                    async with asyncio.timeout(timeout):
+                        message = await self._send_and_wait(
+                            waiter, job, stream, fields, wait_when_full
+                        )
+                else:
+                    with anyio.fail_after(timeout):
+                        message = await self._send_and_wait(
+                            waiter, job, stream, fields, wait_when_full
+                        )
             except TimeoutError:
-                raise await self._timed_out(job, waiter, timeout) from None
-            finally:
-                await self._forget(waiter, job, None if answered else waiter.sent)
+                error = await self._timed_out(job, waiter, timeout)
+                await self._forget(waiter, job, waiter.sent)
+                raise error from None
+            except BaseException:
+                await self._forget(waiter, job, waiter.sent)
+                raise
+            self._waiters.pop(waiter.request_id, None)
+            if waiter.streamed:
+                self._finished.append(waiter.key)
             return _result(job, message)
+        except BaseException as error:
+            outcome = type(error).__name__
+            raise
+        finally:
+            metrics.calls_in_flight -= 1
+            metrics.record(model, method, outcome, time.monotonic() - started)
+
+    async def _send_and_wait(
+        self, waiter: _Waiter, job: Job, stream: str, fields: Fields, wait_when_full: bool
+    ) -> Message:
+        await self._send(waiter, job, stream, fields, wait_when_full)
+        return await waiter.next()
 
     @contextlib.contextmanager
     def _measure(self, model: str, method: str) -> Iterator[None]:
         metrics = self.metrics
-        metrics.in_flight.inc()
+        metrics.calls_in_flight += 1
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -453,7 +519,7 @@ class Client:
             outcome = type(error).__name__
             raise
         finally:
-            metrics.in_flight.dec()
+            metrics.calls_in_flight -= 1
             metrics.record(model, method, outcome, time.monotonic() - started)
 
     async def stream(
@@ -553,7 +619,11 @@ class Client:
         backoff = 0.05
         while True:
             try:
-                limit = await self._queue_limit(job.model)
+                cached = self._limits.get(job.model)
+                if cached is not None and time.monotonic() - cached[0] < _LIMITS_TTL_S:
+                    limit = cached[1]
+                else:
+                    limit = await self._queue_limit(job.model)
                 sent = await self._step(self._streams.send_job, stream, fields, limit)
             except BrokerConnectionError as error:
                 if not self._reached:
@@ -579,7 +649,7 @@ class Client:
     async def _queue_limit(self, model: str) -> int | None:
         """The model's ``max_queue_length`` as its workers published it (cached a while)."""
         cached = self._limits.get(model)
-        now = anyio.current_time()
+        now = time.monotonic()
         if cached is not None and now - cached[0] < _LIMITS_TTL_S:
             return cached[1]
         limit = await self._step(self._streams.model_limits, model)

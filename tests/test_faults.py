@@ -22,7 +22,7 @@ import pytest
 import redis
 from fleet import MODELS, Fleet, WorkerProcess
 
-from conveyor.broker.streams import ClientStreams
+from conveyor.broker.streams import ClientStreams, Rung
 from conveyor.broker.wire import Message, MessageType
 from conveyor.client import Client
 from conveyor.client.client import _Waiter
@@ -552,40 +552,57 @@ async def test_lost_consumer_group_is_recreated(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("size", [1, 4096])
 async def test_reply_written_before_the_client_reads_is_kept(
-    fleet: Fleet, redis_url: str, prefix: str, probe: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    fleet: Fleet,
+    redis_url: str,
+    prefix: str,
+    probe: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
 ) -> None:
     """Pub/sub request/reply loses a reply published before the caller subscribes. Here the
-    reply is a stream entry and the doorbell a list: a reader that only starts reading after
-    the worker answered still gets the answer."""
+    doorbell is a list: a small answer rides in it, a big one (a tensor field of its own) is
+    a reply stream entry it points to; a reader that only starts reading after the worker
+    answered still gets the answer, either way."""
     await start(fleet, MODELS)
     reader_may_go = anyio.Event()
     wait_bell = ClientStreams.wait_bell
 
     async def late_wait_bell(
         self: ClientStreams, block_s: float, unlink: Sequence[str] = ()
-    ) -> list[str]:
+    ) -> Rung:
         await reader_may_go.wait()
         return await wait_bell(self, block_s, unlink)
 
     monkeypatch.setattr(ClientStreams, "wait_bell", late_wait_bell)
     answers: list[InferenceResponse] = []
+    sent = InferenceRequest(
+        inputs=[
+            RequestInput(name="x", shape=[size], datatype="FP32", data=np.full(size, 42.0, "f4"))
+        ]
+    )
     async with Client(redis_url, prefix=prefix, timeout=20) as client:
         bell = f"{prefix}:bell:{{{client.client_id}}}"
         stream = f"{prefix}:{{echo}}:jobs"
 
         async def call() -> None:
-            answers.append(await client.model("echo").predict(request(42.0)))
+            answers.append(await client.model("echo").predict(sent))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
             # the worker answers, acks and rings the bell while nobody reads
             await wait_until(lambda: probe.llen(bell) == 1, "the worker rang the bell")
             await wait_until(lambda: probe.xlen(stream) == 0, "the job left its stream")
-            (request_id,) = [text(r) for r in probe.lrange(bell, 0, -1)]
-            reply = f"{prefix}:reply:{{{client.client_id}}}:{request_id}"
-            assert probe.xlen(reply) == 1
-            assert probe.ttl(reply) > 0  # kept for a late reader, but not forever
+            assert probe.ttl(bell) > 0  # kept for a late reader, but not forever
+            (entry,) = probe.lrange(bell, 0, -1)
+            if size == 1:
+                assert entry[:1] == b"\x00"  # the answer itself, inline
+                assert not probe.keys(f"{prefix}:reply:*")
+            else:
+                reply = f"{prefix}:reply:{{{client.client_id}}}:{text(entry)}"
+                assert probe.xlen(reply) == 1
+                assert probe.ttl(reply) > 0
             assert not answers
             reader_may_go.set()
     assert output(answers[0], "x") == 42.0
