@@ -14,7 +14,8 @@ that a machine busier at one moment than at another weighs on all of them alike:
   runs at once: no Redis, no queue, no wire. The most the model gives on this machine.
 - **in-process, 1 per call**: the same, one sentence per call: what batching can gain at most.
 - **fleet, max_batch_size 1** and **fleet, max_batch_size 32**: a private Redis and one worker
-  process each (``--concurrency`` 64, so that a batch can fill while another runs), serving a
+  process each (``--concurrency`` ``jobs_to_hold(32)``: (CPUs + 1) x 32, enough jobs for
+  every batch the model runs at once and a full one filling meanwhile), serving a
   copy of the folder whose ``model-settings.json`` sets ``max_batch_size`` (1: no batching);
   one client keeps ``--in-flight`` (256) calls in flight.
 
@@ -61,6 +62,7 @@ from conveyor.codecs import NumpyCodec, StringCodec
 from conveyor.model import MLModel
 from conveyor.settings import load_model_settings
 from conveyor.types import InferenceRequest
+from conveyor.worker.batching import jobs_to_hold
 from conveyor.worker.execution import call
 
 FOLDER = Path(__file__).resolve().parent.parent / "examples" / "models_embeddings" / "minilm"
@@ -515,7 +517,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-flight", type=int, default=256, help="fleet calls in flight")
     parser.add_argument("--bursts", type=int, help="bursts of 32 (20; quick 3)")
     parser.add_argument(
-        "--concurrency", type=int, default=2 * BATCH, help="each worker's --concurrency (64)"
+        "--concurrency",
+        type=int,
+        default=jobs_to_hold(BATCH),
+        help=f"each worker's --concurrency ({jobs_to_hold(BATCH)}: (CPUs + 1) x {BATCH})",
     )
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 6)

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import anyio
 from redis import Redis as SyncRedis
+
+from conveyor.broker.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(__file__).resolve().parent / "models"
@@ -31,8 +37,9 @@ _TICK = os.sysconf("SC_CLK_TCK")
 class Process:
     """A child process whose stderr lines are kept (and drained, so it never blocks on a pipe)."""
 
-    def __init__(self, name: str, argv: Sequence[str]) -> None:
+    def __init__(self, name: str, argv: Sequence[str], metrics_port: int | None = None) -> None:
         self.name = name
+        self.metrics_port = metrics_port  # a Conveyor worker's Prometheus port, if it has one
         env = dict(os.environ)
         env.pop("CONVEYOR_REDIS_URL", None)
         self.popen = subprocess.Popen(
@@ -86,17 +93,57 @@ class Process:
         self._reader.join(timeout=5)
 
 
-def conveyor_worker(url: str, prefix: str, name: str, models: Sequence[str]) -> Process:
-    """One ``conveyor worker`` process serving the given folders of bench/models.
+def conveyor_worker(
+    url: str,
+    prefix: str,
+    name: str,
+    models: Sequence[str],
+    *,
+    concurrency: int = 64,
+    models_dir: Path = MODELS,
+    metrics: bool = False,
+) -> Process:
+    """One ``conveyor worker`` process serving the given folders of ``models_dir``
+    (bench/models), with ``--metrics-port`` on a free port when ``metrics``.
 
     Logs at info so that ``worker.started`` (an info line) says when it consumes; a job that
     succeeds logs nothing at info, so the log costs nothing while measuring (checked: see
     :func:`log_lines_after_start`).
     """
-    folders = [str(MODELS / model) for model in models] or [str(MODELS)]
+    folders = [str(models_dir / model) for model in models] or [str(models_dir)]
     argv = [sys.executable, "-m", "conveyor.cli", "worker", *folders, "--redis", url]
-    argv += ["--prefix", prefix, "--concurrency", "64", "--name", name, "--log-level", "info"]
-    return Process(name, argv)
+    argv += ["--prefix", prefix, "--concurrency", str(concurrency), "--name", name]
+    argv += ["--log-level", "info"]
+    port = free_port() if metrics else None
+    if port is not None:
+        argv += ["--metrics-port", str(port)]
+    return Process(name, argv, metrics_port=port)
+
+
+def model_copy(into: Path, model: str, **settings: Any) -> None:
+    """A copy of the folder ``bench/models/<model>`` in ``into``, with ``settings`` (e.g.
+    ``max_batch_size=1``) written over its ``model-settings.json``."""
+    folder = into / model
+    shutil.copytree(MODELS / model, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    file = folder / "model-settings.json"
+    file.write_text(json.dumps({**json.loads(file.read_text()), **settings}, indent=2))
+
+
+def batch_sizes(workers: Sequence[Process]) -> tuple[float, float]:
+    """(requests, model calls) the workers' batchers ran so far, from their Prometheus
+    metrics (the ``conveyor_worker_batch_size`` histogram's sum and count)."""
+    found = {"sum": 0.0, "count": 0.0}
+    for worker in workers:
+        if worker.metrics_port is None:
+            continue
+        url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+        for line in text.splitlines():
+            for key in found:
+                if line.startswith(f"conveyor_worker_batch_size_{key}{{"):
+                    found[key] += float(line.rsplit(" ", 1)[1])
+    return found["sum"], found["count"]
 
 
 def floor_worker(url: str) -> Process:

@@ -43,7 +43,9 @@ from bench.harness import Meter, Process, Result, load, sequential
 from conveyor.broker.server import RedisServer
 from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
+from conveyor.settings import load_model_settings
 from conveyor.types import InferenceRequest, RequestInput
+from conveyor.worker.batching import jobs_to_hold
 
 SMALL_BYTES = 100
 MIB = 1 << 20
@@ -54,7 +56,17 @@ FLEETS: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "echo2": ("bench2", 2, ("bench-echo",)),
     "chunks": ("bench1", 1, ("bench-chunks",)),
     "both": ("bench3", 1, ("bench-echo", "bench-chunks")),
+    "batch1": ("bench-b1", 1, ("bench-batch",)),
+    "batch32": ("bench-b32", 1, ("bench-batch",)),
 }
+# The batching fleets: bench-batch (a model whose cost is per call: 5 ms, one call at a time)
+# with max_batch_size 1 (a copy of the folder, no batching) and 32 (its own settings). The
+# batched worker may hold what its batches need (every running batch and one filling:
+# worker.batching.jobs_to_hold); both expose their metrics, for the mean batch.
+BATCH = 32
+BATCH_MODEL = "bench-batch"
+FLEET_SETTINGS: dict[str, dict[str, Any]] = {"batch1": {"max_batch_size": 1, "max_batch_time": 0}}
+FLEET_CONCURRENCY: dict[str, int] = {"batch32": jobs_to_hold(BATCH)}
 
 # name -> what it measures, in the order of a round (each Conveyor case after its floor case)
 CASES: dict[str, str] = {
@@ -76,6 +88,9 @@ CASES: dict[str, str] = {
     "conveyor.stream.1": "Conveyor predict_stream, 1 stream at a time",
     "conveyor.stream.16": "Conveyor predict_stream, 16 streams at a time",
     "conveyor.1000": "Conveyor, 1,000 in flight: connections per client",
+    "conveyor.batch.1": "Conveyor, a 5 ms-per-call model, max_batch_size 1, 256 in flight",
+    "conveyor.batch.32": "Conveyor, a 5 ms-per-call model, max_batch_size 32, 256 in flight",
+    "conveyor.batch.burst": "Conveyor, bursts of 32 calls at once at max_batch_size 32",
     "profile": "py-spy of Conveyor at 64 in flight: client and worker",
     "profile.seq": "py-spy of Conveyor at 1 in flight (sequential): client and worker",
 }
@@ -92,6 +107,7 @@ REFERENCES: dict[str, tuple[str, str]] = {
     "conveyor.2p.256": ("conveyor.256", "calls_per_s"),
     "conveyor.1mib.seq": ("floor.1mib.seq", "p50_ms"),
     "conveyor.1mib.64": ("floor.1mib.64", "bytes_per_s"),
+    "conveyor.batch.32": ("conveyor.batch.1", "calls_per_s"),
 }
 
 
@@ -103,6 +119,7 @@ class Goal:
     figure: str
     target: float
     at_most: bool = False  # the ratio must stay at or below the target (a latency)
+    cpu: bool = True  # also report the ratio from CPU per call (for CPU-bound cases)
 
 
 GOALS = (
@@ -117,6 +134,14 @@ GOALS = (
     Goal(
         "trio >= 0.7x asyncio, 64 in flight", "conveyor.trio.64", "conveyor.64", "calls_per_s", 0.7
     ),
+    Goal(
+        "batching: max_batch_size 32 >= 5x 1, a per-call-cost model, 256 in flight",
+        "conveyor.batch.32",
+        "conveyor.batch.1",
+        "calls_per_s",
+        5.0,
+        cpu=False,  # the unbatched case waits on the model's 5 ms, not on CPU
+    ),
 )
 MAX_CONNECTIONS = 4  # goal: 1,000 in flight on <= 4 connections per client
 
@@ -130,14 +155,15 @@ class Settings:
     warmup: float  # seconds of load before each throughput case
     chunks: int  # chunks per predict_stream request
     profile_seconds: float
+    bursts: int  # bursts of 32 calls per round (conveyor.batch.burst)
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(5, 1000, 60, 3.0, 0.3, 200, 10.0)
+        return cls(5, 1000, 60, 3.0, 0.3, 200, 10.0, 20)
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(1, 100, 10, 0.5, 0.1, 50, 2.0)
+        return cls(1, 100, 10, 0.5, 0.1, 50, 2.0, 3)
 
 
 @dataclass
@@ -163,6 +189,10 @@ def fleet_of(case: str) -> str:
         return "chunks"
     if case.startswith("conveyor.2models."):
         return "both"
+    if case == "conveyor.batch.1":
+        return "batch1"
+    if case.startswith("conveyor.batch."):
+        return "batch32"
     return "echo1"
 
 
@@ -317,6 +347,105 @@ async def _thousand(env: Env, s: Settings, case: str) -> Result:
     return result
 
 
+# -- batching cases ------------------------------------------------------------------------------
+
+
+def _batch_request(value: float = 1.0) -> InferenceRequest:
+    """One row of 25 float32 (100 B): requests merge along the first axis."""
+    row = np.full((1, SMALL_BYTES // 4), value, dtype=np.float32)
+    return InferenceRequest(inputs=[NumpyCodec.encode_input("x", row)])
+
+
+async def _batching(env: Env, s: Settings, case: str) -> Result:
+    """256 in flight against max_batch_size 1 or 32: calls/s, and the mean batch the worker
+    ran (its metrics); or bursts of 32 calls (``conveyor.batch.burst``)."""
+    fleet = fleet_of(case)
+    prefix, _, _ = FLEETS[fleet]
+    workers = env.fleets[fleet]
+    meter = env.meter(workers)
+    request = _batch_request()
+
+    async with Client(env.url, prefix=prefix) as client:
+        model = client.model(BATCH_MODEL)
+
+        async def call() -> object:
+            response = await model.predict(request, timeout=120)
+            y = NumpyCodec.decode_output(response.outputs[0])
+            if y.shape != (1, SMALL_BYTES // 4) or y[0, 0] != 2.0:
+                raise RuntimeError(f"bad answer: {y!r}")
+            return response
+
+        await call()
+        if case == "conveyor.batch.burst":
+            return await _bursts(case, call, s, meter, workers)
+        # Short, for the suite's time budget: warm up with a batch's worth in flight (at 256
+        # an unbatched warm-up would take ~2 s to drain), then at most 2 s of load.
+        await load(case, call, BATCH, s.warmup, meter)
+        before = await anyio.to_thread.run_sync(harness.batch_sizes, workers)
+        result = await load(case, call, 256, min(s.seconds, 2.0), meter)
+        after = await anyio.to_thread.run_sync(harness.batch_sizes, workers)
+    if after[1] > before[1]:
+        result.extra["mean_batch"] = (after[0] - before[0]) / (after[1] - before[1])
+    return result
+
+
+async def _bursts(
+    case: str,
+    call: Callable[[], Awaitable[object]],
+    s: Settings,
+    meter: Meter,
+    workers: list[Process],
+) -> Result:
+    """After one burst of warm-up, ``s.bursts`` times: one call of 32 rows to the model in this
+    process (the model's own time), then 32 calls sent at once to the worker, each timed from
+    send to answer."""
+    settings = load_model_settings(harness.MODELS / BATCH_MODEL)
+    model = settings.implementation(settings)
+    await model.load()
+    rows = InferenceRequest(
+        inputs=[NumpyCodec.encode_input("x", np.ones((BATCH, SMALL_BYTES // 4), np.float32))]
+    )
+    model_calls: list[float] = []
+    latencies: list[float] = []
+
+    async def timed() -> None:
+        start = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - start)
+
+    async with anyio.create_task_group() as tg:  # warm-up: the worker's first batches are slow
+        for _ in range(BATCH):
+            tg.start_soon(timed)
+    latencies.clear()
+    before = await anyio.to_thread.run_sync(harness.batch_sizes, workers)
+    meter.start()
+    begin = time.perf_counter()
+    for _ in range(s.bursts):
+        start = time.perf_counter()
+        await model.predict(rows)
+        model_calls.append(time.perf_counter() - start)
+        async with anyio.create_task_group() as tg:
+            for _ in range(BATCH):
+                tg.start_soon(timed)
+    elapsed = time.perf_counter() - begin
+    meter.stop()
+    after = await anyio.to_thread.run_sync(harness.batch_sizes, workers)
+    calls = len(latencies)
+    result = Result(
+        case,
+        p50_ms=float(np.percentile(latencies, 50)) * 1e3,
+        p99_ms=float(np.percentile(latencies, 99)) * 1e3,
+        calls=calls,
+        seconds=elapsed,
+        cpu_us_per_call={role: used / calls * 1e6 for role, used in meter.used.items()},
+    )
+    result.extra["model_call_p99_ms"] = float(np.percentile(model_calls, 99)) * 1e3
+    result.extra["max_batch_time_ms"] = settings.max_batch_time * 1e3
+    if after[1] > before[1]:
+        result.extra["mean_batch"] = (after[0] - before[0]) / (after[1] - before[1])
+    return result
+
+
 # -- running -------------------------------------------------------------------------------------
 
 
@@ -327,6 +456,8 @@ def _run_case(env: Env, s: Settings, case: str) -> Result:
         return anyio.run(_stream, env, s, case)
     if case == "conveyor.1000":
         return anyio.run(_thousand, env, s, case)
+    if case.startswith("conveyor.batch."):
+        return anyio.run(_batching, env, s, case)
     if case == "conveyor.trio.64":
         return anyio.run(_conveyor, env, s, case, backend="trio")
     return anyio.run(_conveyor, env, s, case)
@@ -345,8 +476,22 @@ def _environment(cases: list[str]) -> Iterator[Env]:
         for name in FLEETS:
             if name in needed:
                 prefix, processes, models = FLEETS[name]
+                models_dir = harness.MODELS
+                if name in FLEET_SETTINGS:  # a copy of its folders, with other settings
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-"))
+                    models_dir = Path(tmp)
+                    for model in models:
+                        harness.model_copy(models_dir, model, **FLEET_SETTINGS[name])
                 fleets[name] = [
-                    harness.conveyor_worker(url, prefix, f"{name}-w{i}", models)
+                    harness.conveyor_worker(
+                        url,
+                        prefix,
+                        f"{name}-w{i}",
+                        models,
+                        concurrency=FLEET_CONCURRENCY.get(name, 64),
+                        models_dir=models_dir,
+                        metrics=name.startswith("batch"),
+                    )
                     for i in range(1, processes + 1)
                 ]
                 for worker in fleets[name]:
@@ -525,7 +670,7 @@ def _goals(rounds: list[list[Result]], summary: dict[str, dict[str, Any]]) -> li
             continue
         ratio = statistics.median(ratios)
         met = ratio <= goal.target if goal.at_most else ratio >= goal.target
-        cpu = [] if goal.at_most else _cpu_ratios(rounds, goal.case, goal.reference)
+        cpu = [] if goal.at_most or not goal.cpu else _cpu_ratios(rounds, goal.case, goal.reference)
         goals.append(
             {
                 "goal": goal.text,
@@ -536,6 +681,23 @@ def _goals(rounds: list[list[Result]], summary: dict[str, dict[str, Any]]) -> li
                 "cpu_range": [min(cpu), max(cpu)] if cpu else None,
                 "case": goal.case,
                 "reference": goal.reference,
+            }
+        )
+    bounds = _burst_bounds(rounds)
+    if bounds:
+        ratios = [p99 / bound for p99, bound in bounds]
+        ratio = statistics.median(ratios)
+        row = summary["conveyor.batch.burst"]
+        goals.append(
+            {
+                "goal": f"batching: p99 of a burst of {BATCH} <= max_batch_time + one model call",
+                "measured": f"{row['p99_ms']:.1f} ms vs {row['extra']['max_batch_time_ms']:.0f}"
+                f" + {row['extra']['model_call_p99_ms']:.1f} ms: {ratio:.2f}x"
+                f" (rounds: {min(ratios):.2f}-{max(ratios):.2f})",
+                "ratio": ratio,
+                "range": [min(ratios), max(ratios)],
+                "met": ratio <= 1.0,
+                "case": "conveyor.batch.burst",
             }
         )
     if "conveyor.1000" in summary:
@@ -549,6 +711,17 @@ def _goals(rounds: list[list[Result]], summary: dict[str, dict[str, Any]]) -> li
             }
         )
     return goals
+
+
+def _burst_bounds(rounds: list[list[Result]]) -> list[tuple[float, float]]:
+    """Per round: (p99 of the burst calls, max_batch_time + p99 of one model call), in ms."""
+    out = []
+    for results in rounds:
+        for r in results:
+            if r.case == "conveyor.batch.burst" and r.p99_ms is not None:
+                bound = r.extra["max_batch_time_ms"] + r.extra["model_call_p99_ms"]
+                out.append((r.p99_ms, bound))
+    return out
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -573,6 +746,11 @@ def _row(case: str, row: dict[str, Any], rounds: list[list[Result]]) -> list[str
             ratio = f"{statistics.median(ratios):.2f}x {reference} {what}"
     if case == "conveyor.1000":
         ratio = f"{row['extra']['max_connections']:.0f} connections (max)"
+    if "mean_batch" in row["extra"]:
+        ratio = ", ".join(x for x in (ratio, f"mean batch {row['extra']['mean_batch']:.1f}") if x)
+    if case == "conveyor.batch.burst":
+        bound = row["extra"]["max_batch_time_ms"] + row["extra"]["model_call_p99_ms"]
+        ratio += f"; p99 bound {bound:.1f} ms"
     commands = _fmt(row["commands_per_call"].get("all"), 1)
     return [case, _fmt(row["p50_ms"]), _fmt(row["p99_ms"]), rate, mbs, cpu_text, commands, ratio]
 
@@ -606,6 +784,8 @@ def _goal_cells(goal: dict[str, Any]) -> list[str]:
     cpu = ""
     if "connections" in goal:
         measured = f"{goal['connections']:.0f} connections"
+    elif "measured" in goal:
+        measured = goal["measured"]
     else:
         low, high = goal["range"]
         measured = f"{goal['ratio']:.2f}x (rounds: {low:.2f}-{high:.2f})"
