@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
@@ -24,10 +25,35 @@ async def call(
     """
     if inspect.iscoroutinefunction(method):
         return await method(*args, **kwargs)
-    result = await anyio.to_thread.run_sync(partial(method, *args, **kwargs), limiter=limiter)
+    result = await _in_thread(partial(method, *args, **kwargs), limiter)
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+async def _in_thread(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> Any:
+    """``func()`` in a worker thread under ``limiter``, which a cancellation cannot abandon.
+
+    A thread cannot be stopped. The worker cancels a job with ``task.cancel()`` (its deadline,
+    its caller's cancel), which would otherwise leave the thread running with its limiter token
+    given back: wait for the thread to return (the token stays taken, as anyio's own cancel
+    scopes do), then let the cancellation go on.
+    """
+    inner = asyncio.ensure_future(anyio.to_thread.run_sync(func, limiter=limiter))
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        # shielded: anyio, cancelling a task group, would otherwise re-deliver its cancellation
+        # at every turn of the loop until the thread returns
+        with anyio.CancelScope(shield=True):
+            while not inner.done():
+                try:
+                    await asyncio.wait((inner,))
+                except asyncio.CancelledError:
+                    continue
+        if not inner.cancelled():
+            inner.exception()  # retrieved: its result or error is of no use now
+        raise
 
 
 async def _next(inputs: AsyncIterator[Any]) -> Any:
@@ -57,7 +83,7 @@ async def iterate(
     generator = method(sync_inputs(inputs))
     done = object()
     while True:
-        item = await anyio.to_thread.run_sync(next, generator, done, limiter=limiter)
+        item = await _in_thread(partial(next, generator, done), limiter)
         if item is done:
             return
         yield item

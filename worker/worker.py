@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -92,13 +93,15 @@ class Worker:
             settings.concurrency = largest_batch
         self._redis_settings = RedisSettings.from_url(settings.redis_url)
         self._stopping = False
-        self._slot_freed = anyio.Event()
+        self._slot_freed = asyncio.Event()
         self._next_reclaim = 0.0
-        self._jobs: anyio.abc.TaskGroup | None = None
+        # Each job runs in a plain asyncio task (the worker always runs on asyncio): an anyio
+        # task group's start_soon and a cancel scope per job cost ~25 us of CPU per job.
+        self._jobs: set[_JobScope] = set()
+        self._aborting = False  # the running jobs are being cancelled: they stay pending
         self._infra: anyio.abc.TaskGroup | None = None
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
-        self._running: dict[str, anyio.CancelScope] = {}  # request id -> its job's scope
-        self._cancelled: dict[str, float] = {}  # request ids cancelled by their caller
+        self._running: dict[str, _JobScope] = {}  # request id -> its running job
 
     def stop(self) -> None:
         """Stops taking new jobs; ``run`` returns once in-flight jobs are done."""
@@ -152,9 +155,8 @@ class Worker:
                     self.settings.concurrency,
                 )
                 task_status.started()
-                async with anyio.create_task_group() as jobs:
-                    self._jobs = jobs
-                    await self._consume(streams, jobs)
+                try:
+                    await self._consume(streams)
                     with anyio.move_on_after(self.settings.grace_period):
                         while self.stats.in_flight:
                             await self._wait_slot()
@@ -164,7 +166,8 @@ class Worker:
                             self.settings.name,
                             len(self.stats.in_flight),
                         )
-                    jobs.cancel_scope.cancel()
+                finally:
+                    await self._abort_jobs()
                 infra.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -176,7 +179,23 @@ class Worker:
 
     async def _wait_slot(self) -> None:
         await self._slot_freed.wait()
-        self._slot_freed = anyio.Event()
+        self._slot_freed = asyncio.Event()
+
+    def _cancel_jobs(self) -> None:
+        """Cancels every running job; each stays pending, for another worker to reclaim."""
+        self._aborting = True
+        for scope in self._jobs:
+            # A task cancelled before its first step would never run its cleanup: one not
+            # started yet sees _aborting when it starts, and ends at once.
+            if scope.started and scope.task is not None:
+                scope.task.cancel()
+
+    async def _abort_jobs(self) -> None:
+        """Cancels the jobs still running and waits until they have ended."""
+        self._cancel_jobs()
+        with anyio.CancelScope(shield=True):
+            while self._jobs:
+                await asyncio.wait([scope.task for scope in self._jobs if scope.task is not None])
 
     async def _signal_loop(self) -> None:
         """First SIGTERM/SIGINT: drain (warm stop). A second one: stop at once; unfinished
@@ -193,11 +212,12 @@ class Worker:
                     signum,
                     len(self.stats.in_flight),
                 )
-                if self._jobs is not None:
-                    self._jobs.cancel_scope.cancel()
+                self._cancel_jobs()
                 return
 
-    async def _consume(self, streams: WorkerStreams, jobs: anyio.abc.TaskGroup) -> None:
+    async def _consume(self, streams: WorkerStreams) -> None:
+        loop = asyncio.get_running_loop()
+        jobs = self._jobs
         turn = 0
         backoff = 0.1
         while not self._stopping:
@@ -228,7 +248,9 @@ class Worker:
             backoff = 0.1
             for delivery in deliveries:
                 self.stats.in_flight[delivery.entry_id] = delivery.stream
-                jobs.start_soon(self._handle, streams, delivery)
+                scope = _JobScope()
+                scope.task = loop.create_task(self._handle(streams, delivery, scope))
+                jobs.add(scope)
 
     async def _next_jobs(
         self, streams: WorkerStreams, order: list[str], free: int
@@ -253,9 +275,11 @@ class Worker:
                 return reclaimed
         return await streams.read_jobs(order, free, self.settings.read_block)
 
-    async def _handle(self, streams: WorkerStreams, delivery: Delivery) -> None:
+    async def _handle(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
+        scope.started = True
         try:
-            await self._run_job(streams, delivery)
+            if not self._aborting:  # else stopping now: the job stays pending
+                await self._run_job(streams, delivery, scope)
         except Exception as error:  # e.g. Redis went away mid-answer: the job stays pending
             # and is delivered again once reclaimed; the worker itself keeps serving.
             logger.warning(
@@ -268,8 +292,9 @@ class Worker:
             self.stats.in_flight.pop(delivery.entry_id, None)
             self.stats.done += 1
             self._slot_freed.set()
+            self._jobs.discard(scope)
 
-    async def _run_job(self, streams: WorkerStreams, delivery: Delivery) -> None:
+    async def _run_job(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         try:
             job = decode_job(delivery.fields)
         except WireError as error:
@@ -391,18 +416,23 @@ class Worker:
         started = time.monotonic()
         self.metrics.job_taken(job.model, max(time.time() - job.sent_at, 0.0))
         # Bounded by the job's deadline; a caller that gives up cancels it (see _control).
-        scope = anyio.move_on_after(max(job.deadline - time.time(), 0.0))
+        task = scope.task
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(
+            loop.time() + max(job.deadline - time.time(), 0.0), scope.cancel, _DEADLINE
+        )
         self._running[job.id] = scope
         try:
-            with scope:
-                if job.method == ModelMethods.PredictStream.value:
-                    messages = await self._run_stream(streams, delivery, job, served)
-                else:
-                    messages = await self._run_unary(delivery, job, served)
-        finally:
-            self._running.pop(job.id, None)
-        if scope.cancelled_caught:
-            if self._cancelled.pop(job.id, None) is not None:
+            if job.method == ModelMethods.PredictStream.value:
+                messages = await self._run_stream(streams, delivery, job, served)
+            else:
+                messages = await self._run_unary(delivery, job, served)
+        except asyncio.CancelledError:
+            if scope.reason is None or self._aborting:
+                raise  # the worker stops now: the job stays pending, for another worker
+            task.uncancel()
+            if scope.reason == _CANCELLED:
                 logger.info("job.stopped %s reason=cancelled", _kv(log))
                 text = "cancelled: the caller gave up waiting"
                 messages = [_error(job, delivery, "cancelled", "Cancelled", text)]
@@ -410,6 +440,14 @@ class Worker:
                 logger.info("job.stopped %s reason=deadline", _kv(log))
                 text = "the job ran past its deadline and was stopped"
                 messages = [_error(job, delivery, "deadline", "DeadlineExceeded", text)]
+        else:
+            if task.cancelling():  # the job swallowed its cancellation: its answer stands
+                if self._aborting:
+                    raise asyncio.CancelledError
+                task.uncancel()
+        finally:
+            self._running.pop(job.id, None)
+            timer.cancel()
         await streams.finish(delivery, job, messages)
         self.metrics.job_done(
             job.model, job.method, _outcome(messages[-1]), time.monotonic() - started
@@ -587,8 +625,7 @@ class Worker:
         if job.method == _CANCEL:
             scope = self._running.get(job.id)
             if scope is not None:
-                self._cancelled[job.id] = time.time()
-                scope.cancel()
+                scope.cancel(_CANCELLED)
             return
         try:
             if job.method == ModelMethods.Load.value:
@@ -615,6 +652,29 @@ class Worker:
 
 
 _CANCEL = "cancel"  # a control request: stop the running job with this request id
+_CANCELLED = "cancelled"  # why a job was stopped: its caller cancelled it
+_DEADLINE = "deadline"  # ... or it ran past its deadline
+
+
+class _JobScope:
+    """A running job's task, and why it was stopped: a deadline timer (``loop.call_at``) and
+    a caller's cancel request both end in one ``task.cancel()``, ~10x cheaper than an anyio
+    cancel scope per job."""
+
+    __slots__ = ("reason", "started", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.started = False  # its task has taken its first step
+        self.reason: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Stops the job (once); a caller's cancel names the reason even after the deadline."""
+        first = self.reason is None
+        if first or reason == _CANCELLED:
+            self.reason = reason
+        if first and self.task is not None:
+            self.task.cancel()
 
 
 def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
