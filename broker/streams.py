@@ -522,12 +522,15 @@ class ClientStreams:
     async def wait_bell(self, block_s: float, unlink: Sequence[str] = ()) -> Rung:
         """Deletes finished reply streams, then waits up to ``block_s`` for the bell: the
         request ids whose reply streams have news, and the answers that came inline."""
-        pipe = self.blocking.pipeline(transaction=False)
         if unlink:
+            pipe = self.blocking.pipeline(transaction=False)
             pipe.execute_command("UNLINK", *unlink)  # one slot; cluster pipelines lack unlink()
-        pipe.blmpop(block_s, 1, self.bell, direction="RIGHT", count=1000)
-        results = await pipe.execute()
-        popped = results[-1]
+            pipe.blmpop(block_s, 1, self.bell, direction="RIGHT", count=1000)
+            popped = (await pipe.execute())[-1]
+        else:
+            popped = await self.blocking.blmpop(
+                block_s, 1, self.bell, direction="RIGHT", count=1000
+            )
         return _rung(popped[1] if popped else [])
 
     async def drain_bell(self) -> Rung:
@@ -538,7 +541,7 @@ class ClientStreams:
             popped = await self.blocking.blmpop(0.01, 1, self.bell, direction="RIGHT", count=1000)
             if not popped:
                 return rung
-            more = _rung(popped[1])
+            more = _rung(cast("list[bytes]", popped[1]))
             rung.ids.extend(more.ids)
             rung.messages.extend(more.messages)
 

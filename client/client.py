@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from conveyor.broker.bridge import Transport, on_asyncio, open_transport
 from conveyor.broker.connection import (
@@ -315,7 +316,10 @@ class Client:
                     await self._resync()
                     broken = False
                 rung = await self._step(streams.wait_bell, _BELL_BLOCK_S, finished)
-                self._deliver_inline(rung)
+                if rung.messages:
+                    self._deliver_inline(rung)
+                    # let the answered callers go on before the next BLMPOP is sent
+                    await anyio.lowlevel.checkpoint()
                 cursors = {}
                 for request_id in set(rung.ids):
                     waiter = self._waiters.get(request_id)
