@@ -429,7 +429,11 @@ class _FastUnixConnection(_HiredisPacking, _DirectWrite, AsyncUnixConnection):
 
 
 def create_client(
-    settings: RedisSettings, *, blocking: bool = False, max_connections: int | None = None
+    settings: RedisSettings,
+    *,
+    blocking: bool = False,
+    max_connections: int | None = None,
+    retry: bool = True,
 ) -> Redis:
     """A ``redis.asyncio.Redis`` client with its own pool, and the options we rely on pinned.
 
@@ -442,7 +446,9 @@ def create_client(
     ``blocking=True`` makes a client for blocking commands (BLMPOP, XREADGROUP BLOCK): no read
     timeout (``settings.blocking_socket_timeout``), and only connection errors are retried, so
     a timed-out BLOCK is never silently re-sent. Give blocking reads their own client: a
-    connection inside BLOCK serves nobody else.
+    connection inside BLOCK serves nobody else. ``retry=False``: no command is re-sent at all,
+    for a reader that must know its connection broke (a BLMPOP whose answer was lost in
+    transit popped it for good: the caller has to look for what it missed).
 
     Nothing connects until the first command. Close the client with ``await client.aclose()``
     (it owns its pool). Failures surface as ``redis`` exceptions: wrap calls in
@@ -455,15 +461,17 @@ def create_client(
     backoff = ExponentialWithJitterBackoff(
         base=settings.retry_backoff_base, cap=settings.retry_backoff_cap
     )
-    retry = _Retry(backoff, settings.retries, supported_errors=_retry_errors(blocking))
+    retries = _Retry(
+        backoff, settings.retries if retry else 0, supported_errors=_retry_errors(blocking)
+    )
     if settings.cluster:
-        return cast(Redis, AsyncRedisCluster(retry=retry, **_cluster_kwargs(kwargs, kind)))
+        return cast(Redis, AsyncRedisCluster(retry=retries, **_cluster_kwargs(kwargs, kind)))
     connection_class: type[AsyncConnection | AsyncUnixConnection] = {
         "tcp": _FastConnection,
         "tls": _FastSSLConnection,
         "unix": _FastUnixConnection,
     }[kind]
-    pool = BlockingConnectionPool(connection_class=connection_class, retry=retry, **kwargs)
+    pool = BlockingConnectionPool(connection_class=connection_class, retry=retries, **kwargs)
     return Redis.from_pool(pool)
 
 

@@ -244,7 +244,9 @@ class Client:
         self._asyncio = on_asyncio()
         self._new_event = asyncio.Event if self._asyncio else anyio.Event
         redis = create_client(named, max_connections=_SEND_CONNECTIONS)
-        blocking = create_client(named, blocking=True, max_connections=1)
+        # The reader's connection never re-sends by itself: a BLMPOP whose answer was lost
+        # with the connection must be noticed, so that the reader resyncs (see _resync).
+        blocking = create_client(named, blocking=True, max_connections=1, retry=False)
         self._streams = ClientStreams(redis, blocking, self.keys, self.client_id)
 
         async def close_connections() -> None:
