@@ -57,6 +57,12 @@ class ModelRegistry:
                     "is declared by two model folders"
                 )
             self._served[key] = ServedModel(model_settings)
+        # Each name's folders, the unversioned one first: what a call without a version finds.
+        self._by_name: dict[str, list[ServedModel]] = {}
+        for served in self._served.values():
+            self._by_name.setdefault(served.name, []).append(served)
+        for candidates in self._by_name.values():
+            candidates.sort(key=lambda s: s.version is not None)
         self._load_limiter: anyio.CapacityLimiter | None = None
 
     def _limiter(self) -> anyio.CapacityLimiter:
@@ -76,9 +82,11 @@ class ModelRegistry:
         if version:
             served = self._served.get((name, version))
             return served if served is not None and served.ready else None
-        candidates = [s for (n, _), s in self._served.items() if n == name and s.ready]
-        candidates.sort(key=lambda s: s.version is not None)  # the unversioned folder first
-        return candidates[0] if candidates else None
+        for served in self._by_name.get(name, ()):
+            model = served.model  # served.ready, inlined: this runs for every job
+            if model is not None and model.ready:
+                return served
+        return None
 
     def job_streams(self) -> list[str]:
         """The job streams of every ready model: its own, and the any-version stream."""
