@@ -7,11 +7,22 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-__all__ = ("WorkerMetrics",)
+__all__ = ("JobMetrics", "WorkerMetrics")
 
 # Seconds: from sub-millisecond no-op models to minute-long generations.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class JobMetrics:
+    """The label children one (model, method) updates for each job, looked up once."""
+
+    __slots__ = ("latency", "ok", "wait")
+
+    def __init__(self, wait: Any, latency: Any, ok: Any) -> None:
+        self.wait = wait  # queue wait of the model
+        self.latency = latency
+        self.ok = ok  # jobs with outcome "ok"
 
 
 class WorkerMetrics:
@@ -57,9 +68,7 @@ class WorkerMetrics:
             ["model"],
             registry=self.registry,
         )
-        self._latency: dict[tuple[str, str], Any] = {}
-        self._jobs: dict[tuple[str, str, str], Any] = {}
-        self._wait: dict[str, Any] = {}
+        self._children: dict[tuple[str, str], JobMetrics] = {}
         self.dead_lettered = Counter(
             "conveyor_worker_dead_lettered_jobs",
             "Jobs moved to the dead-letter stream",
@@ -67,23 +76,30 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
-    def job_done(self, model: str, method: str, outcome: str, seconds: float) -> None:
-        """One finished job: its outcome and latency (label children are cached)."""
-        key = (model, method)
-        latency = self._latency.get(key)
-        if latency is None:
-            latency = self._latency[key] = self.latency.labels(model, method)
-        latency.observe(seconds)
-        jobs = self._jobs.get((model, method, outcome))
-        if jobs is None:
-            jobs = self._jobs[(model, method, outcome)] = self.jobs.labels(model, method, outcome)
-        jobs.inc()
+    def children(self, model: str, method: str) -> JobMetrics:
+        """The cached label children of a job of ``model`` and ``method``."""
+        children = self._children.get((model, method))
+        if children is None:
+            children = self._children[(model, method)] = JobMetrics(
+                self.queue_wait.labels(model),
+                self.latency.labels(model, method),
+                self.jobs.labels(model, method, "ok"),
+            )
+        return children
 
-    def job_taken(self, model: str, waited: float) -> None:
-        wait = self._wait.get(model)
-        if wait is None:
-            wait = self._wait[model] = self.queue_wait.labels(model)
-        wait.observe(waited)
+    def job_taken(self, children: JobMetrics, waited: float) -> None:
+        """A job taken after ``waited`` seconds in its queue."""
+        children.wait.observe(waited)
+
+    def job_done(
+        self, children: JobMetrics, model: str, method: str, outcome: str, seconds: float
+    ) -> None:
+        """One finished job: its outcome and latency."""
+        children.latency.observe(seconds)
+        if outcome == "ok":
+            children.ok.inc()
+        else:
+            self.jobs.labels(model, method, outcome).inc()
 
     def track_in_flight(self, count: Callable[[], int]) -> None:
         self.in_flight.set_function(lambda: float(count()))

@@ -325,22 +325,14 @@ class Worker:
                 ),
             )
             return
-        log = {
-            "request": job.id,
-            "model": job.model,
-            "method": job.method,
-            "worker": self.settings.name,
-            "entry": delivery.entry_id.decode(),
-            "deliveries": str(delivery.deliveries),
-        }
-        served_any = self.registry.find(job.model, job.version)
-        limit = served_any.settings.max_deliveries if served_any is not None else 3
+        served = self.registry.find(job.model, job.version)
+        limit = served.settings.max_deliveries if served is not None else 3
         if delivery.deliveries > limit:
             reason = (
                 f"delivered {delivery.deliveries} times (max_deliveries={limit}); "
                 "each worker that took it stopped before answering"
             )
-            logger.warning("job.dead_lettered %s reason=%s", _kv(log), reason)
+            logger.warning("job.dead_lettered %s reason=%s", self._log(job, delivery), reason)
             self.metrics.dead_lettered.labels(job.model).inc()
             self.metrics.jobs.labels(job.model, job.method, "dead_letter").inc()
             await streams.dead_letter(
@@ -353,7 +345,7 @@ class Worker:
             return
         now = time.time()
         if job.deadline <= now:
-            logger.info("job.expired %s", _kv(log))
+            logger.info("job.expired %s", self._log(job, delivery))
             await streams.finish(
                 delivery,
                 job,
@@ -369,12 +361,11 @@ class Worker:
                 ],
             )
             return
-        served = self.registry.find(job.model, job.version)
         if (served is None or served.model is None) and self.registry.has_unloaded(
             job.model, job.version
         ):
             # read just before this worker unloaded the model: leave it to the others
-            logger.info("job.requeued %s", _kv(log))
+            logger.info("job.requeued %s", self._log(job, delivery))
             await streams.requeue(delivery)
             return
         if served is None or served.model is None:
@@ -400,7 +391,7 @@ class Worker:
                 f"callable methods are: {allowed}",
             )
             return
-        size = sum(len(value) for value in delivery.fields.values())
+        size = sum(map(len, delivery.fields.values()))
         limit = served.settings.max_payload_bytes
         if size > limit:
             await self._refuse(
@@ -413,15 +404,14 @@ class Worker:
                 f"(max_payload_bytes of model {job.model!r})",
             )
             return
-        started = time.monotonic()
-        self.metrics.job_taken(job.model, max(time.time() - job.sent_at, 0.0))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        metrics = self.metrics.children(job.model, job.method)
+        self.metrics.job_taken(metrics, max(now - job.sent_at, 0.0))
         # Bounded by the job's deadline; a caller that gives up cancels it (see _control).
         task = scope.task
         assert task is not None
-        loop = asyncio.get_running_loop()
-        timer = loop.call_at(
-            loop.time() + max(job.deadline - time.time(), 0.0), scope.cancel, _DEADLINE
-        )
+        timer = loop.call_at(started + (job.deadline - now), scope.cancel, _DEADLINE)
         self._running[job.id] = scope
         try:
             if job.method == ModelMethods.PredictStream.value:
@@ -433,11 +423,11 @@ class Worker:
                 raise  # the worker stops now: the job stays pending, for another worker
             task.uncancel()
             if scope.reason == _CANCELLED:
-                logger.info("job.stopped %s reason=cancelled", _kv(log))
+                logger.info("job.stopped %s reason=cancelled", self._log(job, delivery))
                 text = "cancelled: the caller gave up waiting"
                 messages = [_error(job, delivery, "cancelled", "Cancelled", text)]
             else:
-                logger.info("job.stopped %s reason=deadline", _kv(log))
+                logger.info("job.stopped %s reason=deadline", self._log(job, delivery))
                 text = "the job ran past its deadline and was stopped"
                 messages = [_error(job, delivery, "deadline", "DeadlineExceeded", text)]
         else:
@@ -450,7 +440,15 @@ class Worker:
             timer.cancel()
         await streams.finish(delivery, job, messages)
         self.metrics.job_done(
-            job.model, job.method, _outcome(messages[-1]), time.monotonic() - started
+            metrics, job.model, job.method, _outcome(messages[-1]), loop.time() - started
+        )
+
+    def _log(self, job: Job, delivery: Delivery) -> str:
+        """A job's fields for a log line (built only when a line is logged)."""
+        return (
+            f"request={job.id} model={job.model} method={job.method} "
+            f"worker={self.settings.name} entry={delivery.entry_id.decode()} "
+            f"deliveries={delivery.deliveries}"
         )
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
@@ -711,7 +709,3 @@ def _outcome(message: Message) -> str:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
-
-
-def _kv(fields: dict[str, str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in fields.items())
