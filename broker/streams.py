@@ -181,6 +181,7 @@ class WorkerStreams:
         self.where = where  # the redacted URL, for errors
         self.batcher = PipelineBatcher(redis)
         self._outgoing: list[_Outgoing] = []  # replies and acks waiting for the next flush
+        self._drained = False  # whether the last sweep of several streams found them all empty
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
         """Creates the consumer group of each stream from its start (so jobs sent before any
@@ -208,11 +209,22 @@ class WorkerStreams:
 
     async def _read_jobs(self, streams: Sequence[str], free: int, block_s: float) -> list[Delivery]:
         deliveries: list[Delivery] = []
+        share = free // len(streams)
+        if len(streams) > 1 and self._drained and share and not self.cluster:
+            # Every stream was empty at the last read: block on all of them at once, taking
+            # at most `share` from each, so the total never exceeds `free` (saves one
+            # non-blocking read per stream on every call of an idle worker).
+            block_ms = int(block_s * 1000)
+            deliveries = await self._read_group(dict.fromkeys(streams, ">"), share, block_ms)
+            self._drained = len(deliveries) < share
+            return deliveries
         if len(streams) > 1:
             for stream in streams:
                 deliveries += await self._read_group({stream: ">"}, free - len(deliveries), None)
                 if len(deliveries) >= free:
+                    self._drained = False
                     return deliveries
+            self._drained = True
             if deliveries:
                 return deliveries
         if self.cluster:
@@ -222,7 +234,9 @@ class WorkerStreams:
             same = [stream for stream in streams if _tag(stream) == tag]
             if len(same) < len(streams):
                 streams, block_s = same, min(block_s, _CLUSTER_BLOCK_S)
-        return await self._read_group(dict.fromkeys(streams, ">"), free, int(block_s * 1000))
+        # at most `free` in all: XREADGROUP's COUNT is per stream
+        count = max(free // len(streams), 1)
+        return await self._read_group(dict.fromkeys(streams, ">"), count, int(block_s * 1000))
 
     async def _read_group(
         self, streams: dict[str, str], count: int, block_ms: int | None
@@ -242,12 +256,13 @@ class WorkerStreams:
             logger.warning("consumer group missing; recreating it streams=%s", list(streams))
             await self.ensure_groups(list(streams))
             return []
-        deliveries = [
+        # All of them, even past `count` (never, as the callers ask): an entry read is pending
+        # on this worker, and one dropped here would wait for a reclaim.
+        return [
             Delivery(stream, entry_id, fields)
             for stream, entries in _entries_by_stream(response)
             for entry_id, fields in entries
         ]
-        return deliveries[:count]
 
     async def reclaim(
         self, streams: Sequence[str], idle_s: float, limit: int, workers_key: str
