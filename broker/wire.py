@@ -181,6 +181,8 @@ _MODELS: dict[str, type[pydantic.BaseModel]] = {
     "MetadataModelResponse": MetadataModelResponse,
 }
 _TAGS: dict[type, str] = {cls: tag for tag, cls in _MODELS.items()}
+# cls.model_validate(body), without its wrapper's ~1.5 us: the same validator, same arguments.
+_VALIDATORS = {tag: cls.__pydantic_validator__.validate_python for tag, cls in _MODELS.items()}
 
 # Fixed-size dtypes that travel as raw bytes, both byte orders, keyed by numpy's dtype string.
 _RAW_DTYPES: dict[str, np.dtype] = {}
@@ -672,13 +674,13 @@ def _decode_payload(value: object, where: str) -> Payload:
     tag, body = value
     if tag == _TAG_PLAIN:
         return cast(Payload, body)
-    cls = _MODELS.get(tag)
-    if cls is None:
+    validate = _VALIDATORS.get(tag)
+    if validate is None:
         raise WireError(f"{where} has unknown payload tag {tag!r}")
     if type(body) is not dict:
         raise WireError(f"{where} ({tag}) must be a map of its fields")
     try:
-        return cast(Payload, cls.model_validate(body))
+        return cast(Payload, validate(body))
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(part) for part in first["loc"]) or "(root)"
@@ -701,6 +703,87 @@ def decode_job(fields: RawFields) -> Job:
 
 
 def _decode_job(fields: RawFields) -> Job:
+    if type(fields) is dict:
+        job = _decode_common_job(fields)
+        if job is not None:
+            return job
+    return _decode_any_job(fields)
+
+
+def _decode_common_job(fields: dict[bytes, bytes]) -> Job | None:
+    """The common job (every readable field plain and valid, no ``inputs``/``credit``), with
+    fewer calls; None for anything else, which :func:`_decode_any_job` decodes or refuses
+    with its reason. What this returns is what ``_decode_any_job`` returns for the entry
+    (``tests/test_wire_fast.py`` checks it on mutated entries)."""
+    get = fields.get
+    texts: list[str] = []
+    for name in _JOB_TEXT:
+        value = get(name)
+        if type(value) is not bytes:
+            return None
+        try:
+            texts.append(value.decode())
+        except UnicodeDecodeError:
+            return None
+    job_id, method, model, version, reply, bell = texts
+    if not (job_id and method and model and reply and bell):
+        return None
+    if b"inputs" in fields or b"credit" in fields:
+        return None
+    deadline = _common_time(get(b"deadline"))
+    sent_at = _common_time(get(b"sent_at"))
+    attempt = get(b"attempt")
+    if (
+        deadline is None
+        or sent_at is None
+        or type(attempt) is not bytes
+        or not (attempt.isdigit() and len(attempt) <= 18)
+        or int(attempt) < 1
+    ):
+        return None
+    envelope = _Decoder(fields).unpack(fields, "worker")
+    raw_args = envelope.get("args", [])
+    raw_kwargs = envelope.get("kwargs", {})
+    if type(raw_args) is not list or type(raw_kwargs) is not dict:
+        return None
+    args = tuple([_decode_payload(arg, f"argument {i}") for i, arg in enumerate(raw_args)])
+    kwargs: dict[str, Payload] = {}
+    for name, value in raw_kwargs.items():
+        if type(name) is not str:
+            return None
+        kwargs[name] = _decode_payload(value, f"keyword argument {name!r}")
+    return Job(
+        job_id,
+        method,
+        model,
+        version or None,
+        reply,
+        bell,
+        deadline,
+        sent_at,
+        int(attempt),
+        args,
+        kwargs,
+        None,
+        None,
+        0,
+        envelope.get("inline") is True,
+    )
+
+
+def _common_time(value: object) -> float | None:
+    """A time field as :func:`_time` reads it, or None if that needs a closer look."""
+    if type(value) is not bytes:
+        return None
+    try:
+        number = float(value)  # ASCII only: what parses here parses the same from str
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _decode_any_job(fields: RawFields) -> Job:
+    """Any entry: a job, or a WireError with the reason it is not one."""
     if type(fields) is not dict and not isinstance(fields, Mapping):
         raise WireError(f"an entry's fields must be a mapping, not {type(fields).__name__}")
     job_id, method, model, version, reply, bell = (_text(fields, name) for name in _JOB_TEXT)
