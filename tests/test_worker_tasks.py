@@ -4,6 +4,7 @@ directly, so each reply's error code can be checked."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import time
@@ -22,6 +23,7 @@ from conveyor.broker.wire import Job, Message, MessageType, decode_message, enco
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
 from conveyor.worker import Worker, WorkerSettings
+from conveyor.worker.worker import _Deadlines, _JobScope
 
 pytestmark = pytest.mark.anyio
 
@@ -248,3 +250,47 @@ async def test_jobs_past_the_grace_period_stay_pending(
         assert not probe.exists(job.reply)
     finally:
         fleet.stop()
+
+
+async def _sleeper(index: int, stopped: list[int]) -> None:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        stopped.append(index)
+        raise
+
+
+async def test_deadlines_stop_armed_jobs_in_time_order() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = _Deadlines()
+    stopped: list[int] = []
+    scopes = []
+    for index, delay in enumerate([0.3, 0.1, 0.2, 0.05, 30.0]):
+        scope = _JobScope()
+        scope.task = asyncio.ensure_future(_sleeper(index, stopped))
+        scope.armed = True
+        deadlines.add(loop, loop.time() + delay, scope, index)
+        scopes.append(scope)
+    scopes[2].armed = False  # ended before its deadline: left alone
+    await asyncio.sleep(0.6)
+    assert stopped == [3, 1, 0]
+    assert all(scopes[i].reason == "deadline" for i in (0, 1, 3))
+    assert scopes[2].reason is None
+    assert scopes[4].reason is None
+    deadlines.clear()
+    for scope in scopes:
+        assert scope.task is not None
+        scope.task.cancel()
+    await asyncio.wait([scope.task for scope in scopes if scope.task is not None])
+
+
+async def test_deadlines_forget_ended_jobs() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = _Deadlines()
+    for _ in range(5000):
+        scope = _JobScope()
+        scope.armed = True
+        deadlines.add(loop, loop.time() + 30, scope, 1)
+        scope.armed = False  # the job ended
+    assert len(deadlines) <= 1025  # compacted as it went
+    deadlines.clear()

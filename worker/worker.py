@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -102,6 +104,7 @@ class Worker:
         self._infra: anyio.abc.TaskGroup | None = None
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
         self._running: dict[str, _JobScope] = {}  # request id -> its running job
+        self._deadlines = _Deadlines()
 
     def stop(self) -> None:
         """Stops taking new jobs; ``run`` returns once in-flight jobs are done."""
@@ -196,6 +199,7 @@ class Worker:
         with anyio.CancelScope(shield=True):
             while self._jobs:
                 await asyncio.wait([scope.task for scope in self._jobs if scope.task is not None])
+        self._deadlines.clear()
 
     async def _signal_loop(self) -> None:
         """First SIGTERM/SIGINT: drain (warm stop). A second one: stop at once; unfinished
@@ -293,6 +297,7 @@ class Worker:
             self.stats.done += 1
             self._slot_freed.set()
             self._jobs.discard(scope)
+            scope.task = None  # the scope may wait in _deadlines until its deadline: not the task
 
     async def _run_job(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         try:
@@ -411,10 +416,11 @@ class Worker:
         # Bounded by the job's deadline; a caller that gives up cancels it (see _control).
         task = scope.task
         assert task is not None
-        timer = loop.call_at(started + (job.deadline - now), scope.cancel, _DEADLINE)
+        scope.armed = True
+        self._deadlines.add(loop, started + (job.deadline - now), scope, len(self._running))
         self._running[job.id] = scope
         try:
-            if job.method == ModelMethods.PredictStream.value:
+            if job.method == _PREDICT_STREAM:
                 messages = await self._run_stream(streams, delivery, job, served)
             else:
                 messages = await self._run_unary(delivery, job, served)
@@ -437,7 +443,7 @@ class Worker:
                 task.uncancel()
         finally:
             self._running.pop(job.id, None)
-            timer.cancel()
+            scope.armed = False
         await streams.finish(delivery, job, messages)
         self.metrics.job_done(
             metrics, job.model, job.method, _outcome(messages[-1]), loop.time() - started
@@ -622,7 +628,7 @@ class Worker:
     async def _control(self, streams: WorkerStreams, job: Job) -> None:
         if job.method == _CANCEL:
             scope = self._running.get(job.id)
-            if scope is not None:
+            if scope is not None and scope.armed:
                 scope.cancel(_CANCELLED)
             return
         try:
@@ -654,16 +660,20 @@ _CANCELLED = "cancelled"  # why a job was stopped: its caller cancelled it
 _DEADLINE = "deadline"  # ... or it ran past its deadline
 
 
-class _JobScope:
-    """A running job's task, and why it was stopped: a deadline timer (``loop.call_at``) and
-    a caller's cancel request both end in one ``task.cancel()``, ~10x cheaper than an anyio
-    cancel scope per job."""
+_PREDICT_STREAM = ModelMethods.PredictStream.value
 
-    __slots__ = ("reason", "started", "task")
+
+class _JobScope:
+    """A running job's task, and why it was stopped: its deadline (see :class:`_Deadlines`)
+    and a caller's cancel request both end in one ``task.cancel()``, ~10x cheaper than an
+    anyio cancel scope per job."""
+
+    __slots__ = ("armed", "reason", "started", "task")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.started = False  # its task has taken its first step
+        self.armed = False  # the job runs its method: its deadline and a cancel may stop it
         self.reason: str | None = None
 
     def cancel(self, reason: str) -> None:
@@ -673,6 +683,66 @@ class _JobScope:
             self.reason = reason
         if first and self.task is not None:
             self.task.cancel()
+
+
+class _Deadlines:
+    """Stops jobs that run past their deadline, with one loop timer for the earliest.
+
+    A ``loop.call_at`` per job would put a TimerHandle per job in the loop's heap, whose
+    ``__lt__`` is Python (~7 comparisons a push), and cancelled handles stay there until their
+    time. Here entries are (time, seq, scope) tuples, compared in C; a job that ended (disarmed)
+    stays until it reaches the top or the heap is compacted.
+    """
+
+    __slots__ = ("_at", "_heap", "_seq", "_timer")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _JobScope]] = []
+        self._seq = itertools.count()  # ties never compare scopes
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf  # when the timer fires
+
+    def add(
+        self, loop: asyncio.AbstractEventLoop, when: float, scope: _JobScope, running: int
+    ) -> None:
+        """Stops ``scope``'s job at loop time ``when`` unless it has ended (disarmed) by then;
+        ``running`` is how many jobs are armed, to know when to drop the ended ones."""
+        heap = self._heap
+        if len(heap) > 1024 and len(heap) > 4 * running:
+            heap[:] = [entry for entry in heap if entry[2].armed]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, next(self._seq), scope))
+        if when < self._at:
+            self._schedule(loop, when)
+
+    def clear(self) -> None:
+        """Forgets every deadline (no job runs any more)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._at = math.inf
+        self._heap.clear()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = when
+        self._timer = loop.call_at(when, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._at = math.inf
+        heap = self._heap
+        now = loop.time()
+        while heap and (heap[0][0] <= now or not heap[0][2].armed):
+            scope = heapq.heappop(heap)[2]
+            if scope.armed:
+                scope.cancel(_DEADLINE)
+        if heap:
+            self._schedule(loop, heap[0][0])
 
 
 def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
