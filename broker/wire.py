@@ -205,6 +205,7 @@ _TENSOR_RAW_KEYS = tuple(key.encode() for key in _TENSOR_KEYS)
 
 _JOB_TEXT = (b"id", b"method", b"model", b"version", b"reply", b"bell")
 _MESSAGE_TYPES = {t.value.encode(): t for t in MessageType}
+_TYPE_TEXT = {t: t.value for t in MessageType}  # an Enum's .value is a Python property
 
 
 def _tensor_key(index: int) -> str:
@@ -321,10 +322,20 @@ def _dump_model(model: pydantic.BaseModel) -> dict[str, object]:
     """
     out: dict[str, object] = {}
     fields_set = model.__pydantic_fields_set__
+    kinds = _KINDS
     for name, value in model.__dict__.items():
         if value is not None and name in fields_set:
-            # Most values are str/int/list-of-int leaves: skip the call for them.
-            out[name] = value if _KINDS.get(type(value)) == _LEAF else _dump_value(value)
+            # Most values are str/int leaves or lists of them (a shape): no call for those.
+            kind = kinds.get(type(value))
+            if kind == _LEAF:
+                out[name] = value
+            elif kind == _LIST:
+                out[name] = [
+                    item if kinds.get(type(item)) == _LEAF else _dump_value(item)
+                    for item in cast("list[object]", value)
+                ]
+            else:
+                out[name] = _dump_value(value)
     extra = model.__pydantic_extra__
     if extra:
         out.update(extra)
@@ -443,7 +454,9 @@ def encode_message(message: Message) -> Fields:
 
     ``error`` must be set exactly when ``type`` is ``MessageType.ERROR``.
     """
-    kind = MessageType(message.type)
+    kind = message.type
+    if type(kind) is not MessageType:
+        kind = MessageType(kind)
     if not message.id:
         raise ValueError("message field 'id' must be a non-empty string")
     if (kind is MessageType.ERROR) != (message.error is not None):
@@ -451,11 +464,15 @@ def encode_message(message: Message) -> Fields:
             f"a {kind.value!r} message must {'' if kind is MessageType.ERROR else 'not '}"
             "carry an error"
         )
+    attempt, seq = message.attempt, message.seq
     fields: Fields = {
-        "type": kind.value,
+        "type": _TYPE_TEXT[kind],
         "id": message.id,
-        "attempt": _count("attempt", message.attempt, 0),
-        "seq": _count("seq", message.seq, 0),
+        # _count(), inlined for the common case
+        "attempt": str(attempt)
+        if type(attempt) is int and attempt >= 0
+        else _count("attempt", attempt, 0),
+        "seq": str(seq) if type(seq) is int and seq >= 0 else _count("seq", seq, 0),
     }
     error = message.error
     wire_error: dict[str, str] | None = None
