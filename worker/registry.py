@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 
@@ -25,6 +26,9 @@ class ServedModel:
     settings: ModelSettings
     model: MLModel | None = None
     exposed: frozenset[str] = field(default_factory=frozenset)
+    # the exposed methods that are ``async def`` (awaited directly; the others go through
+    # execution.call), found once at load
+    coroutines: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def name(self) -> str:
@@ -147,6 +151,9 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
     model.ready = bool(ready) if ready is not None else True
     served.model = model
     served.exposed = exposed_methods(model)
+    served.coroutines = frozenset(
+        name for name in served.exposed if inspect.iscoroutinefunction(getattr(model, name, None))
+    )
     logger.info(
         "model.loaded model=%s version=%s ready=%s", served.name, served.version, model.ready
     )
