@@ -525,7 +525,7 @@ class _Decoder:
         data = fields.get(b"envelope")
         if data is None:
             raise _missing(fields, "envelope")
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if type(data) is not bytes and not isinstance(data, bytes | bytearray | memoryview):
             raise WireError(f"field 'envelope' must be bytes, not {type(data).__name__}")
         try:
             # Sizes are bounded by the input: msgpack's max_*_len limits default to len(data).
@@ -587,6 +587,9 @@ class _Decoder:
             raise WireError("array dtype must be a string")
         dtype = _RAW_DTYPES.get(dtype_str)
         if dtype is not None:
+            if type(content) is bytes and len(content) == count * dtype.itemsize:
+                # an inline tensor, as _raw_array reads it (read-only: a view over bytes)
+                return np.frombuffer(content, dtype=dtype).reshape(shape)
             return self._raw_array(dtype, shape, count, content)
         return _text_array(dtype_str, shape, count, content, len(data))
 
