@@ -148,6 +148,13 @@ class Worker:
                 cursors = await streams.control_cursors(self.registry.control_streams())
             for served in self.registry.all():
                 await streams.publish_limits(served.name, served.settings.max_queue_length)
+            if self.settings.freeze_gc:
+                # What is alive now (imports, the models) lives as long as the worker: out of
+                # the collector's way. Else each full collection walks it all: ~15 us per job
+                # at 64 in flight (objects of jobs in flight reach the oldest generation).
+                gc.collect()
+                gc.freeze()
+                frozen = True
             heartbeat.start()
             if self.settings.metrics_port is not None:
                 self.metrics.serve(self.settings.metrics_port)
@@ -156,20 +163,14 @@ class Worker:
                 infra.start_soon(streams.batcher.run_flusher)
                 infra.start_soon(self._control_loop, streams, cursors)
                 if handle_signals:
-                    infra.start_soon(self._signal_loop)
+                    # started once it handles them: a signal sent on "worker.started" is seen
+                    await infra.start(self._signal_loop)
                 logger.info(
                     "worker.started worker=%s models=%s concurrency=%d",
                     self.settings.name,
                     ",".join(self.registry.names()),
                     self.settings.concurrency,
                 )
-                if self.settings.freeze_gc:
-                    # What is alive now (imports, the models) lives as long as the worker: out
-                    # of the collector's way. Else each full collection walks it all: ~15 us per
-                    # job at 64 in flight (objects of jobs in flight reach the oldest generation).
-                    gc.collect()
-                    gc.freeze()
-                    frozen = True
                 task_status.started()
                 try:
                     await self._consume(streams)
@@ -216,10 +217,13 @@ class Worker:
                 await asyncio.wait([scope.task for scope in self._jobs if scope.task is not None])
         self._deadlines.clear()
 
-    async def _signal_loop(self) -> None:
+    async def _signal_loop(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """First SIGTERM/SIGINT: drain (warm stop). A second one: stop at once; unfinished
         jobs stay pending and another worker reclaims them."""
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 if not self._stopping:
                     logger.info("worker.stopping worker=%s signal=%s", self.settings.name, signum)
