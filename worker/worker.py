@@ -43,7 +43,7 @@ from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import execution
-from conveyor.worker.batching import AdaptiveBatcher
+from conveyor.worker.batching import AdaptiveBatcher, jobs_to_hold
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 from conveyor.worker.metrics import WorkerMetrics
 from conveyor.worker.registry import ModelRegistry, ServedModel
@@ -90,14 +90,16 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.metrics.track_in_flight(lambda: len(self.stats.in_flight))
         largest_batch = max((m.max_batch_size for m in models), default=0)
-        if largest_batch > settings.concurrency:
-            # a batch can only fill if the worker may hold that many jobs at once
+        needed = jobs_to_hold(largest_batch) if largest_batch > 1 else 0
+        if needed > settings.concurrency:
+            # batches fill only if the worker holds enough jobs: every batch the model runs
+            # at once, and a full one forming behind them
             logger.info(
                 "worker.concurrency_raised from=%d to=%d reason=max_batch_size",
                 settings.concurrency,
-                largest_batch,
+                needed,
             )
-            settings.concurrency = largest_batch
+            settings.concurrency = needed
         self._redis_settings = RedisSettings.from_url(settings.redis_url)
         self._stopping = False
         self._slot_freed = asyncio.Event()
@@ -274,6 +276,11 @@ class Worker:
                 scope = _JobScope()
                 scope.task = loop.create_task(self._handle(streams, delivery, scope))
                 jobs.add(scope)
+            if deliveries:
+                # Let the new jobs run up to their first wait before the next read goes out:
+                # a quick job's answer then leaves ahead of it (one send less before the
+                # answer, at one call in flight).
+                await asyncio.sleep(0)
 
     async def _next_jobs(
         self, streams: WorkerStreams, order: list[str], free: int
