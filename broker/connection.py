@@ -363,11 +363,18 @@ class _HiredisPacking:
     redis-py's packer so a tensor is handed to the socket without a copy."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        for arg in args:
-            if isinstance(arg, memoryview) or (
-                isinstance(arg, bytes | str) and len(arg) > _PACK_INLINE_MAX
-            ):
-                return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+        try:
+            # C-speed checks over every argument (a job's XADD has ~25): no memoryview, and
+            # none longer than the limit; len() of a number raises: look at each then
+            small = memoryview not in map(type, args) and max(map(len, args)) <= _PACK_INLINE_MAX
+        except TypeError:
+            small = not any(
+                isinstance(arg, memoryview)
+                or (isinstance(arg, bytes | str) and len(arg) > _PACK_INLINE_MAX)
+                for arg in args
+            )
+        if not small:
+            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
         head = args[0]
         # a command of two words ("XINFO GROUPS") goes out as two arguments
         if (isinstance(head, str) and " " in head) or (isinstance(head, bytes) and b" " in head):
