@@ -19,7 +19,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -198,6 +197,42 @@ class _Waiter:
             self.event = self.new_event()
         self.taken += 1
         return self.inbox.popleft()
+
+
+class _Measured:
+    """Counts a call in flight, then records its outcome and latency.
+
+    A class rather than a ``@contextmanager`` generator: it wraps every call (~0.4 us a use
+    against ~2.7).
+    """
+
+    __slots__ = ("_method", "_metrics", "_model", "_started")
+
+    def __init__(self, metrics: ClientMetrics, model: str, method: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._method = method
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._metrics.calls_in_flight += 1
+        self._started = time.monotonic()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        metrics = self._metrics
+        metrics.calls_in_flight -= 1
+        if exc_type is None:
+            outcome = "ok"
+        elif exc_type is GeneratorExit:
+            outcome = "closed"  # a predict_stream the caller left early
+        else:
+            outcome = exc_type.__name__
+        metrics.record(self._model, self._method, outcome, time.monotonic() - self._started)
 
 
 class Client:
@@ -470,14 +505,8 @@ class Client:
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         self._waiters[job.id] = waiter
-        # The hot path of every call: the metrics and the deadline are spelled out rather
-        # than in context managers (a generator-based one, or anyio's fail_after on asyncio,
-        # costs several microseconds a call).
-        metrics = self.metrics
-        metrics.calls_in_flight += 1
-        started = time.monotonic()
-        outcome = "ok"
-        try:
+        # The deadline is spelled out: anyio's fail_after costs ~10 us a call on asyncio.
+        with _Measured(self.metrics, model, method):
             try:
                 if self._asyncio:
                     async with asyncio.timeout(timeout):
@@ -500,36 +529,12 @@ class Client:
             if waiter.streamed:
                 self._finished.append(waiter.key)
             return _result(job, message)
-        except BaseException as error:
-            outcome = type(error).__name__
-            raise
-        finally:
-            metrics.calls_in_flight -= 1
-            metrics.record(model, method, outcome, time.monotonic() - started)
 
     async def _send_and_wait(
         self, waiter: _Waiter, job: Job, stream: str, fields: Fields, wait_when_full: bool
     ) -> Message:
         await self._send(waiter, job, stream, fields, wait_when_full)
         return await waiter.next()
-
-    @contextlib.contextmanager
-    def _measure(self, model: str, method: str) -> Iterator[None]:
-        metrics = self.metrics
-        metrics.calls_in_flight += 1
-        started = time.monotonic()
-        outcome = "ok"
-        try:
-            yield
-        except GeneratorExit:
-            outcome = "closed"  # a predict_stream the caller left early
-            raise
-        except BaseException as error:
-            outcome = type(error).__name__
-            raise
-        finally:
-            metrics.calls_in_flight -= 1
-            metrics.record(model, method, outcome, time.monotonic() - started)
 
     async def stream(
         self,
@@ -557,7 +562,7 @@ class Client:
         # The input pump lives in the client's task group, not in this generator: a yield
         # inside a task group or cancel scope of an async generator breaks cancellation.
         pump_scope = anyio.CancelScope()
-        with self._measure(model, ModelMethods.PredictStream.value):
+        with _Measured(self.metrics, model, ModelMethods.PredictStream.value):
             try:
                 with anyio.fail_after(timeout):
                     await self._send(waiter, job, stream, fields, False)
@@ -692,6 +697,14 @@ class Client:
                         error=_error_info("input_error", type(error).__name__, str(error)),
                     )
                 )
+            finally:
+                # A stream that ended (or broke) before its inputs did: close the caller's
+                # generator now, as `async with aclosing(...)` would, rather than leave it to
+                # the garbage collector (which trio reports as a ResourceWarning).
+                aclose = getattr(requests, "aclose", None)
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                        await aclose()
 
     async def _timed_out(self, job: Job, waiter: _Waiter, timeout: float) -> ConveyorError:
         """The error for a call that got no answer in time, saying as well as we can why."""
