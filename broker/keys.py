@@ -13,7 +13,8 @@ so every multi-key command stays inside one Redis Cluster slot.
 | ``<p>:reply:{<client>}:<request id>``       | stream | result, or chunks + end, or error; TTL  |
 | ``<p>:in:{<client>}:<request id>``          | stream | inputs of one predict_stream; TTL       |
 | ``<p>:credit:{<client>}:<request id>``      | list   | chunks a predict_stream caller took     |
-| ``<p>:bell:{<client>}``                     | list   | request ids whose reply stream has news |
+| ``<p>:bell:{<client>}``                     | list   | small answers, or request ids whose     |
+|                                             |        | reply stream has news; TTL              |
 | ``<p>:worker:<worker id>``                  | hash   | a worker's heartbeat; TTL               |
 | ``<p>:workers``                             | zset   | worker ids by last heartbeat (unix s)   |
 """
@@ -22,10 +23,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ("DEFAULT_PREFIX", "GROUP", "Keys")
+__all__ = ("DEFAULT_PREFIX", "GROUP", "Keys", "hash_tag")
 
 DEFAULT_PREFIX = "conveyor"
 GROUP = "workers"  # the one consumer group of every job stream
+
+
+def hash_tag(key: str) -> str:
+    """A key's hash tag, the part between the first { and the next } (a job stream's model);
+    the whole key when it has none."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if 0 <= start < end else key
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,16 @@ from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.batching import PipelineBatcher
 from conveyor.broker.connection import translate_errors
-from conveyor.broker.keys import GROUP, Keys
-from conveyor.broker.wire import Fields, Job, Message, MessageType, RawFields, encode_message
+from conveyor.broker.keys import GROUP, Keys, hash_tag
+from conveyor.broker.wire import (
+    Fields,
+    Job,
+    Message,
+    MessageType,
+    RawFields,
+    encode_message,
+    fields_size,
+)
 
 __all__ = (
     "INLINE_REPLY_MAX_BYTES",
@@ -95,13 +103,6 @@ def _entries_by_stream(response: Any) -> list[tuple[str, list[tuple[bytes, RawFi
 _CLUSTER_BLOCK_S = 0.1
 
 
-def _tag(key: str) -> str:
-    """A key's hash tag: the part between the first { and the next }."""
-    start = key.find("{")
-    end = key.find("}", start + 1)
-    return key[start + 1 : end] if 0 <= start < end else key
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -126,13 +127,8 @@ def _inline_entry(job: Job, item: _Outgoing, entries: list[Fields]) -> bytes | N
     if item.messages[0].type not in _FINAL:
         return None
     fields = entries[0]
-    size = 0
-    for value in fields.values():
-        if type(value) is str or type(value) is bytes:
-            size += len(value)
-        else:  # a tensor of its own (a memoryview): reply stream
-            return None
-    if size > INLINE_REPLY_MAX_BYTES:
+    # a tensor in a field of its own (a memoryview) keeps the reply stream
+    if memoryview in map(type, fields.values()) or fields_size(fields) > INLINE_REPLY_MAX_BYTES:
         return None
     packed: bytes = msgpack.packb(fields, use_bin_type=True)
     return _INLINE_MARK + packed
@@ -230,8 +226,8 @@ class WorkerStreams:
         if self.cluster:
             # One blocking read may only name keys of one slot: block on the first model's
             # streams (the caller rotates the order), briefly if other models wait their turn.
-            tag = _tag(streams[0])
-            same = [stream for stream in streams if _tag(stream) == tag]
+            tag = hash_tag(streams[0])
+            same = [stream for stream in streams if hash_tag(stream) == tag]
             if len(same) < len(streams):
                 streams, block_s = same, min(block_s, _CLUSTER_BLOCK_S)
         # at most `free` in all: XREADGROUP's COUNT is per stream

@@ -633,11 +633,7 @@ class Client:
         backoff = 0.05
         while True:
             try:
-                cached = self._limits.get(job.model)
-                if cached is not None and time.monotonic() - cached[0] < _LIMITS_TTL_S:
-                    limit = cached[1]
-                else:
-                    limit = await self._queue_limit(job.model)
+                limit = await self._queue_limit(job.model)
                 sent = await self._step(self._streams.send_job, stream, fields, limit)
             except BrokerConnectionError as error:
                 if not self._reached:

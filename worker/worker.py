@@ -27,7 +27,7 @@ from conveyor.broker.connection import (
     create_sync_client,
     translate_errors,
 )
-from conveyor.broker.keys import DEFAULT_PREFIX, Keys
+from conveyor.broker.keys import DEFAULT_PREFIX, Keys, hash_tag
 from conveyor.broker.streams import Delivery, WorkerStreams
 from conveyor.broker.wire import (
     ErrorInfo,
@@ -293,7 +293,7 @@ class Worker:
                 order, self.settings.heartbeat_ttl, free, self.keys.workers()
             )
             for delivery in reclaimed:
-                self.metrics.reclaimed.labels(_model_of(delivery.stream)).inc()
+                self.metrics.reclaimed.labels(hash_tag(delivery.stream)).inc()
                 logger.warning(
                     "job.reclaimed stream=%s entry=%s deliveries=%d",
                     delivery.stream,
@@ -335,7 +335,7 @@ class Worker:
                 delivery.entry_id.decode(),
                 error.reason,
             )
-            model = _model_of(delivery.stream)
+            model = hash_tag(delivery.stream)
             self.metrics.dead_lettered.labels(model).inc()
             self.metrics.jobs.labels(model, "", "refused").inc()
             reason = f"bad entry: {error.reason}"
@@ -368,7 +368,7 @@ class Worker:
             self.metrics.jobs.labels(job.model, job.method, "dead_letter").inc()
             await streams.dead_letter(
                 delivery,
-                self.keys.dead(_model_of(delivery.stream)),
+                self.keys.dead(hash_tag(delivery.stream)),
                 reason,
                 job=job,
                 error_message=_error(job, delivery, "dead_letter", "DeadLettered", reason),
@@ -530,7 +530,7 @@ class Worker:
         )
         await streams.dead_letter(
             delivery,
-            self.keys.dead(_model_of(delivery.stream)),  # beside the stream it came from
+            self.keys.dead(hash_tag(delivery.stream)),  # beside the stream it came from
             reason,
             job=job,
             error_message=_error(job, delivery, code, type_name, reason),
@@ -779,12 +779,6 @@ def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -
     return Message(
         MessageType.ERROR, job.id, delivery.deliveries, error=ErrorInfo(code, type_name, text)
     )
-
-
-def _model_of(stream: str) -> str:
-    """The model name inside a job stream key's hash tag."""
-    start, end = stream.find("{"), stream.find("}")
-    return stream[start + 1 : end] if 0 <= start < end else stream
 
 
 def _readable_job(delivery: Delivery, model: str) -> Job | None:
