@@ -335,10 +335,7 @@ class Client:
     async def _step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Runs one broker step; Redis failures become ``BrokerConnectionError``."""
         with translate_errors(self.settings):
-            if self._asyncio:  # the transport would only await it: skip its frame
-                result = await fn(*args)
-            else:
-                result = await self._io.step(fn, *args)
+            result = await self._io.step(fn, *args)
         self._reached = True
         return result
 
