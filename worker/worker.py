@@ -25,6 +25,7 @@ from conveyor.broker.connection import (
     RedisSettings,
     create_client,
     create_sync_client,
+    ping,
     translate_errors,
 )
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, hash_tag
@@ -124,7 +125,9 @@ class Worker:
         handle_signals: bool = False,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        redis = create_client(self._redis_settings, blocking=True)
+        redis = create_client(
+            self._redis_settings, blocking=True, max_block=self.settings.read_block
+        )
         streams = WorkerStreams(
             redis,
             self.keys,
@@ -143,6 +146,9 @@ class Worker:
         )
         frozen = False
         try:
+            # Redis first: a wrong URL, or a server that never answers, fails in seconds with
+            # one line naming it, before any model spends time loading
+            await ping(self._redis_settings)
             await self.registry.load_all()
             with translate_errors(self._redis_settings):
                 await streams.ensure_groups(self.registry.job_streams())
