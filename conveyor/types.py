@@ -3,16 +3,21 @@
 The one difference from MLServer: a tensor's ``data`` may hold a numpy array, and it stays
 one from client to model and back. It turns into a JSON list only when a model is dumped in
 JSON mode (``model_dump_json`` or ``model_dump(mode="json")``), i.e. at a JSON edge.
+Tensors compare by value, so an array equals the same tensor held as a list (see
+``conveyor._equality``).
 """
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Any
 
 import numpy as np
 import pydantic
 from pydantic import ConfigDict, Field, RootModel, field_serializer
+
+from conveyor._equality import tensor_data_equal
 
 __all__ = (
     "BaseModel",
@@ -105,6 +110,29 @@ class TensorData(RootModel[Any]):
     def __len__(self) -> int:
         return len(self.root)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorData):
+            return NotImplemented
+        return tensor_data_equal(self.root, other.root)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as pydantic's models
+
+
+def _tensor_eq(self: RequestInput | ResponseOutput, other: object) -> bool:
+    """``==`` of a tensor: its fields as pydantic compares them, its data by value."""
+    if type(other) is not type(self):
+        return pydantic.BaseModel.__eq__(self, other)
+    assert isinstance(other, RequestInput | ResponseOutput)
+    if (self.name, self.shape, self.datatype, self.parameters) != (
+        other.name,
+        other.shape,
+        other.datatype,
+        other.parameters,
+    ):
+        return False
+    count = math.prod(self.shape) if self.datatype == Datatype.BYTES.value else None
+    return tensor_data_equal(self.data.root, other.data.root, count)
+
 
 class RequestOutput(BaseModel):
     name: str
@@ -147,6 +175,9 @@ class RequestInput(BaseModel):
     parameters: Parameters | None = None
     data: TensorData
 
+    __eq__ = _tensor_eq
+    __hash__ = None  # type: ignore[assignment]
+
 
 class ResponseOutput(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -156,6 +187,9 @@ class ResponseOutput(BaseModel):
     datatype: Datatype
     parameters: Parameters | None = None
     data: TensorData
+
+    __eq__ = _tensor_eq
+    __hash__ = None  # type: ignore[assignment]
 
 
 class InferenceResponse(BaseModel):

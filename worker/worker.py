@@ -58,6 +58,14 @@ def _default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
 
 
+def _give_id(payload: Payload, job: Job) -> Payload:
+    """As MLServer's data plane: a request reaches the model with an id (the job's, which its
+    response carries back, when the caller sent none)."""
+    if isinstance(payload, InferenceRequest) and payload.id is None:
+        payload.id = job.id
+    return payload
+
+
 @dataclass
 class WorkerSettings:
     """How one worker process runs. Durations are seconds."""
@@ -502,6 +510,8 @@ class Worker:
         )
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
+        if job.args:
+            _give_id(job.args[0], job)
         try:
             batcher = self._batcher_for(served, job)
             if batcher is not None:
@@ -632,7 +642,7 @@ class Worker:
         """The requests a client streams to a predict_stream, until its end marker."""
         if job.inputs is None:
             for arg in job.args:
-                yield arg
+                yield _give_id(arg, job)
             return
         cursor = b"0-0"
         while True:
@@ -642,7 +652,7 @@ class Worker:
                 message = decode_message(fields)
                 if message.type is MessageType.END:
                     return
-                yield message.payload
+                yield _give_id(message.payload, job)
             if time.time() > job.deadline:
                 return
 
