@@ -8,8 +8,8 @@ a thread.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -83,7 +83,8 @@ class MLModel:
             if inspect.iscoroutinefunction(predict):
                 yield await predict(payload)
             else:  # a plain `def predict` (Conveyor allows it): in a thread, as the worker does
-                yield await anyio.to_thread.run_sync(predict, payload)
+                plain = cast("Callable[[InferenceRequest], InferenceResponse]", predict)
+                yield await anyio.to_thread.run_sync(plain, payload)
             return
 
     async def unload(self) -> bool:
