@@ -86,6 +86,7 @@ COMMANDS = (
     "zadd",
     "zrem",
     "zremrangebyscore",  # the heartbeat forgets workers silent for long
+    "zrange",  # a client's first call to a model nobody serves yet: which models are served?
     "exists",  # only when reclaiming: is the job's owner still alive?
 )
 # redis-py sends CLIENT SETINFO on connect (Redis >= 7.2) and ignores a refusal.
