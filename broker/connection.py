@@ -23,23 +23,20 @@ event loop, and a client must only be used on the loop that first used it.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import anyio
-import hiredis
 import redis
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from redis import exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.connection import UnixDomainSocketConnection as AsyncUnixConnection
@@ -48,6 +45,13 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.retry import Retry as SyncRetry
 
+from conveyor.broker.fastpath import (
+    FastConnection,
+    FastPool,
+    FastSSLConnection,
+    FastUnixConnection,
+    fast_paths_enabled,
+)
 from conveyor.errors import BrokerConnectionError, ConveyorError
 
 __all__ = (
@@ -353,124 +357,6 @@ def _pool_kwargs(
     return kwargs, "tls"
 
 
-# Arguments this long (or memoryviews: tensors) go out as chunks of their own, uncopied.
-_PACK_INLINE_MAX = 6000
-
-
-class _HiredisPacking:
-    """Packs commands with hiredis (C) instead of redis-py's Python packer (~8x faster for
-    a job's XADD), except commands carrying a large value or a memoryview, which keep
-    redis-py's packer so a tensor is handed to the socket without a copy."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        try:
-            # C-speed checks over every argument (a job's XADD has ~25): no memoryview, and
-            # none longer than the limit; len() of a number raises: look at each then
-            small = memoryview not in map(type, args) and max(map(len, args)) <= _PACK_INLINE_MAX
-        except TypeError:
-            small = not any(
-                isinstance(arg, memoryview)
-                or (isinstance(arg, bytes | str) and len(arg) > _PACK_INLINE_MAX)
-                for arg in args
-            )
-        if not small:
-            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
-        head = args[0]
-        # a command of two words ("XINFO GROUPS") goes out as two arguments
-        if (isinstance(head, str) and " " in head) or (isinstance(head, bytes) and b" " in head):
-            args = (*head.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:
-            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
-
-
-class _DirectWrite:
-    """Writes a command without ``asyncio.wait_for`` when the socket takes it at once.
-
-    redis-py bounds every send by the socket timeout with ``asyncio.wait_for``, which on
-    Python 3.11 wraps the write in a task of its own (~20 us a round trip, on every command
-    and pipeline). A loopback or LAN socket with an empty send buffer takes a command whole:
-    write it directly, and only if bytes stay buffered wait for them within the timeout, as
-    redis-py would. Everything else (not connected, a backlog) goes through redis-py.
-    """
-
-    async def send_packed_command(
-        self, command: bytes | str | Iterable[bytes], check_health: bool = True
-    ) -> None:
-        conn = cast(AsyncConnection, self)
-        if check_health and conn.is_connected:
-            await conn.check_health()  # type: ignore[no-untyped-call]
-        writer = conn._writer
-        if not conn.is_connected or writer is None or writer.transport.get_write_buffer_size():
-            await super().send_packed_command(command, check_health=False)  # type: ignore[misc]
-            return
-        if isinstance(command, str):
-            command = command.encode()
-        if isinstance(command, bytes):
-            command = [command]
-        try:
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size():
-                await asyncio.wait_for(writer.drain(), conn.socket_timeout)
-        except TimeoutError:
-            await conn.disconnect(nowait=True)
-            raise rex.TimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            await conn.disconnect(nowait=True)
-            raise rex.ConnectionError(f"Error while writing to socket: {exc}") from exc
-        except BaseException:
-            await conn.disconnect(nowait=True)  # a half-sent command: the connection is spoilt
-            raise
-
-
-class _FastPool(BlockingConnectionPool):
-    """redis-py's BlockingConnectionPool, with a fast path for the common checkout.
-
-    Every command checks a connection out and back in; redis-py's blocking pool does it under
-    an asyncio Condition and a timeout, with observability hooks: ~8 us a command, more than
-    hiredis spends packing it. When an idle connection is ready (connected, nothing unread)
-    and nobody waits for one, take it or give it back directly. Anything else (none idle,
-    a stale connection, maintenance mode, a waiter to wake) takes redis-py's own path.
-    """
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> AsyncConnection:
-        available = self._available_connections
-        if available and not getattr(self, "_in_maintenance", False) and not args and not kwargs:
-            connection = available[-1]
-            if connection.is_connected and not await connection.can_read():
-                available.pop()
-                self._in_use_connections.add(connection)
-                return cast(AsyncConnection, connection)
-        connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        return cast(AsyncConnection, connection)
-
-    async def release(self, connection: AbstractConnection) -> None:
-        waiting = getattr(self._condition, "_waiters", True)  # unknown: assume someone waits
-        if (
-            not waiting
-            and not getattr(self, "_in_maintenance", False)
-            and connection in self._in_use_connections
-            and not connection.should_reconnect()  # type: ignore[no-untyped-call]
-        ):
-            self._in_use_connections.remove(connection)
-            self._available_connections.append(connection)
-            return
-        await super().release(connection)
-
-
-class _FastConnection(_HiredisPacking, _DirectWrite, AsyncConnection):
-    pass
-
-
-class _FastSSLConnection(_HiredisPacking, _DirectWrite, AsyncSSLConnection):
-    pass
-
-
-class _FastUnixConnection(_HiredisPacking, _DirectWrite, AsyncUnixConnection):
-    pass
-
-
 def create_client(
     settings: RedisSettings,
     *,
@@ -509,12 +395,23 @@ def create_client(
     )
     if settings.cluster:
         return cast(Redis, AsyncRedisCluster(retry=retries, **_cluster_kwargs(kwargs, kind)))
-    connection_class: type[AsyncConnection | AsyncUnixConnection] = {
-        "tcp": _FastConnection,
-        "tls": _FastSSLConnection,
-        "unix": _FastUnixConnection,
-    }[kind]
-    pool = _FastPool(connection_class=connection_class, retry=retries, **kwargs)
+    connection_class: type[AsyncConnection | AsyncUnixConnection]
+    if fast_paths_enabled():  # broker/fastpath.py: shortcuts checked against redis-py's path
+        connection_class = {
+            "tcp": FastConnection,
+            "tls": FastSSLConnection,
+            "unix": FastUnixConnection,
+        }[kind]
+        pool: BlockingConnectionPool = FastPool(
+            connection_class=connection_class, retry=retries, **kwargs
+        )
+    else:
+        connection_class = {
+            "tcp": AsyncConnection,
+            "tls": AsyncSSLConnection,
+            "unix": AsyncUnixConnection,
+        }[kind]
+        pool = BlockingConnectionPool(connection_class=connection_class, retry=retries, **kwargs)
     return Redis.from_pool(pool)
 
 

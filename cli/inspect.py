@@ -15,7 +15,6 @@ import json
 import signal
 import sys
 from datetime import UTC, datetime
-from typing import Annotated
 
 import anyio
 import typer
@@ -32,16 +31,10 @@ from conveyor.broker.connection import (
     translate_errors,
 )
 from conveyor.broker.inspect import Snapshot, delivery_rates, snapshot
-from conveyor.broker.keys import DEFAULT_PREFIX, Keys
+from conveyor.broker.keys import Keys
 from conveyor.errors import ConveyorError
 
 __all__ = ("inspect_fleet",)
-
-RedisOption = Annotated[
-    str | None,
-    typer.Option("--redis", help="Redis URL (default: $CONVEYOR_REDIS_URL or local Redis)."),
-]
-PrefixOption = Annotated[str, typer.Option("--prefix", help="Key prefix in Redis.")]
 
 
 def _fail(error: BaseException | str) -> typer.Exit:
@@ -229,17 +222,10 @@ async def _watch(
 
 
 def inspect_fleet(
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", min=0.1, help="Seconds between refreshes (--watch).")
-    ] = 2.0,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print JSON (with --watch: one line per refresh).")
-    ] = False,
-    redis: RedisOption = None,
-    prefix: PrefixOption = DEFAULT_PREFIX,
+    watch: bool, interval: float, json_output: bool, redis: str | None, prefix: str
 ) -> None:
-    """Show each model's job streams (backlog, lag, pending, dead letters) and the workers."""
+    """``conveyor inspect`` (its options are in ``cli/app.py``, which imports this module
+    only when the command runs)."""
     try:
         settings = RedisSettings.from_url(redis or default_redis_url())
     except ValueError as error:

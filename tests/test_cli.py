@@ -393,12 +393,12 @@ def test_infer_unreachable_redis_is_one_line_without_password(stream: bool) -> N
 
 
 @pytest.mark.timeout(30)
-def test_infer_unknown_model_says_no_worker_consumed(redis_url: str, prefix: str) -> None:
+def test_infer_unknown_model_says_no_worker_serves_it(redis_url: str, prefix: str) -> None:
     args = ["infer", "no-such-model", "--redis", redis_url, "--prefix", prefix, "--timeout", "1"]
     result = run([*args, "--data", json.dumps(LINEAR_REQUEST)], timeout=20)
     line = error_line(result)
-    assert "no worker consumed the job" in line
-    assert "'no-such-model'" in line
+    assert "no worker serves model 'no-such-model'" in line
+    assert "no worker is running" in line  # none under this prefix
 
 
 @pytest.mark.timeout(60)

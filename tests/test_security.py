@@ -85,6 +85,7 @@ COMMANDS = (
     "hdel",  # a worker clears the queue limit of a model that has none
     "zadd",
     "zrem",
+    "zrange",  # a client's first call to a model nobody serves yet: which models are served?
     "zrangebyscore",  # the heartbeat forgets workers gone for long (and not alive after all)
     "exists",  # is a job's or a consumer's owner still alive?
     "time",  # the heartbeat reads Redis's clock: job deadlines are measured on it

@@ -38,7 +38,12 @@ class WorkerStats:
 
     in_flight: dict[bytes, str] = field(default_factory=dict)  # entry id -> job stream
     done: int = 0
-    models: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # every model of its folders
+    # What clients read before sending (broker/fleet.py): the models being loaded, the ones
+    # served, and the ones whose load() returned False. Replaced whole, never mutated.
+    loading: list[str] = field(default_factory=list)
+    ready: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
 
 
@@ -61,15 +66,22 @@ class Heartbeat:
         self._stats = stats
         self._ttl_s = ttl_s
         self._stop = threading.Event()
+        self._wake = threading.Event()  # beat now: the worker's models changed state
         self._last_errors: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="conveyor-heartbeat", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def beat_soon(self) -> None:
+        """Beats at once rather than at the next period: clients waiting on a model's state
+        (loading, ready, failed) see the change within a round trip."""
+        self._wake.set()
+
     def stop(self, unregister: bool = True) -> None:
         """Stops the thread; with ``unregister``, removes the registry entry (bounded)."""
         self._stop.set()
+        self._wake.set()
         if self._thread.ident is None:
             return  # never started: nothing was registered
         self._thread.join(timeout=5)
@@ -100,6 +112,9 @@ class Heartbeat:
                     "host": socket.gethostname(),
                     "pid": os.getpid(),
                     "models": ",".join(stats.models),
+                    "loading": ",".join(stats.loading),
+                    "ready": ",".join(stats.ready),
+                    "failed": ",".join(stats.failed),
                     "started": f"{stats.started:.3f}",
                     "heartbeat": f"{now:.3f}",
                     "in_flight": len(in_flight),
@@ -158,7 +173,8 @@ class Heartbeat:
                 if client is not None:
                     client.close()
                 client = None
-            self._stop.wait(interval)
+            self._wake.wait(interval)
+            self._wake.clear()
         if client is not None:
             client.close()
 

@@ -26,6 +26,7 @@ from conveyor.broker.connection import (
     RedisSettings,
     create_client,
     create_sync_client,
+    ping,
     translate_errors,
 )
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, hash_tag
@@ -48,7 +49,7 @@ from conveyor.worker.batching import AdaptiveBatcher, jobs_to_hold
 from conveyor.worker.clock import RedisClock, remaining_fields
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 from conveyor.worker.metrics import WorkerMetrics
-from conveyor.worker.registry import ModelRegistry, ServedModel
+from conveyor.worker.registry import ModelLoadFailed, ModelRegistry, ServedModel
 
 __all__ = ("Worker", "WorkerSettings")
 
@@ -57,6 +58,14 @@ logger = logging.getLogger(__name__)
 
 def _default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+def _give_id(payload: Payload, job: Job) -> Payload:
+    """As MLServer's data plane: a request reaches the model with an id (the job's, which its
+    response carries back, when the caller sent none)."""
+    if isinstance(payload, InferenceRequest) and payload.id is None:
+        payload.id = job.id
+    return payload
 
 
 @dataclass
@@ -116,6 +125,15 @@ class Worker:
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
         self._running: dict[str, _JobScope] = {}  # request id -> its running job
         self._deadlines = _Deadlines()
+        self._heartbeat: Heartbeat | None = None
+
+    def _publish_models(self) -> None:
+        """Tells the fleet (the heartbeat) which models this worker serves now."""
+        self.stats.ready = self.registry.ready_names()
+        self.stats.failed = self.registry.failed_names()
+        self.stats.loading = []
+        if self._heartbeat is not None:
+            self._heartbeat.beat_soon()
 
     def stop(self) -> None:
         """Stops taking new jobs; ``run`` returns once in-flight jobs are done."""
@@ -146,17 +164,26 @@ class Worker:
             self.settings.heartbeat_ttl,
             self._clock,
         )
+        self._heartbeat = heartbeat
         frozen = False
         try:
+            # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
+            await ping(self._redis_settings)
+            # Redis's clock, before the first beat (its registry score) and the first job
+            where = self._redis_settings.redacted_url
+            self._clock.observe(*await bookkeeping.redis_time(redis, where))
+            # Beating while it loads: a client calling a model this worker is loading waits
+            # for it instead of failing as "not served" (see broker/fleet.py).
+            self.stats.loading = self.registry.names()
+            heartbeat.start()
             await self.registry.load_all()
             with translate_errors(self._redis_settings):
                 await streams.ensure_groups(self.registry.job_streams())
                 # cursors first: a load/unload sent once we report started is never missed
                 cursors = await streams.control_cursors(self.registry.control_streams())
-            where = self._redis_settings.redacted_url
-            self._clock.observe(*await bookkeeping.redis_time(redis, where))
             for served in self.registry.all():
                 await streams.publish_limits(served.name, served.settings.max_queue_length)
+            self._publish_models()  # ready only now: its groups exist
             if self.settings.freeze_gc:
                 # What is alive now (imports, the models) lives as long as the worker: out of
                 # the collector's way. Else each full collection walks it all: ~15 us per job
@@ -164,7 +191,6 @@ class Worker:
                 gc.collect()
                 gc.freeze()
                 frozen = True
-            heartbeat.start()
             if self.settings.metrics_port is not None:
                 self.metrics.serve(self.settings.metrics_port)
             async with anyio.create_task_group() as infra:
@@ -175,9 +201,10 @@ class Worker:
                     # started once it handles them: a signal sent on "worker.started" is seen
                     await infra.start(self._signal_loop)
                 logger.info(
-                    "worker.started worker=%s models=%s concurrency=%d",
+                    "worker.started worker=%s models=%s not_served=%s concurrency=%d",
                     self.settings.name,
-                    ",".join(self.registry.names()),
+                    ",".join(self.stats.ready) or "-",
+                    ",".join(self.stats.failed) or "-",
                     self.settings.concurrency,
                 )
                 task_status.started()
@@ -506,6 +533,8 @@ class Worker:
         )
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
+        if job.args:
+            _give_id(job.args[0], job)
         try:
             batcher = self._batcher_for(served, job)
             if batcher is not None:
@@ -519,14 +548,7 @@ class Worker:
                 if isinstance(request, InferenceRequest):
                     result.id = request.id or job.id
         except Exception as error:  # the model's own failure goes back to the caller
-            logger.info(
-                "job.failed request=%s model=%s method=%s worker=%s error=%s",
-                job.id,
-                job.model,
-                job.method,
-                self.settings.name,
-                type(error).__name__,
-            )
+            self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         return [Message(MessageType.RESULT, job.id, delivery.deliveries, payload=result)]
 
@@ -563,6 +585,16 @@ class Worker:
             error_message=None
             if caller is None
             else Message(MessageType.ERROR, caller.id, delivery.deliveries, error=error),
+        )
+
+    def _log_failure(self, job: Job, delivery: Delivery, error: Exception) -> None:
+        """The model raised: its message and traceback, once per job, as MLServer logs them
+        (the caller gets the type and message only)."""
+        logger.error(
+            "job.failed %s error=%s",
+            self._log(job, delivery),
+            _describe(error),
+            exc_info=error,
         )
 
     async def _refuse(
@@ -662,6 +694,7 @@ class Worker:
                 )
                 seq += 1
         except Exception as error:
+            self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
             with anyio.CancelScope(shield=True):
@@ -675,7 +708,7 @@ class Worker:
         job's ``deadline``, on our clock)."""
         if job.inputs is None:
             for arg in job.args:
-                yield arg
+                yield _give_id(arg, job)
             return
         cursor = b"0-0"
         while True:
@@ -685,7 +718,7 @@ class Worker:
                 message = decode_message(fields)
                 if message.type is MessageType.END:
                     return
-                yield message.payload
+                yield _give_id(message.payload, job)
             if time.time() > deadline:
                 return
 
@@ -747,13 +780,19 @@ class Worker:
             return
         try:
             if job.method == ModelMethods.Load.value:
-                ready = await self.registry.load(job.model)
-                await streams.ensure_groups(self.registry.job_streams())
+                try:
+                    ready = await self.registry.load(job.model)
+                finally:
+                    await streams.ensure_groups(self.registry.job_streams())
+                    self._publish_models()
             elif job.method == ModelMethods.Unload.value:
                 ready = not await self.registry.unload(job.model)
+                self._publish_models()
             else:
                 raise ValueError(f"unknown control method {job.method!r}")
         except Exception as error:
+            if isinstance(error, ModelLoadFailed):
+                logger.error("model.load_failed %s", error, exc_info=error.__cause__)
             message = Message(
                 MessageType.ERROR,
                 job.id,
