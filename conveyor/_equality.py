@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ("tensor_data_equal",)
+__all__ = ("tensor_data_equal", "values_equal")
 
 
 def tensor_data_equal(left: Any, right: Any, count: int | None = None) -> bool:
@@ -79,5 +79,22 @@ def _same(left: Any, right: Any) -> bool:
         return _is_null(left) and _is_null(right)
     if isinstance(left, np.ndarray) or isinstance(right, np.ndarray):
         return False  # an element that is itself an array (an object array's): not a tensor
+    result = left == right
+    return isinstance(result, bool | np.bool_) and bool(result)
+
+
+def values_equal(left: Any, right: Any) -> bool:
+    """``==`` of plain values (parameters) that may hold numpy arrays anywhere: an array is
+    compared as a tensor, dicts and lists item by item, anything else with ``==``."""
+    if isinstance(left, np.ndarray) or isinstance(right, np.ndarray):
+        return tensor_data_equal(left, right)
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(values_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list | tuple) and isinstance(right, list | tuple):
+        return (
+            type(left) is type(right)
+            and len(left) == len(right)
+            and all(values_equal(a, b) for a, b in zip(left, right, strict=True))
+        )
     result = left == right
     return isinstance(result, bool | np.bool_) and bool(result)

@@ -17,7 +17,7 @@ import numpy as np
 import pydantic
 from pydantic import ConfigDict, Field, RootModel, field_serializer
 
-from conveyor._equality import tensor_data_equal
+from conveyor._equality import tensor_data_equal, values_equal
 
 __all__ = (
     "BaseModel",
@@ -36,6 +36,10 @@ __all__ = (
     "ResponseOutput",
     "TensorData",
 )
+
+
+# Where codecs cache a decoded payload (conveyor.codecs.DecodedParameterName; MLServer's name).
+_DECODED_PAYLOAD = "_decoded_payload"
 
 
 class BaseModel(pydantic.BaseModel):
@@ -75,6 +79,22 @@ class Parameters(BaseModel):
 
     content_type: str | None = None
     headers: dict[str, Any] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        # By the values they carry, numpy arrays included; a payload a codec decoded and
+        # cached here (an attribute, not a field) is not part of the value.
+        if type(other) is not type(self):
+            return super().__eq__(other)
+        assert isinstance(other, Parameters)
+        return values_equal(self._carried(), other._carried())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _carried(self) -> dict[str, Any]:
+        carried = {name: getattr(self, name) for name in type(self).model_fields}
+        carried.update(self.__pydantic_extra__ or {})
+        carried.pop(_DECODED_PAYLOAD, None)
+        return carried
 
 
 def _to_json_value(value: Any) -> Any:

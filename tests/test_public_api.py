@@ -66,7 +66,13 @@ PUBLIC = {
         "CodecNotFound",
     ],
     # MLServer's module paths for the names its runtimes and examples import.
-    "conveyor.utils": ["get_model_uri", "generate_uuid", "insert_headers", "extract_headers"],
+    "conveyor.utils": [
+        "get_model_uri",
+        "generate_uuid",
+        "insert_headers",
+        "extract_headers",
+        "install_uvloop_event_loop",
+    ],
     "conveyor.logging": ["logger"],
     "conveyor.handlers": ["custom_handler"],
     "conveyor.handlers.custom": ["custom_handler"],

@@ -346,3 +346,23 @@ def test_a_file_without_parameters_takes_them_from_the_environment(
 
     assert settings.parameters is not None
     assert settings.parameters.uri == str(folder / "weights")
+
+
+def test_an_env_file_is_read_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "CONVEYOR_MODEL_NAME=dummy-name\n"
+        "CONVEYOR_MODEL_IMPLEMENTATION=conveyor.MLModel\n"
+        "CONVEYOR_MODEL_URI=dummy-uri\n"
+    )
+    monkeypatch.chdir(tmp_path)  # a .env in the working directory is not read by itself
+
+    with pytest.raises(ValidationError):
+        ModelSettings()
+    settings = ModelSettings(_env_file=env_file)
+    settings.parameters = ModelParameters(_env_file=env_file)
+
+    assert settings.name == "dummy-name"
+    assert settings.parameters.uri == "dummy-uri"

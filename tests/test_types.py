@@ -148,3 +148,24 @@ def test_requests_and_responses_compare_their_tensors_by_value() -> None:
     assert request.inputs[0].data == response.outputs[0].data  # TensorData alone too
     # A request input is not a response output, whatever it holds (as pydantic compares).
     assert request.inputs[0] != response.outputs[0]
+
+
+def test_parameters_compare_by_value_with_arrays_and_without_decoded_payloads() -> None:
+    from conveyor.codecs import decode_request_input, has_decoded
+
+    assert Parameters(scores=np.array([1, 2])) == Parameters(scores=[1, 2])
+    assert Parameters(scores={"a": np.array([1])}) != Parameters(scores={"a": [2]})
+    decoded, plain = (
+        RequestInput(
+            name="x",
+            shape=[2],
+            datatype="FP32",
+            data=[1, 2],
+            parameters=Parameters(content_type="np"),
+        )
+        for _ in range(2)
+    )
+    decode_request_input(decoded, {})  # caches the decoded array on its parameters
+    assert has_decoded(decoded)
+    # What a message carries decides: the cached array neither raises nor counts.
+    assert decoded == plain
