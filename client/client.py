@@ -52,6 +52,7 @@ from conveyor.broker.wire import (
     fields_size,
 )
 from conveyor.client.metrics import ClientMetrics
+from conveyor.client.served import ServedCheck
 from conveyor.errors import (
     BrokerConnectionError,
     ConveyorError,
@@ -269,6 +270,7 @@ class Client:
         self._limits: dict[str, tuple[float, int | None]] = {}  # model -> (when, queue limit)
         self._asyncio = True  # whether the client runs on asyncio (set when opened)
         self._new_event: Callable[[], _Event] = asyncio.Event
+        self._served = ServedCheck(self._step, self.keys)  # its connection comes when opened
 
     async def __aenter__(self) -> Client:
         # Named connections, so `CLIENT LIST` shows which belong to this client. The sender
@@ -283,6 +285,7 @@ class Client:
         # with the connection must be noticed, so that the reader resyncs (see _resync).
         blocking = create_client(named, blocking=True, max_connections=1, retry=False)
         self._streams = ClientStreams(redis, blocking, self.keys, self.client_id)
+        self._served.redis = redis
 
         async def close_connections() -> None:
             await redis.aclose()
@@ -501,6 +504,8 @@ class Client:
         )
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
+        if stream not in self._served.known:  # once per model: fail fast if nobody serves it
+            await self._served.check(model, version, stream, timeout, self._reached)
         self._waiters[job.id] = waiter
         # The deadline is spelled out: anyio's fail_after costs ~10 us a call on asyncio.
         with _Measured(self.metrics, model, method):
@@ -553,6 +558,8 @@ class Client:
         assert job.inputs is not None
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
+        if stream not in self._served.known:  # once per model: fail fast if nobody serves it
+            await self._served.check(model, version, stream, timeout, self._reached)
         self._waiters[job.id] = waiter
         deadline = anyio.current_time() + timeout
         finished = False
@@ -601,6 +608,8 @@ class Client:
         job, waiter = self._job(model, None, method, (), {}, timeout)
         stream = self.keys.control(model)
         fields = self._encode(job)
+        # a typo must not leave a control stream behind: only a model some worker has
+        await self._served.check_control(model, timeout, self._reached)
         self._waiters[job.id] = waiter
         try:
             with anyio.fail_after(timeout):

@@ -17,6 +17,8 @@
     ├── InvalidRedisURL                a Redis URL that cannot be used (also a ValueError)
     ├── DeadlineExceeded               no answer in time (also a TimeoutError)
     │   └── NoWorkerError              ... and no worker ever took the job
+    │       └── ModelNotServed         no live worker serves the model: the call was never
+    │                                  sent (also a ModelNotFound)
     ├── QueueFull                      the model's backlog is at its limit
     ├── PayloadTooLarge                a payload is over the size limit
     ├── DeadLettered                   the job failed too often and was dead-lettered
@@ -40,6 +42,7 @@ __all__ = (
     "MethodNotAllowed",
     "ModelNotFound",
     "ModelNotReady",
+    "ModelNotServed",
     "ModelParametersMissing",
     "ModelSettingsError",
     "NoWorkerError",
@@ -169,6 +172,22 @@ class NoWorkerError(DeadlineExceeded):
             f"no worker consumed the job: is a worker serving model {model!r} running "
             "and connected to this Redis?",
         )
+
+
+class ModelNotServed(NoWorkerError, ModelNotFound):
+    """No live worker serves the model (or that version), so the call failed fast instead of
+    waiting out its timeout, and left nothing in Redis. ``detail`` says what the fleet
+    serves, or why the model is not served (its ``load()`` returned False)."""
+
+    def __init__(self, model: str, version: str | None, detail: str) -> None:
+        # Each base's __init__ would format a message of its own: set their fields here.
+        self.model = self.name = model
+        self.version = version
+        self.request_id = ""
+        self.timeout_s = 0.0
+        self.status_code = 404
+        self.detail = detail
+        Exception.__init__(self, detail)
 
 
 class QueueFull(ConveyorError):
