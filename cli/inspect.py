@@ -93,12 +93,16 @@ def render(shot: Snapshot, rates: dict[str, float] | None = None) -> RenderableT
 
     if shot.models:
         last = "jobs/s" if rates is not None else "read"
-        heads = ("model", "stream", "backlog", "lag", "pending", "oldest pending", "consumers")
+        heads = ("model", "stream", "backlog", "lag", "pending", "oldest pending", "workers")
         models = _table(*heads, last, "dead", title="models")
         for model in shot.models:
             dead = str(model.dead_letters)
+            # The live workers serving the model, from their heartbeats. Not XINFO's consumer
+            # count: Redis (7.0) adds a consumer only once it has read an entry, so an idle
+            # model served by three workers would show 0.
+            serving = str(sum(model.name in worker.ready for worker in shot.workers))
             if not model.streams:
-                _row(models, model.name, "-", "-", "-", "-", "-", "-", "-", dead)
+                _row(models, model.name, "-", "-", "-", "-", "-", serving, "-", dead)
             for stream in model.streams:
                 where = "jobs" if stream.version is None else f"v:{stream.version}"
                 group = stream.group
@@ -108,13 +112,13 @@ def render(shot: Snapshot, rates: dict[str, float] | None = None) -> RenderableT
                 else:
                     figure = _number(group.entries_read if group else None)
                 if group is None:  # no worker ever read it
-                    cells = ["-", "0", "-", "none"]
+                    cells = ["-", "0", "-", serving]
                 else:
                     cells = [
                         _number(group.lag),
                         str(group.pending),
                         _duration(group.oldest_pending_age_s),
-                        str(len(group.consumers)),
+                        serving,
                     ]
                 _row(models, model.name, where, str(stream.backlog), *cells, figure, dead)
                 dead = ""  # once per model

@@ -725,6 +725,10 @@ class Client:
         if waiter.full is not None:
             return waiter.full
         sent = waiter.sent
+        if sent is None:  # the job never reached Redis: it is Redis that did not answer
+            return BrokerConnectionError(
+                self.settings.redacted_url, f"no answer from Redis within {timeout:.1f}s"
+            )
         taken: bool | None = None
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             if sent is not None:

@@ -14,6 +14,7 @@
     ├── ModelSettingsError             a model folder or model-settings.json is unusable
     ├── WireError                      an entry read from Redis is not a valid Conveyor entry
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
+    ├── InvalidRedisURL                a Redis URL that cannot be used (also a ValueError)
     ├── DeadlineExceeded               no answer in time (also a TimeoutError)
     │   └── NoWorkerError              ... and no worker ever took the job
     │       └── ModelNotServed         no live worker serves the model: the call was never
@@ -36,6 +37,7 @@ __all__ = (
     "DeadlineExceeded",
     "InferenceError",
     "InvalidModelURI",
+    "InvalidRedisURL",
     "MLServerError",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -142,6 +144,11 @@ class BrokerConnectionError(ConveyorError, ConnectionError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         super().__init__(f"cannot reach Redis at {url}: {reason}")
+
+
+class InvalidRedisURL(ConveyorError, ValueError):
+    """A Redis URL is malformed or has an unknown option; the message shows it without its
+    password (``except ValueError`` catches it too)."""
 
 
 class DeadlineExceeded(ConveyorError, TimeoutError):

@@ -146,7 +146,9 @@ class Worker:
         handle_signals: bool = False,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        redis = create_client(self._redis_settings, blocking=True)
+        redis = create_client(
+            self._redis_settings, blocking=True, max_block=self.settings.read_block
+        )
         streams = WorkerStreams(
             redis,
             self.keys,
