@@ -117,6 +117,9 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_cleanup = 0.0  # when to look for consumers of dead workers next
         self._clock = RedisClock()  # job deadlines are measured on Redis's clock
+        self._admission = admission.Admission(
+            self.keys, self._payload_limit, self._smallest_payload_limit
+        )
         # Each job runs in a plain asyncio task (the worker always runs on asyncio): an anyio
         # task group's start_soon and a cancel scope per job cost ~25 us of CPU per job.
         self._jobs: set[_JobScope] = set()
@@ -407,9 +410,7 @@ class Worker:
 
     async def _run_job(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         # Its keys, model and size, before anything is decoded or written (worker.admission)
-        refusal = admission.check_entry(
-            self.keys, delivery.stream, delivery.fields, self._payload_limit
-        )
+        refusal = self._admission.check_entry(delivery.stream, delivery.fields)
         if refusal is not None:
             await self._refuse_entry(streams, delivery, refusal, "job.refused")
             return
@@ -564,6 +565,10 @@ class Worker:
             return served.settings.max_payload_bytes
         limits = [s.settings.max_payload_bytes for s in self.registry.all() if s.name == model]
         return max(limits, default=_DEFAULT_PAYLOAD_LIMIT)
+
+    def _smallest_payload_limit(self, model: str) -> int:
+        limits = [s.settings.max_payload_bytes for s in self.registry.all() if s.name == model]
+        return min(limits, default=_DEFAULT_PAYLOAD_LIMIT)
 
     async def _refuse_entry(
         self, streams: WorkerStreams, delivery: Delivery, refusal: admission.Refusal, event: str
@@ -750,7 +755,7 @@ class Worker:
             for stream, entry_id, fields in entries:
                 cursors[stream] = entry_id
                 # keys first: the control streams are writable by every client too
-                refusal = admission.check_keys(self.keys, fields)
+                refusal = self._admission.check_keys(fields)
                 if refusal is not None:
                     logger.warning(
                         "control.refused stream=%s entry=%s reason=%s",
