@@ -175,8 +175,7 @@ class Worker:
             # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
             await ping(self._redis_settings)
             # Redis's clock, before the first beat (its registry score) and the first job
-            where = self._redis_settings.redacted_url
-            self._clock.observe(*await bookkeeping.redis_time(redis, where))
+            await self._read_clock(streams)
             # Beating while it loads: a client calling a model this worker is loading waits
             # for it instead of failing as "not served" (see broker/fleet.py).
             self.stats.loading = self.registry.names()
@@ -374,15 +373,36 @@ class Worker:
                 await self._delete_dead_consumers(streams, order)
         return await streams.read_jobs(order, free, self.settings.read_block)
 
+    async def _read_clock(self, streams: WorkerStreams) -> None:
+        """Reads Redis's clock (the heartbeat reads it again on every beat)."""
+        try:
+            self._clock.observe(*await bookkeeping.redis_time(streams.redis, streams.where))
+        except ConveyorError as error:  # an ACL without TIME, say: the worker serves on
+            logger.error(
+                "worker.clock_unknown worker=%s error=%s: deadlines are measured as if this "
+                "host's clock were Redis's (an ACL user needs +time: README, Security)",
+                self.settings.name,
+                _describe(error),
+            )
+
     async def _delete_dead_consumers(self, streams: WorkerStreams, order: list[str]) -> None:
-        deleted = await bookkeeping.delete_dead_consumers(
-            streams.redis,
-            self.keys,
-            order,
-            self.settings.heartbeat_ttl,
-            self.settings.name,
-            streams.where,
-        )
+        try:
+            deleted = await bookkeeping.delete_dead_consumers(
+                streams.redis,
+                self.keys,
+                order,
+                self.settings.heartbeat_ttl,
+                self.settings.name,
+                streams.where,
+            )
+        except ConveyorError as error:  # the jobs go on; their next read says if Redis is gone
+            logger.warning(
+                "worker.consumers_kept worker=%s error=%s (an ACL user needs "
+                "+xinfo|consumers and +xgroup|delconsumer: README, Security)",
+                self.settings.name,
+                _describe(error),
+            )
+            return
         for stream, consumer in deleted:
             logger.info(
                 "consumer.deleted stream=%s consumer=%s reason=worker_gone", stream, consumer
