@@ -750,14 +750,21 @@ class Client:
         if unanswered is None and not keys:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            if unanswered is not None:
-                await self._step(self._streams.withdraw_job, unanswered.stream, unanswered.entry_id)
-                cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
-                await self._step(
-                    self._streams.send_control, self.keys.control(job.model), encode_job(cancel)
-                )
-            if keys:
-                await self._step(self._streams.delete, *keys)
+            try:
+                if unanswered is not None:
+                    await self._step(
+                        self._streams.withdraw_job, unanswered.stream, unanswered.entry_id
+                    )
+                    cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
+                    await self._step(
+                        self._streams.send_control, self.keys.control(job.model), encode_job(cancel)
+                    )
+                if keys:
+                    await self._step(self._streams.delete, *keys)
+            except ConveyorError as error:
+                # Best effort: the keys expire by themselves, and the call's own outcome (an
+                # answer, or the error that ended it) is what the caller must see.
+                logger.warning("client.cleanup_failed request=%s error=%s", job.id, error)
 
 
 def _error_info(code: str, type_name: str, message: str) -> Any:

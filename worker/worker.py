@@ -40,7 +40,7 @@ from conveyor.broker.wire import (
     decode_job,
     decode_message,
 )
-from conveyor.errors import ConveyorError, WireError
+from conveyor.errors import BrokerConnectionError, ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
@@ -724,6 +724,11 @@ class Worker:
                 )
                 seq += 1
         except Exception as error:
+            if isinstance(error, BrokerConnectionError):
+                # A chunk, credit or input step lost Redis (or the model's own client did): not
+                # the model's failure. The job stays pending and runs again (dead-lettered if it
+                # keeps failing); the caller sees StreamInterrupted, or nothing if no chunk came.
+                raise
             self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
