@@ -326,7 +326,8 @@ class WorkerStreams:
     async def reply(self, job: Job, messages: Sequence[Message]) -> None:
         """Writes messages to the job's reply stream and rings the client's bell."""
         self._outgoing.append(_Outgoing(job, messages, None))
-        await self.batcher.run(self._add_outgoing)
+        with translate_errors(self.where):  # no raw redis-py error leaves the broker
+            await self.batcher.run(self._add_outgoing)
 
     async def finish(
         self, delivery: Delivery, job: Job | None, messages: Sequence[Message]
@@ -337,7 +338,8 @@ class WorkerStreams:
         never an acked job without an answer.
         """
         self._outgoing.append(_Outgoing(job, messages, delivery))
-        await self.batcher.run(self._add_outgoing)
+        with translate_errors(self.where):
+            await self.batcher.run(self._add_outgoing)
 
     def _add_outgoing(self, pipe: Pipeline) -> None:
         """Adds every reply and ack queued since the last flush, coalesced: one EXPIRE per

@@ -37,7 +37,7 @@ from conveyor.broker.connection import (
     default_redis_url,
     translate_errors,
 )
-from conveyor.broker.keys import DEFAULT_PREFIX, Keys
+from conveyor.broker.keys import DEFAULT_PREFIX, Keys, is_client_id
 from conveyor.broker.streams import ClientStreams, Rung
 from conveyor.broker.wire import (
     Fields,
@@ -240,6 +240,8 @@ class Client:
     """A connection to the fleet. Use as ``async with Client(url) as client:``.
 
     Works on asyncio and trio. ``timeout`` is the default of every call, in seconds.
+    ``client_id`` names the client in its keys and connections (``CLIENT LIST``): the id is
+    that text and a random suffix (``api`` gives ``api-3f0c...``), unique to this instance.
     """
 
     def __init__(
@@ -259,7 +261,15 @@ class Client:
         self.max_payload_bytes = max_payload_bytes
         self.stream_window = stream_window
         self.metrics = metrics or ClientMetrics()
-        self.client_id = client_id or uuid.uuid4().hex[:12]
+        if client_id is not None and not is_client_id(client_id):
+            raise ValueError(
+                f"client_id {client_id!r} cannot name keys: give non-empty printable text "
+                "without spaces or braces"
+            )
+        # A given id is a prefix, made unique: two processes given one id (replicas of one
+        # service) would otherwise share a doorbell and take each other's answers.
+        suffix = uuid.uuid4().hex[:12]
+        self.client_id = f"{client_id}-{suffix}" if client_id else suffix
         self._waiters: dict[str, _Waiter] = {}
         self._finished: list[str] = []
         self._exit: contextlib.AsyncExitStack | None = None
@@ -715,6 +725,10 @@ class Client:
         if waiter.full is not None:
             return waiter.full
         sent = waiter.sent
+        if sent is None:  # the job never reached Redis: it is Redis that did not answer
+            return BrokerConnectionError(
+                self.settings.redacted_url, f"no answer from Redis within {timeout:.1f}s"
+            )
         taken: bool | None = None
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             if sent is not None:
@@ -736,14 +750,21 @@ class Client:
         if unanswered is None and not keys:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            if unanswered is not None:
-                await self._step(self._streams.withdraw_job, unanswered.stream, unanswered.entry_id)
-                cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
-                await self._step(
-                    self._streams.send_control, self.keys.control(job.model), encode_job(cancel)
-                )
-            if keys:
-                await self._step(self._streams.delete, *keys)
+            try:
+                if unanswered is not None:
+                    await self._step(
+                        self._streams.withdraw_job, unanswered.stream, unanswered.entry_id
+                    )
+                    cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
+                    await self._step(
+                        self._streams.send_control, self.keys.control(job.model), encode_job(cancel)
+                    )
+                if keys:
+                    await self._step(self._streams.delete, *keys)
+            except ConveyorError as error:
+                # Best effort: the keys expire by themselves, and the call's own outcome (an
+                # answer, or the error that ended it) is what the caller must see.
+                logger.warning("client.cleanup_failed request=%s error=%s", job.id, error)
 
 
 def _error_info(code: str, type_name: str, message: str) -> Any:
@@ -765,7 +786,8 @@ def _result(job: Job, message: Message) -> Payload:
             exc.args = (error.message,)
             raise exc
         if error.code == "deadline":
-            raise DeadlineExceeded(job.id, job.deadline - job.sent_at, error.message)
+            timeout = job.deadline - job.sent_at
+            raise DeadlineExceeded(job.id, timeout, error.message, by_worker=True)
         if error.code == "payload_too_large":
             raise PayloadTooLarge(0, 0, error.message)
         if error.code == "stream_interrupted":

@@ -14,6 +14,7 @@
     ├── ModelSettingsError             a model folder or model-settings.json is unusable
     ├── WireError                      an entry read from Redis is not a valid Conveyor entry
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
+    ├── InvalidRedisURL                a Redis URL that cannot be used (also a ValueError)
     ├── DeadlineExceeded               no answer in time (also a TimeoutError)
     │   └── NoWorkerError              ... and no worker ever took the job
     │       └── ModelNotServed         no live worker serves the model: the call was never
@@ -36,6 +37,7 @@ __all__ = (
     "DeadlineExceeded",
     "InferenceError",
     "InvalidModelURI",
+    "InvalidRedisURL",
     "MLServerError",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -144,12 +146,22 @@ class BrokerConnectionError(ConveyorError, ConnectionError):
         super().__init__(f"cannot reach Redis at {url}: {reason}")
 
 
+class InvalidRedisURL(ConveyorError, ValueError):
+    """A Redis URL is malformed or has an unknown option; the message shows it without its
+    password (``except ValueError`` catches it too)."""
+
+
 class DeadlineExceeded(ConveyorError, TimeoutError):
     """No answer within the call's timeout; ``except TimeoutError`` catches it too."""
 
-    def __init__(self, request_id: str, timeout_s: float, detail: str = "") -> None:
+    def __init__(
+        self, request_id: str, timeout_s: float, detail: str = "", *, by_worker: bool = False
+    ) -> None:
         self.request_id = request_id
         self.timeout_s = timeout_s
+        if by_worker:  # the worker's words, which may come back at once: no "within"
+            super().__init__(f"request {request_id} (timeout {timeout_s:.1f}s): {detail}")
+            return
         msg = f"no answer to request {request_id} within {timeout_s:.1f}s"
         super().__init__(f"{msg}; {detail}" if detail else msg)
 

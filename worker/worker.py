@@ -40,7 +40,7 @@ from conveyor.broker.wire import (
     decode_job,
     decode_message,
 )
-from conveyor.errors import ConveyorError, WireError
+from conveyor.errors import BrokerConnectionError, ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
@@ -146,7 +146,9 @@ class Worker:
         handle_signals: bool = False,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        redis = create_client(self._redis_settings, blocking=True)
+        redis = create_client(
+            self._redis_settings, blocking=True, max_block=self.settings.read_block
+        )
         streams = WorkerStreams(
             redis,
             self.keys,
@@ -509,7 +511,10 @@ class Worker:
                 messages = [_error(job, delivery, "cancelled", "Cancelled", text)]
             else:
                 logger.info("job.stopped %s reason=deadline", self._log(job, delivery))
-                text = "the job ran past its deadline and was stopped"
+                text = (
+                    f"the job ran past its {max(job.deadline - job.sent_at, 0.0):.1f}s timeout "
+                    f"on worker {self.settings.name} and was stopped"
+                )
                 messages = [_error(job, delivery, "deadline", "DeadlineExceeded", text)]
         else:
             if task.cancelling():  # the job swallowed its cancellation: its answer stands
@@ -694,6 +699,11 @@ class Worker:
                 )
                 seq += 1
         except Exception as error:
+            if isinstance(error, BrokerConnectionError):
+                # A chunk, credit or input step lost Redis (or the model's own client did): not
+                # the model's failure. The job stays pending and runs again (dead-lettered if it
+                # keeps failing); the caller sees StreamInterrupted, or nothing if no chunk came.
+                raise
             self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
