@@ -33,7 +33,7 @@ def is_client_id(text: str) -> bool:
     """Whether ``text`` can be a client id: non-empty printable text without spaces (it names
     the client's connections) or braces (it is its keys' hash tag: a brace would move them to
     another Redis Cluster slot)."""
-    return bool(text) and text.isprintable() and not any(c in text for c in " {}")
+    return bool(text) and text.isprintable() and not (" " in text or "{" in text or "}" in text)
 
 
 def hash_tag(key: str) -> str:
