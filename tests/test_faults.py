@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -570,10 +570,13 @@ async def test_reply_written_before_the_client_reads_is_kept(
     wait_bell = ClientStreams.wait_bell
 
     async def late_wait_bell(
-        self: ClientStreams, block_s: float, unlink: Sequence[str] = ()
+        self: ClientStreams,
+        block_s: float,
+        unlink: Sequence[str] = (),
+        trim: Mapping[str, bytes] | None = None,
     ) -> Rung:
         await reader_may_go.wait()
-        return await wait_bell(self, block_s, unlink)
+        return await wait_bell(self, block_s, unlink, trim)
 
     monkeypatch.setattr(ClientStreams, "wait_bell", late_wait_bell)
     answers: list[InferenceResponse] = []

@@ -353,6 +353,7 @@ class Worker:
                     caller.id,
                     delivery.deliveries,
                     error=ErrorInfo("bad_entry", "WireError", reason),
+                    entry=delivery.entry_id.decode(),
                 ),
             )
             return
@@ -435,6 +436,14 @@ class Worker:
                 f"(max_payload_bytes of model {job.model!r})",
             )
             return
+        held = await streams.claim(delivery, job)
+        if held is not None:
+            # Another copy of this job entry (an XADD sent twice) runs or ran it: its answer
+            # is this one's too.
+            logger.info("job.duplicate %s running_copy=%s", self._log(job, delivery), held)
+            self.metrics.jobs.labels(job.model, job.method, "duplicate").inc()
+            await streams.drop_duplicate(delivery)
+            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics = self.metrics.children(job.model, job.method)
@@ -506,7 +515,15 @@ class Worker:
                 type(error).__name__,
             )
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
-        return [Message(MessageType.RESULT, job.id, delivery.deliveries, payload=result)]
+        return [
+            Message(
+                MessageType.RESULT,
+                job.id,
+                delivery.deliveries,
+                payload=result,
+                entry=delivery.entry_id.decode(),
+            )
+        ]
 
     async def _refuse(
         self,
@@ -584,6 +601,7 @@ class Worker:
         """Streams each response as a chunk; returns the closing message (end or error)."""
         assert served.model is not None
         inputs = self._inputs(streams, job)
+        entry = delivery.entry_id.decode()
         seq = 0
         taken = 0  # chunks the caller has taken, as it last told us
         try:
@@ -595,16 +613,17 @@ class Worker:
                     reported = await streams.wait_credit(job.credit, self.settings.read_block)
                     if reported is not None:
                         taken = max(taken, reported)
-                await streams.reply(
-                    job, [Message(MessageType.CHUNK, job.id, delivery.deliveries, seq, response)]
+                chunk = Message(
+                    MessageType.CHUNK, job.id, delivery.deliveries, seq, response, entry=entry
                 )
+                await streams.reply(job, [chunk])
                 seq += 1
         except Exception as error:
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
             with anyio.CancelScope(shield=True):
                 await inputs.aclose()
-        return [Message(MessageType.END, job.id, delivery.deliveries, seq)]
+        return [Message(MessageType.END, job.id, delivery.deliveries, seq, entry=entry)]
 
     async def _inputs(self, streams: WorkerStreams, job: Job) -> AsyncGenerator[Payload, None]:
         """The requests a client streams to a predict_stream, until its end marker."""
@@ -777,7 +796,11 @@ class _Deadlines:
 
 def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
     return Message(
-        MessageType.ERROR, job.id, delivery.deliveries, error=ErrorInfo(code, type_name, text)
+        MessageType.ERROR,
+        job.id,
+        delivery.deliveries,
+        error=ErrorInfo(code, type_name, text),
+        entry=delivery.entry_id.decode(),
     )
 
 
