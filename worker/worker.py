@@ -618,6 +618,8 @@ class Worker:
                 )
                 await streams.reply(job, [chunk])
                 seq += 1
+        except _InputsLost as error:  # a stream with holes is not the model's failure
+            return [_error(job, delivery, "stream_interrupted", "StreamInterrupted", str(error))]
         except Exception as error:
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
@@ -632,13 +634,19 @@ class Worker:
                 yield arg
             return
         cursor = b"0-0"
+        expected = 0  # inputs are numbered from 0; the end marker counts them
         while True:
             entries = await streams.read_inputs(job.inputs, cursor, self.settings.read_block)
             for entry_id, fields in entries:
                 cursor = entry_id
                 message = decode_message(fields)
+                if message.seq < expected and message.type is MessageType.INPUT:
+                    continue  # a write the client's redis-py re-sent
+                if message.seq != expected:
+                    raise _InputsLost(expected, message.seq)
                 if message.type is MessageType.END:
                     return
+                expected += 1
                 yield message.payload
             if time.time() > job.deadline:
                 return
@@ -710,6 +718,17 @@ _DEADLINE = "deadline"  # ... or it ran past its deadline
 
 
 _PREDICT_STREAM = ModelMethods.PredictStream.value
+
+
+class _InputsLost(ConveyorError):
+    """A predict_stream's input stream misses inputs (Redis deleted or evicted them)."""
+
+    def __init__(self, expected: int, seq: int) -> None:
+        super().__init__(
+            f"input {expected} of the stream never reached the worker (the next it found was "
+            f"{seq}): Redis lost it (the input stream was deleted, or evicted: Conveyor needs "
+            "maxmemory-policy noeviction); send the request again"
+        )
 
 
 class _JobScope:
