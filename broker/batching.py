@@ -9,6 +9,8 @@ from typing import Any, cast
 from redis.asyncio.client import Pipeline, Redis
 from redis.exceptions import ResponseError
 
+from conveyor.broker.fastpath import lone_command
+
 __all__ = ("PipelineBatcher",)
 
 # Commands a caller adds to the shared pipeline.
@@ -86,12 +88,11 @@ class PipelineBatcher:
         pipe = self._redis.pipeline(transaction=False)
         slot.add_to(pipe)
         settle = slot.settle
-        stack = getattr(pipe, "command_stack", None)  # a cluster pipeline has none
+        lone = lone_command(pipe)
         self._sending += 1
         try:
-            if stack is not None and len(stack) == 1 and type(stack[0]) is tuple:
-                # One command: as a plain command, a pipeline's bookkeeping costs ~25 us more
-                args, options = stack[0]
+            if lone is not None:
+                args, options = lone
                 try:
                     results: list[Any] = [await self._redis.execute_command(*args, **options)]  # type: ignore[no-untyped-call]
                 except ResponseError as error:  # as the pipeline would hand it back

@@ -27,13 +27,12 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import anyio
-import hiredis
 import redis
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from redis import exceptions as rex
@@ -48,7 +47,14 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.retry import Retry as SyncRetry
 
-from conveyor.errors import BrokerConnectionError, ConveyorError
+from conveyor.broker.fastpath import (
+    FastConnection,
+    FastPool,
+    FastSSLConnection,
+    FastUnixConnection,
+    fast_paths_enabled,
+)
+from conveyor.errors import BrokerConnectionError, ConveyorError, InvalidRedisURL
 
 __all__ = (
     "DEFAULT_REDIS_URL",
@@ -112,20 +118,28 @@ def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``; safe on malformed URLs.
 
     For logs and errors about a URL that was not (or could not be) parsed; a parsed
-    :class:`RedisSettings` has :attr:`RedisSettings.redacted_url`. When in doubt it hides
-    more: the password is everything between the first ``:`` of the user part and the last
-    ``@`` before any ``?``.
+    :class:`RedisSettings` has :attr:`RedisSettings.redacted_url`. The authority is found by
+    ``urllib.parse.urlsplit``. When an ``@`` comes after it (a password holding an unencoded
+    ``/``, ``?`` or ``#`` ends the authority early), everything up to the last ``@`` counts as
+    the user part: it hides more, never less.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return _QUERY_SECRET.sub(r"\1***", url)
-    location, qmark, query = rest.partition("?")
-    at = location.rfind("@")
-    if at >= 0:
-        user, colon, _ = location[:at].partition(":")
-        location = f"{user}{':***' if colon else ''}{location[at:]}"
-    query = _QUERY_SECRET.sub(r"\1***", query)
-    return f"{scheme}://{location}{qmark}{query}"
+    try:
+        netloc: str | None = urlsplit(url).netloc
+    except ValueError:  # e.g. an unbalanced "["
+        netloc = None
+    after = rest[len(netloc) :] if netloc is not None and rest.startswith(netloc) else None
+    if netloc is not None and after is not None and "@" not in after:
+        userinfo, at, host = netloc.rpartition("@")
+    else:  # ambiguous, or no parse: the user part runs to the last "@" of the URL
+        userinfo, at, after = rest.rpartition("@")
+        host = ""
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:***" if colon else user
+    return f"{scheme}://{userinfo}{at}{host}" + _QUERY_SECRET.sub(r"\1***", after)
 
 
 class RedisSettings(BaseModel):
@@ -157,10 +171,10 @@ class RedisSettings(BaseModel):
     # Seconds to wait for a reply on a command connection: a 100 MiB payload over 100 Mbit/s
     # takes ~8.4 s. Never use a command client for BLOCK: see create_client(blocking=True).
     socket_timeout: float = Field(default=10.0, gt=0)
-    # The same for blocking connections (BLMPOP, XREADGROUP BLOCK). None: no read timeout,
-    # since redis-py re-sends a command whose read timed out, a BLOCK longer than this would be
-    # silently repeated (DESIGN.md). Bound those waits with BLOCK and anyio cancel scopes; a
-    # dead peer is found by TCP keepalive (redis-py's defaults: 30 s idle, 3 probes 5 s apart).
+    # The same for blocking connections (BLMPOP, XREADGROUP BLOCK). None: socket_timeout plus
+    # the longest BLOCK the client sends (create_client's max_block), so a BLOCK always ends
+    # before its read times out (DESIGN.md), and a server that stops answering is noticed.
+    # Blocking clients never retry a timeout, so a BLOCK is never silently re-sent.
     blocking_socket_timeout: float | None = Field(default=None, gt=0)
     # Retries of a command after a connection error (or a timeout, on command connections),
     # with exponential backoff and jitter from retry_backoff_base up to retry_backoff_cap s.
@@ -194,19 +208,36 @@ class RedisSettings(BaseModel):
         """Parse a ``redis://``, ``rediss://`` or ``unix://`` URL (forms in the module doc).
 
         Raises:
-            ValueError: the URL is malformed or has an unknown option; the message shows the
-                URL without its password.
+            InvalidRedisURL: (a ``ValueError``) the URL is malformed or has an unknown option;
+                the message shows the URL without its password.
         """
         shown = redact_url(url)
         try:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise ValueError(f"invalid Redis URL {shown}: {exc}") from None
+            # urllib's message can quote a piece of the URL ("... as 'Pw-7'"): never show it
+            reason = str(exc).partition(" as ")[0]
+            raise InvalidRedisURL(
+                f"invalid Redis URL {shown}: {reason} (percent-encode any /, ?, #, @ or : in "
+                "the user name and password, e.g. ? as %3F)"
+            ) from None
+        rest = url.partition("://")[2]
+        tail = rest[len(parts.netloc) :] if rest.startswith(parts.netloc) else rest
+        if "@" not in parts.netloc and "@" in tail.partition("=")[0]:
+            # "u:12/3@host": urllib ends the host part at the "/", so the password would be
+            # read as a host and path: refuse rather than connect somewhere unexpected
+            raise InvalidRedisURL(
+                f"invalid Redis URL {shown}: an '@' after the host part; percent-encode any "
+                "/, ?, # or @ in the user name and password (e.g. ? as %3F, @ as %40)"
+            )
         scheme = parts.scheme.lower()
         if scheme not in _SCHEMES:
-            raise ValueError(
+            raise InvalidRedisURL(
                 f"invalid Redis URL {shown}: scheme {scheme!r} is not one of "
+                "redis://, rediss:// or unix:// (Conveyor talks to Redis, not HTTP)"
+                if scheme in ("http", "https")
+                else f"invalid Redis URL {shown}: scheme {scheme!r} is not one of "
                 "redis://, rediss:// or unix://"
             )
         fields: dict[str, object] = {"scheme": scheme}
@@ -228,11 +259,11 @@ class RedisSettings(BaseModel):
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key not in _QUERY_OPTIONS:
                 known = ", ".join(sorted(_QUERY_OPTIONS))
-                raise ValueError(
+                raise InvalidRedisURL(
                     f"invalid Redis URL {shown}: unknown option {key!r}; known: {known}"
                 )
             if key in seen:
-                raise ValueError(f"invalid Redis URL {shown}: option {key!r} is given twice")
+                raise InvalidRedisURL(f"invalid Redis URL {shown}: option {key!r} is given twice")
             seen.add(key)
             fields[key] = value
         try:
@@ -245,7 +276,7 @@ class RedisSettings(BaseModel):
                 else err["msg"].removeprefix("Value error, ")
                 for err in exc.errors()
             )
-            raise ValueError(f"invalid Redis URL {shown}: {problems}") from None
+            raise InvalidRedisURL(f"invalid Redis URL {shown}: {problems}") from None
 
     def _url(self, password: str) -> str:
         userinfo = quote(self.username or "", safe="")
@@ -278,10 +309,17 @@ class RedisSettings(BaseModel):
         return self._url(quote(secret, safe=""))
 
 
+class _HandshakeTimeout(rex.TimeoutError):
+    """A server took the connection and did not answer its handshake (see _handshake)."""
+
+
 def _retryable(error: Exception) -> bool:
     # AuthenticationError is a ConnectionError to redis-py, but a wrong password or a disabled
-    # user fails the same way on every try: give up at once instead of hammering AUTH.
-    return not isinstance(error, rex.AuthenticationError | rex.AuthorizationError)
+    # user fails the same way on every try: give up at once instead of hammering AUTH. So
+    # does a server that accepted the connection and then said nothing for a connect timeout.
+    return not isinstance(
+        error, rex.AuthenticationError | rex.AuthorizationError | _HandshakeTimeout
+    )
 
 
 class _Retry(Retry):
@@ -318,19 +356,26 @@ def _retry_errors(blocking: bool) -> tuple[type[rex.RedisError], ...]:
     return (rex.ConnectionError,) if blocking else (rex.ConnectionError, rex.TimeoutError)
 
 
+# The longest BLOCK a blocking client sends unless its maker says otherwise (max_block).
+DEFAULT_MAX_BLOCK_S = 5.0
+
+
 def _pool_kwargs(
-    settings: RedisSettings, *, blocking: bool, max_connections: int | None
+    settings: RedisSettings,
+    *,
+    blocking: bool,
+    max_connections: int | None,
+    max_block: float = DEFAULT_MAX_BLOCK_S,
 ) -> tuple[dict[str, Any], Literal["tcp", "tls", "unix"]]:
     """Keyword arguments of a redis-py connection pool, shared by the sync and async flavour."""
+    blocking_timeout = settings.blocking_socket_timeout or settings.socket_timeout + max_block
     kwargs: dict[str, Any] = {
         "max_connections": max_connections or settings.max_connections,
         "timeout": settings.pool_timeout,
         "db": settings.db,
         "username": settings.username,
         "password": None if settings.password is None else settings.password.get_secret_value(),
-        "socket_timeout": (
-            settings.blocking_socket_timeout if blocking else settings.socket_timeout
-        ),
+        "socket_timeout": blocking_timeout if blocking else settings.socket_timeout,
         "socket_connect_timeout": settings.socket_connect_timeout,
         "decode_responses": False,
         "protocol": PROTOCOL,
@@ -353,130 +398,13 @@ def _pool_kwargs(
     return kwargs, "tls"
 
 
-# Arguments this long (or memoryviews: tensors) go out as chunks of their own, uncopied.
-_PACK_INLINE_MAX = 6000
-
-
-class _HiredisPacking:
-    """Packs commands with hiredis (C) instead of redis-py's Python packer (~8x faster for
-    a job's XADD), except commands carrying a large value or a memoryview, which keep
-    redis-py's packer so a tensor is handed to the socket without a copy."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        try:
-            # C-speed checks over every argument (a job's XADD has ~25): no memoryview, and
-            # none longer than the limit; len() of a number raises: look at each then
-            small = memoryview not in map(type, args) and max(map(len, args)) <= _PACK_INLINE_MAX
-        except TypeError:
-            small = not any(
-                isinstance(arg, memoryview)
-                or (isinstance(arg, bytes | str) and len(arg) > _PACK_INLINE_MAX)
-                for arg in args
-            )
-        if not small:
-            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
-        head = args[0]
-        # a command of two words ("XINFO GROUPS") goes out as two arguments
-        if (isinstance(head, str) and " " in head) or (isinstance(head, bytes) and b" " in head):
-            args = (*head.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:
-            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
-
-
-class _DirectWrite:
-    """Writes a command without ``asyncio.wait_for`` when the socket takes it at once.
-
-    redis-py bounds every send by the socket timeout with ``asyncio.wait_for``, which on
-    Python 3.11 wraps the write in a task of its own (~20 us a round trip, on every command
-    and pipeline). A loopback or LAN socket with an empty send buffer takes a command whole:
-    write it directly, and only if bytes stay buffered wait for them within the timeout, as
-    redis-py would. Everything else (not connected, a backlog) goes through redis-py.
-    """
-
-    async def send_packed_command(
-        self, command: bytes | str | Iterable[bytes], check_health: bool = True
-    ) -> None:
-        conn = cast(AsyncConnection, self)
-        if check_health and conn.is_connected:
-            await conn.check_health()  # type: ignore[no-untyped-call]
-        writer = conn._writer
-        if not conn.is_connected or writer is None or writer.transport.get_write_buffer_size():
-            await super().send_packed_command(command, check_health=False)  # type: ignore[misc]
-            return
-        if isinstance(command, str):
-            command = command.encode()
-        if isinstance(command, bytes):
-            command = [command]
-        try:
-            writer.writelines(command)
-            if writer.transport.get_write_buffer_size():
-                await asyncio.wait_for(writer.drain(), conn.socket_timeout)
-        except TimeoutError:
-            await conn.disconnect(nowait=True)
-            raise rex.TimeoutError("Timeout writing to socket") from None
-        except OSError as exc:
-            await conn.disconnect(nowait=True)
-            raise rex.ConnectionError(f"Error while writing to socket: {exc}") from exc
-        except BaseException:
-            await conn.disconnect(nowait=True)  # a half-sent command: the connection is spoilt
-            raise
-
-
-class _FastPool(BlockingConnectionPool):
-    """redis-py's BlockingConnectionPool, with a fast path for the common checkout.
-
-    Every command checks a connection out and back in; redis-py's blocking pool does it under
-    an asyncio Condition and a timeout, with observability hooks: ~8 us a command, more than
-    hiredis spends packing it. When an idle connection is ready (connected, nothing unread)
-    and nobody waits for one, take it or give it back directly. Anything else (none idle,
-    a stale connection, maintenance mode, a waiter to wake) takes redis-py's own path.
-    """
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> AsyncConnection:
-        available = self._available_connections
-        if available and not getattr(self, "_in_maintenance", False) and not args and not kwargs:
-            connection = available[-1]
-            if connection.is_connected and not await connection.can_read():
-                available.pop()
-                self._in_use_connections.add(connection)
-                return cast(AsyncConnection, connection)
-        connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        return cast(AsyncConnection, connection)
-
-    async def release(self, connection: AbstractConnection) -> None:
-        waiting = getattr(self._condition, "_waiters", True)  # unknown: assume someone waits
-        if (
-            not waiting
-            and not getattr(self, "_in_maintenance", False)
-            and connection in self._in_use_connections
-            and not connection.should_reconnect()  # type: ignore[no-untyped-call]
-        ):
-            self._in_use_connections.remove(connection)
-            self._available_connections.append(connection)
-            return
-        await super().release(connection)
-
-
-class _FastConnection(_HiredisPacking, _DirectWrite, AsyncConnection):
-    pass
-
-
-class _FastSSLConnection(_HiredisPacking, _DirectWrite, AsyncSSLConnection):
-    pass
-
-
-class _FastUnixConnection(_HiredisPacking, _DirectWrite, AsyncUnixConnection):
-    pass
-
-
 def create_client(
     settings: RedisSettings,
     *,
     blocking: bool = False,
     max_connections: int | None = None,
     retry: bool = True,
+    max_block: float = DEFAULT_MAX_BLOCK_S,
 ) -> Redis:
     """A ``redis.asyncio.Redis`` client with its own pool, and the options we rely on pinned.
 
@@ -486,12 +414,17 @@ def create_client(
     keepalive, and a bounded pool that makes a command wait for a free connection
     (``BlockingConnectionPool``; ``max_connections`` overrides the settings' size).
 
-    ``blocking=True`` makes a client for blocking commands (BLMPOP, XREADGROUP BLOCK): no read
-    timeout (``settings.blocking_socket_timeout``), and only connection errors are retried, so
-    a timed-out BLOCK is never silently re-sent. Give blocking reads their own client: a
+    ``blocking=True`` makes a client for blocking commands (BLMPOP, XREADGROUP BLOCK) of at
+    most ``max_block`` seconds: its read timeout is ``socket_timeout + max_block`` (or
+    ``settings.blocking_socket_timeout``), and only connection errors are retried, so a
+    timed-out BLOCK is never silently re-sent. Give blocking reads their own client: a
     connection inside BLOCK serves nobody else. ``retry=False``: no command is re-sent at all,
     for a reader that must know its connection broke (a BLMPOP whose answer was lost in
     transit popped it for good: the caller has to look for what it missed).
+
+    Every new connection finishes its handshake (AUTH, SELECT, CLIENT SETNAME) within
+    ``socket_connect_timeout``, or fails with redis-py's ``TimeoutError``: a server that
+    accepts connections and never answers cannot hold a command forever.
 
     Nothing connects until the first command. Close the client with ``await client.aclose()``
     (it owns its pool). Failures surface as ``redis`` exceptions: wrap calls in
@@ -500,7 +433,9 @@ def create_client(
     With ``settings.cluster``, the client is redis-py's ``RedisCluster`` (typed as ``Redis``:
     Conveyor uses only commands both have, and every multi-key command stays in one slot).
     """
-    kwargs, kind = _pool_kwargs(settings, blocking=blocking, max_connections=max_connections)
+    kwargs, kind = _pool_kwargs(
+        settings, blocking=blocking, max_connections=max_connections, max_block=max_block
+    )
     backoff = ExponentialWithJitterBackoff(
         base=settings.retry_backoff_base, cap=settings.retry_backoff_cap
     )
@@ -509,13 +444,41 @@ def create_client(
     )
     if settings.cluster:
         return cast(Redis, AsyncRedisCluster(retry=retries, **_cluster_kwargs(kwargs, kind)))
-    connection_class: type[AsyncConnection | AsyncUnixConnection] = {
-        "tcp": _FastConnection,
-        "tls": _FastSSLConnection,
-        "unix": _FastUnixConnection,
-    }[kind]
-    pool = _FastPool(connection_class=connection_class, retry=retries, **kwargs)
+    kwargs["redis_connect_func"] = _handshake
+    connection_class: type[AsyncConnection | AsyncUnixConnection]
+    if fast_paths_enabled():  # broker/fastpath.py: shortcuts checked against redis-py's path
+        connection_class = {
+            "tcp": FastConnection,
+            "tls": FastSSLConnection,
+            "unix": FastUnixConnection,
+        }[kind]
+        pool: BlockingConnectionPool = FastPool(
+            connection_class=connection_class, retry=retries, **kwargs
+        )
+    else:
+        connection_class = {
+            "tcp": AsyncConnection,
+            "tls": AsyncSSLConnection,
+            "unix": AsyncUnixConnection,
+        }[kind]
+        pool = BlockingConnectionPool(connection_class=connection_class, retry=retries, **kwargs)
     return Redis.from_pool(pool)
+
+
+async def _handshake(connection: AbstractConnection) -> None:
+    """redis-py's handshake of a new connection (AUTH, SELECT, CLIENT SETNAME), within the
+    connect timeout: its reads would otherwise wait a socket timeout each, or for ever on a
+    blocking connection, against a server that accepts and never answers."""
+    try:
+        async with asyncio.timeout(connection.socket_connect_timeout):
+            # check_health=False: a PING before the handshake's first command would, on a
+            # timeout, reconnect from inside the handshake (and so call it again, nested)
+            await connection.on_connect_check_health(check_health=False)
+    except TimeoutError:
+        raise _HandshakeTimeout(
+            f"no answer to the connection's handshake within {connection.socket_connect_timeout:g}s"
+            " (is a Redis server listening there?)"
+        ) from None
 
 
 def _cluster_kwargs(kwargs: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -577,6 +540,11 @@ def _reason(exc: BaseException) -> str:
         return f"Redis is loading its data set; retry shortly: {detail}"
     if isinstance(exc, rex.MaxConnectionsError) or "No connection available" in detail:
         return f"connection pool exhausted (raise max_connections?): {detail}"
+    if isinstance(exc, rex.InvalidResponse):
+        return (
+            "the server's reply is not Redis's protocol (is another service, such as an HTTP "
+            f"server, listening on that port?): {detail}"
+        )
     if isinstance(exc, rex.TimeoutError):
         return f"timed out: {detail}"
     if isinstance(exc, rex.ConnectionError):
@@ -588,9 +556,10 @@ class translate_errors:
     """Turn Redis connection failures raised inside into ``BrokerConnectionError``.
 
     Maps ``redis`` ``ConnectionError`` (and its ``AuthenticationError``, ``BusyLoadingError``,
-    pool exhaustion ...), ``TimeoutError``, ``NoPermissionError`` (an ACL refusal) and
-    ``OSError`` (e.g. TLS failures) to :class:`~conveyor.errors.BrokerConnectionError` with the
-    server's redacted URL and a readable reason, keeping the original as ``__cause__``.
+    pool exhaustion ...), ``TimeoutError``, ``NoPermissionError`` (an ACL refusal),
+    ``InvalidResponse`` (something other than Redis answered) and ``OSError`` (e.g. TLS
+    failures) to :class:`~conveyor.errors.BrokerConnectionError` with the server's redacted URL
+    and a readable reason, keeping the original as ``__cause__``.
     ``target`` is the settings, or a URL (redacted here).
 
     Left alone: Conveyor's own errors, the builtin ``TimeoutError`` (anyio's ``fail_after``:
@@ -618,7 +587,12 @@ class translate_errors:
         if exc is None or isinstance(exc, ConveyorError) or type(exc) is TimeoutError:
             return
         if isinstance(
-            exc, rex.ConnectionError | rex.TimeoutError | rex.NoPermissionError | OSError
+            exc,
+            rex.ConnectionError
+            | rex.TimeoutError
+            | rex.NoPermissionError
+            | rex.InvalidResponse
+            | OSError,
         ):
             target = self._target
             url = target.redacted_url if isinstance(target, RedisSettings) else redact_url(target)

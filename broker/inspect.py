@@ -121,7 +121,10 @@ class WorkerInfo:
     id: str
     host: str
     pid: int | None
-    models: tuple[str, ...]
+    models: tuple[str, ...]  # every model of its folders
+    # the models it serves now (its heartbeat's `ready`; a worker of an older version, which
+    # does not say, is taken to serve all of its models)
+    ready: tuple[str, ...]
     in_flight: int | None
     done: int | None
     started: float | None  # unix seconds
@@ -345,12 +348,14 @@ def _worker(worker_id: str, fields: Mapping[bytes, bytes], now: float) -> Worker
         return fields.get(name.encode())
 
     started, heartbeat = _float(get("started")), _float(get("heartbeat"))
-    models = _text(get("models") or b"")
+    models = tuple(name for name in _text(get("models") or b"").split(",") if name)
+    ready = get("ready")
     return WorkerInfo(
         id=worker_id,
         host=_text(get("host") or b""),
         pid=_int(get("pid")),
-        models=tuple(name for name in models.split(",") if name),
+        models=models,
+        ready=models if ready is None else tuple(n for n in _text(ready).split(",") if n),
         in_flight=_int(get("in_flight")),
         done=_int(get("done")),
         started=started,

@@ -24,10 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ("DEFAULT_PREFIX", "GROUP", "Keys", "hash_tag")
+__all__ = ("DEFAULT_PREFIX", "GROUP", "Keys", "hash_tag", "is_client_id")
 
 DEFAULT_PREFIX = "conveyor"
 GROUP = "workers"  # the one consumer group of every job stream
+
+
+def is_client_id(text: str) -> bool:
+    """Whether ``text`` can be a client id: non-empty printable text without braces (the id
+    is its keys' hash tag, so a brace would move them to another Redis Cluster slot)."""
+    return bool(text) and text.isprintable() and "{" not in text and "}" not in text
 
 
 def hash_tag(key: str) -> str:
@@ -78,6 +84,27 @@ class Keys:
 
     def workers(self) -> str:
         return f"{self.prefix}:workers"
+
+    def job_stream_of(self, key: str) -> tuple[str, str | None] | None:
+        """The (model, version) whose job stream ``key`` is (version None for the any-version
+        stream); None if ``key`` is not a job stream under this prefix."""
+        head = f"{self.prefix}:{{"
+        if not (key.startswith(head) and key.endswith(":jobs")):
+            return None
+        model, _, rest = key[len(head) :].partition("}")
+        version = rest.removeprefix(":v:").removesuffix(":jobs") if rest != ":jobs" else None
+        if not model or version == "":
+            return None
+        return (model, version) if self.jobs(model, version) == key else None
+
+    def client_of_reply(self, key: str, request_id: str) -> str | None:
+        """The client id of ``key`` when it is the reply stream of ``request_id`` under this
+        prefix (``<p>:reply:{<client id>}:<request id>``); None otherwise."""
+        head, tail = f"{self.prefix}:reply:{{", f"}}:{request_id}"
+        if not (key.startswith(head) and key.endswith(tail)):
+            return None
+        client_id = key[len(head) : len(key) - len(tail)]
+        return client_id if is_client_id(client_id) else None
 
     def job_streams_pattern(self) -> str:
         """A SCAN pattern matching every job stream (for inspection)."""

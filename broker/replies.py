@@ -63,9 +63,10 @@ _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 1.0
 
 
-def ttl_for(job: Job) -> float:
-    """How long a job's reply keys live: to its deadline, plus a grace period."""
-    return min(max(job.deadline - time.time(), 0.0) + REPLY_GRACE_S, _MAX_TTL_S)
+def ttl_for(deadline: float) -> float:
+    """How long a job's reply keys live: to its deadline (unix time on this host's clock),
+    plus a grace period."""
+    return min(max(deadline - time.time(), 0.0) + REPLY_GRACE_S, _MAX_TTL_S)
 
 
 class AckTarget(Protocol):
@@ -84,6 +85,7 @@ class _Write:
     job: Job | None
     entries: list[Fields]
     final: bool  # the job's last messages: a small one may ride in the bell
+    deadline: float = 0.0  # the job's, on this host's clock
     acks: Sequence[AckTarget] = ()
     settled: bool = False
     error: BaseException | None = None
@@ -116,18 +118,28 @@ class ReplyWriter:
         self._where = where  # the redacted URL, for errors
         self._pending: list[_Write] = []
 
-    async def store(self, job: Job, messages: Sequence[Message], *, final: bool) -> None:
+    async def store(
+        self,
+        job: Job,
+        messages: Sequence[Message],
+        *,
+        final: bool,
+        deadline: float | None = None,
+    ) -> None:
         """Returns once Redis stored every message of ``messages`` in the job's reply stream
         (or its final answer in the client's doorbell) and rang the doorbell.
 
-        A write that fails is tried again until the job's deadline (at least once); then
-        raises a ``ConveyorError`` saying why (``BrokerOutOfMemory``, say).
+        A write that fails is tried again until ``deadline`` (the job's on this host's clock;
+        by default as the client wrote it), at least once; then raises a ``ConveyorError``
+        saying why (``BrokerOutOfMemory``, say).
         """
-        write = _Write(job, [encode_message(message) for message in messages], final)
+        deadline = job.deadline if deadline is None else deadline
+        entries = [encode_message(message) for message in messages]
+        write = _Write(job, entries, final, deadline)
         delay = _RETRY_FIRST_S
         tries = 1
         while (error := await self._send(write)) is not None:
-            if time.time() + delay >= job.deadline:
+            if time.time() + delay >= deadline:
                 logger.warning(
                     "job.answer_not_stored request=%s tries=%d error=%s",
                     job.id,
@@ -144,13 +156,13 @@ class ReplyWriter:
             await anyio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_S)
             tries += 1
-            write = _Write(job, write.entries, final)
+            write = _Write(job, entries, final, deadline)
         if tries > 1:
             logger.info("job.answer_stored request=%s tries=%d", job.id, tries)
 
     async def ack(self, targets: Sequence[AckTarget]) -> None:
         """Acks and deletes job entries (whose answers are stored); raises if Redis did not."""
-        error = await self._send(_Write(None, [], False, targets))
+        error = await self._send(_Write(None, [], False, acks=targets))
         if error is not None:
             self._raise(error)
 
@@ -202,7 +214,7 @@ class ReplyWriter:
         for write in writes:
             job = write.job
             if job is not None and write.entries:
-                ttl = ttl_for(job)
+                ttl = ttl_for(write.deadline)
                 ids, bell_ttl, ringers = bells.get(job.bell, ([], 0.0, []))
                 bells[job.bell] = (ids, max(ttl, bell_ttl), ringers)
                 ringers.append(write)

@@ -279,26 +279,35 @@ class WorkerStreams:
             c for c, exists in zip(consumers, results, strict=True) if exists and c != self.consumer
         }
 
-    async def reply(self, job: Job, messages: Sequence[Message]) -> None:
+    async def reply(
+        self, job: Job, messages: Sequence[Message], deadline: float | None = None
+    ) -> None:
         """Writes messages to the job's reply stream and rings the client's bell; returns once
-        Redis stored them (a refused write is tried again until the job's deadline)."""
-        await self.writer.store(job, messages, final=False)
+        Redis stored them (a refused write is tried again until the job's ``deadline``, on
+        this host's clock; by default as the client wrote it)."""
+        await self.writer.store(job, messages, final=False, deadline=deadline)
 
-    async def finish(self, delivery: Delivery, job: Job, messages: Sequence[Message]) -> None:
+    async def finish(
+        self,
+        delivery: Delivery,
+        job: Job,
+        messages: Sequence[Message],
+        deadline: float | None = None,
+    ) -> None:
         """Stores the final messages, then acks and deletes the job entry.
 
         The ack waits until Redis stored the answer: an answer it refused (out of memory, a
         lost connection, any error) is tried again until the job's deadline, and past it
         raises with the job still pending, to be delivered again (see ``replies``).
         """
-        await self.writer.store(job, messages, final=True)
+        await self.writer.store(job, messages, final=True, deadline=deadline)
         await self.writer.ack([delivery])
 
-    async def claim(self, delivery: Delivery, job: Job) -> str | None:
-        """Claims the job's request for this entry; None if it may run, else the claim of the
-        copy that runs it (see ``claims``)."""
+    async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
+        """Claims the job's request for this entry until past its ``deadline`` (this host's
+        clock); None if it may run, else the claim of the copy that runs it (see ``claims``)."""
         key = self.keys.claim(hash_tag(job.bell), job.id)
-        return await claim(self.batcher, key, job, delivery.entry_id, ttl_for(job))
+        return await claim(self.batcher, key, job, delivery.entry_id, ttl_for(deadline))
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs: its answer is that one's."""

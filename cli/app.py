@@ -1,26 +1,41 @@
-"""The ``conveyor`` command line. Errors print as one readable line, not a traceback."""
+"""The ``conveyor`` command line. Errors print as one readable line, not a traceback.
+
+Any :class:`~conveyor.errors.ConveyorError` a command raises becomes ``error: <message>`` on
+stderr and exit code 1 (:func:`main`). Everything heavy (numpy, pydantic, redis, rich) is
+imported inside the commands: ``conveyor --help`` answers in ~0.1 s.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from conveyor.broker.connection import default_redis_url
 from conveyor.broker.keys import DEFAULT_PREFIX
 from conveyor.cli.dlq import dlq_app
-from conveyor.cli.inspect import inspect_fleet
 from conveyor.cli.logs import LogFormat, setup_logging
 from conveyor.errors import ConveyorError
 
 if TYPE_CHECKING:
     from conveyor.settings import ModelSettings
+    from conveyor.worker.registry import ModelLoadFailed
 
 __all__ = ("app", "main")
+
+logger = logging.getLogger("conveyor.cli")
+
+
+def _version(value: bool) -> None:
+    if value:
+        import conveyor
+
+        typer.echo(f"conveyor {conveyor.__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="conveyor",
@@ -28,7 +43,20 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: flags read `--stream`, not `--stream <bool>`, and no rich import
+    rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_version, help="Print the version."),
+    ] = False,
+) -> None:
+    """Serve MLServer-style models from a fleet of workers over Redis Streams."""
+
 
 RedisOption = Annotated[
     str | None,
@@ -41,10 +69,6 @@ LogFormatOption = Annotated[
 ]
 
 
-def _setup_logging(level: str, log_format: LogFormat = "text") -> None:
-    setup_logging(level, log_format)
-
-
 def _fail(error: BaseException) -> typer.Exit:
     typer.echo(f"error: {error}", err=True)
     return typer.Exit(code=1)
@@ -55,12 +79,9 @@ def _find_models(model_dirs: list[Path]) -> list[ModelSettings]:
     in one line, before any process or server starts."""
     from conveyor.settings import find_model_settings
 
-    try:
-        models = find_model_settings(model_dirs)
-        for model in models:
-            model.implementation  # noqa: B018 - import now, so a bad folder fails at once
-    except ConveyorError as error:
-        raise _fail(error) from None
+    models = find_model_settings(model_dirs)
+    for model in models:
+        model.implementation  # noqa: B018 - import now, so a bad folder fails at once
     if not models:
         raise _fail(
             ValueError(f"no model-settings.json found in {', '.join(map(str, model_dirs))}")
@@ -68,9 +89,30 @@ def _find_models(model_dirs: list[Path]) -> list[ModelSettings]:
     return models
 
 
+def _report_load_failure(error: ModelLoadFailed, report: Path | None) -> typer.Exit:
+    """A model's load() raised: its traceback once, then one line. Under a supervisor
+    (``report``), the supervisor prints them, once for all its processes."""
+    import traceback
+
+    cause = error.__cause__ or error
+    text = "".join(traceback.format_exception(cause))
+    if report is not None:
+        document = {"model": error.name, "version": error.version, "error": str(error)}
+        report.write_text(json.dumps({**document, "traceback": text}))
+        return typer.Exit(code=1)
+    logger.error(
+        "model.load_failed model=%s version=%s error=%s", error.name, error.version, error.reason
+    )
+    typer.echo(text.rstrip("\n"), err=True)
+    return _fail(error)
+
+
 @app.command()
 def worker(
-    model_dirs: Annotated[list[Path], typer.Argument(help="Model folders, or folders of them.")],
+    model_dirs: Annotated[
+        list[Path],
+        typer.Argument(metavar="MODEL_DIRS", help="Model folders, or folders of them."),
+    ],
     redis: RedisOption = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
     processes: Annotated[int, typer.Option(min=1, help="Worker processes to run.")] = 1,
@@ -85,9 +127,14 @@ def worker(
     ] = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
+    failure_report: Annotated[
+        Path | None,
+        typer.Option(hidden=True, help="Where a supervised worker reports a model's failed load."),
+    ] = None,
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
-    _setup_logging(log_level, log_format)
+    setup_logging(log_level, log_format)
+    from conveyor.broker.connection import default_redis_url
     from conveyor.worker.supervisor import supervise, worker_argv, worker_env
 
     url = redis or default_redis_url()
@@ -110,6 +157,7 @@ def worker(
     import anyio
 
     from conveyor.worker import Worker, WorkerSettings
+    from conveyor.worker.registry import ModelLoadFailed
 
     settings = WorkerSettings(
         redis_url=url,
@@ -123,8 +171,8 @@ def worker(
         settings.name = name
     try:
         anyio.run(lambda: Worker(settings, models).run(handle_signals=True))
-    except ConveyorError as error:
-        raise _fail(error) from None
+    except ModelLoadFailed as error:
+        raise _report_load_failure(error, failure_report) from None
 
 
 def _read_data(data: str) -> object:
@@ -140,7 +188,7 @@ def _read_data(data: str) -> object:
 
 @app.command()
 def infer(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
     data: Annotated[str, typer.Option("--data", help="V2 request JSON, or @file.")],
     version: Annotated[str | None, typer.Option(help="Model version.")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Call predict_stream.")] = False,
@@ -154,7 +202,9 @@ def infer(
     printed on its own line as it arrives.
     """
     import anyio
+    from pydantic import ValidationError
 
+    from conveyor.broker.connection import default_redis_url
     from conveyor.client import Client
     from conveyor.types import InferenceRequest
 
@@ -184,38 +234,63 @@ def infer(
             async for chunk in parallel.predict_stream(feed(), timeout=timeout):
                 typer.echo(chunk.model_dump_json())
 
-    try:
-        anyio.run(run)
-    except ConveyorError as error:
-        raise _fail(error) from None
+    anyio.run(run)
 
 
 @app.command()
 def up(
     model_dirs: Annotated[
-        list[Path] | None, typer.Argument(help="Model folders (default: examples/models).")
+        list[Path] | None,
+        typer.Argument(metavar="MODEL_DIRS", help="Model folders (default: examples/models)."),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes to start.")] = 2,
-    redis: RedisOption = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            help="Use this Redis instead of starting one ($CONVEYOR_REDIS_URL is not read: "
+            "it may name the Redis of an earlier `conveyor up`, gone with it).",
+        ),
+    ] = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
     log_level: LogLevelOption = "warning",
 ) -> None:
     """Run the whole thing: Redis (embedded unless --redis), workers, until Ctrl-C."""
-    _setup_logging(log_level)
+    setup_logging(log_level)
     from conveyor.cli.embedded import run_up
 
     dirs = model_dirs or [Path("examples/models")]
     _find_models(dirs)
-    try:
-        code = run_up(dirs, workers=workers, redis_url=redis, prefix=prefix, log_level=log_level)
-    except ConveyorError as error:
-        raise _fail(error) from None
+    code = run_up(dirs, workers=workers, redis_url=redis, prefix=prefix, log_level=log_level)
     raise typer.Exit(code)
 
 
+@app.command("inspect")
+def inspect_(
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between refreshes (--watch).")
+    ] = 2.0,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON (with --watch: one line per refresh).")
+    ] = False,
+    redis: RedisOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+) -> None:
+    """Show each model's job streams (backlog, lag, pending, dead letters) and the workers."""
+    from conveyor.cli.inspect import inspect_fleet
+
+    inspect_fleet(watch, interval, json_output, redis, prefix)
+
+
 app.add_typer(dlq_app, name="dlq")
-app.command("inspect")(inspect_fleet)
 
 
 def main() -> None:
-    app()
+    """The ``conveyor`` command. The top-level handler: any Conveyor error a command raises
+    ends it in one line (``error: ...`` on stderr), exit code 1, never a traceback."""
+    try:
+        app()
+    except ConveyorError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(1) from None

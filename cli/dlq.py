@@ -10,24 +10,19 @@ import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
-import anyio
 import typer
-from redis.asyncio import Redis
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from conveyor.broker import admin
-from conveyor.broker.connection import (
-    RedisSettings,
-    create_client,
-    default_redis_url,
-    translate_errors,
-)
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
-from conveyor.errors import ConveyorError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from conveyor.broker import admin
+
+# redis, rich and the broker's admin are imported by the commands that use them: the help of
+# `conveyor` (which builds this group) answers without them.
 
 __all__ = ("dlq_app",)
 
@@ -38,6 +33,7 @@ dlq_app = typer.Typer(
     help="Dead letters: jobs the workers gave up on (<prefix>:{MODEL}:dead).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # as `conveyor`'s own help (cli/app.py)
 )
 
 ModelArgument = Annotated[str, typer.Argument(help="Model name.")]
@@ -60,6 +56,16 @@ def _fail(error: BaseException | str) -> typer.Exit:
 
 def _run(redis_url: str | None, prefix: str, work: Callable[[Redis, Keys], Awaitable[_T]]) -> _T:
     """Runs ``work`` with a one-connection client (closed afterwards) on asyncio."""
+    import anyio
+
+    from conveyor.broker.connection import (
+        RedisSettings,
+        create_client,
+        default_redis_url,
+        translate_errors,
+    )
+    from conveyor.errors import ConveyorError
+
     try:
         settings = RedisSettings.from_url(redis_url or default_redis_url())
     except ValueError as error:
@@ -97,6 +103,8 @@ def _when(timestamp: float | None) -> str:
 def _selection(
     ids: list[str] | None, everything: bool
 ) -> list[str] | Literal[admin.AllEntries.ALL]:
+    from conveyor.broker import admin
+
     if everything and ids:
         raise _fail("give entry ids or --all, not both")
     if everything:
@@ -124,6 +132,11 @@ def list_(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """List a model's dead letters, oldest first."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from conveyor.broker import admin
 
     async def work(client: Redis, keys: Keys) -> tuple[int, list[admin.DeadLetter]]:
         total = await admin.count_dead(client, keys, model)
@@ -174,6 +187,7 @@ def show(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Show every field of one dead letter (binary ones by their size)."""
+    from conveyor.broker import admin
 
     async def work(client: Redis, keys: Keys) -> admin.DeadLetterDetail | None:
         return await admin.show_dead(client, keys, model, entry_id)
@@ -208,6 +222,8 @@ def retry(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Send dead letters again to the job stream they came from, with a fresh deadline."""
+    from conveyor.broker import admin
+
     selection = _selection(entry_ids, everything)
 
     async def work(client: Redis, keys: Keys) -> int:
@@ -229,6 +245,8 @@ def purge(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Delete dead letters for good (--all asks first, unless --yes)."""
+    from conveyor.broker import admin
+
     selection = _selection(entry_ids, everything)
     key = Keys(prefix).dead(model)
     if selection is admin.ALL and not yes:

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from conveyor.broker.connection import RedisSettings, create_sync_client, translate_errors
+from conveyor.broker.fleet import FleetView, read_fleet_sync
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.broker.server import RedisServer
 from conveyor.errors import ConveyorError
@@ -19,6 +20,7 @@ from conveyor.worker.supervisor import supervise, worker_argv, worker_env
 
 __all__ = ("run_up",)
 
+_EXAMPLE_MODEL = "numpy-linear"  # examples/models: the one the README's first call uses
 _EXAMPLE_REQUEST = (
     '{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]}'
 )
@@ -35,28 +37,64 @@ def _redis(url: str | None) -> Iterator[str]:
 
 def _wait_for_workers(
     url: str, prefix: str, count: int, stop: threading.Event, timeout_s: float = 60.0
-) -> int:
-    """Waits until ``count`` workers have registered, ``stop`` is set, or ``timeout_s``
-    passed; returns how many did. Raises ``BrokerConnectionError`` if Redis fails."""
+) -> FleetView:
+    """Waits until ``count`` workers have loaded their models (their heartbeats list nothing
+    loading), ``stop`` is set, or ``timeout_s`` passed; returns what the live ones said.
+    Raises ``BrokerConnectionError`` if Redis fails."""
     settings = RedisSettings.from_url(url)
     client = create_sync_client(settings)
     deadline = time.monotonic() + timeout_s
+    keys = Keys(prefix)
     try:
-        seen = 0
+        view = FleetView()
         while not stop.is_set() and time.monotonic() < deadline:
             with translate_errors(settings):
-                seen = int(client.zcount(Keys(prefix).workers(), time.time() - 60, "+inf"))
-            if seen >= count:
+                view = read_fleet_sync(client, keys)
+            if sum(1 for w in view.workers if not w.loading) >= count:
                 break
-            stop.wait(0.2)  # polling: registration rings no bell
-        return seen
+            stop.wait(0.2)  # polling: a heartbeat rings no bell
+        return view
     finally:
         client.close()
+
+
+def _announce(view: FleetView, workers: int, url: str, prefix: str) -> None:
+    """What the workers serve, and how to call them from another terminal."""
+    ready = sum(1 for w in view.workers if not w.loading)
+    served = view.ready()
+    failed = sorted({name for w in view.workers for name in w.failed} - set(served))
+    status = f"{ready} worker(s) ready"
+    if ready < workers:
+        status = f"only {ready} of {workers} worker(s) ready (see the log)"
+    typer.echo(f"conveyor: {status}, serving {', '.join(served) or 'no model'}.")
+    if failed:
+        typer.echo(f"conveyor: not served, their load() returned False: {', '.join(failed)}")
+    if not served:
+        return
+    settings = RedisSettings.from_url(url)
+    shown = settings.redacted_url if settings.password else url  # never print one
+    typer.echo("conveyor: Try, in another terminal:")
+    typer.echo(f"  export CONVEYOR_REDIS_URL={shlex.quote(shown)}  # Client() reads it")
+    # the workers' prefix too, or the line would send to streams nobody reads
+    scope = "" if prefix == DEFAULT_PREFIX else f" --prefix {shlex.quote(prefix)}"
+    where = f" --redis {shlex.quote(shown)}{scope}"
+    if _EXAMPLE_MODEL in served:
+        typer.echo(
+            f"  conveyor infer {_EXAMPLE_MODEL}{where} --data {shlex.quote(_EXAMPLE_REQUEST)}"
+        )
+    else:
+        typer.echo(f"  conveyor infer {shlex.quote(served[0])}{where} --data @request.json")
+        typer.echo("  (request.json: a V2 inference request, as for MLServer)")
+    if settings.password:
+        typer.echo("  (put the password in place of ***)")
 
 
 def run_up(
     model_dirs: Sequence[Path], *, workers: int, redis_url: str | None, prefix: str, log_level: str
 ) -> int:
+    """Runs Redis (embedded unless ``redis_url``) and ``workers`` worker processes until
+    Ctrl-C; returns the exit code. Raises ``WorkersCannotStart`` when a model's ``load()``
+    keeps raising (everything stopped first)."""
     with _redis(redis_url) as url:
         args = [str(p) for p in model_dirs] + ["--prefix", prefix]
         args += ["--log-level", log_level]
@@ -67,26 +105,13 @@ def run_up(
 
         def announce() -> None:
             try:
-                ready = _wait_for_workers(url, prefix, workers, stop)
+                view = _wait_for_workers(url, prefix, workers, stop)
             except ConveyorError as error:
                 typer.echo(f"conveyor: cannot see the workers: {error}", err=True)
                 return
             if stop.is_set():
                 return
-            status = f"{ready} worker(s) ready"
-            if ready < workers:
-                status = f"only {ready} of {workers} worker(s) ready (see the log)"
-            typer.echo(f"conveyor: {status}. Try, in another terminal:")
-            # the workers' prefix too, or the line would send to streams nobody reads
-            scope = "" if prefix == DEFAULT_PREFIX else f" --prefix {shlex.quote(prefix)}"
-            settings = RedisSettings.from_url(url)
-            shown = settings.redacted_url if settings.password else url  # never print one
-            typer.echo(
-                f"  conveyor infer numpy-linear --redis {shlex.quote(shown)}{scope} "
-                f"--data {shlex.quote(_EXAMPLE_REQUEST)}"
-            )
-            if settings.password:
-                typer.echo("  (put the password in place of ***)")
+            _announce(view, workers, url, prefix)
             typer.echo("conveyor: Ctrl-C stops everything.")
 
         # The wait runs beside the supervisor, not in it: meanwhile a worker that dies is

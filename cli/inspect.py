@@ -15,7 +15,6 @@ import json
 import signal
 import sys
 from datetime import UTC, datetime
-from typing import Annotated
 
 import anyio
 import typer
@@ -32,16 +31,10 @@ from conveyor.broker.connection import (
     translate_errors,
 )
 from conveyor.broker.inspect import Snapshot, delivery_rates, snapshot
-from conveyor.broker.keys import DEFAULT_PREFIX, Keys
+from conveyor.broker.keys import Keys
 from conveyor.errors import ConveyorError
 
 __all__ = ("inspect_fleet",)
-
-RedisOption = Annotated[
-    str | None,
-    typer.Option("--redis", help="Redis URL (default: $CONVEYOR_REDIS_URL or local Redis)."),
-]
-PrefixOption = Annotated[str, typer.Option("--prefix", help="Key prefix in Redis.")]
 
 
 def _fail(error: BaseException | str) -> typer.Exit:
@@ -100,12 +93,16 @@ def render(shot: Snapshot, rates: dict[str, float] | None = None) -> RenderableT
 
     if shot.models:
         last = "jobs/s" if rates is not None else "read"
-        heads = ("model", "stream", "backlog", "lag", "pending", "oldest pending", "consumers")
+        heads = ("model", "stream", "backlog", "lag", "pending", "oldest pending", "workers")
         models = _table(*heads, last, "dead", title="models")
         for model in shot.models:
             dead = str(model.dead_letters)
+            # The live workers serving the model, from their heartbeats. Not XINFO's consumer
+            # count: Redis (7.0) adds a consumer only once it has read an entry, so an idle
+            # model served by three workers would show 0.
+            serving = str(sum(model.name in worker.ready for worker in shot.workers))
             if not model.streams:
-                _row(models, model.name, "-", "-", "-", "-", "-", "-", "-", dead)
+                _row(models, model.name, "-", "-", "-", "-", "-", serving, "-", dead)
             for stream in model.streams:
                 where = "jobs" if stream.version is None else f"v:{stream.version}"
                 group = stream.group
@@ -115,13 +112,13 @@ def render(shot: Snapshot, rates: dict[str, float] | None = None) -> RenderableT
                 else:
                     figure = _number(group.entries_read if group else None)
                 if group is None:  # no worker ever read it
-                    cells = ["-", "0", "-", "none"]
+                    cells = ["-", "0", "-", serving]
                 else:
                     cells = [
                         _number(group.lag),
                         str(group.pending),
                         _duration(group.oldest_pending_age_s),
-                        str(len(group.consumers)),
+                        serving,
                     ]
                 _row(models, model.name, where, str(stream.backlog), *cells, figure, dead)
                 dead = ""  # once per model
@@ -229,17 +226,10 @@ async def _watch(
 
 
 def inspect_fleet(
-    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", min=0.1, help="Seconds between refreshes (--watch).")
-    ] = 2.0,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print JSON (with --watch: one line per refresh).")
-    ] = False,
-    redis: RedisOption = None,
-    prefix: PrefixOption = DEFAULT_PREFIX,
+    watch: bool, interval: float, json_output: bool, redis: str | None, prefix: str
 ) -> None:
-    """Show each model's job streams (backlog, lag, pending, dead letters) and the workers."""
+    """``conveyor inspect`` (its options are in ``cli/app.py``, which imports this module
+    only when the command runs)."""
     try:
         settings = RedisSettings.from_url(redis or default_redis_url())
     except ValueError as error:

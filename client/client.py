@@ -53,6 +53,7 @@ from conveyor.broker.wire import (
     fields_size,
 )
 from conveyor.client.metrics import ClientMetrics
+from conveyor.client.served import ServedCheck
 from conveyor.client.waiter import Event as _Event
 from conveyor.client.waiter import Sent as _Sent
 from conveyor.client.waiter import Waiter as _Waiter
@@ -167,6 +168,7 @@ class Client:
         self._limits: dict[str, tuple[float, int | None]] = {}  # model -> (when, queue limit)
         self._asyncio = True  # whether the client runs on asyncio (set when opened)
         self._new_event: Callable[[], _Event] = asyncio.Event
+        self._served = ServedCheck(self._step, self.keys)  # its connection comes when opened
 
     async def __aenter__(self) -> Client:
         # Named connections, so `CLIENT LIST` shows which belong to this client. The sender
@@ -181,6 +183,7 @@ class Client:
         # with the connection must be noticed, so that the reader resyncs (see _resync).
         blocking = create_client(named, blocking=True, max_connections=1, retry=False)
         self._streams = ClientStreams(redis, blocking, self.keys, self.client_id)
+        self._served.redis = redis
 
         async def close_connections() -> None:
             await redis.aclose()
@@ -246,8 +249,6 @@ class Client:
         while True:
             finished, self._finished = self._finished, []
             trims, self._trims = self._trims, {}
-            for key in finished if trims else ():
-                trims.pop(key, None)  # unlinked anyway
             try:
                 if broken:
                     # Back after an outage: a bell may have been lost, and Redis may have
@@ -402,6 +403,8 @@ class Client:
         )
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
+        if stream not in self._served.known:  # once per model: fail fast if nobody serves it
+            await self._served.check(model, version, stream, timeout, self._reached)
         self._waiters[job.id] = waiter
         # The deadline is spelled out: anyio's fail_after costs ~10 us a call on asyncio.
         with _Measured(self.metrics, model, method):
@@ -459,6 +462,8 @@ class Client:
         waiter.trim = True
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
+        if stream not in self._served.known:  # once per model: fail fast if nobody serves it
+            await self._served.check(model, version, stream, timeout, self._reached)
         self._waiters[job.id] = waiter
         deadline = anyio.current_time() + timeout
         finished = False
@@ -507,6 +512,8 @@ class Client:
         job, waiter = self._job(model, None, method, (), {}, timeout)
         stream = self.keys.control(model)
         fields = self._encode(job)
+        # a typo must not leave a control stream behind: only a model some worker has
+        await self._served.check_control(model, timeout, self._reached)
         self._waiters[job.id] = waiter
         try:
             with anyio.fail_after(timeout):
@@ -605,6 +612,10 @@ class Client:
         if waiter.full is not None:
             return waiter.full
         sent = waiter.sent
+        if sent is None:  # the job never reached Redis: it is Redis that did not answer
+            return BrokerConnectionError(
+                self.settings.redacted_url, f"no answer from Redis within {timeout:.1f}s"
+            )
         taken: bool | None = None
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             if sent is not None:

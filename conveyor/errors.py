@@ -15,8 +15,11 @@
     ├── WireError                      an entry read from Redis is not a valid Conveyor entry
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
     ├── BrokerOutOfMemory              Redis is at its maxmemory and refuses writes
+    ├── InvalidRedisURL                a Redis URL that cannot be used (also a ValueError)
     ├── DeadlineExceeded               no answer in time (also a TimeoutError)
     │   └── NoWorkerError              ... and no worker ever took the job
+    │       └── ModelNotServed         no live worker serves the model: the call was never
+    │                                  sent (also a ModelNotFound)
     ├── QueueFull                      the model's backlog is at its limit
     ├── PayloadTooLarge                a payload is over the size limit
     ├── DeadLettered                   the job failed too often and was dead-lettered
@@ -36,10 +39,12 @@ __all__ = (
     "DeadlineExceeded",
     "InferenceError",
     "InvalidModelURI",
+    "InvalidRedisURL",
     "MLServerError",
     "MethodNotAllowed",
     "ModelNotFound",
     "ModelNotReady",
+    "ModelNotServed",
     "ModelParametersMissing",
     "ModelSettingsError",
     "NoWorkerError",
@@ -158,6 +163,11 @@ class BrokerOutOfMemory(ConveyorError):
         )
 
 
+class InvalidRedisURL(ConveyorError, ValueError):
+    """A Redis URL is malformed or has an unknown option; the message shows it without its
+    password (``except ValueError`` catches it too)."""
+
+
 class DeadlineExceeded(ConveyorError, TimeoutError):
     """No answer within the call's timeout; ``except TimeoutError`` catches it too."""
 
@@ -179,6 +189,22 @@ class NoWorkerError(DeadlineExceeded):
             f"no worker consumed the job: is a worker serving model {model!r} running "
             "and connected to this Redis?",
         )
+
+
+class ModelNotServed(NoWorkerError, ModelNotFound):
+    """No live worker serves the model (or that version), so the call failed fast instead of
+    waiting out its timeout, and left nothing in Redis. ``detail`` says what the fleet
+    serves, or why the model is not served (its ``load()`` returned False)."""
+
+    def __init__(self, model: str, version: str | None, detail: str) -> None:
+        # Each base's __init__ would format a message of its own: set their fields here.
+        self.model = self.name = model
+        self.version = version
+        self.request_id = ""
+        self.timeout_s = 0.0
+        self.status_code = 404
+        self.detail = detail
+        Exception.__init__(self, detail)
 
 
 class QueueFull(ConveyorError):

@@ -7,8 +7,12 @@ a thread.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import anyio
+import anyio.to_thread
 
 from conveyor.codecs import (
     CodecNotFound,
@@ -75,7 +79,12 @@ class MLModel:
         # MLServer calls `payloads.__anext__()`, which fails with a RuntimeError on an empty
         # stream; `async for` + `return` behaves the same otherwise.
         async for payload in payloads:
-            yield await self.predict(payload)
+            predict = self.predict
+            if inspect.iscoroutinefunction(predict):
+                yield await predict(payload)
+            else:  # a plain `def predict` (Conveyor allows it): in a thread, as the worker does
+                plain = cast("Callable[[InferenceRequest], InferenceResponse]", predict)
+                yield await anyio.to_thread.run_sync(plain, payload)
             return
 
     async def unload(self) -> bool:

@@ -3,16 +3,21 @@
 The one difference from MLServer: a tensor's ``data`` may hold a numpy array, and it stays
 one from client to model and back. It turns into a JSON list only when a model is dumped in
 JSON mode (``model_dump_json`` or ``model_dump(mode="json")``), i.e. at a JSON edge.
+Tensors compare by value, so an array equals the same tensor held as a list (see
+``conveyor._equality``).
 """
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Any
 
 import numpy as np
 import pydantic
 from pydantic import ConfigDict, Field, RootModel, field_serializer
+
+from conveyor._equality import tensor_data_equal, values_equal
 
 __all__ = (
     "BaseModel",
@@ -31,6 +36,10 @@ __all__ = (
     "ResponseOutput",
     "TensorData",
 )
+
+
+# Where codecs cache a decoded payload (conveyor.codecs.DecodedParameterName; MLServer's name).
+_DECODED_PAYLOAD = "_decoded_payload"
 
 
 class BaseModel(pydantic.BaseModel):
@@ -71,6 +80,22 @@ class Parameters(BaseModel):
     content_type: str | None = None
     headers: dict[str, Any] | None = None
 
+    def __eq__(self, other: object) -> bool:
+        # By the values they carry, numpy arrays included; a payload a codec decoded and
+        # cached here (an attribute, not a field) is not part of the value.
+        if type(other) is not type(self):
+            return super().__eq__(other)
+        assert isinstance(other, Parameters)
+        return values_equal(self._carried(), other._carried())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _carried(self) -> dict[str, Any]:
+        carried = {name: getattr(self, name) for name in type(self).model_fields}
+        carried.update(self.__pydantic_extra__ or {})
+        carried.pop(_DECODED_PAYLOAD, None)
+        return carried
+
 
 def _to_json_value(value: Any) -> Any:
     """Turns numpy arrays and scalars (anywhere in ``value``) into JSON-ready values."""
@@ -104,6 +129,29 @@ class TensorData(RootModel[Any]):
 
     def __len__(self) -> int:
         return len(self.root)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorData):
+            return NotImplemented
+        return tensor_data_equal(self.root, other.root)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as pydantic's models
+
+
+def _tensor_eq(self: RequestInput | ResponseOutput, other: object) -> bool:
+    """``==`` of a tensor: its fields as pydantic compares them, its data by value."""
+    if type(other) is not type(self):
+        return pydantic.BaseModel.__eq__(self, other)
+    assert isinstance(other, RequestInput | ResponseOutput)
+    if (self.name, self.shape, self.datatype, self.parameters) != (
+        other.name,
+        other.shape,
+        other.datatype,
+        other.parameters,
+    ):
+        return False
+    count = math.prod(self.shape) if self.datatype == Datatype.BYTES.value else None
+    return tensor_data_equal(self.data.root, other.data.root, count)
 
 
 class RequestOutput(BaseModel):
@@ -147,6 +195,9 @@ class RequestInput(BaseModel):
     parameters: Parameters | None = None
     data: TensorData
 
+    __eq__ = _tensor_eq
+    __hash__ = None  # type: ignore[assignment]
+
 
 class ResponseOutput(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -156,6 +207,9 @@ class ResponseOutput(BaseModel):
     datatype: Datatype
     parameters: Parameters | None = None
     data: TensorData
+
+    __eq__ = _tensor_eq
+    __hash__ = None  # type: ignore[assignment]
 
 
 class InferenceResponse(BaseModel):

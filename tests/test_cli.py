@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -340,6 +341,159 @@ def test_up_broken_model_folder_is_one_line_and_starts_nothing(tmp_path: Path) -
     assert list(tmp.iterdir()) == []  # no Redis was started
 
 
+_LOAD_RAISES = """
+from conveyor import MLModel
+
+
+class Broken(MLModel):
+    async def load(self) -> bool:
+        raise ValueError("no weights at /nowhere/weights.bin")
+"""
+
+_LOAD_FALSE = """
+from conveyor import MLModel
+
+
+class NotLoaded(MLModel):
+    def load(self) -> bool:
+        return False
+"""
+
+
+def _folder(root: Path, name: str, source: str, cls: str) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    module = name.replace("-", "_")
+    (folder / f"{module}.py").write_text(source)
+    (folder / "model-settings.json").write_text(
+        json.dumps({"name": name, "implementation": f"{module}.{cls}"})
+    )
+
+
+@pytest.mark.timeout(90)
+def test_up_gives_up_on_a_model_whose_load_raises_in_one_line_with_the_traceback_once(
+    tmp_path: Path, cleanup: list[Watched | Pid]
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    _folder(tmp_path / "models", "broken", _LOAD_RAISES, "Broken")
+    up = Watched(cli("up", str(tmp_path / "models")), environment(TMPDIR=str(tmp)))
+    cleanup.append(up)
+    assert up.wait(timeout=60) == 1, up.tail()
+    output = "\n".join(up.lines[:-1])  # without <eof>
+    error = "model 'broken' failed to load: ValueError: no weights at /nowhere/weights.bin"
+    assert up.lines[-2].startswith(f"error: {error}; gave up after 3 failed starts"), output
+    assert output.count("Traceback (most recent call last)") == 1, output
+    assert output.count('raise ValueError("no weights at /nowhere/weights.bin")') == 1, output
+    assert len(up.lines) < 40, output  # not hundreds of lines of restarts
+    assert "Try, in another terminal" not in output
+    assert list(tmp.iterdir()) == []  # the embedded Redis stopped and cleaned up
+
+
+@pytest.mark.timeout(90)
+def test_up_says_what_it_serves_and_prints_the_url_to_export(
+    tmp_path: Path, cleanup: list[Watched | Pid]
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(EXAMPLES / "echo-sync", models / "echo-sync")
+    _folder(models, "not-loaded", _LOAD_FALSE, "NotLoaded")
+    up = Watched(cli("up", str(models), "--workers", "1"), environment())
+    cleanup.append(up)
+    url = up.wait_for(r"^conveyor: Redis at (redis://127\.0\.0\.1:\d+/0)$", timeout=30)[1]
+    up.wait_for(r"^conveyor: 1 worker\(s\) ready, serving echo-sync\.$", timeout=60)
+    up.wait_for(r"^conveyor: not served, their load\(\) returned False: not-loaded$")
+    exported = up.wait_for(r"^  export CONVEYOR_REDIS_URL=(\S+)")[1]
+    assert exported == url
+    infer = up.wait_for(r"^  (conveyor infer .*)$")[1]
+    assert shlex.split(infer)[:3] == ["conveyor", "infer", "echo-sync"]  # not numpy-linear
+    up.wait_for(r"^conveyor: Ctrl-C stops everything\.$")
+    up.ctrl_c()
+    assert up.wait(timeout=45) == 0, up.tail()
+
+
+@pytest.mark.timeout(180)
+def test_up_from_a_plain_install_run_inside_the_checkout(
+    tmp_path: Path, cleanup: list[Watched | Pid]
+) -> None:
+    """`pip install .` (not -e), then `conveyor up examples/models` from the repository root:
+    the workers it starts must import the installed package, never the checkout's `conveyor/`
+    folder (the core alone), which `python -m` would put first on sys.path."""
+    target = tmp_path / "installed"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps"]
+    install = subprocess.run(
+        [*pip, "--target", str(target), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert install.returncode == 0, install.stderr
+    # A Python that knows only that copy and the dependencies: not this environment's editable
+    # install (its import hook would find conveyor.cli even under the shadowing folder).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    deps = next(Path(p) for p in sys.path if p.endswith("site-packages"))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = environment(TMPDIR=str(tmp), PYTHONPATH=f"{target}{os.pathsep}{deps}")
+    script = target / "bin" / "conveyor"  # the console script, as on PATH after `pip install`
+    argv = [str(venv / "bin" / "python"), str(script), "up", "examples/models", "--workers", "1"]
+    up = Watched(argv, env)  # run from the repository root
+    cleanup.append(up)
+    ready = up.wait_for(r"^conveyor: (1 worker\(s\) ready|only 0 of 1).*", timeout=90)
+    assert ready[1].startswith("1 worker"), up.tail()
+    assert "No module named" not in "\n".join(up.lines), up.tail()
+    kids = [kid for kid in children(up.pid) if "worker" in kid.cmdline]
+    cleanup.extend(kids)
+    assert "-P" in kids[0].cmdline, kids  # safe path: no current directory on sys.path
+    up.ctrl_c()
+    assert up.wait(timeout=45) == 0, up.tail()
+
+
+# -- the command itself ----------------------------------------------------------------------
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`conveyor --help` must answer at once: numpy, pydantic, redis and rich (~0.4 s of
+    imports together) wait until a command needs them."""
+    probe = (
+        "import sys\n"
+        "from conveyor.cli import main\n"
+        "sys.argv = ['conveyor', '--help']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = {'numpy', 'pydantic', 'redis', 'rich', 'anyio'}\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+    assert "infer" in result.stdout  # it did print the help
+
+
+def test_version() -> None:
+    result = run(["--version"])
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"conveyor \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout
+
+
+def test_help_shows_flags_without_a_type() -> None:
+    result = run(["infer", "--help"])
+    assert result.returncode == 0, result.stderr
+    [stream] = [line for line in result.stdout.splitlines() if line.strip().startswith("--stream")]
+    assert stream.split()[:2] == ["--stream", "Call"], stream  # not `--stream <bool>`
+    assert "<bool>" not in result.stdout
+
+
+def test_up_help_does_not_promise_the_environment_url() -> None:
+    result = run(["up", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert "$CONVEYOR_REDIS_URL is not read" in " ".join(result.stdout.split())
+
+
 # -- conveyor infer --------------------------------------------------------------------------
 
 
@@ -393,12 +547,12 @@ def test_infer_unreachable_redis_is_one_line_without_password(stream: bool) -> N
 
 
 @pytest.mark.timeout(30)
-def test_infer_unknown_model_says_no_worker_consumed(redis_url: str, prefix: str) -> None:
+def test_infer_unknown_model_says_no_worker_serves_it(redis_url: str, prefix: str) -> None:
     args = ["infer", "no-such-model", "--redis", redis_url, "--prefix", prefix, "--timeout", "1"]
     result = run([*args, "--data", json.dumps(LINEAR_REQUEST)], timeout=20)
     line = error_line(result)
-    assert "no worker consumed the job" in line
-    assert "'no-such-model'" in line
+    assert "no worker serves model 'no-such-model'" in line
+    assert "no worker is running" in line  # none under this prefix
 
 
 @pytest.mark.timeout(60)

@@ -268,6 +268,20 @@ def test_decode_request(inputs: list[RequestInput], expected: pd.DataFrame) -> N
     )
 
 
+def test_decode_request_of_one_bare_bytes_object_iterates_it_as_mlserver() -> None:
+    # MLServer's test_decode_request[inference_request1]: a BYTES input whose data is one bytes
+    # object (not a list) gives a column of its byte values, one per row.
+    request = InferenceRequest(
+        inputs=[
+            RequestInput(name="a", shape=[3, 1], datatype="INT64", data=[1, 2, 3]),
+            RequestInput(name="b", shape=[3, 1], datatype="BYTES", data=b"ABC"),
+        ]
+    )
+    pd.testing.assert_frame_equal(
+        PandasCodec.decode_request(request), pd.DataFrame({"a": [1, 2, 3], "b": [65, 66, 67]})
+    )
+
+
 def test_decode_response() -> None:
     response = InferenceResponse(
         model_name="my-model",

@@ -127,11 +127,15 @@ def test_register_input_codec_decorator() -> None:
     assert find_input_codec(type_hint=Marker) is MarkerCodec
 
 
-def test_deprecated_methods_warn_and_still_work() -> None:
+def test_deprecated_methods_warn_and_still_work(caplog: pytest.LogCaptureFixture) -> None:
     request_input = RequestInput(name="foo", shape=[3], data=[1, 2, 3], datatype="INT32")
     with pytest.deprecated_call(match="decode_input"):
         decoded = NumpyCodec.decode(request_input)
     np.testing.assert_array_equal(decoded, [1, 2, 3])
+    # As MLServer, which logs the line (its test_deprecated_methods looks for it).
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "DEPRECATED! The decode() method is now deprecated. Use decode_input() instead."
+    ]
     with pytest.deprecated_call(match="encode_output"):
         output = StringCodec.encode("foo", ["a"])
     assert output.data.root == [b"a"]

@@ -27,7 +27,7 @@ from conveyor.broker.connection import (
     translate_errors,
 )
 from conveyor.broker.server import RedisServer, RedisStartError, TLSFiles, free_port
-from conveyor.errors import BrokerConnectionError, ConveyorError
+from conveyor.errors import BrokerConnectionError, ConveyorError, InvalidRedisURL
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -145,10 +145,43 @@ def test_a_bad_url_is_a_clear_error_without_the_password(url: str, message: str)
         ("redis://:p@ss/w@h", "redis://:***@h"),  # an unencoded @: hide more, not less
         ("redis://h?password=pw&db=1", "redis://h?password=***&db=1"),
         ("not a url", "not a url"),
+        # unencoded /, ? or # in a password end urllib's host part early: hide up to the "@"
+        ("redis://u:Pw-7xQ?k9@host:6399/0", "redis://u:***@host:6399/0"),
+        ("redis://u:a#b@h:1/0", "redis://u:***@h:1/0"),
+        ("redis://u:a/b@h:1/0", "redis://u:***@h:1/0"),
+        ("redis://u:p@[::1:6379/0", "redis://u:***@[::1:6379/0"),  # urllib cannot parse it
+        ("rediss://u:p@h/0?ssl_ca_certs=/ca.pem", "rediss://u:***@h/0?ssl_ca_certs=/ca.pem"),
+        ("redis://h/0?client_name=a@b", "redis://h/0?client_name=a@b"),
     ],
 )
 def test_redact_url(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"redis://u:{SECRET}?k9@host:6399/0",
+        f"redis://u:{SECRET}#k9@host:6399/0",
+        f"redis://u:{SECRET}/k9@host:6399/0",
+        "redis://u:12/hunter2-Zq@host",  # parses as host u, port 12, path /hunter2...
+    ],
+)
+def test_a_password_with_unencoded_characters_is_refused_without_showing_it(url: str) -> None:
+    """Before the fix the password showed in the message (redact_url split at "?" first, and
+    urllib's own message quoted it as a port)."""
+    with pytest.raises(InvalidRedisURL, match="percent-encode") as caught:
+        RedisSettings.from_url(url)
+    assert SECRET not in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_an_http_url_is_one_clear_conveyor_error() -> None:
+    with pytest.raises(InvalidRedisURL, match="scheme 'http' is not one of") as caught:
+        RedisSettings.from_url(f"http://u:{SECRET}@localhost:8080/")
+    assert isinstance(caught.value, ConveyorError)
+    assert isinstance(caught.value, ValueError)  # as before: `except ValueError` still works
+    assert SECRET not in str(caught.value)
 
 
 def test_default_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +205,11 @@ def test_create_client_pins_our_options() -> None:
     assert options["protocol"] == blocking_options["protocol"] == 2
     assert options["decode_responses"] is blocking_options["decode_responses"] is False
     assert options["socket_timeout"] == 3
-    assert blocking_options["socket_timeout"] is None
+    # a blocking client's read timeout outlasts its longest BLOCK (5 s unless told)
+    assert blocking_options["socket_timeout"] == 3 + 5
+    assert create_client(settings, blocking=True, max_block=1).connection_pool.connection_kwargs[
+        "socket_timeout"
+    ] == 3 + 1
     assert client.connection_pool.max_connections == settings.max_connections
     assert blocking.connection_pool.max_connections == 2
     retry, blocking_retry = options["retry"], blocking_options["retry"]

@@ -6,12 +6,16 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 from fleet import EXAMPLES, Fleet
+
+from conveyor.broker.keys import DEFAULT_PREFIX
+from conveyor.broker.server import RedisServer
 
 SCRIPT = Path(__file__).parent.parent / "examples" / "client.py"
 
@@ -73,5 +77,54 @@ def test_client_example_without_workers_fails_in_one_line(
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: "), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
-    assert "no worker consumed the job" in result.stderr
+    assert "no worker serves model 'numpy-linear'" in result.stderr
     assert "'numpy-linear'" in result.stderr
+
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_snippet() -> str:
+    """The Python snippet of README.md's "Use it from Python"."""
+    text = README.read_text()
+    section = text[text.index("## Use it from Python") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("\n```", start)]
+
+
+def test_readme_snippet_takes_the_url_from_the_environment() -> None:
+    """`conveyor up` picks a random port and prints `export CONVEYOR_REDIS_URL=...`: the
+    snippet must use it, not a hard-coded URL (and say how to get trio)."""
+    snippet = readme_snippet()
+    assert "Client()" in snippet
+    assert "redis://" not in snippet
+    assert "[trio]" in README.read_text()
+    pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text())
+    extra = pyproject["project"]["optional-dependencies"]["trio"]
+    assert any(requirement.startswith("trio") for requirement in extra)
+
+
+@pytest.mark.timeout(90)
+def test_readme_snippet_runs_against_a_fleet_named_by_the_environment(tmp_path: Path) -> None:
+    # A Redis of its own: the snippet uses the default key prefix, which no other test owns.
+    with RedisServer() as server:
+        fleet = Fleet(server.url, DEFAULT_PREFIX)
+        fleet.start(EXAMPLES)
+        try:
+            env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_REDIS_URL"}
+            env["CONVEYOR_REDIS_URL"] = server.url
+            script = tmp_path / "snippet.py"
+            script.write_text(readme_snippet())
+            result = subprocess.run(
+                [sys.executable, str(script)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+                cwd=tmp_path,
+            )
+        finally:
+            fleet.stop()
+    assert result.returncode == 0, result.stderr
+    # y = x @ W + b with x = ones((4, 2)): 0.5 + 2.0 + 1.0 for each row
+    assert result.stdout.split() == ["[[3.5]"] + ["[3.5]"] * 2 + ["[3.5]]"], result.stdout

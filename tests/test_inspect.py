@@ -286,11 +286,11 @@ def test_table_shows_models_then_workers(scene: Scene) -> None:
     assert lines[0].startswith(f"prefix {scene.prefix!r} at ")
     assert lines.index("models") < lines.index("workers")
     assert lines[2].split() == [
-        *("model", "stream", "backlog", "lag", "pending", "oldest", "pending", "consumers"),
+        *("model", "stream", "backlog", "lag", "pending", "oldest", "pending", "workers"),
         *("read", "dead"),
     ]
     rows = {line.split()[0]: line.split() for line in lines if line.split()[1:2] == ["jobs"]}
-    # model stream backlog lag pending oldest consumers read dead
+    # model stream backlog lag pending oldest workers read dead
     assert rows[UNSERVED] == [UNSERVED, "jobs", "3", "3", "0", "-", "0", "-", "0"]
     assert rows[SERVED] == [SERVED, "jobs", "0", "0", "0", "-", "1", str(CALLS + 1), "1"]
     [worker_row] = [line.split() for line in lines if line.startswith(scene.worker_id)]
@@ -300,6 +300,27 @@ def test_table_shows_models_then_workers(scene: Scene) -> None:
     assert int(worker_row[5]) >= CALLS  # done
     assert any(line.startswith(f"gone: {scene.ghost} (last heartbeat ") for line in lines)
     assert "jobs in flight" not in lines  # nothing pending
+
+
+@pytest.mark.timeout(90)
+def test_workers_column_counts_the_live_workers_serving_an_idle_model(
+    redis_url: str, prefix: str
+) -> None:
+    """Three workers serve a model no call has reached yet: Redis lists no consumer in its
+    group (one appears only once it has read an entry), inspect must still say 3."""
+    fleet = Fleet(redis_url, prefix)
+    try:
+        for _ in range(3):
+            fleet.start(MODELS)
+        text = ok(inspect("--redis", redis_url, "--prefix", prefix))
+        document = json.loads(ok(inspect("--json", "--redis", redis_url, "--prefix", prefix)))
+    finally:
+        fleet.stop()
+    rows = [line.split() for line in text.splitlines()]
+    [echo] = [row for row in rows if row[:2] == [SERVED, "jobs"]]
+    # model stream backlog lag pending oldest workers read dead
+    assert echo[6] == "3", text
+    assert [SERVED in worker["ready"] for worker in document["workers"]] == [True] * 3
 
 
 def redis_cli(url: str, *command: str) -> list[str]:

@@ -138,7 +138,7 @@ async def test_stream_error_after_chunks(client: Client) -> None:
 
 async def test_unknown_model_fails_within_the_timeout(client: Client) -> None:
     model = client.model("no-such-model")
-    with anyio.fail_after(10), pytest.raises(NoWorkerError, match="no worker consumed the job"):
+    with anyio.fail_after(10), pytest.raises(NoWorkerError, match="no worker serves model"):
         await model.predict(request([1.0]), timeout=1)
 
 

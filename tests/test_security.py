@@ -85,8 +85,14 @@ COMMANDS = (
     "hdel",  # a worker clears the queue limit of a model that has none
     "zadd",
     "zrem",
-    "zremrangebyscore",  # the heartbeat forgets workers silent for long
-    "exists",  # only when reclaiming: is the job's owner still alive?
+    "zrange",  # a client's first call to a model nobody serves yet: which models are served?
+    "zrangebyscore",  # the heartbeat forgets workers gone for long (and not alive after all)
+    "exists",  # is a job's or a consumer's owner still alive?
+    "time",  # the heartbeat reads Redis's clock: job deadlines are measured on it
+    "xinfo|consumers",  # consumers of dead workers are deleted once they own nothing ...
+    "xgroup|delconsumer",  # ... and a stopping worker's own
+    "set",  # a worker claims a request for one copy of its job (SET NX GET): one run
+    "xtrim",  # the client deletes what it read of a predict_stream's reply stream
 )
 # redis-py sends CLIENT SETINFO on connect (Redis >= 7.2) and ignores a refusal.
 TOLERATED_REFUSALS = frozenset({"client|setinfo"})

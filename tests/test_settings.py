@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from conveyor.errors import ModelSettingsError
 from conveyor.model import MLModel
@@ -285,3 +286,83 @@ def test_parameters_autogenerate_an_inference_pool_gid() -> None:
     generated = ModelParameters(autogenerate_inference_pool_gid=True).inference_pool_gid
     assert generated is not None
     assert len(generated) == 36
+
+
+# CONVEYOR_MODEL_* in the environment, as MLServer's MLSERVER_MODEL_*.
+
+
+def test_settings_built_in_code_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_MODEL_NAME", "foo-model")
+    monkeypatch.setenv("CONVEYOR_MODEL_VERSION", "v0.1.0")
+    monkeypatch.setenv("CONVEYOR_MODEL_URI", "/mnt/models/my-model")
+    monkeypatch.setenv("conveyor_model_implementation", "conveyor.MLModel")  # any case
+    monkeypatch.setenv("CONVEYOR_MODEL_MAX_BATCH_SIZE", "8")
+
+    settings = ModelSettings()
+    settings.parameters = ModelParameters()
+
+    assert settings.name == "foo-model"
+    assert settings.implementation is MLModel
+    assert settings.max_batch_size == 8
+    assert (settings.version, settings.parameters.uri) == ("v0.1.0", "/mnt/models/my-model")
+    # What the code gives wins over the environment.
+    assert ModelSettings(name="bar", implementation=SumModel).name == "bar"
+
+
+def test_without_an_implementation_anywhere_settings_are_invalid() -> None:
+    with pytest.raises(ValidationError, match="implementation"):
+        ModelSettings()
+
+
+def test_a_model_folders_file_wins_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_MODEL_NAME", "from-env")
+    monkeypatch.setenv("CONVEYOR_MODEL_IMPLEMENTATION", "from.env.Model")
+    monkeypatch.setenv("CONVEYOR_MODEL_URI", "/from/env")
+    monkeypatch.setenv("CONVEYOR_MODEL_VERSION", "v-env")
+    folder = write_model(
+        tmp_path / "m",
+        {"name": "m", "implementation": "conveyor.MLModel", "parameters": {"uri": "w.bin"}},
+    )
+
+    settings = load_model_settings(folder)
+
+    assert (settings.name, settings.implementation_) == ("m", "conveyor.MLModel")
+    assert settings.parameters is not None
+    assert settings.parameters.uri == str(folder / "w.bin")
+    # As MLServer: what the file leaves out, the environment may fill.
+    assert settings.version == "v-env"
+
+
+def test_a_file_without_parameters_takes_them_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As MLServer's repository (load_model_settings): parameters = ModelParameters().
+    monkeypatch.setenv("CONVEYOR_MODEL_URI", "weights")
+    folder = write_model(tmp_path / "m", {"implementation": "conveyor.MLModel"})
+
+    settings = load_model_settings(folder)
+
+    assert settings.parameters is not None
+    assert settings.parameters.uri == str(folder / "weights")
+
+
+def test_an_env_file_is_read_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "CONVEYOR_MODEL_NAME=dummy-name\n"
+        "CONVEYOR_MODEL_IMPLEMENTATION=conveyor.MLModel\n"
+        "CONVEYOR_MODEL_URI=dummy-uri\n"
+    )
+    monkeypatch.chdir(tmp_path)  # a .env in the working directory is not read by itself
+
+    with pytest.raises(ValidationError):
+        ModelSettings()
+    settings = ModelSettings(_env_file=env_file)
+    settings.parameters = ModelParameters(_env_file=env_file)
+
+    assert settings.name == "dummy-name"
+    assert settings.parameters.uri == "dummy-uri"

@@ -76,3 +76,96 @@ def test_metadata_and_parameters_shapes() -> None:
         "platform": "",
         "parameters": {"headers": {"a": 1}},
     }
+
+
+# Tensors compare by value, as MLServer users compare them in their runtimes' tests.
+
+
+def _output(data: object, shape: list[int], datatype: str = "FP64") -> ResponseOutput:
+    return ResponseOutput(name="y", shape=shape, datatype=datatype, data=data)
+
+
+def test_numpy_data_equals_the_same_tensor_as_a_list() -> None:
+    array = np.array([[1.0, 2.0], [3.0, 4.0]])
+    as_array = _output(array, [2, 2])
+
+    assert as_array == _output([1.0, 2.0, 3.0, 4.0], [2, 2])
+    assert as_array == _output([[1, 2], [3, 4]], [2, 2])  # nested, ints: the same values
+    assert _output([1.0, 2.0, 3.0, 4.0], [2, 2]) == as_array
+    assert as_array == _output(array.astype(np.float32), [2, 2])
+    assert as_array.data.root is array  # compared in place: still the caller's array
+
+
+@pytest.mark.parametrize(
+    ("data", "shape"),
+    [
+        ([1.0, 2.0, 3.0, 5.0], [2, 2]),  # one value differs
+        ([1.0, 2.0, 3.0], [2, 2]),  # fewer elements: no broadcasting error
+        (np.array([1.0, 2.0]), [2, 2]),
+        ([1.0, 2.0, 3.0, 4.0], [4]),  # other shape
+    ],
+)
+def test_other_tensors_are_unequal_without_raising(data: object, shape: list[int]) -> None:
+    assert _output(np.array([[1.0, 2.0], [3.0, 4.0]]), [2, 2]) != _output(data, shape)
+
+
+def test_nan_equals_null_as_in_json() -> None:
+    # MLServer's encoders write NaN as None (JSON null); Conveyor keeps the NaN in the array.
+    with_nan = _output(np.array([2.3, np.nan]), [2, 1])
+    assert with_nan == _output([2.3, None], [2, 1])
+    assert with_nan == _output(np.array([2.3, np.nan]), [2, 1])
+    assert with_nan != _output([2.3, 0.0], [2, 1])
+
+
+def test_bytes_arrays_equal_mlservers_one_buffer_form() -> None:
+    array = np.array([[b"\x01"], [b"\x02"]], dtype=bytes)
+    output = _output(array, [2, 1], "BYTES")
+    assert output == _output([b"\x01\x02"], [2, 1], "BYTES")  # MLServer's [array.tobytes()]
+    assert output == _output([b"\x01", b"\x02"], [2, 1], "BYTES")
+    assert output != _output([b"\x01", b"\x03"], [2, 1], "BYTES")
+
+
+def test_lists_compare_exactly_as_in_mlserver() -> None:
+    assert _output([1, 2], [2]) == _output([1, 2], [2])
+    assert _output([[1, 2]], [1, 2]) != _output([1, 2], [1, 2])
+
+
+def test_requests_and_responses_compare_their_tensors_by_value() -> None:
+    array = np.arange(4, dtype=np.int32).reshape(2, 2)
+    request = InferenceRequest(
+        inputs=[RequestInput(name="x", shape=[2, 2], datatype="INT32", data=array)]
+    )
+    response = InferenceResponse(model_name="m", outputs=[_output(array, [2, 2], "INT32")])
+    assert request == InferenceRequest(
+        inputs=[RequestInput(name="x", shape=[2, 2], datatype="INT32", data=[0, 1, 2, 3])]
+    )
+    assert response == InferenceResponse(
+        model_name="m", outputs=[_output([0, 1, 2, 3], [2, 2], "INT32")]
+    )
+    assert response != InferenceResponse(
+        model_name="m", outputs=[_output([0, 1, 2, 4], [2, 2], "INT32")]
+    )
+    assert request.inputs[0].data == response.outputs[0].data  # TensorData alone too
+    # A request input is not a response output, whatever it holds (as pydantic compares).
+    assert request.inputs[0] != response.outputs[0]
+
+
+def test_parameters_compare_by_value_with_arrays_and_without_decoded_payloads() -> None:
+    from conveyor.codecs import decode_request_input, has_decoded
+
+    assert Parameters(scores=np.array([1, 2])) == Parameters(scores=[1, 2])
+    assert Parameters(scores={"a": np.array([1])}) != Parameters(scores={"a": [2]})
+    decoded, plain = (
+        RequestInput(
+            name="x",
+            shape=[2],
+            datatype="FP32",
+            data=[1, 2],
+            parameters=Parameters(content_type="np"),
+        )
+        for _ in range(2)
+    )
+    decode_request_input(decoded, {})  # caches the decoded array on its parameters
+    assert has_decoded(decoded)
+    # What a message carries decides: the cached array neither raises nor counts.
+    assert decoded == plain

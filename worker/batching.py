@@ -17,16 +17,16 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.abc
-import numpy as np
 
-from conveyor.codecs import NumpyCodec
-from conveyor.types import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
+# Merging and splitting live in the core, beside MLServer's BatchedRequests, which shares them.
+from conveyor.batching import merge_requests, split_response
+from conveyor.types import InferenceRequest, InferenceResponse
 
 __all__ = (
     "AdaptiveBatcher",
@@ -91,69 +91,6 @@ def _batch_key(request: InferenceRequest) -> str:
         sort_keys=True,
         default=str,
     )
-
-
-def _rows(request: InferenceRequest) -> int:
-    return int(request.inputs[0].shape[0]) if request.inputs and request.inputs[0].shape else 0
-
-
-def merge_requests(requests: Sequence[InferenceRequest]) -> InferenceRequest:
-    """One request whose inputs are the given requests' inputs stacked along axis 0."""
-    first = requests[0]
-    inputs = []
-    for index, request_input in enumerate(first.inputs):
-        parts = [NumpyCodec.decode_input(request.inputs[index]) for request in requests]
-        merged = np.concatenate(parts, axis=0)
-        inputs.append(
-            RequestInput(
-                name=request_input.name,
-                shape=list(merged.shape),
-                datatype=request_input.datatype,
-                parameters=request_input.parameters,
-                data=merged,
-            )
-        )
-    return InferenceRequest(parameters=first.parameters, inputs=inputs, outputs=first.outputs)
-
-
-def split_response(
-    response: InferenceResponse, requests: Sequence[InferenceRequest]
-) -> list[InferenceResponse]:
-    """The merged response cut back into one response per request (by their row counts).
-
-    Raises ValueError when an output's first dimension is not the batch's total rows.
-    """
-    sizes = [_rows(request) for request in requests]
-    total = sum(sizes)
-    bounds = np.cumsum(sizes)[:-1]
-    per_request: list[list[ResponseOutput]] = [[] for _ in requests]
-    for output in response.outputs:
-        array = NumpyCodec.decode_output(output)
-        if array.ndim == 0 or array.shape[0] != total:
-            raise ValueError(
-                f"output {output.name!r} has shape {list(array.shape)}: its first dimension "
-                f"is not the batch's {total} rows, so it cannot be split per request"
-            )
-        for outputs, part in zip(per_request, np.split(array, bounds), strict=True):
-            outputs.append(
-                ResponseOutput(
-                    name=output.name,
-                    shape=list(part.shape),
-                    datatype=output.datatype,
-                    parameters=output.parameters,
-                    data=part,
-                )
-            )
-    return [
-        InferenceResponse(
-            model_name=response.model_name,
-            model_version=response.model_version,
-            id=request.id,
-            parameters=response.parameters,
-            outputs=outputs,
-        )
-        for request, outputs in zip(requests, per_request, strict=True)
-    ]
 
 
 class AdaptiveBatcher:

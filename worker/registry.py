@@ -9,14 +9,26 @@ from dataclasses import dataclass, field
 import anyio
 
 from conveyor.broker.keys import Keys
+from conveyor.errors import ConveyorError
 from conveyor.methods import exposed_methods
 from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
 from conveyor.worker.execution import call
 
-__all__ = ("ModelRegistry", "ServedModel")
+__all__ = ("ModelLoadFailed", "ModelRegistry", "ServedModel")
 
 logger = logging.getLogger(__name__)
+
+
+class ModelLoadFailed(ConveyorError):
+    """A model's ``load()`` (or its class's constructor) raised; the cause is ``__cause__``."""
+
+    def __init__(self, name: str, version: str | None, error: BaseException) -> None:
+        self.name = name
+        self.version = version
+        self.reason = f"{type(error).__name__}: {error}"
+        which = f"model {name!r}" + (f" version {version!r}" if version else "")
+        super().__init__(f"{which} failed to load: {self.reason}")
 
 
 @dataclass(slots=True)
@@ -29,6 +41,7 @@ class ServedModel:
     # the exposed methods that are ``async def`` (awaited directly; the others go through
     # execution.call), found once at load
     coroutines: frozenset[str] = field(default_factory=frozenset)
+    failure: str | None = None  # why its last load left it not ready
 
     @property
     def name(self) -> str:
@@ -77,6 +90,15 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         return sorted({name for name, _ in self._served})
+
+    def ready_names(self) -> list[str]:
+        """The models this worker serves now (a version of them at least)."""
+        return sorted({s.name for s in self._served.values() if s.ready})
+
+    def failed_names(self) -> list[str]:
+        """The models none of whose folders is ready, one of which did not load."""
+        ready = set(self.ready_names())
+        return sorted({s.name for s in self._served.values() if s.failure} - ready)
 
     def all(self) -> list[ServedModel]:
         return list(self._served.values())
@@ -144,9 +166,15 @@ class ModelRegistry:
 
 
 async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
+    """Loads one folder's model. Raises :class:`ModelLoadFailed` if ``load()`` raises; a
+    ``load()`` that returns False leaves the model not ready (not served), said in one line."""
     implementation = served.settings.implementation
-    model = implementation(served.settings)
-    ready = await call(model.load, limiter)
+    try:
+        model = implementation(served.settings)
+        ready = await call(model.load, limiter)
+    except Exception as error:
+        served.failure = f"load() raised {type(error).__name__}: {error}"
+        raise ModelLoadFailed(served.name, served.version, error) from error
     # MLServer's convention: load() returns readiness; a runtime may also set it itself.
     model.ready = bool(ready) if ready is not None else True
     served.model = model
@@ -154,9 +182,17 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
     served.coroutines = frozenset(
         name for name in served.exposed if inspect.iscoroutinefunction(getattr(model, name, None))
     )
-    logger.info(
-        "model.loaded model=%s version=%s ready=%s", served.name, served.version, model.ready
-    )
+    if not model.ready:
+        served.failure = "load() returned False"
+        logger.warning(
+            "model.not_ready model=%s version=%s reason=load_returned_false: "
+            "the model is not served; callers get ModelNotServed",
+            served.name,
+            served.version,
+        )
+        return
+    served.failure = None
+    logger.info("model.loaded model=%s version=%s", served.name, served.version)
 
 
 async def _unload(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:

@@ -1,35 +1,72 @@
-"""``--processes N``: N worker processes, each restarted with backoff when it dies."""
+"""``--processes N``: N worker processes, each restarted with backoff when it dies.
+
+A child whose model's ``load()`` raised writes a report (``--failure-report``: the model,
+the error, the traceback) before it exits. The supervisor prints each different failure
+once, traceback included, and gives up after :data:`MAX_FAILED_STARTS` such starts in a
+row of one child (:class:`WorkersCannotStart`): a model that does not load will not load
+on the next try either, and restarting it forever only floods the terminal.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
-__all__ = ("supervise", "worker_argv", "worker_env")
+from conveyor.errors import ConveyorError
+
+__all__ = ("MAX_FAILED_STARTS", "WorkersCannotStart", "supervise", "worker_argv", "worker_env")
 
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 30.0
 _STABLE_S = 10.0  # a child that lived this long resets its backoff
+MAX_FAILED_STARTS = 3  # a child's failed loads in a row before the supervisor gives up
+
+
+class WorkersCannotStart(ConveyorError):
+    """A model's ``load()`` kept raising in the worker processes; nothing was left running."""
+
+    def __init__(self, error: str, starts: int) -> None:
+        self.error = error
+        self.starts = starts
+        super().__init__(f"{error}; gave up after {starts} failed starts of a worker in a row")
 
 
 class _Child:
-    def __init__(self, index: int, argv: Sequence[str], env: Mapping[str, str] | None) -> None:
+    def __init__(
+        self, index: int, argv: Sequence[str], env: Mapping[str, str] | None, report: Path
+    ) -> None:
         self.index = index
-        self.argv = list(argv)
+        self.report = report
+        self.argv = [*argv, "--failure-report", str(report)]
         self.env = dict(env) if env is not None else None
         self.backoff = 0.5
         self.restart_at = 0.0
         self.started = 0.0
+        self.failed_starts = 0  # in a row: starts that ended in a failure report
         self.process: subprocess.Popen[bytes] | None = None
 
+    def failure(self) -> dict[str, str] | None:
+        """The report of a load that failed in the process that just exited, if any."""
+        try:
+            document = json.loads(self.report.read_text())
+        except (OSError, ValueError):
+            return None
+        finally:
+            self.report.unlink(missing_ok=True)
+        return document if isinstance(document, dict) else None
+
     def start(self) -> None:
+        self.report.unlink(missing_ok=True)
         # Own session, as RedisServer's child: a terminal's Ctrl-C (sent to the whole
         # foreground group) reaches only us, and we stop each child with one SIGTERM. A
         # child that got the SIGINT too would close its signal receiver and die on our
@@ -50,12 +87,28 @@ def supervise(
     """Runs ``processes`` copies of ``child_argv`` until SIGTERM/SIGINT/SIGHUP, then stops them.
 
     A child that exits is started again after a backoff that doubles up to 30 s (and
-    resets once a child has lived 10 s). Returns 0 after a clean stop.
+    resets once a child has lived 10 s). Returns 0 after a clean stop. Raises
+    :class:`WorkersCannotStart` (after stopping every child) once a child's model failed to
+    load :data:`MAX_FAILED_STARTS` times in a row.
     """
-    children = [
-        _Child(i, [*child_argv, *(extra(i) if extra else ())], env) for i in range(processes)
-    ]
+    with tempfile.TemporaryDirectory(prefix="conveyor-supervisor-") as reports:
+        children = [
+            _Child(
+                i,
+                [*child_argv, *(extra(i) if extra else ())],
+                env,
+                Path(reports) / f"child-{i}.json",
+            )
+            for i in range(processes)
+        ]
+        return _supervise(children, grace_period, on_started)
+
+
+def _supervise(
+    children: list[_Child], grace_period: float, on_started: Callable[[], None] | None
+) -> int:
     stopping = False
+    shown: set[str] = set()  # failures printed already (with their traceback)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -77,7 +130,17 @@ def supervise(
                 if process is not None and process.poll() is not None:
                     if now - child.started > _STABLE_S:
                         child.backoff = 0.5
-                    logger.warning(
+                    failure = child.failure()
+                    if failure is None:
+                        child.failed_starts = 0
+                    else:
+                        child.failed_starts += 1
+                        _show_failure(failure, shown)
+                        if child.failed_starts >= MAX_FAILED_STARTS:
+                            raise WorkersCannotStart(str(failure.get("error")), child.failed_starts)
+                    # a failed load was said above, once: each restart of it says no more
+                    logger.log(
+                        logging.INFO if failure else logging.WARNING,
                         "supervisor.child_exited child=%d pid=%d code=%s restart_in=%.1fs",
                         child.index,
                         process.pid,
@@ -97,6 +160,21 @@ def supervise(
     return 0
 
 
+def _show_failure(failure: dict[str, str], shown: set[str]) -> None:
+    """A child's failed load: its error and traceback, the first time it is seen."""
+    error = str(failure.get("error"))
+    if error in shown:
+        return
+    shown.add(error)
+    logger.error(
+        "model.load_failed model=%s version=%s error=%s\n%s",
+        failure.get("model"),
+        failure.get("version"),
+        error,
+        str(failure.get("traceback", "")).rstrip("\n"),
+    )
+
+
 def _stop_all(children: list[_Child], grace_period: float) -> None:
     running = [c.process for c in children if c.process is not None and c.process.poll() is None]
     for process in running:
@@ -112,8 +190,13 @@ def _stop_all(children: list[_Child], grace_period: float) -> None:
 
 
 def worker_argv(args: Sequence[str]) -> list[str]:
-    """The command line of one child worker process."""
-    return [sys.executable, "-m", "conveyor.cli", "worker", *args, "--processes", "1"]
+    """The command line of one child worker process.
+
+    ``-P`` (Python 3.11's safe path): ``-m`` would otherwise put the current directory first
+    on ``sys.path``, and run from a checkout of this project, its ``conveyor/`` folder (the
+    core alone) would shadow the installed package (``No module named conveyor.cli``).
+    """
+    return [sys.executable, "-P", "-m", "conveyor.cli", "worker", *args, "--processes", "1"]
 
 
 def worker_env(redis_url: str) -> dict[str, str]:

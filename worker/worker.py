@@ -21,10 +21,12 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
+from conveyor.broker import bookkeeping
 from conveyor.broker.connection import (
     RedisSettings,
     create_client,
     create_sync_client,
+    ping,
     translate_errors,
 )
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, hash_tag
@@ -42,11 +44,12 @@ from conveyor.errors import ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
-from conveyor.worker import execution
+from conveyor.worker import admission, execution
 from conveyor.worker.batching import AdaptiveBatcher, jobs_to_hold
+from conveyor.worker.clock import RedisClock, remaining_fields
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 from conveyor.worker.metrics import WorkerMetrics
-from conveyor.worker.registry import ModelRegistry, ServedModel
+from conveyor.worker.registry import ModelLoadFailed, ModelRegistry, ServedModel
 
 __all__ = ("Worker", "WorkerSettings")
 
@@ -55,6 +58,14 @@ logger = logging.getLogger(__name__)
 
 def _default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+def _give_id(payload: Payload, job: Job) -> Payload:
+    """As MLServer's data plane: a request reaches the model with an id (the job's, which its
+    response carries back, when the caller sent none)."""
+    if isinstance(payload, InferenceRequest) and payload.id is None:
+        payload.id = job.id
+    return payload
 
 
 @dataclass
@@ -104,6 +115,8 @@ class Worker:
         self._stopping = False
         self._slot_freed = asyncio.Event()
         self._next_reclaim = 0.0
+        self._next_cleanup = 0.0  # when to look for consumers of dead workers next
+        self._clock = RedisClock()  # job deadlines are measured on Redis's clock
         # Each job runs in a plain asyncio task (the worker always runs on asyncio): an anyio
         # task group's start_soon and a cancel scope per job cost ~25 us of CPU per job.
         self._jobs: set[_JobScope] = set()
@@ -112,6 +125,15 @@ class Worker:
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
         self._running: dict[str, _JobScope] = {}  # request id -> its running job
         self._deadlines = _Deadlines()
+        self._heartbeat: Heartbeat | None = None
+
+    def _publish_models(self) -> None:
+        """Tells the fleet (the heartbeat) which models this worker serves now."""
+        self.stats.ready = self.registry.ready_names()
+        self.stats.failed = self.registry.failed_names()
+        self.stats.loading = []
+        if self._heartbeat is not None:
+            self._heartbeat.beat_soon()
 
     def stop(self) -> None:
         """Stops taking new jobs; ``run`` returns once in-flight jobs are done."""
@@ -124,7 +146,9 @@ class Worker:
         handle_signals: bool = False,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        redis = create_client(self._redis_settings, blocking=True)
+        redis = create_client(
+            self._redis_settings, blocking=True, max_block=self.settings.read_block
+        )
         streams = WorkerStreams(
             redis,
             self.keys,
@@ -140,9 +164,20 @@ class Worker:
             self.settings.name,
             self.stats,
             self.settings.heartbeat_ttl,
+            self._clock,
         )
+        self._heartbeat = heartbeat
         frozen = False
         try:
+            # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
+            await ping(self._redis_settings)
+            # Redis's clock, before the first beat (its registry score) and the first job
+            where = self._redis_settings.redacted_url
+            self._clock.observe(*await bookkeeping.redis_time(redis, where))
+            # Beating while it loads: a client calling a model this worker is loading waits
+            # for it instead of failing as "not served" (see broker/fleet.py).
+            self.stats.loading = self.registry.names()
+            heartbeat.start()
             await self.registry.load_all()
             with translate_errors(self._redis_settings):
                 await streams.ensure_groups(self.registry.job_streams())
@@ -150,6 +185,7 @@ class Worker:
                 cursors = await streams.control_cursors(self.registry.control_streams())
             for served in self.registry.all():
                 await streams.publish_limits(served.name, served.settings.max_queue_length)
+            self._publish_models()  # ready only now: its groups exist
             if self.settings.freeze_gc:
                 # What is alive now (imports, the models) lives as long as the worker: out of
                 # the collector's way. Else each full collection walks it all: ~15 us per job
@@ -157,7 +193,6 @@ class Worker:
                 gc.collect()
                 gc.freeze()
                 frozen = True
-            heartbeat.start()
             if self.settings.metrics_port is not None:
                 self.metrics.serve(self.settings.metrics_port)
             async with anyio.create_task_group() as infra:
@@ -168,9 +203,10 @@ class Worker:
                     # started once it handles them: a signal sent on "worker.started" is seen
                     await infra.start(self._signal_loop)
                 logger.info(
-                    "worker.started worker=%s models=%s concurrency=%d",
+                    "worker.started worker=%s models=%s not_served=%s concurrency=%d",
                     self.settings.name,
-                    ",".join(self.registry.names()),
+                    ",".join(self.stats.ready) or "-",
+                    ",".join(self.stats.failed) or "-",
                     self.settings.concurrency,
                 )
                 task_status.started()
@@ -192,11 +228,37 @@ class Worker:
             if frozen:
                 gc.unfreeze()
             with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(5):
+                    await self._delete_consumer(streams)
                 heartbeat.stop(unregister=True)
                 with anyio.move_on_after(5):
                     await self.registry.unload_all()
                 await redis.aclose()
             logger.info("worker.stopped worker=%s done=%d", self.settings.name, self.stats.done)
+
+    async def _delete_consumer(self, streams: WorkerStreams) -> None:
+        """Leaves the consumer group of each job stream where this worker owns nothing (jobs
+        it was stopped in the middle of stay pending, for another worker to reclaim)."""
+        names = [
+            self.keys.jobs(served.name, version)
+            for served in self.registry.all()
+            for version in (served.version, None)
+        ]
+        try:
+            kept = await bookkeeping.delete_consumer(
+                streams.redis, list(dict.fromkeys(names)), self.settings.name, streams.where
+            )
+        except ConveyorError as error:
+            logger.warning(
+                "worker.consumer_kept worker=%s error=%s", self.settings.name, _describe(error)
+            )
+            return
+        if kept:
+            logger.info(
+                "worker.consumer_kept worker=%s streams=%s reason=pending_jobs",
+                self.settings.name,
+                ",".join(kept),
+            )
 
     async def _wait_slot(self) -> None:
         await self._slot_freed.wait()
@@ -303,7 +365,25 @@ class Worker:
             if reclaimed:
                 self._next_reclaim = 0.0  # there may be more: look again next round
                 return reclaimed
+            if time.monotonic() >= self._next_cleanup:
+                # once their jobs are reclaimed (above), dead workers' consumers go
+                self._next_cleanup = time.monotonic() + self.settings.heartbeat_ttl
+                await self._delete_dead_consumers(streams, order)
         return await streams.read_jobs(order, free, self.settings.read_block)
+
+    async def _delete_dead_consumers(self, streams: WorkerStreams, order: list[str]) -> None:
+        deleted = await bookkeeping.delete_dead_consumers(
+            streams.redis,
+            self.keys,
+            order,
+            self.settings.heartbeat_ttl,
+            self.settings.name,
+            streams.where,
+        )
+        for stream, consumer in deleted:
+            logger.info(
+                "consumer.deleted stream=%s consumer=%s reason=worker_gone", stream, consumer
+            )
 
     async def _handle(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         scope.started = True
@@ -326,36 +406,20 @@ class Worker:
             scope.task = None  # the scope may wait in _deadlines until its deadline: not the task
 
     async def _run_job(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
+        # Its keys, model and size, before anything is decoded or written (worker.admission)
+        refusal = admission.check_entry(
+            self.keys, delivery.stream, delivery.fields, self._payload_limit
+        )
+        if refusal is not None:
+            await self._refuse_entry(streams, delivery, refusal, "job.refused")
+            return
         try:
             job = decode_job(delivery.fields)
         except WireError as error:
-            logger.warning(
-                "job.bad_entry stream=%s entry=%s reason=%s",
-                delivery.stream,
-                delivery.entry_id.decode(),
-                error.reason,
-            )
-            model = hash_tag(delivery.stream)
-            self.metrics.dead_lettered.labels(model).inc()
-            self.metrics.jobs.labels(model, "", "refused").inc()
             reason = f"bad entry: {error.reason}"
-            # Tell the caller if the entry names its reply stream (a newer format, say).
-            caller = _readable_job(delivery, model)
-            await streams.dead_letter(
-                delivery,
-                self.keys.dead(model),
-                reason,
-                job=caller,
-                error_message=None
-                if caller is None
-                else Message(
-                    MessageType.ERROR,
-                    caller.id,
-                    delivery.deliveries,
-                    error=ErrorInfo("bad_entry", "WireError", reason),
-                    entry=delivery.entry_id.decode(),
-                ),
-            )
+            refusal = admission.Refusal("bad_entry", "WireError", reason, answer=True)
+            # The caller hears it if the entry names its reply stream (a newer format, say).
+            await self._refuse_entry(streams, delivery, refusal, "job.bad_entry")
             return
         served = self.registry.find(job.model, job.version)
         limit = served.settings.max_deliveries if served is not None else 3
@@ -376,21 +440,18 @@ class Worker:
             )
             return
         now = time.time()
-        if job.deadline <= now:
+        # On our clock, from when Redis stored the job (worker.clock): clients' clocks differ.
+        stored = self._clock.stored_at(delivery.entry_id)
+        deadline = stored + (job.deadline - job.sent_at)
+        if deadline <= now:
             logger.info("job.expired %s", self._log(job, delivery))
+            text = (
+                f"the job waited {max(now - stored, 0.0):.1f}s in its queue, past its "
+                f"{max(job.deadline - job.sent_at, 0.0):.1f}s timeout, before a worker took "
+                "it; it was skipped (add workers, or give calls a longer timeout)"
+            )
             await streams.finish(
-                delivery,
-                job,
-                [
-                    _error(
-                        job,
-                        delivery,
-                        "deadline",
-                        "DeadlineExceeded",
-                        f"the deadline passed {now - job.deadline:.1f}s before a worker "
-                        "took the job; it was skipped",
-                    )
-                ],
+                delivery, job, [_error(job, delivery, "deadline", "DeadlineExceeded", text)]
             )
             return
         if (served is None or served.model is None) and self.registry.has_unloaded(
@@ -398,7 +459,9 @@ class Worker:
         ):
             # read just before this worker unloaded the model: leave it to the others
             logger.info("job.requeued %s", self._log(job, delivery))
-            await streams.requeue(delivery)
+            # as a new entry: with the time it has left, not its whole timeout again
+            fields = remaining_fields(delivery.fields, deadline)
+            await streams.requeue(Delivery(delivery.stream, delivery.entry_id, fields))
             return
         if served is None or served.model is None:
             version = f" version {job.version!r}" if job.version else ""
@@ -423,20 +486,7 @@ class Worker:
                 f"callable methods are: {allowed}",
             )
             return
-        size = sum(map(len, delivery.fields.values()))
-        limit = served.settings.max_payload_bytes
-        if size > limit:
-            await self._refuse(
-                streams,
-                delivery,
-                job,
-                "payload_too_large",
-                "PayloadTooLarge",
-                f"payload of {size} bytes is over the limit of {limit} bytes "
-                f"(max_payload_bytes of model {job.model!r})",
-            )
-            return
-        held = await streams.claim(delivery, job)
+        held = await streams.claim(delivery, job, deadline)
         if held is not None:
             # Another copy of this job entry (an XADD sent twice) runs or ran it: its answer
             # is this one's too.
@@ -447,16 +497,16 @@ class Worker:
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics = self.metrics.children(job.model, job.method)
-        self.metrics.job_taken(metrics, max(now - job.sent_at, 0.0))
+        self.metrics.job_taken(metrics, max(now - stored, 0.0))
         # Bounded by the job's deadline; a caller that gives up cancels it (see _control).
         task = scope.task
         assert task is not None
         scope.armed = True
-        self._deadlines.add(loop, started + (job.deadline - now), scope, len(self._running))
+        self._deadlines.add(loop, started + (deadline - now), scope, len(self._running))
         self._running[job.id] = scope
         try:
             if job.method == _PREDICT_STREAM:
-                messages = await self._run_stream(streams, delivery, job, served)
+                messages = await self._run_stream(streams, delivery, job, served, deadline)
             else:
                 messages = await self._run_unary(delivery, job, served)
         except asyncio.CancelledError:
@@ -479,7 +529,7 @@ class Worker:
         finally:
             self._running.pop(job.id, None)
             scope.armed = False
-        await streams.finish(delivery, job, messages)
+        await streams.finish(delivery, job, messages, deadline)
         self.metrics.job_done(
             metrics, job.model, job.method, _outcome(messages[-1]), loop.time() - started
         )
@@ -493,6 +543,8 @@ class Worker:
         )
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
+        if job.args:
+            _give_id(job.args[0], job)
         try:
             batcher = self._batcher_for(served, job)
             if batcher is not None:
@@ -506,14 +558,7 @@ class Worker:
                 if isinstance(request, InferenceRequest):
                     result.id = request.id or job.id
         except Exception as error:  # the model's own failure goes back to the caller
-            logger.info(
-                "job.failed request=%s model=%s method=%s worker=%s error=%s",
-                job.id,
-                job.model,
-                job.method,
-                self.settings.name,
-                type(error).__name__,
-            )
+            self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         return [
             Message(
@@ -524,6 +569,57 @@ class Worker:
                 entry=delivery.entry_id.decode(),
             )
         ]
+
+    def _payload_limit(self, model: str, version: str | None) -> int:
+        """The ``max_payload_bytes`` of the folder that would run a job of ``model``."""
+        served = self.registry.find(model, version)
+        if served is not None:
+            return served.settings.max_payload_bytes
+        limits = [s.settings.max_payload_bytes for s in self.registry.all() if s.name == model]
+        return max(limits, default=_DEFAULT_PAYLOAD_LIMIT)
+
+    async def _refuse_entry(
+        self, streams: WorkerStreams, delivery: Delivery, refusal: admission.Refusal, event: str
+    ) -> None:
+        """An entry refused before it was decoded: one log line, a dead letter beside its
+        stream, and the reason to its caller when its own keys passed admission."""
+        logger.warning(
+            "%s stream=%s entry=%s reason=%s",
+            event,
+            delivery.stream,
+            delivery.entry_id.decode(),
+            refusal.reason,
+        )
+        model = hash_tag(delivery.stream)
+        self.metrics.dead_lettered.labels(model).inc()
+        self.metrics.jobs.labels(model, "", "refused").inc()
+        caller = _readable_job(delivery, model, self._clock) if refusal.answer else None
+        error = ErrorInfo(refusal.code, refusal.type, refusal.reason)
+        await streams.dead_letter(
+            delivery,
+            self.keys.dead(model),
+            refusal.reason,
+            job=caller,
+            error_message=None
+            if caller is None
+            else Message(
+                MessageType.ERROR,
+                caller.id,
+                delivery.deliveries,
+                error=error,
+                entry=delivery.entry_id.decode(),
+            ),
+        )
+
+    def _log_failure(self, job: Job, delivery: Delivery, error: Exception) -> None:
+        """The model raised: its message and traceback, once per job, as MLServer logs them
+        (the caller gets the type and message only)."""
+        logger.error(
+            "job.failed %s error=%s",
+            self._log(job, delivery),
+            _describe(error),
+            exc_info=error,
+        )
 
     async def _refuse(
         self,
@@ -596,11 +692,16 @@ class Worker:
         return cast("Awaitable[Payload]", call)
 
     async def _run_stream(
-        self, streams: WorkerStreams, delivery: Delivery, job: Job, served: ServedModel
+        self,
+        streams: WorkerStreams,
+        delivery: Delivery,
+        job: Job,
+        served: ServedModel,
+        deadline: float,
     ) -> list[Message]:
         """Streams each response as a chunk; returns the closing message (end or error)."""
         assert served.model is not None
-        inputs = self._inputs(streams, job)
+        inputs = self._inputs(streams, job, deadline)
         entry = delivery.entry_id.decode()
         seq = 0
         taken = 0  # chunks the caller has taken, as it last told us
@@ -616,22 +717,26 @@ class Worker:
                 chunk = Message(
                     MessageType.CHUNK, job.id, delivery.deliveries, seq, response, entry=entry
                 )
-                await streams.reply(job, [chunk])
+                await streams.reply(job, [chunk], deadline)
                 seq += 1
         except _InputsLost as error:  # a stream with holes is not the model's failure
             return [_error(job, delivery, "stream_interrupted", "StreamInterrupted", str(error))]
         except Exception as error:
+            self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
             with anyio.CancelScope(shield=True):
                 await inputs.aclose()
         return [Message(MessageType.END, job.id, delivery.deliveries, seq, entry=entry)]
 
-    async def _inputs(self, streams: WorkerStreams, job: Job) -> AsyncGenerator[Payload, None]:
-        """The requests a client streams to a predict_stream, until its end marker."""
+    async def _inputs(
+        self, streams: WorkerStreams, job: Job, deadline: float
+    ) -> AsyncGenerator[Payload, None]:
+        """The requests a client streams to a predict_stream, until its end marker (or the
+        job's ``deadline``, on our clock)."""
         if job.inputs is None:
             for arg in job.args:
-                yield arg
+                yield _give_id(arg, job)
             return
         cursor = b"0-0"
         expected = 0  # inputs are numbered from 0; the end marker counts them
@@ -647,8 +752,8 @@ class Worker:
                 if message.type is MessageType.END:
                     return
                 expected += 1
-                yield message.payload
-            if time.time() > job.deadline:
+                yield _give_id(message.payload, job)
+            if time.time() > deadline:
                 return
 
     async def _control_loop(self, streams: WorkerStreams, cursors: dict[str, bytes]) -> None:
@@ -673,12 +778,31 @@ class Worker:
                 continue
             for stream, entry_id, fields in entries:
                 cursors[stream] = entry_id
+                # keys first: the control streams are writable by every client too
+                refusal = admission.check_keys(self.keys, fields)
+                if refusal is not None:
+                    logger.warning(
+                        "control.refused stream=%s entry=%s reason=%s",
+                        stream,
+                        entry_id.decode(),
+                        refusal.reason,
+                    )
+                    continue
                 try:
                     job = decode_job(fields)
                 except WireError as error:
                     logger.warning("control.bad_entry stream=%s reason=%s", stream, error.reason)
                     continue
-                if not self.registry.has(job.model) or time.time() > job.deadline:
+                if stream != self.keys.control(job.model):  # the stream decides the model
+                    logger.warning(
+                        "control.refused stream=%s entry=%s reason=it names model %r",
+                        stream,
+                        entry_id.decode(),
+                        job.model,
+                    )
+                    continue
+                deadline = self._clock.deadline(entry_id, job.deadline, job.sent_at)
+                if not self.registry.has(job.model) or time.time() > deadline:
                     continue
                 await self._control(streams, job)
 
@@ -690,13 +814,19 @@ class Worker:
             return
         try:
             if job.method == ModelMethods.Load.value:
-                ready = await self.registry.load(job.model)
-                await streams.ensure_groups(self.registry.job_streams())
+                try:
+                    ready = await self.registry.load(job.model)
+                finally:
+                    await streams.ensure_groups(self.registry.job_streams())
+                    self._publish_models()
             elif job.method == ModelMethods.Unload.value:
                 ready = not await self.registry.unload(job.model)
+                self._publish_models()
             else:
                 raise ValueError(f"unknown control method {job.method!r}")
         except Exception as error:
+            if isinstance(error, ModelLoadFailed):
+                logger.error("model.load_failed %s", error, exc_info=error.__cause__)
             message = Message(
                 MessageType.ERROR,
                 job.id,
@@ -711,6 +841,8 @@ class Worker:
             )
         await streams.reply(job, [message])
 
+
+_DEFAULT_PAYLOAD_LIMIT = ModelSettings.model_fields["max_payload_bytes"].default
 
 _CANCEL = "cancel"  # a control request: stop the running job with this request id
 _CANCELLED = "cancelled"  # why a job was stopped: its caller cancelled it
@@ -823,16 +955,18 @@ def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -
     )
 
 
-def _readable_job(delivery: Delivery, model: str) -> Job | None:
-    """The readable fields of an entry that did not decode, when they say where to reply."""
+def _readable_job(delivery: Delivery, model: str, clock: RedisClock) -> Job | None:
+    """The readable fields of an entry that was not decoded, when they say where to reply
+    (keys that passed admission), with its deadline on our clock."""
     fields = delivery.fields
     try:
         request_id, reply, bell = (fields[k].decode() for k in (b"id", b"reply", b"bell"))
-        deadline = float(fields[b"deadline"])
-    except (KeyError, UnicodeDecodeError, ValueError):
+        deadline, sent_at = float(fields[b"deadline"]), float(fields[b"sent_at"])
+    except (KeyError, UnicodeDecodeError, ValueError, AttributeError):
         return None
-    if not (request_id and reply and bell) or not math.isfinite(deadline):
+    if not (request_id and reply and bell) or not math.isfinite(deadline - sent_at):
         return None
+    deadline = clock.deadline(delivery.entry_id, deadline, sent_at)
     return Job(request_id, "", model, None, reply, bell, deadline, time.time())
 
 

@@ -210,6 +210,36 @@ def _c_contiguous_native(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
 
 
+def _array_data(payload: npt.NDArray[Any], name: str) -> Any:
+    """An array's elements as a tensor's ``data``: the array itself (C-contiguous, native byte
+    order: a view where it already is), or, for str and object arrays, a flat list."""
+    if payload.dtype.kind == "U":
+        return [encode_str(elem) for elem in payload.ravel().tolist()]  # as MLServer
+    if payload.dtype.kind == "O":
+        data = payload.ravel().tolist()  # as MLServer: str, bytes and None stay as they are
+        for idx, elem in enumerate(data):
+            if not (elem is None or isinstance(elem, bytes | str)):
+                raise CodecError(
+                    f"'{name}' is an object array, sent as BYTES, but element {idx} is "
+                    f"{type(elem).__name__}; expected bytes, str or None",
+                    name=name,
+                )
+        return data
+    return _c_contiguous_native(payload)
+
+
+def _encode_data(data: npt.NDArray[Any], datatype: Datatype) -> Any:
+    """MLServer's helper, for codecs written for MLServer: ``data``'s elements, flat, to put in
+    a tensor of ``datatype`` (the array's own).
+
+    MLServer returns a list (NaN as None, an ``S`` array as one buffer); here, as everywhere in
+    Conveyor, a numeric or ``S`` array stays an array, flattened (a view where possible), and
+    becomes MLServer's list only if dumped as JSON. str and object arrays give lists.
+    """
+    encoded = _array_data(data, "data")
+    return encoded.reshape(-1) if isinstance(encoded, np.ndarray) else encoded
+
+
 def _encode(name: str, payload: object) -> tuple[Datatype, list[int], Any]:
     if not isinstance(payload, np.ndarray):
         raise CodecError(
@@ -220,20 +250,9 @@ def _encode(name: str, payload: object) -> tuple[Datatype, list[int], Any]:
         raise CodecError(f"'{name}' has dtype {payload.dtype}, which has no V2 datatype", name=name)
     # As MLServer: a 1-d array of N elements is sent as [N, 1] (and a 0-d one as [1]).
     shape = inject_batch_dimension(list(payload.shape))
-    data: Any
-    if payload.dtype.kind == "U":
-        data = [encode_str(elem) for elem in payload.ravel().tolist()]  # as MLServer
-    elif payload.dtype.kind == "O":
-        data = payload.ravel().tolist()  # as MLServer: str, bytes and None stay as they are
-        for idx, elem in enumerate(data):
-            if not (elem is None or isinstance(elem, bytes | str)):
-                raise CodecError(
-                    f"'{name}' is an object array, sent as BYTES, but element {idx} is "
-                    f"{type(elem).__name__}; expected bytes, str or None",
-                    name=name,
-                )
-    else:
-        data = _c_contiguous_native(payload).reshape(shape)
+    data = _array_data(payload, name)
+    if isinstance(data, np.ndarray):
+        data = data.reshape(shape)
     return datatype, shape, data
 
 

@@ -56,7 +56,10 @@ def _to_series(input_or_output: InputOrOutput) -> pd.Series[Any]:
     if Datatype(input_or_output.datatype) is Datatype.BYTES:
         # As MLServer: BYTES columns keep whatever they hold (str once decoded, else bytes).
         if decoded is None:
-            decoded = _flat_elements(input_or_output.data.root)
+            root = input_or_output.data.root
+            # One bare bytes (str) object, not a list: MLServer's column iterates it, giving
+            # its byte values (characters), one per row.
+            decoded = list(root) if isinstance(root, bytes | str) else _flat_elements(root)
         return pd.Series(decoded)
 
     if decoded is None:

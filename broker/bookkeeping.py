@@ -1,0 +1,138 @@
+"""The fleet's bookkeeping in Redis: consumers of workers that are gone, and Redis's clock.
+
+Every worker process is a consumer of the group ``workers`` of each job stream it reads, under
+its own name (``host-pid-xxxx``). Redis never forgets a consumer by itself, so a fleet that
+restarts, autoscales or redeploys would pile up thousands of them. A consumer is deleted
+(``XGROUP DELCONSUMER``) only once it owns nothing, because deleting it drops its pending
+entries from the group: those jobs would never be delivered again.
+
+- a worker that stops deletes its own consumers once its jobs are answered: nothing reads
+  for it any more, so nothing can become pending between the check and the delete;
+- a worker that died leaves its jobs pending; a live worker reclaims them, and deletes the
+  consumer once it has no pending entry left, its heartbeat key is gone (the test reclaim
+  uses too) and it has been idle at least a heartbeat TTL (a consumer made just now by a
+  worker whose first heartbeat has not landed yet is not taken for a dead one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.client import Redis
+
+from conveyor.broker.connection import translate_errors
+from conveyor.broker.keys import GROUP, Keys
+from conveyor.broker.streams import is_nogroup
+
+__all__ = ("delete_consumer", "delete_dead_consumers", "redis_time")
+
+logger = logging.getLogger(__name__)
+
+
+async def redis_time(redis: Redis, where: str = "redis") -> tuple[tuple[int, int], float, float]:
+    """Redis's ``TIME`` (seconds, microseconds), with our ``time.time()`` just before the
+    command was sent and just after its answer came."""
+    with translate_errors(where):
+        before = time.time()
+        seconds, micros = await redis.time()
+        return (int(seconds), int(micros)), before, time.time()
+
+
+async def delete_consumer(
+    redis: Redis, streams: Sequence[str], consumer: str, where: str = "redis"
+) -> list[str]:
+    """Deletes ``consumer`` from the group of each stream where it owns no pending entry;
+    returns the streams where it still does (kept). For a worker that has stopped reading."""
+    if not streams:
+        return []
+    with translate_errors(where):
+        pipe = redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xpending_range(stream, GROUP, "-", "+", 1, consumername=consumer)
+        owned = await pipe.execute(raise_on_error=False)
+        owned = [_unless_nogroup(pending) for pending in owned]
+        kept = [s for s, pending in zip(streams, owned, strict=True) if pending]
+        free = [s for s, pending in zip(streams, owned, strict=True) if pending == []]
+        await _delete(redis, [(stream, consumer) for stream in free])
+        return kept
+
+
+async def delete_dead_consumers(
+    redis: Redis,
+    keys: Keys,
+    streams: Sequence[str],
+    idle_s: float,
+    spare: str,
+    where: str = "redis",
+) -> list[tuple[str, str]]:
+    """Deletes the consumers of ``streams`` whose worker is gone (no heartbeat key), that own
+    no pending entry and were idle ``idle_s`` or more; never ``spare`` (the caller itself).
+    Returns the (stream, consumer) pairs deleted."""
+    if not streams:
+        return []
+    idle_ms = int(idle_s * 1000)
+    with translate_errors(where):
+        pipe = redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_consumers(stream, GROUP)
+        infos = await pipe.execute(raise_on_error=False)
+        candidates: list[tuple[str, str]] = []
+        for stream, info in zip(streams, infos, strict=True):
+            for consumer in _unless_nogroup(info) or ():
+                name = _text(consumer.get("name", b""))
+                if (
+                    name
+                    and name != spare
+                    and int(consumer.get("pending", 1)) == 0
+                    and int(consumer.get("idle", 0)) >= idle_ms
+                ):
+                    candidates.append((stream, name))
+        if not candidates:
+            return []
+        names = sorted({name for _, name in candidates})
+        pipe = redis.pipeline(transaction=False)
+        for name in names:
+            pipe.execute_command("EXISTS", keys.worker(name))  # cluster pipelines lack exists()
+        alive = {name for name, exists in zip(names, await pipe.execute(), strict=True) if exists}
+        return await _delete(redis, [(s, name) for s, name in candidates if name not in alive])
+
+
+async def _delete(redis: Redis, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if not pairs:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for stream, consumer in pairs:
+        pipe.xgroup_delconsumer(stream, GROUP, consumer)
+    dropped = await pipe.execute(raise_on_error=False)
+    deleted: list[tuple[str, str]] = []
+    for (stream, consumer), count in zip(pairs, dropped, strict=True):
+        count = _unless_nogroup(count)
+        if count is None:
+            continue
+        if count:  # it read a job between the check and the delete: it is alive after all
+            logger.error(
+                "consumer.deleted_with_pending stream=%s consumer=%s pending=%s: those jobs "
+                "are no longer pending anywhere; `conveyor dlq` cannot see them either",
+                stream,
+                consumer,
+                count,
+            )
+        deleted.append((stream, consumer))
+    return deleted
+
+
+def _unless_nogroup(result: Any) -> Any:
+    """A pipelined command's result; None for a NOGROUP (the stream or its group is gone, so
+    the consumer is too); any other error is raised."""
+    if is_nogroup(result):
+        return None
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,144 @@
+"""Which models the fleet serves, as the workers' heartbeats say: read before a call is sent.
+
+Each worker's heartbeat hash ``<prefix>:worker:<id>`` (written by ``worker/heartbeat.py``,
+with a TTL) lists, as comma-separated model names:
+
+- ``models``: every model of its folders;
+- ``loading``: the models it is loading now (set from before the first load, so a client
+  sees a starting worker);
+- ``ready``: the models it serves (their job streams' groups exist by then);
+- ``failed``: the models whose ``load()`` returned False (a ``load()`` that raises stops the
+  worker instead).
+
+:func:`read_fleet` reads them with ``ZRANGE <prefix>:workers`` and one pipeline of ``HGET``s
+(a worker id whose hash has expired is a dead worker: skipped). :func:`has_group` tells
+whether a job stream has the workers' consumer group, i.e. whether a worker ever served it.
+Both return None when an ACL refuses their commands, and raise redis-py's other errors
+(callers translate them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis as sync_redis
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from conveyor.broker.keys import GROUP, Keys
+
+__all__ = ("FIELDS", "FleetView", "WorkerState", "has_group", "read_fleet", "read_fleet_sync")
+
+# the heartbeat fields read here, in this order
+FIELDS = ("models", "loading", "ready", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """One live worker's models, from its heartbeat."""
+
+    worker: str
+    models: frozenset[str]
+    loading: frozenset[str]
+    ready: frozenset[str]
+    failed: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """The live workers, and what they say of their models."""
+
+    workers: tuple[WorkerState, ...] = field(default_factory=tuple)
+
+    def ready(self) -> list[str]:
+        """Every model some live worker serves, sorted."""
+        return sorted({name for w in self.workers for name in w.ready})
+
+    def serving(self, model: str) -> list[str]:
+        return [w.worker for w in self.workers if model in w.ready]
+
+    def loading(self, model: str) -> list[str]:
+        return [w.worker for w in self.workers if model in w.loading]
+
+    def failed(self, model: str) -> list[str]:
+        return [w.worker for w in self.workers if model in w.failed]
+
+    def having(self, model: str) -> list[str]:
+        """The live workers with ``model`` in their folders, loaded or not."""
+        return [w.worker for w in self.workers if model in w.models]
+
+
+def _names(value: object) -> frozenset[str]:
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if not isinstance(value, str) or not value:
+        return frozenset()
+    return frozenset(name for name in value.split(",") if name)
+
+
+def _view(ids: Iterable[object], values: list[Any]) -> FleetView:
+    workers = []
+    width = len(FIELDS)
+    for i, worker_id in enumerate(ids):
+        row = values[i * width : (i + 1) * width]
+        if all(value is None for value in row):
+            continue  # its heartbeat expired: a dead worker not yet forgotten
+        name = (
+            worker_id.decode(errors="replace") if isinstance(worker_id, bytes) else str(worker_id)
+        )
+        models, loading, ready, failed = (_names(value) for value in row)
+        workers.append(WorkerState(name, models, loading, ready, failed))
+    return FleetView(tuple(workers))
+
+
+def _worker_ids(members: object) -> list[object]:
+    return list(members) if isinstance(members, list | tuple) else []
+
+
+async def read_fleet(redis: Redis, keys: Keys) -> FleetView | None:
+    """The live workers' model lists, in two round trips; None when the ACL refuses a read
+    (the caller cannot tell, and goes on as if the model were served)."""
+    try:
+        ids = _worker_ids(await redis.zrange(keys.workers(), 0, -1))
+        if not ids:
+            return FleetView()
+        pipe = redis.pipeline(transaction=False)
+        for worker_id in ids:
+            key = keys.worker(
+                worker_id.decode() if isinstance(worker_id, bytes) else str(worker_id)
+            )
+            for name in FIELDS:
+                pipe.hget(key, name)
+        return _view(ids, await pipe.execute())
+    except redis_errors.NoPermissionError:
+        return None
+
+
+def read_fleet_sync(redis: sync_redis.Redis, keys: Keys) -> FleetView:
+    """:func:`read_fleet` with redis-py's blocking client (for threads)."""
+    ids = _worker_ids(redis.zrange(keys.workers(), 0, -1))
+    if not ids:
+        return FleetView()
+    with redis.pipeline(transaction=False) as pipe:
+        for worker_id in ids:
+            key = keys.worker(
+                worker_id.decode() if isinstance(worker_id, bytes) else str(worker_id)
+            )
+            for name in FIELDS:
+                pipe.hget(key, name)
+        values = pipe.execute()
+    return _view(ids, values)
+
+
+async def has_group(redis: Redis, stream: str) -> bool | None:
+    """Whether ``stream`` has the workers' consumer group (a worker served it once); None
+    when the ACL refuses ``XINFO GROUPS``."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except redis_errors.NoPermissionError:
+        return None
+    except redis_errors.ResponseError:
+        return False  # no such stream
+    return any(group.get("name") in (GROUP, GROUP.encode()) for group in groups)

@@ -1,0 +1,172 @@
+"""Redis closes connections or goes away for seconds; clients and workers carry on (issue 12 §1).
+
+Real Redis servers (private, AOF with ``appendfsync always`` so a crash loses nothing Redis
+acknowledged) and a real worker subprocess. Every call must get its one correct answer within
+its timeout (README: "a call keeps trying within its timeout"), or a ``ConveyorError``: never
+a raw redis-py exception, never a ``BrokerConnectionError`` at once while time is left, never
+a hang until the deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from fleet import Fleet
+from redis import Redis
+
+from conveyor.broker.server import RedisServer
+from conveyor.client import Client
+from conveyor.errors import ConveyorError
+from conveyor.types import InferenceRequest, RequestInput
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+
+MODELS = Path(__file__).parent / "models_connections"
+OUTAGE_S = 2.5  # how long Redis stays down: several of the connection's retry rounds
+
+
+def request(value: float) -> InferenceRequest:
+    return InferenceRequest(
+        inputs=[RequestInput(name="x", shape=[1], datatype="FP64", data=np.full(1, value, "f8"))]
+    )
+
+
+async def call(client: Client, value: float, timeout: float = 30) -> Any:
+    """The answer's value, or the error raised (a ConveyorError only: others propagate)."""
+    try:
+        response = await client.model("tally").predict(request(value), timeout=timeout)
+    except ConveyorError as error:
+        return error
+    return float(np.asarray(response.outputs[0].data.root).ravel()[0])
+
+
+class Setup:
+    def __init__(self, server: RedisServer, fleet: Fleet, tally: Path) -> None:
+        self.server = server
+        self.fleet = fleet
+        self.tally = tally
+
+    def runs(self) -> list[str]:
+        return self.tally.read_text().splitlines() if self.tally.exists() else []
+
+    def admin(self) -> Redis:
+        return Redis.from_url(self.server.url)
+
+    def outage(self) -> None:
+        """kill -9, then back on the same port (with its AOF) OUTAGE_S later."""
+        self.server.kill()
+        time.sleep(OUTAGE_S)  # the outage itself is what is under test: only time passes
+        self.server.start()
+
+
+@pytest.fixture
+def setup(
+    redis_server_factory: Callable[..., RedisServer],
+    prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Setup]:
+    server = redis_server_factory(args=["--appendonly", "yes", "--appendfsync", "always"])
+    tally = tmp_path / "tally"
+    monkeypatch.setenv("TALLY_FILE", str(tally))
+    fleet = Fleet(server.url, prefix)
+    fleet.start(MODELS, extra=["--concurrency", "16"])
+    try:
+        yield Setup(server, fleet, tally)
+    finally:
+        fleet.stop()
+
+
+async def five_calls(client: Client) -> list[Any]:
+    return [await call(client, float(i), timeout=20) for i in range(5)]
+
+
+async def test_idle_client_and_worker_after_client_kill(setup: Setup, prefix: str) -> None:
+    """CLIENT KILL TYPE normal: every connection of the client and of the worker is gone.
+    Before the fix: every later call failed with "Connection closed by server"."""
+    async with Client(setup.server.url, prefix=prefix) as client:
+        assert await five_calls(client) == [0.0, 1.0, 2.0, 3.0, 4.0]
+        with setup.admin() as admin:
+            killed = admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 4  # the client's sender and reader, the worker's connections
+        assert await five_calls(client) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert setup.fleet.workers[0].process.poll() is None
+
+
+async def test_idle_client_and_worker_under_the_server_timeout(setup: Setup, prefix: str) -> None:
+    """Redis's `timeout 1` closes every connection idle for a second: the client's sending
+    connections between calls, the worker's between reads."""
+    async with Client(setup.server.url, prefix=prefix) as client:
+        assert await five_calls(client) == [0.0, 1.0, 2.0, 3.0, 4.0]
+        with setup.admin() as admin:
+            admin.config_set("timeout", 1)
+            name = f"conveyor-client-{client.client_id}"
+            # No event says Redis closed an idle connection: poll CLIENT LIST (bounded).
+            with anyio.fail_after(15):
+                while sum(c["name"] == name for c in admin.client_list()) > 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.2)
+        assert await five_calls(client) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert setup.fleet.workers[0].process.poll() is None
+
+
+async def test_an_outage_of_seconds_while_idle(setup: Setup, prefix: str) -> None:
+    """Redis killed and back 2.5 s later while nothing is in flight: the next calls work (the
+    reader and the worker's read loop reconnect; the pooled connections are replaced)."""
+    async with Client(setup.server.url, prefix=prefix) as client:
+        assert await five_calls(client) == [0.0, 1.0, 2.0, 3.0, 4.0]
+        await anyio.to_thread.run_sync(setup.outage)
+        assert await five_calls(client) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert setup.fleet.workers[0].process.poll() is None
+
+
+async def test_calls_sent_during_an_outage_wait_for_redis(setup: Setup, prefix: str) -> None:
+    """A call made while a Redis that answered before is down keeps trying within its
+    timeout, and is answered once Redis is back."""
+    async with Client(setup.server.url, prefix=prefix) as client:
+        assert await call(client, 1.0) == 1.0
+        await anyio.to_thread.run_sync(setup.server.kill)
+        answers: list[Any] = []
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(lambda i=i: _append(answers, call(client, float(i), timeout=20)))
+            await anyio.sleep(OUTAGE_S)  # the outage under test
+            await anyio.to_thread.run_sync(setup.server.start)
+        assert sorted(answers) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+async def _append(answers: list[Any], outcome: Any) -> None:
+    answers.append(await outcome)
+
+
+@pytest.mark.timeout(120)
+async def test_an_outage_of_seconds_under_load(setup: Setup, prefix: str) -> None:
+    """120 calls at a concurrency of 30; Redis is killed once a third are answered and is
+    back 2.5 s later. Before the fix: 57 answered, 30 failed at once with
+    BrokerConnectionError, the rest hung until their deadline."""
+    calls, concurrency = 120, 30
+    outcomes: dict[int, Any] = {}
+    third = anyio.Event()
+    async with Client(setup.server.url, prefix=prefix) as client:
+        limiter = anyio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with limiter:
+                outcomes[i] = await call(client, float(i), timeout=30)
+            if len(outcomes) >= calls // 3:
+                third.set()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(calls):
+                tg.start_soon(one, i)
+            await third.wait()
+            await anyio.to_thread.run_sync(setup.outage)
+    errors = {i: repr(o) for i, o in outcomes.items() if isinstance(o, BaseException)}
+    assert errors == {}
+    assert outcomes == {i: float(i) for i in range(calls)}
+    assert setup.fleet.workers[0].process.poll() is None
