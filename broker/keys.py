@@ -31,9 +31,10 @@ GROUP = "workers"  # the one consumer group of every job stream
 
 
 def is_client_id(text: str) -> bool:
-    """Whether ``text`` can be a client id: non-empty printable text without braces (the id
-    is its keys' hash tag, so a brace would move them to another Redis Cluster slot)."""
-    return bool(text) and text.isprintable() and "{" not in text and "}" not in text
+    """Whether ``text`` can be a client id: non-empty printable text without spaces (it names
+    the client's connections) or braces (it is its keys' hash tag: a brace would move them to
+    another Redis Cluster slot)."""
+    return bool(text) and text.isprintable() and not any(c in text for c in " {}")
 
 
 def hash_tag(key: str) -> str:

@@ -36,7 +36,7 @@ from conveyor.broker.connection import (
     default_redis_url,
     translate_errors,
 )
-from conveyor.broker.keys import DEFAULT_PREFIX, Keys
+from conveyor.broker.keys import DEFAULT_PREFIX, Keys, is_client_id
 from conveyor.broker.memory import translate_oom
 from conveyor.broker.streams import ClientStreams, Rung
 from conveyor.broker.wire import (
@@ -137,6 +137,8 @@ class Client:
     """A connection to the fleet. Use as ``async with Client(url) as client:``.
 
     Works on asyncio and trio. ``timeout`` is the default of every call, in seconds.
+    ``client_id`` names the client in its keys and connections (``CLIENT LIST``): the id is
+    that text and a random suffix (``api`` gives ``api-3f0c...``), unique to this instance.
     """
 
     def __init__(
@@ -156,7 +158,15 @@ class Client:
         self.max_payload_bytes = max_payload_bytes
         self.stream_window = stream_window
         self.metrics = metrics or ClientMetrics()
-        self.client_id = client_id or uuid.uuid4().hex[:12]
+        if client_id is not None and not is_client_id(client_id):
+            raise ValueError(
+                f"client_id {client_id!r} cannot name keys: give non-empty printable text "
+                "without spaces or braces"
+            )
+        # A given id is a prefix, made unique: two processes given one id (replicas of one
+        # service) would otherwise share a doorbell and take each other's answers.
+        suffix = uuid.uuid4().hex[:12]
+        self.client_id = f"{client_id}-{suffix}" if client_id else suffix
         self._waiters: dict[str, _Waiter] = {}
         self._finished: list[str] = []
         self._trims: dict[str, bytes] = {}  # open reply streams: read up to this entry
@@ -660,7 +670,8 @@ def _result(job: Job, message: Message) -> Payload:
             exc.args = (error.message,)
             raise exc
         if error.code == "deadline":
-            raise DeadlineExceeded(job.id, job.deadline - job.sent_at, error.message)
+            timeout = job.deadline - job.sent_at
+            raise DeadlineExceeded(job.id, timeout, error.message, by_worker=True)
         if error.code == "payload_too_large":
             raise PayloadTooLarge(0, 0, error.message)
         if error.code == "stream_interrupted":

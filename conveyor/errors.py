@@ -171,9 +171,14 @@ class InvalidRedisURL(ConveyorError, ValueError):
 class DeadlineExceeded(ConveyorError, TimeoutError):
     """No answer within the call's timeout; ``except TimeoutError`` catches it too."""
 
-    def __init__(self, request_id: str, timeout_s: float, detail: str = "") -> None:
+    def __init__(
+        self, request_id: str, timeout_s: float, detail: str = "", *, by_worker: bool = False
+    ) -> None:
         self.request_id = request_id
         self.timeout_s = timeout_s
+        if by_worker:  # the worker's words, which may come back at once: no "within"
+            super().__init__(f"request {request_id} (timeout {timeout_s:.1f}s): {detail}")
+            return
         msg = f"no answer to request {request_id} within {timeout_s:.1f}s"
         super().__init__(f"{msg}; {detail}" if detail else msg)
 

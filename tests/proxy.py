@@ -150,6 +150,16 @@ class ResettingProxy:
         self.stats.resets += 1
         self.stats.resets_log.append(self._loop.time())
 
+    def stall(self) -> int:
+        """Stops reading from every open client connection (a hung middlebox): what the
+        clients send piles up in their socket buffers. New connections are not stalled."""
+        return self._call(self._stall())
+
+    async def _stall(self) -> int:
+        for pair in self._pairs:
+            pair.client.transport.pause_reading()
+        return len(self._pairs)
+
     def start_chaos(self, mean_interval: float, seed: int = 0) -> None:
         """Resets one open connection, chosen at random, every ``mean_interval`` s on average
         (exponential gaps, from ``seed``), until :meth:`stop_chaos`."""

@@ -227,6 +227,34 @@ async def test_a_connection_reset_while_a_command_is_on_the_wire(
     assert fast == own == expected
 
 
+@pytest.mark.anyio
+async def test_a_write_that_does_not_drain_times_out(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct write waits for a backlog within the socket timeout, as redis-py's
+    wait_for does: a peer that stops reading fails the command with TimeoutError, the
+    connection is dropped, and the next command gets a fresh one."""
+    server = redis_server_factory()
+    with ResettingProxy(server.port) as proxy:
+
+        async def scenario(client: Redis, server: RedisServer) -> list[Any]:
+            await client.ping()
+            assert await anyio.to_thread.run_sync(proxy.stall) >= 1
+            big = b"x" * (64 << 20)  # far more than the socket buffers hold
+            return [await _outcome(client.set("big", big)), await _outcome(client.ping())]
+
+        outcomes = []
+        for fast in (True, False):
+            client = _client(
+                proxy.url(server.url), fast, monkeypatch, socket_timeout=0.5, retries=0
+            )
+            try:
+                outcomes.append(await scenario(client, server))
+            finally:
+                await client.aclose()
+    assert outcomes[0] == outcomes[1] == ["TimeoutError", True]
+
+
 async def _dirty(client: Redis, server: RedisServer) -> list[Any]:
     """A connection given back with an unread reply (a cancelled command, say)."""
     pool = client.connection_pool

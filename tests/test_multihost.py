@@ -237,7 +237,7 @@ class _ClientHost:
         """Every reply entry still in Redis. The client deletes a reply stream once its call is
         answered, so what is left came after that (or was answered a moment ago)."""
         found = []
-        pattern = self.keys.reply(self.client.client_id, "*")
+        pattern = self.keys.reply(f"{self.client.client_id}-*", "*")  # the id and its suffix
         async for key in self.probe.scan_iter(match=pattern, count=1000):
             for _, fields in await self.probe.xrange(key) or []:
                 try:

@@ -519,7 +519,10 @@ class Worker:
                 messages = [_error(job, delivery, "cancelled", "Cancelled", text)]
             else:
                 logger.info("job.stopped %s reason=deadline", self._log(job, delivery))
-                text = "the job ran past its deadline and was stopped"
+                text = (
+                    f"the job ran past its {max(job.deadline - job.sent_at, 0.0):.1f}s timeout "
+                    f"on worker {self.settings.name} and was stopped"
+                )
                 messages = [_error(job, delivery, "deadline", "DeadlineExceeded", text)]
         else:
             if task.cancelling():  # the job swallowed its cancellation: its answer stands
