@@ -11,7 +11,7 @@ ack after a command that fails at run time). Under load the acks of one flush ri
 next flush's pipeline, so the extra round trip costs little.
 
 A refused answer is kept and written again, with backoff, until the job's deadline; past it
-the job stays pending, to be delivered again once Redis has room.
+the job stays pending, to be delivered again once Redis has room (see ``ReplyWriter.store``).
 """
 
 from __future__ import annotations
@@ -129,9 +129,11 @@ class ReplyWriter:
         """Returns once Redis stored every message of ``messages`` in the job's reply stream
         (or its final answer in the client's doorbell) and rang the doorbell.
 
-        A write that fails is tried again until ``deadline`` (the job's on this host's clock;
-        by default as the client wrote it), at least once; then raises a ``ConveyorError``
-        saying why (``BrokerOutOfMemory``, say).
+        A final answer that Redis did not store is tried again until ``deadline`` (the job's
+        on this host's clock; by default as the client wrote it): kept, it costs less than a
+        run again. A stream's chunk is tried again only while Redis is out of memory (a
+        restart would meet the same refusal); a lost connection fails it at once, and the
+        job, pending, is restarted. Then raises a ``ConveyorError`` saying why.
         """
         deadline = job.deadline if deadline is None else deadline
         entries = [encode_message(message) for message in messages]
@@ -139,7 +141,7 @@ class ReplyWriter:
         delay = _RETRY_FIRST_S
         tries = 1
         while (error := await self._send(write)) is not None:
-            if time.time() + delay >= deadline:
+            if time.time() + delay >= deadline or not (final or is_out_of_memory(error)):
                 logger.warning(
                     "job.answer_not_stored request=%s tries=%d error=%s",
                     job.id,

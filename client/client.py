@@ -431,11 +431,10 @@ class Client:
                         )
             except TimeoutError:
                 error = await self._timed_out(job, waiter, timeout)
-                try:
-                    await self._forget(waiter, job, waiter.sent)
-                except BrokerOutOfMemory as full:
+                failed = await self._forget(waiter, job, waiter.sent)
+                if isinstance(failed, BrokerOutOfMemory):
                     # why no answer came: the worker could not store it (it keeps trying)
-                    raise full from error
+                    raise failed from error
                 raise error from None
             except BaseException:
                 await self._forget(waiter, job, waiter.sent)
@@ -638,23 +637,33 @@ class Client:
 
     async def _forget(
         self, waiter: _Waiter, job: Job, unanswered: _Sent | None, *keys: str
-    ) -> None:
+    ) -> ConveyorError | None:
         """Drops the waiter and its reply stream. For a call given up on (``unanswered`` is
         its job as sent), deletes the job if no worker took it yet and asks the workers to
-        stop it if one did, so a caller that gave up leaves no work running."""
+        stop it if one did, so a caller that gave up leaves no work running. Returns why
+        that cleanup failed, if it did (it never raises)."""
         self._waiters.pop(waiter.request_id, None)
         self._finished.append(waiter.key)
         if unanswered is None and not keys:
-            return
+            return None
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            if unanswered is not None:
-                await self._step(self._streams.withdraw_job, unanswered.stream, unanswered.entry_id)
-                cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
-                await self._step(
-                    self._streams.send_control, self.keys.control(job.model), encode_job(cancel)
-                )
-            if keys:
-                await self._step(self._streams.delete, *keys)
+            try:
+                if unanswered is not None:
+                    await self._step(
+                        self._streams.withdraw_job, unanswered.stream, unanswered.entry_id
+                    )
+                    cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
+                    await self._step(
+                        self._streams.send_control, self.keys.control(job.model), encode_job(cancel)
+                    )
+                if keys:
+                    await self._step(self._streams.delete, *keys)
+            except ConveyorError as error:
+                # Best effort: the keys expire by themselves, and the call's own outcome (an
+                # answer, or the error that ended it) is what the caller must see.
+                logger.warning("client.cleanup_failed request=%s error=%s", job.id, error)
+                return error
+        return None
 
 
 def _result(job: Job, message: Message) -> Payload:

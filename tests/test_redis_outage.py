@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,18 @@ import anyio
 import numpy as np
 import pytest
 from fleet import Fleet
+from proxy import ResettingProxy
 from redis import Redis
 
 from conveyor.broker.server import RedisServer
 from conveyor.client import Client
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, StreamInterrupted
 from conveyor.types import InferenceRequest, RequestInput
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
 MODELS = Path(__file__).parent / "models_connections"
+TICKER = Path(__file__).parent / "models" / "ticker"
 OUTAGE_S = 2.5  # how long Redis stays down: several of the connection's retry rounds
 
 
@@ -179,3 +181,57 @@ async def test_an_outage_of_seconds_under_load(
     assert errors == {}
     assert outcomes == {i: float(i) for i in range(calls)}
     assert setup.fleet.workers[0].process.poll() is None
+
+
+async def _one(value: float) -> AsyncIterator[InferenceRequest]:
+    yield request(value)
+
+
+async def test_a_stream_that_ended_is_not_failed_by_its_cleanup(
+    setup: Setup, prefix: str
+) -> None:
+    """The stream's cleanup (UNLINK of its input keys) fails after the stream ended normally:
+    the caller still sees a stream that ended normally. ACL stands in, deterministically, for
+    Redis going away at that moment. Before: the cleanup's BrokerConnectionError was raised
+    from the `async for`."""
+    chunks = 0
+    async with Client(setup.server.url, prefix=prefix) as client:
+        async for _ in client.model("tally").predict_stream(_one(7.0), timeout=20):
+            chunks += 1
+            if chunks == 1:
+                with setup.admin() as admin:  # from now on no UNLINK for anyone
+                    admin.acl_setuser("default", enabled=True, commands=["-unlink"])
+    assert chunks == 5
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_stream_whose_worker_loses_redis_is_not_the_models_error(
+    redis_server_factory: Callable[..., RedisServer], prefix: str
+) -> None:
+    """The worker's connections hang mid-stream (a stalled proxy; short socket timeouts), so
+    writing a chunk fails: that is not the model's failure. The job stays pending, is
+    reclaimed and restarted, and the caller, who had taken chunks, gets StreamInterrupted.
+    Before: the caller got RemoteError("BrokerConnectionError: ...") as if the model raised."""
+    server = redis_server_factory()
+    with ResettingProxy(server.port) as proxy:
+        fleet = Fleet(f"{proxy.url(server.url)}?socket_timeout=0.5&retries=0", prefix)
+        worker = fleet.start(TICKER)
+        try:
+            async with Client(server.url, prefix=prefix, timeout=30) as client:
+
+                async def consume() -> ConveyorError | None:
+                    ticks = 0
+                    try:
+                        async for _ in client.model("ticker").predict_stream(_one(0.0)):
+                            ticks += 1
+                            if ticks == 3:
+                                assert await anyio.to_thread.run_sync(proxy.stall) >= 1
+                    except ConveyorError as error:
+                        return error
+                    return None
+
+                error = await consume()
+        finally:
+            fleet.stop()
+    assert isinstance(error, StreamInterrupted), repr(error)
+    assert "job.failed" not in worker.log()

@@ -40,7 +40,7 @@ from conveyor.broker.wire import (
     decode_job,
     decode_message,
 )
-from conveyor.errors import ConveyorError, WireError
+from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
@@ -725,6 +725,11 @@ class Worker:
         except _InputsLost as error:  # a stream with holes is not the model's failure
             return [_error(job, delivery, "stream_interrupted", "StreamInterrupted", str(error))]
         except Exception as error:
+            if isinstance(error, BrokerConnectionError | BrokerOutOfMemory):
+                # A chunk, credit or input step lost Redis, or Redis had no room for it (or the
+                # model's own client failed so): not the model's failure. The job stays pending and
+                # runs again (dead-lettered if it keeps failing); the caller sees StreamInterrupted.
+                raise
             self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
