@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from conveyor.broker.keys import Keys, is_client_id
+from conveyor.broker.keys import Keys
 from conveyor.broker.wire import RawFields
 
 __all__ = ("Admission", "Refusal")
@@ -61,11 +61,6 @@ class Admission:
         self._keys = keys
         self._payload_limit = payload_limit
         self._smallest_limit = smallest_limit
-        prefix = keys.prefix.encode()
-        self._reply_head = prefix + b":reply:{"
-        self._bell_head = prefix + b":bell:{"
-        self._credit_head = prefix + b":credit:{"
-        self._inputs_head = prefix + b":in:{"
         # job stream -> (model, version, smallest limit), as bytes where compared with fields
         self._streams: dict[str, tuple[bytes, bytes, int] | None] = {}
 
@@ -75,25 +70,21 @@ class Admission:
         request_id, reply = get(b"id"), get(b"reply")
         if type(request_id) is not bytes or type(reply) is not bytes or not request_id:
             return None  # the decoder refuses it ("missing field 'id'"); nobody is answered
-        head, tail = self._reply_head, b"}:" + request_id
-        client = reply[len(head) : len(reply) - len(tail)]
-        if not (
-            reply.startswith(head)
-            and reply.endswith(tail)
-            and len(head) + len(tail) < len(reply) <= _TEXT_MAX
-            and _is_client_id(client)
-        ):
-            expected = self._keys.reply("<client id>", _show(request_id))
+        keys = self._keys
+        client = keys.client_of_reply(reply, request_id) if len(reply) <= _TEXT_MAX else None
+        if client is None:
+            expected = keys.reply("<client id>", _show(request_id))
             return _foreign("reply", reply, f"not the reply stream {expected} of its request")
         bell = get(b"bell")
-        if bell is not None and bell != self._bell_head + client + b"}":
-            return self._foreign_own("bell", bell, client, request_id)
-        credit = get(b"credit")
-        if credit is not None and credit != self._credit_head + client + tail:
-            return self._foreign_own("credit", credit, client, request_id)
-        inputs = get(b"inputs")
-        if inputs is not None and inputs != self._inputs_head + client + tail:
-            return self._foreign_own("inputs", inputs, client, request_id)
+        if bell is not None and bell != keys.bell(client).encode():
+            return _foreign("bell", bell, _own(keys.bell(client)))
+        credit, inputs = get(b"credit"), get(b"inputs")
+        if credit is not None or inputs is not None:  # a predict_stream's
+            rid = request_id.decode()  # UTF-8: it ends a key that decoded
+            if credit is not None and credit != keys.credit(client, rid).encode():
+                return _foreign("credit", credit, _own(keys.credit(client, rid)))
+            if inputs is not None and inputs != keys.inputs(client, rid).encode():
+                return _foreign("inputs", inputs, _own(keys.inputs(client, rid)))
         return None
 
     def check_entry(self, stream: str, fields: RawFields) -> Refusal | None:
@@ -148,27 +139,15 @@ class Admission:
         model, version = owner
         return model.encode(), (version or "").encode(), self._smallest_limit(model)
 
-    def _foreign_own(self, name: str, value: bytes, client: bytes, request_id: bytes) -> Refusal:
-        client_id, rid = _show(client), _show(request_id)
-        own = {
-            "bell": self._keys.bell(client_id),
-            "credit": self._keys.credit(client_id, rid),
-            "inputs": self._keys.inputs(client_id, rid),
-        }[name]
-        return _foreign(name, value, f"not {own}, which its client and request id name")
-
-
-def _is_client_id(client: bytes) -> bool:
-    try:
-        return is_client_id(client.decode())
-    except UnicodeDecodeError:
-        return False
-
 
 def _show(value: bytes) -> str:
     """A field for a reason: text, cut short (a crafted field may be megabytes)."""
     text = value[:_TEXT_MAX].decode(errors="backslashreplace")
     return text if len(value) <= _TEXT_MAX else f"{text}... ({len(value)} bytes)"
+
+
+def _own(key: str) -> str:
+    return f"not {key}, which its client and request id name"
 
 
 def _foreign(name: str, value: bytes, why: str) -> Refusal:

@@ -117,8 +117,9 @@ class Heartbeat:
                     "loading": ",".join(stats.loading),
                     "ready": ",".join(stats.ready),
                     "failed": ",".join(stats.failed),
-                    "started": f"{stats.started:.3f}",
-                    "heartbeat": f"{now:.3f}",
+                    # on Redis's clock, as `conveyor inspect` reads them (its "now" is TIME)
+                    "started": f"{stats.started + self._clock.offset:.3f}",
+                    "heartbeat": f"{redis_now:.3f}",
                     "in_flight": len(in_flight),
                     "done": stats.done,
                     "ttl": f"{self._ttl_s:g}",
