@@ -114,8 +114,9 @@ async def _delete(redis: Redis, pairs: list[tuple[str, str]]) -> list[tuple[str,
             continue
         if count:  # it read a job between the check and the delete: it is alive after all
             logger.error(
-                "consumer.deleted_with_pending stream=%s consumer=%s pending=%s: those jobs "
-                "are no longer pending anywhere; `conveyor dlq` cannot see them either",
+                "consumer.deleted_with_pending stream=%s consumer=%s pending=%s: it took "
+                "jobs between the check and the delete (alive, its heartbeat key gone); they "
+                "stay in the stream but are pending nowhere, and run only if it answers them",
                 stream,
                 consumer,
                 count,

@@ -34,7 +34,7 @@ def is_client_id(text: str) -> bool:
     """Whether ``text`` can be a client id: non-empty printable text without spaces (it names
     the client's connections) or braces (it is its keys' hash tag: a brace would move them to
     another Redis Cluster slot)."""
-    return bool(text) and text.isprintable() and not any(c in text for c in " {}")
+    return bool(text) and text.isprintable() and not (" " in text or "{" in text or "}" in text)
 
 
 def hash_tag(key: str) -> str:
@@ -98,13 +98,16 @@ class Keys:
             return None
         return (model, version) if self.jobs(model, version) == key else None
 
-    def client_of_reply(self, key: str, request_id: str) -> str | None:
+    def client_of_reply(self, key: bytes, request_id: bytes) -> str | None:
         """The client id of ``key`` when it is the reply stream of ``request_id`` under this
-        prefix (``<p>:reply:{<client id>}:<request id>``); None otherwise."""
-        head, tail = f"{self.prefix}:reply:{{", f"}}:{request_id}"
+        prefix (``<p>:reply:{<client id>}:<request id>``, as read from Redis); else None."""
+        head, tail = b"%s:reply:{" % self.prefix.encode(), b"}:" + request_id
         if not (key.startswith(head) and key.endswith(tail)):
             return None
-        client_id = key[len(head) : len(key) - len(tail)]
+        try:
+            client_id = key[len(head) : len(key) - len(tail)].decode()
+        except UnicodeDecodeError:
+            return None
         return client_id if is_client_id(client_id) else None
 
     def job_streams_pattern(self) -> str:

@@ -6,7 +6,9 @@ good (and its cancel, an entry in the model's control stream). So the client che
 job stream, and sends nothing when the answer is no:
 
 1. the stream has the workers' consumer group (``XINFO GROUPS``): a worker serves it, or did
-   (workers scaled to zero, restarting): send, and remember the stream (no more checks);
+   (workers scaled to zero, restarting): send, and remember the stream (no more checks),
+   unless the live workers that have the model all report that its ``load()`` returned
+   False (:class:`ModelNotServed` at once: the model was served before, not now);
 2. else the live workers' heartbeats (``broker/fleet.py``): a worker loading the model (it
    creates the group once ready; jobs sent before are served) means send; a worker that
    serves the model's name but not the version asked for, or whose ``load()`` of it returned
@@ -76,9 +78,13 @@ class ServedCheck:
 
     async def _check(self, model: str, version: str | None, stream: str, timeout: float) -> None:
         group = await self._step(has_group, self.redis, stream)
-        if group is not False:  # served once (True), or the ACL does not let us tell (None)
-            if group:
-                self.known.add(stream)
+        if group is None:  # the ACL does not let us tell
+            return
+        if group:  # served once: unless the live workers that have it failed to load it
+            view = await self._step(read_fleet, self.redis, self._keys)
+            if view is not None and not view.serving(model) and not view.loading(model):
+                _raise_if_failed(model, version, view)
+            self.known.add(stream)
             return
 
         def served(view: FleetView) -> bool:
@@ -92,14 +98,7 @@ class ServedCheck:
                     f"no worker serves version {version!r} of model {model!r} "
                     f"(workers {_list(view.serving(model))} serve other versions of it)",
                 )
-            failed = view.failed(model)
-            if failed:
-                raise ModelNotServed(
-                    model,
-                    version,
-                    f"model {model!r} is not served: its load() returned False on "
-                    f"{_list(failed)} (see the worker's log)",
-                )
+            _raise_if_failed(model, version, view)
             return False
 
         await self._wait(model, timeout, served, stream, version)
@@ -131,6 +130,17 @@ class ServedCheck:
                 raise ModelNotServed(model, version, _unknown(model, view))
             # Polling: a worker's first heartbeat rings no bell a client could wait on.
             await anyio.sleep(min(_POLL_S, max(min(started + grace, deadline) - now, 0)))
+
+
+def _raise_if_failed(model: str, version: str | None, view: FleetView) -> None:
+    failed = view.failed(model)
+    if failed:
+        raise ModelNotServed(
+            model,
+            version,
+            f"model {model!r} is not served: its load() returned False on "
+            f"{_list(failed)} (see the worker's log)",
+        )
 
 
 def _list(names: list[str]) -> str:

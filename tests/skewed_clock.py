@@ -1,6 +1,7 @@
 """Runs a Python module with this process's wall clock moved (tests of clock skew only):
 
     python tests/skewed_clock.py SECONDS -m MODULE [ARGS...]
+    python tests/skewed_clock.py SECONDS -c CODE [ARGS...]
 
 ``time.time()`` and ``time.time_ns()`` read SECONDS later (earlier when negative) than the
 host's clock, as on a host whose clock is off; the monotonic clocks are left alone (nothing
@@ -17,14 +18,17 @@ import time
 
 def main() -> None:
     offset = float(sys.argv[1])
-    if sys.argv[2:3] != ["-m"] or len(sys.argv) < 4:
-        raise SystemExit("usage: skewed_clock.py SECONDS -m MODULE [ARGS...]")
+    if sys.argv[2:3] not in (["-m"], ["-c"]) or len(sys.argv) < 4:
+        raise SystemExit("usage: skewed_clock.py SECONDS (-m MODULE | -c CODE) [ARGS...]")
     real_time, real_time_ns = time.time, time.time_ns
     time.time = lambda: real_time() + offset
     time.time_ns = lambda: real_time_ns() + int(offset * 1e9)
-    module = sys.argv[3]
-    sys.argv = [module, *sys.argv[4:]]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    kind, target = sys.argv[2], sys.argv[3]
+    sys.argv = [target if kind == "-m" else "-c", *sys.argv[4:]]
+    if kind == "-m":
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    else:
+        exec(compile(target, "<skewed -c>", "exec"), {"__name__": "__main__"})
 
 
 if __name__ == "__main__":

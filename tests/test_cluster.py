@@ -14,7 +14,7 @@ import anyio
 import numpy as np
 import pytest
 import redis
-from fleet import MODELS, Fleet
+from fleet import MODELS, Fleet, wait_acked
 
 from conveyor.broker.server import RedisServer
 from conveyor.client import Client
@@ -186,8 +186,35 @@ async def test_dead_letters_on_the_cluster(cluster_url: str, prefix: str, fleet:
         dead = probe.xrange(dead_stream)
         assert len(dead) == 1
         assert b"missing field" in dead[0][1][b"dead_reason"]
-        assert probe.xlen(f"{prefix}:{{echo}}:jobs") == 0
+        # acked once the caller's reason is stored too
+        await anyio.to_thread.run_sync(lambda: wait_acked(probe, f"{prefix}:{{echo}}:jobs"))
     finally:
         probe.close()
     async with Client(cluster_url, prefix=prefix, timeout=20) as client:  # still serving
         await client.model("echo").predict(request(1.0))
+
+
+@pytest.mark.timeout(60)
+async def test_the_fleets_bookkeeping_on_the_cluster(
+    cluster_url: str, prefix: str, fleet: Fleet
+) -> None:
+    """The heartbeat (which reads Redis's clock: a keyless TIME, refused in a cluster
+    pipeline) registers the worker; a stopped worker leaves the registry and its consumers."""
+    worker = fleet.start(MODELS)
+    async with Client(cluster_url, prefix=prefix, timeout=20) as client:
+        await client.model("echo").predict(request(1.0))  # a consumer in echo's group
+    port = int(cluster_url.split(":")[2].split("/")[0])
+    probe = redis.RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+    stream = f"{prefix}:{{echo}}:jobs"
+    try:
+        with anyio.fail_after(10):
+            while not probe.zrange(f"{prefix}:workers", 0, -1):  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # the heartbeat thread's first beat: no event to await
+        assert len(probe.xinfo_consumers(stream, "workers")) == 1
+        worker.signal(signal.SIGTERM)
+        assert await anyio.to_thread.run_sync(worker.wait, 20) == 0
+        assert probe.xinfo_consumers(stream, "workers") == []
+        assert probe.zrange(f"{prefix}:workers", 0, -1) == []
+    finally:
+        probe.close()
+    assert "heartbeat_failed" not in worker.log()

@@ -18,7 +18,7 @@ import redis
 from fleet import EXAMPLES, MODELS, Fleet
 
 from conveyor import MLModel
-from conveyor.broker.keys import Keys
+from conveyor.broker.keys import GROUP, Keys
 from conveyor.client import Client
 from conveyor.errors import ModelNotServed, RemoteError
 from conveyor.settings import ModelSettings
@@ -109,11 +109,18 @@ async def test_a_model_error_is_logged_with_its_message_and_traceback_once(
 # -- 2. load() returns False --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("history", ["new", "served-before"])
 async def test_a_model_whose_load_returns_false_is_not_served_and_callers_fail_fast(
-    redis_url: str, prefix: str, tmp_path: Path
+    redis_url: str, prefix: str, tmp_path: Path, history: str
 ) -> None:
     models = tmp_path / "models"
     model_folder(models, "not-loaded", _LOAD_FALSE)
+    if history == "served-before":  # its job stream and group, from a deployment that loaded
+        probe = redis.Redis.from_url(redis_url)
+        try:
+            probe.xgroup_create(Keys(prefix).jobs("not-loaded"), GROUP, id="0", mkstream=True)
+        finally:
+            probe.close()
     fleet = Fleet(redis_url, prefix)
     worker = fleet.start(models, MODELS)  # and the test models, which load
     try:
@@ -130,7 +137,12 @@ async def test_a_model_whose_load_returns_false_is_not_served_and_callers_fail_f
         assert "no worker" not in str(caught.value)
         probe = redis.Redis.from_url(redis_url)
         try:
-            assert probe.exists(Keys(prefix).jobs("not-loaded")) == 0  # nothing sent
+            stream = Keys(prefix).jobs("not-loaded")
+            if history == "new":
+                assert probe.exists(stream) == 0  # nothing sent, nothing left behind
+            else:  # nothing sent: no job queued, none ever delivered
+                assert probe.xlen(stream) == 0
+                assert probe.xinfo_groups(stream)[0]["last-delivered-id"] in (b"0-0", "0-0")
         finally:
             probe.close()
     finally:

@@ -410,6 +410,26 @@ async def test_a_heartbeat_the_acl_refuses_is_reported(
 
 
 @pytest.mark.anyio
+async def test_a_worker_under_an_acl_line_of_before_its_bookkeeping_serves_and_says_so(
+    redis_server_factory: ServerFactory, workers: Workers, prefix: str, tmp_path: Path
+) -> None:
+    """An ACL user set up from an older README (no TIME, XINFO CONSUMERS, XGROUP
+    DELCONSUMER): the worker serves every call, and says what the user lacks."""
+    newer = {"time", "xinfo|consumers", "xgroup|delconsumer"}
+    older = [command for command in COMMANDS if command not in newer]
+    server = start_acl_server(redis_server_factory, tmp_path, prefix, older)
+    url = user_url(server.port)
+    worker = workers.start(url)
+    await exercise_echo(url, prefix)
+    assert "+time" in worker.wait_for_log("worker.clock_unknown", 5)
+    assert "+xinfo|consumers" in worker.wait_for_log("worker.consumers_kept", 5)
+    worker.signal(signal.SIGTERM)
+    assert await exit_code(worker) == 0
+    assert "permission" in worker.wait_for_log("worker.consumer_kept", 5)
+    assert newer <= refusals(server)
+
+
+@pytest.mark.anyio
 async def test_a_timeout_under_an_acl_without_xinfo_is_not_blamed_on_missing_workers(
     redis_server_factory: ServerFactory, workers: Workers, prefix: str, tmp_path: Path
 ) -> None:

@@ -119,6 +119,32 @@ def test_a_client_whose_clock_is_off_is_served(
         assert response["outputs"][0]["data"] == [1.5]
 
 
+CONTROL = """
+import sys
+import anyio
+from conveyor.client import Client
+
+async def main():
+    async with Client(sys.argv[1], prefix=sys.argv[2], timeout=5) as client:
+        echo = client.model("echo")
+        print(await echo.unload(), await echo.load())
+
+anyio.run(main)
+"""
+
+
+def test_a_client_whose_clock_is_off_can_unload_and_load(
+    fleet: Fleet, redis_url: str, prefix: str
+) -> None:
+    """Control requests (load, unload, cancel) have deadlines too (before: a client a minute
+    behind was ignored by every worker)."""
+    fleet.start(ECHO)
+    argv = [sys.executable, str(SKEWED), "-60", "-c", CONTROL, redis_url, prefix]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+
+
 @pytest.mark.parametrize("skew", [-60.0, 60.0])
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio

@@ -17,7 +17,8 @@ none of them on trust:
   decode (a 300 MB envelope decoded first drove a worker to 2.2 GB).
 
 A field missing or not text is left to the decoder, which refuses the entry with its reason;
-the caller of an entry refused there is only told through keys this check has passed.
+the caller of an entry refused there is only told through keys this check has passed. The
+checks compare the raw bytes (no decoding, ~1 us a job); reasons are built only on refusal.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from dataclasses import dataclass
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import RawFields
 
-__all__ = ("Refusal", "check_entry", "check_keys")
+__all__ = ("Admission", "Refusal")
 
-# No client writes a request id, model name or key this long; a longer one is not decoded.
+# No client writes a reply key this long; a longer one is refused, never decoded.
 _TEXT_MAX = 4096
 
 
@@ -44,92 +45,114 @@ class Refusal:
     answer: bool  # whether the caller may be told, through the entry's own (checked) keys
 
 
-def _text(fields: RawFields, name: bytes) -> str | None:
-    """A field's text; None when it is missing or not UTF-8 (the decoder says why)."""
-    value = fields.get(name)
-    if type(value) is not bytes:
+class Admission:
+    """Checks entries of the job streams and control streams under one prefix.
+
+    ``payload_limit(model, version)`` is the ``max_payload_bytes`` that applies to a job;
+    ``smallest_limit(model)`` the least of them for the model (below it, no lookup).
+    """
+
+    def __init__(
+        self,
+        keys: Keys,
+        payload_limit: Callable[[str, str | None], int],
+        smallest_limit: Callable[[str], int],
+    ) -> None:
+        self._keys = keys
+        self._payload_limit = payload_limit
+        self._smallest_limit = smallest_limit
+        # job stream -> (model, version, smallest limit), as bytes where compared with fields
+        self._streams: dict[str, tuple[bytes, bytes, int] | None] = {}
+
+    def check_keys(self, fields: RawFields) -> Refusal | None:
+        """Refuses an entry naming a key that is not its own client's and request's."""
+        get = fields.get
+        request_id, reply = get(b"id"), get(b"reply")
+        if type(request_id) is not bytes or type(reply) is not bytes or not request_id:
+            return None  # the decoder refuses it ("missing field 'id'"); nobody is answered
+        keys = self._keys
+        client = keys.client_of_reply(reply, request_id) if len(reply) <= _TEXT_MAX else None
+        if client is None:
+            expected = keys.reply("<client id>", _show(request_id))
+            return _foreign("reply", reply, f"not the reply stream {expected} of its request")
+        bell = get(b"bell")
+        if bell is not None and bell != keys.bell(client).encode():
+            return _foreign("bell", bell, _own(keys.bell(client)))
+        credit, inputs = get(b"credit"), get(b"inputs")
+        if credit is not None or inputs is not None:  # a predict_stream's
+            rid = request_id.decode()  # UTF-8: it ends a key that decoded
+            if credit is not None and credit != keys.credit(client, rid).encode():
+                return _foreign("credit", credit, _own(keys.credit(client, rid)))
+            if inputs is not None and inputs != keys.inputs(client, rid).encode():
+                return _foreign("inputs", inputs, _own(keys.inputs(client, rid)))
         return None
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
+
+    def check_entry(self, stream: str, fields: RawFields) -> Refusal | None:
+        """Checks a job stream's entry before it is decoded: its keys, that its model (and
+        version) are the stream's, and its size against the model's payload limit."""
+        refusal = self.check_keys(fields)
+        if refusal is not None:
+            return refusal
+        try:
+            owner = self._streams[stream]
+        except KeyError:
+            owner = self._streams[stream] = self._owner(stream)
+        model, version = fields.get(b"model"), fields.get(b"version")
+        if owner is not None and type(model) is bytes and model:
+            stream_model, stream_version, smallest = owner
+            if model != stream_model:
+                reason = (
+                    f"the job names model {_show(model)!r} but was sent to {stream}, the job "
+                    f"stream of model {_show(stream_model)!r}: refused, a stream's jobs run "
+                    "only on its own model"
+                )
+                return Refusal("bad_entry", "WireError", reason, answer=True)
+            if stream_version and version != stream_version:
+                reason = (
+                    f"the job names version {_show(version or b'')!r} but was sent to "
+                    f"{stream}, the job stream of version {_show(stream_version)!r} of model "
+                    f"{_show(stream_model)!r}: refused"
+                )
+                return Refusal("bad_entry", "WireError", reason, answer=True)
+            size = sum(map(len, fields.values()))
+            if size <= smallest:
+                return None
+        else:
+            size = sum(map(len, fields.values()))
+        if type(model) is not bytes or not model:
+            model = owner[0] if owner is not None else b""
+        name = _show(model)
+        wanted = _show(version) if type(version) is bytes and version else None
+        limit = self._payload_limit(name, wanted)
+        if size > limit:
+            reason = (
+                f"payload of {size} bytes is over the limit of {limit} bytes "
+                f"(max_payload_bytes of model {name!r})"
+            )
+            return Refusal("payload_too_large", "PayloadTooLarge", reason, answer=True)
         return None
 
-
-def _long_field(fields: RawFields) -> str | None:
-    for name in (b"id", b"model", b"version", b"reply", b"bell", b"credit", b"inputs"):
-        value = fields.get(name)
-        if value is not None and len(value) > _TEXT_MAX:
-            return f"field {name.decode()!r} is {len(value)} bytes long (at most {_TEXT_MAX})"
-    return None
-
-
-def check_keys(keys: Keys, fields: RawFields) -> Refusal | None:
-    """Refuses an entry naming a key that is not its own client's and request's."""
-    long_field = _long_field(fields)
-    if long_field is not None:
-        return Refusal("bad_entry", "WireError", f"bad entry: {long_field}", answer=False)
-    request_id = _text(fields, b"id")
-    reply = _text(fields, b"reply")
-    if not request_id or reply is None:
-        return None  # the decoder refuses it ("missing field 'id'"), and nobody is answered
-    client_id = keys.client_of_reply(reply, request_id)
-    if client_id is None:
-        expected = keys.reply("<client id>", request_id)
-        return _foreign("reply", reply, f"not the reply stream {expected} of its request")
-    for name, own in (
-        ("bell", keys.bell(client_id)),
-        ("credit", keys.credit(client_id, request_id)),
-        ("inputs", keys.inputs(client_id, request_id)),
-    ):
-        value = _text(fields, name.encode())
-        if value is not None and value != own:
-            return _foreign(name, value, f"not {own}, which its client and request id name")
-    return None
+    def _owner(self, stream: str) -> tuple[bytes, bytes, int] | None:
+        owner = self._keys.job_stream_of(stream)
+        if owner is None:
+            return None
+        model, version = owner
+        return model.encode(), (version or "").encode(), self._smallest_limit(model)
 
 
-def _foreign(name: str, value: str, why: str) -> Refusal:
+def _show(value: bytes) -> str:
+    """A field for a reason: text, cut short (a crafted field may be megabytes)."""
+    text = value[:_TEXT_MAX].decode(errors="backslashreplace")
+    return text if len(value) <= _TEXT_MAX else f"{text}... ({len(value)} bytes)"
+
+
+def _own(key: str) -> str:
+    return f"not {key}, which its client and request id name"
+
+
+def _foreign(name: str, value: bytes, why: str) -> Refusal:
     reason = (
-        f"field {name!r} names {value!r}, {why}: refused, a worker writes only to the keys "
-        "of the job's own client and request"
+        f"field {name!r} names {_show(value)!r}, {why}: refused, a worker writes only to the "
+        "keys of the job's own client and request"
     )
     return Refusal("bad_entry", "WireError", reason, answer=False)
-
-
-def check_entry(
-    keys: Keys,
-    stream: str,
-    fields: RawFields,
-    payload_limit: Callable[[str, str | None], int],
-) -> Refusal | None:
-    """Checks a job stream's entry before it is decoded: its keys, that its model (and
-    version) are the stream's, and its size against ``payload_limit(model, version)``."""
-    refusal = check_keys(keys, fields)
-    if refusal is not None:
-        return refusal
-    owner = keys.job_stream_of(stream)
-    model = _text(fields, b"model")
-    version = _text(fields, b"version") or None
-    if owner is not None and model:
-        stream_model, stream_version = owner
-        if model != stream_model:
-            reason = (
-                f"the job names model {model!r} but was sent to {stream}, the job stream of "
-                f"model {stream_model!r}: refused, a stream's jobs run only on its own model"
-            )
-            return Refusal("bad_entry", "WireError", reason, answer=True)
-        if stream_version is not None and version != stream_version:
-            reason = (
-                f"the job names version {version!r} but was sent to {stream}, the job stream "
-                f"of version {stream_version!r} of model {stream_model!r}: refused"
-            )
-            return Refusal("bad_entry", "WireError", reason, answer=True)
-    name = model or (owner[0] if owner is not None else "")
-    size = sum(map(len, fields.values()))
-    limit = payload_limit(name, version)
-    if size > limit:
-        reason = (
-            f"payload of {size} bytes is over the limit of {limit} bytes "
-            f"(max_payload_bytes of model {name!r})"
-        )
-        return Refusal("payload_too_large", "PayloadTooLarge", reason, answer=True)
-    return None

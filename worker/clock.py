@@ -12,7 +12,9 @@ clients read the same. Redis's clock is converted with an offset measured by ``T
 and on every heartbeat. (The other way, sending the remaining time and measuring it from when
 the worker read the job, forgets the time spent queued: a job would run after its caller had
 given up.) A job resent as a new entry (``dlq retry``, a requeue) gets a budget measured from
-then, so a requeue writes the time that is left (see :func:`remaining_fields`).
+then, so a requeue writes the time that is left (see :func:`remaining_fields`). On Redis
+Cluster, ``TIME`` is answered by any node and entry ids come from the stream's own node: the
+nodes' clocks are taken to agree (NTP); a deadline is off by as much as they differ.
 """
 
 from __future__ import annotations

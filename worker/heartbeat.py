@@ -100,6 +100,8 @@ class Heartbeat:
 
     def beat_once(self, client: redis.Redis) -> None:
         stats = self._stats
+        # Its own round trip: Redis Cluster refuses a keyless command in a pipeline.
+        refused = self._read_clock(client)
         now = time.time()
         redis_now = now + self._clock.offset  # the registry's scores are Redis's time
         key = self._keys.worker(self._worker_id)
@@ -115,8 +117,9 @@ class Heartbeat:
                     "loading": ",".join(stats.loading),
                     "ready": ",".join(stats.ready),
                     "failed": ",".join(stats.failed),
-                    "started": f"{stats.started:.3f}",
-                    "heartbeat": f"{now:.3f}",
+                    # on Redis's clock, as `conveyor inspect` reads them (its "now" is TIME)
+                    "started": f"{stats.started + self._clock.offset:.3f}",
+                    "heartbeat": f"{redis_now:.3f}",
                     "in_flight": len(in_flight),
                     "done": stats.done,
                     "ttl": f"{self._ttl_s:g}",
@@ -127,25 +130,35 @@ class Heartbeat:
             # workers silent for long: killed ones never unregister (see _forget_dead)
             silent_for = max(GONE_LISTED_S, 3 * self._ttl_s)
             pipe.zrangebyscore(self._keys.workers(), "-inf", redis_now - silent_for)
-            pipe.time()
             # Reset the idle time of every job this worker still runs: reclaim goes by idle
             # time, so a job is only ever taken from a worker whose heartbeat stopped.
             for entry_id, stream in in_flight.items():
                 pipe.xclaim(stream, GROUP, self._worker_id, 0, [entry_id], justid=True)
             results = pipe.execute(raise_on_error=False)
-        silent, redis_time = results[3:5]  # after HSET, PEXPIRE, ZADD; before the claims
-        if isinstance(redis_time, tuple):
-            self._clock.observe(redis_time, now, time.time())
+        silent = results[3]  # after HSET, PEXPIRE, ZADD; before the claims
         if isinstance(silent, list) and silent:
             self._forget_dead(client, [_text(worker_id) for worker_id in silent])
         # A refused command (an ACL without HSET or XCLAIM, say) must not go unnoticed: this
         # worker would drop out of the registry, or lose its jobs to a reclaim.
         # (A NOGROUP on a claim refresh only means the stream was deleted: the loop sees it.)
-        errors = {str(r) for r in results if isinstance(r, redis.exceptions.NoPermissionError)}
+        errors = {
+            str(r) for r in [*results, refused] if isinstance(r, redis.exceptions.NoPermissionError)
+        }
         if errors != self._last_errors:
             for error in sorted(errors):
                 logger.error("worker.heartbeat_refused worker=%s error=%s", self._worker_id, error)
             self._last_errors = errors
+
+    def _read_clock(self, client: redis.Redis) -> redis.exceptions.NoPermissionError | None:
+        """Reads Redis's clock (``TIME``); an ACL that refuses it is reported, and the last
+        offset kept (deadlines then lean on this host's clock being right)."""
+        before = time.time()
+        try:
+            seconds, micros = client.time()
+        except redis.exceptions.NoPermissionError as error:
+            return error
+        self._clock.observe((int(seconds), int(micros)), before, time.time())
+        return None
 
     def _forget_dead(self, client: redis.Redis, silent: list[str]) -> None:
         """Removes from the registry the silent workers whose heartbeat key has expired (by

@@ -117,6 +117,9 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_cleanup = 0.0  # when to look for consumers of dead workers next
         self._clock = RedisClock()  # job deadlines are measured on Redis's clock
+        self._admission = admission.Admission(
+            self.keys, self._payload_limit, self._smallest_payload_limit
+        )
         # Each job runs in a plain asyncio task (the worker always runs on asyncio): an anyio
         # task group's start_soon and a cancel scope per job cost ~25 us of CPU per job.
         self._jobs: set[_JobScope] = set()
@@ -172,8 +175,7 @@ class Worker:
             # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
             await ping(self._redis_settings)
             # Redis's clock, before the first beat (its registry score) and the first job
-            where = self._redis_settings.redacted_url
-            self._clock.observe(*await bookkeeping.redis_time(redis, where))
+            await self._read_clock(streams)
             # Beating while it loads: a client calling a model this worker is loading waits
             # for it instead of failing as "not served" (see broker/fleet.py).
             self.stats.loading = self.registry.names()
@@ -371,15 +373,36 @@ class Worker:
                 await self._delete_dead_consumers(streams, order)
         return await streams.read_jobs(order, free, self.settings.read_block)
 
+    async def _read_clock(self, streams: WorkerStreams) -> None:
+        """Reads Redis's clock (the heartbeat reads it again on every beat)."""
+        try:
+            self._clock.observe(*await bookkeeping.redis_time(streams.redis, streams.where))
+        except ConveyorError as error:  # an ACL without TIME, say: the worker serves on
+            logger.error(
+                "worker.clock_unknown worker=%s error=%s: deadlines are measured as if this "
+                "host's clock were Redis's (an ACL user needs +time: README, Security)",
+                self.settings.name,
+                _describe(error),
+            )
+
     async def _delete_dead_consumers(self, streams: WorkerStreams, order: list[str]) -> None:
-        deleted = await bookkeeping.delete_dead_consumers(
-            streams.redis,
-            self.keys,
-            order,
-            self.settings.heartbeat_ttl,
-            self.settings.name,
-            streams.where,
-        )
+        try:
+            deleted = await bookkeeping.delete_dead_consumers(
+                streams.redis,
+                self.keys,
+                order,
+                self.settings.heartbeat_ttl,
+                self.settings.name,
+                streams.where,
+            )
+        except ConveyorError as error:  # the jobs go on; their next read says if Redis is gone
+            logger.warning(
+                "worker.consumers_kept worker=%s error=%s (an ACL user needs "
+                "+xinfo|consumers and +xgroup|delconsumer: README, Security)",
+                self.settings.name,
+                _describe(error),
+            )
+            return
         for stream, consumer in deleted:
             logger.info(
                 "consumer.deleted stream=%s consumer=%s reason=worker_gone", stream, consumer
@@ -407,9 +430,7 @@ class Worker:
 
     async def _run_job(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         # Its keys, model and size, before anything is decoded or written (worker.admission)
-        refusal = admission.check_entry(
-            self.keys, delivery.stream, delivery.fields, self._payload_limit
-        )
+        refusal = self._admission.check_entry(delivery.stream, delivery.fields)
         if refusal is not None:
             await self._refuse_entry(streams, delivery, refusal, "job.refused")
             return
@@ -580,6 +601,10 @@ class Worker:
             return served.settings.max_payload_bytes
         limits = [s.settings.max_payload_bytes for s in self.registry.all() if s.name == model]
         return max(limits, default=_DEFAULT_PAYLOAD_LIMIT)
+
+    def _smallest_payload_limit(self, model: str) -> int:
+        limits = [s.settings.max_payload_bytes for s in self.registry.all() if s.name == model]
+        return min(limits, default=_DEFAULT_PAYLOAD_LIMIT)
 
     async def _refuse_entry(
         self, streams: WorkerStreams, delivery: Delivery, refusal: admission.Refusal, event: str
@@ -787,7 +812,7 @@ class Worker:
             for stream, entry_id, fields in entries:
                 cursors[stream] = entry_id
                 # keys first: the control streams are writable by every client too
-                refusal = admission.check_keys(self.keys, fields)
+                refusal = self._admission.check_keys(fields)
                 if refusal is not None:
                     logger.warning(
                         "control.refused stream=%s entry=%s reason=%s",

@@ -1,0 +1,95 @@
+"""worker/admission.py on its own: which keys a job entry may name (no Redis needed; the end
+to end checks against a real worker are in test_crafted_jobs.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conveyor.broker.keys import Keys
+from conveyor.broker.wire import Job, encode_job
+from conveyor.worker.admission import Admission
+
+KEYS = Keys("conveyor")
+CLIENT, REQUEST = "c0ffee", "c0ffee-7"
+
+
+def fields(**changes: str) -> dict[bytes, bytes]:
+    job = Job(
+        id=REQUEST,
+        method="predict_stream",
+        model="echo",
+        version=None,
+        reply=KEYS.reply(CLIENT, REQUEST),
+        bell=KEYS.bell(CLIENT),
+        deadline=time.time() + 30,
+        sent_at=time.time(),
+        inputs=KEYS.inputs(CLIENT, REQUEST),
+        credit=KEYS.credit(CLIENT, REQUEST),
+        window=4,
+    )
+    encoded = {**encode_job(job), **changes}
+    return {k.encode(): v.encode() if isinstance(v, str) else bytes(v) for k, v in encoded.items()}
+
+
+def admission(limit: int = 1 << 20) -> Admission:
+    return Admission(KEYS, lambda model, version: limit, lambda model: limit)
+
+
+def test_a_clients_own_keys_pass() -> None:
+    assert admission().check_entry(KEYS.jobs("echo"), fields()) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reply", "victim:string"),
+        ("reply", "conveyor:{other}:jobs"),
+        ("reply", KEYS.reply(CLIENT, "c0ffee-8")),  # another request's reply stream
+        ("reply", KEYS.reply("a}b", REQUEST)),  # a brace would move the hash tag
+        ("reply", KEYS.reply("", REQUEST)),
+        ("reply", "other-prefix:reply:{c0ffee}:c0ffee-7"),
+        ("bell", KEYS.bell("someone-else")),
+        ("bell", "victim:newlist"),
+        ("credit", "victim:queue"),
+        ("credit", KEYS.credit(CLIENT, "c0ffee-8")),
+        ("inputs", KEYS.inputs("someone-else", REQUEST)),
+    ],
+)
+def test_a_key_the_client_and_request_do_not_name_is_refused(field: str, value: str) -> None:
+    refusal = admission().check_entry(KEYS.jobs("echo"), fields(**{field: value}))
+    assert refusal is not None
+    assert not refusal.answer  # nobody is answered through keys that are not trusted
+    assert f"field {field!r} names {value!r}" in refusal.reason
+
+
+def test_a_huge_reply_field_is_refused_without_being_decoded() -> None:
+    refusal = admission().check_entry(KEYS.jobs("echo"), fields(reply="x" * 10_000_000))
+    assert refusal is not None
+    assert "(10000000 bytes)" in refusal.reason
+    assert len(refusal.reason) < 5000
+
+
+def test_the_stream_decides_the_model_and_the_version() -> None:
+    refusal = admission().check_entry(KEYS.jobs("echo"), fields(model="counter"))
+    assert refusal is not None
+    assert refusal.answer
+    assert "names model 'counter'" in refusal.reason
+    refusal = admission().check_entry(KEYS.jobs("echo", "v1"), fields(version="v2"))
+    assert refusal is not None
+    assert "names version 'v2'" in refusal.reason
+    assert admission().check_entry(KEYS.jobs("echo", "v1"), fields(version="v1")) is None
+
+
+def test_the_size_is_checked_on_the_raw_fields() -> None:
+    refusal = admission(limit=100).check_entry(KEYS.jobs("echo"), fields(envelope="\xc1" * 200))
+    assert refusal is not None
+    assert refusal.code == "payload_too_large"
+    assert "over the limit of 100 bytes (max_payload_bytes of model 'echo')" in refusal.reason
+
+
+def test_missing_fields_are_left_to_the_decoder() -> None:
+    entry = fields()
+    del entry[b"id"]
+    assert admission().check_keys(entry) is None
