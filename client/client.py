@@ -352,6 +352,20 @@ class Client:
         self._reached = True
         return result
 
+    async def _step_until(self, deadline: float, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """A broker step that, while a Redis that answered before is unreachable (restarting,
+        failing over), tries again with backoff until ``deadline`` (anyio's clock), as a
+        call's send does; then raises the connection error."""
+        backoff = 0.05
+        while True:
+            try:
+                return await self._step(fn, *args)
+            except BrokerConnectionError:
+                if not self._reached or anyio.current_time() + backoff >= deadline:
+                    raise
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
     # -- the reader -------------------------------------------------------------------------
 
     async def _read_replies(self) -> None:
@@ -589,8 +603,8 @@ class Client:
                         # back for more: credit the worker every half window
                         if job.credit and waiter.taken % max(job.window // 2, 1) == 0:
                             ttl = job.deadline - time.time() + _INPUTS_TTL_GRACE_S
-                            await self._step(
-                                self._streams.send_credit, job.credit, waiter.taken, ttl
+                            await self._step_until(
+                                deadline, self._streams.send_credit, job.credit, waiter.taken, ttl
                             )
                     elif message.type is MessageType.END:
                         finished = True
@@ -691,15 +705,19 @@ class Client:
     ) -> None:
         assert job.inputs is not None
         ttl = job.deadline - time.time() + _INPUTS_TTL_GRACE_S
+        deadline = anyio.current_time() + job.deadline - time.time()
         seq = 0
         with scope:
             try:
                 async for request in requests:
                     entry = encode_message(Message(MessageType.INPUT, job.id, 0, seq, request))
-                    await self._step(self._streams.send_inputs, job.inputs, [entry], ttl)
+                    # an input sent twice (its first XADD's reply lost) is skipped by its seq
+                    await self._step_until(
+                        deadline, self._streams.send_inputs, job.inputs, [entry], ttl
+                    )
                     seq += 1
                 end = encode_message(Message(MessageType.END, job.id, 0, seq))
-                await self._step(self._streams.send_inputs, job.inputs, [end], ttl)
+                await self._step_until(deadline, self._streams.send_inputs, job.inputs, [end], ttl)
             except Exception as error:  # the caller's iterator failed: end the call with it
                 waiter.deliver(
                     Message(

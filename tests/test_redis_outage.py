@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
 MODELS = Path(__file__).parent / "models_connections"
 TICKER = Path(__file__).parent / "models" / "ticker"
+ECHO = Path(__file__).parent / "models" / "echo"
 OUTAGE_S = 2.5  # how long Redis stays down: several of the connection's retry rounds
 
 
@@ -235,3 +237,63 @@ async def test_a_stream_whose_worker_loses_redis_is_not_the_models_error(
             fleet.stop()
     assert isinstance(error, StreamInterrupted), repr(error)
     assert "job.failed" not in worker.log()
+
+
+async def test_a_stream_through_an_outage_keeps_trying(setup: Setup, prefix: str) -> None:
+    """Redis dies mid-stream and is back 2.5 s later: the stream's own sends (credit to the
+    worker, inputs) keep trying within its timeout. The worker's chunk write failed meanwhile,
+    so the job restarts and the caller, who had taken chunks, gets StreamInterrupted: a
+    ConveyorError that says to send again. Before: BrokerConnectionError at once."""
+    setup.fleet.start(TICKER)
+    async with Client(setup.server.url, prefix=prefix, timeout=30, stream_window=8) as client:
+
+        async def consume() -> tuple[int, BaseException | None]:
+            ticks = 0
+            try:
+                async with aclosing(client.model("ticker").predict_stream(_one(0.0))) as chunks:
+                    async for _ in chunks:
+                        ticks += 1
+                        if ticks == 20:
+                            await anyio.to_thread.run_sync(setup.server.kill)
+                            tg.start_soon(restart)
+                        if ticks == 400:
+                            break
+            except ConveyorError as error:
+                return ticks, error
+            return ticks, None
+
+        async def restart() -> None:
+            await anyio.sleep(OUTAGE_S)  # the outage under test
+            await anyio.to_thread.run_sync(setup.server.start)
+
+        async with anyio.create_task_group() as tg:
+            ticks, error = await consume()
+    assert error is None or isinstance(error, StreamInterrupted), repr(error)
+    assert ticks >= 20
+
+
+async def test_an_input_sent_twice_reaches_the_model_once(setup: Setup, prefix: str) -> None:
+    """A stream's input whose XADD was re-sent (its reply lost with the connection) is in the
+    input stream twice; the worker skips the copy by its seq. Here the copy is written by
+    hand, between the first input's answer and the second input."""
+    setup.fleet.start(ECHO)
+    answered = anyio.Event()
+    async with Client(setup.server.url, prefix=prefix) as client:
+
+        async def inputs() -> AsyncIterator[InferenceRequest]:
+            yield request(1.0)
+            await answered.wait()
+            with setup.admin() as admin:
+                (key,) = admin.keys(f"{prefix}:in:*")
+                (first,) = admin.xrange(key)
+                admin.xadd(key, first[1])  # the same input, seq 0, again
+            yield request(2.0)
+
+        values = []
+        async with aclosing(client.model("echo").predict_stream(inputs(), timeout=20)) as chunks:
+            async for chunk in chunks:
+                values.append(float(np.asarray(chunk.outputs[0].data.root).ravel()[0]))
+                answered.set()
+                if len(values) == 2:
+                    break
+    assert values == [1.0, 2.0]

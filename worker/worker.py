@@ -693,6 +693,7 @@ class Worker:
                 yield _give_id(arg, job)
             return
         cursor = b"0-0"
+        expected = 0  # the next input's seq: one the client had to send twice is skipped
         while True:
             entries = await streams.read_inputs(job.inputs, cursor, self.settings.read_block)
             for entry_id, fields in entries:
@@ -700,6 +701,9 @@ class Worker:
                 message = decode_message(fields)
                 if message.type is MessageType.END:
                     return
+                if message.seq < expected:
+                    continue
+                expected = message.seq + 1
                 yield _give_id(message.payload, job)
             if time.time() > deadline:
                 return
