@@ -225,13 +225,15 @@ class Worker:
                         )
                 finally:
                     await self._abort_jobs()
+                    # Its jobs answered, or pending for another worker: it leaves the groups
+                    # where it owns nothing (never before it consumed: nothing to leave).
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        await self._bookkeeper.leave(self._all_job_streams())
                 infra.cancel_scope.cancel()
         finally:
             if frozen:
                 gc.unfreeze()
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(5):
-                    await self._bookkeeper.leave(self._all_job_streams())
                 heartbeat.stop(unregister=True)
                 with anyio.move_on_after(5):
                     await self.registry.unload_all()
