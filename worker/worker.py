@@ -21,7 +21,6 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from conveyor.broker import bookkeeping
 from conveyor.broker.connection import (
     RedisSettings,
     create_client,
@@ -46,6 +45,7 @@ from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import admission, execution
 from conveyor.worker.batching import AdaptiveBatcher, jobs_to_hold
+from conveyor.worker.bookkeeper import Bookkeeper
 from conveyor.worker.clock import RedisClock, remaining_fields
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 from conveyor.worker.metrics import WorkerMetrics
@@ -115,7 +115,6 @@ class Worker:
         self._stopping = False
         self._slot_freed = asyncio.Event()
         self._next_reclaim = 0.0
-        self._next_cleanup = 0.0  # when to look for consumers of dead workers next
         self._clock = RedisClock()  # job deadlines are measured on Redis's clock
         self._admission = admission.Admission(
             self.keys, self._payload_limit, self._smallest_payload_limit
@@ -160,6 +159,7 @@ class Worker:
             cluster=self._redis_settings.cluster,
         )
         self._streams = streams
+        self._bookkeeper = Bookkeeper(streams, self._clock, self.settings.heartbeat_ttl)
         self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
         heartbeat = Heartbeat(
             lambda: create_sync_client(self._redis_settings),
@@ -175,7 +175,7 @@ class Worker:
             # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
             await ping(self._redis_settings)
             # Redis's clock, before the first beat (its registry score) and the first job
-            await self._read_clock(streams)
+            await self._bookkeeper.read_clock()
             # Beating while it loads: a client calling a model this worker is loading waits
             # for it instead of failing as "not served" (see broker/fleet.py).
             self.stats.loading = self.registry.names()
@@ -225,42 +225,29 @@ class Worker:
                         )
                 finally:
                     await self._abort_jobs()
+                    # Its jobs answered, or pending for another worker: it leaves the groups
+                    # where it owns nothing (never before it consumed: nothing to leave).
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        await self._bookkeeper.leave(self._all_job_streams())
                 infra.cancel_scope.cancel()
         finally:
             if frozen:
                 gc.unfreeze()
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(5):
-                    await self._delete_consumer(streams)
                 heartbeat.stop(unregister=True)
                 with anyio.move_on_after(5):
                     await self.registry.unload_all()
                 await redis.aclose()
             logger.info("worker.stopped worker=%s done=%d", self.settings.name, self.stats.done)
 
-    async def _delete_consumer(self, streams: WorkerStreams) -> None:
-        """Leaves the consumer group of each job stream where this worker owns nothing (jobs
-        it was stopped in the middle of stay pending, for another worker to reclaim)."""
+    def _all_job_streams(self) -> list[str]:
+        """The job streams of every model folder of this worker, loaded or not."""
         names = [
             self.keys.jobs(served.name, version)
             for served in self.registry.all()
             for version in (served.version, None)
         ]
-        try:
-            kept = await bookkeeping.delete_consumer(
-                streams.redis, list(dict.fromkeys(names)), self.settings.name, streams.where
-            )
-        except ConveyorError as error:
-            logger.warning(
-                "worker.consumer_kept worker=%s error=%s", self.settings.name, _describe(error)
-            )
-            return
-        if kept:
-            logger.info(
-                "worker.consumer_kept worker=%s streams=%s reason=pending_jobs",
-                self.settings.name,
-                ",".join(kept),
-            )
+        return list(dict.fromkeys(names))
 
     async def _wait_slot(self) -> None:
         await self._slot_freed.wait()
@@ -367,46 +354,8 @@ class Worker:
             if reclaimed:
                 self._next_reclaim = 0.0  # there may be more: look again next round
                 return reclaimed
-            if time.monotonic() >= self._next_cleanup:
-                # once their jobs are reclaimed (above), dead workers' consumers go
-                self._next_cleanup = time.monotonic() + self.settings.heartbeat_ttl
-                await self._delete_dead_consumers(streams, order)
+            await self._bookkeeper.sweep(order)  # dead workers' jobs reclaimed: their consumers go
         return await streams.read_jobs(order, free, self.settings.read_block)
-
-    async def _read_clock(self, streams: WorkerStreams) -> None:
-        """Reads Redis's clock (the heartbeat reads it again on every beat)."""
-        try:
-            self._clock.observe(*await bookkeeping.redis_time(streams.redis, streams.where))
-        except ConveyorError as error:  # an ACL without TIME, say: the worker serves on
-            logger.error(
-                "worker.clock_unknown worker=%s error=%s: deadlines are measured as if this "
-                "host's clock were Redis's (an ACL user needs +time: README, Security)",
-                self.settings.name,
-                _describe(error),
-            )
-
-    async def _delete_dead_consumers(self, streams: WorkerStreams, order: list[str]) -> None:
-        try:
-            deleted = await bookkeeping.delete_dead_consumers(
-                streams.redis,
-                self.keys,
-                order,
-                self.settings.heartbeat_ttl,
-                self.settings.name,
-                streams.where,
-            )
-        except ConveyorError as error:  # the jobs go on; their next read says if Redis is gone
-            logger.warning(
-                "worker.consumers_kept worker=%s error=%s (an ACL user needs "
-                "+xinfo|consumers and +xgroup|delconsumer: README, Security)",
-                self.settings.name,
-                _describe(error),
-            )
-            return
-        for stream, consumer in deleted:
-            logger.info(
-                "consumer.deleted stream=%s consumer=%s reason=worker_gone", stream, consumer
-            )
 
     async def _handle(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         scope.started = True
