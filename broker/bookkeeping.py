@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.client import Redis
+from redis.exceptions import ResponseError
 
 from conveyor.broker.connection import translate_errors
 from conveyor.broker.keys import GROUP, Keys
@@ -125,10 +126,17 @@ async def _delete(redis: Redis, pairs: list[tuple[str, str]]) -> list[tuple[str,
     return deleted
 
 
+# How Redis says a stream (or its group) is gone, by command: XPENDING says NOGROUP, XINFO
+# CONSUMERS "no such key", XGROUP DELCONSUMER "... requires the key to exist".
+_GONE = ("no such key", "requires the key to exist")
+
+
 def _unless_nogroup(result: Any) -> Any:
-    """A pipelined command's result; None for a NOGROUP (the stream or its group is gone, so
-    the consumer is too); any other error is raised."""
-    if is_nogroup(result):
+    """A pipelined command's result; None when the stream or its group is gone (so is the
+    consumer); any other error is raised."""
+    if is_nogroup(result) or (
+        isinstance(result, ResponseError) and any(text in str(result) for text in _GONE)
+    ):
         return None
     if isinstance(result, Exception):
         raise result

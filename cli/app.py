@@ -100,10 +100,13 @@ def _report_load_failure(error: ModelLoadFailed, report: Path | None) -> typer.E
         document = {"model": error.name, "version": error.version, "error": str(error)}
         report.write_text(json.dumps({**document, "traceback": text}))
         return typer.Exit(code=1)
-    logger.error(
-        "model.load_failed model=%s version=%s error=%s", error.name, error.version, error.reason
+    logger.error(  # the traceback under the line (text), or in its "exception" key (json)
+        "model.load_failed model=%s version=%s error=%s",
+        error.name,
+        error.version,
+        error.reason,
+        exc_info=cause,
     )
-    typer.echo(text.rstrip("\n"), err=True)
     return _fail(error)
 
 

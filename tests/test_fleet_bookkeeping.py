@@ -163,3 +163,23 @@ def test_a_worker_gone_a_minute_leaves_the_registry(
     worker = fleet.start(COUNTER)
     worker.wait_for_log("worker.forgot_dead workers=gone-long-ago", timeout=15)
     assert registered(probe, keys) == {name_of(worker), "gone-just-now"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # redis.asyncio, driven directly
+async def test_streams_deleted_meanwhile_are_no_error(redis_url: str, prefix: str) -> None:
+    """A job stream deleted (or its group destroyed) under a worker: nothing to clean there,
+    and no error (each command words it its own way)."""
+    from conveyor.broker import bookkeeping
+    from conveyor.broker.connection import RedisSettings, create_client
+
+    keys = Keys(prefix)
+    redis_client = create_client(RedisSettings.from_url(redis_url))
+    try:
+        gone, no_group = keys.jobs("gone"), keys.jobs("no-group")
+        await redis_client.xadd(no_group, {"f": "v"})
+        streams = [gone, no_group]
+        assert await bookkeeping.delete_consumer(redis_client, streams, "w1") == []
+        assert await bookkeeping.delete_dead_consumers(redis_client, keys, streams, 0, "w") == []
+    finally:
+        await redis_client.aclose()

@@ -21,7 +21,6 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from conveyor.broker import bookkeeping
 from conveyor.broker.connection import (
     RedisSettings,
     create_client,
@@ -40,12 +39,13 @@ from conveyor.broker.wire import (
     decode_job,
     decode_message,
 )
-from conveyor.errors import BrokerConnectionError, ConveyorError, WireError
+from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import admission, execution
 from conveyor.worker.batching import AdaptiveBatcher, jobs_to_hold
+from conveyor.worker.bookkeeper import Bookkeeper
 from conveyor.worker.clock import RedisClock, remaining_fields
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 from conveyor.worker.metrics import WorkerMetrics
@@ -115,7 +115,6 @@ class Worker:
         self._stopping = False
         self._slot_freed = asyncio.Event()
         self._next_reclaim = 0.0
-        self._next_cleanup = 0.0  # when to look for consumers of dead workers next
         self._clock = RedisClock()  # job deadlines are measured on Redis's clock
         self._admission = admission.Admission(
             self.keys, self._payload_limit, self._smallest_payload_limit
@@ -160,6 +159,7 @@ class Worker:
             cluster=self._redis_settings.cluster,
         )
         self._streams = streams
+        self._bookkeeper = Bookkeeper(streams, self._clock, self.settings.heartbeat_ttl)
         self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
         heartbeat = Heartbeat(
             lambda: create_sync_client(self._redis_settings),
@@ -175,7 +175,7 @@ class Worker:
             # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
             await ping(self._redis_settings)
             # Redis's clock, before the first beat (its registry score) and the first job
-            await self._read_clock(streams)
+            await self._bookkeeper.read_clock()
             # Beating while it loads: a client calling a model this worker is loading waits
             # for it instead of failing as "not served" (see broker/fleet.py).
             self.stats.loading = self.registry.names()
@@ -225,42 +225,29 @@ class Worker:
                         )
                 finally:
                     await self._abort_jobs()
+                    # Its jobs answered, or pending for another worker: it leaves the groups
+                    # where it owns nothing (never before it consumed: nothing to leave).
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        await self._bookkeeper.leave(self._all_job_streams())
                 infra.cancel_scope.cancel()
         finally:
             if frozen:
                 gc.unfreeze()
             with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(5):
-                    await self._delete_consumer(streams)
                 heartbeat.stop(unregister=True)
                 with anyio.move_on_after(5):
                     await self.registry.unload_all()
                 await redis.aclose()
             logger.info("worker.stopped worker=%s done=%d", self.settings.name, self.stats.done)
 
-    async def _delete_consumer(self, streams: WorkerStreams) -> None:
-        """Leaves the consumer group of each job stream where this worker owns nothing (jobs
-        it was stopped in the middle of stay pending, for another worker to reclaim)."""
+    def _all_job_streams(self) -> list[str]:
+        """The job streams of every model folder of this worker, loaded or not."""
         names = [
             self.keys.jobs(served.name, version)
             for served in self.registry.all()
             for version in (served.version, None)
         ]
-        try:
-            kept = await bookkeeping.delete_consumer(
-                streams.redis, list(dict.fromkeys(names)), self.settings.name, streams.where
-            )
-        except ConveyorError as error:
-            logger.warning(
-                "worker.consumer_kept worker=%s error=%s", self.settings.name, _describe(error)
-            )
-            return
-        if kept:
-            logger.info(
-                "worker.consumer_kept worker=%s streams=%s reason=pending_jobs",
-                self.settings.name,
-                ",".join(kept),
-            )
+        return list(dict.fromkeys(names))
 
     async def _wait_slot(self) -> None:
         await self._slot_freed.wait()
@@ -367,46 +354,8 @@ class Worker:
             if reclaimed:
                 self._next_reclaim = 0.0  # there may be more: look again next round
                 return reclaimed
-            if time.monotonic() >= self._next_cleanup:
-                # once their jobs are reclaimed (above), dead workers' consumers go
-                self._next_cleanup = time.monotonic() + self.settings.heartbeat_ttl
-                await self._delete_dead_consumers(streams, order)
+            await self._bookkeeper.sweep(order)  # dead workers' jobs reclaimed: their consumers go
         return await streams.read_jobs(order, free, self.settings.read_block)
-
-    async def _read_clock(self, streams: WorkerStreams) -> None:
-        """Reads Redis's clock (the heartbeat reads it again on every beat)."""
-        try:
-            self._clock.observe(*await bookkeeping.redis_time(streams.redis, streams.where))
-        except ConveyorError as error:  # an ACL without TIME, say: the worker serves on
-            logger.error(
-                "worker.clock_unknown worker=%s error=%s: deadlines are measured as if this "
-                "host's clock were Redis's (an ACL user needs +time: README, Security)",
-                self.settings.name,
-                _describe(error),
-            )
-
-    async def _delete_dead_consumers(self, streams: WorkerStreams, order: list[str]) -> None:
-        try:
-            deleted = await bookkeeping.delete_dead_consumers(
-                streams.redis,
-                self.keys,
-                order,
-                self.settings.heartbeat_ttl,
-                self.settings.name,
-                streams.where,
-            )
-        except ConveyorError as error:  # the jobs go on; their next read says if Redis is gone
-            logger.warning(
-                "worker.consumers_kept worker=%s error=%s (an ACL user needs "
-                "+xinfo|consumers and +xgroup|delconsumer: README, Security)",
-                self.settings.name,
-                _describe(error),
-            )
-            return
-        for stream, consumer in deleted:
-            logger.info(
-                "consumer.deleted stream=%s consumer=%s reason=worker_gone", stream, consumer
-            )
 
     async def _handle(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         scope.started = True
@@ -507,6 +456,14 @@ class Worker:
                 f"callable methods are: {allowed}",
             )
             return
+        held = await streams.claim(delivery, job, deadline)
+        if held is not None:
+            # Another copy of this job entry (an XADD sent twice) runs or ran it: its answer
+            # is this one's too.
+            logger.info("job.duplicate %s running_copy=%s", self._log(job, delivery), held)
+            self.metrics.jobs.labels(job.model, job.method, "duplicate").inc()
+            await streams.drop_duplicate(delivery)
+            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics = self.metrics.children(job.model, job.method)
@@ -545,7 +502,7 @@ class Worker:
         finally:
             self._running.pop(job.id, None)
             scope.armed = False
-        await streams.finish(delivery, job, messages)
+        await streams.finish(delivery, job, messages, deadline)
         self.metrics.job_done(
             metrics, job.model, job.method, _outcome(messages[-1]), loop.time() - started
         )
@@ -576,7 +533,15 @@ class Worker:
         except Exception as error:  # the model's own failure goes back to the caller
             self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
-        return [Message(MessageType.RESULT, job.id, delivery.deliveries, payload=result)]
+        return [
+            Message(
+                MessageType.RESULT,
+                job.id,
+                delivery.deliveries,
+                payload=result,
+                entry=delivery.entry_id.decode(),
+            )
+        ]
 
     def _payload_limit(self, model: str, version: str | None) -> int:
         """The ``max_payload_bytes`` of the folder that would run a job of ``model``."""
@@ -614,7 +579,13 @@ class Worker:
             job=caller,
             error_message=None
             if caller is None
-            else Message(MessageType.ERROR, caller.id, delivery.deliveries, error=error),
+            else Message(
+                MessageType.ERROR,
+                caller.id,
+                delivery.deliveries,
+                error=error,
+                entry=delivery.entry_id.decode(),
+            ),
         )
 
     def _log_failure(self, job: Job, delivery: Delivery, error: Exception) -> None:
@@ -708,6 +679,7 @@ class Worker:
         """Streams each response as a chunk; returns the closing message (end or error)."""
         assert served.model is not None
         inputs = self._inputs(streams, job, deadline)
+        entry = delivery.entry_id.decode()
         seq = 0
         taken = 0  # chunks the caller has taken, as it last told us
         try:
@@ -719,22 +691,25 @@ class Worker:
                     reported = await streams.wait_credit(job.credit, self.settings.read_block)
                     if reported is not None:
                         taken = max(taken, reported)
-                await streams.reply(
-                    job, [Message(MessageType.CHUNK, job.id, delivery.deliveries, seq, response)]
+                chunk = Message(
+                    MessageType.CHUNK, job.id, delivery.deliveries, seq, response, entry=entry
                 )
+                await streams.reply(job, [chunk], deadline)
                 seq += 1
+        except _InputsLost as error:  # a stream with holes is not the model's failure
+            return [_error(job, delivery, "stream_interrupted", "StreamInterrupted", str(error))]
         except Exception as error:
-            if isinstance(error, BrokerConnectionError):
-                # A chunk, credit or input step lost Redis (or the model's own client did): not
-                # the model's failure. The job stays pending and runs again (dead-lettered if it
-                # keeps failing); the caller sees StreamInterrupted, or nothing if no chunk came.
+            if isinstance(error, BrokerConnectionError | BrokerOutOfMemory):
+                # A chunk, credit or input step lost Redis, or Redis had no room for it (or the
+                # model's own client failed so): not the model's failure. The job stays pending and
+                # runs again (dead-lettered if it keeps failing); the caller sees StreamInterrupted.
                 raise
             self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
             with anyio.CancelScope(shield=True):
                 await inputs.aclose()
-        return [Message(MessageType.END, job.id, delivery.deliveries, seq)]
+        return [Message(MessageType.END, job.id, delivery.deliveries, seq, entry=entry)]
 
     async def _inputs(
         self, streams: WorkerStreams, job: Job, deadline: float
@@ -746,17 +721,19 @@ class Worker:
                 yield _give_id(arg, job)
             return
         cursor = b"0-0"
-        expected = 0  # the next input's seq: one the client had to send twice is skipped
+        expected = 0  # inputs are numbered from 0; the end marker counts them
         while True:
             entries = await streams.read_inputs(job.inputs, cursor, self.settings.read_block)
             for entry_id, fields in entries:
                 cursor = entry_id
                 message = decode_message(fields)
+                if message.seq < expected and message.type is MessageType.INPUT:
+                    continue  # a write the client's redis-py re-sent
+                if message.seq != expected:
+                    raise _InputsLost(expected, message.seq)
                 if message.type is MessageType.END:
                     return
-                if message.seq < expected:
-                    continue
-                expected = message.seq + 1
+                expected += 1
                 yield _give_id(message.payload, job)
             if time.time() > deadline:
                 return
@@ -857,6 +834,17 @@ _DEADLINE = "deadline"  # ... or it ran past its deadline
 _PREDICT_STREAM = ModelMethods.PredictStream.value
 
 
+class _InputsLost(ConveyorError):
+    """A predict_stream's input stream misses inputs (Redis deleted or evicted them)."""
+
+    def __init__(self, expected: int, seq: int) -> None:
+        super().__init__(
+            f"input {expected} of the stream never reached the worker (the next it found was "
+            f"{seq}): Redis lost it (the input stream was deleted, or evicted: Conveyor needs "
+            "maxmemory-policy noeviction); send the request again"
+        )
+
+
 class _JobScope:
     """A running job's task, and why it was stopped: its deadline (see :class:`_Deadlines`)
     and a caller's cancel request both end in one ``task.cancel()``, ~10x cheaper than an
@@ -941,7 +929,11 @@ class _Deadlines:
 
 def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
     return Message(
-        MessageType.ERROR, job.id, delivery.deliveries, error=ErrorInfo(code, type_name, text)
+        MessageType.ERROR,
+        job.id,
+        delivery.deliveries,
+        error=ErrorInfo(code, type_name, text),
+        entry=delivery.entry_id.decode(),
     )
 
 

@@ -1,0 +1,91 @@
+"""The worker's share of the fleet's bookkeeping (see ``broker/bookkeeping.py``): it reads
+Redis's clock at start, sweeps away consumers of dead workers now and then, and leaves the
+consumer groups when it stops. Each step is best effort: a failure (an ACL user without
+the commands, say) is logged with what to do, and the worker serves on."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from conveyor.broker import bookkeeping
+from conveyor.broker.streams import WorkerStreams
+from conveyor.errors import ConveyorError
+from conveyor.worker.clock import RedisClock
+
+__all__ = ("Bookkeeper",)
+
+logger = logging.getLogger(__name__)
+
+
+class Bookkeeper:
+    """One worker's bookkeeping, as consumer ``streams.consumer``."""
+
+    def __init__(self, streams: WorkerStreams, clock: RedisClock, heartbeat_ttl: float) -> None:
+        self._streams = streams
+        self._clock = clock
+        self._ttl = heartbeat_ttl
+        self._next_sweep = 0.0  # monotonic time of the next look for dead workers' consumers
+
+    async def read_clock(self) -> None:
+        """Reads Redis's clock (the heartbeat reads it again on every beat)."""
+        streams = self._streams
+        try:
+            self._clock.observe(*await bookkeeping.redis_time(streams.redis, streams.where))
+        except ConveyorError as error:  # an ACL without TIME, say: the worker serves on
+            logger.error(
+                "worker.clock_unknown worker=%s error=%s: deadlines are measured as if this "
+                "host's clock were Redis's (an ACL user needs +time: README, Security)",
+                streams.consumer,
+                _describe(error),
+            )
+
+    async def sweep(self, job_streams: Sequence[str]) -> None:
+        """Once a heartbeat TTL: deletes the consumers of dead workers that own nothing (so
+        call it after reclaiming their jobs)."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self._ttl
+        streams = self._streams
+        try:
+            deleted = await bookkeeping.delete_dead_consumers(
+                streams.redis, streams.keys, job_streams, self._ttl, streams.consumer, streams.where
+            )
+        except ConveyorError as error:  # the jobs go on; their next read says if Redis is gone
+            logger.warning(
+                "worker.consumers_kept worker=%s error=%s (an ACL user needs "
+                "+xinfo|consumers and +xgroup|delconsumer: README, Security)",
+                streams.consumer,
+                _describe(error),
+            )
+            return
+        for stream, consumer in deleted:
+            logger.info(
+                "consumer.deleted stream=%s consumer=%s reason=worker_gone", stream, consumer
+            )
+
+    async def leave(self, job_streams: Sequence[str]) -> None:
+        """Leaves the consumer group of each stream where this worker owns nothing (for a
+        worker that has stopped reading; jobs it was stopped in the middle of stay pending,
+        for another worker to reclaim)."""
+        streams = self._streams
+        try:
+            kept = await bookkeeping.delete_consumer(
+                streams.redis, job_streams, streams.consumer, streams.where
+            )
+        except ConveyorError as error:
+            logger.warning(
+                "worker.consumer_kept worker=%s error=%s", streams.consumer, _describe(error)
+            )
+            return
+        if kept:
+            logger.info(
+                "worker.consumer_kept worker=%s streams=%s reason=pending_jobs",
+                streams.consumer,
+                ",".join(kept),
+            )
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
