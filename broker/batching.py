@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio.client import Pipeline, Redis
 from redis.exceptions import ResponseError
@@ -14,15 +14,28 @@ from conveyor.broker.fastpath import lone_command
 __all__ = ("PipelineBatcher",)
 
 # Commands a caller adds to the shared pipeline.
-AddCommands = Callable[[Pipeline], None]
+AddCommands = Callable[[Pipeline], object]
+# What an ``add`` given to ``run_settled`` hands back: called with its commands' replies, or
+# with the error of the whole round trip, as soon as they are known, even if its caller was
+# cancelled meanwhile (so commands coalesced from several callers are settled for them all).
+Settle = Callable[[list[Any] | BaseException], None]
+AddSettled = Callable[[Pipeline], Settle | None]
 
 
 class _Slot:
-    __slots__ = ("add", "done")
+    __slots__ = ("add", "done", "settle", "settles")
 
-    def __init__(self, add: AddCommands, done: asyncio.Future[list[Any]]) -> None:
+    def __init__(self, add: AddCommands, settles: bool = False) -> None:
         self.add = add
-        self.done = done  # the caller's replies, or the error of the whole round trip
+        # the caller's replies, or the error of the whole round trip (once it queued)
+        self.done: asyncio.Future[list[Any]] | None = None
+        self.settles = settles  # what add returns is a Settle
+        self.settle: Settle | None = None
+
+    def add_to(self, pipe: Pipeline) -> None:
+        settle = self.add(pipe)
+        if self.settles:
+            self.settle = cast("Settle | None", settle)
 
 
 class PipelineBatcher:
@@ -49,23 +62,32 @@ class PipelineBatcher:
 
         Raises the first error among this caller's replies, or the connection error.
         """
-        if self._closed:
-            raise RuntimeError("the pipeline batcher is closed")
-        if self._sending == 0 and not self._queue:
-            results = await self._send_alone(add)
-        else:
-            done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            self._queue.append(_Slot(add, done))
-            self._wake_flusher()
-            results = await done
+        results = await self._run(_Slot(add))
         for result in results:
             if isinstance(result, Exception):
                 raise result
         return results
 
-    async def _send_alone(self, add: AddCommands) -> list[Any]:
+    async def run_settled(self, add: AddSettled) -> list[Any]:
+        """As :meth:`run`, but hands every reply back, errors included (raises only the
+        error of the whole round trip), and calls the ``Settle`` that ``add`` returns."""
+        return await self._run(_Slot(add, settles=True))
+
+    async def _run(self, slot: _Slot) -> list[Any]:
+        if self._closed:
+            raise RuntimeError("the pipeline batcher is closed")
+        if self._sending == 0 and not self._queue:
+            return await self._send_alone(slot)
+        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        slot.done = done
+        self._queue.append(slot)
+        self._wake_flusher()
+        return await done
+
+    async def _send_alone(self, slot: _Slot) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)
-        add(pipe)
+        slot.add_to(pipe)
+        settle = slot.settle
         lone = lone_command(pipe)
         self._sending += 1
         try:
@@ -77,6 +99,13 @@ class PipelineBatcher:
                     results = [error]
             else:
                 results = await pipe.execute(raise_on_error=False)
+        except BaseException as error:
+            if settle is not None:
+                settle(error)
+            raise
+        else:
+            if settle is not None:
+                settle(results)
         finally:
             self._sending -= 1
             if self._queue:  # others came while this was on the wire
@@ -104,7 +133,7 @@ class PipelineBatcher:
         finally:
             self._closed = True
             for slot in self._queue:
-                if not slot.done.done():
+                if slot.done is not None and not slot.done.done():
                     slot.done.set_exception(RuntimeError("the connection to Redis was closed"))
             self._queue.clear()
 
@@ -113,14 +142,16 @@ class PipelineBatcher:
         counts: list[int] = []
         for slot in batch:
             before = len(pipe)
-            slot.add(pipe)
+            slot.add_to(pipe)
             counts.append(len(pipe) - before)
         self._sending += 1
         try:
             results = await pipe.execute(raise_on_error=False)
         except BaseException as error:  # delivered to every caller of the batch
             for slot in batch:
-                if not slot.done.done():
+                if slot.settle is not None:
+                    slot.settle(error)
+                if slot.done is not None and not slot.done.done():
                     slot.done.set_exception(
                         error
                         if isinstance(error, Exception)
@@ -133,6 +164,9 @@ class PipelineBatcher:
             self._sending -= 1
         start = 0
         for slot, count in zip(batch, counts, strict=True):
-            if not slot.done.done():  # a caller that was cancelled meanwhile is left out
+            if slot.settle is not None:
+                slot.settle(results[start : start + count])
+            # a caller that was cancelled meanwhile is left out
+            if slot.done is not None and not slot.done.done():
                 slot.done.set_result(results[start : start + count])
             start += count

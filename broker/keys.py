@@ -13,6 +13,7 @@ so every multi-key command stays inside one Redis Cluster slot.
 | ``<p>:reply:{<client>}:<request id>``       | stream | result, or chunks + end, or error; TTL  |
 | ``<p>:in:{<client>}:<request id>``          | stream | inputs of one predict_stream; TTL       |
 | ``<p>:credit:{<client>}:<request id>``      | list   | chunks a predict_stream caller took     |
+| ``<p>:claim:{<client>}:<request id>``       | string | the job copy that runs the request; TTL |
 | ``<p>:bell:{<client>}``                     | list   | small answers, or request ids whose     |
 |                                             |        | reply stream has news; TTL              |
 | ``<p>:worker:<worker id>``                  | hash   | a worker's heartbeat; TTL               |
@@ -72,6 +73,9 @@ class Keys:
 
     def credit(self, client_id: str, request_id: str) -> str:
         return f"{self.prefix}:credit:{{{client_id}}}:{request_id}"
+
+    def claim(self, client_id: str, request_id: str) -> str:
+        return f"{self.prefix}:claim:{{{client_id}}}:{request_id}"
 
     def bell(self, client_id: str) -> str:
         return f"{self.prefix}:bell:{{{client_id}}}"

@@ -17,16 +17,21 @@ from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.batching import PipelineBatcher
+from conveyor.broker.claims import claim
 from conveyor.broker.connection import translate_errors
 from conveyor.broker.keys import GROUP, Keys, hash_tag
+from conveyor.broker.memory import translate_oom
+from conveyor.broker.replies import (
+    INLINE_MARK,
+    INLINE_REPLY_MAX_BYTES,
+    ReplyWriter,
+    ttl_for,
+)
 from conveyor.broker.wire import (
     Fields,
     Job,
     Message,
-    MessageType,
     RawFields,
-    encode_message,
-    fields_size,
 )
 
 __all__ = (
@@ -39,19 +44,6 @@ __all__ = (
 )
 
 logger = logging.getLogger(__name__)
-
-# Replies and inputs live at least this long past the job's deadline, then expire unread.
-REPLY_GRACE_S = 60.0
-
-# A final answer up to this size rides in the client's doorbell list itself, when the job
-# says the client reads it there (Job.inline_reply): no reply stream to XADD and EXPIRE, no
-# XREAD round trip and no UNLINK for the client. Streams, bigger answers and answers with
-# tensor fields of their own keep reply streams.
-INLINE_REPLY_MAX_BYTES = 64 * 1024
-# A bell entry is a request id (text: "read my reply stream") or this byte followed by a
-# msgpack map of a message's fields, exactly as they would sit in the reply stream.
-_INLINE_MARK = b"\x00"
-_FINAL = (MessageType.RESULT, MessageType.ERROR)
 
 # XADD only while the stream holds fewer than ARGV[1] entries (answered jobs are deleted,
 # so XLEN is the backlog); else return the backlog. One key: fine on Redis Cluster.
@@ -70,15 +62,6 @@ class Delivery:
     entry_id: bytes
     fields: RawFields
     deliveries: int = 1  # how many times Redis has handed this entry out (fencing attempt)
-
-
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
-    """Messages to write for a job, and its delivery to ack once they are written."""
-
-    job: Job | None
-    messages: Sequence[Message]
-    delivery: Delivery | None
 
 
 def is_nogroup(error: BaseException) -> bool:
@@ -107,33 +90,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _add_message(pipe: Pipeline, key: str, message: Message, ttl_s: float) -> None:
-    pipe.xadd(key, encode_message(message))  # type: ignore[arg-type]
-    pipe.expire(key, max(1, int(ttl_s)))
-
-
-# However far a job's deadline, its reply and bell expire within a week.
-_MAX_TTL_S = 7 * 24 * 3600.0
-
-
-def _ttl_for(job: Job) -> float:
-    return min(max(job.deadline - time.time(), 0.0) + REPLY_GRACE_S, _MAX_TTL_S)
-
-
-def _inline_entry(job: Job, item: _Outgoing, entries: list[Fields]) -> bytes | None:
-    """The bell entry carrying a job's final answer, if it may ride there."""
-    if not job.inline_reply or item.delivery is None or len(entries) != 1:
-        return None
-    if item.messages[0].type not in _FINAL:
-        return None
-    fields = entries[0]
-    # a tensor in a field of its own (a memoryview) keeps the reply stream
-    if memoryview in map(type, fields.values()) or fields_size(fields) > INLINE_REPLY_MAX_BYTES:
-        return None
-    packed: bytes = msgpack.packb(fields, use_bin_type=True)
-    return _INLINE_MARK + packed
-
-
 @dataclass(frozen=True, slots=True)
 class Rung:
     """What a client found on its doorbell."""
@@ -145,7 +101,7 @@ class Rung:
 def _rung(values: Sequence[bytes | str]) -> Rung:
     rung = Rung([], [])
     for value in values:
-        if isinstance(value, bytes) and value[:1] == _INLINE_MARK:
+        if isinstance(value, bytes) and value[:1] == INLINE_MARK:
             rung.messages.append(_inline_fields(value))
         else:
             rung.ids.append(value.decode() if isinstance(value, bytes) else str(value))
@@ -176,7 +132,7 @@ class WorkerStreams:
         self.consumer = consumer
         self.where = where  # the redacted URL, for errors
         self.batcher = PipelineBatcher(redis)
-        self._outgoing: list[_Outgoing] = []  # replies and acks waiting for the next flush
+        self.writer = ReplyWriter(self.batcher, where)
         self._drained = False  # whether the last sweep of several streams found them all empty
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
@@ -323,59 +279,39 @@ class WorkerStreams:
             c for c, exists in zip(consumers, results, strict=True) if exists and c != self.consumer
         }
 
-    async def reply(self, job: Job, messages: Sequence[Message]) -> None:
-        """Writes messages to the job's reply stream and rings the client's bell."""
-        self._outgoing.append(_Outgoing(job, messages, None))
-        with translate_errors(self.where):  # no raw redis-py error leaves the broker
-            await self.batcher.run(self._add_outgoing)
+    async def reply(
+        self, job: Job, messages: Sequence[Message], deadline: float | None = None
+    ) -> None:
+        """Writes messages to the job's reply stream and rings the client's bell; returns once
+        Redis stored them (a refused write is tried again until the job's ``deadline``, on
+        this host's clock; by default as the client wrote it)."""
+        await self.writer.store(job, messages, final=False, deadline=deadline)
 
     async def finish(
-        self, delivery: Delivery, job: Job | None, messages: Sequence[Message]
+        self,
+        delivery: Delivery,
+        job: Job,
+        messages: Sequence[Message],
+        deadline: float | None = None,
     ) -> None:
-        """Writes the final messages, then acks and deletes the job entry, in one round trip.
+        """Stores the final messages, then acks and deletes the job entry.
 
-        The reply goes first: a crash between the two leaves a job that is delivered again,
-        never an acked job without an answer.
+        The ack waits until Redis stored the answer: an answer it refused (out of memory, a
+        lost connection, any error) is tried again until the job's deadline, and past it
+        raises with the job still pending, to be delivered again (see ``replies``).
         """
-        self._outgoing.append(_Outgoing(job, messages, delivery))
-        with translate_errors(self.where):
-            await self.batcher.run(self._add_outgoing)
+        await self.writer.store(job, messages, final=True, deadline=deadline)
+        await self.writer.ack([delivery])
 
-    def _add_outgoing(self, pipe: Pipeline) -> None:
-        """Adds every reply and ack queued since the last flush, coalesced: one EXPIRE per
-        reply stream, one LPUSH + EXPIRE per client's bell, one XACK and one XDEL per job
-        stream. The first caller of a flush sends them all; the others find nothing left."""
-        outgoing, self._outgoing = self._outgoing, []
-        if not outgoing:
-            return
-        replies: dict[str, float] = {}
-        bells: dict[str, tuple[list[str | bytes], float]] = {}
-        acks: dict[str, list[bytes]] = {}
-        for item in outgoing:
-            job = item.job
-            if job is not None and item.messages:
-                ttl = _ttl_for(job)
-                ids, bell_ttl = bells.get(job.bell, ([], 0.0))
-                bells[job.bell] = (ids, max(ttl, bell_ttl))
-                entries = [encode_message(message) for message in item.messages]
-                inline = _inline_entry(job, item, entries)
-                if inline is not None:
-                    ids.append(inline)
-                else:
-                    for entry in entries:
-                        pipe.xadd(job.reply, entry)  # type: ignore[arg-type]
-                    replies[job.reply] = max(ttl, replies.get(job.reply, 0.0))
-                    ids.append(job.id)
-            if item.delivery is not None:
-                acks.setdefault(item.delivery.stream, []).append(item.delivery.entry_id)
-        for key, ttl in replies.items():
-            pipe.expire(key, max(1, int(ttl)))
-        for bell, (ids, ttl) in bells.items():
-            pipe.lpush(bell, *ids)
-            pipe.expire(bell, max(1, int(ttl)))
-        for stream, entry_ids in acks.items():
-            pipe.xack(stream, GROUP, *entry_ids)
-            pipe.xdel(stream, *entry_ids)
+    async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
+        """Claims the job's request for this entry until past its ``deadline`` (this host's
+        clock); None if it may run, else the claim of the copy that runs it (see ``claims``)."""
+        key = self.keys.claim(hash_tag(job.bell), job.id)
+        return await claim(self.batcher, key, job, delivery.entry_id, ttl_for(deadline))
+
+    async def drop_duplicate(self, delivery: Delivery) -> None:
+        """Acks and deletes a copy of a job that another copy runs: its answer is that one's."""
+        await self.writer.ack([delivery])
 
     async def publish_limits(self, model: str, max_queue_length: int | None) -> None:
         """Tells clients the model's queue limit (the last worker to start wins)."""
@@ -388,15 +324,16 @@ class WorkerStreams:
 
     async def requeue(self, delivery: Delivery) -> None:
         """Puts a job this worker cannot run now (its model was just unloaded here) back at
-        the end of its stream for another worker, then acks and deletes this delivery."""
+        the end of its stream for another worker, then (once the copy is stored) acks and
+        deletes this delivery."""
         fields = dict(delivery.fields)
 
         def add(pipe: Pipeline) -> None:
             pipe.xadd(delivery.stream, fields)  # type: ignore[arg-type]
-            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
-            pipe.xdel(delivery.stream, delivery.entry_id)
 
-        await self.batcher.run(add)
+        with translate_errors(self.where), translate_oom(self.where):
+            await self.batcher.run(add)
+        await self.writer.ack([delivery])
 
     async def dead_letter(
         self,
@@ -424,19 +361,24 @@ class WorkerStreams:
             text = name.decode(errors="replace") if isinstance(name, bytes) else name
             if text not in dead:  # a job's own field never overwrites the bookkeeping
                 dead[name] = value
-        ttl = _ttl_for(job) if job is not None else REPLY_GRACE_S
 
         def add(pipe: Pipeline) -> None:
             # never trimmed: dead letters leave only by `conveyor dlq retry|purge`
             pipe.xadd(dead_stream, dead)  # type: ignore[arg-type]
-            if job is not None and error_message is not None:
-                _add_message(pipe, job.reply, error_message, ttl)
-                pipe.lpush(job.bell, job.id)
-                pipe.expire(job.bell, max(1, int(ttl)))
-            pipe.xack(delivery.stream, GROUP, delivery.entry_id)
-            pipe.xdel(delivery.stream, delivery.entry_id)
 
-        await self.batcher.run(add)
+        # The job is acked only once its dead letter is stored (else it stays pending).
+        with translate_errors(self.where), translate_oom(self.where):
+            await self.batcher.run(add)
+        if job is not None and error_message is not None:
+            try:
+                await self.writer.store(job, [error_message], final=True)
+            except Exception as error:  # the job is safe in the dead letters; say so
+                logger.warning(
+                    "job.dead_letter_unanswered request=%s error=%s: the caller times out",
+                    job.id,
+                    error,
+                )
+        await self.writer.ack([delivery])
 
     async def wait_credit(self, key: str, block_s: float) -> int | None:
         """Waits up to ``block_s`` for a predict_stream caller to report the number of chunks
@@ -532,14 +474,25 @@ class ClientStreams:
 
         await self.batcher.run(add)
 
-    async def wait_bell(self, block_s: float, unlink: Sequence[str] = ()) -> Rung:
-        """Deletes finished reply streams, then waits up to ``block_s`` for the bell: the
-        request ids whose reply streams have news, and the answers that came inline."""
-        if unlink:
+    async def wait_bell(
+        self, block_s: float, unlink: Sequence[str] = (), trim: Mapping[str, bytes] | None = None
+    ) -> Rung:
+        """Deletes finished reply streams and the entries read of open ones (``trim``: key ->
+        the last entry read), then waits up to ``block_s`` for the bell: the request ids whose
+        reply streams have news, and the answers that came inline."""
+        if unlink or trim:
             pipe = self.blocking.pipeline(transaction=False)
-            pipe.execute_command("UNLINK", *unlink)  # one slot; cluster pipelines lack unlink()
+            if unlink:
+                pipe.execute_command("UNLINK", *unlink)  # one slot; cluster pipelines lack it
+            for key, last in (trim or {}).items():
+                pipe.execute_command("XTRIM", key, "MINID", _next_id(last))
             pipe.blmpop(block_s, 1, self.bell, direction="RIGHT", count=1000)
-            popped = (await pipe.execute())[-1]
+            results = await pipe.execute(raise_on_error=False)
+            # a trim refused (an ACL without XTRIM) only leaves read entries to their TTL
+            for result in (results[0], results[-1]) if unlink else results[-1:]:
+                if isinstance(result, Exception):
+                    raise result
+            popped = results[-1]
         else:
             popped = await self.blocking.blmpop(
                 block_s, 1, self.bell, direction="RIGHT", count=1000
@@ -605,6 +558,12 @@ class ClientStreams:
     async def delete(self, *keys: str) -> None:
         if keys:
             await self.redis.unlink(*keys)
+
+
+def _next_id(entry_id: bytes | str) -> str:
+    """The smallest stream id after ``entry_id``: XTRIM MINID to it deletes up to it."""
+    ms, seq = _id_tuple(entry_id)
+    return f"{ms}-{seq + 1}"
 
 
 def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:

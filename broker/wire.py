@@ -9,8 +9,11 @@ entry with three kinds of fields, in this order:
    - a job: ``id method model version reply bell deadline sent_at attempt``, ``inputs`` when
      set, and ``credit window`` for a flow-controlled ``predict_stream`` (``version`` is ``""``
      when ``None``);
-   - a message: ``type id attempt seq`` and, for ``type=error``, ``code error_type error`` (a
-     readable copy of the envelope's ``error``, which is what decoding uses; both must be there).
+   - a message: ``type id attempt seq``, ``entry`` when a worker wrote it for a job entry (the
+     entry's stream id: with ``attempt``, the delivery it belongs to; absent from older
+     workers' messages, which then fence by ``attempt`` alone) and, for ``type=error``,
+     ``code error_type error`` (a readable copy of the envelope's ``error``, which is what
+     decoding uses; both must be there).
 
 2. ``envelope``: one msgpack map. ``v`` (the format version, :data:`WIRE_VERSION`) always comes
    first and every later format keeps it there; new keys get defaults, and unknown keys are ignored.
@@ -167,6 +170,9 @@ class Message:
     seq: int = 0
     payload: Payload = None
     error: ErrorInfo | None = None
+    # The stream id of the job entry whose delivery wrote it: two copies of one job (an XADD
+    # sent twice) have entries of their own, so (entry, attempt) names one run. "" if unknown.
+    entry: str = ""
 
 
 # --- constants --------------------------------------------------------------------------------
@@ -195,6 +201,7 @@ _RAW_DTYPE_STRS: dict[np.dtype, str] = {dtype: text for text, dtype in _RAW_DTYP
 _OBJECT_DTYPE = np.dtype(object)
 _TEXT_DTYPE_RE = re.compile(r"(?:\|S|[<>]U)[1-9][0-9]{0,8}")
 _MAX_NDIM = 64  # numpy 2's limit
+_ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 # A per-thread Packer whose buffer grew past this is dropped, so one huge plain payload does not
 # pin its buffer for the life of the thread (msgpack never shrinks a Packer's buffer).
@@ -474,6 +481,8 @@ def encode_message(message: Message) -> Fields:
         else _count("attempt", attempt, 0),
         "seq": str(seq) if type(seq) is int and seq >= 0 else _count("seq", seq, 0),
     }
+    if message.entry:
+        fields["entry"] = message.entry
     error = message.error
     wire_error: dict[str, str] | None = None
     if error is not None:
@@ -892,6 +901,11 @@ def _decode_message(fields: RawFields) -> Message:
         raise WireError("field 'id' is empty")
     attempt = _int(fields, b"attempt", 0)
     seq = _int(fields, b"seq", 0)
+    entry = ""
+    if b"entry" in fields:
+        entry = _text(fields, b"entry")
+        if not _ENTRY_ID_RE.fullmatch(entry):
+            raise WireError(f"field 'entry' must be a stream id such as '1-0', not {entry!r}")
     if kind is MessageType.ERROR:
         for name in (b"code", b"error_type", b"error"):
             _text(fields, name)  # the readable copy must be there too
@@ -913,4 +927,4 @@ def _decode_message(fields: RawFields) -> Message:
             if kind is MessageType.ERROR
             else f"a {kind.value!r} entry carries an error"
         )
-    return Message(type=kind, id=message_id, attempt=attempt, seq=seq, payload=payload, error=error)
+    return Message(kind, message_id, attempt, seq, payload, error, entry)

@@ -13,7 +13,6 @@ import itertools
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -22,9 +21,9 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -38,8 +37,10 @@ from conveyor.broker.connection import (
     translate_errors,
 )
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, is_client_id
+from conveyor.broker.memory import translate_oom
 from conveyor.broker.streams import ClientStreams, Rung
 from conveyor.broker.wire import (
+    ErrorInfo,
     Fields,
     Job,
     Message,
@@ -53,8 +54,12 @@ from conveyor.broker.wire import (
 )
 from conveyor.client.metrics import ClientMetrics
 from conveyor.client.served import ServedCheck
+from conveyor.client.waiter import Event as _Event
+from conveyor.client.waiter import Sent as _Sent
+from conveyor.client.waiter import Waiter as _Waiter
 from conveyor.errors import (
     BrokerConnectionError,
+    BrokerOutOfMemory,
     ConveyorError,
     DeadLettered,
     DeadlineExceeded,
@@ -89,115 +94,7 @@ _LIMITS_TTL_S = 10.0  # how long a model's published queue limit is trusted
 _SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is in flight
 
 
-_ENDED = -1  # a waiter's attempt once it stopped taking messages
-
-
-class _Event(Protocol):
-    """anyio.Event, or asyncio.Event where the client runs on asyncio (10x cheaper to make)."""
-
-    def set(self) -> object: ...
-    async def wait(self) -> object: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    """A job as sent: enough to find it in its stream, or send it again."""
-
-    job: Job
-    stream: str
-    entry_id: bytes
-
-
 _CANCEL = "cancel"  # the control request that stops a running job (see the worker)
-
-
-class _Waiter:
-    """One call in flight: where its replies are and what has arrived."""
-
-    __slots__ = (
-        "attempt",
-        "cursor",
-        "event",
-        "full",
-        "inbox",
-        "key",
-        "new_event",
-        "next_seq",
-        "request_id",
-        "sent",
-        "streamed",
-        "taken",
-        "unreachable",
-    )
-
-    def __init__(self, request_id: str, key: str, new_event: Callable[[], _Event]) -> None:
-        self.request_id = request_id
-        self.key = key
-        self.cursor = b"0-0"
-        self.inbox: deque[Message] = deque()
-        self.new_event = new_event
-        self.event = new_event()
-        self.streamed = False  # whether anything came through the reply stream
-        self.attempt: int | None = None  # the delivery whose answer this call takes
-        self.taken = 0  # messages the caller has taken
-        self.next_seq = 0  # the chunk a predict_stream expects next
-        self.sent: _Sent | None = None  # the job entry, once XADDed
-        self.unreachable: BrokerConnectionError | None = None  # why the job is not sent yet
-        self.full: QueueFull | None = None  # ... or: the queue was full, waiting for room
-
-    def deliver(self, message: Message) -> None:
-        # Fencing: the call takes the messages of one delivery (attempt) of its job.
-        if self.attempt == _ENDED:
-            return
-        if self.attempt is None:
-            self.attempt = message.attempt
-        elif message.attempt != self.attempt:
-            if self.taken == 0:
-                # A reclaimed job restarted before the caller saw anything: follow the
-                # new delivery, drop what the old one left unread.
-                self.inbox = deque(m for m in self.inbox if m.attempt == message.attempt)
-                self.attempt = message.attempt
-                self.next_seq = 0
-            elif message.attempt > self.attempt:
-                # The worker streaming to this caller died after some chunks; another one
-                # restarted the job. Never show duplicated or missing chunks: stop here.
-                shown = self.taken + sum(m.type is MessageType.CHUNK for m in self.inbox)
-                self.inbox.append(
-                    Message(
-                        MessageType.ERROR,
-                        self.request_id,
-                        self.attempt,
-                        error=_error_info(
-                            "stream_interrupted",
-                            "StreamInterrupted",
-                            f"the stream broke after {shown} chunks: the worker "
-                            "running it stopped and another restarted it; send the "
-                            "request again",
-                        ),
-                    )
-                )
-                self.attempt = _ENDED  # ignore everything after
-                self.event.set()
-                return
-            else:
-                logger.debug(
-                    "reply.ignored request=%s attempt=%d", self.request_id, message.attempt
-                )
-                return
-        if message.type is MessageType.CHUNK:
-            # A write that redis-py re-sent after a connection error can land twice.
-            if message.seq < self.next_seq:
-                return
-            self.next_seq = message.seq + 1
-        self.inbox.append(message)
-        self.event.set()
-
-    async def next(self) -> Message:
-        while not self.inbox:
-            await self.event.wait()
-            self.event = self.new_event()
-        self.taken += 1
-        return self.inbox.popleft()
 
 
 class _Measured:
@@ -272,6 +169,7 @@ class Client:
         self.client_id = f"{client_id}-{suffix}" if client_id else suffix
         self._waiters: dict[str, _Waiter] = {}
         self._finished: list[str] = []
+        self._trims: dict[str, bytes] = {}  # open reply streams: read up to this entry
         self._exit: contextlib.AsyncExitStack | None = None
         self._transport: Transport | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -346,11 +244,15 @@ class Client:
         return self._transport
 
     async def _step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Runs one broker step; Redis failures become ``BrokerConnectionError``."""
-        with translate_errors(self.settings):
+        """Runs one broker step; Redis failures become ``BrokerConnectionError``, and a
+        Redis out of memory ``BrokerOutOfMemory``."""
+        with translate_errors(self.settings), translate_oom(self.settings):
             result = await self._io.step(fn, *args)
         self._reached = True
         return result
+
+    def _was_reached(self) -> bool:
+        return self._reached
 
     async def _step_until(self, deadline: float, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """A broker step that, while a Redis that answered before is unreachable (restarting,
@@ -373,13 +275,14 @@ class Client:
         broken = False
         while True:
             finished, self._finished = self._finished, []
+            trims, self._trims = self._trims, {}
             try:
                 if broken:
                     # Back after an outage: a bell may have been lost, and Redis may have
                     # lost the last writes before a crash (appendfsync everysec).
                     await self._resync()
                     broken = False
-                rung = await self._step(streams.wait_bell, _BELL_BLOCK_S, finished)
+                rung = await self._step(streams.wait_bell, _BELL_BLOCK_S, finished, trims)
                 if rung.messages:
                     self._deliver_inline(rung)
                     # let the answered callers go on before the next BLMPOP is sent
@@ -419,17 +322,16 @@ class Client:
             if waiter is None:
                 continue
             waiter.streamed = True
+            if waiter.trim and entries:
+                # delete what was read with the next BLMPOP: Redis holds only the unread
+                self._trims[key] = entries[-1][0]
             for entry_id, fields in entries:
                 waiter.cursor = entry_id
                 try:
                     message = decode_message(fields)
                 except WireError as error:
-                    message = Message(
-                        MessageType.ERROR,
-                        request_id,
-                        waiter.attempt or 0,
-                        error=_error_info("bad_entry", "WireError", error.reason),
-                    )
+                    waiter.fail(ErrorInfo("bad_entry", "WireError", error.reason))
+                    continue
                 waiter.deliver(message)
 
     async def _resync(self) -> None:
@@ -529,7 +431,7 @@ class Client:
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         if stream not in self._served.known:  # once per model: fail fast if nobody serves it
-            await self._served.check(model, version, stream, timeout, self._reached)
+            await self._served.check(model, version, stream, timeout, self._was_reached)
         self._waiters[job.id] = waiter
         # The deadline is spelled out: anyio's fail_after costs ~10 us a call on asyncio.
         with _Measured(self.metrics, model, method):
@@ -546,7 +448,10 @@ class Client:
                         )
             except TimeoutError:
                 error = await self._timed_out(job, waiter, timeout)
-                await self._forget(waiter, job, waiter.sent)
+                failed = await self._forget(waiter, job, waiter.sent)
+                if isinstance(failed, BrokerOutOfMemory):
+                    # why no answer came: the worker could not store it (it keeps trying)
+                    raise failed from error
                 raise error from None
             except BaseException:
                 await self._forget(waiter, job, waiter.sent)
@@ -580,10 +485,11 @@ class Client:
             model, version, ModelMethods.PredictStream.value, (), {}, timeout, streamed=True
         )
         assert job.inputs is not None
+        waiter.trim = True
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         if stream not in self._served.known:  # once per model: fail fast if nobody serves it
-            await self._served.check(model, version, stream, timeout, self._reached)
+            await self._served.check(model, version, stream, timeout, self._was_reached)
         self._waiters[job.id] = waiter
         deadline = anyio.current_time() + timeout
         finished = False
@@ -633,7 +539,7 @@ class Client:
         stream = self.keys.control(model)
         fields = self._encode(job)
         # a typo must not leave a control stream behind: only a model some worker has
-        await self._served.check_control(model, timeout, self._reached)
+        await self._served.check_control(model, timeout, self._was_reached)
         self._waiters[job.id] = waiter
         try:
             with anyio.fail_after(timeout):
@@ -719,14 +625,7 @@ class Client:
                 end = encode_message(Message(MessageType.END, job.id, 0, seq))
                 await self._step_until(deadline, self._streams.send_inputs, job.inputs, [end], ttl)
             except Exception as error:  # the caller's iterator failed: end the call with it
-                waiter.deliver(
-                    Message(
-                        MessageType.ERROR,
-                        job.id,
-                        waiter.attempt or 0,
-                        error=_error_info("input_error", type(error).__name__, str(error)),
-                    )
-                )
+                waiter.fail(ErrorInfo("input_error", type(error).__name__, str(error)))
             finally:
                 # A stream that ended (or broke) before its inputs did: close the caller's
                 # generator now, as `async with aclosing(...)` would, rather than leave it to
@@ -759,14 +658,15 @@ class Client:
 
     async def _forget(
         self, waiter: _Waiter, job: Job, unanswered: _Sent | None, *keys: str
-    ) -> None:
+    ) -> ConveyorError | None:
         """Drops the waiter and its reply stream. For a call given up on (``unanswered`` is
         its job as sent), deletes the job if no worker took it yet and asks the workers to
-        stop it if one did, so a caller that gave up leaves no work running."""
+        stop it if one did, so a caller that gave up leaves no work running. Returns why
+        that cleanup failed, if it did (it never raises)."""
         self._waiters.pop(waiter.request_id, None)
         self._finished.append(waiter.key)
         if unanswered is None and not keys:
-            return
+            return None
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             try:
                 if unanswered is not None:
@@ -783,12 +683,8 @@ class Client:
                 # Best effort: the keys expire by themselves, and the call's own outcome (an
                 # answer, or the error that ended it) is what the caller must see.
                 logger.warning("client.cleanup_failed request=%s error=%s", job.id, error)
-
-
-def _error_info(code: str, type_name: str, message: str) -> Any:
-    from conveyor.broker.wire import ErrorInfo
-
-    return ErrorInfo(code, type_name, message)
+                return error
+        return None
 
 
 def _result(job: Job, message: Message) -> Payload:

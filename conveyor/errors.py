@@ -14,6 +14,7 @@
     ├── ModelSettingsError             a model folder or model-settings.json is unusable
     ├── WireError                      an entry read from Redis is not a valid Conveyor entry
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
+    ├── BrokerOutOfMemory              Redis is at its maxmemory and refuses writes
     ├── InvalidRedisURL                a Redis URL that cannot be used (also a ValueError)
     ├── DeadlineExceeded               no answer in time (also a TimeoutError)
     │   └── NoWorkerError              ... and no worker ever took the job
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 __all__ = (
     "BrokerConnectionError",
+    "BrokerOutOfMemory",
     "ConveyorError",
     "DeadLettered",
     "DeadlineExceeded",
@@ -144,6 +146,21 @@ class BrokerConnectionError(ConveyorError, ConnectionError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         super().__init__(f"cannot reach Redis at {url}: {reason}")
+
+
+class BrokerOutOfMemory(ConveyorError):
+    """Redis at ``url`` refused a write: its used memory is over ``maxmemory`` (with the
+    ``noeviction`` policy Conveyor needs). Nothing was lost: a job not sent was not sent, and a
+    worker keeps the answer it could not store and its job pending until Redis has room."""
+
+    def __init__(self, url: str, detail: str = "") -> None:
+        self.url = url
+        super().__init__(
+            f"Redis at {url} is out of memory (used memory is over maxmemory) and refused a "
+            f"write{f' ({detail})' if detail else ''}: give it more memory (CONFIG SET "
+            "maxmemory), free some (fewer calls in flight, `conveyor dlq purge`), or start "
+            "fewer calls, then retry"
+        )
 
 
 class InvalidRedisURL(ConveyorError, ValueError):

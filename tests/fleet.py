@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 MODELS = Path(__file__).parent / "models"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "models"
@@ -120,3 +122,28 @@ class Fleet:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+
+
+def wait_acked(probe: Any, *streams: str, timeout: float = 10.0) -> None:
+    """Waits until every job of ``streams`` is acked and deleted (XLEN and pending 0).
+
+    A worker acks a job only once its answer is stored, one round trip after the answer: a
+    caller can hold its answer a moment before the entry leaves its stream. Polled under a
+    deadline (Redis has no event for it); ``probe`` is a sync ``redis.Redis``. From async
+    code: ``await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))``.
+    """
+    deadline = time.monotonic() + timeout
+
+    def settled(stream: str) -> bool:
+        if probe.xlen(stream):
+            return False
+        try:
+            return int(probe.xpending(stream, "workers")["pending"]) == 0
+        except Exception:  # no group: nothing was ever delivered
+            return True
+
+    while not all(settled(stream) for stream in streams):
+        if time.monotonic() > deadline:
+            left = {s: (probe.xlen(s), settled(s)) for s in streams}
+            raise TimeoutError(f"jobs not acked after {timeout:.0f}s: {left}")
+        time.sleep(0.01)

@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 import pytest
 import redis
-from fleet import MODELS, Fleet, WorkerProcess
+from fleet import MODELS, Fleet, WorkerProcess, wait_acked
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -361,8 +361,9 @@ def test_bad_entry_is_dead_lettered_and_the_worker_keeps_serving(
     assert not any("Traceback" in x for x in lines_since(worker, start))
     assert worker.process.poll() is None
 
-    # the job streams are empty: nothing left queued, nothing pending
-    assert probe.xlen(stream) == 0
+    # the job streams empty (the ack follows the dead letter and the caller's reason):
+    # nothing left queued, nothing pending
+    wait_until(lambda: probe.xlen(stream) == 0, "the entry was acked and deleted", timeout=10)
     assert pending_count(probe, stream) == 0
     assert not (tmp_path / "unpickled-by-the-worker").exists()
 
@@ -396,9 +397,9 @@ def test_caller_of_a_newer_format_job_gets_the_reason(served: Served) -> None:
     fields = {**encode_job(job), "envelope": msgpack.packb({"v": 99, "args": []})}
     entry_id = xadd(probe, keys.jobs("echo"), fields)
     wait_entry(probe, keys.dead("echo"), lambda f: f.get(b"dead_entry") == entry_id)
-    replies = entries(probe, job.reply)  # written with the dead letter, in one pipeline
-    assert replies, "the caller got nothing: it waits for its whole timeout"
-    message = decode_message(replies[0][1])
+    # written after the dead letter, before the entry is acked
+    reply = wait_entry(probe, job.reply, lambda f: True, timeout=5)
+    message = decode_message(reply)
     assert message.type is MessageType.ERROR
     assert message.error is not None
     assert "newer Conveyor" in message.error.message
@@ -549,7 +550,7 @@ def test_any_entry_leaves_the_stream_and_the_worker_keeps_serving(served: Served
         entry_id = xadd(probe, stream, fields)
         wait_until(lambda: probe.xlen(stream) == 0, f"entry {entry_id!r} left the stream")
         assert pending_count(probe, stream) == 0
-        # the dead letter is written before the entry is deleted (one pipeline, in order)
+        # the dead letter is written before the entry is deleted (the ack waits for it)
         letters = entries(probe, dead, newest=5)
         lettered = any(f.get(b"dead_entry") == entry_id for _, f in letters)
         outcomes["dead-lettered" if lettered else "answered"] += 1
@@ -559,5 +560,5 @@ def test_any_entry_leaves_the_stream_and_the_worker_keeps_serving(served: Served
     assert worker.process.poll() is None, worker.log()
     assert predict_echo(served, 7.0) == 7.0
     assert not any("Traceback" in x for x in lines_since(worker, start)), worker.log()
-    assert probe.xlen(stream) == 0
+    wait_acked(probe, stream)
     print(f"\nrandom entries: {dict(outcomes)}; the worker still serves")

@@ -14,7 +14,7 @@ import anyio
 import numpy as np
 import pytest
 import redis
-from fleet import MODELS, Fleet
+from fleet import MODELS, Fleet, wait_acked
 
 from conveyor.broker.server import RedisServer
 from conveyor.client import Client
@@ -186,7 +186,8 @@ async def test_dead_letters_on_the_cluster(cluster_url: str, prefix: str, fleet:
         dead = probe.xrange(dead_stream)
         assert len(dead) == 1
         assert b"missing field" in dead[0][1][b"dead_reason"]
-        assert probe.xlen(f"{prefix}:{{echo}}:jobs") == 0
+        # acked once the caller's reason is stored too
+        await anyio.to_thread.run_sync(lambda: wait_acked(probe, f"{prefix}:{{echo}}:jobs"))
     finally:
         probe.close()
     async with Client(cluster_url, prefix=prefix, timeout=20) as client:  # still serving

@@ -18,7 +18,7 @@ import anyio
 import numpy as np
 import pytest
 import redis
-from fleet import MODELS, Fleet
+from fleet import MODELS, Fleet, wait_acked
 from typer.testing import CliRunner, Result
 
 from conveyor.broker import admin
@@ -230,7 +230,7 @@ def test_retried_job_is_answered_by_a_worker(
     output = np.asarray(message.payload.outputs[0].data.root)
     np.testing.assert_array_equal(output.ravel(), TENSOR)
     assert probe.xlen(keys.dead(MODEL)) == 0
-    assert probe.xlen(keys.jobs(MODEL)) == 0  # answered, acked and deleted
+    wait_acked(probe, keys.jobs(MODEL))  # answered, then acked and deleted
 
 
 # -- retry, purge, errors: dead letters written directly ---------------------------------------

@@ -152,7 +152,6 @@ async def test_calls_through_a_proxy_that_resets_connections(
     assert tally.answers + errors == tally.calls + 1  # every call ended once
     assert tally.wrong == []
     assert proxy.stats.resets > 0
-    if tally.mixed:
-        # Two copies of one job (redis-py re-sending the XADD pipeline after a reset) both
-        # run as attempt 1 until the delivery fence of issue 12 §4 lands.
-        pytest.xfail(f"issue 12 §4 (duplicate job copies not fenced yet): {tally.mixed[:3]}")
+    # Two copies of one job (redis-py re-sending the XADD pipeline after a reset) are told
+    # apart by their entries: one runs, and a stream takes one run's chunks (issue 12 §4).
+    assert tally.mixed == []

@@ -10,7 +10,7 @@ import anyio
 import numpy as np
 import pytest
 import redis
-from fleet import MODELS, Fleet
+from fleet import MODELS, Fleet, wait_acked
 
 from conveyor.client import Client
 from conveyor.errors import DeadLettered
@@ -56,7 +56,8 @@ async def test_sigkilled_worker_job_is_finished_by_another(redis_url: str, prefi
             assert pid == second.pid
             reclaimed = await anyio.to_thread.run_sync(second.wait_for_log, "job.reclaimed")
             assert "deliveries=2" in reclaimed
-            assert probe.xlen(f"{prefix}:{{counter}}:jobs") == 0
+            stream = f"{prefix}:{{counter}}:jobs"
+            await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     finally:
         probe.close()
         fleet.stop()
@@ -74,7 +75,8 @@ async def test_job_that_kills_every_worker_is_dead_lettered(redis_url: str, pref
         dead = probe.xrange(f"{prefix}:{{suicidal}}:dead")
         assert len(dead) == 1
         assert b"max_deliveries=2" in dead[0][1][b"dead_reason"]
-        assert probe.xlen(f"{prefix}:{{suicidal}}:jobs") == 0
+        stream = f"{prefix}:{{suicidal}}:jobs"
+        await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     finally:
         probe.close()
         fleet.stop()

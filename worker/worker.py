@@ -39,7 +39,7 @@ from conveyor.broker.wire import (
     decode_job,
     decode_message,
 )
-from conveyor.errors import BrokerConnectionError, ConveyorError, WireError
+from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
@@ -456,6 +456,14 @@ class Worker:
                 f"callable methods are: {allowed}",
             )
             return
+        held = await streams.claim(delivery, job, deadline)
+        if held is not None:
+            # Another copy of this job entry (an XADD sent twice) runs or ran it: its answer
+            # is this one's too.
+            logger.info("job.duplicate %s running_copy=%s", self._log(job, delivery), held)
+            self.metrics.jobs.labels(job.model, job.method, "duplicate").inc()
+            await streams.drop_duplicate(delivery)
+            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics = self.metrics.children(job.model, job.method)
@@ -494,7 +502,7 @@ class Worker:
         finally:
             self._running.pop(job.id, None)
             scope.armed = False
-        await streams.finish(delivery, job, messages)
+        await streams.finish(delivery, job, messages, deadline)
         self.metrics.job_done(
             metrics, job.model, job.method, _outcome(messages[-1]), loop.time() - started
         )
@@ -525,7 +533,15 @@ class Worker:
         except Exception as error:  # the model's own failure goes back to the caller
             self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
-        return [Message(MessageType.RESULT, job.id, delivery.deliveries, payload=result)]
+        return [
+            Message(
+                MessageType.RESULT,
+                job.id,
+                delivery.deliveries,
+                payload=result,
+                entry=delivery.entry_id.decode(),
+            )
+        ]
 
     def _payload_limit(self, model: str, version: str | None) -> int:
         """The ``max_payload_bytes`` of the folder that would run a job of ``model``."""
@@ -563,7 +579,13 @@ class Worker:
             job=caller,
             error_message=None
             if caller is None
-            else Message(MessageType.ERROR, caller.id, delivery.deliveries, error=error),
+            else Message(
+                MessageType.ERROR,
+                caller.id,
+                delivery.deliveries,
+                error=error,
+                entry=delivery.entry_id.decode(),
+            ),
         )
 
     def _log_failure(self, job: Job, delivery: Delivery, error: Exception) -> None:
@@ -657,6 +679,7 @@ class Worker:
         """Streams each response as a chunk; returns the closing message (end or error)."""
         assert served.model is not None
         inputs = self._inputs(streams, job, deadline)
+        entry = delivery.entry_id.decode()
         seq = 0
         taken = 0  # chunks the caller has taken, as it last told us
         try:
@@ -668,22 +691,25 @@ class Worker:
                     reported = await streams.wait_credit(job.credit, self.settings.read_block)
                     if reported is not None:
                         taken = max(taken, reported)
-                await streams.reply(
-                    job, [Message(MessageType.CHUNK, job.id, delivery.deliveries, seq, response)]
+                chunk = Message(
+                    MessageType.CHUNK, job.id, delivery.deliveries, seq, response, entry=entry
                 )
+                await streams.reply(job, [chunk], deadline)
                 seq += 1
+        except _InputsLost as error:  # a stream with holes is not the model's failure
+            return [_error(job, delivery, "stream_interrupted", "StreamInterrupted", str(error))]
         except Exception as error:
-            if isinstance(error, BrokerConnectionError):
-                # A chunk, credit or input step lost Redis (or the model's own client did): not
-                # the model's failure. The job stays pending and runs again (dead-lettered if it
-                # keeps failing); the caller sees StreamInterrupted, or nothing if no chunk came.
+            if isinstance(error, BrokerConnectionError | BrokerOutOfMemory):
+                # A chunk, credit or input step lost Redis, or Redis had no room for it (or the
+                # model's own client failed so): not the model's failure. The job stays pending and
+                # runs again (dead-lettered if it keeps failing); the caller sees StreamInterrupted.
                 raise
             self._log_failure(job, delivery, error)
             return [_error(job, delivery, "model_error", type(error).__name__, str(error))]
         finally:
             with anyio.CancelScope(shield=True):
                 await inputs.aclose()
-        return [Message(MessageType.END, job.id, delivery.deliveries, seq)]
+        return [Message(MessageType.END, job.id, delivery.deliveries, seq, entry=entry)]
 
     async def _inputs(
         self, streams: WorkerStreams, job: Job, deadline: float
@@ -695,17 +721,19 @@ class Worker:
                 yield _give_id(arg, job)
             return
         cursor = b"0-0"
-        expected = 0  # the next input's seq: one the client had to send twice is skipped
+        expected = 0  # inputs are numbered from 0; the end marker counts them
         while True:
             entries = await streams.read_inputs(job.inputs, cursor, self.settings.read_block)
             for entry_id, fields in entries:
                 cursor = entry_id
                 message = decode_message(fields)
+                if message.seq < expected and message.type is MessageType.INPUT:
+                    continue  # a write the client's redis-py re-sent
+                if message.seq != expected:
+                    raise _InputsLost(expected, message.seq)
                 if message.type is MessageType.END:
                     return
-                if message.seq < expected:
-                    continue
-                expected = message.seq + 1
+                expected += 1
                 yield _give_id(message.payload, job)
             if time.time() > deadline:
                 return
@@ -806,6 +834,17 @@ _DEADLINE = "deadline"  # ... or it ran past its deadline
 _PREDICT_STREAM = ModelMethods.PredictStream.value
 
 
+class _InputsLost(ConveyorError):
+    """A predict_stream's input stream misses inputs (Redis deleted or evicted them)."""
+
+    def __init__(self, expected: int, seq: int) -> None:
+        super().__init__(
+            f"input {expected} of the stream never reached the worker (the next it found was "
+            f"{seq}): Redis lost it (the input stream was deleted, or evicted: Conveyor needs "
+            "maxmemory-policy noeviction); send the request again"
+        )
+
+
 class _JobScope:
     """A running job's task, and why it was stopped: its deadline (see :class:`_Deadlines`)
     and a caller's cancel request both end in one ``task.cancel()``, ~10x cheaper than an
@@ -890,7 +929,11 @@ class _Deadlines:
 
 def _error(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
     return Message(
-        MessageType.ERROR, job.id, delivery.deliveries, error=ErrorInfo(code, type_name, text)
+        MessageType.ERROR,
+        job.id,
+        delivery.deliveries,
+        error=ErrorInfo(code, type_name, text),
+        entry=delivery.entry_id.decode(),
     )
 
 

@@ -1,0 +1,270 @@
+"""The worker's writes: an answer is stored before its job is acked, whatever fails.
+
+Every job's messages go out coalesced with the other jobs' (one EXPIRE per reply stream, one
+LPUSH + EXPIRE per client's doorbell), and the outcome of each command is mapped back to the
+jobs that depend on it. A job is acked (``XACK`` + ``XDEL``) only in a later round trip, once
+every command of its answer succeeded: a reply that Redis refused (out of memory), that a lost
+connection left unknown, or that failed in any way leaves the job unacked. The ack cannot go
+in the same pipeline: Redis runs the commands after a refused one all the same, and MULTI
+cannot span the job stream's slot and the client's on Redis Cluster (nor would it stop the
+ack after a command that fails at run time). Under load the acks of one flush ride in the
+next flush's pipeline, so the extra round trip costs little.
+
+A refused answer is kept and written again, with backoff, until the job's deadline; past it
+the job stays pending, to be delivered again once Redis has room (see ``ReplyWriter.store``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, Protocol
+
+import anyio
+import msgpack
+from redis.asyncio.client import Pipeline
+
+from conveyor.broker.batching import PipelineBatcher, Settle
+from conveyor.broker.connection import translate_errors
+from conveyor.broker.keys import GROUP
+from conveyor.broker.memory import is_out_of_memory, out_of_memory
+from conveyor.broker.wire import Fields, Job, Message, MessageType, encode_message, fields_size
+from conveyor.errors import BrokerConnectionError
+
+__all__ = (
+    "INLINE_MARK",
+    "INLINE_REPLY_MAX_BYTES",
+    "REPLY_GRACE_S",
+    "AckTarget",
+    "ReplyWriter",
+    "ttl_for",
+)
+
+logger = logging.getLogger(__name__)
+
+# Replies and inputs live at least this long past the job's deadline, then expire unread.
+REPLY_GRACE_S = 60.0
+# However far a job's deadline, its reply and bell expire within a week.
+_MAX_TTL_S = 7 * 24 * 3600.0
+
+# A final answer up to this size rides in the client's doorbell list itself, when the job
+# says the client reads it there (Job.inline_reply): no reply stream to XADD and EXPIRE, no
+# XREAD round trip and no UNLINK for the client. Streams, bigger answers and answers with
+# tensor fields of their own keep reply streams.
+INLINE_REPLY_MAX_BYTES = 64 * 1024
+# A bell entry is a request id (text: "read my reply stream") or this byte followed by a
+# msgpack map of a message's fields, exactly as they would sit in the reply stream.
+INLINE_MARK = b"\x00"
+
+# Backoff between tries of an answer Redis did not store.
+_RETRY_FIRST_S = 0.05
+_RETRY_MAX_S = 1.0
+
+
+def ttl_for(deadline: float) -> float:
+    """How long a job's reply keys live: to its deadline (unix time on this host's clock),
+    plus a grace period."""
+    return min(max(deadline - time.time(), 0.0) + REPLY_GRACE_S, _MAX_TTL_S)
+
+
+class AckTarget(Protocol):
+    """A job entry to ack and delete once its answer is stored (a ``Delivery``)."""
+
+    @property
+    def stream(self) -> str: ...
+    @property
+    def entry_id(self) -> bytes: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Write:
+    """One job's messages to store, or entries to ack, and how it went."""
+
+    job: Job | None
+    entries: list[Fields]
+    final: bool  # the job's last messages: a small one may ride in the bell
+    deadline: float = 0.0  # the job's, on this host's clock
+    acks: Sequence[AckTarget] = ()
+    settled: bool = False
+    error: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+
+
+def _inline_entry(write: _Write) -> bytes | None:
+    """The bell entry carrying a job's final answer, if it may ride there."""
+    job = write.job
+    if job is None or not job.inline_reply or not write.final or len(write.entries) != 1:
+        return None
+    fields = write.entries[0]
+    if fields["type"] not in (MessageType.RESULT.value, MessageType.ERROR.value):
+        return None
+    # a tensor in a field of its own (a memoryview) keeps the reply stream
+    if memoryview in map(type, fields.values()) or fields_size(fields) > INLINE_REPLY_MAX_BYTES:
+        return None
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return INLINE_MARK + packed
+
+
+class ReplyWriter:
+    """Stores answers and acks jobs through one worker's pipeline batcher."""
+
+    def __init__(self, batcher: PipelineBatcher, where: str) -> None:
+        self._batcher = batcher
+        self._where = where  # the redacted URL, for errors
+        self._pending: list[_Write] = []
+
+    async def store(
+        self,
+        job: Job,
+        messages: Sequence[Message],
+        *,
+        final: bool,
+        deadline: float | None = None,
+    ) -> None:
+        """Returns once Redis stored every message of ``messages`` in the job's reply stream
+        (or its final answer in the client's doorbell) and rang the doorbell.
+
+        A final answer that Redis did not store is tried again until ``deadline`` (the job's
+        on this host's clock; by default as the client wrote it): kept, it costs less than a
+        run again. A stream's chunk is tried again only while Redis is out of memory (a
+        restart would meet the same refusal); a lost connection fails it at once, and the
+        job, pending, is restarted. Then raises a ``ConveyorError`` saying why.
+        """
+        deadline = job.deadline if deadline is None else deadline
+        entries = [encode_message(message) for message in messages]
+        write = _Write(job, entries, final, deadline)
+        delay = _RETRY_FIRST_S
+        tries = 1
+        while (error := await self._send(write)) is not None:
+            if time.time() + delay >= deadline or not (final or is_out_of_memory(error)):
+                logger.warning(
+                    "job.answer_not_stored request=%s tries=%d error=%s",
+                    job.id,
+                    tries,
+                    _describe(self._translated(error)),
+                )
+                self._raise(error)
+            if tries == 1:
+                logger.warning(
+                    "job.answer_refused request=%s retrying_until=deadline error=%s",
+                    job.id,
+                    _describe(self._translated(error)),
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+            tries += 1
+            write = _Write(job, entries, final, deadline)
+        if tries > 1:
+            logger.info("job.answer_stored request=%s tries=%d", job.id, tries)
+
+    async def ack(self, targets: Sequence[AckTarget]) -> None:
+        """Acks and deletes job entries (whose answers are stored); raises if Redis did not."""
+        error = await self._send(_Write(None, [], False, acks=targets))
+        if error is not None:
+            self._raise(error)
+
+    def _translated(self, error: BaseException) -> BaseException:
+        """A Redis error as Conveyor's (out of memory, connection), else as it is."""
+        if is_out_of_memory(error):
+            return out_of_memory(self._where, error)
+        try:
+            with translate_errors(self._where):
+                raise error
+        except BrokerConnectionError as translated:
+            return translated
+        except BaseException:
+            return error
+
+    def _raise(self, error: BaseException) -> NoReturn:
+        translated = self._translated(error)
+        if translated is error:
+            raise error
+        raise translated from error
+
+    async def _send(self, write: _Write) -> BaseException | None:
+        """One try: the write goes out with whatever else is pending; returns its error."""
+        self._pending.append(write)
+        try:
+            await self._batcher.run_settled(self._add)
+        except Exception as error:  # the round trip failed, or never went out
+            write.fail(error)
+        finally:
+            if not write.settled and write in self._pending:
+                self._pending.remove(write)  # never sent (cancelled, or the batcher closed)
+        if not write.settled:
+            write.fail(RuntimeError("the answer was never sent"))
+        return write.error
+
+    def _add(self, pipe: Pipeline) -> Settle | None:
+        """Adds every write pending since the last flush, coalesced, and returns how to
+        settle them from the replies. The first caller of a flush sends them all; the
+        others find nothing left."""
+        writes, self._pending = self._pending, []
+        if not writes:
+            return None
+        start = len(pipe)
+        # for each command, in order, the writes that fail if it fails
+        owners: list[list[_Write]] = []
+        replies: dict[str, tuple[float, list[_Write]]] = {}
+        bells: dict[str, tuple[list[str | bytes], float, list[_Write]]] = {}
+        acks: dict[str, tuple[list[bytes], list[_Write]]] = {}
+        for write in writes:
+            job = write.job
+            if job is not None and write.entries:
+                ttl = ttl_for(write.deadline)
+                ids, bell_ttl, ringers = bells.get(job.bell, ([], 0.0, []))
+                bells[job.bell] = (ids, max(ttl, bell_ttl), ringers)
+                ringers.append(write)
+                inline = _inline_entry(write)
+                if inline is not None:
+                    ids.append(inline)
+                else:
+                    for entry in write.entries:
+                        pipe.xadd(job.reply, entry)  # type: ignore[arg-type]
+                        owners.append([write])
+                    reply_ttl, writers = replies.get(job.reply, (0.0, []))
+                    replies[job.reply] = (max(ttl, reply_ttl), writers)
+                    writers.append(write)
+                    ids.append(job.id)
+            for target in write.acks:
+                entry_ids, ackers = acks.setdefault(target.stream, ([], []))
+                entry_ids.append(target.entry_id)
+                if not ackers or ackers[-1] is not write:
+                    ackers.append(write)
+        for key, (ttl, writers) in replies.items():
+            pipe.expire(key, max(1, int(ttl)))
+            owners.append(writers)
+        for bell, (ids, ttl, ringers) in bells.items():
+            pipe.lpush(bell, *ids)
+            owners.append(ringers)
+            pipe.expire(bell, max(1, int(ttl)))
+            owners.append(ringers)
+        for stream, (entry_ids, ackers) in acks.items():
+            pipe.xack(stream, GROUP, *entry_ids)
+            owners.append(ackers)
+            pipe.xdel(stream, *entry_ids)
+            owners.append(ackers)
+        assert len(pipe) - start == len(owners)
+
+        def settle(results: list[Any] | BaseException) -> None:
+            if isinstance(results, BaseException):
+                for write in writes:
+                    write.fail(results)
+            else:
+                for result, failed in zip(results, owners, strict=True):
+                    if isinstance(result, Exception):
+                        for write in failed:
+                            write.fail(result)
+            for write in writes:
+                write.settled = True
+
+        return settle
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
