@@ -796,8 +796,8 @@ class Worker:
                 continue
             for stream, entry_id, fields in entries:
                 cursors[stream] = entry_id
-                # keys first: the control streams are writable by every client too
-                refusal = self._admission.check_keys(fields)
+                # before decoding: the control streams are writable by every client too
+                refusal = self._admission.check_control(fields)
                 if refusal is not None:
                     logger.warning(
                         "control.refused stream=%s entry=%s reason=%s",
