@@ -20,6 +20,7 @@ from fleet import Fleet
 
 from conveyor.client import Client
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
+from conveyor.worker.call_limit import streams_with_room
 
 MODELS = Path(__file__).parent / "models_blocking"
 CALLS = 16
@@ -89,12 +90,12 @@ async def test_a_one_at_a_time_model_spreads_its_jobs_over_worker_processes(
     fleet: Fleet,
 ) -> None:
     # --concurrency 16 each: what bounds the jobs a worker takes is the model's one slot
-    # (it holds the running job and the next), not the process's concurrency
+    # (it holds the running job and two more), not the process's concurrency
     workers = [fleet.start(MODELS / "serial", extra=["--concurrency", "16"]) for _ in range(2)]
     responses = await call_at_once(fleet, "serial", calls=4 * CALLS)
     ran = Counter(output(r, "pid") for r in responses)
     assert set(ran) == {w.pid for w in workers}, ran
-    # Each holds at most 2 of the 64 20 ms jobs: one process would run most of them only if
+    # Each holds at most 3 of the 64 20 ms jobs: one process would run most of them only if
     # the other got no CPU for about a second.
     assert min(ran.values()) >= 8, ran
     assert {output(r, "peak") for r in responses} == {1}
@@ -104,7 +105,7 @@ async def test_a_one_at_a_time_model_spreads_its_jobs_over_worker_processes(
 async def test_a_busy_worker_leaves_the_jobs_it_cannot_run_soon_to_a_later_one(
     fleet: Fleet,
 ) -> None:
-    # One worker, 12 jobs of 0.5 s: it takes the one it runs and the next, no more, so a
+    # One worker, 12 jobs of 0.5 s: it takes the one it runs and two more, no more, so a
     # worker started once the first answer is in still finds jobs waiting (~5 s of them).
     first = fleet.start(MODELS / "serial", extra=["--concurrency", "16"])
     ran: Counter[int] = Counter()
@@ -126,3 +127,16 @@ async def test_a_busy_worker_leaves_the_jobs_it_cannot_run_soon_to_a_later_one(
                     lambda: fleet.start(MODELS / "serial", extra=["--concurrency", "16"])
                 )
     assert set(ran) == {first.pid, second.pid}, ran
+
+
+def test_only_models_with_room_are_read_and_no_more_than_the_least_room() -> None:
+    model_of = {"a:jobs": "a", "a:v1:jobs": "a", "b:jobs": "b", "c:jobs": "c"}
+    holds = {"a": 2, "b": 4}  # c: bounded by the worker's free slots alone
+    streams = list(model_of)
+    assert streams_with_room(streams, model_of, holds, {}, 16) == (streams, 2)
+    assert streams_with_room(streams, model_of, holds, {"a": 2, "b": 1}, 16) == (
+        ["b:jobs", "c:jobs"],
+        3,
+    )
+    assert streams_with_room(["a:jobs"], model_of, holds, {"a": 2}, 16) == ([], 0)
+    assert streams_with_room(["c:jobs"], model_of, holds, {}, 5) == (["c:jobs"], 5)
