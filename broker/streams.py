@@ -515,7 +515,20 @@ class ClientStreams:
         self, cursors: Mapping[str, bytes]
     ) -> list[tuple[str, list[tuple[bytes, RawFields]]]]:
         """Reads every reply stream after its cursor, in one XREAD (all in one slot)."""
-        response = await self.blocking.xread(dict(cursors), count=1000)  # type: ignore[arg-type]
+        try:
+            response = await self.blocking.xread(dict(cursors), count=1000)  # type: ignore[arg-type]
+        except redis_errors.ResponseError as error:
+            if not str(error).startswith("WRONGTYPE"):
+                raise
+            # A key of another type (a name clash, or written by hand) fails the whole XREAD:
+            # read the streams one by one and skip it, so the others' callers get answers.
+            pipe = self.blocking.pipeline(transaction=False)
+            for key, cursor in cursors.items():
+                pipe.xread({key: cursor}, count=1000)
+            results = await pipe.execute(raise_on_error=False)
+            bad = [key for key, r in zip(cursors, results, strict=True) if isinstance(r, Exception)]
+            logger.warning("client.reply_not_a_stream keys=%s: skipped", bad)
+            response = [r[0] for r in results if r and not isinstance(r, Exception)]
         return list(_entries_by_stream(response))
 
     async def job_was_taken(self, stream: str, entry_id: bytes) -> bool | None:
