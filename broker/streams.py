@@ -298,10 +298,11 @@ class WorkerStreams:
 
         The ack waits until Redis stored the answer: an answer it refused (out of memory, a
         lost connection, any error) is tried again until the job's deadline, and past it
-        raises with the job still pending, to be delivered again (see ``replies``).
+        raises with the job still pending, to be delivered again. The ack itself rides with
+        the next answer's pipeline (see ``replies``).
         """
         await self.writer.store(job, messages, final=True, deadline=deadline)
-        await self.writer.ack([delivery])
+        self.writer.ack_soon(delivery)
 
     async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
         """Claims the job's request for this entry until past its ``deadline`` (this host's

@@ -200,6 +200,7 @@ class Worker:
             async with anyio.create_task_group() as infra:
                 self._infra = infra
                 infra.start_soon(streams.batcher.run_flusher)
+                infra.start_soon(streams.writer.run_acker)
                 infra.start_soon(self._control_loop, streams, cursors)
                 if handle_signals:
                     # started once it handles them: a signal sent on "worker.started" is seen
@@ -228,6 +229,7 @@ class Worker:
                     # Its jobs answered, or pending for another worker: it leaves the groups
                     # where it owns nothing (never before it consumed: nothing to leave).
                     with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        await streams.writer.flush_acks()  # answered jobs: not left pending
                         await self._bookkeeper.leave(self._all_job_streams())
                 infra.cancel_scope.cancel()
         finally:
