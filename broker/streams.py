@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.batching import PipelineBatcher
-from conveyor.broker.claims import claim
+from conveyor.broker.claims import claim, claim_soon
 from conveyor.broker.connection import translate_errors
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.memory import translate_oom
@@ -309,6 +309,17 @@ class WorkerStreams:
         clock); None if it may run, else the claim of the copy that runs it (see ``claims``)."""
         key = self.keys.claim(hash_tag(job.bell), job.id)
         return await claim(self.batcher, key, job, delivery.entry_id, ttl_for(deadline))
+
+    def claim_soon(
+        self,
+        delivery: Delivery,
+        job: Job,
+        deadline: float,
+        claimed: Callable[[str | None], None],
+    ) -> None:
+        """As :meth:`claim` without waiting: ``claimed`` gets the outcome."""
+        key = self.keys.claim(hash_tag(job.bell), job.id)
+        claim_soon(self.batcher, key, job, delivery.entry_id, ttl_for(deadline), claimed)
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs: its answer is that one's."""

@@ -458,15 +458,19 @@ class Worker:
                 f"callable methods are: {allowed}",
             )
             return
-        held = await streams.claim(delivery, job, deadline)
-        if held is not None:
-            # Another copy of this job entry (an XADD sent twice) runs or ran it: its answer
-            # is this one's too.
-            logger.info("job.duplicate %s running_copy=%s", self._log(job, delivery), held)
-            self.metrics.jobs.labels(job.model, job.method, "duplicate").inc()
-            await streams.drop_duplicate(delivery)
-            return
         loop = asyncio.get_running_loop()
+        # One run per request when its job entry exists twice (see broker.claims). A stream
+        # claims before its first chunk: its chunks must all come from one run. A unary job
+        # claims while it runs, no round trip before the model: a copy found to be another's
+        # duplicate is stopped; a quick one may answer first, and the caller keeps one run's
+        # answer either way (measured: a claim before every run cost ~0.4 ms of p50).
+        if job.method == _PREDICT_STREAM:
+            held = await streams.claim(delivery, job, deadline)
+            if held is not None:
+                await self._drop_duplicate(streams, delivery, job, held)
+                return
+        else:
+            streams.claim_soon(delivery, job, deadline, scope.claimed)
         started = loop.time()
         metrics = self.metrics.children(job.model, job.method)
         self.metrics.job_taken(metrics, max(now - stored, 0.0))
@@ -485,6 +489,10 @@ class Worker:
             if scope.reason is None or self._aborting:
                 raise  # the worker stops now: the job stays pending, for another worker
             task.uncancel()
+            if scope.reason == _DUPLICATE:
+                assert scope.held is not None
+                await self._drop_duplicate(streams, delivery, job, scope.held)
+                return
             if scope.reason == _CANCELLED:
                 logger.info("job.stopped %s reason=cancelled", self._log(job, delivery))
                 text = "cancelled: the caller gave up waiting"
@@ -508,6 +516,20 @@ class Worker:
         self.metrics.job_done(
             metrics, job.model, job.method, _outcome(messages[-1]), loop.time() - started
         )
+        if scope.held is not None:
+            # answered before the claim said another copy runs it: the caller keeps one
+            logger.info(
+                "job.duplicate %s running_copy=%s ran=yes", self._log(job, delivery), scope.held
+            )
+
+    async def _drop_duplicate(
+        self, streams: WorkerStreams, delivery: Delivery, job: Job, held: str
+    ) -> None:
+        """A copy of a job entry (an XADD sent twice) whose other copy runs or ran: acked
+        without an answer, the other copy's is the caller's."""
+        logger.info("job.duplicate %s running_copy=%s", self._log(job, delivery), held)
+        self.metrics.jobs.labels(job.model, job.method, "duplicate").inc()
+        await streams.drop_duplicate(delivery)
 
     def _log(self, job: Job, delivery: Delivery) -> str:
         """A job's fields for a log line (built only when a line is logged)."""
@@ -830,6 +852,7 @@ _DEFAULT_PAYLOAD_LIMIT = ModelSettings.model_fields["max_payload_bytes"].default
 
 _CANCEL = "cancel"  # a control request: stop the running job with this request id
 _CANCELLED = "cancelled"  # why a job was stopped: its caller cancelled it
+_DUPLICATE = "duplicate"  # ... or another copy of its job entry runs it
 _DEADLINE = "deadline"  # ... or it ran past its deadline
 
 
@@ -852,13 +875,20 @@ class _JobScope:
     and a caller's cancel request both end in one ``task.cancel()``, ~10x cheaper than an
     anyio cancel scope per job."""
 
-    __slots__ = ("armed", "reason", "started", "task")
+    __slots__ = ("armed", "held", "reason", "started", "task")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.started = False  # its task has taken its first step
         self.armed = False  # the job runs its method: its deadline and a cancel may stop it
         self.reason: str | None = None
+        self.held: str | None = None  # the copy of the job entry that holds its claim
+
+    def claimed(self, held: str | None) -> None:
+        """The claim's outcome (see broker.claims): another copy holds it, stop this one."""
+        self.held = held
+        if held is not None and self.armed:
+            self.cancel(_DUPLICATE)
 
     def cancel(self, reason: str) -> None:
         """Stops the job (once); a caller's cancel names the reason even after the deadline."""
