@@ -251,6 +251,9 @@ class Client:
         self._reached = True
         return result
 
+    def _was_reached(self) -> bool:
+        return self._reached
+
     async def _step_until(self, deadline: float, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """A broker step that, while a Redis that answered before is unreachable (restarting,
         failing over), tries again with backoff until ``deadline`` (anyio's clock), as a
@@ -428,7 +431,7 @@ class Client:
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         if stream not in self._served.known:  # once per model: fail fast if nobody serves it
-            await self._served.check(model, version, stream, timeout, self._reached)
+            await self._served.check(model, version, stream, timeout, self._was_reached)
         self._waiters[job.id] = waiter
         # The deadline is spelled out: anyio's fail_after costs ~10 us a call on asyncio.
         with _Measured(self.metrics, model, method):
@@ -486,7 +489,7 @@ class Client:
         stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         if stream not in self._served.known:  # once per model: fail fast if nobody serves it
-            await self._served.check(model, version, stream, timeout, self._reached)
+            await self._served.check(model, version, stream, timeout, self._was_reached)
         self._waiters[job.id] = waiter
         deadline = anyio.current_time() + timeout
         finished = False
@@ -536,7 +539,7 @@ class Client:
         stream = self.keys.control(model)
         fields = self._encode(job)
         # a typo must not leave a control stream behind: only a model some worker has
-        await self._served.check_control(model, timeout, self._reached)
+        await self._served.check_control(model, timeout, self._was_reached)
         self._waiters[job.id] = waiter
         try:
             with anyio.fail_after(timeout):

@@ -56,24 +56,32 @@ class ServedCheck:
         self.known: set[str] = set()  # job streams with the workers' group
 
     async def check(
-        self, model: str, version: str | None, stream: str, timeout: float, reached: bool
+        self,
+        model: str,
+        version: str | None,
+        stream: str,
+        timeout: float,
+        reached: Callable[[], bool],
     ) -> None:
         """Returns when the call may be sent; raises :class:`ModelNotServed` when no live
-        worker serves it (after the grace, within ``timeout``). ``reached``: whether Redis
-        answered this client before (then an outage is left to the call's own retries)."""
+        worker serves it (after the grace, within ``timeout``). ``reached()``: whether Redis
+        has answered this client (then an outage is left to the call's own retries); asked
+        when the check fails, since another call may have reached Redis meanwhile."""
         try:
             await self._check(model, version, stream, timeout)
         except BrokerConnectionError:
-            if not reached:
+            if not reached():
                 raise  # a wrong URL, or a server that is down: say so now
             # Redis was there and is not now: the call's own retries wait for it
 
-    async def check_control(self, model: str, timeout: float, reached: bool) -> None:
+    async def check_control(
+        self, model: str, timeout: float, reached: Callable[[], bool]
+    ) -> None:
         """As :meth:`check`, for load/unload: some live worker has the model in its folders."""
         try:
             await self._wait(model, timeout, lambda view: bool(view.having(model)), None)
         except BrokerConnectionError:
-            if not reached:
+            if not reached():
                 raise
 
     async def _check(self, model: str, version: str | None, stream: str, timeout: float) -> None:

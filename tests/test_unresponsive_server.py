@@ -195,3 +195,16 @@ def test_commands_against_an_http_server(http_port: int, command: list[str]) -> 
 def test_an_http_url_is_one_line(command: list[str]) -> None:
     result = _run(*command, "--redis", f"http://alice:{SECRET}@127.0.0.1:8080/")
     assert "scheme 'http' is not one of" in _error_line(result)
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["worker", str(MODELS / "echo")]])
+def test_a_password_with_a_question_mark_never_shows(command: list[str]) -> None:
+    """Issue 12 §6: `redact_url` split at "?" before finding "@" and printed the password."""
+    result = _run(*command, "--redis", f"redis://u:{SECRET}?k9@127.0.0.1:6399/0")
+    assert "percent-encode" in _error_line(result)  # _error_line checks the secret is absent
+
+
+def test_a_client_with_such_a_url_never_shows_the_password() -> None:
+    with pytest.raises(ValueError, match="percent-encode") as caught:
+        Client(f"redis://u:{SECRET}?k9@127.0.0.1:6399/0")
+    assert SECRET not in str(caught.value)
