@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -101,6 +101,7 @@ class _Write:
     settled: bool = False
     error: BaseException | None = None
     deferred: bool = False  # acks that ride with the next flush (tried again if it fails)
+    acked: Callable[[], None] | None = None  # called once a deferred ack is done
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -182,10 +183,15 @@ class ReplyWriter:
         if error is not None:
             self._raise(error)
 
-    def ack_soon(self, target: AckTarget) -> None:
+    @property
+    def acks_waiting(self) -> bool:
+        """Whether deferred acks wait for a flush."""
+        return bool(self._deferred)
+
+    def ack_soon(self, target: AckTarget, acked: Callable[[], None] | None = None) -> None:
         """Acks and deletes a job entry whose answer is stored, with the next flush (or
-        alone within ``ACK_DELAY_S``): see the module's docstring."""
-        self._deferred.append(_Write(None, [], False, acks=(target,), deferred=True))
+        alone within ``ACK_DELAY_S``; see the module's docstring); then calls ``acked``."""
+        self._deferred.append(_Write(None, [], False, acks=(target,), deferred=True, acked=acked))
         if self._deferred_due is None:
             self._deferred_due = asyncio.Event()
         self._deferred_due.set()
@@ -207,16 +213,15 @@ class ReplyWriter:
                 if failed:
                     logger.warning("worker.ack_failed retry_in=%.2fs error=%s", delay, failed)
 
-    async def flush_acks(self) -> None:
-        """Sends the acks still waiting, now (a stopping worker)."""
+    async def flush_acks(self) -> bool:
+        """Sends the acks still waiting, now (a worker out of slots, or stopping); returns
+        whether they were all done."""
         if self._deferred:
             failed = await self._send(_Write(None, [], False))
             if failed is not None:
-                logger.warning(
-                    "worker.ack_failed unacked=%d error=%s: those jobs run again elsewhere",
-                    len(self._deferred),
-                    failed,
-                )
+                logger.warning("worker.ack_failed unacked=%d error=%s", len(self._deferred), failed)
+                return False
+        return True
 
     def _translated(self, error: BaseException) -> BaseException:
         """A Redis error as Conveyor's (out of memory, connection), else as it is."""
@@ -315,8 +320,14 @@ class ReplyWriter:
                             write.fail(result)
             for write in writes:
                 write.settled = True
-                if write.deferred and write.error is not None:  # into the next flush again
-                    self._deferred.append(_Write(None, [], False, acks=write.acks, deferred=True))
+                if not write.deferred:
+                    continue
+                if write.error is not None:  # into the next flush again
+                    self._deferred.append(
+                        _Write(None, [], False, acks=write.acks, deferred=True, acked=write.acked)
+                    )
+                elif write.acked is not None:
+                    write.acked()
             if self._deferred and self._deferred_due is not None:
                 self._deferred_due.set()
 

@@ -293,8 +293,10 @@ class WorkerStreams:
         job: Job,
         messages: Sequence[Message],
         deadline: float | None = None,
+        acked: Callable[[], None] | None = None,
     ) -> None:
-        """Stores the final messages, then acks and deletes the job entry.
+        """Stores the final messages, then acks and deletes the job entry (and calls
+        ``acked``).
 
         The ack waits until Redis stored the answer: an answer it refused (out of memory, a
         lost connection, any error) is tried again until the job's deadline, and past it
@@ -302,7 +304,7 @@ class WorkerStreams:
         the next answer's pipeline (see ``replies``).
         """
         await self.writer.store(job, messages, final=True, deadline=deadline)
-        self.writer.ack_soon(delivery)
+        self.writer.ack_soon(delivery, acked)
 
     async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
         """Claims the job's request for this entry until past its ``deadline`` (this host's

@@ -301,7 +301,11 @@ class Worker:
         while not self._stopping:
             free = self.settings.concurrency - len(self.stats.in_flight)
             if free <= 0:
-                await self._wait_slot()
+                # A job holds its slot until its ack is done: send the acks that wait for
+                # the next answer now, rather than wait for it (a worker of one slot, say).
+                if not streams.writer.acks_waiting or not await streams.writer.flush_acks():
+                    with anyio.move_on_after(self.settings.read_block):
+                        await self._wait_slot()
                 continue
             job_streams = self.registry.job_streams()
             if not job_streams:  # every model unloaded: wait for a load
@@ -373,11 +377,16 @@ class Worker:
                 _describe(error),
             )
         finally:
-            self.stats.in_flight.pop(delivery.entry_id, None)
+            if not scope.ack_pending:  # else once its ack is done (_acked)
+                self._release(delivery)
             self.stats.done += 1
-            self._slot_freed.set()
             self._jobs.discard(scope)
             scope.task = None  # the scope may wait in _deadlines until its deadline: not the task
+
+    def _release(self, delivery: Delivery) -> None:
+        """A job's slot is free: it ended unanswered (pending), or its ack is done."""
+        self.stats.in_flight.pop(delivery.entry_id, None)
+        self._slot_freed.set()
 
     async def _run_job(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         # Its keys, model and size, before anything is decoded or written (worker.admission)
@@ -512,7 +521,8 @@ class Worker:
         finally:
             self._running.pop(job.id, None)
             scope.armed = False
-        await streams.finish(delivery, job, messages, deadline)
+        await streams.finish(delivery, job, messages, deadline, lambda: self._release(delivery))
+        scope.ack_pending = True  # the job keeps its slot, and its claim fresh, until acked
         self.metrics.job_done(
             metrics, job.model, job.method, _outcome(messages[-1]), loop.time() - started
         )
@@ -875,7 +885,7 @@ class _JobScope:
     and a caller's cancel request both end in one ``task.cancel()``, ~10x cheaper than an
     anyio cancel scope per job."""
 
-    __slots__ = ("armed", "held", "reason", "started", "task")
+    __slots__ = ("ack_pending", "armed", "held", "reason", "started", "task")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
@@ -883,6 +893,7 @@ class _JobScope:
         self.armed = False  # the job runs its method: its deadline and a cancel may stop it
         self.reason: str | None = None
         self.held: str | None = None  # the copy of the job entry that holds its claim
+        self.ack_pending = False  # answered: its slot is freed once its ack is done
 
     def claimed(self, held: str | None) -> None:
         """The claim's outcome (see broker.claims): another copy holds it, stop this one."""
