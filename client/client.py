@@ -357,7 +357,15 @@ class Client:
         for (waiter, sent), here in zip(pending, present, strict=True):
             if here:
                 continue
-            job = replace(sent.job, attempt=sent.job.attempt + 1)
+            # What is left of its timeout, not all of it again: a worker counts the budget
+            # (deadline - sent_at) from when Redis stores the new entry (worker/clock.py).
+            now = time.time()
+            job = replace(
+                sent.job,
+                attempt=sent.job.attempt + 1,
+                sent_at=now,
+                deadline=max(sent.job.deadline, now),
+            )
             # no queue limit here: the job was admitted once already
             entry_id = await self._step(self._streams.send_job, sent.stream, encode_job(job))
             assert isinstance(entry_id, bytes)

@@ -213,6 +213,12 @@ class ModelSettings(_ModelEnvSettings):
     max_payload_bytes: int = Field(default=_DEFAULT_MAX_PAYLOAD_BYTES, ge=1)
     """Largest encoded request or response accepted, in bytes (default 64 MiB)."""
 
+    max_concurrent_calls: int | None = Field(default=None, ge=1)
+    """Calls one instance of the model takes at once (an adaptive batch is one call).
+    ``None``: a plain ``def`` method one at a time, an ``async def`` one without limit;
+    adaptive batching one batch at a time. More concurrency comes from more worker processes.
+    Ray Serve's ``max_ongoing_requests`` / ``max_concurrent_batches`` are the nearest names."""
+
     @model_validator(mode="wrap")
     @classmethod
     def _take_source_and_class(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:

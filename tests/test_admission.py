@@ -9,7 +9,7 @@ import pytest
 
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import Job, encode_job
-from conveyor.worker.admission import Admission
+from conveyor.worker.admission import CONTROL_MAX_BYTES, Admission
 
 KEYS = Keys("conveyor")
 CLIENT, REQUEST = "c0ffee", "c0ffee-7"
@@ -93,3 +93,11 @@ def test_missing_fields_are_left_to_the_decoder() -> None:
     entry = fields()
     del entry[b"id"]
     assert admission().check_keys(entry) is None
+
+
+def test_a_control_request_is_small() -> None:
+    assert admission().check_control(fields()) is None
+    refusal = admission().check_control(fields(envelope="x" * (CONTROL_MAX_BYTES + 1)))
+    assert refusal is not None
+    assert "control request of" in refusal.reason
+    assert admission().check_control(fields(bell="victim:list")) is not None

@@ -196,6 +196,49 @@ def test_a_job_that_waited_past_its_timeout_is_skipped_whatever_the_clocks(
     assert "job.expired" in worker.wait_for_log(f"request={late.id}", 10)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_job_sent_again_keeps_only_the_time_its_caller_has_left(
+    fleet: Fleet, probe: redis.Redis, redis_url: str, prefix: str
+) -> None:
+    """A queued job Redis lost is sent again by the client (its resync) with the time its
+    caller has left, not its whole timeout again (before: the same deadline and sent_at, so
+    a worker counting the budget from the new entry gave it all of it)."""
+    fleet.start(ECHO, extra=["--concurrency", "1"])
+    stream = Keys(prefix).jobs("echo")
+    answers: list[float] = []
+    async with Client(redis_url, prefix=prefix, timeout=20) as client:
+        echo = client.model("echo")
+
+        async def call(value: float, sleep: float) -> None:
+            payload = request(value, sleep=sleep) if sleep else request(value)
+            answers.append(value_of(await echo.predict(payload, timeout=15)))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, 1.0, 3.0)  # keeps the only worker busy 3 s
+            with anyio.fail_after(10):
+                while probe.xpending(stream, "workers")["pending"] < 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # watching Redis, which has no event to await
+            tg.start_soon(call, 2.0, 0.0)
+            with anyio.fail_after(10):
+                while probe.xlen(stream) < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # watching Redis: the second waits its turn
+            [(queued_id, first)] = probe.xrevrange(stream, count=1)  # type: ignore[misc]
+            probe.xdel(stream, queued_id)  # as if Redis lost it in a crash
+            for connection in probe.client_list():  # the client notices: its reader resyncs
+                if connection["name"] == f"conveyor-client-{client.client_id}":
+                    probe.client_kill_filter(_id=connection["id"])
+            with anyio.fail_after(10):
+                while not (again := probe.xrange(stream, min=f"({queued_id.decode()}")):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # watching Redis for the job sent again
+    [(_, resent)] = again  # type: ignore[misc]
+    assert resent[b"attempt"] == b"2"
+    assert resent[b"deadline"] == first[b"deadline"]  # the caller's deadline, as it was
+    budget = float(resent[b"deadline"]) - float(resent[b"sent_at"])
+    assert budget < float(first[b"deadline"]) - float(first[b"sent_at"])
+    assert sorted(answers) == [1.0, 2.0]
+
+
 def test_a_deadline_the_worker_reports_does_not_claim_a_wait() -> None:
     """The worker said the deadline passed (it may say so at once): the error says what
     happened, not "no answer within 10.0s"."""

@@ -15,7 +15,7 @@ from uuid import uuid4
 import anyio
 import pytest
 import redis
-from fleet import MODELS, Fleet
+from fleet import MODELS, Fleet, wait_acked
 
 from conveyor import MLModel
 from conveyor.broker.keys import GROUP, Keys
@@ -178,13 +178,16 @@ async def test_a_plain_def_job_past_its_deadline_keeps_its_thread_slot(
         while job.id not in worker._running:  # noqa: ASYNC110
             await anyio.sleep(0.01)
     await anyio.sleep(0.4)  # past the deadline, the thread still runs and holds its token
-    assert worker._limiter.borrowed_tokens == 1
+    served = worker.registry.find("sync-sleepy", None)
+    assert served is not None
+    slots = served.calls.threads  # the model instance's call slot (worker.call_limit)
+    assert slots.borrowed_tokens == 1
     assert worker.stats.in_flight
     message = await _reply(probe, job)
     assert time.monotonic() - started >= 0.9
     assert message.error is not None
     assert message.error.code == "deadline"
-    assert worker._limiter.borrowed_tokens == 0
+    assert slots.borrowed_tokens == 0
 
 
 async def test_stop_waits_for_jobs_in_flight(
@@ -198,7 +201,7 @@ async def test_stop_waits_for_jobs_in_flight(
     worker.stop()
     assert (await _reply(probe, job)).type is MessageType.RESULT
     stream = Keys(prefix).jobs(job.model)
-    assert probe.xpending(stream, GROUP)["pending"] == 0
+    await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))  # acked after its answer
 
 
 def _pending(probe: redis.Redis, prefix: str, model: str) -> int:

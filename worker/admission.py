@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import RawFields
 
-__all__ = ("Admission", "Refusal")
+__all__ = ("CONTROL_MAX_BYTES", "Admission", "Refusal")
 
 # No client writes a reply key this long; a longer one is refused, never decoded.
 _TEXT_MAX = 4096
+# A control request (load, unload, cancel) carries no payload: every worker reads each one.
+CONTROL_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,14 @@ class Admission:
             if inputs is not None and inputs != keys.inputs(client, rid).encode():
                 return _foreign("inputs", inputs, _own(keys.inputs(client, rid)))
         return None
+
+    def check_control(self, fields: RawFields) -> Refusal | None:
+        """Checks a control stream's entry before it is decoded: its keys, and its size."""
+        size = sum(map(len, fields.values()))
+        if size > CONTROL_MAX_BYTES:
+            reason = f"a control request of {size} bytes (at most {CONTROL_MAX_BYTES})"
+            return Refusal("payload_too_large", "PayloadTooLarge", reason, answer=False)
+        return self.check_keys(fields)
 
     def check_entry(self, stream: str, fields: RawFields) -> Refusal | None:
         """Checks a job stream's entry before it is decoded: its keys, that its model (and

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
@@ -12,7 +13,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-__all__ = ("call", "iterate", "sync_inputs")
+__all__ = ("call", "iterate", "limited", "sync_inputs")
 
 
 async def call(
@@ -29,6 +30,17 @@ async def call(
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+async def limited(
+    slots: AbstractAsyncContextManager[object],
+    method: Callable[..., Any],
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """Awaits the ``async def`` ``method`` once a call slot of its instance is free."""
+    async with slots:
+        return await method(*args, **kwargs)
 
 
 async def _in_thread(func: Callable[[], Any], limiter: anyio.CapacityLimiter) -> Any:

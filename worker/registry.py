@@ -13,6 +13,7 @@ from conveyor.errors import ConveyorError
 from conveyor.methods import exposed_methods
 from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
+from conveyor.worker.call_limit import CallLimit
 from conveyor.worker.execution import call
 
 __all__ = ("ModelLoadFailed", "ModelRegistry", "ServedModel")
@@ -42,6 +43,8 @@ class ServedModel:
     # execution.call), found once at load
     coroutines: frozenset[str] = field(default_factory=frozenset)
     failure: str | None = None  # why its last load left it not ready
+    # the instance's call slots (worker.call_limit), made with each loaded instance
+    calls: CallLimit = field(default_factory=lambda: CallLimit(None, (), 0))
 
     @property
     def name(self) -> str:
@@ -128,6 +131,20 @@ class ModelRegistry:
                     streams.append(stream)
         return streams
 
+    def holds(self, concurrency: int) -> dict[str, int]:
+        """The most jobs of each ready model this worker should hold at once (models its
+        ``concurrency`` alone bounds are absent), summed over the model's ready folders."""
+        holds: dict[str, int] = {}
+        unbounded: set[str] = set()
+        for served in self._served.values():
+            if not served.ready:
+                continue
+            hold = served.calls.jobs_to_hold("predict" in served.coroutines, concurrency)
+            if hold >= concurrency:
+                unbounded.add(served.name)
+            holds[served.name] = holds.get(served.name, 0) + hold
+        return {name: hold for name, hold in holds.items() if name not in unbounded}
+
     def control_streams(self) -> list[str]:
         return [self._keys.control(name) for name in self.names()]
 
@@ -181,6 +198,10 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
     served.exposed = exposed_methods(model)
     served.coroutines = frozenset(
         name for name in served.exposed if inspect.iscoroutinefunction(getattr(model, name, None))
+    )
+    settings = served.settings
+    served.calls = CallLimit(
+        settings.max_concurrent_calls, served.coroutines, settings.max_batch_size
     )
     if not model.ready:
         served.failure = "load() returned False"

@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -44,8 +45,9 @@ from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import admission, execution
-from conveyor.worker.batching import AdaptiveBatcher, jobs_to_hold
+from conveyor.worker.batching import AdaptiveBatcher
 from conveyor.worker.bookkeeper import Bookkeeper
+from conveyor.worker.call_limit import CallLimit, streams_with_room
 from conveyor.worker.clock import RedisClock, remaining_fields
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 from conveyor.worker.metrics import WorkerMetrics
@@ -100,8 +102,14 @@ class Worker:
         self.stats = WorkerStats(models=self.registry.names())
         self.metrics = WorkerMetrics()
         self.metrics.track_in_flight(lambda: len(self.stats.in_flight))
-        largest_batch = max((m.max_batch_size for m in models), default=0)
-        needed = jobs_to_hold(largest_batch) if largest_batch > 1 else 0
+        needed = max(
+            (
+                CallLimit(m.max_concurrent_calls, (), m.max_batch_size).jobs_to_hold(False, 0)
+                for m in models
+                if m.max_batch_size > 1
+            ),
+            default=0,
+        )
         if needed > settings.concurrency:
             # batches fill only if the worker holds enough jobs: every batch the model runs
             # at once, and a full one forming behind them
@@ -128,6 +136,8 @@ class Worker:
         self._running: dict[str, _JobScope] = {}  # request id -> its running job
         self._deadlines = _Deadlines()
         self._heartbeat: Heartbeat | None = None
+        self._held: Counter[str] = Counter()  # jobs held, by model (worker.call_limit)
+        self._model_of = _ModelOf()
 
     def _publish_models(self) -> None:
         """Tells the fleet (the heartbeat) which models this worker serves now."""
@@ -160,7 +170,6 @@ class Worker:
         )
         self._streams = streams
         self._bookkeeper = Bookkeeper(streams, self._clock, self.settings.heartbeat_ttl)
-        self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
         heartbeat = Heartbeat(
             lambda: create_sync_client(self._redis_settings),
             self.keys,
@@ -296,16 +305,13 @@ class Worker:
     async def _consume(self, streams: WorkerStreams) -> None:
         loop = asyncio.get_running_loop()
         jobs = self._jobs
+        held = self._held
         turn = 0
         backoff = 0.1
         while not self._stopping:
             free = self.settings.concurrency - len(self.stats.in_flight)
             if free <= 0:
-                # A job holds its slot until its ack is done: send the acks that wait for
-                # the next answer now, rather than wait for it (a worker of one slot, say).
-                if not streams.writer.acks_waiting or not await streams.writer.flush_acks():
-                    with anyio.move_on_after(self.settings.read_block):
-                        await self._wait_slot()
+                await self._await_room(streams)
                 continue
             job_streams = self.registry.job_streams()
             if not job_streams:  # every model unloaded: wait for a load
@@ -314,8 +320,20 @@ class Worker:
                 continue
             turn = (turn + 1) % len(job_streams)  # rotate, so no model starves another
             order = job_streams[turn:] + job_streams[:turn]
+            # Only the jobs each model can run soon: the rest is left to other processes.
+            readable, free = streams_with_room(
+                order, self._model_of, self.registry.holds(self.settings.concurrency), held, free
+            )
+            if not readable:  # every model holds its fill
+                await self._await_room(streams)
+                continue
+            block = self.settings.read_block
+            if len(readable) < len(order):
+                # A full model's freed slot cannot wake a read blocked on the others' streams:
+                # block briefly (no event to await in Redis), so its next job is fetched soon.
+                block = min(block, _FULL_MODEL_BLOCK_S)
             try:
-                deliveries = await self._next_jobs(streams, order, free)
+                deliveries = await self._next_jobs(streams, readable, free, block)
             except ConveyorError as error:
                 # Redis restarting or unreachable: back off and try again, never give up
                 logger.warning(
@@ -330,6 +348,7 @@ class Worker:
             backoff = 0.1
             for delivery in deliveries:
                 self.stats.in_flight[delivery.entry_id] = delivery.stream
+                held[hash_tag(delivery.stream)] += 1
                 scope = _JobScope()
                 scope.task = loop.create_task(self._handle(streams, delivery, scope))
                 jobs.add(scope)
@@ -340,7 +359,7 @@ class Worker:
                 await asyncio.sleep(0)
 
     async def _next_jobs(
-        self, streams: WorkerStreams, order: list[str], free: int
+        self, streams: WorkerStreams, order: list[str], free: int, block: float
     ) -> list[Delivery]:
         """Jobs of dead workers first (checked every half TTL), else new ones."""
         if time.monotonic() >= self._next_reclaim:
@@ -361,7 +380,7 @@ class Worker:
                 self._next_reclaim = 0.0  # there may be more: look again next round
                 return reclaimed
             await self._bookkeeper.sweep(order)  # dead workers' jobs reclaimed: their consumers go
-        return await streams.read_jobs(order, free, self.settings.read_block)
+        return await streams.read_jobs(order, free, block)
 
     async def _handle(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         scope.started = True
@@ -377,7 +396,7 @@ class Worker:
                 _describe(error),
             )
         finally:
-            if not scope.ack_pending:  # else once its ack is done (_acked)
+            if not scope.ack_pending:  # else once its ack is done (_release)
                 self._release(delivery)
             self.stats.done += 1
             self._jobs.discard(scope)
@@ -386,7 +405,16 @@ class Worker:
     def _release(self, delivery: Delivery) -> None:
         """A job's slot is free: it ended unanswered (pending), or its ack is done."""
         self.stats.in_flight.pop(delivery.entry_id, None)
+        self._held[hash_tag(delivery.stream)] -= 1
         self._slot_freed.set()
+
+    async def _await_room(self, streams: WorkerStreams) -> None:
+        """Waits for a slot to free. A job holds its slot until its ack is done: the acks
+        that wait for the next answer go now instead (a worker of one slot, say)."""
+        if streams.writer.acks_waiting and await streams.writer.flush_acks():
+            return
+        with anyio.move_on_after(self.settings.read_block):
+            await self._wait_slot()
 
     async def _run_job(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
         # Its keys, model and size, before anything is decoded or written (worker.admission)
@@ -678,14 +706,23 @@ class Worker:
                 model = served.model
                 if model is None:
                     raise RuntimeError(f"model {served.name!r} was unloaded")
-                response = await execution.call(model.predict, self._limiter, request)
+                calls = served.calls
+                if "predict" in served.coroutines:
+                    async with calls.for_coroutine():  # the batcher's own bound is the same
+                        response = await model.predict(request)
+                else:
+                    response = await execution.call(model.predict, calls.threads, request)
                 if not isinstance(response, InferenceResponse):
                     raise TypeError(f"predict returned {type(response).__name__}")
                 return response
 
             sizes = self.metrics.batch_size.labels(served.name)
             batcher = AdaptiveBatcher(
-                predict, settings.max_batch_size, settings.max_batch_time, on_batch=sizes.observe
+                predict,
+                settings.max_batch_size,
+                settings.max_batch_time,
+                on_batch=sizes.observe,
+                concurrent_batches=served.calls.batches,
             )
             self._batchers[id(served)] = batcher
             assert self._infra is not None
@@ -697,9 +734,12 @@ class Worker:
         (one coroutine less per job), else :func:`execution.call`'s."""
         assert served.model is not None
         method = getattr(served.model, job.method)
+        calls = served.calls
         if job.method in served.coroutines:
-            return cast("Awaitable[Payload]", method(*job.args, **job.kwargs))
-        call = execution.call(method, self._limiter, *job.args, **job.kwargs)
+            if calls.coroutines_unbounded:
+                return cast("Awaitable[Payload]", method(*job.args, **job.kwargs))
+            return execution.limited(calls.for_coroutine(), method, *job.args, **job.kwargs)
+        call = execution.call(method, calls.threads, *job.args, **job.kwargs)
         return cast("Awaitable[Payload]", call)
 
     async def _run_stream(
@@ -718,7 +758,7 @@ class Worker:
         taken = 0  # chunks the caller has taken, as it last told us
         try:
             async for response in execution.iterate(
-                served.model.predict_stream, inputs, self._limiter
+                served.model.predict_stream, inputs, served.calls.threads
             ):
                 while job.credit and seq - taken >= job.window:
                     # A slow reader: pause the model instead of filling Redis.
@@ -794,8 +834,8 @@ class Worker:
                 continue
             for stream, entry_id, fields in entries:
                 cursors[stream] = entry_id
-                # keys first: the control streams are writable by every client too
-                refusal = self._admission.check_keys(fields)
+                # before decoding: the control streams are writable by every client too
+                refusal = self._admission.check_control(fields)
                 if refusal is not None:
                     logger.warning(
                         "control.refused stream=%s entry=%s reason=%s",
@@ -867,6 +907,17 @@ _DEADLINE = "deadline"  # ... or it ran past its deadline
 
 
 _PREDICT_STREAM = ModelMethods.PredictStream.value
+
+# How long a read may block while a model that holds its fill waits for a slot (see _consume).
+_FULL_MODEL_BLOCK_S = 0.005
+
+
+class _ModelOf(dict[str, str]):
+    """A job stream's model (its hash tag), found on first use."""
+
+    def __missing__(self, stream: str) -> str:
+        model = self[stream] = hash_tag(stream)
+        return model
 
 
 class _InputsLost(ConveyorError):

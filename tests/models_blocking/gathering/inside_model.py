@@ -1,0 +1,1 @@
+../inside_model.py
