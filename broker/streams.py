@@ -25,7 +25,6 @@ from conveyor.broker.replies import (
     INLINE_MARK,
     INLINE_REPLY_MAX_BYTES,
     ReplyWriter,
-    ttl_for,
 )
 from conveyor.broker.wire import (
     Fields,
@@ -310,7 +309,7 @@ class WorkerStreams:
         """Claims the job's request for this entry until past its ``deadline`` (this host's
         clock); None if it may run, else the claim of the copy that runs it (see ``claims``)."""
         key = self.keys.claim(hash_tag(job.bell), job.id)
-        return await claim(self.batcher, key, job, delivery.entry_id, ttl_for(deadline))
+        return await claim(self.batcher, key, job, delivery.entry_id, _claim_ttl(deadline))
 
     def claim_soon(
         self,
@@ -321,7 +320,7 @@ class WorkerStreams:
     ) -> None:
         """As :meth:`claim` without waiting: ``claimed`` gets the outcome."""
         key = self.keys.claim(hash_tag(job.bell), job.id)
-        claim_soon(self.batcher, key, job, delivery.entry_id, ttl_for(deadline), claimed)
+        claim_soon(self.batcher, key, job, delivery.entry_id, _claim_ttl(deadline), claimed)
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs: its answer is that one's."""
@@ -585,6 +584,11 @@ class ClientStreams:
     async def delete(self, *keys: str) -> None:
         if keys:
             await self.redis.unlink(*keys)
+
+
+def _claim_ttl(deadline: float) -> float:
+    """A claim lives until the job's deadline: a copy read later is skipped as expired."""
+    return max(deadline - time.time(), 1.0)
 
 
 def _next_id(entry_id: bytes | str) -> str:
