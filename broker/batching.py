@@ -73,6 +73,19 @@ class PipelineBatcher:
         error of the whole round trip), and calls the ``Settle`` that ``add`` returns."""
         return await self._run(_Slot(add, settles=True))
 
+    def submit(self, add: AddSettled, delay_s: float = 0.0) -> None:
+        """Queues ``add``'s commands without waiting: the ``Settle`` that ``add`` returns
+        gets the replies (nothing, if the batcher closes first). No task or coroutine per
+        call: for commands whose outcome only a callback needs. They ride with the next
+        caller's pipeline, or go at the latest ``delay_s`` later."""
+        if self._closed:
+            raise RuntimeError("the pipeline batcher is closed")
+        self._queue.append(_Slot(add, settles=True))
+        if delay_s <= 0:
+            self._wake_flusher()
+        else:
+            asyncio.get_running_loop().call_later(delay_s, self._wake_flusher)
+
     async def _run(self, slot: _Slot) -> list[Any]:
         if self._closed:
             raise RuntimeError("the pipeline batcher is closed")
@@ -81,7 +94,13 @@ class PipelineBatcher:
         done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         slot.done = done
         self._queue.append(slot)
-        self._wake_flusher()
+        if self._sending == 0:
+            # nothing on the wire, only submitted commands waiting: take them along at once
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            await self._flush(batch)
+        else:
+            self._wake_flusher()
         return await done
 
     async def _send_alone(self, slot: _Slot) -> list[Any]:

@@ -17,24 +17,53 @@ Before it runs a job, a worker claims the request for its copy:
 The claim lives as long as the job's answer can be of use (its deadline plus the reply grace),
 so a copy read late is still known. A claim Redis cannot store (out of memory, say) lets the
 copy run: the client's fencing (a reply names its entry and delivery) still keeps every caller
-to one run's answer. Cost: one SET per job, pipelined with other jobs' commands, before the
-model runs (measured in bench/README.md, "Claims").
+to one run's answer. Cost: one SET per job, pipelined with other jobs' commands. A unary job
+claims while it runs (``claim_soon``: no round trip before the model, no task); a stream
+before its first chunk (``claim``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from conveyor.broker.batching import PipelineBatcher
+from redis.asyncio.client import Pipeline
+
+from conveyor.broker.batching import PipelineBatcher, Settle
 from conveyor.broker.wire import Job
 
-__all__ = ("claim",)
+__all__ = ("claim", "claim_soon")
 
 logger = logging.getLogger(__name__)
 
 
+# A unary job's claim rides with the first pipeline that goes out (its answer's, for a quick
+# job: no round trip of its own), at the latest this long after the job started: a copy that
+# runs longer is stopped early; a quicker one may run twice, which costs little.
+_CLAIM_DELAY_S = 0.01
+
+
 def _value(job: Job, entry_id: bytes) -> str:
     return f"{job.attempt} {entry_id.decode()}"
+
+
+def _holder(job: Job, entry_id: bytes, held: object) -> str | None:
+    """What a claim's SET NX GET returned, as the copy holding the request (None: this one
+    may run; it takes the claim over when it is a later send of the client's)."""
+    if held is None:
+        return None
+    text = held.decode(errors="replace") if isinstance(held, bytes) else str(held)
+    attempt, _, entry = text.partition(" ")
+    if entry == entry_id.decode():
+        return None  # this copy again: delivered anew after its worker stopped
+    if attempt.isdigit() and int(attempt) < job.attempt:
+        return None  # the client sent the job again, finding the earlier send lost
+    return text
+
+
+def _ttl_ms(ttl_s: float) -> int:
+    return max(1000, int(ttl_s * 1000))
 
 
 async def claim(
@@ -42,24 +71,50 @@ async def claim(
 ) -> str | None:
     """Claims ``key`` for this copy of ``job``; returns None if it may run, else the claim
     that another copy holds."""
-    value = _value(job, entry_id)
-    ttl_ms = max(1000, int(ttl_s * 1000))
+    value, ttl_ms = _value(job, entry_id), _ttl_ms(ttl_s)
     try:
         (held,) = await batcher.run(lambda pipe: pipe.set(key, value, nx=True, get=True, px=ttl_ms))
     except Exception as error:  # cannot tell: run it, fencing keeps callers to one answer
         logger.info("job.claim_failed request=%s error=%s: running it", job.id, error)
         return None
-    if held is None:
-        return None
-    text = held.decode(errors="replace") if isinstance(held, bytes) else str(held)
-    attempt, _, entry = text.partition(" ")
-    if entry == entry_id.decode():
-        return None  # this copy again: delivered anew after its worker stopped
-    if not (attempt.isdigit() and int(attempt) < job.attempt):
-        return text
-    # the client sent the job again, finding the earlier send lost: this send runs
-    try:
-        await batcher.run(lambda pipe: pipe.set(key, value, px=ttl_ms))
-    except Exception as error:
-        logger.info("job.claim_failed request=%s error=%s: running it", job.id, error)
-    return None
+    holder = _holder(job, entry_id, held)
+    if holder is None and held is not None and held != value.encode():
+        batcher.submit(_overwrite(key, value, ttl_ms))  # a later send takes the claim over
+    return holder
+
+
+def claim_soon(
+    batcher: PipelineBatcher,
+    key: str,
+    job: Job,
+    entry_id: bytes,
+    ttl_s: float,
+    claimed: Callable[[str | None], None],
+) -> None:
+    """As :func:`claim`, without waiting: ``claimed`` gets the outcome once Redis answered
+    (nothing if the worker stops first). Rides in the batcher's next pipeline."""
+    value, ttl_ms = _value(job, entry_id), _ttl_ms(ttl_s)
+
+    def add(pipe: Pipeline) -> Settle:
+        pipe.set(key, value, nx=True, get=True, px=ttl_ms)
+
+        def settle(results: list[Any] | BaseException) -> None:
+            held = None if isinstance(results, BaseException) else results[0]
+            if isinstance(held, BaseException):  # cannot tell: fencing keeps one answer
+                logger.info("job.claim_failed request=%s error=%s: running it", job.id, held)
+                held = None
+            holder = _holder(job, entry_id, held)
+            if holder is None and held is not None and held != value.encode():
+                batcher.submit(_overwrite(key, value, ttl_ms))
+            claimed(holder)
+
+        return settle
+
+    batcher.submit(add, _CLAIM_DELAY_S)
+
+
+def _overwrite(key: str, value: str, ttl_ms: int) -> Callable[[Pipeline], Settle | None]:
+    def add(pipe: Pipeline) -> None:
+        pipe.set(key, value, px=ttl_ms)
+
+    return add

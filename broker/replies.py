@@ -7,8 +7,14 @@ every command of its answer succeeded: a reply that Redis refused (out of memory
 connection left unknown, or that failed in any way leaves the job unacked. The ack cannot go
 in the same pipeline: Redis runs the commands after a refused one all the same, and MULTI
 cannot span the job stream's slot and the client's on Redis Cluster (nor would it stop the
-ack after a command that fails at run time). Under load the acks of one flush ride in the
-next flush's pipeline, so the extra round trip costs little.
+ack after a command that fails at run time).
+
+So that the ack costs no round trip of its own, it rides in the next answer's pipeline, or
+goes alone ``ACK_DELAY_S`` later if no answer comes (``run_acker``): one job's answer carries
+the previous one's ack. Measured (bench, 2 cores): a round trip of its own per ack cost
+~0.3 ms of sequential p50 and ~40 us of worker CPU per call; riding along, neither shows. Until
+its ack lands an answered job stays pending (its entry in ``XLEN``); a worker that dies in that
+window has its job run again, and the caller keeps the first answer.
 
 A refused answer is kept and written again, with backoff, until the job's deadline; past it
 the job stays pending, to be delivered again once Redis has room (see ``ReplyWriter.store``).
@@ -16,9 +22,10 @@ the job stays pending, to be delivered again once Redis has room (see ``ReplyWri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -34,6 +41,7 @@ from conveyor.broker.wire import Fields, Job, Message, MessageType, encode_messa
 from conveyor.errors import BrokerConnectionError
 
 __all__ = (
+    "ACK_DELAY_S",
     "INLINE_MARK",
     "INLINE_REPLY_MAX_BYTES",
     "REPLY_GRACE_S",
@@ -61,6 +69,9 @@ INLINE_MARK = b"\x00"
 # Backoff between tries of an answer Redis did not store.
 _RETRY_FIRST_S = 0.05
 _RETRY_MAX_S = 1.0
+# An ack no answer carried goes alone this long after it was due (far below any reclaim's
+# idle time: a job answered here is never taken for an abandoned one).
+ACK_DELAY_S = 0.05
 
 
 def ttl_for(deadline: float) -> float:
@@ -89,6 +100,8 @@ class _Write:
     acks: Sequence[AckTarget] = ()
     settled: bool = False
     error: BaseException | None = None
+    deferred: bool = False  # acks that ride with the next flush (tried again if it fails)
+    acked: Callable[[], None] | None = None  # called once a deferred ack is done
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -117,6 +130,8 @@ class ReplyWriter:
         self._batcher = batcher
         self._where = where  # the redacted URL, for errors
         self._pending: list[_Write] = []
+        self._deferred: list[_Write] = []  # acks waiting for the next flush
+        self._deferred_due: asyncio.Event | None = None  # made on the worker's loop
 
     async def store(
         self,
@@ -168,6 +183,46 @@ class ReplyWriter:
         if error is not None:
             self._raise(error)
 
+    @property
+    def acks_waiting(self) -> bool:
+        """Whether deferred acks wait for a flush."""
+        return bool(self._deferred)
+
+    def ack_soon(self, target: AckTarget, acked: Callable[[], None] | None = None) -> None:
+        """Acks and deletes a job entry whose answer is stored, with the next flush (or
+        alone within ``ACK_DELAY_S``; see the module's docstring); then calls ``acked``."""
+        self._deferred.append(_Write(None, [], False, acks=(target,), deferred=True, acked=acked))
+        if self._deferred_due is None:
+            self._deferred_due = asyncio.Event()
+        self._deferred_due.set()
+
+    async def run_acker(self) -> None:
+        """Sends the acks no answer carried, ``ACK_DELAY_S`` after they were due; until
+        cancelled (then :meth:`flush_acks` sends what is left)."""
+        if self._deferred_due is None:
+            self._deferred_due = asyncio.Event()
+        due = self._deferred_due
+        delay = ACK_DELAY_S
+        while True:
+            await due.wait()
+            due.clear()
+            await anyio.sleep(delay)
+            if self._deferred:
+                failed = await self._send(_Write(None, [], False))  # the flush carries them
+                delay = min(delay * 2, _RETRY_MAX_S) if failed else ACK_DELAY_S
+                if failed:
+                    logger.warning("worker.ack_failed retry_in=%.2fs error=%s", delay, failed)
+
+    async def flush_acks(self) -> bool:
+        """Sends the acks still waiting, now (a worker out of slots, or stopping); returns
+        whether they were all done."""
+        if self._deferred:
+            failed = await self._send(_Write(None, [], False))
+            if failed is not None:
+                logger.warning("worker.ack_failed unacked=%d error=%s", len(self._deferred), failed)
+                return False
+        return True
+
     def _translated(self, error: BaseException) -> BaseException:
         """A Redis error as Conveyor's (out of memory, connection), else as it is."""
         if is_out_of_memory(error):
@@ -205,6 +260,9 @@ class ReplyWriter:
         settle them from the replies. The first caller of a flush sends them all; the
         others find nothing left."""
         writes, self._pending = self._pending, []
+        if self._deferred:
+            writes += self._deferred
+            self._deferred = []
         if not writes:
             return None
         start = len(pipe)
@@ -262,6 +320,16 @@ class ReplyWriter:
                             write.fail(result)
             for write in writes:
                 write.settled = True
+                if not write.deferred:
+                    continue
+                if write.error is not None:  # into the next flush again
+                    self._deferred.append(
+                        _Write(None, [], False, acks=write.acks, deferred=True, acked=write.acked)
+                    )
+                elif write.acked is not None:
+                    write.acked()
+            if self._deferred and self._deferred_due is not None:
+                self._deferred_due.set()
 
         return settle
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.batching import PipelineBatcher
-from conveyor.broker.claims import claim
+from conveyor.broker.claims import claim, claim_soon
 from conveyor.broker.connection import translate_errors
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.memory import translate_oom
@@ -25,7 +25,6 @@ from conveyor.broker.replies import (
     INLINE_MARK,
     INLINE_REPLY_MAX_BYTES,
     ReplyWriter,
-    ttl_for,
 )
 from conveyor.broker.wire import (
     Fields,
@@ -293,21 +292,35 @@ class WorkerStreams:
         job: Job,
         messages: Sequence[Message],
         deadline: float | None = None,
+        acked: Callable[[], None] | None = None,
     ) -> None:
-        """Stores the final messages, then acks and deletes the job entry.
+        """Stores the final messages, then acks and deletes the job entry (and calls
+        ``acked``).
 
         The ack waits until Redis stored the answer: an answer it refused (out of memory, a
         lost connection, any error) is tried again until the job's deadline, and past it
-        raises with the job still pending, to be delivered again (see ``replies``).
+        raises with the job still pending, to be delivered again. The ack itself rides with
+        the next answer's pipeline (see ``replies``).
         """
         await self.writer.store(job, messages, final=True, deadline=deadline)
-        await self.writer.ack([delivery])
+        self.writer.ack_soon(delivery, acked)
 
     async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
         """Claims the job's request for this entry until past its ``deadline`` (this host's
         clock); None if it may run, else the claim of the copy that runs it (see ``claims``)."""
         key = self.keys.claim(hash_tag(job.bell), job.id)
-        return await claim(self.batcher, key, job, delivery.entry_id, ttl_for(deadline))
+        return await claim(self.batcher, key, job, delivery.entry_id, _claim_ttl(deadline))
+
+    def claim_soon(
+        self,
+        delivery: Delivery,
+        job: Job,
+        deadline: float,
+        claimed: Callable[[str | None], None],
+    ) -> None:
+        """As :meth:`claim` without waiting: ``claimed`` gets the outcome."""
+        key = self.keys.claim(hash_tag(job.bell), job.id)
+        claim_soon(self.batcher, key, job, delivery.entry_id, _claim_ttl(deadline), claimed)
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs: its answer is that one's."""
@@ -515,7 +528,20 @@ class ClientStreams:
         self, cursors: Mapping[str, bytes]
     ) -> list[tuple[str, list[tuple[bytes, RawFields]]]]:
         """Reads every reply stream after its cursor, in one XREAD (all in one slot)."""
-        response = await self.blocking.xread(dict(cursors), count=1000)  # type: ignore[arg-type]
+        try:
+            response = await self.blocking.xread(dict(cursors), count=1000)  # type: ignore[arg-type]
+        except redis_errors.ResponseError as error:
+            if not str(error).startswith("WRONGTYPE"):
+                raise
+            # A key of another type (a name clash, or written by hand) fails the whole XREAD:
+            # read the streams one by one and skip it, so the others' callers get answers.
+            pipe = self.blocking.pipeline(transaction=False)
+            for key, cursor in cursors.items():
+                pipe.xread({key: cursor}, count=1000)
+            results = await pipe.execute(raise_on_error=False)
+            bad = [key for key, r in zip(cursors, results, strict=True) if isinstance(r, Exception)]
+            logger.warning("client.reply_not_a_stream keys=%s: skipped", bad)
+            response = [r[0] for r in results if r and not isinstance(r, Exception)]
         return list(_entries_by_stream(response))
 
     async def job_was_taken(self, stream: str, entry_id: bytes) -> bool | None:
@@ -558,6 +584,11 @@ class ClientStreams:
     async def delete(self, *keys: str) -> None:
         if keys:
             await self.redis.unlink(*keys)
+
+
+def _claim_ttl(deadline: float) -> float:
+    """A claim lives until the job's deadline: a copy read later is skipped as expired."""
+    return max(deadline - time.time(), 1.0)
 
 
 def _next_id(entry_id: bytes | str) -> str:

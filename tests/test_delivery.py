@@ -17,7 +17,7 @@ import anyio
 import numpy as np
 import pytest
 import redis
-from fleet import Fleet, WorkerProcess
+from fleet import Fleet, WorkerProcess, wait_acked
 
 from conveyor.broker.streams import ClientStreams
 from conveyor.broker.wire import Fields
@@ -388,3 +388,43 @@ async def test_slow_stream_reader_leaves_only_the_unread_window_in_redis(
         f"\nslow reader: {count} chunks, window {window}: the reply stream held at most "
         f"{max(lengths)} entries, {max(sizes)} bytes"
     )
+
+
+@pytest.mark.timeout(60)
+async def test_an_answer_refused_for_any_reason_keeps_its_job_pending(
+    fleet: Fleet, redis_url: str, prefix: str, probe: redis.Redis
+) -> None:
+    """Not only out of memory: here the reply stream's key holds a string, so the worker's XADD
+    of a big answer fails (WRONGTYPE). The job stays pending and in its stream while the
+    worker keeps the answer and tries again; once the key is gone the answer is stored, the
+    caller gets it and the job is acked (before: acked and deleted at once, answer lost)."""
+    worker = fleet.start(COUNTER, extra=WORKER_ARGS)
+    stream = f"{prefix}:{{counter}}:jobs"
+    big = np.arange(4096, dtype="f4")  # 16 KiB: a tensor field of its own, in a reply stream
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        reply = f"{prefix}:reply:{{{client.client_id}}}:{client.client_id}-1"  # the first call's
+        probe.set(reply, "in the way")
+        answers: list[InferenceResponse] = []
+
+        async def call() -> None:
+            request = InferenceRequest(
+                inputs=[RequestInput(name="x", shape=[4096], datatype="FP32", data=big)]
+            )
+            answers.append(await client.model("counter").predict(request))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await wait_until(lambda: probe.xlen(stream) == 1, "the job was sent")
+            await wait_until(
+                lambda: log_count(worker, "job.answer_refused") == 1 or probe.xlen(stream) == 0,
+                "the answer was refused",
+            )
+            assert probe.xlen(stream) == 1, "acked and deleted without its answer"
+            assert pending_count(probe, stream) == 1
+            assert "WRONGTYPE" in worker.log()
+            assert not answers
+            probe.delete(reply)  # the worker's next try stores the answer
+    (answer,) = answers
+    np.testing.assert_array_equal(np.asarray(answer.outputs[1].data.root).ravel(), big)
+    await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
+    assert "job.answer_stored" in await wait_log(worker, "job.answer_stored")

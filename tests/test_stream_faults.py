@@ -23,7 +23,7 @@ import anyio.abc
 import numpy as np
 import pytest
 import redis
-from fleet import MODELS, Fleet, WorkerProcess
+from fleet import MODELS, Fleet, WorkerProcess, wait_acked
 
 from conveyor.broker.connection import RedisSettings
 from conveyor.broker.wire import Message
@@ -252,8 +252,7 @@ async def test_stream_interrupted_stops_the_restarted_job(
     await wait_log(survivor, "job.reclaimed")
     # the restarted stream has ~9 s to go: it must be stopped well before that
     assert "reason=cancelled" in await wait_log(survivor, "job.stopped", timeout=5)
-    await wait_until(lambda: probe.xlen(stream) == 0, "the job left its stream", timeout=5)
-    assert not pending(probe, stream)
+    await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream, timeout=5))
 
 
 @pytest.mark.timeout(60)
@@ -293,8 +292,7 @@ async def test_stream_whose_worker_dies_before_the_first_chunk_restarts_seamless
     assert seen == [Chunk(i, survivor.pid) for i in range(count)]
     assert set(attempts) == {2}  # every message the call took came from the restart
     assert "deliveries=2" in await wait_log(survivor, "job.reclaimed")
-    await wait_until(lambda: probe.xlen(stream) == 0, "the job left its stream")
-    assert not pending(probe, stream)
+    await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     assert problems(survivor, allowed=("job.reclaimed",)) == []
     print(f"\nstream restarted before its first chunk: {count} chunks in {elapsed:.1f}s")
 
@@ -519,15 +517,15 @@ async def test_running_job_stays_in_its_stream_while_others_are_answered(
                         missing.append(samples)
                     await anyio.sleep(0.01)
             assert not long_answer, "the long job ended before the short ones: make it longer"
-            # every short job answered and deleted; the running one is still there, intact
-            assert probe.xlen(stream) == 1
+            # every short job answered and deleted (acked just after its answer); the running
+            # one is still there, intact
+            await wait_until(lambda: probe.xlen(stream) == 1, "the short jobs were acked")
             assert probe.xrange(stream) == [(entry_id, fields)]
             assert [p["message_id"] for p in pending(probe, stream)] == [entry_id]
     assert answers == {i: float(i) for i in range(shorts)}
     assert echoed(long_answer[0]) == -1.0
     assert missing == []
-    assert probe.xlen(stream) == 0
-    assert not pending(probe, stream)
+    await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     info = probe.xinfo_stream(stream)
     assert info["entries-added"] == shorts + 1
     print(
