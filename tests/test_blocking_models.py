@@ -10,7 +10,8 @@ most calls their instance saw inside at once, and their process id.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
@@ -66,6 +67,33 @@ async def test_a_plain_def_model_gets_one_call_at_a_time_by_default(fleet: Fleet
     fleet.start(MODELS / "serial", extra=["--concurrency", "16"])
     responses = await call_at_once(fleet, "serial")
     assert [output(r, "peak") for r in responses] == [1] * CALLS
+
+
+@pytest.mark.anyio
+async def test_streams_and_calls_of_a_plain_def_model_share_its_one_slot(fleet: Fleet) -> None:
+    # MLModel's own predict_stream calls the plain predict in a thread of its own: it takes
+    # the instance's slot too
+    fleet.start(MODELS / "serial", extra=["--concurrency", "16"])
+    peaks: list[int] = []
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        served = client.model("serial")
+
+        async def one_request() -> AsyncIterator[InferenceRequest]:
+            yield request()
+
+        async def stream() -> None:
+            async with aclosing(served.predict_stream(one_request())) as chunks:
+                async for chunk in chunks:
+                    peaks.append(output(chunk, "peak"))
+
+        async def unary() -> None:
+            peaks.append(output(await served.predict(request()), "peak"))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(CALLS):
+                    tg.start_soon(stream if i % 2 else unary)
+    assert peaks == [1] * CALLS
 
 
 @pytest.mark.anyio

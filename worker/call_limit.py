@@ -13,7 +13,10 @@ Without the setting:
 - adaptive batching runs ``max_concurrent_calls`` batches at once (one by default), for
   either kind: a batch is one call.
 
-With the setting N every exposed method of the instance, plain or async, shares N slots.
+With the setting N every exposed method of the instance, plain or async, shares N slots. A
+``predict_stream`` that is a plain generator takes a slot for each step; MLModel's default one,
+calling a plain ``predict``, one for the whole stream; an async generator of the model's own
+none (its model is held as an async one, see :meth:`CallLimit.jobs_to_hold`).
 
 A worker holds only the jobs its models can run soon (see :meth:`CallLimit.jobs_to_hold`): a job
 held by a busy process is one that another process could be running.
@@ -21,7 +24,7 @@ held by a busy process is one that another process could be running.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 
 import anyio
@@ -40,17 +43,38 @@ _NOTHING: AbstractAsyncContextManager[object] = nullcontext()
 class CallLimit:
     """The call slots of one loaded model instance (made at load, dropped with the instance)."""
 
-    __slots__ = ("_async_limiter", "_coroutines", "limit", "max_batch_size", "threads")
+    __slots__ = (
+        "_async_limiter",
+        "concurrent",
+        "limit",
+        "max_batch_size",
+        "stream_slots",
+        "threads",
+    )
 
-    def __init__(self, limit: int | None, coroutines: Iterable[str], max_batch_size: int) -> None:
-        """``limit``: the model's ``max_concurrent_calls`` (None: unset); ``coroutines``: its
-        exposed methods that are ``async def``."""
+    def __init__(
+        self,
+        limit: int | None,
+        max_batch_size: int,
+        *,
+        concurrent: bool = False,
+        default_stream: bool = False,
+    ) -> None:
+        """``limit``: the model's ``max_concurrent_calls`` (None: unset). ``concurrent``: the
+        model's ``predict``, or a ``predict_stream`` of its own, is async (many calls at once
+        on the loop when ``limit`` is unset). ``default_stream``: its ``predict_stream`` is
+        MLModel's, which calls a plain ``def predict`` in a thread of its own."""
         self.limit = limit
         self.max_batch_size = max_batch_size
-        self._coroutines = frozenset(coroutines)
+        self.concurrent = concurrent and limit is None
         # Threads of plain `def` methods; shared with async methods when the limit is set.
         self.threads = anyio.CapacityLimiter(limit or 1)
         self._async_limiter = self.threads if limit is not None else None
+        # What a predict_stream runs under, whole: MLModel's default runs the plain predict
+        # once, in a thread the worker does not start, so it takes a slot for the stream.
+        self.stream_slots: AbstractAsyncContextManager[object] = (
+            self.threads if default_stream else _NOTHING
+        )
 
     @property
     def batches(self) -> int:
@@ -67,7 +91,7 @@ class CallLimit:
     def coroutines_unbounded(self) -> bool:
         return self._async_limiter is None
 
-    def jobs_to_hold(self, predict_async: bool, worker_concurrency: int) -> int:
+    def jobs_to_hold(self, worker_concurrency: int) -> int:
         """The most jobs of this instance's model its worker should hold at once.
 
         Batched: every batch that may run, and a full one forming behind them (two batches'
@@ -76,7 +100,7 @@ class CallLimit:
         """
         if self.max_batch_size > 1:
             return (self.batches + 1) * self.max_batch_size
-        if predict_async and self.coroutines_unbounded:
+        if self.concurrent:
             return worker_concurrency
         return min(worker_concurrency, _HELD_PER_SLOT * (self.limit or 1))
 

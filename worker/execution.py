@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -82,15 +82,20 @@ def sync_inputs(inputs: AsyncIterator[Any]) -> Iterator[Any]:
 
 
 async def iterate(
-    method: Callable[..., Any], inputs: AsyncIterator[Any], limiter: anyio.CapacityLimiter
+    method: Callable[..., Any],
+    inputs: AsyncIterator[Any],
+    limiter: anyio.CapacityLimiter,
+    gate: AbstractAsyncContextManager[object] | None = None,
 ) -> AsyncIterator[Any]:
-    """Runs a ``predict_stream``: an async generator directly, a sync generator in threads."""
+    """Runs a ``predict_stream``: an async generator directly (under ``gate``, held for the
+    whole stream, when given), a sync generator in threads (each step under ``limiter``)."""
     if inspect.isasyncgenfunction(method) or not inspect.isgeneratorfunction(method):
-        produced = method(inputs)
-        if inspect.isawaitable(produced):
-            produced = await produced
-        async for item in produced:
-            yield item
+        async with gate if gate is not None else nullcontext():
+            produced = method(inputs)
+            if inspect.isawaitable(produced):
+                produced = await produced
+            async for item in produced:
+                yield item
         return
     generator = method(sync_inputs(inputs))
     done = object()

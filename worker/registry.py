@@ -44,7 +44,7 @@ class ServedModel:
     coroutines: frozenset[str] = field(default_factory=frozenset)
     failure: str | None = None  # why its last load left it not ready
     # the instance's call slots (worker.call_limit), made with each loaded instance
-    calls: CallLimit = field(default_factory=lambda: CallLimit(None, (), 0))
+    calls: CallLimit = field(default_factory=lambda: CallLimit(None, 0))
 
     @property
     def name(self) -> str:
@@ -139,7 +139,7 @@ class ModelRegistry:
         for served in self._served.values():
             if not served.ready:
                 continue
-            hold = served.calls.jobs_to_hold("predict" in served.coroutines, concurrency)
+            hold = served.calls.jobs_to_hold(concurrency)
             if hold >= concurrency:
                 unbounded.add(served.name)
             holds[served.name] = holds.get(served.name, 0) + hold
@@ -200,8 +200,14 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
         name for name in served.exposed if inspect.iscoroutinefunction(getattr(model, name, None))
     )
     settings = served.settings
+    stream = type(model).predict_stream
+    own_stream = stream is not MLModel.predict_stream
     served.calls = CallLimit(
-        settings.max_concurrent_calls, served.coroutines, settings.max_batch_size
+        settings.max_concurrent_calls,
+        settings.max_batch_size,
+        concurrent="predict" in served.coroutines
+        or (own_stream and inspect.isasyncgenfunction(stream)),
+        default_stream=not own_stream and "predict" not in served.coroutines,
     )
     if not model.ready:
         served.failure = "load() returned False"

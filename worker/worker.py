@@ -104,7 +104,7 @@ class Worker:
         self.metrics.track_in_flight(lambda: len(self.stats.in_flight))
         needed = max(
             (
-                CallLimit(m.max_concurrent_calls, (), m.max_batch_size).jobs_to_hold(False, 0)
+                CallLimit(m.max_concurrent_calls, m.max_batch_size).jobs_to_hold(0)
                 for m in models
                 if m.max_batch_size > 1
             ),
@@ -758,7 +758,10 @@ class Worker:
         taken = 0  # chunks the caller has taken, as it last told us
         try:
             async for response in execution.iterate(
-                served.model.predict_stream, inputs, served.calls.threads
+                served.model.predict_stream,
+                inputs,
+                served.calls.threads,
+                served.calls.stream_slots,
             ):
                 while job.credit and seq - taken >= job.window:
                     # A slow reader: pause the model instead of filling Redis.
