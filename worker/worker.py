@@ -139,6 +139,8 @@ class Worker:
         self._heartbeat: Heartbeat | None = None
         self._held: Counter[str] = Counter()  # jobs held, by model (worker.call_limit)
         self._model_of = _ModelOf()
+        # job streams not yet checked for dead workers' jobs this half TTL (see _next_jobs)
+        self._unchecked: set[str] = set()
 
     def _publish_models(self) -> None:
         """Tells the fleet (the heartbeat) which models this worker serves now."""
@@ -362,25 +364,37 @@ class Worker:
     async def _next_jobs(
         self, streams: WorkerStreams, order: list[str], free: int, block: float
     ) -> list[Delivery]:
-        """Jobs of dead workers first (checked every half TTL), else new ones."""
+        """Jobs of dead workers first (checked every half TTL), else new ones.
+
+        ``order`` holds the streams of models with room only (worker.call_limit): a stream
+        left out stays due for its check until its model has room, so a model that is always
+        busy still reclaims a dead worker's jobs.
+        """
         if time.monotonic() >= self._next_reclaim:
             # Recovery time is bounded by the heartbeat TTL, not by the longest job.
-            self._next_reclaim = time.monotonic() + self.settings.heartbeat_ttl / 2
-            reclaimed = await streams.reclaim(
-                order, self.settings.heartbeat_ttl, free, self.keys.workers()
-            )
-            for delivery in reclaimed:
-                self.metrics.reclaimed.labels(hash_tag(delivery.stream)).inc()
-                logger.warning(
-                    "job.reclaimed stream=%s entry=%s deliveries=%d",
-                    delivery.stream,
-                    delivery.entry_id.decode(),
-                    delivery.deliveries,
+            if not self._unchecked:
+                self._unchecked = set(self.registry.job_streams())
+            due = [stream for stream in order if stream in self._unchecked]
+            if due:
+                reclaimed = await streams.reclaim(
+                    due, self.settings.heartbeat_ttl, free, self.keys.workers()
                 )
-            if reclaimed:
-                self._next_reclaim = 0.0  # there may be more: look again next round
-                return reclaimed
-            await self._bookkeeper.sweep(order)  # dead workers' jobs reclaimed: their consumers go
+                for delivery in reclaimed:
+                    self.metrics.reclaimed.labels(hash_tag(delivery.stream)).inc()
+                    logger.warning(
+                        "job.reclaimed stream=%s entry=%s deliveries=%d",
+                        delivery.stream,
+                        delivery.entry_id.decode(),
+                        delivery.deliveries,
+                    )
+                if reclaimed:
+                    return reclaimed  # there may be more: they stay due, looked at next round
+                # dead workers' jobs reclaimed: their consumers go
+                await self._bookkeeper.sweep(due)
+                self._unchecked.difference_update(due)
+            self._unchecked.intersection_update(self.registry.job_streams())
+            if not self._unchecked:
+                self._next_reclaim = time.monotonic() + self.settings.heartbeat_ttl / 2
         return await streams.read_jobs(order, free, block)
 
     async def _handle(self, streams: WorkerStreams, delivery: Delivery, scope: _JobScope) -> None:
