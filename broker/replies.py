@@ -16,8 +16,9 @@ the previous one's ack. Measured (bench, 2 cores): a round trip of its own per a
 its ack lands an answered job stays pending (its entry in ``XLEN``); a worker that dies in that
 window has its job run again, and the caller keeps the first answer.
 
-A refused answer is kept and written again, with backoff, until the job's deadline; past it
-the job stays pending, to be delivered again once Redis has room (see ``ReplyWriter.store``).
+An answer Redis refused is kept and written again, with backoff, until the job's deadline;
+past it, or when the connection failed, the job stays pending and is delivered again (see
+``ReplyWriter.store``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, NoReturn, Protocol
 import anyio
 import msgpack
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from conveyor.broker.batching import PipelineBatcher, Settle
 from conveyor.broker.connection import translate_errors
@@ -144,11 +146,13 @@ class ReplyWriter:
         """Returns once Redis stored every message of ``messages`` in the job's reply stream
         (or its final answer in the client's doorbell) and rang the doorbell.
 
-        A final answer that Redis did not store is tried again until ``deadline`` (the job's
-        on this host's clock; by default as the client wrote it): kept, it costs less than a
-        run again. A stream's chunk is tried again only while Redis is out of memory (a
-        restart would meet the same refusal); a lost connection fails it at once, and the
-        job, pending, is restarted. Then raises a ``ConveyorError`` saying why.
+        A write that Redis refused (out of memory, a key of the wrong type: Redis answered)
+        is kept and tried again until ``deadline`` (the job's on this host's clock; by
+        default as the client wrote it): this worker still holds the job, and a run
+        elsewhere would meet the same refusal. A write a lost connection left unknown raises
+        at once: the job stays pending and runs again where Redis can be reached (its
+        worker's heartbeat may be failing too). Either way it raises a ``ConveyorError``
+        saying why in the end, and the job is never acked without its answer.
         """
         deadline = job.deadline if deadline is None else deadline
         entries = [encode_message(message) for message in messages]
@@ -156,7 +160,7 @@ class ReplyWriter:
         delay = _RETRY_FIRST_S
         tries = 1
         while (error := await self._send(write)) is not None:
-            if time.time() + delay >= deadline or not (final or is_out_of_memory(error)):
+            if time.time() + delay >= deadline or not _refused(error):
                 logger.warning(
                     "job.answer_not_stored request=%s tries=%d error=%s",
                     job.id,
@@ -332,6 +336,12 @@ class ReplyWriter:
                 self._deferred_due.set()
 
         return settle
+
+
+def _refused(error: BaseException) -> bool:
+    """Redis answered the write with an error (out of memory, WRONGTYPE, ...), as opposed to
+    a connection that failed, whose write may or may not have run."""
+    return isinstance(error, ResponseError)
 
 
 def _describe(error: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,8 @@ from conveyor.broker.server import free_port
 from conveyor.client import Client
 from conveyor.errors import RemoteError
 from conveyor.types import InferenceRequest, RequestInput
+
+IN_FLIGHT = ("conveyor_worker_jobs_in_flight", ())
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -38,6 +41,18 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return samples(response.read().decode())
 
 
+def scrape_settled(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape once the worker has finished its jobs. A caller gets its answer before the worker
+    counts the job done (the answer is stored first, then the job is acked and leaves the
+    gauge), and nothing signals that moment to the test: poll under a deadline."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = scrape(port)
+        if found.get(IN_FLIGHT, 1.0) == 0 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 @pytest.mark.timeout(60)
 async def test_worker_and_client_metrics_after_known_traffic(redis_url: str, prefix: str) -> None:
     port = free_port()
@@ -56,7 +71,7 @@ async def test_worker_and_client_metrics_after_known_traffic(redis_url: str, pre
             chunks = [c async for c in client.model("echo").predict_stream(one())]
             assert len(chunks) == 1
             mine = samples(generate_latest(client.metrics.registry).decode())
-        worker = await anyio.to_thread.run_sync(scrape, port)
+        worker = await anyio.to_thread.run_sync(scrape_settled, port)
     finally:
         fleet.stop()
 
@@ -70,7 +85,7 @@ async def test_worker_and_client_metrics_after_known_traffic(redis_url: str, pre
     latency = ("conveyor_worker_job_seconds_count", (("method", "predict"), ("model", "echo")))
     assert worker[latency] == 5
     assert worker[("conveyor_worker_queue_wait_seconds_count", (("model", "echo"),))] == 6
-    assert worker[("conveyor_worker_jobs_in_flight", ())] == 0
+    assert worker[IN_FLIGHT] == 0
 
     def calls(model: str, method: str, outcome: str) -> float:
         labels = (("method", method), ("model", model), ("outcome", outcome))

@@ -101,7 +101,8 @@ class Worker:
         self.registry = ModelRegistry(list(models), self.keys)
         self.stats = WorkerStats(models=self.registry.names())
         self.metrics = WorkerMetrics()
-        self.metrics.track_in_flight(lambda: len(self.stats.in_flight))
+        self._acking = 0  # answered jobs that keep their slots until their acks are done
+        self.metrics.track_in_flight(lambda: len(self.stats.in_flight) - self._acking)
         needed = max(
             (
                 CallLimit(m.max_concurrent_calls, m.max_batch_size).jobs_to_hold(0)
@@ -416,6 +417,10 @@ class Worker:
             self._jobs.discard(scope)
             scope.task = None  # the scope may wait in _deadlines until its deadline: not the task
 
+    def _acked(self, delivery: Delivery) -> None:
+        self._acking -= 1
+        self._release(delivery)
+
     def _release(self, delivery: Delivery) -> None:
         """A job's slot is free: it ended unanswered (pending), or its ack is done."""
         self.stats.in_flight.pop(delivery.entry_id, None)
@@ -563,8 +568,9 @@ class Worker:
         finally:
             self._running.pop(job.id, None)
             scope.armed = False
-        await streams.finish(delivery, job, messages, deadline, lambda: self._release(delivery))
+        await streams.finish(delivery, job, messages, deadline, lambda: self._acked(delivery))
         scope.ack_pending = True  # the job keeps its slot, and its claim fresh, until acked
+        self._acking += 1
         self.metrics.job_done(
             metrics, job.model, job.method, _outcome(messages[-1]), loop.time() - started
         )
