@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -524,6 +525,22 @@ mutations = st.builds(
 )
 
 
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d ")  # a log record's first line starts with its time
+
+
+def tracebacks_but_the_models(lines: list[str]) -> list[str]:
+    """The log records with a traceback, but for ``job.failed``: a mutated tensor can decode
+    into a valid request that the model itself refuses, and the model's exception is logged
+    with its traceback on purpose (issue 11: a model's failure can be debugged)."""
+    found, record = [], ""
+    for line in lines:
+        if _RECORD.match(line):
+            record = line
+        elif line.startswith("Traceback") and " job.failed " not in record:
+            found.append(record)
+    return found
+
+
 @pytest.mark.timeout(180)
 def test_any_entry_leaves_the_stream_and_the_worker_keeps_serving(served: Served) -> None:
     """Random field sets and real jobs with one field replaced, deleted or truncated, XADDed
@@ -559,6 +576,6 @@ def test_any_entry_leaves_the_stream_and_the_worker_keeps_serving(served: Served
     one_entry()
     assert worker.process.poll() is None, worker.log()
     assert predict_echo(served, 7.0) == 7.0
-    assert not any("Traceback" in x for x in lines_since(worker, start)), worker.log()
+    assert not tracebacks_but_the_models(lines_since(worker, start)), worker.log()
     wait_acked(probe, stream)
     print(f"\nrandom entries: {dict(outcomes)}; the worker still serves")
