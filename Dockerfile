@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only what the package needs to build; .dockerignore keeps tests, .git and venvs out.
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY conveyor/ conveyor/
+COPY core/ core/
 COPY broker/ broker/
 COPY worker/ worker/
 COPY client/ client/

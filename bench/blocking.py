@@ -44,8 +44,8 @@ import numpy as np
 from redis import Redis as SyncRedis
 
 from bench.harness import MODELS, Process, conveyor_worker, cpu_seconds, machine
-from conveyor.broker.server import RedisServer
 from conveyor.client import Client
+from conveyor.embedded import RedisServer
 from conveyor.settings import load_model_settings
 from conveyor.types import InferenceRequest, RequestInput
 

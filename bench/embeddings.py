@@ -55,14 +55,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from conveyor.broker.server import RedisServer, free_port
 from conveyor.client import Client
 from conveyor.client.model import ParallelModel
 from conveyor.codecs import NumpyCodec, StringCodec
+from conveyor.embedded import RedisServer, free_port
 from conveyor.model import MLModel
 from conveyor.settings import load_model_settings
 from conveyor.types import InferenceRequest
-from conveyor.worker.batching import jobs_to_hold
+from conveyor.worker.batcher import jobs_to_hold
 from conveyor.worker.execution import call
 
 FOLDER = Path(__file__).resolve().parent.parent / "examples" / "models_embeddings" / "minilm"

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 from redis import Redis as SyncRedis
 
-from conveyor.broker.server import free_port
+from conveyor.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(__file__).resolve().parent / "models"

@@ -40,12 +40,12 @@ from bench import harness
 from bench import profile as profiling
 from bench.floor import FloorClient
 from bench.harness import Meter, Process, Result, load, sequential
-from conveyor.broker.server import RedisServer
 from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
+from conveyor.embedded import RedisServer
 from conveyor.settings import load_model_settings
 from conveyor.types import InferenceRequest, RequestInput
-from conveyor.worker.batching import jobs_to_hold
+from conveyor.worker.batcher import jobs_to_hold
 
 SMALL_BYTES = 100
 MIB = 1 << 20

@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline
 
-from conveyor.broker.batching import PipelineBatcher, Settle
+from conveyor.broker.pipelining import PipelineBatcher, Settle
 from conveyor.broker.wire import Job
 
 __all__ = ("claim", "claim_soon")

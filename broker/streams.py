@@ -16,11 +16,11 @@ import msgpack
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
-from conveyor.broker.batching import PipelineBatcher
 from conveyor.broker.claims import claim, claim_soon
 from conveyor.broker.connection import translate_errors
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.memory import translate_oom
+from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.broker.replies import (
     INLINE_MARK,
     INLINE_REPLY_MAX_BYTES,

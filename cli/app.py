@@ -260,7 +260,7 @@ def up(
 ) -> None:
     """Run the whole thing: Redis (embedded unless --redis), workers, until Ctrl-C."""
     setup_logging(log_level)
-    from conveyor.cli.embedded import run_up
+    from conveyor.cli.up import run_up
 
     dirs = model_dirs or [Path("examples/models")]
     _find_models(dirs)
@@ -281,7 +281,7 @@ def inspect_(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Show each model's job streams (backlog, lag, pending, dead letters) and the workers."""
-    from conveyor.cli.inspect import inspect_fleet
+    from conveyor.cli.fleet_report import inspect_fleet
 
     inspect_fleet(watch, interval, json_output, redis, prefix)
 

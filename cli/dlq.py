@@ -1,7 +1,7 @@
 """``conveyor dlq``: look at, send again, or delete a model's dead letters.
 
 Errors print as one ``error: ...`` line on stderr and exit 1, as in ``cli/app.py``. The work
-is done by :mod:`conveyor.broker.admin`; this module parses options and prints.
+is done by :mod:`conveyor.broker.ops.dead_letters`; this module parses options and prints.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from conveyor.broker import admin
+    from conveyor.broker.ops import dead_letters as admin
 
 # redis, rich and the broker's admin are imported by the commands that use them: the help of
 # `conveyor` (which builds this group) answers without them.
@@ -103,7 +103,7 @@ def _when(timestamp: float | None) -> str:
 def _selection(
     ids: list[str] | None, everything: bool
 ) -> list[str] | Literal[admin.AllEntries.ALL]:
-    from conveyor.broker import admin
+    from conveyor.broker.ops import dead_letters as admin
 
     if everything and ids:
         raise _fail("give entry ids or --all, not both")
@@ -136,7 +136,7 @@ def list_(
     from rich.table import Table
     from rich.text import Text
 
-    from conveyor.broker import admin
+    from conveyor.broker.ops import dead_letters as admin
 
     async def work(client: Redis, keys: Keys) -> tuple[int, list[admin.DeadLetter]]:
         total = await admin.count_dead(client, keys, model)
@@ -187,7 +187,7 @@ def show(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Show every field of one dead letter (binary ones by their size)."""
-    from conveyor.broker import admin
+    from conveyor.broker.ops import dead_letters as admin
 
     async def work(client: Redis, keys: Keys) -> admin.DeadLetterDetail | None:
         return await admin.show_dead(client, keys, model, entry_id)
@@ -222,7 +222,7 @@ def retry(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Send dead letters again to the job stream they came from, with a fresh deadline."""
-    from conveyor.broker import admin
+    from conveyor.broker.ops import dead_letters as admin
 
     selection = _selection(entry_ids, everything)
 
@@ -245,7 +245,7 @@ def purge(
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
     """Delete dead letters for good (--all asks first, unless --yes)."""
-    from conveyor.broker import admin
+    from conveyor.broker.ops import dead_letters as admin
 
     selection = _selection(entry_ids, everything)
     key = Keys(prefix).dead(model)

@@ -25,7 +25,7 @@ from uuid import uuid4
 import pytest
 
 from conveyor.broker.connection import redact_url
-from conveyor.broker.server import RedisServer
+from conveyor.embedded import RedisServer
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import admission, execution
-from conveyor.worker.batching import AdaptiveBatcher
+from conveyor.worker.batcher import AdaptiveBatcher
 from conveyor.worker.bookkeeper import Bookkeeper
 from conveyor.worker.call_limit import CallLimit, streams_with_room
 from conveyor.worker.clock import RedisClock, remaining_fields

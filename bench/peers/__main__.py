@@ -42,7 +42,7 @@ from rich.table import Table
 
 from bench import harness
 from bench.peers import venvs
-from conveyor.broker.server import RedisServer
+from conveyor.embedded import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 QUEUE_PEERS = ("taskiq", "streaq", "arq")

@@ -1,0 +1,170 @@
+"""Blocking models run as their authors expect (issue 14, item 1): a model instance takes one
+call at a time unless its ``max_concurrent_calls`` says more; ``async def`` models run
+concurrently on the loop; a worker holds only the jobs its model can run soon, so a second
+worker process gets the rest.
+
+Real Redis, workers as real subprocesses. The models (tests/models_blocking) answer with the
+most calls their instance saw inside at once, and their process id.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from conveyor.client import Client
+from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
+from conveyor.worker.call_limit import streams_with_room
+from tests.support.fleet import Fleet
+
+MODELS = Path(__file__).parents[1] / "models" / "blocking"
+CALLS = 16
+
+
+@pytest.fixture
+def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
+    started = Fleet(redis_url, prefix)
+    yield started
+    started.stop()
+
+
+def request(hold_s: float | None = None) -> InferenceRequest:
+    return InferenceRequest(
+        parameters=Parameters(hold_s=hold_s) if hold_s else None,  # type: ignore[call-arg]
+        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=np.zeros(1, "f4"))],
+    )
+
+
+def output(response: InferenceResponse, name: str) -> int:
+    (found,) = (o for o in response.outputs if o.name == name)
+    return int(np.asarray(found.data.root).ravel()[0])
+
+
+async def call_at_once(fleet: Fleet, model: str, calls: int = CALLS) -> list[InferenceResponse]:
+    """``calls`` concurrent predicts of ``model``; their responses."""
+    responses: list[InferenceResponse] = []
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        served = client.model(model)
+
+        async def one() -> None:
+            responses.append(await served.predict(request()))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(calls):
+                    tg.start_soon(one)
+    return responses
+
+
+@pytest.mark.anyio
+async def test_a_plain_def_model_gets_one_call_at_a_time_by_default(fleet: Fleet) -> None:
+    fleet.start(MODELS / "serial", extra=["--concurrency", "16"])
+    responses = await call_at_once(fleet, "serial")
+    assert [output(r, "peak") for r in responses] == [1] * CALLS
+
+
+@pytest.mark.anyio
+async def test_streams_and_calls_of_a_plain_def_model_share_its_one_slot(fleet: Fleet) -> None:
+    # MLModel's own predict_stream calls the plain predict in a thread of its own: it takes
+    # the instance's slot too
+    fleet.start(MODELS / "serial", extra=["--concurrency", "16"])
+    peaks: list[int] = []
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        served = client.model("serial")
+
+        async def one_request() -> AsyncIterator[InferenceRequest]:
+            yield request()
+
+        async def stream() -> None:
+            async with aclosing(served.predict_stream(one_request())) as chunks:
+                async for chunk in chunks:
+                    peaks.append(output(chunk, "peak"))
+
+        async def unary() -> None:
+            peaks.append(output(await served.predict(request()), "peak"))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(CALLS):
+                    tg.start_soon(stream if i % 2 else unary)
+    assert peaks == [1] * CALLS
+
+
+@pytest.mark.anyio
+async def test_max_concurrent_calls_lets_that_many_calls_in(fleet: Fleet) -> None:
+    # each call waits until 4 are inside together: only a worker that lets 4 in answers
+    # these promptly, and none ever sees a fifth
+    fleet.start(MODELS / "four", extra=["--concurrency", "16"])
+    responses = await call_at_once(fleet, "four")
+    assert max(output(r, "peak") for r in responses) == 4
+
+
+@pytest.mark.anyio
+async def test_an_async_model_takes_many_calls_at_once(fleet: Fleet) -> None:
+    # each call waits until 8 are inside together (no max_concurrent_calls set)
+    fleet.start(MODELS / "gathering", extra=["--concurrency", "16"])
+    responses = await call_at_once(fleet, "gathering", calls=8)
+    assert max(output(r, "peak") for r in responses) == 8
+
+
+@pytest.mark.anyio
+async def test_a_one_at_a_time_model_spreads_its_jobs_over_worker_processes(
+    fleet: Fleet,
+) -> None:
+    # --concurrency 16 each: what bounds the jobs a worker takes is the model's one slot
+    # (it holds the running job and two more), not the process's concurrency
+    workers = [fleet.start(MODELS / "serial", extra=["--concurrency", "16"]) for _ in range(2)]
+    responses = await call_at_once(fleet, "serial", calls=4 * CALLS)
+    ran = Counter(output(r, "pid") for r in responses)
+    assert set(ran) == {w.pid for w in workers}, ran
+    # Each holds at most 3 of the 64 20 ms jobs: one process would run most of them only if
+    # the other got no CPU for about a second.
+    assert min(ran.values()) >= 8, ran
+    assert {output(r, "peak") for r in responses} == {1}
+
+
+@pytest.mark.anyio
+async def test_a_busy_worker_leaves_the_jobs_it_cannot_run_soon_to_a_later_one(
+    fleet: Fleet,
+) -> None:
+    # One worker, 12 jobs of 0.5 s: it takes the one it runs and two more, no more, so a
+    # worker started once the first answer is in still finds jobs waiting (~5 s of them).
+    first = fleet.start(MODELS / "serial", extra=["--concurrency", "16"])
+    ran: Counter[int] = Counter()
+    answered = anyio.Event()
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        served = client.model("serial")
+
+        async def one() -> None:
+            response = await served.predict(request(hold_s=0.5))
+            ran[output(response, "pid")] += 1
+            answered.set()
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(12):
+                    tg.start_soon(one)
+                await answered.wait()
+                second = await anyio.to_thread.run_sync(
+                    lambda: fleet.start(MODELS / "serial", extra=["--concurrency", "16"])
+                )
+    assert set(ran) == {first.pid, second.pid}, ran
+
+
+def test_only_models_with_room_are_read_and_no_more_than_the_least_room() -> None:
+    model_of = {"a:jobs": "a", "a:v1:jobs": "a", "b:jobs": "b", "c:jobs": "c"}
+    holds = {"a": 2, "b": 4}  # c: bounded by the worker's free slots alone
+    streams = list(model_of)
+    assert streams_with_room(streams, model_of, holds, {}, 16) == (streams, 2)
+    assert streams_with_room(streams, model_of, holds, {"a": 2, "b": 1}, 16) == (
+        ["b:jobs", "c:jobs"],
+        3,
+    )
+    assert streams_with_room(["a:jobs"], model_of, holds, {"a": 2}, 16) == ([], 0)
+    assert streams_with_room(["c:jobs"], model_of, holds, {}, 5) == (["c:jobs"], 5)

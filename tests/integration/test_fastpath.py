@@ -1,0 +1,346 @@
+"""broker/fastpath.py against redis-py's own path, in the failures a fleet meets.
+
+Each scenario runs twice on a private Redis: once with Conveyor's shortcuts (pool checkout,
+direct write, hiredis packing, a lone command outside a pipeline) and once with redis-py's
+own classes (``CONVEYOR_REDIS_FAST_PATHS=0``). Both must give the same outcome, and that
+outcome must be the right one: a connection the server closed is dropped and the command
+answered, with no error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import hiredis
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis import exceptions as rex
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection as AsyncConnection
+
+from conveyor.broker import fastpath
+from conveyor.broker.connection import RedisSettings, create_client
+from conveyor.broker.pipelining import PipelineBatcher
+from conveyor.embedded import RedisServer
+from tests.support.proxy import ResettingProxy
+
+pytestmark = pytest.mark.timeout(60)
+
+ServerFactory = Callable[..., RedisServer]
+Scenario = Callable[[Redis, RedisServer], Awaitable[list[Any]]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # redis.asyncio itself (trio reaches it through the bridge, tested apart)
+
+
+def test_the_installed_redis_py_was_checked() -> None:
+    """pyproject.toml pins redis to the versions fastpath.py was checked on."""
+    assert redis.__version__ in fastpath.CHECKED_REDIS
+    assert fastpath.fast_paths_enabled()
+
+
+def _client(url: str, fast: bool, monkeypatch: pytest.MonkeyPatch, **update: Any) -> Redis:
+    monkeypatch.setenv("CONVEYOR_REDIS_FAST_PATHS", "1" if fast else "0")
+    settings = RedisSettings.from_url(url).model_copy(update={"client_name": "probe", **update})
+    client = create_client(settings, max_connections=4)
+    assert isinstance(client.connection_pool, fastpath.FastPool) is fast
+    assert (type(client.connection_pool) is BlockingConnectionPool) is not fast
+    return client
+
+
+async def _outcome(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except Exception as error:  # the outcome compared is the error's type
+        return type(error).__name__
+
+
+async def _both(
+    url: str, server: RedisServer, scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[Any]]:
+    outcomes = []
+    for fast in (True, False):
+        client = _client(url, fast, monkeypatch)
+        try:
+            await client.delete("k", "n")  # each run starts afresh
+            outcomes.append(await scenario(client, server))
+        finally:
+            await client.aclose()
+    return outcomes[0], outcomes[1]
+
+
+async def _warm(client: Redis) -> None:
+    """Leaves two idle connections in the pool (two concurrent commands open them)."""
+    async with anyio.create_task_group() as tg:
+        for _ in range(2):
+            tg.start_soon(client.ping)
+    assert len(client.connection_pool._available_connections) == 2
+
+
+async def _commands(client: Redis) -> list[Any]:
+    """What a client does next: plain commands, a pipeline, and the batcher's lone command."""
+    pipe = client.pipeline(transaction=False)
+    pipe.set("k", b"v")
+    pipe.get("k")
+    batcher = PipelineBatcher(client)
+    return [
+        await _outcome(client.ping()),
+        await _outcome(client.ping()),
+        await _outcome(pipe.execute()),
+        await _outcome(batcher.run(lambda p: p.incr("n"))),
+    ]
+
+
+async def _client_kill(client: Redis, server: RedisServer) -> list[Any]:
+    await _warm(client)
+    async with Redis.from_url(server.url) as admin:
+        assert await admin.client_kill_filter(_type="normal", skipme=True) == 2
+        await _wait_gone(admin)
+    return await _commands(client)
+
+
+async def _wait_gone(admin: Redis) -> None:
+    # No event tells when Redis has closed a connection: poll CLIENT LIST under a deadline.
+    with anyio.fail_after(10):
+        while any(c.get("name") == "probe" for c in await admin.client_list()):  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+
+async def _wait_seen(client: Redis) -> None:
+    """Until the client's loop has seen every idle connection closed (EOF or reset), so the
+    next checkout meets a dead connection rather than racing the news."""
+
+    def closed(conn: Any) -> bool:
+        reader = conn._reader
+        return reader is None or reader.at_eof() or reader.exception() is not None
+
+    # The loop sees a FIN or RST on its next poll; no event tells us when: poll (bounded).
+    with anyio.fail_after(5):
+        while not all(map(closed, client.connection_pool._available_connections)):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+async def test_idle_connections_killed_by_the_server(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLIENT KILL TYPE normal on an idle pool: the next commands reconnect and succeed
+    (before the fix the fast checkout handed out the dead connection: every try failed)."""
+    server = redis_server_factory()
+    fast, own = await _both(server.url, server, _client_kill, monkeypatch)
+    assert fast == own == [True, True, [True, b"v"], [1]]
+
+
+async def _idle_timeout(client: Redis, server: RedisServer) -> list[Any]:
+    async with Redis.from_url(server.url) as admin:
+        await admin.config_set("timeout", 1)
+        try:
+            await _warm(client)
+            await _wait_gone(admin)  # Redis closed both idle connections after ~1 s
+        finally:
+            await admin.config_set("timeout", 0)
+    await _wait_seen(client)
+    return await _commands(client)
+
+
+@pytest.mark.anyio
+async def test_idle_connections_closed_by_the_server_timeout(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = redis_server_factory()
+    fast, own = await _both(server.url, server, _idle_timeout, monkeypatch)
+    assert fast == own == [True, True, [True, b"v"], [1]]
+
+
+async def _restart(client: Redis, server: RedisServer) -> list[Any]:
+    await _warm(client)
+    await anyio.to_thread.run_sync(server.kill)
+    await _wait_seen(client)
+    down = [await _outcome(client.ping()), await _outcome(client.get("k"))]
+    await anyio.to_thread.run_sync(server.start)
+    return down + await _commands(client)
+
+
+@pytest.mark.anyio
+async def test_a_redis_restart_with_an_outage(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While Redis is down both paths fail with redis-py's ConnectionError (after its
+    retries); once it is back, both reconnect."""
+    server = redis_server_factory()
+    fast, own = await _both(server.url, server, _restart, monkeypatch)
+    down = ["ConnectionError", "ConnectionError"]
+    assert fast == own == [*down, True, True, [True, b"v"], [1]]
+
+
+@pytest.mark.anyio
+async def test_connections_reset_by_a_middlebox(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy resets (RST) every idle connection: both paths reconnect."""
+    server = redis_server_factory()
+    with ResettingProxy(server.port) as proxy:
+
+        async def scenario(client: Redis, server: RedisServer) -> list[Any]:
+            await _warm(client)
+            assert await anyio.to_thread.run_sync(proxy.reset_all) == 2
+            await _wait_seen(client)
+            return await _commands(client)
+
+        fast, own = await _both(proxy.url(server.url), server, scenario, monkeypatch)
+    assert fast == own == [True, True, [True, b"v"], [1]]
+
+
+@pytest.mark.anyio
+async def test_a_connection_reset_while_a_command_is_on_the_wire(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resets in the middle of commands: redis-py's retry re-sends, on both paths, and every
+    command gets its own answer."""
+    server = redis_server_factory()
+    with ResettingProxy(server.port) as proxy:
+
+        async def scenario(client: Redis, server: RedisServer) -> list[Any]:
+            answers: list[Any] = []
+
+            async def one(i: int) -> None:
+                answers.append(await _outcome(client.echo(f"m{i}")))
+
+            proxy.start_chaos(mean_interval=0.02, seed=7)
+            try:
+                for start in range(0, 200, 20):
+                    async with anyio.create_task_group() as tg:
+                        for i in range(start, start + 20):
+                            tg.start_soon(one, i)
+            finally:
+                proxy.stop_chaos()
+            return sorted(map(str, answers))
+
+        fast, own = await _both(proxy.url(server.url), server, scenario, monkeypatch)
+    expected = sorted(str(f"m{i}".encode()) for i in range(200))
+    assert fast == own == expected
+
+
+@pytest.mark.anyio
+async def test_a_write_that_does_not_drain_times_out(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct write waits for a backlog within the socket timeout, as redis-py's
+    wait_for does: a peer that stops reading fails the command with TimeoutError, the
+    connection is dropped, and the next command gets a fresh one."""
+    server = redis_server_factory()
+    with ResettingProxy(server.port) as proxy:
+
+        async def scenario(client: Redis, server: RedisServer) -> list[Any]:
+            await client.ping()
+            assert await anyio.to_thread.run_sync(proxy.stall) >= 1
+            big = b"x" * (64 << 20)  # far more than the socket buffers hold
+            return [await _outcome(client.set("big", big)), await _outcome(client.ping())]
+
+        outcomes = []
+        for fast in (True, False):
+            client = _client(
+                proxy.url(server.url), fast, monkeypatch, socket_timeout=0.5, retries=0
+            )
+            try:
+                outcomes.append(await scenario(client, server))
+            finally:
+                await client.aclose()
+    assert outcomes[0] == outcomes[1] == ["TimeoutError", True]
+
+
+async def _dirty(client: Redis, server: RedisServer) -> list[Any]:
+    """A connection given back with an unread reply (a cancelled command, say)."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    await conn.send_command("ECHO", "stale")
+    with anyio.fail_after(5):
+        # No event says the reply has arrived in the buffer: poll can_read under a deadline.
+        while not await conn.can_read():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    await pool.release(conn)
+    return [await client.echo("fresh")]
+
+
+@pytest.mark.anyio
+async def test_a_connection_with_unread_data_is_not_reused_as_is(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = redis_server_factory()
+    fast, own = await _both(server.url, server, _dirty, monkeypatch)
+    assert fast == own == [b"fresh"]
+
+
+@pytest.mark.anyio
+async def test_a_blocking_client_killed_while_idle(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's and the reader's clients (blocking=True, retry off for the reader)."""
+    server = redis_server_factory()
+    outcomes = []
+    for fast in (True, False):
+        monkeypatch.setenv("CONVEYOR_REDIS_FAST_PATHS", "1" if fast else "0")
+        settings = RedisSettings.from_url(server.url).model_copy(update={"client_name": "probe"})
+        client = create_client(settings, blocking=True, max_connections=1, retry=False)
+        try:
+            await client.blmpop(0.01, 1, "bell", direction="RIGHT")
+            async with Redis.from_url(server.url) as admin:
+                await admin.client_kill_filter(_type="normal", skipme=True)
+                await _wait_gone(admin)
+                await admin.lpush("bell", b"x")
+            outcomes.append(await _outcome(client.blmpop(1, 1, "bell", direction="RIGHT")))
+        finally:
+            await client.aclose()
+    assert outcomes[0] == outcomes[1] == [b"bell", [b"x"]]
+
+
+# -- packing ------------------------------------------------------------------------------------
+
+_arg = st.one_of(
+    st.binary(max_size=64),
+    st.text(max_size=32),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.binary(min_size=5990, max_size=6010),
+    st.binary(max_size=16).map(memoryview),
+)
+
+
+def _redis_py_packing(args: tuple[Any, ...]) -> list[bytes]:
+    return list(AsyncConnection().pack_command(*args))
+
+
+@given(st.sampled_from(["XADD", "SET", b"HSET", "XINFO GROUPS", b"CLIENT LIST"]), st.lists(_arg))
+@settings(max_examples=300, deadline=None)
+def test_hiredis_packing_sends_the_bytes_redis_py_would(head: Any, rest: list[Any]) -> None:
+    args = (head, *rest)
+    ours = fastpath.FastConnection().pack_command(*args)
+    theirs = _redis_py_packing(args)
+    assert b"".join(map(bytes, ours)) == b"".join(map(bytes, theirs))
+    for arg in rest:  # a tensor goes out as a chunk of its own, uncopied
+        if isinstance(arg, memoryview):
+            assert any(chunk is arg for chunk in ours)
+
+
+@pytest.mark.parametrize("bad", [True, None, object()])
+def test_packing_refuses_what_redis_py_refuses(bad: Any) -> None:
+    with pytest.raises(rex.DataError):
+        fastpath.FastConnection().pack_command("SET", "k", bad)
+    with pytest.raises(TypeError):
+        hiredis.pack_command(("SET", "k", bad))
+
+
+def test_lone_command_sees_one_command_only() -> None:
+    client = Redis()
+    pipe = client.pipeline(transaction=False)
+    assert fastpath.lone_command(pipe) is None
+    pipe.set("k", b"v")
+    assert fastpath.lone_command(pipe) == (("SET", "k", b"v"), {})
+    pipe.get("k")
+    assert fastpath.lone_command(pipe) is None
