@@ -25,8 +25,8 @@ from redis.asyncio.client import Redis
 from redis.exceptions import ResponseError
 
 from conveyor.broker.connection import translate_errors
+from conveyor.broker.entries import is_nogroup
 from conveyor.broker.keys import GROUP, Keys
-from conveyor.broker.streams import is_nogroup
 
 __all__ = ("delete_consumer", "delete_dead_consumers", "redis_time")
 

@@ -30,15 +30,16 @@ import anyio.abc
 import anyio.lowlevel
 
 from conveyor.broker.bridge import Transport, on_asyncio, open_transport
+from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.connection import (
     RedisSettings,
     create_client,
     default_redis_url,
     translate_errors,
 )
+from conveyor.broker.entries import Rung
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, is_client_id
 from conveyor.broker.memory import translate_oom
-from conveyor.broker.streams import ClientStreams, Rung
 from conveyor.broker.wire import (
     ErrorInfo,
     Fields,

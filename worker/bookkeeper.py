@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from conveyor.broker import bookkeeping
-from conveyor.broker.streams import WorkerStreams
+from conveyor.broker.worker_streams import WorkerStreams
 from conveyor.errors import ConveyorError
 from conveyor.worker.clock import RedisClock
 

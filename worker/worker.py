@@ -29,8 +29,8 @@ from conveyor.broker.connection import (
     ping,
     translate_errors,
 )
+from conveyor.broker.entries import Delivery
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, hash_tag
-from conveyor.broker.streams import Delivery, WorkerStreams
 from conveyor.broker.wire import (
     ErrorInfo,
     Job,
@@ -40,6 +40,7 @@ from conveyor.broker.wire import (
     decode_job,
     decode_message,
 )
+from conveyor.broker.worker_streams import WorkerStreams
 from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, ConveyorError, WireError
 from conveyor.methods import ModelMethods
 from conveyor.settings import ModelSettings

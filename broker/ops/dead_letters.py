@@ -2,8 +2,8 @@
 
 A dead letter is the job entry as a worker received it, plus the readable fields
 ``dead_reason dead_at dead_from dead_entry dead_deliveries dead_consumer`` that
-:meth:`conveyor.broker.streams.WorkerStreams.dead_letter` adds in front of them. These are the
-operator's tools behind ``conveyor dlq``; workers and clients never call them.
+:meth:`conveyor.broker.worker_streams.WorkerStreams.dead_letter` adds in front of them.
+These are the operator's tools behind ``conveyor dlq``; workers and clients never call them.
 
 Every function takes a ``redis.asyncio.Redis`` client (so it needs asyncio) and raises only
 Conveyor's errors: :class:`~conveyor.errors.BrokerConnectionError` when Redis cannot be reached,

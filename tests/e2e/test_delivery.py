@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import redis
 
-from conveyor.broker.streams import ClientStreams
+from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.wire import Fields
 from conveyor.client import Client
 from conveyor.errors import BrokerOutOfMemory, ConveyorError, StreamInterrupted

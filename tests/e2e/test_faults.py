@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import redis
 
-from conveyor.broker.streams import ClientStreams, Rung
+from conveyor.broker.client_streams import ClientStreams
+from conveyor.broker.entries import Rung
 from conveyor.broker.wire import Message, MessageType
 from conveyor.client import Client
 from conveyor.client.client import _Waiter

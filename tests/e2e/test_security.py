@@ -30,10 +30,11 @@ import numpy as np
 import pytest
 import redis
 
+from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.connection import RedisSettings, create_client, ping, translate_errors
 from conveyor.broker.keys import Keys
-from conveyor.broker.streams import ClientStreams, WorkerStreams
 from conveyor.broker.wire import Job, encode_job
+from conveyor.broker.worker_streams import WorkerStreams
 from conveyor.client import Client
 from conveyor.embedded import LOOPBACK, RedisServer, RedisStartError, TLSFiles
 from conveyor.errors import (
@@ -57,8 +58,8 @@ WRONG = "Wr0ng-guess-41"  # a mistyped password is a secret too (often a near mi
 ADMIN_SECRET = "admin-Kx9-pw"
 USER = "conveyor"
 
-# Every command a worker or a client sends (broker/streams.py, worker/heartbeat.py,
-# broker/connection.py; redis-py's connect sends AUTH, which needs no permission). README
+# Every command a worker or a client sends (through the broker, and worker/heartbeat.py;
+# redis-py's connect sends AUTH, which needs no permission). README
 # documents the ACL line built from it; the first test checks it is complete and minimal.
 COMMANDS = (
     "ping",  # connection.ping(), and health checks of a connection idle 30 s

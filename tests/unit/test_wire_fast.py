@@ -11,12 +11,12 @@ from typing import Any
 
 import msgpack
 import numpy as np
-from tests.unit.test_wire import assert_same
 
 from conveyor.broker import wire
 from conveyor.broker.wire import Job, decode_job, encode_job
 from conveyor.errors import WireError
 from conveyor.types import InferenceRequest, Parameters, RequestInput
+from tests.unit.test_wire import assert_same
 
 
 def _raw(job: Job) -> dict[bytes, bytes]:

@@ -1,7 +1,6 @@
-"""Stream operations: each step of a job's life as one Redis round trip.
+"""The worker's side of the protocol: each step of a job's life as one Redis round trip.
 
-This is the one module that sends commands to Redis (connections are made in
-``connection``). The worker and the client call these steps and never see redis-py.
+Read jobs as one consumer of the group, claim, answer, ack, dead-letter, reclaim.
 """
 
 from __future__ import annotations
@@ -9,114 +8,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import msgpack
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.claims import claim, claim_soon
 from conveyor.broker.connection import translate_errors
+from conveyor.broker.entries import (
+    Delivery,
+    claim_ttl,
+    entries_by_stream,
+    is_nogroup,
+    text,
+)
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.memory import translate_oom
 from conveyor.broker.pipelining import PipelineBatcher
-from conveyor.broker.replies import (
-    INLINE_MARK,
-    INLINE_REPLY_MAX_BYTES,
-    ReplyWriter,
-)
-from conveyor.broker.wire import (
-    Fields,
-    Job,
-    Message,
-    RawFields,
-)
+from conveyor.broker.replies import INLINE_REPLY_MAX_BYTES, ReplyWriter
+from conveyor.broker.wire import Job, Message, RawFields
 
-__all__ = (
-    "INLINE_REPLY_MAX_BYTES",
-    "ClientStreams",
-    "Delivery",
-    "Rung",
-    "WorkerStreams",
-    "is_nogroup",
-)
+__all__ = ("INLINE_REPLY_MAX_BYTES", "WorkerStreams")
 
 logger = logging.getLogger(__name__)
 
-# XADD only while the stream holds fewer than ARGV[1] entries (answered jobs are deleted,
-# so XLEN is the backlog); else return the backlog. One key: fine on Redis Cluster.
-_BOUNDED_XADD = """
-local backlog = redis.call('XLEN', KEYS[1])
-if backlog >= tonumber(ARGV[1]) then return backlog end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One job entry as a worker received it."""
-
-    stream: str
-    entry_id: bytes
-    fields: RawFields
-    deliveries: int = 1  # how many times Redis has handed this entry out (fencing attempt)
-
-
-def is_nogroup(error: BaseException) -> bool:
-    """The consumer group is gone: destroyed, or its stream deleted (a blocked XREADGROUP is
-    then answered "UNBLOCKED the stream key no longer exists")."""
-    return isinstance(error, redis_errors.ResponseError) and str(error).startswith(
-        ("NOGROUP", "UNBLOCKED")
-    )
-
-
-def _entries_by_stream(response: Any) -> list[tuple[str, list[tuple[bytes, RawFields]]]]:
-    """XREAD/XREADGROUP's RESP2 reply (connections pin RESP2) as (stream, entries) pairs."""
-    if not response:
-        return []
-    return [
-        (key.decode() if isinstance(key, bytes) else str(key), [(i, f or {}) for i, f in entries])
-        for key, entries in response
-    ]
-
-
 # On Redis Cluster, how long a worker of several models blocks on one model's streams.
 _CLUSTER_BLOCK_S = 0.1
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-@dataclass(frozen=True, slots=True)
-class Rung:
-    """What a client found on its doorbell."""
-
-    ids: list[str]  # request ids whose reply streams have news
-    messages: list[RawFields]  # final answers that came inline, as a reply stream's fields
-
-
-def _rung(values: Sequence[bytes | str]) -> Rung:
-    rung = Rung([], [])
-    for value in values:
-        if isinstance(value, bytes) and value[:1] == INLINE_MARK:
-            rung.messages.append(_inline_fields(value))
-        else:
-            rung.ids.append(value.decode() if isinstance(value, bytes) else str(value))
-    return rung
-
-
-def _inline_fields(value: bytes) -> RawFields:
-    """An inline answer's fields; an entry that is not one gives ``{}``, which the wire
-    decoder refuses with a reason (nothing read from Redis is trusted)."""
-    try:
-        fields = msgpack.unpackb(value[1:], raw=True, strict_map_key=True, use_list=True)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return {}
-    if type(fields) is not dict:
-        return {}
-    return cast("RawFields", fields)
 
 
 class WorkerStreams:
@@ -211,7 +128,7 @@ class WorkerStreams:
         # on this worker, and one dropped here would wait for a reclaim.
         return [
             Delivery(stream, entry_id, fields)
-            for stream, entries in _entries_by_stream(response)
+            for stream, entries in entries_by_stream(response)
             for entry_id, fields in entries
         ]
 
@@ -244,9 +161,9 @@ class WorkerStreams:
                 continue
             if not pending:
                 continue
-            owners = sorted({_text(p["consumer"]) for p in pending})
+            owners = sorted({text(p["consumer"]) for p in pending})
             alive = await self._alive(owners, workers_key)
-            stale = [p for p in pending if _text(p["consumer"]) not in alive]
+            stale = [p for p in pending if text(p["consumer"]) not in alive]
             if not stale:
                 continue
             ids: list[bytes] = [p["message_id"] for p in stale]
@@ -309,7 +226,7 @@ class WorkerStreams:
         """Claims the job's request for this entry until past its ``deadline`` (this host's
         clock); None if it may run, else the claim of the copy that runs it (see ``claims``)."""
         key = self.keys.claim(hash_tag(job.bell), job.id)
-        return await claim(self.batcher, key, job, delivery.entry_id, _claim_ttl(deadline))
+        return await claim(self.batcher, key, job, delivery.entry_id, claim_ttl(deadline))
 
     def claim_soon(
         self,
@@ -320,7 +237,7 @@ class WorkerStreams:
     ) -> None:
         """As :meth:`claim` without waiting: ``claimed`` gets the outcome."""
         key = self.keys.claim(hash_tag(job.bell), job.id)
-        claim_soon(self.batcher, key, job, delivery.entry_id, _claim_ttl(deadline), claimed)
+        claim_soon(self.batcher, key, job, delivery.entry_id, claim_ttl(deadline), claimed)
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs: its answer is that one's."""
@@ -407,7 +324,7 @@ class WorkerStreams:
     ) -> list[tuple[bytes, RawFields]]:
         """Reads a predict_stream's input entries after ``after``, waiting up to ``block_s``."""
         response = await self.redis.xread({key: after}, count=64, block=int(block_s * 1000))
-        return [entry for _, entries in _entries_by_stream(response) for entry in entries]
+        return [entry for _, entries in entries_by_stream(response) for entry in entries]
 
     async def read_control(
         self, cursors: Mapping[str, bytes], block_s: float
@@ -421,7 +338,7 @@ class WorkerStreams:
             )
         return [
             (stream, entry_id, fields)
-            for stream, entries in _entries_by_stream(response)
+            for stream, entries in entries_by_stream(response)
             for entry_id, fields in entries
         ]
 
@@ -434,170 +351,3 @@ class WorkerStreams:
             cursors[stream] = entry_id if isinstance(entry_id, bytes) else b"0-0"
         return cursors
 
-
-class ClientStreams:
-    """The client's side: send jobs, wait on the doorbell, read reply streams."""
-
-    def __init__(self, redis: Redis, blocking: Redis, keys: Keys, client_id: str) -> None:
-        self.redis = redis
-        self.blocking = blocking  # one connection's worth, for BLMPOP
-        self.keys = keys
-        self.client_id = client_id
-        self.bell = keys.bell(client_id)
-        self.batcher = PipelineBatcher(redis)
-
-    async def send_job(
-        self, stream: str, fields: Fields, max_backlog: int | None = None
-    ) -> bytes | int:
-        """XADDs one job (pipelined with other callers' jobs) and returns its entry id; with
-        ``max_backlog``, only if the stream's backlog is below it, else returns the backlog."""
-
-        def add(pipe: Pipeline) -> None:
-            if max_backlog is None:
-                pipe.xadd(stream, fields)  # type: ignore[arg-type]
-                return
-            args: list[Any] = [max_backlog]
-            for name, value in fields.items():
-                args += (name, value)
-            pipe.eval(_BOUNDED_XADD, 1, stream, *args)
-
-        results = await self.batcher.run(add)
-        entry_id = results[-1]
-        assert isinstance(entry_id, bytes | int)
-        return entry_id
-
-    async def model_limits(self, model: str) -> int | None:
-        """The queue limit workers published for ``model`` (None: unbounded)."""
-        value = await self.redis.hget(self.keys.limits(model), "max_queue_length")
-        return int(value) if value else None
-
-    async def send_control(self, stream: str, fields: Fields) -> None:
-        """XADDs a load/unload request to a model's control stream (kept short)."""
-
-        def add(pipe: Pipeline) -> None:
-            pipe.xadd(stream, fields, maxlen=1000, approximate=True)  # type: ignore[arg-type]
-
-        await self.batcher.run(add)
-
-    async def send_inputs(self, key: str, entries: Sequence[Fields], ttl_s: float) -> None:
-        def add(pipe: Pipeline) -> None:
-            for entry in entries:
-                pipe.xadd(key, entry)  # type: ignore[arg-type]
-            pipe.expire(key, max(1, int(ttl_s)))
-
-        await self.batcher.run(add)
-
-    async def wait_bell(
-        self, block_s: float, unlink: Sequence[str] = (), trim: Mapping[str, bytes] | None = None
-    ) -> Rung:
-        """Deletes finished reply streams and the entries read of open ones (``trim``: key ->
-        the last entry read), then waits up to ``block_s`` for the bell: the request ids whose
-        reply streams have news, and the answers that came inline."""
-        if unlink or trim:
-            pipe = self.blocking.pipeline(transaction=False)
-            if unlink:
-                pipe.execute_command("UNLINK", *unlink)  # one slot; cluster pipelines lack it
-            for key, last in (trim or {}).items():
-                pipe.execute_command("XTRIM", key, "MINID", _next_id(last))
-            pipe.blmpop(block_s, 1, self.bell, direction="RIGHT", count=1000)
-            results = await pipe.execute(raise_on_error=False)
-            # a trim refused (an ACL without XTRIM) only leaves read entries to their TTL
-            for result in (results[0], results[-1]) if unlink else results[-1:]:
-                if isinstance(result, Exception):
-                    raise result
-            popped = results[-1]
-        else:
-            popped = await self.blocking.blmpop(
-                block_s, 1, self.bell, direction="RIGHT", count=1000
-            )
-        return _rung(popped[1] if popped else [])
-
-    async def drain_bell(self) -> Rung:
-        """Everything on the bell now, hardly waiting (after an outage). BLMPOP with a short
-        timeout rather than RPOP: the ACL of a client needs no other command."""
-        rung = Rung([], [])
-        while True:
-            popped = await self.blocking.blmpop(0.01, 1, self.bell, direction="RIGHT", count=1000)
-            if not popped:
-                return rung
-            more = _rung(cast("list[bytes]", popped[1]))
-            rung.ids.extend(more.ids)
-            rung.messages.extend(more.messages)
-
-    async def read_replies(
-        self, cursors: Mapping[str, bytes]
-    ) -> list[tuple[str, list[tuple[bytes, RawFields]]]]:
-        """Reads every reply stream after its cursor, in one XREAD (all in one slot)."""
-        try:
-            response = await self.blocking.xread(dict(cursors), count=1000)  # type: ignore[arg-type]
-        except redis_errors.ResponseError as error:
-            if not str(error).startswith("WRONGTYPE"):
-                raise
-            # A key of another type (a name clash, or written by hand) fails the whole XREAD:
-            # read the streams one by one and skip it, so the others' callers get answers.
-            pipe = self.blocking.pipeline(transaction=False)
-            for key, cursor in cursors.items():
-                pipe.xread({key: cursor}, count=1000)
-            results = await pipe.execute(raise_on_error=False)
-            bad = [key for key, r in zip(cursors, results, strict=True) if isinstance(r, Exception)]
-            logger.warning("client.reply_not_a_stream keys=%s: skipped", bad)
-            response = [r[0] for r in results if r and not isinstance(r, Exception)]
-        return list(_entries_by_stream(response))
-
-    async def job_was_taken(self, stream: str, entry_id: bytes) -> bool | None:
-        """Whether the workers' consumer group has been handed the entry (None: cannot
-        tell, e.g. an ACL without XINFO)."""
-        try:
-            groups = await self.redis.xinfo_groups(stream)
-        except redis_errors.NoPermissionError:
-            return None
-        except redis_errors.ResponseError:
-            return False  # no stream: nobody ever created the group
-        for group in groups:
-            if group.get("name") in (GROUP, GROUP.encode()):
-                last = group.get("last-delivered-id") or b"0-0"
-                return _id_tuple(last) >= _id_tuple(entry_id)
-        return False
-
-    async def send_credit(self, key: str, taken: int, ttl_s: float) -> None:
-        """Tells the worker of a predict_stream how many chunks the caller has taken."""
-
-        def add(pipe: Pipeline) -> None:
-            pipe.lpush(key, taken)
-            pipe.expire(key, max(1, int(ttl_s)))
-
-        await self.batcher.run(add)
-
-    async def jobs_present(self, jobs: Sequence[tuple[str, bytes]]) -> list[bool]:
-        """Whether each (stream, entry id) is still in its stream: queued or running."""
-        if not jobs:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, entry_id in jobs:
-            pipe.xrange(stream, entry_id, entry_id, count=1)
-        return [bool(found) for found in await pipe.execute()]
-
-    async def withdraw_job(self, stream: str, entry_id: bytes) -> None:
-        """Deletes a job that the caller gave up on, so no worker runs it later."""
-        await self.redis.xdel(stream, entry_id)
-
-    async def delete(self, *keys: str) -> None:
-        if keys:
-            await self.redis.unlink(*keys)
-
-
-def _claim_ttl(deadline: float) -> float:
-    """A claim lives until the job's deadline: a copy read later is skipped as expired."""
-    return max(deadline - time.time(), 1.0)
-
-
-def _next_id(entry_id: bytes | str) -> str:
-    """The smallest stream id after ``entry_id``: XTRIM MINID to it deletes up to it."""
-    ms, seq = _id_tuple(entry_id)
-    return f"{ms}-{seq + 1}"
-
-
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
