@@ -9,7 +9,7 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
-from conveyor.broker.entries import Rung, entries_by_stream, id_tuple, next_id, rung
+from conveyor.broker.entries import Rung, entries_by_stream, id_tuple, next_id, read_rung
 from conveyor.broker.keys import GROUP, Keys
 from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.broker.wire import Fields, RawFields
@@ -103,7 +103,7 @@ class ClientStreams:
             popped = await self.blocking.blmpop(
                 block_s, 1, self.bell, direction="RIGHT", count=1000
             )
-        return rung(popped[1] if popped else [])
+        return read_rung(popped[1] if popped else [])
 
     async def drain_bell(self) -> Rung:
         """Everything on the bell now, hardly waiting (after an outage). BLMPOP with a short
@@ -113,7 +113,7 @@ class ClientStreams:
             popped = await self.blocking.blmpop(0.01, 1, self.bell, direction="RIGHT", count=1000)
             if not popped:
                 return rung
-            more = rung(cast("list[bytes]", popped[1]))
+            more = read_rung(cast("list[bytes]", popped[1]))
             rung.ids.extend(more.ids)
             rung.messages.extend(more.messages)
 

@@ -24,7 +24,7 @@ __all__ = (
     "id_tuple",
     "is_nogroup",
     "next_id",
-    "rung",
+    "read_rung",
     "text",
 )
 
@@ -69,7 +69,7 @@ class Rung:
     messages: list[RawFields]  # final answers that came inline, as a reply stream's fields
 
 
-def rung(values: Sequence[bytes | str]) -> Rung:
+def read_rung(values: Sequence[bytes | str]) -> Rung:
     found = Rung([], [])
     for value in values:
         if isinstance(value, bytes) and value[:1] == INLINE_MARK:
