@@ -350,4 +350,3 @@ class WorkerStreams:
             entry_id = last[0][0] if last else b"0-0"
             cursors[stream] = entry_id if isinstance(entry_id, bytes) else b"0-0"
         return cursors
-

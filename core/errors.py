@@ -23,7 +23,10 @@
     ├── QueueFull                      the model's backlog is at its limit
     ├── PayloadTooLarge                a payload is over the size limit
     ├── DeadLettered                   the job failed too often and was dead-lettered
-    └── StreamInterrupted              a predict_stream's worker died after some chunks
+    ├── StreamInterrupted              a predict_stream's worker died after some chunks
+    ├── InputsLost                     (worker) a predict_stream's inputs vanished from Redis
+    ├── ModelLoadFailed                (worker) a model's load() raised
+    └── WorkersCannotStart             (conveyor up) models kept failing to load
 
 ``conveyor.codecs.CodecError`` is an ``MLServerError`` too, as in MLServer.
 Errors cross the wire as data (type name, message), never pickled.
@@ -38,10 +41,12 @@ __all__ = (
     "DeadLettered",
     "DeadlineExceeded",
     "InferenceError",
+    "InputsLost",
     "InvalidModelURI",
     "InvalidRedisURL",
     "MLServerError",
     "MethodNotAllowed",
+    "ModelLoadFailed",
     "ModelNotFound",
     "ModelNotReady",
     "ModelNotServed",
@@ -53,6 +58,7 @@ __all__ = (
     "RemoteError",
     "StreamInterrupted",
     "WireError",
+    "WorkersCannotStart",
 )
 
 
@@ -241,3 +247,36 @@ class StreamInterrupted(ConveyorError):
     def __init__(self, request_id: str, message: str) -> None:
         self.request_id = request_id
         super().__init__(f"request {request_id}: {message}")
+
+
+class InputsLost(ConveyorError):
+    """A ``predict_stream``'s input stream misses inputs (Redis deleted or evicted them); the
+    worker answers its caller with ``StreamInterrupted``."""
+
+    def __init__(self, expected: int, seq: int) -> None:
+        self.expected, self.seq = expected, seq
+        super().__init__(
+            f"input {expected} of the stream never reached the worker (the next it found was "
+            f"{seq}): Redis lost it (the input stream was deleted, or evicted: Conveyor needs "
+            "maxmemory-policy noeviction); send the request again"
+        )
+
+
+class ModelLoadFailed(ConveyorError):
+    """A model's ``load()`` (or its class's constructor) raised; the cause is ``__cause__``."""
+
+    def __init__(self, name: str, version: str | None, error: BaseException) -> None:
+        self.name = name
+        self.version = version
+        self.reason = f"{type(error).__name__}: {error}"
+        which = f"model {name!r}" + (f" version {version!r}" if version else "")
+        super().__init__(f"{which} failed to load: {self.reason}")
+
+
+class WorkersCannotStart(ConveyorError):
+    """A model's ``load()`` kept raising in the worker processes; nothing was left running."""
+
+    def __init__(self, error: str, starts: int) -> None:
+        self.error = error
+        self.starts = starts
+        super().__init__(f"{error}; gave up after {starts} failed starts of a worker in a row")
