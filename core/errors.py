@@ -15,6 +15,7 @@
     ├── WireError                      an entry read from Redis is not a valid Conveyor entry
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
     ├── BrokerOutOfMemory              Redis is at its maxmemory and refuses writes
+    ├── BrokerCommandError             Redis refused a command otherwise (WRONGTYPE, say)
     ├── InvalidRedisURL                a Redis URL that cannot be used (also a ValueError)
     ├── DeadlineExceeded               no answer in time (also a TimeoutError)
     │   └── NoWorkerError              ... and no worker ever took the job
@@ -35,6 +36,7 @@ Errors cross the wire as data (type name, message), never pickled.
 from __future__ import annotations
 
 __all__ = (
+    "BrokerCommandError",
     "BrokerConnectionError",
     "BrokerOutOfMemory",
     "ConveyorError",
@@ -280,3 +282,13 @@ class WorkersCannotStart(ConveyorError):
         self.error = error
         self.starts = starts
         super().__init__(f"{error}; gave up after {starts} failed starts of a worker in a row")
+
+
+class BrokerCommandError(ConveyorError):
+    """Redis at ``url`` answered a command with an error other than a lost connection or out
+    of memory (``WRONGTYPE``: one of Conveyor's keys holds another type, say); ``reason`` is
+    Redis's reply."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"Redis at {url} refused a command: {reason}")

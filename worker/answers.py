@@ -6,8 +6,8 @@ import logging
 import math
 import time
 
-from conveyor.broker.entries import Delivery
-from conveyor.broker.wire import ErrorInfo, Job, Message, MessageType, Payload
+from conveyor.broker import Delivery
+from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType, Payload
 from conveyor.types import InferenceRequest
 from conveyor.worker.clock import RedisClock
 
@@ -62,7 +62,7 @@ def outcome(message: Message) -> str:
     """A job's outcome for metrics: ok, or the error code of its last message."""
     if message.type is not MessageType.ERROR or message.error is None:
         return "ok"
-    return "error" if message.error.code == "model_error" else message.error.code
+    return "error" if message.error.code == ErrorCode.MODEL_ERROR else message.error.code
 
 
 def job_log(job: Job, delivery: Delivery, worker: str) -> str:

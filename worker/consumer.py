@@ -16,9 +16,8 @@ from typing import Any
 
 import anyio
 
-from conveyor.broker.entries import Delivery
+from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import Keys, hash_tag
-from conveyor.broker.worker_streams import WorkerStreams
 from conveyor.errors import ConveyorError
 from conveyor.worker.answers import describe
 from conveyor.worker.bookkeeper import Bookkeeper
@@ -42,7 +41,7 @@ class Consumer:
 
     def __init__(
         self,
-        streams: WorkerStreams,
+        broker: WorkerBroker,
         registry: ModelRegistry,
         keys: Keys,
         jobs: RunningJobs,
@@ -52,7 +51,7 @@ class Consumer:
         settings: WorkerSettings,
         handle: Callable[[Delivery, JobScope], Coroutine[Any, Any, None]],
     ) -> None:
-        self._streams = streams
+        self._broker = broker
         self._registry = registry
         self._keys = keys
         self._jobs = jobs
@@ -68,7 +67,7 @@ class Consumer:
 
     async def consume(self) -> None:
         loop = asyncio.get_running_loop()
-        streams = self._streams
+        broker = self._broker
         jobs = self._jobs
         slots = self._slots
         in_flight = slots.in_flight
@@ -101,7 +100,7 @@ class Consumer:
                 # block briefly (no event to await in Redis), so its next job is fetched soon.
                 block = min(block, _FULL_MODEL_BLOCK_S)
             try:
-                deliveries = await self._next_jobs(streams, readable, free, block)
+                deliveries = await self._next_jobs(broker, readable, free, block)
             except ConveyorError as error:
                 # Redis restarting or unreachable: back off and try again, never give up
                 logger.warning(
@@ -127,13 +126,13 @@ class Consumer:
     async def await_room(self) -> None:
         """Waits for a slot to free. A job holds its slot until its ack is done: the acks
         that wait for the next answer go now instead (a worker of one slot, say)."""
-        writer = self._streams.writer
-        if writer.acks_waiting and await writer.flush_acks():
+        broker = self._broker
+        if broker.acks_waiting and await broker.flush_acks():
             return
         await self._slots.wait_at_most(self._settings.read_block)
 
     async def _next_jobs(
-        self, streams: WorkerStreams, order: list[str], free: int, block: float
+        self, broker: WorkerBroker, order: list[str], free: int, block: float
     ) -> list[Delivery]:
         """Jobs of dead workers first (checked every half TTL), else new ones.
 
@@ -148,7 +147,7 @@ class Consumer:
                 self._unchecked = set(self._registry.job_streams())
             due = [stream for stream in order if stream in self._unchecked]
             if due:
-                reclaimed = await streams.reclaim(due, ttl, free, self._keys.workers())
+                reclaimed = await broker.reclaim(due, ttl, free)
                 for delivery in reclaimed:
                     self._metrics.reclaimed.labels(hash_tag(delivery.stream)).inc()
                     logger.warning(
@@ -165,7 +164,7 @@ class Consumer:
             self._unchecked.intersection_update(self._registry.job_streams())
             if not self._unchecked:
                 self._next_reclaim = time.monotonic() + ttl / 2
-        return await streams.read_jobs(order, free, block)
+        return await broker.read_jobs(order, free, block)
 
 
 class _ModelOf(dict[str, str]):

@@ -14,11 +14,18 @@ from collections.abc import Callable
 
 import anyio
 
+from conveyor.broker import WorkerBroker
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import ErrorInfo, Job, Message, MessageType, decode_job
-from conveyor.broker.worker_streams import WorkerStreams
+from conveyor.broker.wire import (
+    ControlVerb,
+    ErrorCode,
+    ErrorInfo,
+    Job,
+    Message,
+    MessageType,
+    decode_job,
+)
 from conveyor.errors import ConveyorError, ModelLoadFailed, WireError
-from conveyor.methods import ModelMethods
 from conveyor.worker.admission import Admission
 from conveyor.worker.answers import describe
 from conveyor.worker.cancellation import RunningJobs
@@ -30,15 +37,13 @@ __all__ = ("Control",)
 
 logger = logging.getLogger(__name__)
 
-_CANCEL = "cancel"  # a control request: stop the running job with this request id
-
 
 class Control:
     """Answers load/unload/cancel requests sent to every worker of a model."""
 
     def __init__(
         self,
-        streams: WorkerStreams,
+        broker: WorkerBroker,
         registry: ModelRegistry,
         keys: Keys,
         admission: Admission,
@@ -50,7 +55,7 @@ class Control:
         read_block: float,
         models_changed: Callable[[], None],
     ) -> None:
-        self._streams = streams
+        self._broker = broker
         self._registry = registry
         self._keys = keys
         self._jobs = jobs
@@ -65,7 +70,7 @@ class Control:
         """Reads the control streams after their ``cursors``, until cancelled."""
         if not cursors:
             return
-        if not self._streams.cluster:
+        if not self._broker.cluster:
             await self._read(cursors)
             return
         # On Redis Cluster one read names one slot's keys: a reader per model.
@@ -76,7 +81,7 @@ class Control:
     async def _read(self, cursors: dict[str, bytes]) -> None:
         while True:
             try:
-                entries = await self._streams.read_control(cursors, self._read_block)
+                entries = await self._broker.read_control(cursors, self._read_block)
             except ConveyorError as error:  # Redis unavailable: the job loop says so too
                 logger.debug("control.read_failed error=%s", describe(error))
                 await anyio.sleep(1.0)
@@ -112,18 +117,18 @@ class Control:
                 await self._control(job)
 
     async def _control(self, job: Job) -> None:
-        if job.method == _CANCEL:
+        if job.method == ControlVerb.CANCEL:  # stop the running job with this request id
             self._jobs.cancel_request(job.id)
             return
         registry = self._registry
         try:
-            if job.method == ModelMethods.Load.value:
+            if job.method == ControlVerb.LOAD:
                 try:
                     ready = await registry.load(job.model)
                 finally:
-                    await self._streams.ensure_groups(registry.job_streams())
+                    await self._broker.ensure_groups(registry.job_streams())
                     self._models_changed()
-            elif job.method == ModelMethods.Unload.value:
+            elif job.method == ControlVerb.UNLOAD:
                 ready = not await registry.unload(job.model)
                 self._models_changed()
             else:
@@ -134,7 +139,7 @@ class Control:
             message = Message(
                 MessageType.ERROR,
                 job.id,
-                error=ErrorInfo("model_error", type(error).__name__, str(error)),
+                error=ErrorInfo(ErrorCode.MODEL_ERROR, type(error).__name__, str(error)),
             )
         else:
             self._slots.wake()  # the streams to read changed
@@ -143,4 +148,4 @@ class Control:
                 job.id,
                 payload={"worker": self._worker, "model": job.model, "ready": ready},
             )
-        await self._streams.reply(job, [message])
+        await self._broker.reply(job, [message])

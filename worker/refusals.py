@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from conveyor.broker.entries import Delivery
+from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import Keys, hash_tag
-from conveyor.broker.wire import ErrorInfo, Job, Message, MessageType
-from conveyor.broker.worker_streams import WorkerStreams
+from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType
 from conveyor.worker.admission import Refusal
 from conveyor.worker.answers import error_message, job_log, readable_job
 from conveyor.worker.clock import RedisClock
@@ -24,13 +23,13 @@ class Refusals:
 
     def __init__(
         self,
-        streams: WorkerStreams,
+        broker: WorkerBroker,
         keys: Keys,
         metrics: WorkerMetrics,
         clock: RedisClock,
         worker: str,
     ) -> None:
-        self._streams = streams
+        self._broker = broker
         self._keys = keys
         self._metrics = metrics
         self._clock = clock
@@ -51,7 +50,7 @@ class Refusals:
         self._metrics.jobs.labels(model, "", "refused").inc()
         caller = readable_job(delivery, model, self._clock) if refusal.answer else None
         error = ErrorInfo(refusal.code, refusal.type, refusal.reason)
-        await self._streams.dead_letter(
+        await self._broker.dead_letter(
             delivery,
             self._keys.dead(model),
             refusal.reason,
@@ -81,7 +80,7 @@ class Refusals:
             self._worker,
             reason,
         )
-        await self._streams.dead_letter(
+        await self._broker.dead_letter(
             delivery,
             self._keys.dead(hash_tag(delivery.stream)),  # beside the stream it came from
             reason,
@@ -101,10 +100,12 @@ class Refusals:
         )
         self._metrics.dead_lettered.labels(job.model).inc()
         self._metrics.jobs.labels(job.model, job.method, "dead_letter").inc()
-        await self._streams.dead_letter(
+        await self._broker.dead_letter(
             delivery,
             self._keys.dead(hash_tag(delivery.stream)),
             reason,
             job=job,
-            error_message=error_message(job, delivery, "dead_letter", "DeadLettered", reason),
+            error_message=error_message(
+                job, delivery, ErrorCode.DEAD_LETTER, "DeadLettered", reason
+            ),
         )

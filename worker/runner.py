@@ -15,10 +15,9 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
-from conveyor.broker.entries import Delivery
+from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import Job, Message, MessageType, Payload, decode_job
-from conveyor.broker.worker_streams import WorkerStreams
+from conveyor.broker.wire import ErrorCode, Job, Message, MessageType, Payload, decode_job
 from conveyor.errors import WireError
 from conveyor.methods import ModelMethods
 from conveyor.types import InferenceRequest, InferenceResponse
@@ -54,7 +53,7 @@ class JobRunner:
 
     def __init__(
         self,
-        streams: WorkerStreams,
+        broker: WorkerBroker,
         registry: ModelRegistry,
         keys: Keys,
         admission: Admission,
@@ -68,7 +67,7 @@ class JobRunner:
         read_block: float,
         start_soon: Callable[[Callable[[], Coroutine[Any, Any, None]]], object],
     ) -> None:
-        self._streams = streams
+        self._broker = broker
         self._registry = registry
         self._jobs = jobs
         self._slots = slots
@@ -79,7 +78,7 @@ class JobRunner:
         self._read_block = read_block
         self._start_soon = start_soon  # runs a batcher for the worker's life
         self._admission = admission
-        self._refusals = Refusals(streams, keys, metrics, clock, worker)
+        self._refusals = Refusals(broker, keys, metrics, clock, worker)
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
 
     async def handle(self, delivery: Delivery, scope: JobScope) -> None:
@@ -103,7 +102,7 @@ class JobRunner:
             self._jobs.ended(scope)
 
     async def _run_job(self, delivery: Delivery, scope: JobScope) -> None:
-        streams = self._streams
+        broker = self._broker
         # Its keys, model and size, before anything is decoded or written (worker.admission)
         refusal = self._admission.check_entry(delivery.stream, delivery.fields)
         if refusal is not None:
@@ -113,7 +112,7 @@ class JobRunner:
             job = decode_job(delivery.fields)
         except WireError as error:
             reason = f"bad entry: {error.reason}"
-            refusal = Refusal("bad_entry", "WireError", reason, answer=True)
+            refusal = Refusal(ErrorCode.BAD_ENTRY, "WireError", reason, answer=True)
             # The caller hears it if the entry names its reply stream (a newer format, say).
             await self._refusals.entry(delivery, refusal, "job.bad_entry")
             return
@@ -133,8 +132,10 @@ class JobRunner:
                 f"{max(job.deadline - job.sent_at, 0.0):.1f}s timeout, before a worker took "
                 "it; it was skipped (add workers, or give calls a longer timeout)"
             )
-            await streams.finish(
-                delivery, job, [error_message(job, delivery, "deadline", "DeadlineExceeded", text)]
+            await broker.finish(
+                delivery,
+                job,
+                [error_message(job, delivery, ErrorCode.DEADLINE, "DeadlineExceeded", text)],
             )
             return
         if (served is None or served.model is None) and self._registry.has_unloaded(
@@ -144,14 +145,14 @@ class JobRunner:
             logger.info("job.requeued %s", job_log(job, delivery, self._worker))
             # as a new entry: with the time it has left, not its whole timeout again
             fields = remaining_fields(delivery.fields, deadline)
-            await streams.requeue(Delivery(delivery.stream, delivery.entry_id, fields))
+            await broker.requeue(Delivery(delivery.stream, delivery.entry_id, fields))
             return
         if served is None or served.model is None:
             version = f" version {job.version!r}" if job.version else ""
             await self._refusals.job(
                 delivery,
                 job,
-                "model_not_found",
+                ErrorCode.MODEL_NOT_FOUND,
                 "ModelNotFound",
                 f"worker {self._worker} does not serve model {job.model!r}{version}",
             )
@@ -161,7 +162,7 @@ class JobRunner:
             await self._refusals.job(
                 delivery,
                 job,
-                "method_not_allowed",
+                ErrorCode.METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 f"model {job.model!r} does not expose method {job.method!r}; "
                 f"callable methods are: {allowed}",
@@ -174,12 +175,12 @@ class JobRunner:
         # duplicate is stopped; a quick one may answer first, and the caller keeps one run's
         # answer either way (measured: a claim before every run cost ~0.4 ms of p50).
         if job.method == _PREDICT_STREAM:
-            held = await streams.claim(delivery, job, deadline)
+            held = await broker.claim(delivery, job, deadline)
             if held is not None:
                 await self._drop_duplicate(delivery, job, held)
                 return
         else:
-            streams.claim_soon(delivery, job, deadline, scope.claimed)
+            broker.claim_soon(delivery, job, deadline, scope.claimed)
         started = loop.time()
         metrics = self._metrics.children(job.model, job.method)
         self._metrics.job_taken(metrics, max(now - stored, 0.0))
@@ -191,7 +192,7 @@ class JobRunner:
         try:
             if job.method == _PREDICT_STREAM:
                 messages = await run_stream(
-                    streams,
+                    broker,
                     delivery,
                     job,
                     served,
@@ -215,7 +216,7 @@ class JobRunner:
         finally:
             jobs.disarm(scope, job.id)
         slots = self._slots
-        await streams.finish(
+        await broker.finish(
             delivery,
             job,
             messages,
@@ -240,20 +241,20 @@ class JobRunner:
         if reason == CANCELLED:
             logger.info("job.stopped %s reason=cancelled", job_log(job, delivery, self._worker))
             text = "cancelled: the caller gave up waiting"
-            return error_message(job, delivery, "cancelled", "Cancelled", text)
+            return error_message(job, delivery, ErrorCode.CANCELLED, "Cancelled", text)
         logger.info("job.stopped %s reason=deadline", job_log(job, delivery, self._worker))
         text = (
             f"the job ran past its {max(job.deadline - job.sent_at, 0.0):.1f}s timeout "
             f"on worker {self._worker} and was stopped"
         )
-        return error_message(job, delivery, "deadline", "DeadlineExceeded", text)
+        return error_message(job, delivery, ErrorCode.DEADLINE, "DeadlineExceeded", text)
 
     async def _drop_duplicate(self, delivery: Delivery, job: Job, held: str) -> None:
         """A copy of a job entry (an XADD sent twice) whose other copy runs or ran: acked
         without an answer, the other copy's is the caller's."""
         logger.info("job.duplicate %s running_copy=%s", job_log(job, delivery, self._worker), held)
         self._metrics.jobs.labels(job.model, job.method, "duplicate").inc()
-        await self._streams.drop_duplicate(delivery)
+        await self._broker.drop_duplicate(delivery)
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
         if job.args:
@@ -272,7 +273,11 @@ class JobRunner:
                     result.id = request.id or job.id
         except Exception as error:  # the model's own failure goes back to the caller
             log_failure(job, delivery, self._worker, error)
-            return [error_message(job, delivery, "model_error", type(error).__name__, str(error))]
+            return [
+                error_message(
+                    job, delivery, ErrorCode.MODEL_ERROR, type(error).__name__, str(error)
+                )
+            ]
         return [
             Message(
                 MessageType.RESULT,

@@ -7,9 +7,8 @@ from collections.abc import AsyncGenerator
 
 import anyio
 
-from conveyor.broker.entries import Delivery
-from conveyor.broker.wire import Job, Message, MessageType, Payload, decode_message
-from conveyor.broker.worker_streams import WorkerStreams
+from conveyor.broker import Delivery, WorkerBroker
+from conveyor.broker.wire import ErrorCode, Job, Message, MessageType, Payload, decode_message
 from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, InputsLost
 from conveyor.worker import execution
 from conveyor.worker.answers import error_message, give_id, log_failure
@@ -19,7 +18,7 @@ __all__ = ("run_stream",)
 
 
 async def run_stream(
-    streams: WorkerStreams,
+    broker: WorkerBroker,
     delivery: Delivery,
     job: Job,
     served: ServedModel,
@@ -30,7 +29,7 @@ async def run_stream(
 ) -> list[Message]:
     """Streams each response as a chunk; returns the closing message (end or error)."""
     assert served.model is not None
-    inputs = _inputs(streams, job, deadline, read_block)
+    inputs = _inputs(broker, job, deadline, read_block)
     entry = delivery.entry_id.decode()
     seq = 0
     taken = 0  # chunks the caller has taken, as it last told us
@@ -43,16 +42,20 @@ async def run_stream(
         ):
             while job.credit and seq - taken >= job.window:
                 # A slow reader: pause the model instead of filling Redis.
-                reported = await streams.wait_credit(job.credit, read_block)
+                reported = await broker.wait_credit(job.credit, read_block)
                 if reported is not None:
                     taken = max(taken, reported)
             chunk = Message(
                 MessageType.CHUNK, job.id, delivery.deliveries, seq, response, entry=entry
             )
-            await streams.reply(job, [chunk], deadline)
+            await broker.reply(job, [chunk], deadline)
             seq += 1
     except InputsLost as error:  # a stream with holes is not the model's failure
-        return [error_message(job, delivery, "stream_interrupted", "StreamInterrupted", str(error))]
+        return [
+            error_message(
+                job, delivery, ErrorCode.STREAM_INTERRUPTED, "StreamInterrupted", str(error)
+            )
+        ]
     except Exception as error:
         if isinstance(error, BrokerConnectionError | BrokerOutOfMemory):
             # A chunk, credit or input step lost Redis, or Redis had no room for it (or the
@@ -60,7 +63,9 @@ async def run_stream(
             # runs again (dead-lettered if it keeps failing); the caller sees StreamInterrupted.
             raise
         log_failure(job, delivery, worker, error)
-        return [error_message(job, delivery, "model_error", type(error).__name__, str(error))]
+        return [
+            error_message(job, delivery, ErrorCode.MODEL_ERROR, type(error).__name__, str(error))
+        ]
     finally:
         with anyio.CancelScope(shield=True):
             await inputs.aclose()
@@ -68,7 +73,7 @@ async def run_stream(
 
 
 async def _inputs(
-    streams: WorkerStreams, job: Job, deadline: float, read_block: float
+    broker: WorkerBroker, job: Job, deadline: float, read_block: float
 ) -> AsyncGenerator[Payload, None]:
     """The requests a client streams to a predict_stream, until its end marker (or the
     job's ``deadline``, on our clock)."""
@@ -79,7 +84,7 @@ async def _inputs(
     cursor = b"0-0"
     expected = 0  # inputs are numbered from 0; the end marker counts them
     while True:
-        entries = await streams.read_inputs(job.inputs, cursor, read_block)
+        entries = await broker.read_inputs(job.inputs, cursor, read_block)
         for entry_id, fields in entries:
             cursor = entry_id
             message = decode_message(fields)

@@ -21,15 +21,8 @@ from collections.abc import Sequence
 import anyio
 from anyio.abc import TaskStatus
 
-from conveyor.broker.connection import (
-    RedisSettings,
-    create_client,
-    create_sync_client,
-    ping,
-    translate_errors,
-)
+from conveyor.broker import WorkerBroker
 from conveyor.broker.keys import Keys
-from conveyor.broker.worker_streams import WorkerStreams
 from conveyor.settings import ModelSettings
 from conveyor.worker.admission import Admission
 from conveyor.worker.bookkeeper import Bookkeeper
@@ -84,7 +77,6 @@ class Worker:
                 needed,
             )
             settings.concurrency = needed
-        self._redis_settings = RedisSettings.from_url(settings.redis_url)
         self._clock = RedisClock()  # job deadlines are measured on Redis's clock
         self._admission = Admission(
             self.keys, self.registry.payload_limit, self.registry.smallest_payload_limit
@@ -110,18 +102,12 @@ class Worker:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         settings = self.settings
-        redis = create_client(self._redis_settings, blocking=True, max_block=settings.read_block)
-        streams = WorkerStreams(
-            redis,
-            self.keys,
-            settings.name,
-            self._redis_settings.redacted_url,
-            cluster=self._redis_settings.cluster,
+        broker = WorkerBroker(
+            settings.redis_url, self.keys, settings.name, max_block=settings.read_block
         )
-        bookkeeper = Bookkeeper(streams, self._clock, settings.heartbeat_ttl)
+        bookkeeper = Bookkeeper(broker, self._clock, settings.heartbeat_ttl)
         heartbeat = Heartbeat(
-            lambda: create_sync_client(self._redis_settings),
-            self.keys,
+            broker.heartbeat_link,
             settings.name,
             self.stats,
             settings.heartbeat_ttl,
@@ -131,7 +117,7 @@ class Worker:
         frozen = False
         try:
             # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
-            await ping(self._redis_settings)
+            await broker.ping()
             # Redis's clock, before the first beat (its registry score) and the first job
             await bookkeeper.read_clock()
             # Beating while it loads: a client calling a model this worker is loading waits
@@ -139,12 +125,11 @@ class Worker:
             self.stats.loading = self.registry.names()
             heartbeat.start()
             await self.registry.load_all()
-            with translate_errors(self._redis_settings):
-                await streams.ensure_groups(self.registry.job_streams())
-                # cursors first: a load/unload sent once we report started is never missed
-                cursors = await streams.control_cursors(self.registry.control_streams())
+            await broker.ensure_groups(self.registry.job_streams())
+            # cursors first: a load/unload sent once we report started is never missed
+            cursors = await broker.control_cursors(self.registry.control_streams())
             for served in self.registry.all():
-                await streams.publish_limits(served.name, served.settings.max_queue_length)
+                await broker.publish_limits(served.name, served.settings.max_queue_length)
             self._publish_models()  # ready only now: its groups exist
             if settings.freeze_gc:
                 # What is alive now (imports, the models) lives as long as the worker: out of
@@ -157,7 +142,7 @@ class Worker:
                 self.metrics.serve(settings.metrics_port)
             async with anyio.create_task_group() as infra:
                 runner = JobRunner(
-                    streams,
+                    broker,
                     self.registry,
                     self.keys,
                     self._admission,
@@ -171,7 +156,7 @@ class Worker:
                     start_soon=lambda run: infra.start_soon(run),
                 )
                 control = Control(
-                    streams,
+                    broker,
                     self.registry,
                     self.keys,
                     self._admission,
@@ -183,7 +168,7 @@ class Worker:
                     models_changed=self._publish_models,
                 )
                 consumer = Consumer(
-                    streams,
+                    broker,
                     self.registry,
                     self.keys,
                     self.jobs,
@@ -193,8 +178,7 @@ class Worker:
                     settings,
                     runner.handle,
                 )
-                infra.start_soon(streams.batcher.run_flusher)
-                infra.start_soon(streams.writer.run_acker)
+                infra.start_soon(broker.run_writers)
                 infra.start_soon(control.run, cursors)
                 if handle_signals:
                     # started once it handles them: a signal sent on "worker.started" is seen
@@ -223,7 +207,7 @@ class Worker:
                     # Its jobs answered, or pending for another worker: it leaves the groups
                     # where it owns nothing (never before it consumed: nothing to leave).
                     with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                        await streams.writer.flush_acks()  # answered jobs: not left pending
+                        await broker.flush_acks()  # answered jobs: not left pending
                         await bookkeeper.leave(self.registry.all_job_streams())
                 infra.cancel_scope.cancel()
         finally:
@@ -233,7 +217,7 @@ class Worker:
                 heartbeat.stop(unregister=True)
                 with anyio.move_on_after(5):
                     await self.registry.unload_all()
-                await redis.aclose()
+                await broker.aclose()
             logger.info("worker.stopped worker=%s done=%d", settings.name, self.stats.done)
 
     async def _signal_loop(

@@ -75,35 +75,13 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
         "broker-face",
         "conveyor.client.served -> conveyor.broker.fleet",
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.bookkeeper -> conveyor.broker.bookkeeping",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.bookkeeper -> conveyor.broker.worker_streams",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.worker -> conveyor.broker.connection",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.worker -> conveyor.broker.entries",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.worker -> conveyor.broker.worker_streams",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
     ("redis", "conveyor.client.served -> redis.asyncio"): "the broker face translates Redis errors",
-    ("redis", "conveyor.worker.heartbeat -> redis"): "the broker face translates Redis errors",
     ("size", "broker/connection.py"): "being split, one job per module",
     ("size", "broker/ops/fleet_report.py"): "being split, one job per module",
     ("size", "broker/wire.py"): "being split, one job per module",
     ("size", "client/client.py"): "being split, one job per module",
     ("size", "core/embedded.py"): "being split, one job per module",
     ("size", "core/settings.py"): "being split, one job per module",
-    ("size", "worker/worker.py"): "being split, one job per module",
 }
 
 PARTS = ("conveyor.broker", "conveyor.worker", "conveyor.client", "conveyor.cli")
