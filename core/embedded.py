@@ -21,7 +21,7 @@ Usage::
         ...                                   # acknowledged writes survive kill() + start()
 
 This module only needs the standard library; the Redis client lives in
-:mod:`conveyor.broker.connection`. A ``RedisServer`` is not thread-safe: drive one from one
+:mod:`conveyor.broker.clients`. A ``RedisServer`` is not thread-safe: drive one from one
 thread at a time.
 """
 
@@ -379,7 +379,7 @@ class RedisServer:
     def url(self) -> str:
         """``redis://[:password@]127.0.0.1:<port>/0``, or ``rediss://...?ssl_ca_certs=<ca>``.
 
-        It carries the password: log :func:`conveyor.broker.connection.redact_url` of it.
+        It carries the password: log :func:`conveyor.broker.settings.redact_url` of it.
         """
         auth = "" if self._password is None else f":{quote(self._password, safe='')}@"
         if self._tls is None:

@@ -22,8 +22,7 @@ from redis import exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection as AsyncConnection
 
-from conveyor.broker import fastpath
-from conveyor.broker.connection import RedisSettings, create_client
+from conveyor.broker import RedisSettings, create_client, fastpath
 from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.embedded import RedisServer
 from tests.support.proxy import ResettingProxy
