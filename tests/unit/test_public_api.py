@@ -39,6 +39,20 @@ PUBLIC = {
         "MethodNotAllowed",
         "WireError",
         "BrokerConnectionError",
+        "RedisServerError",
+        "RedisBinaryNotFound",
+        "RedisStartError",
+    ],
+    # The private Redis server of `conveyor up` and of the tests (its errors are conveyor.errors').
+    "conveyor.embedded": [
+        "RedisServer",
+        "TLSFiles",
+        "find_redis_binary",
+        "free_port",
+        "LOOPBACK",
+        "RedisServerError",
+        "RedisBinaryNotFound",
+        "RedisStartError",
     ],
     "conveyor.codecs": [
         "NumpyCodec",
