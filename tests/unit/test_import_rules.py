@@ -101,8 +101,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("size", "broker/ops/fleet_report.py"): "being split, one job per module",
     ("size", "broker/wire.py"): "being split, one job per module",
     ("size", "client/client.py"): "being split, one job per module",
-    ("size", "core/embedded.py"): "being split, one job per module",
-    ("size", "core/settings.py"): "being split, one job per module",
     ("size", "worker/worker.py"): "being split, one job per module",
 }
 
