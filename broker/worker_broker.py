@@ -25,17 +25,12 @@ import anyio
 from redis import exceptions as rex
 
 from conveyor.broker.bookkeeping import delete_consumer, delete_dead_consumers, redis_time
-from conveyor.broker.connection import (
-    RedisSettings,
-    create_client,
-    create_sync_client,
-    ping,
-    translate_errors,
-)
+from conveyor.broker.clients import create_client, create_sync_client, ping
 from conveyor.broker.entries import Delivery
+from conveyor.broker.errors import translate_errors
 from conveyor.broker.heartbeats import HeartbeatLink
 from conveyor.broker.keys import Keys
-from conveyor.broker.memory import translate_oom
+from conveyor.broker.settings import RedisSettings
 from conveyor.broker.wire import Job, Message, RawFields
 from conveyor.broker.worker_streams import WorkerStreams
 from conveyor.errors import BrokerCommandError, ConveyorError
@@ -47,12 +42,11 @@ class _Translated:
     """Redis's errors raised inside as Conveyor's (see the module's docstring). One per
     broker, entered by every step: a class, not a generator (~2 us less per step)."""
 
-    __slots__ = ("_connection", "_memory", "_where")
+    __slots__ = ("_connection", "_where")
 
     def __init__(self, where: str) -> None:
         self._where = where
-        self._connection = translate_errors(where)
-        self._memory = translate_oom(where)
+        self._connection = translate_errors(where)  # connection failures, OOM
 
     def __enter__(self) -> None:
         return None
@@ -66,7 +60,6 @@ class _Translated:
         if exc is None or isinstance(exc, ConveyorError) or not isinstance(exc, Exception):
             return
         self._connection.__exit__(exc_type, exc, tb)  # raises what it translates
-        self._memory.__exit__(exc_type, exc, tb)
         if isinstance(exc, rex.RedisError):
             raise BrokerCommandError(self._where, str(exc) or type(exc).__name__) from exc
 

