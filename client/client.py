@@ -36,10 +36,10 @@ from conveyor.broker.connection import (
     create_client,
     default_redis_url,
     translate_errors,
+    translate_oom,
 )
 from conveyor.broker.entries import Rung
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, is_client_id
-from conveyor.broker.memory import translate_oom
 from conveyor.broker.wire import (
     ErrorInfo,
     Fields,
