@@ -78,7 +78,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("redis", "conveyor.client.served -> redis.asyncio"): "the broker face translates Redis errors",
     ("redis", "conveyor.worker.heartbeat -> redis"): "the broker face translates Redis errors",
     ("size", "broker/ops/fleet_report.py"): "being split, one job per module",
-    ("size", "broker/wire.py"): "being split, one job per module",
     ("size", "client/client.py"): "being split, one job per module",
     ("size", "worker/worker.py"): "being split, one job per module",
 }
