@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from conveyor.broker.settings import default_redis_url as default_redis_url
     from conveyor.broker.settings import redact_url as redact_url
 
-__all__ = [
+__all__ = (
     # -- connecting to Redis
     "DEFAULT_REDIS_URL",
     "RedisSettings",
@@ -39,7 +39,7 @@ __all__ = [
     "ping",
     "redact_url",
     "translate_errors",
-]
+)
 
 
 def __getattr__(name: str) -> Any:
