@@ -1,20 +1,45 @@
-"""conveyor.broker: how jobs move. What the layers above may import of it (its face):
+"""conveyor.broker: the face the client, the worker and the CLI use (nothing deeper)."""
 
-- connecting to Redis: settings, clients, the error boundary (``settings``, ``clients``,
-  ``errors``): what a user, the CLI and the faces' callers need;
-- the worker's face, :class:`WorkerBroker` (``worker_broker``): all that ``worker/`` asks of
-  Redis, with what its steps hand back (:class:`Delivery`) and the heartbeat thread's
-  connection (:class:`HeartbeatLink`, :class:`Beat`).
-"""
+from typing import TYPE_CHECKING, Any
 
-from conveyor.broker.clients import create_client, create_sync_client, ping
-from conveyor.broker.entries import Delivery
-from conveyor.broker.errors import translate_errors
-from conveyor.broker.heartbeats import Beat, HeartbeatLink
-from conveyor.broker.settings import DEFAULT_REDIS_URL, RedisSettings, default_redis_url, redact_url
-from conveyor.broker.worker_broker import WorkerBroker
+# Imported on first use (PEP 562), as the `conveyor` package does: `conveyor --help` imports
+# conveyor.broker.keys, and must not pay for redis-py and pydantic (~0.4 s) to print a help
+# text. Add a name here, to the TYPE_CHECKING block and to __all__.
+_LAZY = {
+    # -- connecting to Redis: settings, clients, the error boundary (broker/settings.py,
+    # clients.py, errors.py).
+    "DEFAULT_REDIS_URL": "conveyor.broker.settings",
+    "RedisSettings": "conveyor.broker.settings",
+    "default_redis_url": "conveyor.broker.settings",
+    "redact_url": "conveyor.broker.settings",
+    "create_client": "conveyor.broker.clients",
+    "create_sync_client": "conveyor.broker.clients",
+    "ping": "conveyor.broker.clients",
+    "translate_errors": "conveyor.broker.errors",
+    # -- the worker's face (broker/worker_broker.py): all that worker/ asks of Redis, what its
+    # steps hand back, and the heartbeat thread's connection (broker/heartbeats.py).
+    "WorkerBroker": "conveyor.broker.worker_broker",
+    "Delivery": "conveyor.broker.entries",
+    "HeartbeatLink": "conveyor.broker.heartbeats",
+    "Beat": "conveyor.broker.heartbeats",
+}
 
-__all__ = [
+if TYPE_CHECKING:
+    # -- every name of _LAZY
+    from conveyor.broker.clients import create_client as create_client
+    from conveyor.broker.clients import create_sync_client as create_sync_client
+    from conveyor.broker.clients import ping as ping
+    from conveyor.broker.entries import Delivery as Delivery
+    from conveyor.broker.errors import translate_errors as translate_errors
+    from conveyor.broker.heartbeats import Beat as Beat
+    from conveyor.broker.heartbeats import HeartbeatLink as HeartbeatLink
+    from conveyor.broker.settings import DEFAULT_REDIS_URL as DEFAULT_REDIS_URL
+    from conveyor.broker.settings import RedisSettings as RedisSettings
+    from conveyor.broker.settings import default_redis_url as default_redis_url
+    from conveyor.broker.settings import redact_url as redact_url
+    from conveyor.broker.worker_broker import WorkerBroker as WorkerBroker
+
+__all__ = (
     "DEFAULT_REDIS_URL",
     "Beat",
     "Delivery",
@@ -27,4 +52,19 @@ __all__ = [
     "ping",
     "redact_url",
     "translate_errors",
-]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conveyor.broker' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -56,7 +56,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
         "conveyor.client.served -> conveyor.broker.fleet",
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
     ("redis", "conveyor.client.served -> redis.asyncio"): "the broker face translates Redis errors",
-    ("size", "broker/ops/fleet_report.py"): "being split, one job per module",
     ("size", "client/client.py"): "being split, one job per module",
 }
 
