@@ -25,7 +25,7 @@ from conveyor.broker.entries import (
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.broker.replies import INLINE_REPLY_MAX_BYTES, ReplyWriter
-from conveyor.broker.wire import Job, Message, RawFields
+from conveyor.broker.wire import Job, Message, RawFields, dead_letter
 
 __all__ = ("INLINE_REPLY_MAX_BYTES", "WorkerStreams")
 
@@ -267,18 +267,15 @@ class WorkerStreams:
         The original fields are kept as they were (binary ones included) so `dlq retry` can
         send the job again; the reason and bookkeeping are added as readable fields.
         """
-        dead: dict[str | bytes, Any] = {
-            "dead_reason": reason,
-            "dead_at": f"{time.time():.3f}",
-            "dead_from": delivery.stream,
-            "dead_entry": delivery.entry_id,
-            "dead_deliveries": str(delivery.deliveries),
-            "dead_consumer": self.consumer,
-        }
-        for name, value in delivery.fields.items():
-            text = name.decode(errors="replace") if isinstance(name, bytes) else name
-            if text not in dead:  # a job's own field never overwrites the bookkeeping
-                dead[name] = value
+        dead = dead_letter(
+            delivery.fields,
+            reason=reason,
+            at=time.time(),
+            stream=delivery.stream,
+            entry=delivery.entry_id,
+            deliveries=delivery.deliveries,
+            consumer=self.consumer,
+        )
 
         def add(pipe: Pipeline) -> None:
             # never trimmed: dead letters leave only by `conveyor dlq retry|purge`
