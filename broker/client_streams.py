@@ -27,7 +27,6 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
 
 
-
 class ClientStreams:
     """The client's side: send jobs, wait on the doorbell, read reply streams."""
 
@@ -177,4 +176,3 @@ class ClientStreams:
     async def delete(self, *keys: str) -> None:
         if keys:
             await self.redis.unlink(*keys)
-
