@@ -46,7 +46,7 @@ from redis import Redis as SyncRedis
 from bench.harness import MODELS, Process, conveyor_worker, cpu_seconds, machine
 from conveyor.client import Client
 from conveyor.embedded import RedisServer
-from conveyor.settings import load_model_settings
+from conveyor.repository import load_model_settings
 from conveyor.types import InferenceRequest, RequestInput
 
 MODEL = "bench-blocking"

@@ -60,7 +60,7 @@ from conveyor.client.model import ParallelModel
 from conveyor.codecs import NumpyCodec, StringCodec
 from conveyor.embedded import RedisServer, free_port
 from conveyor.model import MLModel
-from conveyor.settings import load_model_settings
+from conveyor.repository import load_model_settings
 from conveyor.types import InferenceRequest
 from conveyor.worker.batcher import jobs_to_hold
 from conveyor.worker.execution import call

@@ -43,7 +43,7 @@ from bench.harness import Meter, Process, Result, load, sequential
 from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
 from conveyor.embedded import RedisServer
-from conveyor.settings import load_model_settings
+from conveyor.repository import load_model_settings
 from conveyor.types import InferenceRequest, RequestInput
 from conveyor.worker.batcher import jobs_to_hold
 

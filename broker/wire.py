@@ -68,7 +68,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import TypeAlias, cast
 
 import msgpack
@@ -79,8 +79,12 @@ from conveyor.errors import WireError
 from conveyor.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
 __all__ = (
+    "DEAD_FIELDS",
     "INLINE_MAX_BYTES",
     "WIRE_VERSION",
+    "ControlVerb",
+    "DeadField",
+    "ErrorCode",
     "ErrorInfo",
     "FieldValue",
     "Fields",
@@ -153,9 +157,53 @@ class MessageType(str, Enum):  # noqa: UP042
     INPUT = "input"  # one request of a predict_stream's input stream, numbered by seq
 
 
+class ErrorCode(StrEnum):
+    """Why a call failed: the ``code`` of an error message, stable and machine-readable.
+
+    A ``StrEnum``: a member is equal to its text (``ErrorCode.DEADLINE == "deadline"``), so a
+    code read from the wire (plain text: a newer worker may send one this list lacks) compares
+    to a member as it is.
+    """
+
+    MODEL_ERROR = "model_error"  # the model's method raised; type and message are its exception's
+    MODEL_NOT_FOUND = "model_not_found"  # the job names a model (or version) no worker serves
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # the model does not expose the method
+    BAD_ENTRY = "bad_entry"  # the job entry could not be decoded (or its reply was not)
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # the entry is over the model's payload limit
+    DEADLINE = "deadline"  # the job ran past its deadline, or was read after it
+    CANCELLED = "cancelled"  # its caller cancelled it (a control ``cancel``)
+    STREAM_INTERRUPTED = "stream_interrupted"  # a predict_stream's input stream broke off
+    DEAD_LETTER = "dead_letter"  # the job went to the dead-letter stream (too many deliveries)
+    INPUT_ERROR = "input_error"  # the client's own: a predict_stream's input iterator raised
+
+
+class ControlVerb(StrEnum):
+    """The ``method`` of a job on a model's control stream (``<p>:{<model>}:control``)."""
+
+    CANCEL = "cancel"  # stop the running job with this request id (the control job's ``id``)
+    LOAD = "load"  # load the model; the answer's ``ready`` says whether it is loaded
+    UNLOAD = "unload"  # unload the model
+
+
+class DeadField(StrEnum):
+    """The readable fields a worker puts in front of a job's own fields when it moves the
+    entry to ``<p>:{<model>}:dead``; everything else in a dead letter is the job as sent."""
+
+    REASON = "dead_reason"  # why a worker gave up on it
+    AT = "dead_at"  # unix seconds, three decimals
+    FROM = "dead_from"  # the job stream it was taken from (where a retry sends it)
+    ENTRY = "dead_entry"  # its entry id in that stream
+    DELIVERIES = "dead_deliveries"  # how many times it had been delivered
+    CONSUMER = "dead_consumer"  # the worker (consumer name) that dead-lettered it
+
+
+# The dead-letter fields as plain text, in the order a dead letter holds them.
+DEAD_FIELDS: tuple[str, ...] = tuple(field.value for field in DeadField)
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
-    code: str  # stable, machine-readable: "model_error", "method_not_allowed", "bad_entry", ...
+    code: str  # stable, machine-readable: an ErrorCode (or one a newer Conveyor added)
     type: str  # the exception class name, e.g. "ValueError"
     message: str
 

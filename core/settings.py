@@ -11,23 +11,20 @@ fields they are not given. Settings read from a ``model-settings.json`` take not
 environment, except a file without ``parameters``: those are built with ``ModelParameters()``,
 as MLServer's repository does. Unlike MLServer, no ``.env`` file is read unless asked for
 (``_env_file=``): a stray ``.env`` in a worker's folder would change every model it serves.
+
+This module is the schema only: finding and reading the files of a model folder is
+:mod:`conveyor.repository` (``find_model_settings``, ``load_model_settings``, still importable
+from here), and importing the class ``implementation`` names is :mod:`conveyor.implementation`.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
-import logging
 import os
-import sys
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlparse
 
 from pydantic import (
     AliasChoices,
@@ -41,22 +38,18 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor.errors import ModelSettingsError
+from conveyor.implementation import check_model_class, import_implementation, import_path_of
 from conveyor.types import MetadataTensor
 
 if TYPE_CHECKING:
     from conveyor.model import MLModel
+    from conveyor.repository import (
+        DEFAULT_MODEL_SETTINGS_FILENAME as DEFAULT_MODEL_SETTINGS_FILENAME,
+    )
+    from conveyor.repository import find_model_settings as find_model_settings
+    from conveyor.repository import load_model_settings as load_model_settings
 
-__all__ = (
-    "DEFAULT_MODEL_SETTINGS_FILENAME",
-    "ModelParameters",
-    "ModelSettings",
-    "find_model_settings",
-    "load_model_settings",
-)
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL_SETTINGS_FILENAME = "model-settings.json"
+__all__ = ("ModelParameters", "ModelSettings")
 
 # MLServer's is MLSERVER_MODEL_.
 ENV_PREFIX_MODEL_SETTINGS = "CONVEYOR_MODEL_"
@@ -231,7 +224,7 @@ class ModelSettings(_ModelEnvSettings):
             source = data.pop("_source", None)
             if isinstance(data.get("implementation"), type):
                 klass = data["implementation"]
-                data["implementation"] = _import_path(klass)
+                data["implementation"] = import_path_of(klass)
         settings = handler(data)
         if source is not None:
             settings._source = str(source)
@@ -243,7 +236,8 @@ class ModelSettings(_ModelEnvSettings):
     def parse_file(cls, path: str | os.PathLike[str]) -> Self:  # type: ignore[override]
         """Reads one ``model-settings.json``, as MLServer's ``ModelSettings.parse_file``.
 
-        Unlike :func:`load_model_settings`, it does not default the name or the URI.
+        Unlike :func:`conveyor.repository.load_model_settings`, it does not default the name
+        or the URI.
         Raises :class:`~conveyor.errors.ModelSettingsError` naming the file and the problem.
         """
         source = os.path.abspath(path)
@@ -279,7 +273,8 @@ class ModelSettings(_ModelEnvSettings):
 
     @property
     def implementation(self) -> type[MLModel]:
-        """The runtime class, imported the first time this is read.
+        """The runtime class, imported the first time this is read (see
+        :mod:`conveyor.implementation`).
 
         For settings read from a file, the file's folder is put first on ``sys.path`` for
         the import (and only for it), so ``"mymodel.MyModel"`` finds the ``mymodel.py``
@@ -292,110 +287,19 @@ class ModelSettings(_ModelEnvSettings):
         if self._resolved is not None and self._resolved[0] == self.implementation_:
             return self._resolved[1]
         folder = Path(self._source).parent if self._source else None
-        klass = _import_implementation(self.implementation_, folder, self._where())
+        klass = import_implementation(self.implementation_, folder, self._where())
         self._resolved = (self.implementation_, klass)
         return klass
 
     @implementation.setter
     def implementation(self, value: type[MLModel]) -> None:
-        import_path = _import_path(value)
-        _check_model_class(value, import_path, self._where())
+        import_path = import_path_of(value)
+        check_model_class(value, import_path, self._where())
         self.implementation_ = import_path
         self._resolved = (import_path, value)
 
     def _where(self) -> str:
         return self._source or f"settings of model {self.name!r}"
-
-
-def load_model_settings(path: str | os.PathLike[str]) -> ModelSettings:
-    """Reads a model folder's ``model-settings.json`` (or the file itself, if given).
-
-    As MLServer's model repository: the name defaults to the folder's name, and the URI to
-    the folder. A relative ``parameters.uri`` (one without a scheme such as ``s3://``) is made
-    absolute against the folder. The implementation is not imported yet.
-    Raises :class:`~conveyor.errors.ModelSettingsError`.
-    """
-    file = Path(path)
-    if file.is_dir():
-        file = file / DEFAULT_MODEL_SETTINGS_FILENAME
-    settings = ModelSettings.parse_file(file)
-    folder = Path(settings.source or file).parent
-
-    if not settings.name:
-        settings.name = folder.name
-    elif not _folder_matches(folder.name, settings):
-        logger.warning(
-            "model_settings.name_mismatch model=%s folder=%s file=%s",
-            settings.name,
-            folder.name,
-            settings.source,
-        )
-
-    if settings.parameters is None:
-        settings.parameters = ModelParameters()
-    settings.parameters.uri = _resolve_uri(settings.parameters.uri, folder)
-    return settings
-
-
-def find_model_settings(paths: Iterable[str | os.PathLike[str]]) -> list[ModelSettings]:
-    """Loads every model under ``paths``: model folders, or folders of model folders.
-
-    Each folder is searched recursively for ``model-settings.json`` (hidden folders are
-    skipped, as MLServer's glob does); a path may also be the file itself. A file reached
-    twice is loaded once. Unlike MLServer, which logs and skips a broken file, this fails:
-    a worker should not start without a model it was asked to serve.
-
-    Raises :class:`~conveyor.errors.ModelSettingsError` if a path does not exist, holds no
-    model-settings.json, a file is invalid, or two files declare the same name and version.
-    """
-    found: list[ModelSettings] = []
-    seen_files: set[str] = set()
-    seen_models: dict[tuple[str, str | None], str] = {}
-    for path in paths:
-        for file in _settings_files(Path(path)):
-            if str(file) in seen_files:
-                continue
-            seen_files.add(str(file))
-            settings = load_model_settings(file)
-            key = (settings.name, settings.version)
-            if key in seen_models:
-                raise ModelSettingsError(
-                    f"{settings.source}: model {settings.name!r} (version {settings.version}) "
-                    f"is also declared by {seen_models[key]}; rename one of them"
-                )
-            seen_models[key] = str(settings.source)
-            found.append(settings)
-    return found
-
-
-def _settings_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path.resolve()]
-    if not path.is_dir():
-        raise ModelSettingsError(f"{path}: no such file or folder")
-    files: list[Path] = []
-    for folder, dirs, names in os.walk(path.resolve()):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if DEFAULT_MODEL_SETTINGS_FILENAME in names:
-            files.append(Path(folder, DEFAULT_MODEL_SETTINGS_FILENAME))
-    if not files:
-        raise ModelSettingsError(
-            f"{path}: no {DEFAULT_MODEL_SETTINGS_FILENAME} in this folder or below it"
-        )
-    return files
-
-
-def _folder_matches(folder_name: str, settings: ModelSettings) -> bool:
-    # As MLServer (and Triton): a model's folder is named for the model or for its version.
-    return folder_name in (settings.name, settings.version)
-
-
-def _resolve_uri(uri: str | None, folder: Path) -> str:
-    if not uri:
-        return str(folder)
-    if urlparse(uri).scheme:
-        return uri  # s3://, gs://, file://...: the runtime's business
-    return os.path.normpath(folder / uri)
 
 
 def _describe(exc: ValidationError) -> str:
@@ -410,75 +314,16 @@ def _describe(exc: ValidationError) -> str:
     return "invalid model settings: " + "; ".join(problems)
 
 
-def _import_path(klass: type) -> str:
-    return f"{klass.__module__}.{klass.__qualname__}"
+# Folder discovery moved to conveyor.repository; these names were importable from here and
+# stay so. Looked up on first use (PEP 562): conveyor.repository imports this module.
+_MOVED = frozenset(
+    {"DEFAULT_MODEL_SETTINGS_FILENAME", "find_model_settings", "load_model_settings"}
+)
 
 
-def _import_implementation(import_path: str, folder: Path | None, where: str) -> type[MLModel]:
-    separator = ":" if ":" in import_path else "."
-    module_name, _, attr = import_path.rpartition(separator)
-    if not module_name or not attr:
-        raise ModelSettingsError(
-            f"{where}: implementation {import_path!r} is not an import path like 'module.ClassName'"
-        )
-    try:
-        with _importing_from(folder, module_name):
-            module = importlib.import_module(module_name)
-    except Exception as exc:  # anything the module raises while it is imported
-        raise ModelSettingsError(
-            f"{where}: cannot import module {module_name!r} of implementation "
-            f"{import_path!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    try:
-        klass = getattr(module, attr)
-    except AttributeError as exc:
-        raise ModelSettingsError(
-            f"{where}: module {module_name!r} ({module.__file__}) has no {attr!r}, named by "
-            f"implementation {import_path!r}: {exc}"
-        ) from exc
-    return _check_model_class(klass, import_path, where)
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from conveyor import repository
 
-
-def _check_model_class(klass: object, import_path: str, where: str) -> type[MLModel]:
-    from conveyor.model import MLModel  # here, not above: conveyor.model imports this module
-
-    if not (isinstance(klass, type) and issubclass(klass, MLModel)):
-        raise ModelSettingsError(
-            f"{where}: implementation {import_path!r} is {klass!r}, not a subclass of "
-            "conveyor.MLModel (a runtime ported from MLServer imports MLModel from conveyor)"
-        )
-    return klass
-
-
-@contextmanager
-def _importing_from(folder: Path | None, module_name: str) -> Iterator[None]:
-    """Puts ``folder`` first on ``sys.path`` while importing ``module_name``.
-
-    If the folder holds the module's top-level package, a module of that name imported
-    before from elsewhere (another model's ``mymodel.py``) is dropped from ``sys.modules``
-    first, so this folder's is imported. The old module object stays alive for whatever
-    uses it; MLServer reloads it in place instead, which changes the other model's code.
-    """
-    if folder is None:
-        yield
-        return
-    entry = str(folder.resolve())
-    top = module_name.partition(".")[0]
-    if (folder / f"{top}.py").is_file() or (folder / top).is_dir():
-        importlib.invalidate_caches()  # the folder may be newer than the import caches
-        loaded = sys.modules.get(top)
-        if loaded is not None and not _is_from(loaded, Path(entry)):
-            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-                del sys.modules[name]
-    sys.path.insert(0, entry)
-    try:
-        yield
-    finally:
-        # The first equal entry is ours, at the front, unless the import reordered sys.path.
-        if entry in sys.path:
-            sys.path.remove(entry)
-
-
-def _is_from(module: ModuleType, folder: Path) -> bool:
-    files = [getattr(module, "__file__", None), *getattr(module, "__path__", [])]
-    return any(file and Path(file).resolve().is_relative_to(folder) for file in files)
+    return getattr(repository, name)

@@ -1,7 +1,8 @@
 """Dead letters: list, show, send again and delete the entries of ``<prefix>:{<model>}:dead``.
 
 A dead letter is the job entry as a worker received it, plus the readable fields
-``dead_reason dead_at dead_from dead_entry dead_deliveries dead_consumer`` that
+``dead_reason dead_at dead_from dead_entry dead_deliveries dead_consumer`` (the wire's
+:class:`~conveyor.broker.wire.DeadField`) that
 :meth:`conveyor.broker.worker_streams.WorkerStreams.dead_letter` adds in front of them.
 These are the operator's tools behind ``conveyor dlq``; workers and clients never call them.
 
@@ -29,6 +30,7 @@ from redis.asyncio import Redis
 
 from conveyor.broker.connection import server_url, translate_errors
 from conveyor.broker.keys import Keys
+from conveyor.broker.wire import DEAD_FIELDS, DeadField
 from conveyor.errors import ConveyorError
 
 __all__ = (
@@ -47,15 +49,6 @@ __all__ = (
 
 logger = logging.getLogger(__name__)
 
-# The fields WorkerStreams.dead_letter adds; everything else is the job as it was sent.
-DEAD_FIELDS: Final = (
-    "dead_reason",
-    "dead_at",
-    "dead_from",
-    "dead_entry",
-    "dead_deliveries",
-    "dead_consumer",
-)
 _DEAD_RAW = frozenset(name.encode() for name in DEAD_FIELDS)
 
 # Fields the wire format fills with msgpack or raw tensor bytes (broker/wire.py): shown by size.
@@ -149,16 +142,16 @@ def _float(value: bytes | None) -> float | None:
 
 
 def _summary(entry_id: bytes, fields: Mapping[bytes, bytes]) -> DeadLetter:
-    deliveries = fields.get(b"dead_deliveries", b"")
+    deliveries = fields.get(DeadField.DELIVERIES.encode(), b"")
     return DeadLetter(
         entry_id=entry_id.decode(),
         request_id=_text(fields.get(b"id")),
         method=_text(fields.get(b"method")),
-        reason=_text(fields.get(b"dead_reason")) or "",
+        reason=_text(fields.get(DeadField.REASON.encode())) or "",
         deliveries=int(deliveries) if deliveries.isdigit() else 0,
-        dead_at=_float(fields.get(b"dead_at")),
-        from_stream=_text(fields.get(b"dead_from")) or "",
-        consumer=_text(fields.get(b"dead_consumer")) or "",
+        dead_at=_float(fields.get(DeadField.AT.encode())),
+        from_stream=_text(fields.get(DeadField.FROM.encode())) or "",
+        consumer=_text(fields.get(DeadField.CONSUMER.encode())) or "",
     )
 
 
@@ -267,7 +260,7 @@ async def _retry_one(
     if not job:  # XADD needs a field; there is nothing to send
         logger.warning("dlq.retry_skipped model=%s entry=%s reason=empty", model, entry_id.decode())
         return False
-    target = _target_stream(keys, model, fields.get(b"dead_from"))
+    target = _target_stream(keys, model, fields.get(DeadField.FROM.encode()))
     _fresh_times(job, timeout, time.time())
     # MULTI/EXEC, XADD first: the job is either sent again and gone from the dead letters, or
     # neither (a connection lost before EXEC runs nothing); never deleted without being sent.

