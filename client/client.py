@@ -33,6 +33,8 @@ import anyio.abc
 from conveyor.broker import ClientBroker, RedisSettings, default_redis_url
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, is_client_id
 from conveyor.broker.wire import (
+    ControlVerb,
+    ErrorCode,
     Fields,
     Job,
     Message,
@@ -296,7 +298,8 @@ class Client:
                     else:
                         # the job is over, unless the stream broke: then stop its restart
                         finished = not (
-                            message.error is not None and message.error.code == "stream_interrupted"
+                            message.error is not None
+                            and message.error.code == ErrorCode.STREAM_INTERRUPTED
                         )
                         result(job, message)
             except TimeoutError:
@@ -326,7 +329,7 @@ class Client:
                     message = await waiter.next()
                     answer = result(job, message)
                     if isinstance(answer, dict):
-                        return bool(answer.get("ready")) == (method == ModelMethods.Load.value)
+                        return bool(answer.get("ready")) == (method == ControlVerb.LOAD)
         except TimeoutError:
             raise DeadlineExceeded(
                 job.id, timeout, f"no live worker answered {method} of model {model!r}"

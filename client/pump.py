@@ -15,7 +15,15 @@ from collections.abc import AsyncIterator
 import anyio
 
 from conveyor.broker import ClientBroker
-from conveyor.broker.wire import ErrorInfo, Job, Message, MessageType, Payload, encode_message
+from conveyor.broker.wire import (
+    ErrorCode,
+    ErrorInfo,
+    Job,
+    Message,
+    MessageType,
+    Payload,
+    encode_message,
+)
 from conveyor.client.backoff import retry_until
 from conveyor.client.waiter import Waiter
 
@@ -50,7 +58,7 @@ async def pump_inputs(
             end = encode_message(Message(MessageType.END, job.id, 0, seq))
             await retry_until(broker, deadline, broker.send_inputs, job.inputs, [end], ttl)
         except Exception as error:  # the caller's iterator failed: end the call with it
-            waiter.fail(ErrorInfo("input_error", type(error).__name__, str(error)))
+            waiter.fail(ErrorInfo(ErrorCode.INPUT_ERROR, type(error).__name__, str(error)))
         finally:
             # A stream that ended (or broke) before its inputs did: close the caller's
             # generator now, as `async with aclosing(...)` would, rather than leave it to

@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 
 from conveyor.broker import ClientBroker, Replies, Rung
-from conveyor.broker.wire import ErrorInfo, decode_message, encode_job
+from conveyor.broker.wire import ErrorCode, ErrorInfo, decode_message, encode_job
 from conveyor.client.waiter import Sent, Waiter
 from conveyor.errors import ConveyorError, WireError
 
@@ -108,7 +108,7 @@ class Reader:
                 try:
                     message = decode_message(fields)
                 except WireError as error:
-                    waiter.fail(ErrorInfo("bad_entry", "WireError", error.reason))
+                    waiter.fail(ErrorInfo(ErrorCode.BAD_ENTRY, "WireError", error.reason))
                     continue
                 waiter.deliver(message)
 

@@ -1,14 +1,15 @@
 """A call's answer: the payload of its final message, or the error it carries as Conveyor's.
 
 A worker (or the client itself, see ``waiter.py`` and ``pump.py``) ends a call that failed
-with an error entry: a code, the exception's type name and a message (``wire.ErrorInfo``).
-The code picks the :class:`~conveyor.errors.ConveyorError` the caller gets; a failure of the
-model's own code arrives as :class:`~conveyor.errors.RemoteError` with its type's name.
+with an error entry: a code (``wire.ErrorCode``), the exception's type name and a message
+(``wire.ErrorInfo``). The code picks the :class:`~conveyor.errors.ConveyorError` the caller
+gets; a failure of the model's own code arrives as :class:`~conveyor.errors.RemoteError`
+with its type's name.
 """
 
 from __future__ import annotations
 
-from conveyor.broker.wire import Job, Message, MessageType, Payload
+from conveyor.broker.wire import ErrorCode, Job, Message, MessageType, Payload
 from conveyor.errors import (
     DeadLettered,
     DeadlineExceeded,
@@ -29,22 +30,22 @@ def result(job: Job, message: Message) -> Payload:
         return message.payload
     if message.type is MessageType.ERROR and message.error is not None:
         error = message.error
-        if error.code == "model_not_found":
+        if error.code == ErrorCode.MODEL_NOT_FOUND:
             raise ModelNotFound(job.model, job.version)
-        if error.code == "method_not_allowed":
+        if error.code == ErrorCode.METHOD_NOT_ALLOWED:
             exc = MethodNotAllowed(job.model, job.method, [])
             exc.args = (error.message,)
             raise exc
-        if error.code == "deadline":
+        if error.code == ErrorCode.DEADLINE:
             timeout = job.deadline - job.sent_at
             raise DeadlineExceeded(job.id, timeout, error.message, by_worker=True)
-        if error.code == "payload_too_large":
+        if error.code == ErrorCode.PAYLOAD_TOO_LARGE:
             raise PayloadTooLarge(0, 0, error.message)
-        if error.code == "stream_interrupted":
+        if error.code == ErrorCode.STREAM_INTERRUPTED:
             raise StreamInterrupted(job.id, error.message)
-        if error.code == "dead_letter":
+        if error.code == ErrorCode.DEAD_LETTER:
             raise DeadLettered(job.id, job.model, error.message)
-        if error.code == "bad_entry":
+        if error.code == ErrorCode.BAD_ENTRY:
             raise InferenceError(f"request {job.id}: {error.message}")
         raise RemoteError(error.type, error.message, request_id=job.id)
     raise InferenceError(f"request {job.id}: unexpected {message.type.value!r} message")

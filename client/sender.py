@@ -16,7 +16,7 @@ import anyio
 
 from conveyor.broker import ClientBroker
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import Fields, Job, encode_job
+from conveyor.broker.wire import ControlVerb, Fields, Job, encode_job
 from conveyor.client.backoff import Backoff
 from conveyor.client.waiter import Sent, Waiter
 from conveyor.errors import (
@@ -32,7 +32,6 @@ __all__ = ("Sender",)
 logger = logging.getLogger(__name__)
 
 _LIMITS_TTL_S = 10.0  # how long a model's published queue limit is trusted
-_CANCEL = "cancel"  # the control request that stops a running job (see the worker)
 
 
 class Sender:
@@ -121,7 +120,9 @@ class Sender:
             try:
                 if unanswered is not None:
                     await broker.withdraw_job(unanswered.stream, unanswered.entry_id)
-                    cancel = replace(job, method=_CANCEL, args=(), kwargs={}, inputs=None)
+                    cancel = replace(
+                        job, method=ControlVerb.CANCEL.value, args=(), kwargs={}, inputs=None
+                    )
                     await broker.send_control(self._keys.control(job.model), encode_job(cancel))
                 if keys:
                     await broker.delete(*keys)

@@ -53,30 +53,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
     (
         "broker-face",
-        "conveyor.client.client -> conveyor.broker.bridge",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.client -> conveyor.broker.client_streams",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.client -> conveyor.broker.connection",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.client -> conveyor.broker.entries",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.client -> conveyor.broker.memory",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.served -> conveyor.broker.fleet",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
         "conveyor.worker.bookkeeper -> conveyor.broker.bookkeeping",
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
     (
@@ -95,12 +71,10 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
         "broker-face",
         "conveyor.worker.worker -> conveyor.broker.worker_streams",
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    ("redis", "conveyor.client.served -> redis.asyncio"): "the broker face translates Redis errors",
     ("redis", "conveyor.worker.heartbeat -> redis"): "the broker face translates Redis errors",
     ("size", "broker/connection.py"): "being split, one job per module",
     ("size", "broker/ops/fleet_report.py"): "being split, one job per module",
     ("size", "broker/wire.py"): "being split, one job per module",
-    ("size", "client/client.py"): "being split, one job per module",
     ("size", "worker/worker.py"): "being split, one job per module",
 }
 
