@@ -31,11 +31,12 @@ from types import TracebackType
 
 from conveyor.broker.bridge import Transport, on_asyncio, open_transport
 from conveyor.broker.client_streams import ClientStreams
-from conveyor.broker.connection import RedisSettings, create_client, translate_errors
+from conveyor.broker.clients import create_client
 from conveyor.broker.entries import Rung
+from conveyor.broker.errors import translate_errors
 from conveyor.broker.fleet import FleetView, has_group, read_fleet
 from conveyor.broker.keys import Keys
-from conveyor.broker.memory import translate_oom
+from conveyor.broker.settings import RedisSettings
 from conveyor.broker.wire import Fields, RawFields
 from conveyor.errors import ConveyorError
 
@@ -61,9 +62,8 @@ class ClientBroker:
         self.bell = keys.bell(client_id)  # the client's doorbell: its jobs name it
         self.reached = False  # whether Redis ever answered this broker
         self.on_asyncio = True  # whether it runs on asyncio (set when opened; else trio)
-        # Reused by every operation: stateless classes, not generators (~2 us a use less).
+        # Reused by every operation: a stateless class, not a generator (~2 us a use less).
         self._errors = translate_errors(settings)
-        self._oom = translate_oom(settings)
         self._transport: Transport | None = None
         # set when opened; every operation reads self._io first, which raises until then
         self._streams: ClientStreams
@@ -119,32 +119,32 @@ class ClientBroker:
     ) -> bytes | int:
         """XADDs a job (pipelined with other callers' commands); returns its entry id. With
         ``max_backlog``: only while the stream holds fewer entries, else returns the backlog."""
-        with self._errors, self._oom:
+        with self._errors:
             sent = await self._io.step(self._streams.send_job, stream, fields, max_backlog)
         self.reached = True
         return sent
 
     async def send_control(self, stream: str, fields: Fields) -> None:
         """XADDs a control request (load, unload, cancel) to a model's control stream."""
-        with self._errors, self._oom:
+        with self._errors:
             await self._io.step(self._streams.send_control, stream, fields)
         self.reached = True
 
     async def send_inputs(self, key: str, entries: Sequence[Fields], ttl_s: float) -> None:
         """XADDs a predict_stream's input entries; the stream expires ``ttl_s`` later."""
-        with self._errors, self._oom:
+        with self._errors:
             await self._io.step(self._streams.send_inputs, key, entries, ttl_s)
         self.reached = True
 
     async def send_credit(self, key: str, taken: int, ttl_s: float) -> None:
         """Tells a predict_stream's worker how many chunks the caller has taken."""
-        with self._errors, self._oom:
+        with self._errors:
             await self._io.step(self._streams.send_credit, key, taken, ttl_s)
         self.reached = True
 
     async def model_limits(self, model: str) -> int | None:
         """The queue limit the workers published for ``model`` (None: unbounded)."""
-        with self._errors, self._oom:
+        with self._errors:
             limit = await self._io.step(self._streams.model_limits, model)
         self.reached = True
         return limit
@@ -155,55 +155,55 @@ class ClientBroker:
         """Deletes the finished reply streams (``unlink``) and the entries read of open ones
         (``trim``: key -> last entry read), then waits up to ``block_s`` on the doorbell: the
         request ids whose reply streams have news, and the answers that came inline."""
-        with self._errors, self._oom:
+        with self._errors:
             rung = await self._io.step(self._streams.wait_bell, block_s, unlink, trim)
         self.reached = True
         return rung
 
     async def drain_bell(self) -> Rung:
         """Everything on the doorbell now, hardly waiting (after an outage)."""
-        with self._errors, self._oom:
+        with self._errors:
             rung = await self._io.step(self._streams.drain_bell)
         self.reached = True
         return rung
 
     async def read_replies(self, cursors: Mapping[str, bytes]) -> Replies:
         """Every reply stream's entries after its cursor (reply key -> last entry read)."""
-        with self._errors, self._oom:
+        with self._errors:
             replies = await self._io.step(self._streams.read_replies, cursors)
         self.reached = True
         return replies
 
     async def jobs_present(self, jobs: Sequence[tuple[str, bytes]]) -> list[bool]:
         """Whether each (job stream, entry id) is still in its stream: queued or running."""
-        with self._errors, self._oom:
+        with self._errors:
             present = await self._io.step(self._streams.jobs_present, jobs)
         self.reached = True
         return present
 
     async def job_was_taken(self, stream: str, entry_id: bytes) -> bool | None:
         """Whether a worker was handed the job (None: the ACL does not let us tell)."""
-        with self._errors, self._oom:
+        with self._errors:
             taken = await self._io.step(self._streams.job_was_taken, stream, entry_id)
         self.reached = True
         return taken
 
     async def withdraw_job(self, stream: str, entry_id: bytes) -> None:
         """Deletes a job its caller gave up on, so no worker runs it later."""
-        with self._errors, self._oom:
+        with self._errors:
             await self._io.step(self._streams.withdraw_job, stream, entry_id)
         self.reached = True
 
     async def delete(self, *keys: str) -> None:
         """Deletes keys (a finished predict_stream's inputs and credit)."""
-        with self._errors, self._oom:
+        with self._errors:
             await self._io.step(self._streams.delete, *keys)
         self.reached = True
 
     async def has_group(self, stream: str) -> bool | None:
         """Whether a job stream has the workers' consumer group (a worker served it once);
         None when the ACL does not let us tell."""
-        with self._errors, self._oom:
+        with self._errors:
             found = await self._io.step(has_group, self._streams.redis, stream)
         self.reached = True
         return found
@@ -211,7 +211,7 @@ class ClientBroker:
     async def read_fleet(self) -> FleetView | None:
         """The live workers and their models, from their heartbeats (None: the ACL does not
         let us tell)."""
-        with self._errors, self._oom:
+        with self._errors:
             view = await self._io.step(read_fleet, self._streams.redis, self.keys)
         self.reached = True
         return view

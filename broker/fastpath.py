@@ -1,15 +1,23 @@
-"""Shortcuts past redis-py on the hot path, each falling back to redis-py where it differs.
+"""Every reach past redis-py's public API, in one place: hot-path shortcuts and two corrections.
 
-Every command checks a connection out of the pool and back in, packs itself and writes to the
-socket; redis-py's own path for those costs more than the rest of a broker step. Each shortcut
-here takes only the case it is sure of and hands everything else to redis-py's own code, so a
-dead connection, a Redis restart, a server that closed an idle connection, a reset or a
-timeout are handled by redis-py exactly as without the shortcut (tests/test_fastpath.py runs
-each of those failures through both paths and compares). :func:`fast_paths_enabled` turns
-them all off for a redis-py version they were not checked on (:data:`CHECKED_REDIS`).
+**Shortcuts.** Every command checks a connection out of the pool and back in, packs itself and
+writes to the socket; redis-py's own path for those costs more than the rest of a broker step.
+Each shortcut here takes only the case it is sure of and hands everything else to redis-py's
+own code, so a dead connection, a Redis restart, a server that closed an idle connection, a
+reset or a timeout are handled by redis-py exactly as without the shortcut
+(tests/integration/test_fastpath.py runs each of those failures through both paths and
+compares). :func:`fast_paths_enabled` turns them all off for a redis-py version they were not
+checked on (:data:`CHECKED_REDIS`).
 
-redis-py internals touched (checked on the versions in :data:`CHECKED_REDIS`; re-check each
-when the pin in pyproject.toml moves):
+**Corrections** (always on; :mod:`conveyor.broker.clients` wires them into every client):
+:class:`Retry` and :class:`SyncRetry` do not retry what fails the same way every time (a
+refused password, a server that took the connection and never answered), and
+:func:`bounded_handshake` gives a new connection's handshake the connect timeout, where
+redis-py would wait a socket timeout per read, or for ever on a blocking connection.
+
+redis-py internals the project touches (checked on the versions in :data:`CHECKED_REDIS`;
+re-check each when the pin in pyproject.toml moves). Nothing outside this module reads or
+overrides a private name of redis-py, except the two marked below:
 
 ``redis.asyncio.BlockingConnectionPool`` (:class:`FastPool`)
     ``get_connection()`` and ``release()`` overridden; reads ``_available_connections`` (a
@@ -22,21 +30,35 @@ when the pin in pyproject.toml moves):
     ``asyncio.StreamWriter``), ``is_connected``, ``socket_timeout``; calls ``can_read()``,
     ``check_health()``, ``should_reconnect()`` and ``disconnect(nowait=True)``.
 ``redis.asyncio.client.Pipeline`` (:func:`lone_command`)
-    reads ``command_stack`` (a list of ``(args, options)`` tuples).
+    reads ``command_stack`` (a list of ``(args, options)`` tuples); the caller
+    (:mod:`conveyor.broker.pipelining`) passes ``options`` back to ``execute_command``.
+``redis.asyncio.retry.Retry`` and ``redis.retry.Retry`` (:class:`Retry`, :class:`SyncRetry`)
+    ``call_with_retry(do, fail, is_retryable, with_failure_count)`` overridden: redis-py's
+    connections and clients call it for every connect and command; ``is_retryable`` is the
+    per-call predicate (None from redis-py's own callers).
+``redis.asyncio.connection.AbstractConnection`` (:func:`bounded_handshake`)
+    the ``redis_connect_func`` option: ``connect_check_health()`` awaits it in place of
+    ``on_connect_check_health()`` and disconnects on any ``RedisError`` it raises (so
+    :class:`HandshakeTimeout` is one); calls ``on_connect_check_health(check_health=False)``
+    and reads ``socket_connect_timeout``.
+``ConnectionPool.connection_kwargs`` and ``.connection_class`` (undocumented attributes)
+    read by :func:`conveyor.broker.clients.server_url` to name a client's server.
+Tests only: tests/integration/test_fastpath.py also reads ``_available_connections`` and a
+connection's ``_reader`` to stage its failures.
 
-What is skipped, and why that is safe here: redis-py's observability hooks (``record_*``:
-no-ops unless OpenTelemetry metrics are set up through redis-py, which Conveyor does not do);
-the ``AfterConnectionReleasedEvent`` (it re-authenticates streaming credential providers;
-Conveyor passes a static password); maintenance notifications (RESP3 only; Conveyor speaks
-RESP2). A pool in maintenance mode, or whose lock is held, always takes redis-py's path.
+What the shortcuts skip, and why that is safe here: redis-py's observability hooks
+(``record_*``: no-ops unless OpenTelemetry metrics are set up through redis-py, which Conveyor
+does not do); the ``AfterConnectionReleasedEvent`` (it re-authenticates streaming credential
+providers; Conveyor passes a static password); maintenance notifications (RESP3 only; Conveyor
+speaks RESP2). A pool in maintenance mode, or whose lock is held, always takes redis-py's path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar, cast
 
 import hiredis
 import redis
@@ -47,6 +69,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
 from redis.asyncio.connection import UnixDomainSocketConnection as AsyncUnixConnection
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.retry import Retry as SyncRetryBase
 
 __all__ = (
     "CHECKED_REDIS",
@@ -54,12 +78,18 @@ __all__ = (
     "FastPool",
     "FastSSLConnection",
     "FastUnixConnection",
+    "HandshakeTimeout",
+    "Retry",
+    "SyncRetry",
+    "bounded_handshake",
     "fast_paths_enabled",
     "lone_command",
 )
 
+_T = TypeVar("_T")
+
 # redis-py versions whose internals above were read and whose failure behaviour
-# tests/test_fastpath.py compared; pyproject.toml pins `redis` to this range.
+# tests/integration/test_fastpath.py compared; pyproject.toml pins `redis` to this range.
 CHECKED_REDIS = ("8.1.0", "8.2.0")
 
 
@@ -83,7 +113,8 @@ class FastConnectionMixin:
         """hiredis (C) packs a job's XADD ~8x faster than redis-py's Python packer. A command
         carrying a large value or a memoryview keeps redis-py's packer, which hands a tensor
         to the socket without copying it; so does anything hiredis refuses (redis-py then
-        raises its own ``DataError``). The bytes are the same (tests/test_fastpath.py)."""
+        raises its own ``DataError``). The bytes are the same
+        (tests/integration/test_fastpath.py)."""
         try:
             # C-speed checks over every argument (a job's XADD has ~25): no memoryview, and
             # none longer than the limit; len() of a number raises: look at each then
@@ -223,3 +254,70 @@ def lone_command(pipe: Pipeline) -> tuple[tuple[Any, ...], dict[str, Any]] | Non
         args, options = stack[0]
         return args, options
     return None
+
+
+# -- corrections: always on ----------------------------------------------------------------------
+
+
+class HandshakeTimeout(rex.TimeoutError):
+    """A server took the connection and did not answer its handshake (:func:`bounded_handshake`).
+
+    A redis-py ``TimeoutError``, not a Conveyor error: redis-py's connect path must see it as
+    its own (it disconnects on any ``RedisError``), and ``translate_errors`` then reports it
+    as a timeout naming the server. It lives here, not in ``conveyor.errors``, because the
+    core does not import redis-py.
+    """
+
+
+def _retryable(error: Exception) -> bool:
+    # AuthenticationError is a ConnectionError to redis-py, but a wrong password or a disabled
+    # user fails the same way on every try: give up at once instead of hammering AUTH. So does
+    # a server that accepted the connection and then said nothing for a connect timeout.
+    return not isinstance(
+        error, rex.AuthenticationError | rex.AuthorizationError | HandshakeTimeout
+    )
+
+
+class Retry(AsyncRetry):
+    """redis-py's asyncio ``Retry``, except that it does not retry what cannot succeed."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[_T]],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        return await super().call_with_retry(
+            do, fail, is_retryable or _retryable, with_failure_count
+        )
+
+
+class SyncRetry(SyncRetryBase):
+    """redis-py's ``Retry``, except that it does not retry what cannot succeed."""
+
+    def call_with_retry(
+        self,
+        do: Callable[[], _T],
+        fail: Callable[[Exception], Any] | Callable[[Exception, int], Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        return super().call_with_retry(do, fail, is_retryable or _retryable, with_failure_count)
+
+
+async def bounded_handshake(connection: AbstractConnection) -> None:
+    """redis-py's handshake of a new connection (AUTH, SELECT, CLIENT SETNAME), within the
+    connect timeout: its reads would otherwise wait a socket timeout each, or for ever on a
+    blocking connection, against a server that accepts and never answers. Given to redis-py
+    as ``redis_connect_func``."""
+    try:
+        async with asyncio.timeout(connection.socket_connect_timeout):
+            # check_health=False: a PING before the handshake's first command would, on a
+            # timeout, reconnect from inside the handshake (and so call it again, nested)
+            await connection.on_connect_check_health(check_health=False)
+    except TimeoutError:
+        raise HandshakeTimeout(
+            f"no answer to the connection's handshake within {connection.socket_connect_timeout:g}s"
+            " (is a Redis server listening there?)"
+        ) from None

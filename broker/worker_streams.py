@@ -14,7 +14,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.claims import claim, claim_soon
-from conveyor.broker.connection import translate_errors
+from conveyor.broker.connection import translate_errors, translate_oom
 from conveyor.broker.entries import (
     Delivery,
     claim_ttl,
@@ -23,7 +23,6 @@ from conveyor.broker.entries import (
     text,
 )
 from conveyor.broker.keys import GROUP, Keys, hash_tag
-from conveyor.broker.memory import translate_oom
 from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.broker.replies import INLINE_REPLY_MAX_BYTES, ReplyWriter
 from conveyor.broker.wire import Job, Message, RawFields

@@ -137,7 +137,7 @@ def worker(
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
     setup_logging(log_level, log_format)
-    from conveyor.broker.connection import default_redis_url
+    from conveyor.broker import default_redis_url
     from conveyor.worker.supervisor import supervise, worker_argv, worker_env
 
     url = redis or default_redis_url()
@@ -207,7 +207,7 @@ def infer(
     import anyio
     from pydantic import ValidationError
 
-    from conveyor.broker.connection import default_redis_url
+    from conveyor.broker import default_redis_url
     from conveyor.client import Client
     from conveyor.types import InferenceRequest
 

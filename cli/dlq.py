@@ -58,7 +58,7 @@ def _run(redis_url: str | None, prefix: str, work: Callable[[Redis, Keys], Await
     """Runs ``work`` with a one-connection client (closed afterwards) on asyncio."""
     import anyio
 
-    from conveyor.broker.connection import (
+    from conveyor.broker import (
         RedisSettings,
         create_client,
         default_redis_url,

@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from conveyor.broker.connection import (
+from conveyor.broker import (
     RedisSettings,
     create_client,
     default_redis_url,

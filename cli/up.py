@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from conveyor.broker.connection import RedisSettings, create_sync_client, translate_errors
+from conveyor.broker import RedisSettings, create_sync_client, translate_errors
 from conveyor.broker.fleet import FleetView, read_fleet_sync
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.embedded import RedisServer

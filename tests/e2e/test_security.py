@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 import redis
 
+from conveyor.broker import RedisSettings, create_client, ping, translate_errors
 from conveyor.broker.client_streams import ClientStreams
-from conveyor.broker.connection import RedisSettings, create_client, ping, translate_errors
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import Job, encode_job
 from conveyor.broker.worker_streams import WorkerStreams

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import redis
 
-from conveyor.broker.connection import RedisSettings
+from conveyor.broker import RedisSettings
 from conveyor.broker.wire import Message
 from conveyor.client import Client
 from conveyor.client.waiter import Waiter as _Waiter

@@ -20,7 +20,7 @@ import anyio
 import numpy as np
 import pytest
 
-from conveyor.broker.connection import RedisSettings, create_client, translate_errors
+from conveyor.broker import RedisSettings, create_client, translate_errors
 from conveyor.client import Client
 from conveyor.errors import BrokerConnectionError
 from conveyor.types import InferenceRequest, RequestInput

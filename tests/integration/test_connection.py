@@ -1,5 +1,6 @@
-"""conveyor.broker.connection: one URL parsed once, pinned clients, and errors that name the
-server without its password, against real private servers (password, ACL, TLS, unix socket)."""
+"""conveyor.broker's settings, clients and errors modules: one URL parsed once, pinned
+clients, and errors that name the server without its password, against real private servers
+(password, ACL, TLS, unix socket)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import redis
 from redis import exceptions as rex
 
-from conveyor.broker.connection import (
+from conveyor.broker import (
     DEFAULT_REDIS_URL,
     RedisSettings,
     create_client,
@@ -26,8 +27,9 @@ from conveyor.broker.connection import (
     redact_url,
     translate_errors,
 )
+from conveyor.broker.errors import is_out_of_memory, out_of_memory
 from conveyor.embedded import RedisServer, RedisStartError, TLSFiles, free_port
-from conveyor.errors import BrokerConnectionError, ConveyorError, InvalidRedisURL
+from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, ConveyorError, InvalidRedisURL
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -207,9 +209,12 @@ def test_create_client_pins_our_options() -> None:
     assert options["socket_timeout"] == 3
     # a blocking client's read timeout outlasts its longest BLOCK (5 s unless told)
     assert blocking_options["socket_timeout"] == 3 + 5
-    assert create_client(settings, blocking=True, max_block=1).connection_pool.connection_kwargs[
-        "socket_timeout"
-    ] == 3 + 1
+    assert (
+        create_client(settings, blocking=True, max_block=1).connection_pool.connection_kwargs[
+            "socket_timeout"
+        ]
+        == 3 + 1
+    )
     assert client.connection_pool.max_connections == settings.max_connections
     assert blocking.connection_pool.max_connections == 2
     retry, blocking_retry = options["retry"], blocking_options["retry"]
@@ -346,6 +351,25 @@ def test_translate_errors_leaves_other_errors_alone(error: Exception) -> None:
     with pytest.raises(type(error)) as caught, translate_errors(RedisSettings()):
         raise error
     assert caught.value is error
+
+
+def test_translate_errors_turns_an_oom_refusal_into_broker_out_of_memory() -> None:
+    """An OOM is a ResponseError to redis-py, but not one the broker handles: it is the
+    server's state, and the error says what to do (was broker/memory.py's translate_oom)."""
+    refusal = rex.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    assert is_out_of_memory(refusal)
+    assert not is_out_of_memory(rex.ResponseError("WRONGTYPE"))
+    with (
+        pytest.raises(BrokerOutOfMemory, match="out of memory") as caught,
+        translate_errors(f"redis://u:{SECRET}@h:1/0"),
+    ):
+        raise refusal
+    assert caught.value.__cause__ is refusal
+    assert caught.value.url == "redis://u:***@h:1/0"
+    assert "(command not allowed when used memory > 'maxmemory')" in str(caught.value)
+    assert SECRET not in str(caught.value)
+    made = out_of_memory(RedisSettings(), refusal)
+    assert str(made) == str(caught.value).replace("redis://u:***@h:1/0", made.url)
 
 
 @pytest.mark.anyio
@@ -641,11 +665,27 @@ def test_redis_exceptions_are_not_conveyor_errors() -> None:
 
 
 def test_module_exports() -> None:
-    import conveyor.broker.connection as module
+    import conveyor.broker as face
+    from conveyor.broker import clients, connection, errors, settings
 
-    assert module.__all__ == (
+    assert settings.__all__ == (
         "DEFAULT_REDIS_URL",
+        "InvalidRedisURL",
+        "RedisSettings",
+        "default_redis_url",
+        "redact_url",
+    )
+    assert clients.__all__ == (
+        "DEFAULT_MAX_BLOCK_S",
         "PROTOCOL",
+        "create_client",
+        "create_sync_client",
+        "ping",
+        "server_url",
+    )
+    assert errors.__all__ == ("is_out_of_memory", "out_of_memory", "translate_errors")
+    for name in (
+        "DEFAULT_REDIS_URL",
         "RedisSettings",
         "create_client",
         "create_sync_client",
@@ -653,5 +693,9 @@ def test_module_exports() -> None:
         "ping",
         "redact_url",
         "translate_errors",
-    )
-    assert all(hasattr(module, name) for name in module.__all__)
+    ):
+        assert name in face.__all__
+    # transitional: removed once the faces land; the old pairing still translates both
+    assert connection.translate_oom is errors.translate_errors
+    for module in (face, settings, clients, errors, connection):
+        assert all(hasattr(module, name) for name in module.__all__)

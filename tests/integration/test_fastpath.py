@@ -9,6 +9,9 @@ answered, with no error.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,9 +24,11 @@ from hypothesis import strategies as st
 from redis import exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection as AsyncConnection
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
 
-from conveyor.broker import fastpath
-from conveyor.broker.connection import RedisSettings, create_client
+from conveyor.broker import RedisSettings, create_client, create_sync_client, fastpath
 from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.embedded import RedisServer
 from tests.support.proxy import ResettingProxy
@@ -344,3 +349,140 @@ def test_lone_command_sees_one_command_only() -> None:
     assert fastpath.lone_command(pipe) == (("SET", "k", b"v"), {})
     pipe.get("k")
     assert fastpath.lone_command(pipe) is None
+
+
+# -- the corrections (always on, on both paths) and the internals the module head lists -------
+
+
+def test_every_internal_the_head_lists_is_there() -> None:
+    """fastpath.py's head lists each redis-py internal the project touches: each must still
+    exist, with the shape relied on, on the redis-py installed (a checked version)."""
+    pool = BlockingConnectionPool(max_connections=1)
+    for name in (
+        "_available_connections",
+        "_in_use_connections",
+        "_in_maintenance",
+        "_lock",
+        "_condition",
+        "connection_kwargs",
+        "connection_class",
+    ):
+        assert hasattr(pool, name), name
+    assert isinstance(pool._available_connections, list)
+    assert isinstance(pool._in_use_connections, set)
+    assert hasattr(pool._condition, "_waiters")
+    connection = AsyncConnection()
+    for name in (
+        "_writer",
+        "is_connected",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "redis_connect_func",
+        "can_read",
+        "check_health",
+        "should_reconnect",
+        "disconnect",
+        "on_connect_check_health",
+    ):
+        assert hasattr(connection, name), name
+    assert "check_health" in inspect.signature(connection.on_connect_check_health).parameters
+    assert "nowait" in inspect.signature(connection.disconnect).parameters
+    assert Redis().pipeline(transaction=False).command_stack == []
+    for retry in (AsyncRetry, SyncRetry):
+        assert list(inspect.signature(retry.call_with_retry).parameters) == [
+            "self",
+            "do",
+            "fail",
+            "is_retryable",
+            "with_failure_count",
+        ]
+
+
+def _denied_auths(server: RedisServer) -> int:
+    """AUTH refusals so far: ACL LOG keeps one entry per client and counts its repeats."""
+    with redis.Redis.from_url(server.url) as admin:
+        return sum(int(entry["count"]) for entry in admin.acl_log() if entry["reason"] == "auth")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "own"])
+async def test_a_refused_password_is_sent_once(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """fastpath.Retry and SyncRetry: a wrong password fails the same way every time, so AUTH
+    is sent once, not ``retries + 1`` times, by the async and the sync client. The server
+    counts the refusals; redis-py's own Retry, for contrast, re-sends it."""
+    monkeypatch.setenv("CONVEYOR_REDIS_FAST_PATHS", "1" if fast else "0")
+    server = redis_server_factory(password="right-pw")
+    wrong = RedisSettings.from_url(server.url.replace("right-pw", "wrong-pw"))
+    assert wrong.retries == 3
+    before = _denied_auths(server)
+
+    client = create_client(wrong)
+    try:
+        with pytest.raises(rex.AuthenticationError):
+            await client.ping()
+    finally:
+        await client.aclose()
+    assert _denied_auths(server) == before + 1
+
+    sync = create_sync_client(wrong)
+    try:
+        with pytest.raises(rex.AuthenticationError):
+            await anyio.to_thread.run_sync(sync.ping)
+    finally:
+        sync.close()
+    assert _denied_auths(server) == before + 2
+
+    plain = Redis.from_url(  # redis-py's own Retry: the correction is what makes it once
+        wrong.to_url(), retry=AsyncRetry(NoBackoff(), 3), protocol=2
+    )
+    try:
+        with pytest.raises(rex.AuthenticationError):
+            await plain.ping()
+    finally:
+        await plain.aclose()
+    assert _denied_auths(server) == before + 2 + 4
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "own"])
+async def test_a_silent_handshake_is_bounded_tried_once_and_leaves_no_socket(
+    monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """fastpath.bounded_handshake: a server that accepts and never answers fails the
+    handshake (AUTH) at the connect timeout, where redis-py would wait the blocking client's
+    read timeout (35 s here) per try; it is not retried, and redis-py's connect path drops
+    the half-open connection (it disconnects on any RedisError its connect callback raises)."""
+    monkeypatch.setenv("CONVEYOR_REDIS_FAST_PATHS", "1" if fast else "0")
+    accepted: list[asyncio.StreamWriter] = []
+    closed: list[bytes] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        closed.append(await reader.read())  # all the client sends, until it closes; no answer
+
+    listener = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    settings = RedisSettings.from_url(
+        f"redis://:pw@127.0.0.1:{port}/0?socket_connect_timeout=0.3&socket_timeout=30&retries=3"
+    )
+    client = create_client(settings, blocking=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(fastpath.HandshakeTimeout, match=r"handshake within 0\.3s"):
+            await client.ping()
+        assert time.monotonic() - started < 0.9  # four tries would take 1.2 s and more
+        assert len(accepted) == 1
+        pool = client.connection_pool
+        assert not pool._in_use_connections
+        assert not any(c.is_connected for c in pool._available_connections)
+        with anyio.fail_after(5):  # the server side sees the client close it
+            while not closed:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert closed[0].startswith(b"*2\r\n$4\r\nAUTH\r\n")
+    finally:
+        await client.aclose()
+        listener.close()
+        for writer in accepted:
+            writer.close()

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio.client import Pipeline, Redis
 from redis.exceptions import ResponseError
 
-from conveyor.broker.connection import RedisSettings, create_client
+from conveyor.broker import RedisSettings, create_client
 from conveyor.broker.pipelining import PipelineBatcher
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]

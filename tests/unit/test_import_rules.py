@@ -33,22 +33,6 @@ MAX_LINES = 400
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     (
         "broker-face",
-        "conveyor.cli.app -> conveyor.broker.connection",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.cli.dlq -> conveyor.broker.connection",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.cli.fleet_report -> conveyor.broker.connection",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.cli.up -> conveyor.broker.connection",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
         "conveyor.cli.up -> conveyor.broker.fleet",
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
     (
@@ -72,7 +56,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
         "conveyor.worker.worker -> conveyor.broker.worker_streams",
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
     ("redis", "conveyor.worker.heartbeat -> redis"): "the broker face translates Redis errors",
-    ("size", "broker/connection.py"): "being split, one job per module",
     ("size", "broker/ops/fleet_report.py"): "being split, one job per module",
     ("size", "broker/wire.py"): "being split, one job per module",
     ("size", "worker/worker.py"): "being split, one job per module",
