@@ -32,12 +32,11 @@ from types import TracebackType
 from conveyor.broker.bridge import Transport, on_asyncio, open_transport
 from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.clients import create_client
-from conveyor.broker.entries import Rung
 from conveyor.broker.errors import translate_errors
 from conveyor.broker.fleet import FleetView, has_group, read_fleet
 from conveyor.broker.keys import Keys
 from conveyor.broker.settings import RedisSettings
-from conveyor.broker.wire import Fields, RawFields
+from conveyor.broker.wire import Fields, RawFields, Rung
 from conveyor.errors import ConveyorError
 
 __all__ = ("SEND_CONNECTIONS", "ClientBroker", "Replies")

@@ -6,15 +6,14 @@ Shared by ``worker_streams`` and ``client_streams`` (the two sides of the protoc
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import msgpack
 from redis import exceptions as redis_errors
 
-from conveyor.broker.replies import INLINE_MARK
-from conveyor.broker.wire import RawFields
+# Rung and read_rung are the doorbell's format, in the wire package; kept importable from
+# here until client_streams and the client import them from conveyor.broker.wire.
+from conveyor.broker.wire import RawFields, Rung, read_rung
 
 __all__ = (
     "Delivery",
@@ -27,6 +26,7 @@ __all__ = (
     "read_rung",
     "text",
 )
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -56,39 +56,9 @@ def entries_by_stream(response: Any) -> list[tuple[str, list[tuple[bytes, RawFie
     ]
 
 
-
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
-
-@dataclass(frozen=True, slots=True)
-class Rung:
-    """What a client found on its doorbell."""
-
-    ids: list[str]  # request ids whose reply streams have news
-    messages: list[RawFields]  # final answers that came inline, as a reply stream's fields
-
-
-def read_rung(values: Sequence[bytes | str]) -> Rung:
-    found = Rung([], [])
-    for value in values:
-        if isinstance(value, bytes) and value[:1] == INLINE_MARK:
-            found.messages.append(_inline_fields(value))
-        else:
-            found.ids.append(value.decode() if isinstance(value, bytes) else str(value))
-    return found
-
-
-def _inline_fields(value: bytes) -> RawFields:
-    """An inline answer's fields; an entry that is not one gives ``{}``, which the wire
-    decoder refuses with a reason (nothing read from Redis is trusted)."""
-    try:
-        fields = msgpack.unpackb(value[1:], raw=True, strict_map_key=True, use_list=True)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return {}
-    if type(fields) is not dict:
-        return {}
-    return cast("RawFields", fields)
 
 def claim_ttl(deadline: float) -> float:
     """A claim lives until the job's deadline: a copy read later is skipped as expired."""

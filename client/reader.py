@@ -20,8 +20,8 @@ from dataclasses import replace
 import anyio
 import anyio.lowlevel
 
-from conveyor.broker import ClientBroker, Replies, Rung
-from conveyor.broker.wire import ErrorCode, ErrorInfo, decode_message, encode_job
+from conveyor.broker import ClientBroker, Replies
+from conveyor.broker.wire import ErrorCode, ErrorInfo, Rung, decode_message, encode_job
 from conveyor.client.waiter import Sent, Waiter
 from conveyor.errors import ConveyorError, WireError
 

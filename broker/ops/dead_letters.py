@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 _DEAD_RAW = frozenset(name.encode() for name in DEAD_FIELDS)
 
-# Fields the wire format fills with msgpack or raw tensor bytes (broker/wire.py): shown by size.
+# Fields the wire format fills with msgpack or raw tensor bytes (broker/wire/): shown by size.
 _BINARY_NAME = re.compile(r"envelope|t[0-9]+")
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # whole ids only: "123" would be a range
 

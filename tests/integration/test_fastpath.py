@@ -5,6 +5,10 @@ direct write, hiredis packing, a lone command outside a pipeline) and once with 
 own classes (``CONVEYOR_REDIS_FAST_PATHS=0``). Both must give the same outcome, and that
 outcome must be the right one: a connection the server closed is dropped and the command
 answered, with no error.
+
+The corrections in the same module (a retry that gives up on what cannot succeed, a bounded
+handshake) are on for both paths: their tests count what reaches the server. The last tests
+check that every redis-py internal the module head lists is still there.
 """
 
 from __future__ import annotations
@@ -67,11 +71,15 @@ async def _outcome(call: Awaitable[Any]) -> Any:
 
 
 async def _both(
-    url: str, server: RedisServer, scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+    url: str,
+    server: RedisServer,
+    scenario: Scenario,
+    monkeypatch: pytest.MonkeyPatch,
+    **update: Any,
 ) -> tuple[list[Any], list[Any]]:
     outcomes = []
     for fast in (True, False):
-        client = _client(url, fast, monkeypatch)
+        client = _client(url, fast, monkeypatch, **update)
         try:
             await client.delete("k", "n")  # each run starts afresh
             outcomes.append(await scenario(client, server))
@@ -227,7 +235,10 @@ async def test_a_connection_reset_while_a_command_is_on_the_wire(
                 proxy.stop_chaos()
             return sorted(map(str, answers))
 
-        fast, own = await _both(proxy.url(server.url), server, scenario, monkeypatch)
+        # Every reset costs the command on it one try (connect, handshake, command again).
+        # On a loaded host redis-py's own, slower path met four resets in a row for one
+        # command, more than the default 3 retries: compare the paths, not the dice.
+        fast, own = await _both(proxy.url(server.url), server, scenario, monkeypatch, retries=10)
     expected = sorted(str(f"m{i}".encode()) for i in range(200))
     assert fast == own == expected
 

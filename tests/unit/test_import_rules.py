@@ -57,7 +57,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
     ("redis", "conveyor.worker.heartbeat -> redis"): "the broker face translates Redis errors",
     ("size", "broker/ops/fleet_report.py"): "being split, one job per module",
-    ("size", "broker/wire.py"): "being split, one job per module",
     ("size", "worker/worker.py"): "being split, one job per module",
 }
 

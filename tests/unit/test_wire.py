@@ -1013,3 +1013,52 @@ def test_random_envelopes_raise_only_wire_error(envelope: bytes) -> None:
 def test_module_exports() -> None:
     assert set(wire.__all__) <= set(dir(wire))
     assert "encode_job" in wire.__all__
+
+
+# --- doorbell, codes, verbs, dead letters -----------------------------------------------------
+
+
+def test_doorbell_entries_are_request_ids_or_inline_messages() -> None:
+    message = Message(MessageType.RESULT, "req-2", 1, 0, {"y": [1, 2]}, None, "5-0")
+    packed = wire.pack_inline(encode_message(message))
+    assert packed[:1] == wire.INLINE_MARK
+    rung = wire.read_rung([b"req-1", packed, "req-3"])
+    assert rung.ids == ["req-1", "req-3"]
+    assert len(rung.messages) == 1
+    assert decode_message(rung.messages[0]) == message
+
+
+@pytest.mark.parametrize("junk", [b"\x00", b"\x00\xc1", b"\x00\x93\x01\x02\x03"])
+def test_a_broken_inline_entry_reads_as_fields_the_decoder_refuses(junk: bytes) -> None:
+    rung = wire.read_rung([junk])
+    assert rung.ids == []
+    assert rung.messages == [{}]
+    with pytest.raises(WireError):
+        decode_message(rung.messages[0])
+
+
+def test_error_codes_and_control_verbs_are_their_text_on_the_wire() -> None:
+    assert wire.ErrorCode.DEADLINE == "deadline"
+    assert f"{wire.ErrorCode.BAD_ENTRY}" == "bad_entry"
+    error = ErrorInfo(wire.ErrorCode.DEADLINE, "DeadlineExceeded", "too late")
+    raw = _as_redis(encode_message(Message(MessageType.ERROR, "req-1", 1, error=error)))
+    assert raw[b"code"] == b"deadline"
+    decoded = decode_message(raw).error
+    assert decoded is not None
+    assert decoded.code == wire.ErrorCode.DEADLINE
+    cancel = replace(_job(), method=wire.ControlVerb.CANCEL)
+    decoded_job, raw = _roundtrip_job(cancel)
+    assert raw[b"method"] == b"cancel"
+    assert decoded_job.method == wire.ControlVerb.CANCEL
+
+
+def test_dead_letter_fields_are_named_once() -> None:
+    assert wire.DEAD_FIELDS == (
+        "dead_reason",
+        "dead_at",
+        "dead_from",
+        "dead_entry",
+        "dead_deliveries",
+        "dead_consumer",
+    )
+    assert [str(name) for name in wire.DeadField] == list(wire.DEAD_FIELDS)

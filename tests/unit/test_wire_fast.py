@@ -12,8 +12,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from conveyor.broker import wire
-from conveyor.broker.wire import Job, decode_job, encode_job
+from conveyor.broker.wire import Job, decode_job, encode_job, jobs
 from conveyor.errors import WireError
 from conveyor.types import InferenceRequest, Parameters, RequestInput
 from tests.unit.test_wire import assert_same
@@ -113,7 +112,7 @@ def _cases() -> list[dict[Any, Any]]:
     for raw in _entries():
         cases.append(raw)
         for name, value in itertools.chain(
-            ((name, value) for name in wire._JOB_TEXT for value in _TEXTS),
+            ((name, value) for name in jobs._JOB_TEXT for value in _TEXTS),
             ((name, value) for name in (b"deadline", b"sent_at", b"attempt") for value in _NUMBERS),
             ((name, value) for name in (b"deadline", b"sent_at", b"attempt") for value in _TEXTS),
             ((b"envelope", value) for value in _envelopes(raw[b"envelope"])),
@@ -139,7 +138,7 @@ def _fields(job: Job) -> dict[str, Any]:
 
 def _general(raw: dict[Any, Any]) -> Job | str:
     try:
-        return wire._decode_any_job(raw)
+        return jobs._decode_any_job(raw)
     except WireError as error:
         return f"WireError: {error.reason}"
     except Exception as error:  # decode_job turns these into a WireError
@@ -159,7 +158,7 @@ def _check(raw: dict[Any, Any], case: int) -> bool:
     want = _general(raw)
     fast: Job | str | None
     try:
-        fast = wire._decode_common_job(raw)
+        fast = jobs._decode_common_job(raw)
     except WireError as error:  # raised by the envelope or a payload: the general path's too
         fast = f"WireError: {error.reason}"
     if isinstance(fast, str):
@@ -184,4 +183,4 @@ def _check(raw: dict[Any, Any], case: int) -> bool:
 
 def test_the_fast_path_takes_the_common_jobs() -> None:
     for raw in _entries():
-        assert wire._decode_common_job(raw) is not None
+        assert jobs._decode_common_job(raw) is not None
