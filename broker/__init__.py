@@ -1,16 +1,43 @@
-"""conveyor.broker"""
+"""conveyor.broker: the face the client, the worker and the CLI use (nothing deeper)."""
 
-# Connecting to Redis: settings, clients, the error boundary (broker/settings.py, clients.py,
-# errors.py): what a user, the CLI and the faces' callers need from above.
-# The client's face (broker/client_broker.py): every Redis operation of a client, and what
-# they hand back (Replies, FleetView; the doorbell's Rung is conveyor.broker.wire's).
-from conveyor.broker.client_broker import ClientBroker, Replies
-from conveyor.broker.clients import create_client, create_sync_client, ping
-from conveyor.broker.errors import translate_errors
-from conveyor.broker.fleet import FleetView
-from conveyor.broker.settings import DEFAULT_REDIS_URL, RedisSettings, default_redis_url, redact_url
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
+# Imported on first use (PEP 562), as the `conveyor` package does: `conveyor --help` imports
+# conveyor.broker.keys, and must not pay for redis-py and pydantic (~0.4 s) to print a help
+# text. Add a name here, to the TYPE_CHECKING block and to __all__.
+_LAZY = {
+    # -- connecting to Redis: settings, clients, the error boundary (broker/settings.py,
+    # clients.py, errors.py).
+    "DEFAULT_REDIS_URL": "conveyor.broker.settings",
+    "RedisSettings": "conveyor.broker.settings",
+    "default_redis_url": "conveyor.broker.settings",
+    "redact_url": "conveyor.broker.settings",
+    "create_client": "conveyor.broker.clients",
+    "create_sync_client": "conveyor.broker.clients",
+    "ping": "conveyor.broker.clients",
+    "translate_errors": "conveyor.broker.errors",
+    # -- the client's face (broker/client_broker.py): every Redis operation of a client, and
+    # what they hand back (the doorbell's Rung is conveyor.broker.wire's).
+    "ClientBroker": "conveyor.broker.client_broker",
+    "Replies": "conveyor.broker.client_broker",
+    "FleetView": "conveyor.broker.fleet",
+}
+
+if TYPE_CHECKING:
+    # sorted; _LAZY says which part of the face each name is
+    from conveyor.broker.client_broker import ClientBroker as ClientBroker
+    from conveyor.broker.client_broker import Replies as Replies
+    from conveyor.broker.clients import create_client as create_client
+    from conveyor.broker.clients import create_sync_client as create_sync_client
+    from conveyor.broker.clients import ping as ping
+    from conveyor.broker.errors import translate_errors as translate_errors
+    from conveyor.broker.fleet import FleetView as FleetView
+    from conveyor.broker.settings import DEFAULT_REDIS_URL as DEFAULT_REDIS_URL
+    from conveyor.broker.settings import RedisSettings as RedisSettings
+    from conveyor.broker.settings import default_redis_url as default_redis_url
+    from conveyor.broker.settings import redact_url as redact_url
+
+__all__ = (
     "DEFAULT_REDIS_URL",
     "ClientBroker",
     "FleetView",
@@ -22,4 +49,19 @@ __all__ = [
     "ping",
     "redact_url",
     "translate_errors",
-]
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'conveyor.broker' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

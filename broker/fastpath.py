@@ -43,8 +43,9 @@ overrides a private name of redis-py, except the two marked below:
     and reads ``socket_connect_timeout``.
 ``ConnectionPool.connection_kwargs`` and ``.connection_class`` (undocumented attributes)
     read by :func:`conveyor.broker.clients.server_url` to name a client's server.
-Tests only: tests/integration/test_fastpath.py also reads ``_available_connections`` and a
-connection's ``_reader`` to stage its failures.
+Tests only: tests/integration/test_fastpath.py also reads ``_available_connections``,
+``_in_use_connections`` and a connection's ``_reader`` to stage and check its failures, and
+checks that every name listed here exists.
 
 What the shortcuts skip, and why that is safe here: redis-py's observability hooks
 (``record_*``: no-ops unless OpenTelemetry metrics are set up through redis-py, which Conveyor

@@ -47,7 +47,7 @@ def hash_tag(key: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Builds Conveyor's key names under one prefix."""
+    """Builds Conveyor's key names under one prefix, and parses them back (``*_of``)."""
 
     prefix: str = DEFAULT_PREFIX
 
@@ -86,17 +86,67 @@ class Keys:
     def workers(self) -> str:
         return f"{self.prefix}:workers"
 
+    # --- parsing: each the inverse of a builder above, None for any other key ---------------
+    # A key is parsed, then built again from what was found and compared with itself, so only
+    # a key a builder makes under this prefix is taken (never a look-alike).
+
     def job_stream_of(self, key: str) -> tuple[str, str | None] | None:
         """The (model, version) whose job stream ``key`` is (version None for the any-version
         stream); None if ``key`` is not a job stream under this prefix."""
-        head = f"{self.prefix}:{{"
-        if not (key.startswith(head) and key.endswith(":jobs")):
+        found = self._model_key(key)
+        if found is None or not found[1].endswith(":jobs"):
             return None
-        model, _, rest = key[len(head) :].partition("}")
+        model, rest = found
         version = rest.removeprefix(":v:").removesuffix(":jobs") if rest != ":jobs" else None
-        if not model or version == "":
+        if version == "":
             return None
         return (model, version) if self.jobs(model, version) == key else None
+
+    def dead_stream_of(self, key: str) -> str | None:
+        """The model whose dead-letter stream ``key`` is; None for any other key."""
+        found = self._model_key(key)
+        return found[0] if found is not None and self.dead(found[0]) == key else None
+
+    def control_stream_of(self, key: str) -> str | None:
+        """The model whose control stream ``key`` is; None for any other key."""
+        found = self._model_key(key)
+        return found[0] if found is not None and self.control(found[0]) == key else None
+
+    def reply_of(self, key: str) -> tuple[str, str] | None:
+        """The (client id, request id) whose reply stream ``key`` is; None for any other key."""
+        found = self._client_key("reply", key)
+        return found if found is not None and self.reply(*found) == key else None
+
+    def bell_of(self, key: str) -> str | None:
+        """The client id whose doorbell ``key`` is; None for any other key."""
+        head = f"{self.prefix}:bell:{{"
+        if not (key.startswith(head) and key.endswith("}")):
+            return None
+        client_id = key[len(head) : -1]
+        return client_id if is_client_id(client_id) else None
+
+    def worker_of(self, key: str) -> str | None:
+        """The worker id whose heartbeat hash ``key`` is; None for any other key."""
+        head = f"{self.prefix}:worker:"
+        return key[len(head) :] if key.startswith(head) and len(key) > len(head) else None
+
+    def _model_key(self, key: str) -> tuple[str, str] | None:
+        """(model, what follows its hash tag) of ``<p>:{<model>}...``; None for other keys."""
+        head = f"{self.prefix}:{{"
+        if not key.startswith(head):
+            return None
+        model, brace, rest = key[len(head) :].partition("}")
+        return (model, rest) if model and brace else None
+
+    def _client_key(self, kind: str, key: str) -> tuple[str, str] | None:
+        """(client id, request id) of ``<p>:<kind>:{<client id>}:<request id>``."""
+        head = f"{self.prefix}:{kind}:{{"
+        if not key.startswith(head):
+            return None
+        client_id, sep, request_id = key[len(head) :].partition("}:")
+        if not (sep and request_id and is_client_id(client_id)):
+            return None
+        return client_id, request_id
 
     def client_of_reply(self, key: bytes, request_id: bytes) -> str | None:
         """The client id of ``key`` when it is the reply stream of ``request_id`` under this

@@ -31,7 +31,8 @@ from conveyor.broker import (
     translate_errors,
 )
 from conveyor.broker.keys import Keys
-from conveyor.broker.ops.fleet_report import Snapshot, delivery_rates, snapshot
+from conveyor.broker.ops.fleet_report import Snapshot, delivery_rates
+from conveyor.broker.ops.fleet_snapshot import snapshot
 from conveyor.errors import ConveyorError
 
 __all__ = ("inspect_fleet",)

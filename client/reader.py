@@ -65,21 +65,21 @@ class Reader:
                     self._deliver_inline(rung)
                     # let the answered callers go on before the next BLMPOP is sent
                     await anyio.lowlevel.checkpoint()
-                cursors = {}
+                asked: dict[str, Waiter] = {}  # reply stream -> its call
                 for request_id in set(rung.ids):
                     waiter = self.waiters.get(request_id)
                     if waiter is not None:
-                        cursors[waiter.key] = waiter.cursor
-                if not cursors:
+                        asked[waiter.key] = waiter
+                if not asked:
                     continue
-                replies = await broker.read_replies(cursors)
+                replies = await broker.read_replies({k: w.cursor for k, w in asked.items()})
             except ConveyorError as error:
                 if not broken:
                     logger.warning("client.redis_unavailable error=%s", error)
                 broken = True
                 await anyio.sleep(_OUTAGE_PAUSE_S)  # the connection's own retries ran out
                 continue
-            self._dispatch(replies)
+            self._dispatch(replies, asked)
 
     def _deliver_inline(self, rung: Rung) -> None:
         """Hands the answers that came in the bell itself to their callers."""
@@ -93,12 +93,13 @@ class Reader:
             if waiter is not None:
                 waiter.deliver(message)
 
-    def _dispatch(self, replies: Replies) -> None:
+    def _dispatch(self, replies: Replies, asked: dict[str, Waiter]) -> None:
+        """Delivers what was read of the reply streams ``asked`` (key -> its call) to the
+        calls still in flight."""
         for key, entries in replies:
-            request_id = key.rsplit(":", 1)[-1]
-            waiter = self.waiters.get(request_id)
-            if waiter is None:
-                continue
+            waiter = asked.get(key)
+            if waiter is None or self.waiters.get(waiter.request_id) is not waiter:
+                continue  # the call ended (answered, timed out) while its stream was read
             waiter.streamed = True
             if waiter.trim and entries:
                 # delete what was read with the next BLMPOP: Redis holds only the unread
@@ -125,8 +126,8 @@ class Reader:
             return
         # answers that came inline first: the jobs they answer are gone from their streams
         self._deliver_inline(await broker.drain_bell())
-        cursors = {w.key: w.cursor for w in waiters}
-        self._dispatch(await broker.read_replies(cursors))
+        asked = {w.key: w for w in waiters}
+        self._dispatch(await broker.read_replies({k: w.cursor for k, w in asked.items()}), asked)
         pending = [
             (w, w.sent) for w in waiters if not w.inbox and w.taken == 0 and w.sent is not None
         ]

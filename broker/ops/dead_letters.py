@@ -223,12 +223,8 @@ def _target_stream(keys: Keys, model: str, dead_from: bytes | None) -> str:
     source = _text(dead_from)
     if source is None:
         return main
-    versioned = keys.jobs(model, "-").removesuffix("-:jobs")  # "<p>:{<model>}:v:"
-    if source == main or (
-        source.startswith(versioned)
-        and source.endswith(":jobs")
-        and len(source) > len(versioned) + len(":jobs")
-    ):
+    owner = keys.job_stream_of(source)
+    if source == main or (owner is not None and owner[0] == model):
         return source
     logger.warning("dlq.retry_reroute model=%s dead_from=%s target=%s", model, source, main)
     return main
