@@ -80,7 +80,7 @@ _PHASES: tuple[tuple[str, str, str], ...] = (
     ("queue commands for the pipeline batcher", "func", "PipelineBatcher.run"),
     ("client: dispatch replies to waiters", "func", "Client._dispatch"),
     ("client: call bookkeeping (waiter, deadline, forget)", "file", "client/"),
-    ("worker: consume loop (read, spawn tasks)", "func", "Worker._consume"),
+    ("worker: consume loop (read, spawn tasks)", "func", "Consumer.consume"),
     ("worker: job bookkeeping (checks, scopes, logs)", "file", "worker/"),
     ("bench harness (the callers' loop)", "harness", "bench/"),
 )

@@ -21,28 +21,42 @@ _LAZY = {
     "ClientBroker": "conveyor.broker.client_broker",
     "Replies": "conveyor.broker.client_broker",
     "FleetView": "conveyor.broker.fleet",
+    # -- the worker's face (broker/worker_broker.py): all that worker/ asks of Redis, what its
+    # steps hand back, and the heartbeat thread's connection (broker/heartbeats.py).
+    "WorkerBroker": "conveyor.broker.worker_broker",
+    "Delivery": "conveyor.broker.entries",
+    "HeartbeatLink": "conveyor.broker.heartbeats",
+    "Beat": "conveyor.broker.heartbeats",
 }
 
 if TYPE_CHECKING:
-    # sorted; _LAZY says which part of the face each name is
+    # -- every name of _LAZY
     from conveyor.broker.client_broker import ClientBroker as ClientBroker
     from conveyor.broker.client_broker import Replies as Replies
     from conveyor.broker.clients import create_client as create_client
     from conveyor.broker.clients import create_sync_client as create_sync_client
     from conveyor.broker.clients import ping as ping
+    from conveyor.broker.entries import Delivery as Delivery
     from conveyor.broker.errors import translate_errors as translate_errors
     from conveyor.broker.fleet import FleetView as FleetView
+    from conveyor.broker.heartbeats import Beat as Beat
+    from conveyor.broker.heartbeats import HeartbeatLink as HeartbeatLink
     from conveyor.broker.settings import DEFAULT_REDIS_URL as DEFAULT_REDIS_URL
     from conveyor.broker.settings import RedisSettings as RedisSettings
     from conveyor.broker.settings import default_redis_url as default_redis_url
     from conveyor.broker.settings import redact_url as redact_url
+    from conveyor.broker.worker_broker import WorkerBroker as WorkerBroker
 
 __all__ = (
     "DEFAULT_REDIS_URL",
+    "Beat",
     "ClientBroker",
+    "Delivery",
     "FleetView",
+    "HeartbeatLink",
     "RedisSettings",
     "Replies",
+    "WorkerBroker",
     "create_client",
     "create_sync_client",
     "default_redis_url",

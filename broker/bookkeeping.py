@@ -24,8 +24,8 @@ from typing import Any
 from redis.asyncio.client import Redis
 from redis.exceptions import ResponseError
 
-from conveyor.broker.connection import translate_errors
 from conveyor.broker.entries import is_nogroup
+from conveyor.broker.errors import translate_errors
 from conveyor.broker.keys import GROUP, Keys
 
 __all__ = ("delete_consumer", "delete_dead_consumers", "redis_time")

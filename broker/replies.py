@@ -35,7 +35,7 @@ import msgpack
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from conveyor.broker.connection import is_out_of_memory, out_of_memory, translate_errors
+from conveyor.broker.errors import is_out_of_memory, out_of_memory, translate_errors
 from conveyor.broker.keys import GROUP
 from conveyor.broker.pipelining import PipelineBatcher, Settle
 from conveyor.broker.wire import Fields, Job, Message, MessageType, encode_message, fields_size

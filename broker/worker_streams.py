@@ -1,6 +1,7 @@
 """The worker's side of the protocol: each step of a job's life as one Redis round trip.
 
-Read jobs as one consumer of the group, claim, answer, ack, dead-letter, reclaim.
+Read jobs as one consumer of the group, claim, answer, ack, dead-letter, reclaim. Redis's
+errors leave as they are: the worker's face (``worker_broker.WorkerBroker``) translates them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.claims import claim, claim_soon
-from conveyor.broker.connection import translate_errors, translate_oom
 from conveyor.broker.entries import (
     Delivery,
     claim_ttl,
@@ -25,7 +25,7 @@ from conveyor.broker.entries import (
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.broker.replies import INLINE_REPLY_MAX_BYTES, ReplyWriter
-from conveyor.broker.wire import Job, Message, RawFields
+from conveyor.broker.wire import Job, Message, RawFields, dead_letter
 
 __all__ = ("INLINE_REPLY_MAX_BYTES", "WorkerStreams")
 
@@ -71,10 +71,6 @@ class WorkerStreams:
         """
         if not streams or free <= 0:
             return []
-        with translate_errors(self.where):
-            return await self._read_jobs(streams, free, block_s)
-
-    async def _read_jobs(self, streams: Sequence[str], free: int, block_s: float) -> list[Delivery]:
         deliveries: list[Delivery] = []
         share = free // len(streams)
         if len(streams) > 1 and self._drained and share and not self.cluster:
@@ -139,12 +135,7 @@ class WorkerStreams:
         owner's heartbeat key is gone. At most ``limit`` jobs; each comes with its delivery
         count, which is its fencing attempt.
         """
-        with translate_errors(self.where):
-            return await self._reclaim(streams, int(idle_s * 1000), limit, workers_key)
-
-    async def _reclaim(
-        self, streams: Sequence[str], idle_ms: int, limit: int, workers_key: str
-    ) -> list[Delivery]:
+        idle_ms = int(idle_s * 1000)
         found: list[Delivery] = []
         for stream in streams:
             if len(found) >= limit:
@@ -245,11 +236,10 @@ class WorkerStreams:
     async def publish_limits(self, model: str, max_queue_length: int | None) -> None:
         """Tells clients the model's queue limit (the last worker to start wins)."""
         key = self.keys.limits(model)
-        with translate_errors(self.where):
-            if max_queue_length is None:
-                await self.redis.hdel(key, "max_queue_length")
-            else:
-                await self.redis.hset(key, "max_queue_length", max_queue_length)
+        if max_queue_length is None:
+            await self.redis.hdel(key, "max_queue_length")
+        else:
+            await self.redis.hset(key, "max_queue_length", max_queue_length)
 
     async def requeue(self, delivery: Delivery) -> None:
         """Puts a job this worker cannot run now (its model was just unloaded here) back at
@@ -260,8 +250,7 @@ class WorkerStreams:
         def add(pipe: Pipeline) -> None:
             pipe.xadd(delivery.stream, fields)  # type: ignore[arg-type]
 
-        with translate_errors(self.where), translate_oom(self.where):
-            await self.batcher.run(add)
+        await self.batcher.run(add)
         await self.writer.ack([delivery])
 
     async def dead_letter(
@@ -278,26 +267,22 @@ class WorkerStreams:
         The original fields are kept as they were (binary ones included) so `dlq retry` can
         send the job again; the reason and bookkeeping are added as readable fields.
         """
-        dead: dict[str | bytes, Any] = {
-            "dead_reason": reason,
-            "dead_at": f"{time.time():.3f}",
-            "dead_from": delivery.stream,
-            "dead_entry": delivery.entry_id,
-            "dead_deliveries": str(delivery.deliveries),
-            "dead_consumer": self.consumer,
-        }
-        for name, value in delivery.fields.items():
-            text = name.decode(errors="replace") if isinstance(name, bytes) else name
-            if text not in dead:  # a job's own field never overwrites the bookkeeping
-                dead[name] = value
+        dead = dead_letter(
+            delivery.fields,
+            reason=reason,
+            at=time.time(),
+            stream=delivery.stream,
+            entry=delivery.entry_id,
+            deliveries=delivery.deliveries,
+            consumer=self.consumer,
+        )
 
         def add(pipe: Pipeline) -> None:
             # never trimmed: dead letters leave only by `conveyor dlq retry|purge`
             pipe.xadd(dead_stream, dead)  # type: ignore[arg-type]
 
         # The job is acked only once its dead letter is stored (else it stays pending).
-        with translate_errors(self.where), translate_oom(self.where):
-            await self.batcher.run(add)
+        await self.batcher.run(add)
         if job is not None and error_message is not None:
             try:
                 await self.writer.store(job, [error_message], final=True)
@@ -312,8 +297,7 @@ class WorkerStreams:
     async def wait_credit(self, key: str, block_s: float) -> int | None:
         """Waits up to ``block_s`` for a predict_stream caller to report the number of chunks
         it has taken (the largest reported so far), or None if it reported nothing."""
-        with translate_errors(self.where):
-            popped = await self.redis.blmpop(block_s, 1, key, direction="RIGHT", count=100)
+        popped = await self.redis.blmpop(block_s, 1, key, direction="RIGHT", count=100)
         if not popped:
             return None
         return max(int(value) for value in popped[1])
@@ -329,12 +313,11 @@ class WorkerStreams:
         self, cursors: Mapping[str, bytes], block_s: float
     ) -> list[tuple[str, bytes, RawFields]]:
         """Reads load/unload requests sent to the fleet after each stream's cursor."""
-        with translate_errors(self.where):
-            response = await self.redis.xread(
-                dict(cursors),  # type: ignore[arg-type]  # redis-py's dict type is invariant
-                count=16,
-                block=int(block_s * 1000),
-            )
+        response = await self.redis.xread(
+            dict(cursors),  # type: ignore[arg-type]  # redis-py's dict type is invariant
+            count=16,
+            block=int(block_s * 1000),
+        )
         return [
             (stream, entry_id, fields)
             for stream, entries in entries_by_stream(response)
@@ -349,4 +332,3 @@ class WorkerStreams:
             entry_id = last[0][0] if last else b"0-0"
             cursors[stream] = entry_id if isinstance(entry_id, bytes) else b"0-0"
         return cursors
-

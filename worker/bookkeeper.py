@@ -9,9 +9,9 @@ import logging
 import time
 from collections.abc import Sequence
 
-from conveyor.broker import bookkeeping
-from conveyor.broker.worker_streams import WorkerStreams
+from conveyor.broker import WorkerBroker
 from conveyor.errors import ConveyorError
+from conveyor.worker.answers import describe
 from conveyor.worker.clock import RedisClock
 
 __all__ = ("Bookkeeper",)
@@ -20,25 +20,25 @@ logger = logging.getLogger(__name__)
 
 
 class Bookkeeper:
-    """One worker's bookkeeping, as consumer ``streams.consumer``."""
+    """One worker's bookkeeping, as consumer ``broker.consumer``."""
 
-    def __init__(self, streams: WorkerStreams, clock: RedisClock, heartbeat_ttl: float) -> None:
-        self._streams = streams
+    def __init__(self, broker: WorkerBroker, clock: RedisClock, heartbeat_ttl: float) -> None:
+        self._broker = broker
         self._clock = clock
         self._ttl = heartbeat_ttl
         self._next_sweep = 0.0  # monotonic time of the next look for dead workers' consumers
 
     async def read_clock(self) -> None:
         """Reads Redis's clock (the heartbeat reads it again on every beat)."""
-        streams = self._streams
+        broker = self._broker
         try:
-            self._clock.observe(*await bookkeeping.redis_time(streams.redis, streams.where))
+            self._clock.observe(*await broker.redis_time())
         except ConveyorError as error:  # an ACL without TIME, say: the worker serves on
             logger.error(
                 "worker.clock_unknown worker=%s error=%s: deadlines are measured as if this "
                 "host's clock were Redis's (an ACL user needs +time: README, Security)",
-                streams.consumer,
-                _describe(error),
+                broker.consumer,
+                describe(error),
             )
 
     async def sweep(self, job_streams: Sequence[str]) -> None:
@@ -47,17 +47,15 @@ class Bookkeeper:
         if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + self._ttl
-        streams = self._streams
+        broker = self._broker
         try:
-            deleted = await bookkeeping.delete_dead_consumers(
-                streams.redis, streams.keys, job_streams, self._ttl, streams.consumer, streams.where
-            )
+            deleted = await broker.delete_dead_consumers(job_streams, self._ttl)
         except ConveyorError as error:  # the jobs go on; their next read says if Redis is gone
             logger.warning(
                 "worker.consumers_kept worker=%s error=%s (an ACL user needs "
                 "+xinfo|consumers and +xgroup|delconsumer: README, Security)",
-                streams.consumer,
-                _describe(error),
+                broker.consumer,
+                describe(error),
             )
             return
         for stream, consumer in deleted:
@@ -69,23 +67,17 @@ class Bookkeeper:
         """Leaves the consumer group of each stream where this worker owns nothing (for a
         worker that has stopped reading; jobs it was stopped in the middle of stay pending,
         for another worker to reclaim)."""
-        streams = self._streams
+        broker = self._broker
         try:
-            kept = await bookkeeping.delete_consumer(
-                streams.redis, job_streams, streams.consumer, streams.where
-            )
+            kept = await broker.leave(job_streams)
         except ConveyorError as error:
             logger.warning(
-                "worker.consumer_kept worker=%s error=%s", streams.consumer, _describe(error)
+                "worker.consumer_kept worker=%s error=%s", broker.consumer, describe(error)
             )
             return
         if kept:
             logger.info(
                 "worker.consumer_kept worker=%s streams=%s reason=pending_jobs",
-                streams.consumer,
+                broker.consumer,
                 ",".join(kept),
             )
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"

@@ -12,6 +12,7 @@ after its last beat (until then ``conveyor inspect`` lists it as gone: a crash j
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -20,9 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
-
-from conveyor.broker.keys import GROUP, Keys
+from conveyor.broker import HeartbeatLink
+from conveyor.errors import ConveyorError
 from conveyor.worker.clock import RedisClock
 
 __all__ = ("Heartbeat", "WorkerStats")
@@ -48,12 +48,12 @@ class WorkerStats:
 
 
 class Heartbeat:
-    """Writes ``<prefix>:worker:<id>`` every ``ttl_s / 3`` seconds until stopped."""
+    """Writes ``<prefix>:worker:<id>`` every ``ttl_s / 3`` seconds until stopped, through
+    the links ``connect`` makes (``WorkerBroker.heartbeat_link``, called in the thread)."""
 
     def __init__(
         self,
-        connect: Callable[[], redis.Redis],
-        keys: Keys,
+        connect: Callable[[], HeartbeatLink],
         worker_id: str,
         stats: WorkerStats,
         ttl_s: float,
@@ -61,7 +61,6 @@ class Heartbeat:
     ) -> None:
         self._connect = connect
         self._clock = clock or RedisClock()
-        self._keys = keys
         self._worker_id = worker_id
         self._stats = stats
         self._ttl_s = ttl_s
@@ -87,110 +86,90 @@ class Heartbeat:
         self._thread.join(timeout=5)
         if unregister:
             try:
-                client = self._connect()
-                with client.pipeline(transaction=False) as pipe:
-                    pipe.execute_command("DEL", self._keys.worker(self._worker_id))  # type: ignore[no-untyped-call]
-                    pipe.zrem(self._keys.workers(), self._worker_id)
-                    pipe.execute()
-                client.close()
-            except redis.RedisError as error:
+                link = self._connect()
+                try:
+                    link.unregister()
+                finally:
+                    link.close()
+            except ConveyorError as error:
                 logger.warning(
                     "worker.unregister_failed worker=%s error=%s", self._worker_id, error
                 )
 
-    def beat_once(self, client: redis.Redis) -> None:
+    def beat_once(self, link: HeartbeatLink) -> None:
         stats = self._stats
         # Its own round trip: Redis Cluster refuses a keyless command in a pipeline.
-        refused = self._read_clock(client)
+        refused = self._read_clock(link)
         now = time.time()
         redis_now = now + self._clock.offset  # the registry's scores are Redis's time
-        key = self._keys.worker(self._worker_id)
         in_flight = dict(stats.in_flight)
-        with client.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "id": self._worker_id,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "models": ",".join(stats.models),
-                    "loading": ",".join(stats.loading),
-                    "ready": ",".join(stats.ready),
-                    "failed": ",".join(stats.failed),
-                    # on Redis's clock, as `conveyor inspect` reads them (its "now" is TIME)
-                    "started": f"{stats.started + self._clock.offset:.3f}",
-                    "heartbeat": f"{redis_now:.3f}",
-                    "in_flight": len(in_flight),
-                    "done": stats.done,
-                    "ttl": f"{self._ttl_s:g}",
-                },
-            )
-            pipe.pexpire(key, int(self._ttl_s * 1000))
-            pipe.zadd(self._keys.workers(), {self._worker_id: redis_now})
-            # workers silent for long: killed ones never unregister (see _forget_dead)
-            silent_for = max(GONE_LISTED_S, 3 * self._ttl_s)
-            pipe.zrangebyscore(self._keys.workers(), "-inf", redis_now - silent_for)
-            # Reset the idle time of every job this worker still runs: reclaim goes by idle
-            # time, so a job is only ever taken from a worker whose heartbeat stopped.
-            for entry_id, stream in in_flight.items():
-                pipe.xclaim(stream, GROUP, self._worker_id, 0, [entry_id], justid=True)
-            results = pipe.execute(raise_on_error=False)
-        silent = results[3]  # after HSET, PEXPIRE, ZADD; before the claims
-        if isinstance(silent, list) and silent:
-            self._forget_dead(client, [_text(worker_id) for worker_id in silent])
+        fields: dict[str, str | int] = {
+            "id": self._worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "models": ",".join(stats.models),
+            "loading": ",".join(stats.loading),
+            "ready": ",".join(stats.ready),
+            "failed": ",".join(stats.failed),
+            # on Redis's clock, as `conveyor inspect` reads them (its "now" is TIME)
+            "started": f"{stats.started + self._clock.offset:.3f}",
+            "heartbeat": f"{redis_now:.3f}",
+            "in_flight": len(in_flight),
+            "done": stats.done,
+            "ttl": f"{self._ttl_s:g}",
+        }
+        # workers silent for long: killed ones never unregister (see _forget_dead)
+        silent_for = max(GONE_LISTED_S, 3 * self._ttl_s)
+        # Reset the idle time of every job this worker still runs: reclaim goes by idle
+        # time, so a job is only ever taken from a worker whose heartbeat stopped.
+        beat = link.beat(fields, self._ttl_s, redis_now, silent_for, in_flight)
+        if beat.silent:
+            self._forget_dead(link, beat.silent)
         # A refused command (an ACL without HSET or XCLAIM, say) must not go unnoticed: this
         # worker would drop out of the registry, or lose its jobs to a reclaim.
-        # (A NOGROUP on a claim refresh only means the stream was deleted: the loop sees it.)
-        errors = {
-            str(r) for r in [*results, refused] if isinstance(r, redis.exceptions.NoPermissionError)
-        }
+        errors = set(beat.refused) | ({refused} if refused is not None else set())
         if errors != self._last_errors:
             for error in sorted(errors):
                 logger.error("worker.heartbeat_refused worker=%s error=%s", self._worker_id, error)
             self._last_errors = errors
 
-    def _read_clock(self, client: redis.Redis) -> redis.exceptions.NoPermissionError | None:
-        """Reads Redis's clock (``TIME``); an ACL that refuses it is reported, and the last
-        offset kept (deadlines then lean on this host's clock being right)."""
+    def _read_clock(self, link: HeartbeatLink) -> str | None:
+        """Reads Redis's clock (``TIME``); an ACL that refuses it is reported (its text
+        returned), and the last offset kept (deadlines then lean on this host's clock)."""
         before = time.time()
-        try:
-            seconds, micros = client.time()
-        except redis.exceptions.NoPermissionError as error:
-            return error
-        self._clock.observe((int(seconds), int(micros)), before, time.time())
+        redis_time = link.time()
+        if isinstance(redis_time, str):
+            return redis_time
+        self._clock.observe(redis_time, before, time.time())
         return None
 
-    def _forget_dead(self, client: redis.Redis, silent: list[str]) -> None:
+    def _forget_dead(self, link: HeartbeatLink, silent: list[str]) -> None:
         """Removes from the registry the silent workers whose heartbeat key has expired (by
         Redis's clock); one that is alive after all (its beats failed a while) keeps its key."""
-        silent = [worker_id for worker_id in silent if worker_id != self._worker_id]
-        with client.pipeline(transaction=False) as pipe:
-            for worker_id in silent:
-                pipe.execute_command("EXISTS", self._keys.worker(worker_id))  # type: ignore[no-untyped-call]
-            alive = pipe.execute()
-        dead = [worker_id for worker_id, exists in zip(silent, alive, strict=True) if not exists]
+        dead = link.forget_dead([worker_id for worker_id in silent if worker_id != self._worker_id])
         if dead:
-            client.zrem(self._keys.workers(), *dead)
             logger.info("worker.forgot_dead workers=%s", ",".join(dead))
 
     def _run(self) -> None:
-        client: redis.Redis | None = None
+        link: HeartbeatLink | None = None
         interval = self._ttl_s / 3
         while not self._stop.is_set():
             try:
-                if client is None:
-                    client = self._connect()
-                self.beat_once(client)
-            except (redis.RedisError, OSError) as error:
+                if link is None:
+                    link = self._connect()
+                self.beat_once(link)
+            except (ConveyorError, OSError) as error:
                 logger.warning("worker.heartbeat_failed worker=%s error=%s", self._worker_id, error)
-                if client is not None:
-                    client.close()
-                client = None
+                if link is not None:
+                    _close(link)
+                link = None
             self._wake.wait(interval)
             self._wake.clear()
-        if client is not None:
-            client.close()
+        if link is not None:
+            _close(link)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
+def _close(link: HeartbeatLink) -> None:
+    # closing a client whose connection failed: nothing left to release
+    with contextlib.suppress(ConveyorError):
+        link.close()

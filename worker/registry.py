@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from conveyor.broker.keys import Keys
-from conveyor.errors import ConveyorError
+from conveyor.errors import ModelLoadFailed
 from conveyor.methods import exposed_methods
 from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
@@ -20,16 +20,7 @@ __all__ = ("ModelLoadFailed", "ModelRegistry", "ServedModel")
 
 logger = logging.getLogger(__name__)
 
-
-class ModelLoadFailed(ConveyorError):
-    """A model's ``load()`` (or its class's constructor) raised; the cause is ``__cause__``."""
-
-    def __init__(self, name: str, version: str | None, error: BaseException) -> None:
-        self.name = name
-        self.version = version
-        self.reason = f"{type(error).__name__}: {error}"
-        which = f"model {name!r}" + (f" version {version!r}" if version else "")
-        super().__init__(f"{which} failed to load: {self.reason}")
+_DEFAULT_PAYLOAD_LIMIT = ModelSettings.model_fields["max_payload_bytes"].default
 
 
 @dataclass(slots=True)
@@ -130,6 +121,27 @@ class ModelRegistry:
                 if stream not in streams:
                     streams.append(stream)
         return streams
+
+    def all_job_streams(self) -> list[str]:
+        """The job streams of every model folder of this worker, loaded or not."""
+        names = [
+            self._keys.jobs(served.name, version)
+            for served in self._served.values()
+            for version in (served.version, None)
+        ]
+        return list(dict.fromkeys(names))
+
+    def payload_limit(self, model: str, version: str | None) -> int:
+        """The ``max_payload_bytes`` of the folder that would run a job of ``model``."""
+        served = self.find(model, version)
+        if served is not None:
+            return served.settings.max_payload_bytes
+        limits = [s.settings.max_payload_bytes for s in self._served.values() if s.name == model]
+        return max(limits, default=_DEFAULT_PAYLOAD_LIMIT)
+
+    def smallest_payload_limit(self, model: str) -> int:
+        limits = [s.settings.max_payload_bytes for s in self._served.values() if s.name == model]
+        return min(limits, default=_DEFAULT_PAYLOAD_LIMIT)
 
     def holds(self, concurrency: int) -> dict[str, int]:
         """The most jobs of each ready model this worker should hold at once (models its

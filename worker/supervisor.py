@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import WorkersCannotStart
 
 __all__ = ("MAX_FAILED_STARTS", "WorkersCannotStart", "supervise", "worker_argv", "worker_env")
 
@@ -30,15 +30,6 @@ logger = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 30.0
 _STABLE_S = 10.0  # a child that lived this long resets its backoff
 MAX_FAILED_STARTS = 3  # a child's failed loads in a row before the supervisor gives up
-
-
-class WorkersCannotStart(ConveyorError):
-    """A model's ``load()`` kept raising in the worker processes; nothing was left running."""
-
-    def __init__(self, error: str, starts: int) -> None:
-        self.error = error
-        self.starts = starts
-        super().__init__(f"{error}; gave up after {starts} failed starts of a worker in a row")
 
 
 class _Child:

@@ -1,9 +1,10 @@
 """Dead letters: list, show, send again and delete the entries of ``<prefix>:{<model>}:dead``.
 
 A dead letter is the job entry as a worker received it, plus the readable fields
-``dead_reason dead_at dead_from dead_entry dead_deliveries dead_consumer`` (the wire's
-:class:`~conveyor.broker.wire.DeadField`) that
-:meth:`conveyor.broker.worker_streams.WorkerStreams.dead_letter` adds in front of them.
+``dead_reason dead_at dead_from dead_entry dead_deliveries dead_consumer`` in front of them
+(the wire's :class:`~conveyor.broker.wire.DeadField`, written by
+:func:`conveyor.broker.wire.dead_letter` for
+:meth:`conveyor.broker.worker_streams.WorkerStreams.dead_letter`).
 These are the operator's tools behind ``conveyor dlq``; workers and clients never call them.
 
 Every function takes a ``redis.asyncio.Redis`` client (so it needs asyncio) and raises only
@@ -31,7 +32,7 @@ from redis.asyncio import Redis
 from conveyor.broker.clients import server_url
 from conveyor.broker.errors import translate_errors
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import DEAD_FIELDS, DeadField
+from conveyor.broker.wire import DEAD_FIELDS, DeadField, job_fields
 from conveyor.errors import ConveyorError
 
 __all__ = (
@@ -49,8 +50,6 @@ __all__ = (
 )
 
 logger = logging.getLogger(__name__)
-
-_DEAD_RAW = frozenset(name.encode() for name in DEAD_FIELDS)
 
 # Fields the wire format fills with msgpack or raw tensor bytes (broker/wire/): shown by size.
 _BINARY_NAME = re.compile(r"envelope|t[0-9]+")
@@ -253,7 +252,7 @@ async def _retry_one(
     timeout: float | None,
 ) -> bool:
     """Sends one dead letter again; False (and nothing done) if it holds no job fields."""
-    job = {name: value for name, value in fields.items() if name not in _DEAD_RAW}
+    job = job_fields(fields)
     if not job:  # XADD needs a field; there is nothing to send
         logger.warning("dlq.retry_skipped model=%s entry=%s reason=empty", model, entry_id.decode())
         return False

@@ -53,7 +53,7 @@ Two more entry formats build on these:
   riding in the bell, for a job with ``inline``); see :mod:`.doorbell`;
 - a dead letter (``<p>:{<model>}:dead``): the job entry as a worker received it, after the
   readable fields of :class:`DeadField` (``dead_reason dead_at dead_from dead_entry
-  dead_deliveries dead_consumer``).
+  dead_deliveries dead_consumer``); see :mod:`.dead`.
 
 Error messages carry an :class:`ErrorCode`; a control stream's jobs name a :class:`ControlVerb`
 as their ``method``.
@@ -72,24 +72,24 @@ uses ``HiredisRespSerializer``, which calls ``bytes(memoryview)`` and then
 ``hiredis.pack_command`` (two copies); pass ``command_packer=PythonRespSerializer(...)`` to its
 connection pool to send memoryviews without copying.
 
-The package, one job a module: ``schema`` (the entry types, codes, verbs, dead-letter fields),
+The package, one job a module: ``schema`` (the entry types, error codes, control verbs),
 ``readable`` (the plain-text fields), ``arrays`` (numpy arrays as ext types and raw fields),
 ``payloads`` (V2 types and plain values, bypassing pydantic's slow paths), ``envelope`` (the
-msgpack map), ``jobs`` and ``messages`` (each entry type's encoder and decoder), ``doorbell``.
+msgpack map), ``jobs`` and ``messages`` (each entry type's encoder and decoder), ``doorbell``
+and ``dead`` (the two formats built on them).
 """
 
 from __future__ import annotations
 
+from conveyor.broker.wire.dead import DEAD_FIELDS, DeadField, dead_letter, job_fields
 from conveyor.broker.wire.doorbell import INLINE_MARK, Rung, pack_inline, read_rung
 from conveyor.broker.wire.jobs import decode_job, encode_job
 from conveyor.broker.wire.messages import decode_message, encode_message
 from conveyor.broker.wire.readable import fields_size
 from conveyor.broker.wire.schema import (
-    DEAD_FIELDS,
     INLINE_MAX_BYTES,
     WIRE_VERSION,
     ControlVerb,
-    DeadField,
     ErrorCode,
     ErrorInfo,
     Fields,
@@ -120,11 +120,13 @@ __all__ = (
     "Plain",
     "RawFields",
     "Rung",
+    "dead_letter",
     "decode_job",
     "decode_message",
     "encode_job",
     "encode_message",
     "fields_size",
+    "job_fields",
     "pack_inline",
     "read_rung",
 )

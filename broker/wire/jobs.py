@@ -97,7 +97,7 @@ def _decode_common_job(fields: dict[bytes, bytes]) -> Job | None:
     """The common job (every readable field plain and valid, no ``inputs``/``credit``), with
     fewer calls; None for anything else, which :func:`_decode_any_job` decodes or refuses
     with its reason. What this returns is what ``_decode_any_job`` returns for the entry
-    (``tests/test_wire_fast.py`` checks it on mutated entries)."""
+    (``tests/unit/test_wire_fast.py`` checks it on mutated entries)."""
     get = fields.get
     texts: list[str] = []
     for name in _JOB_TEXT:

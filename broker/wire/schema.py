@@ -1,4 +1,4 @@
-"""What travels: the entry types, the error codes and control verbs, the dead-letter fields.
+"""What travels: the entry types, the error codes and the control verbs.
 
 The layout of each entry's fields is specified in the package's head (``conveyor.broker.wire``);
 this module names the parts. Encoding and decoding live in ``jobs`` and ``messages``.
@@ -16,11 +16,9 @@ import numpy as np
 from conveyor.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
 __all__ = (
-    "DEAD_FIELDS",
     "INLINE_MAX_BYTES",
     "WIRE_VERSION",
     "ControlVerb",
-    "DeadField",
     "ErrorCode",
     "ErrorInfo",
     "FieldValue",
@@ -115,22 +113,6 @@ class ControlVerb(StrEnum):
     CANCEL = "cancel"  # stop the running job with this request id (the control job's ``id``)
     LOAD = "load"  # load the model; the answer's ``ready`` says whether it is loaded
     UNLOAD = "unload"  # unload the model
-
-
-class DeadField(StrEnum):
-    """The readable fields a worker puts in front of a job's own fields when it moves the
-    entry to ``<p>:{<model>}:dead``; everything else in a dead letter is the job as sent."""
-
-    REASON = "dead_reason"  # why a worker gave up on it
-    AT = "dead_at"  # unix seconds, three decimals
-    FROM = "dead_from"  # the job stream it was taken from (where a retry sends it)
-    ENTRY = "dead_entry"  # its entry id in that stream
-    DELIVERIES = "dead_deliveries"  # how many times it had been delivered
-    CONSUMER = "dead_consumer"  # the worker (consumer name) that dead-lettered it
-
-
-# The dead-letter fields as plain text, in the order a dead letter holds them.
-DEAD_FIELDS: tuple[str, ...] = tuple(name.value for name in DeadField)
 
 
 @dataclass(frozen=True, slots=True)

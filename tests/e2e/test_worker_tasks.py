@@ -22,7 +22,7 @@ from conveyor.broker.wire import Job, Message, MessageType, decode_message, enco
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
 from conveyor.worker import Worker, WorkerSettings
-from conveyor.worker.worker import _Deadlines, _JobScope
+from conveyor.worker.cancellation import Deadlines, JobScope
 from tests.support.fleet import MODELS, Fleet, wait_acked
 
 pytestmark = pytest.mark.anyio
@@ -131,8 +131,8 @@ async def test_a_job_past_its_deadline_is_stopped_and_says_so(
     ok = _job(prefix, "async-sleepy", sleep=0, timeout=10)
     _send(probe, prefix, ok)
     assert (await _reply(probe, ok)).type is MessageType.RESULT
-    assert not worker._running
-    assert not worker._jobs
+    assert not worker.jobs.by_request
+    assert not worker.jobs.scopes
 
 
 async def test_a_job_cancelled_by_its_caller_says_so(
@@ -141,7 +141,7 @@ async def test_a_job_cancelled_by_its_caller_says_so(
     job = _job(prefix, "async-sleepy", sleep=30, timeout=20)
     _send(probe, prefix, job)
     with anyio.fail_after(10):
-        while job.id not in worker._running:  # noqa: ASYNC110
+        while job.id not in worker.jobs.by_request:  # noqa: ASYNC110
             await anyio.sleep(0.01)
     cancel = replace(job, method="cancel", args=())
     probe.xadd(Keys(prefix).control(job.model), encode_job(cancel))  # type: ignore[arg-type]
@@ -175,7 +175,7 @@ async def test_a_plain_def_job_past_its_deadline_keeps_its_thread_slot(
     started = time.monotonic()
     _send(probe, prefix, job)
     with anyio.fail_after(10):
-        while job.id not in worker._running:  # noqa: ASYNC110
+        while job.id not in worker.jobs.by_request:  # noqa: ASYNC110
             await anyio.sleep(0.01)
     await anyio.sleep(0.4)  # past the deadline, the thread still runs and holds its token
     served = worker.registry.find("sync-sleepy", None)
@@ -196,7 +196,7 @@ async def test_stop_waits_for_jobs_in_flight(
     job = _job(prefix, "async-sleepy", sleep=0.5, timeout=10)
     _send(probe, prefix, job)
     with anyio.fail_after(10):
-        while job.id not in worker._running:  # noqa: ASYNC110
+        while job.id not in worker.jobs.by_request:  # noqa: ASYNC110
             await anyio.sleep(0.01)
     worker.stop()
     assert (await _reply(probe, job)).type is MessageType.RESULT
@@ -267,11 +267,11 @@ async def _sleeper(index: int, stopped: list[int]) -> None:
 
 async def test_deadlines_stop_armed_jobs_in_time_order() -> None:
     loop = asyncio.get_running_loop()
-    deadlines = _Deadlines()
+    deadlines = Deadlines()
     stopped: list[int] = []
     scopes = []
     for index, delay in enumerate([0.3, 0.1, 0.2, 0.05, 30.0]):
-        scope = _JobScope()
+        scope = JobScope()
         scope.task = asyncio.ensure_future(_sleeper(index, stopped))
         scope.armed = True
         deadlines.add(loop, loop.time() + delay, scope, index)
@@ -291,9 +291,9 @@ async def test_deadlines_stop_armed_jobs_in_time_order() -> None:
 
 async def test_deadlines_forget_ended_jobs() -> None:
     loop = asyncio.get_running_loop()
-    deadlines = _Deadlines()
+    deadlines = Deadlines()
     for _ in range(5000):
-        scope = _JobScope()
+        scope = JobScope()
         scope.armed = True
         deadlines.add(loop, loop.time() + 30, scope, 1)
         scope.armed = False  # the job ended

@@ -35,28 +35,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
         "broker-face",
         "conveyor.cli.up -> conveyor.broker.fleet",
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.bookkeeper -> conveyor.broker.bookkeeping",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.bookkeeper -> conveyor.broker.worker_streams",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.worker -> conveyor.broker.connection",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.worker -> conveyor.broker.entries",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.worker.worker -> conveyor.broker.worker_streams",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    ("redis", "conveyor.worker.heartbeat -> redis"): "the broker face translates Redis errors",
-    ("size", "worker/worker.py"): "being split, one job per module",
 }
 
 PARTS = ("conveyor.broker", "conveyor.worker", "conveyor.client", "conveyor.cli")

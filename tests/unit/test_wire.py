@@ -1062,3 +1062,25 @@ def test_dead_letter_fields_are_named_once() -> None:
         "dead_consumer",
     )
     assert [str(name) for name in wire.DeadField] == list(wire.DEAD_FIELDS)
+
+
+def test_a_dead_letter_is_its_job_after_the_dead_fields() -> None:
+    job = _valid_job_raw()
+    job[b"dead_reason"] = b"a job's own field of that name"
+    dead = wire.dead_letter(
+        job,
+        reason="too many deliveries",
+        at=1_700_000_000.25,
+        stream="conveyor:{iris}:jobs",
+        entry=b"5-0",
+        deliveries=4,
+        consumer="w1",
+    )
+    assert list(dead)[:6] == list(wire.DEAD_FIELDS)
+    assert dead["dead_reason"] == "too many deliveries"
+    assert dead["dead_at"] == "1700000000.250"
+    assert (dead["dead_entry"], dead["dead_deliveries"]) == (b"5-0", "4")
+    del job[b"dead_reason"]
+    stored = _as_redis({k if isinstance(k, str) else k.decode(): v for k, v in dead.items()})
+    assert wire.job_fields(stored) == job
+    assert decode_job(wire.job_fields(stored)) == decode_job(job)

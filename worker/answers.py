@@ -1,0 +1,86 @@
+"""What the worker says about a job: its error messages, its outcome, its log fields."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from conveyor.broker import Delivery
+from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType, Payload
+from conveyor.types import InferenceRequest
+from conveyor.worker.clock import RedisClock
+
+__all__ = (
+    "describe",
+    "error_message",
+    "give_id",
+    "job_log",
+    "log_failure",
+    "outcome",
+    "readable_job",
+)
+
+logger = logging.getLogger(__name__)
+
+
+def give_id(payload: Payload, job: Job) -> Payload:
+    """As MLServer's data plane: a request reaches the model with an id (the job's, which its
+    response carries back, when the caller sent none)."""
+    if isinstance(payload, InferenceRequest) and payload.id is None:
+        payload.id = job.id
+    return payload
+
+
+def error_message(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
+    """The error answer of one delivery of ``job``."""
+    return Message(
+        MessageType.ERROR,
+        job.id,
+        delivery.deliveries,
+        error=ErrorInfo(code, type_name, text),
+        entry=delivery.entry_id.decode(),
+    )
+
+
+def readable_job(delivery: Delivery, model: str, clock: RedisClock) -> Job | None:
+    """The readable fields of an entry that was not decoded, when they say where to reply
+    (keys that passed admission), with its deadline on our clock."""
+    fields = delivery.fields
+    try:
+        request_id, reply, bell = (fields[k].decode() for k in (b"id", b"reply", b"bell"))
+        deadline, sent_at = float(fields[b"deadline"]), float(fields[b"sent_at"])
+    except (KeyError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    if not (request_id and reply and bell) or not math.isfinite(deadline - sent_at):
+        return None
+    deadline = clock.deadline(delivery.entry_id, deadline, sent_at)
+    return Job(request_id, "", model, None, reply, bell, deadline, time.time())
+
+
+def outcome(message: Message) -> str:
+    """A job's outcome for metrics: ok, or the error code of its last message."""
+    if message.type is not MessageType.ERROR or message.error is None:
+        return "ok"
+    return "error" if message.error.code == ErrorCode.MODEL_ERROR else message.error.code
+
+
+def job_log(job: Job, delivery: Delivery, worker: str) -> str:
+    """A job's fields for a log line (built only when a line is logged)."""
+    return (
+        f"request={job.id} model={job.model} method={job.method} "
+        f"worker={worker} entry={delivery.entry_id.decode()} "
+        f"deliveries={delivery.deliveries}"
+    )
+
+
+def describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def log_failure(job: Job, delivery: Delivery, worker: str, error: Exception) -> None:
+    """The model raised: its message and traceback, once per job, as MLServer logs them
+    (the caller gets the type and message only)."""
+    logger.error(
+        "job.failed %s error=%s", job_log(job, delivery, worker), describe(error), exc_info=error
+    )
