@@ -26,7 +26,7 @@ from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.entries import Rung
 from conveyor.broker.wire import Message, MessageType
 from conveyor.client import Client
-from conveyor.client.client import _Waiter
+from conveyor.client.waiter import Waiter as _Waiter
 from conveyor.errors import MethodNotAllowed, RemoteError
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
 from tests.support.fleet import MODELS, Fleet, WorkerProcess, wait_acked

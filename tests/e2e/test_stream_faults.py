@@ -27,7 +27,7 @@ import redis
 from conveyor.broker import RedisSettings
 from conveyor.broker.wire import Message
 from conveyor.client import Client
-from conveyor.client.client import _Waiter
+from conveyor.client.waiter import Waiter as _Waiter
 from conveyor.errors import StreamInterrupted
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
 from tests.support.fleet import MODELS, Fleet, WorkerProcess, wait_acked
