@@ -78,7 +78,7 @@ _PHASES: tuple[tuple[str, str, str], ...] = (
     ("Redis: BLMPOP (doorbell) + UNLINK", "func", "ClientStreams.wait_bell"),
     ("Redis: XREAD of reply streams", "func", "ClientStreams.read_replies"),
     ("queue commands for the pipeline batcher", "func", "PipelineBatcher.run"),
-    ("client: dispatch replies to waiters", "func", "Client._dispatch"),
+    ("client: dispatch replies to waiters", "func", "Reader._dispatch"),
     ("client: call bookkeeping (waiter, deadline, forget)", "file", "client/"),
     ("worker: consume loop (read, spawn tasks)", "func", "Consumer.consume"),
     ("worker: job bookkeeping (checks, scopes, logs)", "file", "worker/"),

@@ -16,6 +16,11 @@ _LAZY = {
     "create_sync_client": "conveyor.broker.clients",
     "ping": "conveyor.broker.clients",
     "translate_errors": "conveyor.broker.errors",
+    # -- the client's face (broker/client_broker.py): every Redis operation of a client, and
+    # what they hand back (the doorbell's Rung is conveyor.broker.wire's).
+    "ClientBroker": "conveyor.broker.client_broker",
+    "Replies": "conveyor.broker.client_broker",
+    "FleetView": "conveyor.broker.fleet",
     # -- the worker's face (broker/worker_broker.py): all that worker/ asks of Redis, what its
     # steps hand back, and the heartbeat thread's connection (broker/heartbeats.py).
     "WorkerBroker": "conveyor.broker.worker_broker",
@@ -26,11 +31,14 @@ _LAZY = {
 
 if TYPE_CHECKING:
     # -- every name of _LAZY
+    from conveyor.broker.client_broker import ClientBroker as ClientBroker
+    from conveyor.broker.client_broker import Replies as Replies
     from conveyor.broker.clients import create_client as create_client
     from conveyor.broker.clients import create_sync_client as create_sync_client
     from conveyor.broker.clients import ping as ping
     from conveyor.broker.entries import Delivery as Delivery
     from conveyor.broker.errors import translate_errors as translate_errors
+    from conveyor.broker.fleet import FleetView as FleetView
     from conveyor.broker.heartbeats import Beat as Beat
     from conveyor.broker.heartbeats import HeartbeatLink as HeartbeatLink
     from conveyor.broker.settings import DEFAULT_REDIS_URL as DEFAULT_REDIS_URL
@@ -42,9 +50,12 @@ if TYPE_CHECKING:
 __all__ = (
     "DEFAULT_REDIS_URL",
     "Beat",
+    "ClientBroker",
     "Delivery",
+    "FleetView",
     "HeartbeatLink",
     "RedisSettings",
+    "Replies",
     "WorkerBroker",
     "create_client",
     "create_sync_client",

@@ -9,10 +9,10 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
-from conveyor.broker.entries import Rung, entries_by_stream, id_tuple, next_id, read_rung
+from conveyor.broker.entries import entries_by_stream, id_tuple, next_id
 from conveyor.broker.keys import GROUP, Keys
 from conveyor.broker.pipelining import PipelineBatcher
-from conveyor.broker.wire import Fields, RawFields
+from conveyor.broker.wire import Fields, RawFields, Rung, read_rung
 
 __all__ = ("ClientStreams",)
 
@@ -25,7 +25,6 @@ local backlog = redis.call('XLEN', KEYS[1])
 if backlog >= tonumber(ARGV[1]) then return backlog end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
-
 
 
 class ClientStreams:
@@ -177,4 +176,3 @@ class ClientStreams:
     async def delete(self, *keys: str) -> None:
         if keys:
             await self.redis.unlink(*keys)
-

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ("ClientMetrics",)
+__all__ = ("ClientMetrics", "Measured")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -55,3 +57,39 @@ class ClientMetrics:
                 model, method, outcome
             )
         calls.inc()
+
+
+class Measured:
+    """Counts a call in flight, then records its outcome and latency.
+
+    A class rather than a ``@contextmanager`` generator: it wraps every call (~0.4 us a use
+    against ~2.7).
+    """
+
+    __slots__ = ("_method", "_metrics", "_model", "_started")
+
+    def __init__(self, metrics: ClientMetrics, model: str, method: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._method = method
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._metrics.calls_in_flight += 1
+        self._started = time.monotonic()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        metrics = self._metrics
+        metrics.calls_in_flight -= 1
+        if exc_type is None:
+            outcome = "ok"
+        elif exc_type is GeneratorExit:
+            outcome = "closed"  # a predict_stream the caller left early
+        else:
+            outcome = exc_type.__name__
+        metrics.record(self._model, self._method, outcome, time.monotonic() - self._started)

@@ -9,9 +9,9 @@ locally, using the input and output metadata the fleet reports (fetch it once wi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from conveyor.broker.wire import Payload
 from conveyor.errors import InferenceError
@@ -20,16 +20,40 @@ from conveyor.model import MLModel
 from conveyor.settings import ModelParameters, ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
-if TYPE_CHECKING:
-    from conveyor.client.client import Client
+__all__ = ("Fleet", "ParallelModel")
 
-__all__ = ("ParallelModel",)
+
+class Fleet(Protocol):
+    """What a :class:`ParallelModel` needs of its client (:class:`~conveyor.client.Client`)."""
+
+    async def call(
+        self,
+        model: str,
+        method: str,
+        args: Sequence[Payload] = (),
+        kwargs: Mapping[str, Payload] | None = None,
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+        wait_when_full: bool = False,
+    ) -> Payload: ...
+
+    def stream(
+        self,
+        model: str,
+        requests: AsyncIterator[Payload],
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[Payload, None]: ...
+
+    async def control(self, model: str, method: str, *, timeout: float | None = None) -> bool: ...
 
 
 class ParallelModel(MLModel):
     """A model served by the fleet. Get one with ``client.model(name, version)``."""
 
-    def __init__(self, client: Client, name: str, version: str | None = None) -> None:
+    def __init__(self, client: Fleet, name: str, version: str | None = None) -> None:
         settings = ModelSettings(
             name=name,
             implementation="conveyor.client.model.ParallelModel",

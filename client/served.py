@@ -9,7 +9,7 @@ job stream, and sends nothing when the answer is no:
    (workers scaled to zero, restarting): send, and remember the stream (no more checks),
    unless the live workers that have the model all report that its ``load()`` returned
    False (:class:`ModelNotServed` at once: the model was served before, not now);
-2. else the live workers' heartbeats (``broker/fleet.py``): a worker loading the model (it
+2. else the live workers' heartbeats (``ClientBroker.read_fleet``): a worker loading the model (it
    creates the group once ready; jobs sent before are served) means send; a worker that
    serves the model's name but not the version asked for, or whose ``load()`` of it returned
    False, means :class:`ModelNotServed` at once;
@@ -25,33 +25,26 @@ tell and sends the call as before.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import anyio
-from redis.asyncio import Redis
 
-from conveyor.broker.fleet import FleetView, has_group, read_fleet
+from conveyor.broker import ClientBroker, FleetView
 from conveyor.broker.keys import Keys
 from conveyor.errors import BrokerConnectionError, ModelNotServed
 
 __all__ = ("EMPTY_FLEET_GRACE_S", "GRACE_S", "ServedCheck")
 
-T = TypeVar("T")
-
 GRACE_S = 2.0  # live workers, none lists the model: one may be about to beat for the first time
 EMPTY_FLEET_GRACE_S = 10.0  # no live worker at all: the fleet may be starting with the client
 _POLL_S = 0.25
-
-Step = Callable[..., Awaitable[Any]]
 
 
 class ServedCheck:
     """The job streams known to be served, and the check of the others."""
 
-    def __init__(self, step: Step, keys: Keys) -> None:
-        self._step = step  # the client's broker step: on trio it crosses to the Redis loop
-        self.redis: Redis | None = None  # the client's, once it is open
+    def __init__(self, broker: ClientBroker, keys: Keys) -> None:
+        self._broker = broker
         self._keys = keys
         self.known: set[str] = set()  # job streams with the workers' group
 
@@ -61,35 +54,32 @@ class ServedCheck:
         version: str | None,
         stream: str,
         timeout: float,
-        reached: Callable[[], bool],
     ) -> None:
         """Returns when the call may be sent; raises :class:`ModelNotServed` when no live
-        worker serves it (after the grace, within ``timeout``). ``reached()``: whether Redis
-        has answered this client (then an outage is left to the call's own retries); asked
-        when the check fails, since another call may have reached Redis meanwhile."""
+        worker serves it (after the grace, within ``timeout``). When Redis has answered this
+        client before (asked when the check fails, since another call may have reached Redis
+        meanwhile), an outage is left to the call's own retries."""
         try:
             await self._check(model, version, stream, timeout)
         except BrokerConnectionError:
-            if not reached():
+            if not self._broker.reached:
                 raise  # a wrong URL, or a server that is down: say so now
             # Redis was there and is not now: the call's own retries wait for it
 
-    async def check_control(
-        self, model: str, timeout: float, reached: Callable[[], bool]
-    ) -> None:
+    async def check_control(self, model: str, timeout: float) -> None:
         """As :meth:`check`, for load/unload: some live worker has the model in its folders."""
         try:
             await self._wait(model, timeout, lambda view: bool(view.having(model)), None)
         except BrokerConnectionError:
-            if not reached():
+            if not self._broker.reached:
                 raise
 
     async def _check(self, model: str, version: str | None, stream: str, timeout: float) -> None:
-        group = await self._step(has_group, self.redis, stream)
+        group = await self._broker.has_group(stream)
         if group is None:  # the ACL does not let us tell
             return
         if group:  # served once: unless the live workers that have it failed to load it
-            view = await self._step(read_fleet, self.redis, self._keys)
+            view = await self._broker.read_fleet()
             if view is not None and not view.serving(model) and not view.loading(model):
                 _raise_if_failed(model, version, view)
             self.known.add(stream)
@@ -122,12 +112,12 @@ class ServedCheck:
         deadline = anyio.current_time() + timeout
         started = anyio.current_time()
         while True:
-            view = await self._step(read_fleet, self.redis, self._keys)
+            view = await self._broker.read_fleet()
             if view is None:
                 return
             # The group again, after the heartbeats: a worker creates its groups before it
             # says "ready", so a worker seen ready here has its group seen now.
-            if stream is not None and await self._step(has_group, self.redis, stream):
+            if stream is not None and await self._broker.has_group(stream):
                 self.known.add(stream)
                 return
             if served(view):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from conveyor.broker.wire import ErrorInfo, Job, Message, MessageType
+from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType
 from conveyor.errors import BrokerConnectionError, QueueFull
 
 __all__ = ("Event", "Sent", "Waiter")
@@ -151,7 +151,7 @@ class Waiter:
         shown = self.taken + sum(m.type is MessageType.CHUNK for m in self.inbox)
         self.fail(
             ErrorInfo(
-                "stream_interrupted",
+                ErrorCode.STREAM_INTERRUPTED,
                 "StreamInterrupted",
                 f"the stream broke after {shown} chunks: {why}",
             )

@@ -221,7 +221,7 @@ async def test_a_job_sent_again_keeps_only_the_time_its_caller_has_left(
 def test_a_deadline_the_worker_reports_does_not_claim_a_wait() -> None:
     """The worker said the deadline passed (it may say so at once): the error says what
     happened, not "no answer within 10.0s"."""
-    from conveyor.client.client import _result
+    from conveyor.client.results import result as _result
 
     keys = Keys("t")
     job = crafted_job(keys, time.time(), 10.0)

@@ -35,28 +35,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
         "broker-face",
         "conveyor.cli.up -> conveyor.broker.fleet",
     ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.client -> conveyor.broker.bridge",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.client -> conveyor.broker.client_streams",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.client -> conveyor.broker.connection",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.client -> conveyor.broker.entries",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    (
-        "broker-face",
-        "conveyor.client.served -> conveyor.broker.fleet",
-    ): "the broker face (ClientBroker, WorkerBroker) is being built",
-    ("redis", "conveyor.client.served -> redis.asyncio"): "the broker face translates Redis errors",
-    ("size", "client/client.py"): "being split, one job per module",
 }
 
 PARTS = ("conveyor.broker", "conveyor.worker", "conveyor.client", "conveyor.cli")
