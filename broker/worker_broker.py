@@ -166,7 +166,7 @@ class WorkerBroker:
         """Takes over at most ``limit`` jobs of workers whose heartbeat is gone, pending
         longer than ``idle_s``; each comes with its delivery count (its fencing attempt)."""
         with self._translated:
-            return await self._streams.reclaim(streams, idle_s, limit, self.keys.workers())
+            return await self._streams.reclaim(streams, idle_s, limit)
 
     async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
         """Claims the job's request for this entry (see ``claims``): None if it may run,

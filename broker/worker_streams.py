@@ -127,9 +127,7 @@ class WorkerStreams:
             for entry_id, fields in entries
         ]
 
-    async def reclaim(
-        self, streams: Sequence[str], idle_s: float, limit: int, workers_key: str
-    ) -> list[Delivery]:
+    async def reclaim(self, streams: Sequence[str], idle_s: float, limit: int) -> list[Delivery]:
         """Takes over jobs whose worker stopped: pending longer than ``idle_s`` (live workers
         reset the idle time of their running jobs from their heartbeat thread) and whose
         owner's heartbeat key is gone. At most ``limit`` jobs; each comes with its delivery
@@ -152,7 +150,7 @@ class WorkerStreams:
             if not pending:
                 continue
             owners = sorted({text(p["consumer"]) for p in pending})
-            alive = await self._alive(owners, workers_key)
+            alive = await self._alive(owners)
             stale = [p for p in pending if text(p["consumer"]) not in alive]
             if not stale:
                 continue
@@ -173,11 +171,11 @@ class WorkerStreams:
                 found.append(Delivery(stream, entry_id, fields, counts.get(entry_id, 2)))
         return found
 
-    async def _alive(self, consumers: Sequence[str], workers_key: str) -> set[str]:
-        prefix = workers_key.removesuffix("workers") + "worker:"
+    async def _alive(self, consumers: Sequence[str]) -> set[str]:
         pipe = self.redis.pipeline(transaction=False)
         for consumer in consumers:
-            pipe.execute_command("EXISTS", prefix + consumer)  # cluster pipelines lack exists()
+            # its heartbeat key; cluster pipelines lack exists()
+            pipe.execute_command("EXISTS", self.keys.worker(consumer))
         results = await pipe.execute()
         # This worker's own stale entries are jobs it gave up on (its answer could not be
         # written): its heartbeat refreshes every job it still runs, so take them again.

@@ -18,7 +18,7 @@ import anyio
 
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import Keys, hash_tag
-from conveyor.errors import ConveyorError
+from conveyor.errors import BrokerConnectionError
 from conveyor.worker.answers import describe
 from conveyor.worker.bookkeeper import Bookkeeper
 from conveyor.worker.call_limit import streams_with_room
@@ -101,8 +101,9 @@ class Consumer:
                 block = min(block, _FULL_MODEL_BLOCK_S)
             try:
                 deliveries = await self._next_jobs(broker, readable, free, block)
-            except ConveyorError as error:
-                # Redis restarting or unreachable: back off and try again, never give up
+            except BrokerConnectionError as error:
+                # Redis restarting or unreachable: back off and try again, never give up (any
+                # other refusal, a job stream of the wrong type say, stops the worker)
                 logger.warning(
                     "worker.redis_unavailable worker=%s retry_in=%.1fs error=%s",
                     settings.name,

@@ -25,7 +25,7 @@ from conveyor.broker.wire import (
     MessageType,
     decode_job,
 )
-from conveyor.errors import ConveyorError, ModelLoadFailed, WireError
+from conveyor.errors import BrokerConnectionError, ModelLoadFailed, WireError
 from conveyor.worker.admission import Admission
 from conveyor.worker.answers import describe
 from conveyor.worker.cancellation import RunningJobs
@@ -82,7 +82,7 @@ class Control:
         while True:
             try:
                 entries = await self._broker.read_control(cursors, self._read_block)
-            except ConveyorError as error:  # Redis unavailable: the job loop says so too
+            except BrokerConnectionError as error:  # Redis unavailable: the job loop says so too
                 logger.debug("control.read_failed error=%s", describe(error))
                 await anyio.sleep(1.0)
                 continue

@@ -102,123 +102,122 @@ class Worker:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         settings = self.settings
-        broker = WorkerBroker(
+        async with WorkerBroker(
             settings.redis_url, self.keys, settings.name, max_block=settings.read_block
-        )
-        bookkeeper = Bookkeeper(broker, self._clock, settings.heartbeat_ttl)
-        heartbeat = Heartbeat(
-            broker.heartbeat_link,
-            settings.name,
-            self.stats,
-            settings.heartbeat_ttl,
-            self._clock,
-        )
-        self._heartbeat = heartbeat
-        frozen = False
-        try:
-            # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
-            await broker.ping()
-            # Redis's clock, before the first beat (its registry score) and the first job
-            await bookkeeper.read_clock()
-            # Beating while it loads: a client calling a model this worker is loading waits
-            # for it instead of failing as "not served" (see broker/fleet.py).
-            self.stats.loading = self.registry.names()
-            heartbeat.start()
-            await self.registry.load_all()
-            await broker.ensure_groups(self.registry.job_streams())
-            # cursors first: a load/unload sent once we report started is never missed
-            cursors = await broker.control_cursors(self.registry.control_streams())
-            for served in self.registry.all():
-                await broker.publish_limits(served.name, served.settings.max_queue_length)
-            self._publish_models()  # ready only now: its groups exist
-            if settings.freeze_gc:
-                # What is alive now (imports, the models) lives as long as the worker: out of
-                # the collector's way. Else each full collection walks it all: ~15 us per job
-                # at 64 in flight (objects of jobs in flight reach the oldest generation).
-                gc.collect()
-                gc.freeze()
-                frozen = True
-            if settings.metrics_port is not None:
-                self.metrics.serve(settings.metrics_port)
-            async with anyio.create_task_group() as infra:
-                runner = JobRunner(
-                    broker,
-                    self.registry,
-                    self.keys,
-                    self._admission,
-                    self.jobs,
-                    self.slots,
-                    self.stats,
-                    self.metrics,
-                    self._clock,
-                    worker=settings.name,
-                    read_block=settings.read_block,
-                    start_soon=lambda run: infra.start_soon(run),
-                )
-                control = Control(
-                    broker,
-                    self.registry,
-                    self.keys,
-                    self._admission,
-                    self.jobs,
-                    self.slots,
-                    self._clock,
-                    worker=settings.name,
-                    read_block=settings.read_block,
-                    models_changed=self._publish_models,
-                )
-                consumer = Consumer(
-                    broker,
-                    self.registry,
-                    self.keys,
-                    self.jobs,
-                    self.slots,
-                    self.metrics,
-                    bookkeeper,
-                    settings,
-                    runner.handle,
-                )
-                infra.start_soon(broker.run_writers)
-                infra.start_soon(control.run, cursors)
-                if handle_signals:
-                    # started once it handles them: a signal sent on "worker.started" is seen
-                    await infra.start(self._signal_loop)
-                logger.info(
-                    "worker.started worker=%s models=%s not_served=%s concurrency=%d",
-                    settings.name,
-                    ",".join(self.stats.ready) or "-",
-                    ",".join(self.stats.failed) or "-",
-                    settings.concurrency,
-                )
-                task_status.started()
-                try:
-                    await consumer.consume()
-                    with anyio.move_on_after(settings.grace_period):
-                        while self.stats.in_flight:
-                            await self.slots.wait()
-                    if self.stats.in_flight:
-                        logger.warning(
-                            "worker.grace_expired worker=%s unfinished=%d",
-                            settings.name,
-                            len(self.stats.in_flight),
-                        )
-                finally:
-                    await self.jobs.abort()
-                    # Its jobs answered, or pending for another worker: it leaves the groups
-                    # where it owns nothing (never before it consumed: nothing to leave).
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                        await broker.flush_acks()  # answered jobs: not left pending
-                        await bookkeeper.leave(self.registry.all_job_streams())
-                infra.cancel_scope.cancel()
-        finally:
-            if frozen:
-                gc.unfreeze()
-            with anyio.CancelScope(shield=True):
-                heartbeat.stop(unregister=True)
-                with anyio.move_on_after(5):
-                    await self.registry.unload_all()
-                await broker.aclose()
-            logger.info("worker.stopped worker=%s done=%d", settings.name, self.stats.done)
+        ) as broker:
+            bookkeeper = Bookkeeper(broker, self._clock, settings.heartbeat_ttl)
+            heartbeat = Heartbeat(
+                broker.heartbeat_link,
+                settings.name,
+                self.stats,
+                settings.heartbeat_ttl,
+                self._clock,
+            )
+            self._heartbeat = heartbeat
+            frozen = False
+            try:
+                # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
+                await broker.ping()
+                # Redis's clock, before the first beat (its registry score) and the first job
+                await bookkeeper.read_clock()
+                # Beating while it loads: a client calling a model this worker is loading waits
+                # for it instead of failing as "not served" (see broker/fleet.py).
+                self.stats.loading = self.registry.names()
+                heartbeat.start()
+                await self.registry.load_all()
+                await broker.ensure_groups(self.registry.job_streams())
+                # cursors first: a load/unload sent once we report started is never missed
+                cursors = await broker.control_cursors(self.registry.control_streams())
+                for served in self.registry.all():
+                    await broker.publish_limits(served.name, served.settings.max_queue_length)
+                self._publish_models()  # ready only now: its groups exist
+                if settings.freeze_gc:
+                    # What is alive now (imports, the models) lives as long as the worker: out of
+                    # the collector's way. Else each full collection walks it all: ~15 us per job
+                    # at 64 in flight (objects of jobs in flight reach the oldest generation).
+                    gc.collect()
+                    gc.freeze()
+                    frozen = True
+                if settings.metrics_port is not None:
+                    self.metrics.serve(settings.metrics_port)
+                async with anyio.create_task_group() as infra:
+                    runner = JobRunner(
+                        broker,
+                        self.registry,
+                        self.keys,
+                        self._admission,
+                        self.jobs,
+                        self.slots,
+                        self.stats,
+                        self.metrics,
+                        self._clock,
+                        worker=settings.name,
+                        read_block=settings.read_block,
+                        start_soon=lambda run: infra.start_soon(run),
+                    )
+                    control = Control(
+                        broker,
+                        self.registry,
+                        self.keys,
+                        self._admission,
+                        self.jobs,
+                        self.slots,
+                        self._clock,
+                        worker=settings.name,
+                        read_block=settings.read_block,
+                        models_changed=self._publish_models,
+                    )
+                    consumer = Consumer(
+                        broker,
+                        self.registry,
+                        self.keys,
+                        self.jobs,
+                        self.slots,
+                        self.metrics,
+                        bookkeeper,
+                        settings,
+                        runner.handle,
+                    )
+                    infra.start_soon(broker.run_writers)
+                    infra.start_soon(control.run, cursors)
+                    if handle_signals:
+                        # started once it handles them: a signal sent on "worker.started" is seen
+                        await infra.start(self._signal_loop)
+                    logger.info(
+                        "worker.started worker=%s models=%s not_served=%s concurrency=%d",
+                        settings.name,
+                        ",".join(self.stats.ready) or "-",
+                        ",".join(self.stats.failed) or "-",
+                        settings.concurrency,
+                    )
+                    task_status.started()
+                    try:
+                        await consumer.consume()
+                        with anyio.move_on_after(settings.grace_period):
+                            while self.stats.in_flight:
+                                await self.slots.wait()
+                        if self.stats.in_flight:
+                            logger.warning(
+                                "worker.grace_expired worker=%s unfinished=%d",
+                                settings.name,
+                                len(self.stats.in_flight),
+                            )
+                    finally:
+                        await self.jobs.abort()
+                        # Its jobs answered, or pending for another worker: it leaves the groups
+                        # where it owns nothing (never before it consumed: nothing to leave).
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                            await broker.flush_acks()  # answered jobs: not left pending
+                            await bookkeeper.leave(self.registry.all_job_streams())
+                    infra.cancel_scope.cancel()
+            finally:
+                if frozen:
+                    gc.unfreeze()
+                with anyio.CancelScope(shield=True):
+                    heartbeat.stop(unregister=True)
+                    with anyio.move_on_after(5):
+                        await self.registry.unload_all()
+                logger.info("worker.stopped worker=%s done=%d", settings.name, self.stats.done)
 
     async def _signal_loop(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -282,9 +282,7 @@ async def test_acl_user_held_to_its_prefix_serves_every_call(
         entry = await redis_user.xadd(stream, {"f": "v"})
         assert isinstance(entry, bytes)
         await redis_user.xreadgroup("workers", "ghost", {stream: ">"}, count=1)
-        reclaimed = await WorkerStreams(redis_user, keys, "heir").reclaim(
-            [stream], 0, 1, keys.workers()
-        )
+        reclaimed = await WorkerStreams(redis_user, keys, "heir").reclaim([stream], 0, 1)
         assert [delivery.entry_id for delivery in reclaimed] == [entry]
         present = ClientStreams(redis_user, redis_user, keys, "c1").jobs_present
         assert await present([(stream, entry)]) == [True]
