@@ -47,11 +47,12 @@ async def retry_until(
     """Runs a broker ``operation``; while a Redis that answered before is unreachable, tries
     again with backoff until ``deadline`` (anyio's clock), as a call's send does; then
     raises the :class:`BrokerConnectionError`."""
-    backoff = Backoff()
+    backoff: Backoff | None = None  # made on the first failure: most operations never fail
     while True:
         try:
             return await operation(*args, **kwargs)
         except BrokerConnectionError:
+            backoff = backoff or Backoff()
             if not broker.reached or anyio.current_time() + backoff.delay >= deadline:
                 raise
             await backoff.wait()

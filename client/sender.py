@@ -53,7 +53,7 @@ class Sender:
         error (see :meth:`timed_out`).
         """
         broker = self._broker
-        backoff = Backoff()
+        backoff: Backoff | None = None  # made on the first wait: most sends never wait
         while True:
             try:
                 limit = await self._queue_limit(job.model)
@@ -62,6 +62,7 @@ class Sender:
                 if not broker.reached:
                     raise  # never reached: a wrong URL or a server that is down, say so now
                 waiter.unreachable = error  # an outage of a Redis that worked: wait it out
+                backoff = backoff or Backoff()
                 await backoff.wait()
                 continue
             waiter.unreachable = None
@@ -70,6 +71,7 @@ class Sender:
                 if not wait_when_full:
                     raise QueueFull(job.model, sent, limit)
                 waiter.full = QueueFull(job.model, sent, limit)
+                backoff = backoff or Backoff()
                 await backoff.wait()
                 continue
             waiter.full = None
