@@ -1,4 +1,5 @@
-"""Fixtures every test can use: one Redis per session, a key prefix per test, both anyio backends.
+"""Fixtures every test can use: one Redis per session, a key prefix per test, both anyio backends,
+a fleet of worker subprocesses (``fleet``) and a plain Redis client (``probe``).
 
 Redis for the session (``redis_url``), first that applies:
 
@@ -23,9 +24,11 @@ from typing import Any, cast
 from uuid import uuid4
 
 import pytest
+import redis
 
 from conveyor.broker import redact_url
 from conveyor.embedded import RedisServer
+from tests.support.fleet import Fleet
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,23 @@ def pytest_terminal_summary(
 def prefix() -> str:
     """A key prefix of this test's own: ``t`` + 10 hex digits."""
     return f"t{uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
+    """Worker subprocesses for this test (its own key prefix), all stopped afterwards."""
+    with Fleet(redis_url, prefix) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def probe(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain synchronous Redis client, to look at (or tamper with) what the test did."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(params=[pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")])

@@ -37,6 +37,8 @@ from conveyor.broker.wire import Job, MessageType, decode_message, encode_job
 from conveyor.client import Client
 from conveyor.types import InferenceRequest, InferenceResponse, RequestInput
 from tests.support.fleet import MODELS, Fleet, WorkerProcess, wait_acked
+from tests.support.probe import pending_count
+from tests.support.waiting import wait_until
 
 # What a test XADDs: str or bytes field names, any value redis-py sends.
 Entry: TypeAlias = Mapping[Any, bytes | str | int | float | memoryview]
@@ -160,22 +162,6 @@ def wait_entry(
                 if match(fields):
                     return dict(fields)
     raise TimeoutError(f"no matching entry in {stream} after {timeout:.0f}s")
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Polls Redis state (which has no event to await) until ``check`` holds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not true after {timeout:.0f}s")
-        time.sleep(0.01)
-
-
-def pending_count(probe: redis.Redis, stream: str) -> int:
-    try:
-        return int(probe.xpending(stream, "workers")["pending"])
-    except redis.ResponseError:  # no group: nobody ever read the stream
-        return 0
 
 
 def predict_echo(served: Served, value: float) -> float:

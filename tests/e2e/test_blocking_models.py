@@ -10,7 +10,6 @@ most calls their instance saw inside at once, and their process id.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -19,26 +18,13 @@ import numpy as np
 import pytest
 
 from conveyor.client import Client
-from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
+from conveyor.types import InferenceResponse
 from conveyor.worker.call_limit import streams_with_room
+from tests.support.calls import generator, one, request
 from tests.support.fleet import Fleet
 
 MODELS = Path(__file__).parents[1] / "models" / "blocking"
 CALLS = 16
-
-
-@pytest.fixture
-def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
-    started = Fleet(redis_url, prefix)
-    yield started
-    started.stop()
-
-
-def request(hold_s: float | None = None) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(hold_s=hold_s) if hold_s else None,  # type: ignore[call-arg]
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=np.zeros(1, "f4"))],
-    )
 
 
 def output(response: InferenceResponse, name: str) -> int:
@@ -53,7 +39,7 @@ async def call_at_once(fleet: Fleet, model: str, calls: int = CALLS) -> list[Inf
         served = client.model(model)
 
         async def one() -> None:
-            responses.append(await served.predict(request()))
+            responses.append(await served.predict(request(0.0)))
 
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
@@ -78,16 +64,13 @@ async def test_streams_and_calls_of_a_plain_def_model_share_its_one_slot(fleet: 
     async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
         served = client.model("serial")
 
-        async def one_request() -> AsyncIterator[InferenceRequest]:
-            yield request()
-
         async def stream() -> None:
-            async with aclosing(served.predict_stream(one_request())) as chunks:
+            async with aclosing(generator(served.predict_stream(one(request(0.0))))) as chunks:
                 async for chunk in chunks:
                     peaks.append(output(chunk, "peak"))
 
         async def unary() -> None:
-            peaks.append(output(await served.predict(request()), "peak"))
+            peaks.append(output(await served.predict(request(0.0)), "peak"))
 
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
@@ -142,7 +125,7 @@ async def test_a_busy_worker_leaves_the_jobs_it_cannot_run_soon_to_a_later_one(
         served = client.model("serial")
 
         async def one() -> None:
-            response = await served.predict(request(hold_s=0.5))
+            response = await served.predict(request(0.0, hold_s=0.5))
             ran[output(response, "pid")] += 1
             answered.set()
 

@@ -14,17 +14,12 @@ import redis
 
 from conveyor.client import Client
 from conveyor.errors import DeadlineExceeded, PayloadTooLarge, QueueFull
-from conveyor.types import InferenceRequest, RequestInput
+from conveyor.types import InferenceRequest
+from tests.support.calls import generator, request
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
+from tests.support.probe import last_entries
 
 pytestmark = pytest.mark.anyio
-
-
-def request(data: object) -> InferenceRequest:
-    array = np.asarray(data, dtype=np.float32).reshape(-1)
-    return InferenceRequest(
-        inputs=[RequestInput(name="x", shape=list(array.shape), datatype="FP32", data=array)]
-    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +50,7 @@ async def test_leaving_a_stream_stops_the_generator(client: Client, worker: Work
         yield request([0.0])
 
     ticks = []
-    async with aclosing(client.model("ticker").predict_stream(one())) as chunks:
+    async with aclosing(generator(client.model("ticker").predict_stream(one()))) as chunks:
         async for chunk in chunks:
             ticks.append(chunk.outputs[0].data[0])
             if len(ticks) == 3:
@@ -107,8 +102,8 @@ async def test_worker_dead_letters_a_payload_over_the_model_limit(
         await client.model("small-limit").predict(request(np.zeros(4096)))
     probe = redis.Redis.from_url(redis_url)
     try:
-        dead = probe.xrevrange(f"{module_prefix}:{{small-limit}}:dead", count=1)
-        assert b"max_payload_bytes" in dead[0][1][b"dead_reason"]
+        [(_, dead)] = last_entries(probe, f"{module_prefix}:{{small-limit}}:dead")
+        assert b"max_payload_bytes" in dead[b"dead_reason"]
     finally:
         probe.close()
     # the worker keeps serving
@@ -120,6 +115,8 @@ async def test_a_slow_stream_reader_pauses_the_worker(
     redis_url: str, module_prefix: str, worker: WorkerProcess
 ) -> None:
     probe = redis.Redis.from_url(redis_url)
+
+    client = Client(redis_url, prefix=module_prefix, stream_window=4)
 
     def written() -> int:
         keys = list(probe.scan_iter(f"{module_prefix}:reply:{{{client.client_id}}}:*"))
@@ -136,8 +133,8 @@ async def test_a_slow_stream_reader_pauses_the_worker(
         yield request([0.0])
 
     try:
-        async with Client(redis_url, prefix=module_prefix, stream_window=4) as client:
-            chunks = client.model("ticker").predict_stream(one())
+        async with client:
+            chunks = generator(client.model("ticker").predict_stream(one()))
             async with aclosing(chunks):
                 await chunks.__anext__()  # take one chunk, then stop reading a while
                 assert await wait_written(4) == 4

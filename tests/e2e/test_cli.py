@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from conveyor.codecs import NumpyCodec, StringCodec
 from conveyor.types import InferenceResponse
 from tests.support.fleet import EXAMPLES, MODELS, Fleet
+from tests.support.process import Watcher, lines_of
 
 REPO = Path(__file__).parents[2]
 UNREACHABLE = "redis://:s3cret@127.0.0.1:1/0"  # port 1: nothing listens, connect is refused
@@ -65,7 +65,7 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 class Watched:
     """A long-running ``conveyor`` subprocess whose output lines (stdout and stderr together)
-    are collected by a thread, so a test can wait for one."""
+    are watched, so a test can wait for one."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
         # Its own session, as a shell gives a foreground job: `ctrl_c` signals the group.
@@ -78,24 +78,17 @@ class Watched:
             cwd=REPO,
             start_new_session=True,
         )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self.lines.append("<eof>")
-            self._cond.notify_all()
+        self.output = Watcher(lines_of(self.process.stdout), describe=self.tail)
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def lines(self) -> list[str]:
+        """The lines printed so far (a copy)."""
+        return self.output.snapshot()
 
     def wait_for(self, pattern: str, timeout: float = 30.0, start: int = 0) -> re.Match[str]:
         """Waits for a line at index ``start`` or later matching the regex ``pattern``."""
@@ -106,36 +99,22 @@ class Watched:
     ) -> list[re.Match[str]]:
         """Waits for ``count`` lines matching ``pattern`` (from line ``start`` on)."""
         regex = re.compile(pattern)
-        found: list[re.Match[str]] = []
 
-        def seen() -> bool:
-            found.clear()
-            for line in self.lines[start:]:
-                match = regex.search(line)
-                if match is not None:
-                    found.append(match)
-                    if len(found) == count:
-                        return True
-                if line == "<eof>":
-                    raise AssertionError(f"exited before printing {pattern!r}:\n{self.tail()}")
-            return False
+        def found(lines: list[str]) -> list[re.Match[str]] | None:
+            matches = [m for line in lines[start:] if (m := regex.search(line)) is not None]
+            return matches[:count] if len(matches) >= count else None
 
-        with self._cond:
-            if not self._cond.wait_for(seen, timeout=timeout):
-                raise AssertionError(f"no {count} lines {pattern!r} in {timeout}s:\n{self.tail()}")
-        return found
+        return self.output.wait(found, f"{count} lines {pattern!r}", timeout)
 
     def mark(self) -> int:
         """Index of the next line: wait for lines printed from now on with ``start=mark()``."""
-        with self._cond:
-            return len(self.lines)
+        return len(self.lines)
 
     def count(self, pattern: str) -> int:
-        with self._cond:
-            return sum(1 for line in self.lines if re.search(pattern, line))
+        return sum(1 for line in self.lines if re.search(pattern, line))
 
     def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.lines[-lines:])
+        return "\n".join(self.output.items[-lines:])
 
     def ctrl_c(self) -> None:
         """What Ctrl-C in a terminal does: SIGINT to the whole foreground process group."""
@@ -143,7 +122,7 @@ class Watched:
 
     def wait(self, timeout: float = 30.0) -> int:
         code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=5)
+        self.output.join(timeout=5)
         return code
 
     def close(self) -> None:
@@ -154,7 +133,7 @@ class Watched:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._reader.join(timeout=5)
+        self.output.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -380,9 +359,9 @@ def test_up_gives_up_on_a_model_whose_load_raises_in_one_line_with_the_traceback
     up = Watched(cli("up", str(tmp_path / "models")), environment(TMPDIR=str(tmp)))
     cleanup.append(up)
     assert up.wait(timeout=60) == 1, up.tail()
-    output = "\n".join(up.lines[:-1])  # without <eof>
+    output = "\n".join(up.lines)
     error = "model 'broken' failed to load: ValueError: no weights at /nowhere/weights.bin"
-    assert up.lines[-2].startswith(f"error: {error}; gave up after 3 failed starts"), output
+    assert up.lines[-1].startswith(f"error: {error}; gave up after 3 failed starts"), output
     assert output.count("Traceback (most recent call last)") == 1, output
     assert output.count('raise ValueError("no weights at /nowhere/weights.bin")') == 1, output
     assert len(up.lines) < 40, output  # not hundreds of lines of restarts

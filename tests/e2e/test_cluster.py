@@ -17,17 +17,12 @@ import redis
 
 from conveyor.client import Client
 from conveyor.embedded import RedisServer
-from conveyor.types import InferenceRequest, Parameters, RequestInput
+from conveyor.types import InferenceRequest
+from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet, wait_acked
+from tests.support.probe import entries
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
-
-
-def request(value: float, **params: object) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(**params) if params else None,  # type: ignore[arg-type]
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=np.full(1, value, "f4"))],
-    )
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +83,7 @@ def _node_of(url: str, key: str) -> int:
     port = int(url.split(":")[2].split("/")[0])
     probe = redis.RedisCluster(host="127.0.0.1", port=port)
     try:
-        return int(probe.get_node_from_key(key).port)
+        return int(probe.get_node_from_key(key).port)  # type: ignore[no-untyped-call]  # untyped in redis-py
     finally:
         probe.close()
 
@@ -183,9 +178,8 @@ async def test_dead_letters_on_the_cluster(cluster_url: str, prefix: str, fleet:
             lambda: probe.xread({dead_stream: "0-0"}, count=1, block=10_000)
         )
         assert found
-        dead = probe.xrange(dead_stream)
-        assert len(dead) == 1
-        assert b"missing field" in dead[0][1][b"dead_reason"]
+        [(_, dead)] = entries(probe, dead_stream)
+        assert b"missing field" in dead[b"dead_reason"]
         # acked once the caller's reason is stored too
         await anyio.to_thread.run_sync(lambda: wait_acked(probe, f"{prefix}:{{echo}}:jobs"))
     finally:

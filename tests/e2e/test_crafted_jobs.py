@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import Job, MessageType, decode_message, encode_job
-from conveyor.types import InferenceRequest, RequestInput
+from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,13 +46,6 @@ def served(redis_url: str) -> Iterator[Served]:
     finally:
         probe.close()
         fleet.stop()
-
-
-def request(*values: float) -> InferenceRequest:
-    data = np.asarray(values, dtype="f4")
-    return InferenceRequest(
-        inputs=[RequestInput(name="x", shape=[len(values)], datatype="FP32", data=data)]
-    )
 
 
 def job(keys: Keys, model: str = "echo", method: str = "predict", timeout: float = 5) -> Job:
@@ -109,7 +102,7 @@ class Victims:
     stream: str
     other_jobs: str
 
-    def snapshot(self, probe: redis.Redis) -> dict[str, object]:
+    def snapshot(self, probe: redis.Redis) -> dict[int, object]:
         pipe = probe.pipeline(transaction=False)
         for key in (self.string, self.newlist, self.queue, self.stream, self.other_jobs):
             pipe.exists(key)
@@ -243,7 +236,7 @@ def test_an_oversized_entry_is_refused_before_it_is_decoded(served: Served) -> N
     valid msgpack" first, after allocating what the envelope describes)."""
     keys, probe = served.keys, served.probe
     crafted = job(keys, model="small-limit")
-    fields: dict[str, Any] = dict(encode_job(crafted))
+    fields: dict[FieldT, EncodableT] = dict(encode_job(crafted).items())
     fields["envelope"] = b"\xc1" * (2 * SMALL_LIMIT)  # 0xc1: never valid msgpack
     stream = keys.jobs("small-limit")
     entry_id = probe.xadd(stream, fields)
@@ -258,7 +251,7 @@ def test_a_memory_bomb_envelope_is_refused_before_it_is_decoded(served: Served) 
     millions of objects is refused by its size."""
     keys, probe = served.keys, served.probe
     crafted = job(keys, model="small-limit")
-    fields: dict[str, Any] = dict(encode_job(crafted))
+    fields: dict[FieldT, EncodableT] = dict(encode_job(crafted).items())
     # a map {"v": 1, "args": [[nil x 65_000]]}: ~65 KB on the wire, ~520 KB of pointers
     bomb = b"\x82\xa1v\x01\xa4args\x91\xdd" + (65_000).to_bytes(4, "big") + b"\xc0" * 65_000
     fields["envelope"] = bomb

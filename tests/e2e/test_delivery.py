@@ -9,7 +9,7 @@ Redis state polled under a deadline (Redis has no event to await).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,11 @@ from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.wire import Fields
 from conveyor.client import Client
 from conveyor.errors import BrokerOutOfMemory, ConveyorError, StreamInterrupted
-from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
-from tests.support.fleet import Fleet, WorkerProcess, wait_acked
+from conveyor.types import InferenceRequest, InferenceResponse, RequestInput
+from tests.support.calls import one, output, request
+from tests.support.fleet import Fleet, wait_acked
+from tests.support.probe import pending_count, reply_streams
+from tests.support.waiting import wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -37,83 +40,9 @@ GROUP = "workers"
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def counter_request(value: float, **params: float | str) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(**params),
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=[value])],
-    )
-
-
-def output(response: InferenceResponse, name: str) -> float:
-    for out in response.outputs:
-        if out.name == name:
-            return float(np.asarray(out.data.root).ravel()[0])
-    raise AssertionError(f"no output {name!r} in {[o.name for o in response.outputs]}")
-
-
-def stream_request(**params: float) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(**params),
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=[0.0])],
-    )
-
-
-async def one(request: InferenceRequest) -> AsyncIterator[InferenceRequest]:
-    yield request
-
-
 def chunk_of(response: InferenceResponse) -> tuple[int, int]:
     """(index, pid) of a ``streamer`` chunk."""
     return int(output(response, "index")), int(output(response, "pid"))
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Polls Redis state (which has no event to await) until ``check`` holds."""
-    with anyio.move_on_after(timeout):
-        while not check():  # noqa: ASYNC110
-            await anyio.sleep(0.02)
-        return
-    raise TimeoutError(f"{what}: not true after {timeout:.0f}s")
-
-
-async def wait_log(worker: WorkerProcess, line: str, timeout: float = 15.0) -> str:
-    return await anyio.to_thread.run_sync(lambda: worker.wait_for_log(line, timeout))
-
-
-def log_count(worker: WorkerProcess, text: str) -> int:
-    return sum(text in line for line in list(worker.lines))
-
-
-def pending_count(probe: redis.Redis, stream: str) -> int:
-    try:
-        return int(probe.xpending(stream, GROUP)["pending"])
-    except redis.ResponseError:
-        return 0
-
-
-def reply_streams(probe: redis.Redis, prefix: str) -> list[str]:
-    return [
-        key.decode() if isinstance(key, bytes) else key
-        for key in probe.scan_iter(f"{prefix}:reply:*", _type="stream")
-    ]
-
-
-@pytest.fixture
-def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
-    fleet = Fleet(redis_url, prefix)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
-
-
-@pytest.fixture
-def probe(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 # -- 1. out of memory: no ack without an answer ---------------------------------------------------
@@ -156,11 +85,11 @@ async def test_out_of_memory_never_acks_a_job_without_its_answer(
             model = client.model("counter")
 
             async def patient(value: int) -> None:
-                answers[value] = output(await model.predict(counter_request(value, sleep=1.5)), "x")
+                answers[value] = output(await model.predict(request(value, sleep=1.5)), "x")
 
             async def hasty() -> None:
                 try:
-                    await model.predict(counter_request(99, sleep=1.5), timeout=6)
+                    await model.predict(request(99, sleep=1.5), timeout=6)
                 except Exception as error:
                     outcome["hasty"] = error
 
@@ -168,13 +97,12 @@ async def test_out_of_memory_never_acks_a_job_without_its_answer(
                 for value in range(3):
                     tg.start_soon(patient, value)
                 tg.start_soon(hasty)
-                await wait_until(lambda: pending_count(probe, stream) == 4, "4 jobs running")
+                await wait_until_async(lambda: pending_count(probe, stream) == 4, "4 jobs running")
                 filler = fill_to_maxmemory(probe, prefix)
                 # the models end 1.5 s after they started; their answers are refused
-                await wait_until(
+                await wait_until_async(
                     lambda: (
-                        log_count(worker, "job.answer_refused") == 4
-                        or pending_count(probe, stream) < 4
+                        worker.count("job.answer_refused") == 4 or pending_count(probe, stream) < 4
                     ),
                     "4 answers refused",
                 )
@@ -182,17 +110,19 @@ async def test_out_of_memory_never_acks_a_job_without_its_answer(
                 assert probe.xlen(stream) == 4
 
                 with pytest.raises(BrokerOutOfMemory) as refused:
-                    await model.predict(counter_request(7), timeout=20)
+                    await model.predict(request(7), timeout=20)
                 assert "maxmemory" in str(refused.value)
 
-                await wait_until(lambda: "hasty" in outcome, "the hasty call timed out", 20)
+                await wait_until_async(lambda: "hasty" in outcome, "the hasty call timed out", 20)
                 assert isinstance(outcome["hasty"], BrokerOutOfMemory), repr(outcome["hasty"])
                 assert not answers  # nobody got an answer while Redis was full
                 assert pending_count(probe, stream) >= 3  # ... nor lost one
 
                 probe.delete(*filler)  # memory frees: the answers kept are stored now
             assert answers == {value: float(value) for value in range(3)}
-        await wait_until(lambda: pending_count(probe, stream) == 0, "nothing left pending", 20)
+        await wait_until_async(
+            lambda: pending_count(probe, stream) == 0, "nothing left pending", 20
+        )
     finally:
         fleet.stop()
         probe.close()
@@ -222,9 +152,7 @@ async def test_stream_whose_unread_chunks_were_deleted_raises(
     monkeypatch.setattr(ClientStreams, "read_replies", gated)
     seen: list[int] = []
     async with Client(redis_url, prefix=prefix, timeout=30) as client:
-        chunks = client.model("streamer").predict_stream(
-            one(stream_request(chunks=8, interval=0.2))
-        )
+        chunks = client.model("streamer").predict_stream(one(request(0.0, chunks=8, interval=0.2)))
 
         async def read_then_delete() -> None:
             nonlocal held
@@ -234,7 +162,7 @@ async def test_stream_whose_unread_chunks_were_deleted_raises(
                     continue
                 held = True
                 (reply,) = reply_streams(probe, prefix)
-                await wait_until(
+                await wait_until_async(
                     lambda: int(probe.xinfo_stream(reply)["entries-added"]) >= 4,  # noqa: B023
                     "the worker wrote chunks 1-3",
                 )
@@ -271,7 +199,7 @@ async def test_streams_under_allkeys_lru_eviction_are_whole_or_raise(
             async def read(number: int) -> None:
                 seen: list[int] = []
                 try:
-                    chunks = model.predict_stream(one(stream_request(chunks=count, interval=0.02)))
+                    chunks = model.predict_stream(one(request(0.0, chunks=count, interval=0.02)))
                     async for response in chunks:
                         seen.append(chunk_of(response)[0])
                         await anyio.sleep(0.01)  # a reader slower than the writer
@@ -332,26 +260,24 @@ async def test_a_job_sent_twice_runs_once(
         for _ in range(2)
     ]
     for worker in workers:
-        await wait_log(worker, "worker.started", 30)
+        await worker.wait_for_log_async("worker.started", 30)
     record = tmp_path / "runs"
     async with Client(redis_url, prefix=prefix, timeout=30) as client:
         chunks = client.model("streamer").predict_stream(
-            one(stream_request(chunks=10, interval=0.05))
+            one(request(0.0, chunks=10, interval=0.05))
         )
         seen = [chunk_of(response) async for response in chunks]
         assert [index for index, _ in seen] == list(range(10))
         assert len({pid for _, pid in seen}) == 1, f"chunks of two runs: {seen}"
-        await wait_until(
-            lambda: sum(log_count(w, "job.duplicate") for w in workers) == 1,
+        await wait_until_async(
+            lambda: sum(w.count("job.duplicate") for w in workers) == 1,
             "the copy was dropped as a duplicate",
         )
 
-        answer = await client.model("counter").predict(
-            counter_request(5.0, sleep=0.3, record=str(record))
-        )
+        answer = await client.model("counter").predict(request(5.0, sleep=0.3, record=str(record)))
         assert output(answer, "x") == 5.0
-        await wait_until(
-            lambda: sum(log_count(w, "job.duplicate") for w in workers) == 2,
+        await wait_until_async(
+            lambda: sum(w.count("job.duplicate") for w in workers) == 2,
             "the predict's copy was dropped as a duplicate",
         )
     assert record.read_text().splitlines() == [str(int(output(answer, "pid")))]
@@ -374,7 +300,7 @@ async def test_slow_stream_reader_leaves_only_the_unread_window_in_redis(
     seen: list[int] = []
     async with Client(redis_url, prefix=prefix, timeout=40, stream_window=window) as client:
         chunks = client.model("streamer").predict_stream(
-            one(stream_request(chunks=count, interval=0))
+            one(request(0.0, chunks=count, interval=0))
         )
         async for response in chunks:
             seen.append(chunk_of(response)[0])
@@ -414,9 +340,9 @@ async def test_an_answer_refused_for_any_reason_keeps_its_job_pending(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
-            await wait_until(lambda: probe.xlen(stream) == 1, "the job was sent")
-            await wait_until(
-                lambda: log_count(worker, "job.answer_refused") == 1 or probe.xlen(stream) == 0,
+            await wait_until_async(lambda: probe.xlen(stream) == 1, "the job was sent")
+            await wait_until_async(
+                lambda: worker.count("job.answer_refused") == 1 or probe.xlen(stream) == 0,
                 "the answer was refused",
             )
             assert probe.xlen(stream) == 1, "acked and deleted without its answer"
@@ -427,4 +353,4 @@ async def test_an_answer_refused_for_any_reason_keeps_its_job_pending(
     (answer,) = answers
     np.testing.assert_array_equal(np.asarray(answer.outputs[1].data.root).ravel(), big)
     await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
-    assert "job.answer_stored" in await wait_log(worker, "job.answer_stored")
+    assert "job.answer_stored" in await worker.wait_for_log_async("job.answer_stored")

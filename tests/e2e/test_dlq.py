@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 from uuid import uuid4
 
@@ -131,20 +131,6 @@ def as_bytes(fields: Fields) -> dict[bytes, bytes]:
         name.encode(): value.encode() if isinstance(value, str) else bytes(cast(Any, value))
         for name, value in fields.items()
     }
-
-
-@pytest.fixture
-def probe(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
-    fleet = Fleet(redis_url, prefix)
-    yield fleet
-    fleet.stop()
 
 
 # -- dead letters written by a worker ----------------------------------------------------------

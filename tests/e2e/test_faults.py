@@ -12,7 +12,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,13 @@ from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.entries import Rung
 from conveyor.broker.wire import Message, MessageType
 from conveyor.client import Client
-from conveyor.client.waiter import Waiter as _Waiter
+from conveyor.client.waiter import Waiter
 from conveyor.errors import MethodNotAllowed, RemoteError
-from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
+from conveyor.types import InferenceRequest, InferenceResponse, RequestInput
+from tests.support.calls import output, request
 from tests.support.fleet import MODELS, Fleet, WorkerProcess, wait_acked
+from tests.support.probe import pending, text
+from tests.support.waiting import wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -37,87 +40,20 @@ FAULT_MODELS = Path(__file__).parents[1] / "models" / "faults"
 TTL = 1.5  # heartbeat TTL of every worker here: recovery takes about 1-2 TTLs
 TTL_ARGS = ("--heartbeat-ttl", str(TTL))
 GROUP = "workers"
+ALLOWED = ("job.reclaimed",)  # what a worker may log at WARNING here
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def request(value: float, **params: float) -> InferenceRequest:
-    """One FP32 input ``x`` holding ``value``; ``params`` become request parameters."""
-    return InferenceRequest(
-        parameters=Parameters(**params) if params else None,
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=[value])],
-    )
-
-
-def output(response: InferenceResponse, name: str) -> float:
-    for out in response.outputs:
-        if out.name == name:
-            return float(np.asarray(out.data.root).ravel()[0])
-    raise AssertionError(f"no output {name!r} in {[o.name for o in response.outputs]}")
 
 
 def pid_of(response: InferenceResponse) -> int:
     return int(output(response, "pid"))
 
 
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Polls Redis state (which has no event to await) until ``check`` holds."""
-    with anyio.move_on_after(timeout):
-        while not check():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-        return
-    raise TimeoutError(f"{what}: not true after {timeout:.0f}s")
-
-
-async def wait_log(worker: WorkerProcess, text: str, timeout: float = 15.0) -> str:
-    return await anyio.to_thread.run_sync(lambda: worker.wait_for_log(text, timeout))
-
-
 async def start(fleet: Fleet, *model_dirs: Path, extra: Sequence[str] = ()) -> WorkerProcess:
     return await anyio.to_thread.run_sync(
         lambda: fleet.start(*model_dirs, extra=[*TTL_ARGS, *extra])
     )
-
-
-async def start_many(fleet: Fleet, count: int, *model_dirs: Path) -> list[WorkerProcess]:
-    """Starts ``count`` workers at once (they load in parallel), then waits until all run."""
-    workers = [fleet.start(*model_dirs, extra=TTL_ARGS, wait=False) for _ in range(count)]
-    for worker in workers:
-        await wait_log(worker, "worker.started", 30)
-    return workers
-
-
-async def kill(worker: WorkerProcess) -> None:
-    worker.signal(signal.SIGKILL)
-    await anyio.to_thread.run_sync(worker.wait)
-
-
-def started(worker: WorkerProcess) -> bool:
-    return any("worker.started" in line for line in list(worker.lines))
-
-
-def problems(worker: WorkerProcess, allowed: Sequence[str] = ("job.reclaimed",)) -> list[str]:
-    """The worker's log lines at WARNING or above (or tracebacks) not in ``allowed``."""
-    bad = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")
-    return [
-        line
-        for line in list(worker.lines)
-        if any(word in line for word in bad) and not any(ok in line for ok in allowed)
-    ]
-
-
-def pending(probe: redis.Redis, stream: str) -> list[dict[str, Any]]:
-    """The group's pending entries (consumer, times_delivered, ...); none without a group."""
-    try:
-        entries: list[dict[str, Any]] = probe.xpending_range(stream, GROUP, "-", "+", 1000)
-    except redis.ResponseError:
-        return []
-    return entries
 
 
 def blocked_in_xreadgroup(probe: redis.Redis) -> bool:
@@ -146,33 +82,15 @@ class Seen:
 def replies(monkeypatch: pytest.MonkeyPatch) -> list[Seen]:
     """Every reply message the client's reader delivers to a call in this test."""
     seen: list[Seen] = []
-    deliver = _Waiter.deliver
+    deliver = Waiter.deliver
 
-    def recording(self: _Waiter, message: Message) -> None:
+    def recording(self: Waiter, message: Message) -> None:
         kept = self.attempt is None or self.attempt == message.attempt
         seen.append(Seen(self.request_id, message.type, message.attempt, kept))
         deliver(self, message)
 
-    monkeypatch.setattr(_Waiter, "deliver", recording)
+    monkeypatch.setattr(Waiter, "deliver", recording)
     return seen
-
-
-@pytest.fixture
-def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
-    fleet = Fleet(redis_url, prefix)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
-
-
-@pytest.fixture
-def probe(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture
@@ -191,7 +109,7 @@ async def test_churn_every_call_gets_exactly_its_own_answer(
     """1,000 calls, 64 in flight, over 3 workers while a random one is SIGKILLed and replaced
     every few hundred ms: each call gets one answer, and it is its own."""
     calls, in_flight = 1000, 64
-    await start_many(fleet, 3, FAULT_MODELS)
+    await fleet.start_many(3, FAULT_MODELS, extra=TTL_ARGS)
     model = client.model("slow")  # max_deliveries=10: a job may meet several kills in a row
     answers: dict[int, float] = {}
     kills: list[float] = []
@@ -200,17 +118,19 @@ async def test_churn_every_call_gets_exactly_its_own_answer(
     began = time.monotonic()
 
     def serving() -> list[WorkerProcess]:
-        return [w for w in fleet.workers if w.process.poll() is None and started(w)]
+        return [w for w in fleet.workers if w.process.poll() is None and w.count("worker.started")]
 
     async def churn() -> None:
         while True:
             await anyio.sleep(rng.uniform(0.2, 0.4))  # the kill cadence, not a wait for state
             while len(serving()) < 2:  # never kill the last one serving: wait for a newcomer
                 newcomer = next(
-                    w for w in fleet.workers if w.process.poll() is None and not started(w)
+                    w
+                    for w in fleet.workers
+                    if w.process.poll() is None and not w.count("worker.started")
                 )
-                await wait_log(newcomer, "worker.started", 30)
-            await kill(rng.choice(serving()))
+                await newcomer.wait_for_log_async("worker.started", 30)
+            await rng.choice(serving()).kill()
             kills.append(time.monotonic() - began)
             fleet.start(FAULT_MODELS, extra=TTL_ARGS, wait=False)  # joins once loaded
 
@@ -235,7 +155,7 @@ async def test_churn_every_call_gets_exactly_its_own_answer(
     assert len({s.request_id for s in kept}) == calls
     assert all(s.type is MessageType.RESULT for s in kept)
     for worker in fleet.workers:  # killed or not, no worker logged an error
-        assert problems(worker, allowed=(" WARNING ",)) == [], worker.log()
+        assert worker.problems(allowed=(" WARNING ",)) == [], worker.log()
     reclaimed = sum(line.count("job.reclaimed") for w in fleet.workers for line in w.lines)
     attempts = max(s.attempt for s in kept)
     fenced = sum(not s.kept for s in replies)
@@ -270,20 +190,20 @@ async def test_hung_worker_late_answer_is_ignored_and_it_rejoins(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
-            await wait_until(lambda: len(pending(probe, stream)) == 1, "the job was taken")
+            await wait_until_async(lambda: len(pending(probe, stream)) == 1, "the job was taken")
             hung_name = text(pending(probe, stream)[0]["consumer"])
             hung.signal(signal.SIGSTOP)
             rescuer = await start(fleet, MODELS)
         assert [pid_of(a) for a in answers] == [rescuer.pid]
-        assert "deliveries=2" in await wait_log(rescuer, "job.reclaimed")
+        assert "deliveries=2" in await rescuer.wait_for_log_async("job.reclaimed")
         assert [(s.attempt, s.kept) for s in replies] == [(2, True)]
-        await wait_until(lambda: not pending(probe, stream), "the rescuer acked the job")
+        await wait_until_async(lambda: not pending(probe, stream), "the rescuer acked the job")
     finally:
         hung.signal(signal.SIGCONT)  # also on failure, or stopping the fleet would hang
 
     # resumed: its heartbeat comes back and its late run of the job ends (done=1)
     hung_key = f"{prefix}:worker:{hung_name}"
-    await wait_until(
+    await wait_until_async(
         lambda: probe.hmget(hung_key, "done", "in_flight") == [b"1", b"0"],
         "the resumed worker finished its late run",
     )
@@ -298,8 +218,8 @@ async def test_hung_worker_late_answer_is_ignored_and_it_rejoins(
     # it rejoins: with the rescuer gone, the once-hung worker answers
     await anyio.to_thread.run_sync(rescuer.stop)
     assert pid_of(await counter.predict(request(1.0))) == hung.pid
-    assert problems(hung) == []
-    assert problems(rescuer) == []
+    assert hung.problems(ALLOWED) == []
+    assert rescuer.problems(ALLOWED) == []
     print(f"\nhung worker: late run of {hung_name} ignored; it then answered a new call")
 
 
@@ -315,18 +235,20 @@ async def test_long_job_on_a_live_worker_is_never_reclaimed(
     busy loop holding the GIL, or time.sleep in ``async def``) for over 2x the heartbeat TTL,
     with an idle worker watching: it is never reclaimed and answers as attempt 1."""
     stream = f"{prefix}:{{slow}}:jobs"
-    workers = await start_many(fleet, 2, FAULT_MODELS)
+    workers = await fleet.start_many(2, FAULT_MODELS, extra=TTL_ARGS)
     seconds = 2.7 * TTL
     most_idle_ms = 0
     answers: list[InferenceResponse] = []
 
+    params: dict[str, Any] = {how: seconds}
+
     async def call() -> None:
-        answers.append(await client.model("slow").predict(request(1.0, **{how: seconds})))
+        answers.append(await client.model("slow").predict(request(1.0, **params)))
 
     began = time.monotonic()
     async with anyio.create_task_group() as tg:
         tg.start_soon(call)
-        await wait_until(lambda: len(pending(probe, stream)) == 1, "the job was taken")
+        await wait_until_async(lambda: len(pending(probe, stream)) == 1, "the job was taken")
         while not answers:  # sample how idle the running job's claim ever gets
             for entry in pending(probe, stream):
                 most_idle_ms = max(most_idle_ms, entry["time_since_delivered"])
@@ -338,7 +260,7 @@ async def test_long_job_on_a_live_worker_is_never_reclaimed(
     assert [(s.attempt, s.kept) for s in replies] == [(1, True)]
     for worker in workers:
         assert not any("job.reclaimed" in line for line in worker.lines), worker.log()
-        assert problems(worker) == []
+        assert worker.problems(ALLOWED) == []
     assert most_idle_ms < TTL * 1000
     await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     print(
@@ -380,15 +302,15 @@ async def test_killing_the_reclaimers_does_not_stop_reclaiming(
     async with anyio.create_task_group() as tg:
         for i in range(jobs):
             tg.start_soon(call, i)
-        await wait_until(lambda: held_by_one_new_owner(1), "the holder took every job")
-        await kill(holder)
-        rescuers = {w.pid: w for w in await start_many(fleet, 3, FAULT_MODELS)}
+        await wait_until_async(lambda: held_by_one_new_owner(1), "the holder took every job")
+        await holder.kill()
+        rescuers = {w.pid: w for w in await fleet.start_many(3, FAULT_MODELS, extra=TTL_ARGS)}
         for times_delivered in (2, 3):
-            await wait_until(
+            await wait_until_async(
                 lambda: held_by_one_new_owner(times_delivered),  # noqa: B023
                 f"delivery {times_delivered}: one worker reclaimed every job",
             )
-            await kill(rescuers.pop(owners[-1]))  # mid-job, just after it reclaimed them
+            await rescuers.pop(owners[-1]).kill()  # mid-job, just after it reclaimed them
     elapsed = time.monotonic() - began
 
     (survivor,) = rescuers.values()
@@ -472,7 +394,7 @@ async def test_a_worker_never_holds_more_jobs_than_it_runs(
     async with anyio.create_task_group() as tg:
         for i in range(jobs):
             tg.start_soon(call, i)
-        await wait_until(lambda: probe.xlen(stream) == jobs, "every job is queued")
+        await wait_until_async(lambda: probe.xlen(stream) == jobs, "every job is queued")
         for _ in range(2):
             fleet.start(MODELS, extra=[*TTL_ARGS, "--concurrency", str(concurrency)], wait=False)
         while len(answers) < jobs:  # sample each consumer's pending count while jobs drain
@@ -530,12 +452,12 @@ async def test_lost_consumer_group_is_recreated(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
-            await wait_until(lambda: len(pending(probe, stream)) == 1, "the job was taken")
+            await wait_until_async(lambda: len(pending(probe, stream)) == 1, "the job was taken")
             probe.delete(stream)  # the running job still answers; its ack finds no entry
         assert output(answers[0], "x") == 2.0
     else:
         # while the worker waits in XREADGROUP BLOCK (it may still be acking the first call)
-        await wait_until(lambda: blocked_in_xreadgroup(probe), "the worker waits for jobs")
+        await wait_until_async(lambda: blocked_in_xreadgroup(probe), "the worker waits for jobs")
         if how == "delete-stream":
             probe.delete(stream)
         else:
@@ -549,7 +471,7 @@ async def test_lost_consumer_group_is_recreated(
     assert worker.process.poll() is None
     recreated = [line for line in worker.lines if "consumer group missing" in line]
     assert len(recreated) <= 2, recreated
-    assert problems(worker, allowed=("consumer group missing",)) == []
+    assert worker.problems(allowed=("consumer group missing",)) == []
     print(f"\nlost group ({how}): 5 calls served after it; group recreated {len(recreated)}x")
 
 
@@ -600,8 +522,8 @@ async def test_reply_written_before_the_client_reads_is_kept(
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
             # the worker answers, acks and rings the bell while nobody reads
-            await wait_until(lambda: probe.llen(bell) == 1, "the worker rang the bell")
-            await wait_until(lambda: probe.xlen(stream) == 0, "the job left its stream")
+            await wait_until_async(lambda: probe.llen(bell) == 1, "the worker rang the bell")
+            await wait_until_async(lambda: probe.xlen(stream) == 0, "the job left its stream")
             assert probe.ttl(bell) > 0  # kept for a late reader, but not forever
             (entry,) = probe.lrange(bell, 0, -1)
             if size == 1:

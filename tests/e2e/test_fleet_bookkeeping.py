@@ -19,7 +19,7 @@ import redis
 
 from conveyor.broker.keys import GROUP, Keys
 from conveyor.client import Client
-from conveyor.types import InferenceRequest, Parameters, RequestInput
+from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
 
 pytestmark = pytest.mark.timeout(150)
@@ -30,24 +30,10 @@ BATCH = 4
 
 
 @pytest.fixture
-def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
-    started = Fleet(redis_url, prefix)
-    yield started
-    started.stop()
-
-
-@pytest.fixture
 def probe(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
-
-
-def sleepy(seconds: float) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(sleep=seconds),  # type: ignore[call-arg]
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=np.zeros(1, "f4"))],
-    )
 
 
 def name_of(worker: WorkerProcess) -> str:
@@ -73,7 +59,7 @@ async def serve_everyone(url: str, prefix: str, workers: list[WorkerProcess]) ->
         counter = client.model("counter")
 
         async def call() -> None:
-            response = await counter.predict(sleepy(0.05))
+            response = await counter.predict(request(0.0, sleep=0.05))
             seen.add(int(np.asarray(response.outputs[0].data.root).ravel()[0]))
 
         with anyio.fail_after(60):
@@ -134,7 +120,7 @@ def test_a_killed_workers_consumer_goes_once_its_job_is_reclaimed(
                 answers: list[int] = []
 
                 async def call() -> None:
-                    response = await client.model("counter").predict(sleepy(2.0))
+                    response = await client.model("counter").predict(request(0.0, sleep=2.0))
                     answers.append(int(np.asarray(response.outputs[0].data.root).ravel()[0]))
 
                 tg.start_soon(call)

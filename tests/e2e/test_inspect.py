@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -42,6 +41,7 @@ from conveyor.client import Client
 from conveyor.embedded import RedisServer
 from conveyor.types import InferenceRequest, RequestInput
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
+from tests.support.process import Watcher, chunks_of
 
 SERVED = "echo"  # tests/models/echo
 UNSERVED = "nobody-serves-me"
@@ -136,7 +136,7 @@ def wait_heartbeat(probe: redis.Redis, keys: Keys, worker_id: str, done: int) ->
     """Blocks on keyspace notifications until the worker's heartbeat hash says ``done`` >= the
     given count (the heartbeat thread writes it every ttl / 3 s)."""
     key = keys.worker(worker_id)
-    pubsub = probe.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
+    pubsub = probe.pubsub()
     pubsub.subscribe(f"__keyspace@0__:{key}")  # before the first look: no beat is missed
     try:
         deadline = time.monotonic() + 20
@@ -418,42 +418,28 @@ def test_an_empty_prefix_says_so(scene: Scene) -> None:
 
 
 class Output:
-    """A subprocess's output, read by a thread, so a test can wait for a line."""
+    """A subprocess's output (a pipe, or a terminal's chunks), watched so a test can wait."""
 
     def __init__(self, fd: int, close: Callable[[], None]) -> None:
-        self._fd = fd
         self._close = close
-        self.text = ""
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._watcher = Watcher(chunks_of(fd), describe=lambda: self.text)
 
-    def _read(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self._fd, 65536)
-            except OSError:  # a pty's reader gets EIO once the child closed it
-                chunk = b""
-            with self._cond:
-                if not chunk:
-                    self.text += "\n<eof>"
-                    self._cond.notify_all()
-                    return
-                self.text += chunk.decode(errors="replace")
-                self._cond.notify_all()
+    @property
+    def text(self) -> str:
+        """What it printed so far."""
+        return "".join(self._watcher.snapshot())
 
     def wait_for(self, count: int, text: str, timeout: float = 20.0) -> str:
         """Waits until ``text`` occurs ``count`` times; returns the output so far."""
-        with self._cond:
-            if not self._cond.wait_for(
-                lambda: self.text.count(text) >= count or "<eof>" in self.text, timeout
-            ):
-                raise AssertionError(f"{count} x {text!r} not seen in {timeout}s:\n{self.text}")
-            assert self.text.count(text) >= count, self.text
-            return self.text
+
+        def found(chunks: list[str]) -> str | None:
+            so_far = "".join(chunks)
+            return so_far if so_far.count(text) >= count else None
+
+        return self._watcher.wait(found, f"{count} x {text!r}", timeout)
 
     def close(self) -> None:
-        self._reader.join(timeout=5)
+        self._watcher.join(timeout=5)
         self._close()
 
 

@@ -16,21 +16,13 @@ from conveyor.client import Client
 from conveyor.errors import (
     DeadlineExceeded,
     MethodNotAllowed,
-    NoWorkerError,
     RemoteError,
 )
-from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
+from conveyor.types import InferenceRequest, InferenceResponse
+from tests.support.calls import request
 from tests.support.fleet import EXAMPLES, MODELS, Fleet, wait_acked
 
 pytestmark = pytest.mark.anyio
-
-
-def request(data: object, name: str = "x", **params: object) -> InferenceRequest:
-    array = np.asarray(data, dtype=np.float32)
-    return InferenceRequest(
-        parameters=Parameters(**params) if params else None,  # type: ignore[arg-type]
-        inputs=[RequestInput(name=name, shape=list(array.shape), datatype="FP32", data=array)],
-    )
 
 
 def values(response: InferenceResponse) -> np.ndarray:
@@ -134,12 +126,6 @@ async def test_stream_error_after_chunks(client: Client) -> None:
     with pytest.raises(RemoteError, match="generator broke after 2 chunks"):
         await consume()
     assert chunks == 2
-
-
-async def test_unknown_model_fails_within_the_timeout(client: Client) -> None:
-    model = client.model("no-such-model")
-    with anyio.fail_after(10), pytest.raises(NoWorkerError, match="no worker serves model"):
-        await model.predict(request([1.0]), timeout=1)
 
 
 async def test_several_models_in_one_worker(client: Client) -> None:

@@ -7,7 +7,6 @@ import urllib.request
 from collections.abc import AsyncIterator
 
 import anyio
-import numpy as np
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,17 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from conveyor.client import Client
 from conveyor.embedded import free_port
 from conveyor.errors import RemoteError
-from conveyor.types import InferenceRequest, RequestInput
+from conveyor.types import InferenceRequest
+from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet
 
 IN_FLIGHT = ("conveyor_worker_jobs_in_flight", ())
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
-
-
-def request(value: float) -> InferenceRequest:
-    data = np.full(1, value, "f4")
-    return InferenceRequest(inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=data)])
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -36,6 +36,7 @@ from conveyor.codecs import (
 )
 from conveyor.errors import RemoteError
 from conveyor.types import InferenceRequest, InferenceResponse, RequestOutput
+from tests.support.calls import generator
 from tests.support.fleet import Fleet
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
@@ -310,7 +311,7 @@ async def test_streamed_requests_get_an_id_too(fleet: Fleet) -> None:
         yield rows(np.array([[1.0]]))
 
     async with client(fleet) as c:
-        stream = c.model("weights-model").predict_stream(requests())
+        stream = generator(c.model("weights-model").predict_stream(requests()))
         async with aclosing(stream):
             # MLServer's default predict_stream answers the first request with predict.
             (chunk,) = [response async for response in stream]

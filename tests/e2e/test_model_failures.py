@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -21,17 +21,13 @@ from conveyor.broker.keys import GROUP, Keys
 from conveyor.client import Client
 from conveyor.errors import ModelNotServed, RemoteError
 from conveyor.settings import ModelSettings
-from conveyor.types import InferenceRequest, InferenceResponse, RequestInput, ResponseOutput
+from conveyor.types import InferenceRequest, InferenceResponse, ResponseOutput
+from tests.support.calls import request
 from tests.support.fleet import EXAMPLES, MODELS, Fleet
 
 pytestmark = pytest.mark.anyio
 
 REPO = Path(__file__).parents[2]
-
-
-def request(value: float = 1.0) -> InferenceRequest:
-    data = np.asarray([value], dtype=np.float32)
-    return InferenceRequest(inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=data)])
 
 
 def model_folder(root: Path, name: str, source: str) -> Path:
@@ -210,7 +206,7 @@ class _PlainEcho(MLModel):
 async def test_default_predict_stream_runs_a_plain_def_predict() -> None:
     model = _PlainEcho(ModelSettings(name="plain", implementation=_PlainEcho))
 
-    async def one() -> AsyncIterator[InferenceRequest]:
+    async def one() -> AsyncGenerator[InferenceRequest]:
         yield request()
 
     async with aclosing(one()) as inputs:  # the default reads only the first request

@@ -20,14 +20,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 import anyio
 import numpy as np
@@ -43,6 +42,7 @@ from conveyor.errors import ConveyorError, WireError
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
 from tests.support.netns import Host, NetnsError, NetnsUnavailable, Network, unavailable
+from tests.support.process import Watcher
 
 REDIS_PORT = 16379  # inside the Redis host's namespace only
 TTL = 2.0  # every worker's --heartbeat-ttl: the cut-off host's jobs move after about this
@@ -54,6 +54,7 @@ BURST_CALLS = 40
 MODEL = "counter"  # answers with the pid of the worker process that ran it
 
 Json = dict[str, Any]
+T = TypeVar("T")
 
 
 # -- the client host (runs inside its namespace, as `python test_multihost.py client ...`) --------
@@ -305,48 +306,24 @@ class ClientHostProcess:
             cwd=Path(__file__).parents[2],
         )
         self._stderr_path = Path(stderr.name)
-        self.events: list[Json] = []
-        self._replies: dict[int, Json] = {}
-        self._eof = False
         self._seq = 0
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            item = json.loads(line)
-            with self._cond:
-                if "re" in item:
-                    self._replies[item["re"]] = item
-                else:
-                    self.events.append(item)
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
+        # each line a JSON object: a reply ("re": the command's seq) or an event ("ev")
+        self.output: Watcher[Json] = Watcher(
+            (json.loads(line) for line in self.process.stdout), describe=self._stderr_tail
+        )
+
+    @property
+    def events(self) -> list[Json]:
+        return [item for item in self.output.snapshot() if "re" not in item]
 
     def _stderr_tail(self) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self._stderr_path.read_text().splitlines()[-30:])
         return "(no stderr)"
 
-    def _wait(self, found: Callable[[], Any], what: str, timeout: float) -> Any:
-        with self._cond:
-            result: list[Any] = []
-
-            def ready() -> bool:
-                value = found()
-                if value is not None:
-                    result.append(value)
-                return bool(result) or self._eof
-
-            if not self._cond.wait_for(ready, timeout=timeout):
-                raise TimeoutError(f"client host: {what} not within {timeout}s")
-            if not result:
-                raise RuntimeError(f"client host exited before {what}:\n{self._stderr_tail()}")
-            return result[0]
+    def _wait(self, found: Callable[[list[Json]], T | None], what: str, timeout: float) -> T:
+        return self.output.wait(found, f"client host: {what}", timeout)
 
     def ask(self, op: str, **args: Any) -> Json:
         """Sends one command and returns its reply; a reply with ``error`` fails the test.
@@ -359,31 +336,32 @@ class ClientHostProcess:
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps({"op": op, "seq": seq, **args}) + "\n")
         self.process.stdin.flush()
-        reply: Json = self._wait(lambda: self._replies.get(seq), f"reply to {op}", timeout)
+        reply = self._wait(
+            lambda items: next((item for item in items if item.get("re") == seq), None),
+            f"reply to {op}",
+            timeout,
+        )
         if "error" in reply:
             raise AssertionError(f"client host: {op} {args}: {reply['error']}")
         return reply
 
     def wait_event(self, check: Callable[[Json], bool], what: str, timeout: float = 30.0) -> Json:
-        def first() -> Json | None:
-            return next((event for event in self.events if check(event)), None)
+        def first(items: list[Json]) -> Json | None:
+            return next((item for item in items if "re" not in item and check(item)), None)
 
-        event: Json = self._wait(first, what, timeout)
-        return event
+        return self._wait(first, what, timeout)
 
     def wait_answered(self, ids: set[str], what: str, timeout: float = 30.0) -> float:
         """Waits until every request in ``ids`` has its answer; returns when the last came."""
 
-        def last() -> float | None:
-            at = {e["id"]: e["at"] for e in self.events if e["ev"] == "answer" and e["id"] in ids}
+        def last(items: list[Json]) -> float | None:
+            at = {e["id"]: e["at"] for e in items if e.get("ev") == "answer" and e["id"] in ids}
             return max(at.values(), default=0.0) if len(at) == len(ids) else None
 
-        when: float = self._wait(last, what, timeout)
-        return when
+        return self._wait(last, what, timeout)
 
     def answers(self) -> list[Json]:
-        with self._cond:
-            return [e for e in self.events if e["ev"] == "answer"]
+        return [e for e in self.events if e["ev"] == "answer"]
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -396,7 +374,7 @@ class ClientHostProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._reader.join(timeout=5)
+        self.output.join(timeout=5)
         for pipe in (self.process.stdin, self.process.stdout):
             if pipe is not None:
                 with contextlib.suppress(OSError):

@@ -27,7 +27,8 @@ import pytest
 from conveyor.client import Client
 from conveyor.embedded import RedisServer
 from conveyor.errors import ConveyorError
-from conveyor.types import InferenceRequest, InferenceResponse, RequestInput
+from conveyor.types import InferenceRequest, InferenceResponse
+from tests.support.calls import request
 from tests.support.fleet import Fleet
 from tests.support.proxy import ResettingProxy
 
@@ -43,12 +44,6 @@ pytestmark = [
 ]
 
 
-def _request(value: float) -> InferenceRequest:
-    return InferenceRequest(
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP64", data=np.full(1, value, "f8"))]
-    )
-
-
 def _output(response: InferenceResponse, name: str) -> Any:
     for output in response.outputs:
         if output.name == name:
@@ -57,7 +52,7 @@ def _output(response: InferenceResponse, name: str) -> Any:
 
 
 async def _one_request(value: float) -> AsyncIterator[InferenceRequest]:
-    yield _request(value)
+    yield request(value, datatype="FP64")
 
 
 class Tally:
@@ -71,7 +66,7 @@ class Tally:
 
 async def _predict(client: Client, value: float, tally: Tally) -> None:
     try:
-        response = await client.model("tally").predict(_request(value), timeout=30)
+        response = await client.model("tally").predict(request(value, datatype="FP64"), timeout=30)
     except ConveyorError as error:
         tally.errors[type(error).__name__] += 1
         return

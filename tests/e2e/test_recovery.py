@@ -13,19 +13,13 @@ import redis
 
 from conveyor.client import Client
 from conveyor.errors import DeadLettered
-from conveyor.types import InferenceRequest, Parameters, RequestInput
+from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet, wait_acked
+from tests.support.probe import entries
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
 CRASH_MODELS = Path(__file__).parents[1] / "models" / "crash"
-
-
-def sleepy(seconds: float) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(sleep=seconds),  # type: ignore[call-arg]
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=np.zeros(1, "f4"))],
-    )
 
 
 async def wait_pending(probe: redis.Redis, stream: str, count: int) -> None:
@@ -44,7 +38,7 @@ async def test_sigkilled_worker_job_is_finished_by_another(redis_url: str, prefi
             answers = []
 
             async def call() -> None:
-                answers.append(await client.model("counter").predict(sleepy(3.0)))
+                answers.append(await client.model("counter").predict(request(0.0, sleep=3.0)))
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call)
@@ -71,10 +65,9 @@ async def test_job_that_kills_every_worker_is_dead_lettered(redis_url: str, pref
     try:
         async with Client(redis_url, prefix=prefix, timeout=60) as client:
             with pytest.raises(DeadLettered, match="delivered 3 times"):
-                await client.model("suicidal").predict(sleepy(0))
-        dead = probe.xrange(f"{prefix}:{{suicidal}}:dead")
-        assert len(dead) == 1
-        assert b"max_deliveries=2" in dead[0][1][b"dead_reason"]
+                await client.model("suicidal").predict(request(0.0, sleep=0))
+        [(_, dead)] = entries(probe, f"{prefix}:{{suicidal}}:dead")
+        assert b"max_deliveries=2" in dead[b"dead_reason"]
         stream = f"{prefix}:{{suicidal}}:jobs"
         await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     finally:

@@ -24,7 +24,8 @@ from redis import Redis
 from conveyor.client import Client
 from conveyor.embedded import RedisServer
 from conveyor.errors import ConveyorError, StreamInterrupted
-from conveyor.types import InferenceRequest, RequestInput
+from conveyor.types import InferenceRequest
+from tests.support.calls import generator, request
 from tests.support.fleet import Fleet
 from tests.support.proxy import ResettingProxy
 
@@ -36,16 +37,12 @@ ECHO = Path(__file__).parents[1] / "models" / "common" / "echo"
 OUTAGE_S = 2.5  # how long Redis stays down: several of the connection's retry rounds
 
 
-def request(value: float) -> InferenceRequest:
-    return InferenceRequest(
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP64", data=np.full(1, value, "f8"))]
-    )
-
-
 async def call(client: Client, value: float, timeout: float = 30) -> Any:
     """The answer's value, or the error raised (a ConveyorError only: others propagate)."""
     try:
-        response = await client.model("tally").predict(request(value), timeout=timeout)
+        response = await client.model("tally").predict(
+            request(value, datatype="FP64"), timeout=timeout
+        )
     except ConveyorError as error:
         return error
     return float(np.asarray(response.outputs[0].data.root).ravel()[0])
@@ -137,16 +134,16 @@ async def test_calls_sent_during_an_outage_wait_for_redis(setup: Setup, prefix: 
         assert await call(client, 1.0) == 1.0
         await anyio.to_thread.run_sync(setup.server.kill)
         answers: list[Any] = []
+
+        async def one_call(value: float) -> None:
+            answers.append(await call(client, value, timeout=20))
+
         async with anyio.create_task_group() as tg:
             for i in range(5):
-                tg.start_soon(lambda i=i: _append(answers, call(client, float(i), timeout=20)))
+                tg.start_soon(one_call, float(i))
             await anyio.sleep(OUTAGE_S)  # the outage under test
             await anyio.to_thread.run_sync(setup.server.start)
         assert sorted(answers) == [0.0, 1.0, 2.0, 3.0, 4.0]
-
-
-async def _append(answers: list[Any], outcome: Any) -> None:
-    answers.append(await outcome)
 
 
 @pytest.mark.timeout(120)
@@ -186,12 +183,10 @@ async def test_an_outage_of_seconds_under_load(
 
 
 async def _one(value: float) -> AsyncIterator[InferenceRequest]:
-    yield request(value)
+    yield request(value, datatype="FP64")
 
 
-async def test_a_stream_that_ended_is_not_failed_by_its_cleanup(
-    setup: Setup, prefix: str
-) -> None:
+async def test_a_stream_that_ended_is_not_failed_by_its_cleanup(setup: Setup, prefix: str) -> None:
     """The stream's cleanup (UNLINK of its input keys) fails after the stream ended normally:
     the caller still sees a stream that ended normally. ACL stands in, deterministically, for
     Redis going away at that moment. Before: the cleanup's BrokerConnectionError was raised
@@ -250,7 +245,9 @@ async def test_a_stream_through_an_outage_keeps_trying(setup: Setup, prefix: str
         async def consume() -> tuple[int, BaseException | None]:
             ticks = 0
             try:
-                async with aclosing(client.model("ticker").predict_stream(_one(0.0))) as chunks:
+                async with aclosing(
+                    generator(client.model("ticker").predict_stream(_one(0.0)))
+                ) as chunks:
                     async for _ in chunks:
                         ticks += 1
                         if ticks == 20:
@@ -281,16 +278,18 @@ async def test_an_input_sent_twice_reaches_the_model_once(setup: Setup, prefix: 
     async with Client(setup.server.url, prefix=prefix) as client:
 
         async def inputs() -> AsyncIterator[InferenceRequest]:
-            yield request(1.0)
+            yield request(1.0, datatype="FP64")
             await answered.wait()
             with setup.admin() as admin:
                 (key,) = admin.keys(f"{prefix}:in:*")
                 (first,) = admin.xrange(key)
                 admin.xadd(key, first[1])  # the same input, seq 0, again
-            yield request(2.0)
+            yield request(2.0, datatype="FP64")
 
         values = []
-        async with aclosing(client.model("echo").predict_stream(inputs(), timeout=20)) as chunks:
+        async with aclosing(
+            generator(client.model("echo").predict_stream(inputs(), timeout=20))
+        ) as chunks:
             async for chunk in chunks:
                 values.append(float(np.asarray(chunk.outputs[0].data.root).ravel()[0]))
                 answered.set()

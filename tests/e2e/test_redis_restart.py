@@ -13,17 +13,10 @@ import pytest
 from conveyor.client import Client
 from conveyor.embedded import RedisServer
 from conveyor.errors import BrokerConnectionError
-from conveyor.types import InferenceRequest, Parameters, RequestInput
+from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
-
-
-def request(value: float, sleep: float) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(sleep=sleep),  # type: ignore[call-arg]
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=np.full(1, value, "f4"))],
-    )
 
 
 @pytest.mark.timeout(120)
@@ -43,7 +36,7 @@ async def test_calls_survive_a_redis_crash_and_restart(
 
             async def call(i: int) -> None:
                 async with limiter:
-                    response = await model.predict(request(float(i), 0.01))
+                    response = await model.predict(request(float(i), sleep=0.01))
                 answers[i] = float(np.asarray(response.outputs[0].data.root).ravel()[0])
                 if len(answers) == calls // 3:
                     half.set()
@@ -70,6 +63,6 @@ async def test_unreachable_redis_fails_within_the_timeout_naming_the_url(
     await anyio.to_thread.run_sync(server.kill)
     async with Client(url, timeout=3) as client:
         with anyio.fail_after(20), pytest.raises(BrokerConnectionError) as caught:
-            await client.model("echo").predict(request(1.0, 0))
+            await client.model("echo").predict(request(1.0, sleep=0))
     assert "127.0.0.1" in str(caught.value)
     assert "s3cret-pw" not in str(caught.value)

@@ -11,9 +11,8 @@ deadline (Redis has no event to await).
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,13 @@ import redis
 from conveyor.broker import RedisSettings
 from conveyor.broker.wire import Message
 from conveyor.client import Client
-from conveyor.client.waiter import Waiter as _Waiter
+from conveyor.client.waiter import Waiter
 from conveyor.errors import StreamInterrupted
-from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
+from conveyor.types import InferenceResponse
+from tests.support.calls import one, output, request
 from tests.support.fleet import MODELS, Fleet, WorkerProcess, wait_acked
+from tests.support.probe import pending, reply_streams, text
+from tests.support.waiting import wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -50,18 +52,6 @@ class Chunk:
     pid: int
 
 
-def stream_request(**params: float) -> InferenceRequest:
-    """The one request of a ``streamer`` call; ``params`` set its pace (see the model)."""
-    return InferenceRequest(
-        parameters=Parameters(**params),
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=[0.0])],
-    )
-
-
-async def one(request: InferenceRequest) -> AsyncIterator[InferenceRequest]:
-    yield request
-
-
 def chunk_of(response: InferenceResponse) -> Chunk:
     values = {o.name: int(np.asarray(o.data.root).ravel()[0]) for o in response.outputs}
     return Chunk(values["index"], values["pid"])
@@ -78,47 +68,6 @@ async def read_stream(
         await after_each()
 
 
-def echo_request(value: float, **params: float) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(**params) if params else None,
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=[value])],
-    )
-
-
-def echoed(response: InferenceResponse) -> float:
-    return float(np.asarray(response.outputs[0].data.root).ravel()[0])
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Polls Redis state (which has no event to await) until ``check`` holds."""
-    with anyio.move_on_after(timeout):
-        while not check():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-        return
-    raise TimeoutError(f"{what}: not true after {timeout:.0f}s")
-
-
-async def wait_log(worker: WorkerProcess, line: str, timeout: float = 15.0) -> str:
-    return await anyio.to_thread.run_sync(lambda: worker.wait_for_log(line, timeout))
-
-
-async def start_many(fleet: Fleet, count: int, *model_dirs: Path) -> list[WorkerProcess]:
-    """Starts ``count`` workers at once (they load in parallel), then waits until all run."""
-    workers = [fleet.start(*model_dirs, extra=WORKER_ARGS, wait=False) for _ in range(count)]
-    for worker in workers:
-        await wait_log(worker, "worker.started", 30)
-    return workers
-
-
-async def kill(worker: WorkerProcess) -> None:
-    worker.signal(signal.SIGKILL)
-    await anyio.to_thread.run_sync(worker.wait)
-
-
 def by_pid(workers: Sequence[WorkerProcess], pid: int) -> WorkerProcess:
     return next(w for w in workers if w.pid == pid)
 
@@ -132,32 +81,9 @@ def kill_writer_after(
     async def after_each() -> None:
         if len(seen) == count:
             victims.append(by_pid(workers, seen[0].pid))
-            await kill(victims[0])
+            await victims[0].kill()
 
     return after_each
-
-
-def pending(probe: redis.Redis, stream: str) -> list[dict[str, Any]]:
-    """The group's pending entries (consumer, times_delivered, ...); none without a group."""
-    try:
-        entries: list[dict[str, Any]] = probe.xpending_range(stream, GROUP, "-", "+", 1000)
-    except redis.ResponseError:
-        return []
-    return entries
-
-
-def problems(worker: WorkerProcess, allowed: Sequence[str] = ()) -> list[str]:
-    """The worker's log lines at WARNING or above (or tracebacks) not in ``allowed``."""
-    bad = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")
-    return [
-        line
-        for line in list(worker.lines)
-        if any(word in line for word in bad) and not any(ok in line for ok in allowed)
-    ]
-
-
-def reply_streams(probe: redis.Redis, prefix: str) -> list[str]:
-    return [text(key) for key in probe.scan_iter(f"{prefix}:reply:*", _type="stream")]
 
 
 def client_connections(probe: redis.Redis, client: Client) -> list[dict[str, Any]]:
@@ -170,32 +96,14 @@ def client_connections(probe: redis.Redis, client: Client) -> list[dict[str, Any
 def attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The attempt of every reply message the client's reader hands to a waiting call."""
     seen: list[int] = []
-    deliver = _Waiter.deliver
+    deliver = Waiter.deliver
 
-    def recording(self: _Waiter, message: Message) -> None:
+    def recording(self: Waiter, message: Message) -> None:
         seen.append(message.attempt)
         deliver(self, message)
 
-    monkeypatch.setattr(_Waiter, "deliver", recording)
+    monkeypatch.setattr(Waiter, "deliver", recording)
     return seen
-
-
-@pytest.fixture
-def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
-    fleet = Fleet(redis_url, prefix)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
-
-
-@pytest.fixture
-def probe(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 # -- 1. a predict_stream whose worker dies -----------------------------------------------------
@@ -212,12 +120,12 @@ async def test_stream_broken_after_some_chunks_raises_stream_interrupted(
     ``stream_window=1`` makes the worker wait for the caller before each chunk, so exactly 3
     chunks were written when the kill lands."""
     stream = f"{prefix}:{{streamer}}:jobs"
-    workers = await start_many(fleet, 2, STREAM_MODELS)
+    workers = await fleet.start_many(2, STREAM_MODELS, extra=WORKER_ARGS)
     seen: list[Chunk] = []
     victims: list[WorkerProcess] = []
     began = time.monotonic()
     async with Client(redis_url, prefix=prefix, timeout=40, stream_window=1) as client:
-        chunks = client.model("streamer").predict_stream(one(stream_request(chunks=50)))
+        chunks = client.model("streamer").predict_stream(one(request(0.0, chunks=50)))
         kill_after_3 = kill_writer_after(3, seen, workers, victims)
         with pytest.raises(StreamInterrupted) as caught:
             await read_stream(chunks, seen, kill_after_3)
@@ -226,9 +134,9 @@ async def test_stream_broken_after_some_chunks_raises_stream_interrupted(
     assert seen == [Chunk(i, seen[0].pid) for i in range(3)]
     assert "the stream broke after 3 chunks" in str(caught.value)
     (survivor,) = (w for w in workers if w is not victims[0])
-    assert "deliveries=2" in await wait_log(survivor, "job.reclaimed")
+    assert "deliveries=2" in await survivor.wait_for_log_async("job.reclaimed")
     assert [e["times_delivered"] for e in pending(probe, stream)] in ([], [2])
-    assert problems(survivor, allowed=("job.reclaimed",)) == []
+    assert survivor.problems(allowed=("job.reclaimed",)) == []
     print(f"\nstream broken after 3 chunks: StreamInterrupted after {elapsed:.1f}s")
 
 
@@ -240,18 +148,18 @@ async def test_stream_interrupted_stops_the_restarted_job(
     as it stops any call it gives up on (withdraw the entry, cancel through the control
     stream): the worker that reclaimed the job stops it at once and frees its slot."""
     stream = f"{prefix}:{{streamer}}:jobs"
-    workers = await start_many(fleet, 2, STREAM_MODELS)
+    workers = await fleet.start_many(2, STREAM_MODELS, extra=WORKER_ARGS)
     seen: list[Chunk] = []
     victims: list[WorkerProcess] = []
     async with Client(redis_url, prefix=prefix, timeout=40) as client:
-        chunks = client.model("streamer").predict_stream(one(stream_request(chunks=100)))
+        chunks = client.model("streamer").predict_stream(one(request(0.0, chunks=100)))
         kill_after_3 = kill_writer_after(3, seen, workers, victims)
         with pytest.raises(StreamInterrupted):
             await read_stream(chunks, seen, kill_after_3)
     (survivor,) = (w for w in workers if w is not victims[0])
-    await wait_log(survivor, "job.reclaimed")
+    await survivor.wait_for_log_async("job.reclaimed")
     # the restarted stream has ~9 s to go: it must be stopped well before that
-    assert "reason=cancelled" in await wait_log(survivor, "job.stopped", timeout=5)
+    assert "reason=cancelled" in await survivor.wait_for_log_async("job.stopped", timeout=5)
     await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream, timeout=5))
 
 
@@ -263,27 +171,29 @@ async def test_stream_whose_worker_dies_before_the_first_chunk_restarts_seamless
     nothing yet, so it silently follows attempt 2 on the other worker and gets the whole
     stream, chunk 0 first."""
     stream = f"{prefix}:{{streamer}}:jobs"
-    workers = await start_many(fleet, 2, STREAM_MODELS)
+    workers = await fleet.start_many(2, STREAM_MODELS, extra=WORKER_ARGS)
     count = 10
     seen: list[Chunk] = []
     victims: list[WorkerProcess] = []
     began = time.monotonic()
     async with Client(redis_url, prefix=prefix, timeout=40) as client:
         model = client.model("streamer")
-        request = stream_request(chunks=count, interval=0.05, first_delay=1.5)
+        payload = request(0.0, chunks=count, interval=0.05, first_delay=1.5)
 
         async def consume() -> None:
-            async for response in model.predict_stream(one(request)):
+            async for response in model.predict_stream(one(payload)):
                 seen.append(chunk_of(response))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
-            await wait_until(lambda: len(pending(probe, stream)) == 1, "a worker took the job")
+            await wait_until_async(
+                lambda: len(pending(probe, stream)) == 1, "a worker took the job"
+            )
             consumer = text(pending(probe, stream)[0]["consumer"])
             pid = probe.hget(f"{prefix}:worker:{consumer}", "pid")
             assert pid is not None
             victims.append(by_pid(workers, int(pid)))
-            await kill(victims[0])
+            await victims[0].kill()
             # the premise: nothing reached Redis from the victim, let alone the caller
             assert all(probe.xlen(key) == 0 for key in reply_streams(probe, prefix))
     elapsed = time.monotonic() - began
@@ -291,9 +201,9 @@ async def test_stream_whose_worker_dies_before_the_first_chunk_restarts_seamless
     (survivor,) = (w for w in workers if w is not victims[0])
     assert seen == [Chunk(i, survivor.pid) for i in range(count)]
     assert set(attempts) == {2}  # every message the call took came from the restart
-    assert "deliveries=2" in await wait_log(survivor, "job.reclaimed")
+    assert "deliveries=2" in await survivor.wait_for_log_async("job.reclaimed")
     await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
-    assert problems(survivor, allowed=("job.reclaimed",)) == []
+    assert survivor.problems(allowed=("job.reclaimed",)) == []
     print(f"\nstream restarted before its first chunk: {count} chunks in {elapsed:.1f}s")
 
 
@@ -305,7 +215,7 @@ async def test_stream_interrupted_counts_every_chunk_the_caller_got(
     killed and the restart is noticed while 4 chunks wait in the client's buffer. The caller
     then gets those 4 too (7 in all, none repeated or missing), and StreamInterrupted must
     say the stream broke after 7 chunks: the count tells the caller what it already has."""
-    workers = await start_many(fleet, 2, STREAM_MODELS)
+    workers = await fleet.start_many(2, STREAM_MODELS, extra=WORKER_ARGS)
     seen: list[Chunk] = []
 
     async def hold_then_kill() -> None:
@@ -313,14 +223,14 @@ async def test_stream_interrupted_counts_every_chunk_the_caller_got(
             return
         (reply,) = reply_streams(probe, prefix)
         # entries-added: the client deletes the entries it read from the stream as it goes
-        await wait_until(
+        await wait_until_async(
             lambda: probe.xinfo_stream(reply)["entries-added"] >= 7, "the worker wrote 7 chunks"
         )
-        await kill(by_pid(workers, seen[0].pid))
-        await wait_until(lambda: 2 in attempts, "the restart reached the client")
+        await by_pid(workers, seen[0].pid).kill()
+        await wait_until_async(lambda: 2 in attempts, "the restart reached the client")
 
     async with Client(redis_url, prefix=prefix, timeout=40) as client:
-        chunks = client.model("streamer").predict_stream(one(stream_request(chunks=50)))
+        chunks = client.model("streamer").predict_stream(one(request(0.0, chunks=50)))
         with pytest.raises(StreamInterrupted) as caught:
             await read_stream(chunks, seen, hold_then_kill)
     assert [c.index for c in seen] == list(range(len(seen)))
@@ -340,12 +250,12 @@ async def test_stream_survives_killed_connections(
     the client's named connections; or ``CLIENT KILL TYPE normal``, every connection but the
     probe's, the worker's included), three times: the client reconnects and goes on reading
     its reply stream from the last entry it saw, so it gets every chunk once, in order."""
-    worker = (await start_many(fleet, 1, STREAM_MODELS))[0]
+    worker = (await fleet.start_many(1, STREAM_MODELS, extra=WORKER_ARGS))[0]
     count, kill_after = 30, (5, 12, 20)
     seen: list[Chunk] = []
     killed: set[int] = set()
     async with Client(redis_url, prefix=prefix, timeout=40) as client:
-        chunks = client.model("streamer").predict_stream(one(stream_request(chunks=count)))
+        chunks = client.model("streamer").predict_stream(one(request(0.0, chunks=count)))
         async for response in chunks:
             seen.append(chunk_of(response))
             if len(seen) not in kill_after:
@@ -358,7 +268,7 @@ async def test_stream_survives_killed_connections(
                     probe.client_kill_filter(_id=connection["id"])
             else:
                 probe.client_kill_filter(_type="normal", skipme=True)
-            await wait_until(
+            await wait_until_async(
                 lambda: not {int(c["id"]) for c in client_connections(probe, client)} & killed,
                 "the killed connections are gone",
             )
@@ -368,7 +278,7 @@ async def test_stream_survives_killed_connections(
     assert not again & killed
     assert worker.process.poll() is None
     stream = f"{prefix}:{{streamer}}:jobs"
-    await wait_until(lambda: probe.xlen(stream) == 0, "the job left its stream")
+    await wait_until_async(lambda: probe.xlen(stream) == 0, "the job left its stream")
     print(
         f"\nkilled connections ({whose}): {len(killed)} client connections killed in 3 rounds; "
         f"{count} chunks, each once, in order"
@@ -452,7 +362,7 @@ async def test_write_resent_after_a_lost_reply_reaches_the_caller_once(
         return int(probe.xinfo_stream(stream)["entries-added"]) >= 1
 
     async def tell_proxy() -> None:
-        await wait_until(redis_ran_it, f"Redis ran the {side}'s XADD")
+        await wait_until_async(redis_ran_it, f"Redis ran the {side}'s XADD")
         proxy.ran.set()
 
     async with (
@@ -467,7 +377,7 @@ async def test_write_resent_after_a_lost_reply_reaches_the_caller_once(
         client_url = via_proxy if side == "client" else redis_url
         async with Client(client_url, prefix=prefix, timeout=30) as client:
             tg.start_soon(tell_proxy)
-            chunks = client.model("streamer").predict_stream(one(stream_request(chunks=count)))
+            chunks = client.model("streamer").predict_stream(one(request(0.0, chunks=count)))
             await read_stream(chunks, seen, nothing)
         await anyio.to_thread.run_sync(fleet.stop)  # before the proxy goes
         tg.cancel_scope.cancel()
@@ -496,14 +406,16 @@ async def test_running_job_stays_in_its_stream_while_others_are_answered(
         echo = client.model("echo")
 
         async def long_call() -> None:
-            long_answer.append(await echo.predict(echo_request(-1.0, sleep=long_s)))
+            long_answer.append(await echo.predict(request(-1.0, sleep=long_s)))
 
         async def short_call(i: int) -> None:
-            answers[i] = echoed(await echo.predict(echo_request(float(i))))
+            answers[i] = output(await echo.predict(request(float(i))))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(long_call)
-            await wait_until(lambda: len(pending(probe, stream)) == 1, "the long job was taken")
+            await wait_until_async(
+                lambda: len(pending(probe, stream)) == 1, "the long job was taken"
+            )
             (entry,) = pending(probe, stream)
             entry_id = entry["message_id"]
             found: Any = probe.xrange(stream, entry_id, entry_id)
@@ -519,11 +431,11 @@ async def test_running_job_stays_in_its_stream_while_others_are_answered(
             assert not long_answer, "the long job ended before the short ones: make it longer"
             # every short job answered and deleted (acked just after its answer); the running
             # one is still there, intact
-            await wait_until(lambda: probe.xlen(stream) == 1, "the short jobs were acked")
+            await wait_until_async(lambda: probe.xlen(stream) == 1, "the short jobs were acked")
             assert probe.xrange(stream) == [(entry_id, fields)]
             assert [p["message_id"] for p in pending(probe, stream)] == [entry_id]
     assert answers == {i: float(i) for i in range(shorts)}
-    assert echoed(long_answer[0]) == -1.0
+    assert output(long_answer[0]) == -1.0
     assert missing == []
     await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     info = probe.xinfo_stream(stream)

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +29,15 @@ from conveyor.broker.keys import Keys
 from conveyor.broker.wire import Job, Message, MessageType, decode_message, encode_job
 from conveyor.client import Client
 from conveyor.errors import DeadlineExceeded
-from conveyor.types import InferenceRequest, Parameters, RequestInput
+from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
+from tests.support.probe import entries, last_entries
 
 pytestmark = pytest.mark.timeout(90)
 
 ECHO = MODELS / "echo"
 SKEWED = Path(__file__).parents[1] / "support" / "skewed_clock.py"
 DATA = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.5]}]}
-
-
-@pytest.fixture
-def fleet(redis_url: str, prefix: str) -> Iterator[Fleet]:
-    started = Fleet(redis_url, prefix)
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-def probe(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def start_skewed_worker(fleet: Fleet, skew: float, *extra: str) -> WorkerProcess:
@@ -62,13 +48,6 @@ def start_skewed_worker(fleet: Fleet, skew: float, *extra: str) -> WorkerProcess
     fleet.workers.append(worker)
     worker.wait_for_log("worker.started")
     return worker
-
-
-def request(value: float, **params: Any) -> InferenceRequest:
-    return InferenceRequest(
-        parameters=Parameters(**params) if params else None,
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=np.full(1, value, "f4"))],
-    )
 
 
 def value_of(response: Any) -> float:
@@ -94,7 +73,7 @@ def crafted_job(keys: Keys, client_clock: float, timeout: float, **params: Any) 
 def answer_of(probe: redis.Redis, job: Job, timeout: float = 20) -> Message:
     """The job's answer, from its reply stream (read once its doorbell rang)."""
     assert probe.blmpop(timeout, 1, job.bell, direction="RIGHT", count=1), "no answer"
-    [(_, [(_, fields)])] = probe.xread({job.reply: "0-0"}, count=1)  # type: ignore[misc]
+    [(_, fields)] = entries(probe, job.reply, count=1)
     return decode_message(fields)
 
 
@@ -223,15 +202,15 @@ async def test_a_job_sent_again_keeps_only_the_time_its_caller_has_left(
             with anyio.fail_after(10):
                 while probe.xlen(stream) < 2:  # noqa: ASYNC110
                     await anyio.sleep(0.01)  # watching Redis: the second waits its turn
-            [(queued_id, first)] = probe.xrevrange(stream, count=1)  # type: ignore[misc]
+            [(queued_id, first)] = last_entries(probe, stream)
             probe.xdel(stream, queued_id)  # as if Redis lost it in a crash
             for connection in probe.client_list():  # the client notices: its reader resyncs
                 if connection["name"] == f"conveyor-client-{client.client_id}":
                     probe.client_kill_filter(_id=connection["id"])
             with anyio.fail_after(10):
-                while not (again := probe.xrange(stream, min=f"({queued_id.decode()}")):  # noqa: ASYNC110
+                while not (again := entries(probe, stream, f"({queued_id.decode()}")):  # noqa: ASYNC110
                     await anyio.sleep(0.01)  # watching Redis for the job sent again
-    [(_, resent)] = again  # type: ignore[misc]
+    [(_, resent)] = again
     assert resent[b"attempt"] == b"2"
     assert resent[b"deadline"] == first[b"deadline"]  # the caller's deadline, as it was
     budget = float(resent[b"deadline"]) - float(resent[b"sent_at"])

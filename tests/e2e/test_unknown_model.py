@@ -17,15 +17,10 @@ import redis
 
 from conveyor.client import Client
 from conveyor.errors import ModelNotFound, ModelNotServed, NoWorkerError
-from conveyor.types import InferenceRequest, RequestInput
+from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet
 
 pytestmark = pytest.mark.anyio
-
-
-def request(value: float = 1.0) -> InferenceRequest:
-    data = np.asarray([value], dtype=np.float32)
-    return InferenceRequest(inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=data)])
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import numpy as np
 import pytest
 
 from conveyor.broker import RedisSettings, create_client, translate_errors
 from conveyor.client import Client
 from conveyor.errors import BrokerConnectionError
-from conveyor.types import InferenceRequest, RequestInput
+from tests.support.calls import request
 
 SECRET = "hunter2-Zq"
 REPO = Path(__file__).parents[2]
@@ -83,12 +82,6 @@ def _url(port: int) -> str:
     return f"redis://alice:{SECRET}@127.0.0.1:{port}/0"
 
 
-def _request() -> InferenceRequest:
-    return InferenceRequest(
-        inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=np.ones(1, "f4"))]
-    )
-
-
 # -- the broker's clients ------------------------------------------------------------------------
 
 
@@ -105,9 +98,7 @@ async def test_every_client_gives_up_on_a_silent_server(silent_port: int, kind: 
     client = create_client(
         settings, blocking=kind != "command", retry=kind != "reader", max_connections=1
     )
-    command = (
-        client.ping() if kind == "command" else client.blmpop(1, 1, "bell", direction="RIGHT")
-    )
+    command = client.ping() if kind == "command" else client.blmpop(1, 1, "bell", direction="RIGHT")
     try:
         with (
             anyio.fail_after(15),
@@ -126,7 +117,7 @@ async def test_a_call_to_a_silent_server_names_redis(silent_port: int) -> None:
     """Before: "no answer to request ... within 3.0s", as if no worker were running."""
     async with Client(_url(silent_port), timeout=3) as client:
         with anyio.fail_after(20), pytest.raises(BrokerConnectionError) as caught:
-            await client.model("echo").predict(_request())
+            await client.model("echo").predict(request(1.0))
     message = str(caught.value)
     assert f"cannot reach Redis at redis://alice:***@127.0.0.1:{silent_port}/0" in message
     assert SECRET not in message
@@ -137,7 +128,7 @@ async def test_a_call_to_an_http_server_is_a_clear_error(http_port: int) -> None
     """Before: redis-py's raw InvalidResponse ("Protocol error, got "<" ...")."""
     async with Client(_url(http_port), timeout=10) as client:
         with anyio.fail_after(20), pytest.raises(BrokerConnectionError) as caught:
-            await client.model("echo").predict(_request())
+            await client.model("echo").predict(request(1.0))
     assert "not Redis's protocol" in str(caught.value)
     assert f"127.0.0.1:{http_port}" in str(caught.value)
 

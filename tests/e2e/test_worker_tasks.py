@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from uuid import uuid4
 
@@ -55,13 +55,6 @@ def _sleep(payload: InferenceRequest) -> float:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # the worker process always runs on asyncio
-
-
-@pytest.fixture
-def probe(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ class _Counting:
 
         async def counted_command(*args: Any, **kwargs: Any) -> Any:
             self.commands += 1
-            return await execute_command(*args, **kwargs)
+            return await execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]  # untyped in redis-py
 
         redis.pipeline = counted_pipeline  # type: ignore[method-assign]
         redis.execute_command = counted_command  # type: ignore[method-assign]

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from conveyor.embedded import (
     RedisStartError,
     find_redis_binary,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,15 +35,6 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)  # polling process state: there is no event to await
-    return True
 
 
 @pytest.fixture
@@ -235,7 +226,9 @@ def test_a_server_started_from_a_thread_outlives_the_thread(
         thread = threading.Thread(target=start)
         thread.start()
         thread.join()
-        assert _wait_until(lambda: not Path(f"/proc/self/task/{native_ids[0]}").exists())
+        wait_until(
+            lambda: not Path(f"/proc/self/task/{native_ids[0]}").exists(), "the thread ended", 5
+        )
         assert server.running
         assert client_of(server).ping()
 
@@ -271,7 +264,7 @@ def test_the_server_dies_with_a_killed_parent(started_from: str) -> None:
         assert _alive(pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=5)
-        assert _wait_until(lambda: not _alive(pid)), f"redis pid {pid} outlived its parent"
+        wait_until(lambda: not _alive(pid), f"redis pid {pid} gone with its parent", 5)
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -6,66 +6,81 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from tests.support.probe import Probe, pending_count
+from tests.support.process import Watcher, lines_of
+from tests.support.waiting import wait_until
 
 MODELS = Path(__file__).parents[1] / "models" / "common"
 EXAMPLES = Path(__file__).parents[2] / "examples" / "models"
 
 
 class WorkerProcess:
-    """One ``conveyor worker`` subprocess whose log lines are watched for events."""
+    """One ``conveyor worker`` subprocess whose log lines (stderr) are watched for events."""
 
     def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True
         )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
         assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self.lines.append("<eof>")
-            self._cond.notify_all()
+        self.output = Watcher(lines_of(self.process.stderr), describe=self.log)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def lines(self) -> list[str]:
+        """The log lines so far (a copy)."""
+        return self.output.snapshot()
+
     def wait_for_log(self, text: str, timeout: float = 30.0, start: int = 0) -> str:
-        """Waits until a log line containing ``text`` appears; returns it."""
-        with self._cond:
-            found: list[str] = []
-
-            def seen() -> bool:
-                found[:] = [line for line in self.lines[start:] if text in line or line == "<eof>"]
-                return bool(found)
-
-            if not self._cond.wait_for(seen, timeout=timeout):
-                raise TimeoutError(f"no log line {text!r} in {timeout}s:\n" + self.log())
-            if found[0] == "<eof>" and text != "<eof>":
-                raise RuntimeError(f"worker exited before logging {text!r}:\n" + self.log())
-            return found[0]
+        """Waits until a log line (from line ``start`` on) containing ``text`` appears; returns
+        it. ``"<eof>"`` waits for the end of the log: the worker exited."""
+        if text == "<eof>":
+            self.output.wait_ended(timeout)
+            return text
+        return self.output.wait(
+            lambda lines: next((line for line in lines[start:] if text in line), None),
+            f"log line {text!r}",
+            timeout,
+        )
 
     def log(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines[-40:])
+        return "\n".join(self.lines[-40:])
+
+    def count(self, text: str) -> int:
+        """How many log lines so far contain ``text``."""
+        return sum(text in line for line in self.lines)
+
+    def problems(self, allowed: Sequence[str] = ()) -> list[str]:
+        """The log lines at WARNING or above (or tracebacks) that contain none of ``allowed``."""
+        bad = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")
+        return [
+            line
+            for line in self.lines
+            if any(word in line for word in bad) and not any(ok in line for ok in allowed)
+        ]
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
     def wait(self, timeout: float = 30.0) -> int:
         return self.process.wait(timeout=timeout)
+
+    async def wait_for_log_async(self, text: str, timeout: float = 15.0, start: int = 0) -> str:
+        """:meth:`wait_for_log` from async code (on a worker thread)."""
+        return await anyio.to_thread.run_sync(lambda: self.wait_for_log(text, timeout, start))
+
+    async def kill(self) -> None:
+        """SIGKILL, and wait until it is gone."""
+        self.signal(signal.SIGKILL)
+        await anyio.to_thread.run_sync(self.wait)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -75,7 +90,7 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._reader.join(timeout=5)
+        self.output.join(timeout=5)
         if self.process.stderr is not None:
             self.process.stderr.close()
 
@@ -119,31 +134,36 @@ class Fleet:
                 raise
         return worker
 
+    async def start_many(
+        self, count: int, *model_dirs: Path | str, extra: Sequence[str] = ()
+    ) -> list[WorkerProcess]:
+        """Starts ``count`` workers at once (they load in parallel), then waits until all run."""
+        workers = [self.start(*model_dirs, extra=extra, wait=False) for _ in range(count)]
+        for worker in workers:
+            await worker.wait_for_log_async("worker.started", 30)
+        return workers
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
 
+    def __enter__(self) -> Fleet:
+        return self
 
-def wait_acked(probe: Any, *streams: str, timeout: float = 10.0) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def wait_acked(probe: Probe, *streams: str, timeout: float = 10.0) -> None:
     """Waits until every job of ``streams`` is acked and deleted (XLEN and pending 0).
 
     A worker acks a job only once its answer is stored, one round trip after the answer: a
     caller can hold its answer a moment before the entry leaves its stream. Polled under a
-    deadline (Redis has no event for it); ``probe`` is a sync ``redis.Redis``. From async
-    code: ``await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))``.
+    deadline (Redis has no event for it). From async code:
+    ``await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))``.
     """
-    deadline = time.monotonic() + timeout
 
     def settled(stream: str) -> bool:
-        if probe.xlen(stream):
-            return False
-        try:
-            return int(probe.xpending(stream, "workers")["pending"]) == 0
-        except Exception:  # no group: nothing was ever delivered
-            return True
+        return not probe.xlen(stream) and pending_count(probe, stream) == 0
 
-    while not all(settled(stream) for stream in streams):
-        if time.monotonic() > deadline:
-            left = {s: (probe.xlen(s), settled(s)) for s in streams}
-            raise TimeoutError(f"jobs not acked after {timeout:.0f}s: {left}")
-        time.sleep(0.01)
+    wait_until(lambda: all(map(settled, streams)), f"jobs of {streams} acked", timeout)

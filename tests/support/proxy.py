@@ -157,7 +157,9 @@ class ResettingProxy:
 
     async def _stall(self) -> int:
         for pair in self._pairs:
-            pair.client.transport.pause_reading()
+            transport = pair.client.transport
+            assert isinstance(transport, asyncio.Transport)  # a socket's: it reads too
+            transport.pause_reading()
         return len(self._pairs)
 
     def start_chaos(self, mean_interval: float, seed: int = 0) -> None:

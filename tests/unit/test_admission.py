@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import Job, encode_job
+from conveyor.broker.wire import FieldValue, Job, encode_job
 from conveyor.worker.admission import CONTROL_MAX_BYTES, Admission
 
 KEYS = Keys("conveyor")
@@ -30,7 +30,16 @@ def fields(**changes: str) -> dict[bytes, bytes]:
         window=4,
     )
     encoded = {**encode_job(job), **changes}
-    return {k.encode(): v.encode() if isinstance(v, str) else bytes(v) for k, v in encoded.items()}
+    return {k.encode(): _stored(v) for k, v in encoded.items()}
+
+
+def _stored(value: FieldValue) -> bytes:
+    """The bytes Redis holds for a field value (as redis-py encodes it)."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float):
+        return repr(value).encode()
+    return bytes(value)
 
 
 def admission(limit: int = 1 << 20) -> Admission:

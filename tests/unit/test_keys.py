@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from conveyor.broker.keys import Keys, hash_tag
 
 _PLAIN = st.text(
-    st.characters(codec="utf-8", exclude_characters="{}", exclude_categories=("Cs",)),
+    st.characters(codec="utf-8", exclude_characters="{}", exclude_categories=["Cs"]),
     min_size=1,
     max_size=20,
 )

@@ -47,7 +47,7 @@ def test_datatype_is_kept_as_its_value() -> None:
 
 def test_unknown_datatype_is_rejected() -> None:
     with pytest.raises(ValidationError):
-        RequestInput(name="x", shape=[1], datatype="FP128", data=[1])  # type: ignore[arg-type]
+        RequestInput(name="x", shape=[1], datatype="FP128", data=[1])
 
 
 def test_numpy_data_stays_numpy_until_json() -> None:

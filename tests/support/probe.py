@@ -1,0 +1,58 @@
+"""Looking at Redis from a test, with a plain synchronous client (the ``probe`` fixture).
+
+redis-py types its replies loosely (a command may answer an awaitable, or None): these helpers
+check the shape they read, so the tests type-check without casts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+GROUP = "workers"  # the consumer group of every job stream
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+Probe = redis.Redis | redis.RedisCluster  # what the helpers here accept
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(reply: Any) -> list[Entry]:
+    assert isinstance(reply, list), reply
+    return [(entry_id, fields) for entry_id, fields in reply]
+
+
+def entries(probe: Probe, stream: str, start: str = "-", count: int | None = None) -> list[Entry]:
+    """The stream's entries from ``start`` on (XRANGE), oldest first."""
+    return _entries(probe.xrange(stream, min=start, count=count))
+
+
+def last_entries(probe: Probe, stream: str, count: int = 1) -> list[Entry]:
+    """The stream's last ``count`` entries (XREVRANGE), newest first."""
+    return _entries(probe.xrevrange(stream, count=count))
+
+
+def pending(probe: redis.Redis, stream: str, group: str = GROUP) -> list[dict[str, Any]]:
+    """The group's pending entries (consumer, times_delivered, ...); none without a group."""
+    try:
+        found = probe.xpending_range(stream, group, "-", "+", 1000)
+    except redis.ResponseError:  # no group: nobody ever read the stream
+        return []
+    assert isinstance(found, list), found
+    return found
+
+
+def pending_count(probe: Probe, stream: str, group: str = GROUP) -> int:
+    """How many of the stream's entries the group holds unacked (0 without a group)."""
+    try:
+        return int(probe.xpending(stream, group)["pending"])
+    except redis.ResponseError:  # no group: nothing was ever delivered
+        return 0
+
+
+def reply_streams(probe: redis.Redis, prefix: str) -> list[str]:
+    """The reply streams under ``prefix`` (one per client)."""
+    return [text(key) for key in probe.scan_iter(f"{prefix}:reply:*", _type="stream")]
