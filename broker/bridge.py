@@ -4,6 +4,9 @@ redis-py's asyncio client only runs on asyncio. On asyncio the client awaits bro
 directly; on trio it hands each whole step (one pipelined round trip, not one command) to a
 private asyncio loop in a helper thread and is woken through its trio token. Measured in
 DESIGN.md: 0.70x the asyncio throughput, the best of the trio options.
+
+Used by :class:`~conveyor.broker.ClientBroker` (``client_broker.py``): each of its operations
+is one step, so its callers never see which thread ran it.
 """
 
 from __future__ import annotations
