@@ -39,34 +39,32 @@ def job(keys: Keys, i: int) -> Job:
 @pytest.mark.anyio
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_the_figure_keda_reads_is_the_backlog(redis_url: str, prefix: str) -> None:
+async def test_the_figure_keda_reads_is_the_backlog(
+    probe: redis.Redis, redis_url: str, prefix: str
+) -> None:
     keys = Keys(prefix)
     stream = keys.jobs("echo")
-    probe = redis.Redis.from_url(redis_url)
-    try:
-        # 7 jobs queued before any worker exists, as a burst of traffic would leave them
-        probe.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        for i in range(7):
-            probe.xadd(stream, encode_job(job(keys, i)))  # type: ignore[arg-type]
-        group = probe.xinfo_groups(stream)[0]
-        assert probe.xlen(stream) == 7  # streamLength mode
-        assert group["lag"] == 7  # lagCount mode
-        assert group["pending"] == 0  # pendingEntriesCount mode: nothing taken yet
+    # 7 jobs queued before any worker exists, as a burst of traffic would leave them
+    probe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    for i in range(7):
+        probe.xadd(stream, encode_job(job(keys, i)))  # type: ignore[arg-type]
+    group = probe.xinfo_groups(stream)[0]
+    assert probe.xlen(stream) == 7  # streamLength mode
+    assert group["lag"] == 7  # lagCount mode
+    assert group["pending"] == 0  # pendingEntriesCount mode: nothing taken yet
 
-        fleet = Fleet(redis_url, prefix)
-        fleet.start(MODELS)
-        try:
-            async with Client(redis_url, prefix=prefix, timeout=20) as client:
-                # a call goes through only once the worker has drained the queue before it
-                await client.model("echo").predict(job(keys, 99).args[0])  # type: ignore[arg-type]
-            with anyio.fail_after(10):
-                while probe.xlen(stream):  # noqa: ASYNC110 - watching Redis: no event
-                    await anyio.sleep(0.01)
-        finally:
-            fleet.stop()
-        group = probe.xinfo_groups(stream)[0]
-        assert probe.xlen(stream) == 0
-        assert group["lag"] == 0
-        assert group["pending"] == 0
+    fleet = Fleet(redis_url, prefix)
+    fleet.start(MODELS)
+    try:
+        async with Client(redis_url, prefix=prefix, timeout=20) as client:
+            # a call goes through only once the worker has drained the queue before it
+            await client.model("echo").predict(job(keys, 99).args[0])  # type: ignore[arg-type]
+        with anyio.fail_after(10):
+            while probe.xlen(stream):  # noqa: ASYNC110 - watching Redis: no event
+                await anyio.sleep(0.01)
     finally:
-        probe.close()
+        fleet.stop()
+    group = probe.xinfo_groups(stream)[0]
+    assert probe.xlen(stream) == 0
+    assert group["lag"] == 0
+    assert group["pending"] == 0

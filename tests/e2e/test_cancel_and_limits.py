@@ -96,25 +96,20 @@ async def test_client_refuses_an_oversized_payload_before_sending(
 
 @pytest.mark.timeout(30)
 async def test_worker_dead_letters_a_payload_over_the_model_limit(
-    client: Client, redis_url: str, module_prefix: str
+    probe: redis.Redis, client: Client, redis_url: str, module_prefix: str
 ) -> None:
     with pytest.raises(PayloadTooLarge, match="over the limit of 4096 bytes"):
         await client.model("small-limit").predict(request(np.zeros(4096)))
-    probe = redis.Redis.from_url(redis_url)
-    try:
-        [(_, dead)] = last_entries(probe, f"{module_prefix}:{{small-limit}}:dead")
-        assert b"max_payload_bytes" in dead[b"dead_reason"]
-    finally:
-        probe.close()
+    [(_, dead)] = last_entries(probe, f"{module_prefix}:{{small-limit}}:dead")
+    assert b"max_payload_bytes" in dead[b"dead_reason"]
     # the worker keeps serving
     await client.model("small-limit").predict(request([1.0]))
 
 
 @pytest.mark.timeout(30)
 async def test_a_slow_stream_reader_pauses_the_worker(
-    redis_url: str, module_prefix: str, worker: WorkerProcess
+    probe: redis.Redis, redis_url: str, module_prefix: str, worker: WorkerProcess
 ) -> None:
-    probe = redis.Redis.from_url(redis_url)
 
     client = Client(redis_url, prefix=module_prefix, stream_window=4)
 
@@ -132,22 +127,19 @@ async def test_a_slow_stream_reader_pauses_the_worker(
     async def one() -> AsyncIterator[InferenceRequest]:
         yield request([0.0])
 
-    try:
-        async with client:
-            chunks = generator(client.model("ticker").predict_stream(one()))
-            async with aclosing(chunks):
-                await chunks.__anext__()  # take one chunk, then stop reading a while
-                assert await wait_written(4) == 4
-                # ticks come every 20 ms: 25 would have been written without the window
-                await anyio.sleep(0.5)
-                assert written() == 4
-                for _ in range(3):
-                    await chunks.__anext__()
-                # Coming back for the 3rd chunk, the caller credited the 2 it had taken
-                # (credits go every half window): the worker may now write 2 more.
-                assert await wait_written(6) == 6
-    finally:
-        probe.close()
+    async with client:
+        chunks = generator(client.model("ticker").predict_stream(one()))
+        async with aclosing(chunks):
+            await chunks.__anext__()  # take one chunk, then stop reading a while
+            assert await wait_written(4) == 4
+            # ticks come every 20 ms: 25 would have been written without the window
+            await anyio.sleep(0.5)
+            assert written() == 4
+            for _ in range(3):
+                await chunks.__anext__()
+            # Coming back for the 3rd chunk, the caller credited the 2 it had taken
+            # (credits go every half window): the worker may now write 2 more.
+            assert await wait_written(6) == 6
 
 
 @pytest.mark.timeout(60)

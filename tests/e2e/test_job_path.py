@@ -147,11 +147,12 @@ async def test_two_workers_share_the_queue(client: Client, shared_fleet: Fleet) 
     assert pids == {worker.pid for worker in shared_fleet.workers}
 
 
-async def test_thousand_concurrent_calls_on_few_connections(client: Client, redis_url: str) -> None:
+async def test_thousand_concurrent_calls_on_few_connections(
+    probe: redis.Redis, client: Client, redis_url: str
+) -> None:
     model = client.model("echo")
     answers: dict[int, float] = {}
     peak = 0
-    probe = redis.Redis.from_url(redis_url)
 
     def our_connections() -> int:
         name = f"conveyor-client-{client.client_id}"
@@ -168,27 +169,24 @@ async def test_thousand_concurrent_calls_on_few_connections(client: Client, redi
             await anyio.lowlevel.checkpoint()
         peak = max(peak, await anyio.to_thread.run_sync(our_connections))
     peak = max(peak, our_connections())
-    probe.close()
     assert answers == {i: float(i) for i in range(1000)}
     assert 1 <= peak <= 4
 
 
-async def test_nothing_left_behind(client: Client, redis_url: str, shared_prefix: str) -> None:
+async def test_nothing_left_behind(
+    probe: redis.Redis, client: Client, redis_url: str, shared_prefix: str
+) -> None:
     for i in range(3):
         await client.model("echo").predict(request([float(i)]))
-    probe = redis.Redis.from_url(redis_url)
-    try:
-        jobs = list(probe.scan_iter(f"{shared_prefix}:*:jobs"))
-        assert jobs
-        # every answered job leaves its stream (acked once its answer is stored): XLEN is
-        # the backlog
-        await anyio.to_thread.run_sync(lambda: wait_acked(probe, *jobs))
-        for key in probe.scan_iter(f"{shared_prefix}:reply:*"):
-            assert probe.ttl(key) > 0, key
-        for key in probe.scan_iter(f"{shared_prefix}:in:*"):
-            assert probe.ttl(key) > 0, key
-    finally:
-        probe.close()
+    jobs = list(probe.scan_iter(f"{shared_prefix}:*:jobs"))
+    assert jobs
+    # every answered job leaves its stream (acked once its answer is stored): XLEN is
+    # the backlog
+    await anyio.to_thread.run_sync(lambda: wait_acked(probe, *jobs))
+    for key in probe.scan_iter(f"{shared_prefix}:reply:*"):
+        assert probe.ttl(key) > 0, key
+    for key in probe.scan_iter(f"{shared_prefix}:in:*"):
+        assert probe.ttl(key) > 0, key
 
 
 # -- tests with workers of their own ---------------------------------------------------------

@@ -103,7 +103,7 @@ async def test_a_model_error_is_logged_with_its_message_and_traceback_once(
 
 @pytest.mark.parametrize("history", ["new", "served-before"])
 async def test_a_model_whose_load_returns_false_is_not_served_and_callers_fail_fast(
-    fleet: Fleet, redis_url: str, prefix: str, tmp_path: Path, history: str
+    probe: redis.Redis, fleet: Fleet, redis_url: str, prefix: str, tmp_path: Path, history: str
 ) -> None:
     models = tmp_path / "models"
     model_folder(models, "not-loaded", _LOAD_FALSE)
@@ -125,16 +125,12 @@ async def test_a_model_whose_load_returns_false_is_not_served_and_callers_fail_f
             # its neighbour serves as usual
             await client.model("echo").predict(request())
     assert "no worker" not in str(caught.value)
-    probe = redis.Redis.from_url(redis_url)
-    try:
-        stream = Keys(prefix).jobs("not-loaded")
-        if history == "new":
-            assert probe.exists(stream) == 0  # nothing sent, nothing left behind
-        else:  # nothing sent: no job queued, none ever delivered
-            assert probe.xlen(stream) == 0
-            assert probe.xinfo_groups(stream)[0]["last-delivered-id"] in (b"0-0", "0-0")
-    finally:
-        probe.close()
+    stream = Keys(prefix).jobs("not-loaded")
+    if history == "new":
+        assert probe.exists(stream) == 0  # nothing sent, nothing left behind
+    else:  # nothing sent: no job queued, none ever delivered
+        assert probe.xlen(stream) == 0
+        assert probe.xinfo_groups(stream)[0]["last-delivered-id"] in (b"0-0", "0-0")
 
 
 # -- 3. load() raises ---------------------------------------------------------------------
@@ -147,7 +143,7 @@ def run_worker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_worker_whose_model_load_raises_says_so_in_one_line_with_the_traceback_once(
-    redis_url: str, prefix: str, tmp_path: Path
+    probe: redis.Redis, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     models = tmp_path / "models"
     model_folder(models, "broken", _LOAD_RAISES)
@@ -162,11 +158,7 @@ async def test_a_worker_whose_model_load_raises_says_so_in_one_line_with_the_tra
     assert result.stderr.count("Traceback (most recent call last)") == 1, result.stderr
     assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr
     # it never joined the fleet
-    probe = redis.Redis.from_url(redis_url)
-    try:
-        assert probe.zcard(Keys(prefix).workers()) == 0
-    finally:
-        probe.close()
+    assert probe.zcard(Keys(prefix).workers()) == 0
 
 
 # -- a wrong Redis URL ----------------------------------------------------------------------
