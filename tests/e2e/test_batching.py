@@ -4,7 +4,6 @@ not fail its batch-mates."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -414,10 +413,8 @@ MODELS = Path(__file__).parents[1] / "models" / "batching"
 
 
 @pytest.fixture
-def batched_worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
-    fleet = Fleet(redis_url, prefix)
-    yield fleet.start(MODELS)
-    fleet.stop()
+def batched_worker(fleet: Fleet) -> WorkerProcess:
+    return fleet.start(MODELS)
 
 
 @pytest.mark.anyio

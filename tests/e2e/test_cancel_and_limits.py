@@ -152,24 +152,20 @@ async def test_a_slow_stream_reader_pauses_the_worker(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_a_full_queue_fails_fast_or_waits(redis_url: str, prefix: str) -> None:
-    fleet = Fleet(redis_url, prefix)
+async def test_a_full_queue_fails_fast_or_waits(fleet: Fleet, redis_url: str, prefix: str) -> None:
     limited = Path(__file__).parents[1] / "models" / "limited"
     fleet.start(limited, extra=["--concurrency", "1"])
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=30) as client:
-            model = client.model("bounded")
-            async with anyio.create_task_group() as tg:
-                for _ in range(3):  # one runs, two wait: the backlog (XLEN) is 3
-                    tg.start_soon(model.predict, request([1.0]))
-                probe = redis.Redis.from_url(redis_url)
-                with anyio.fail_after(10):
-                    while probe.xlen(f"{prefix}:{{bounded}}:jobs") < 3:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)  # watching Redis: no event to await
-                probe.close()
-                with pytest.raises(QueueFull, match=r"3 jobs waiting, limit 3"):
-                    await model.predict(request([0.0]))
-                # asked to wait, the call goes in once there is room, and is answered
-                await model.predict(request([0.0]), wait_when_full=True)
-    finally:
-        fleet.stop()
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        model = client.model("bounded")
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):  # one runs, two wait: the backlog (XLEN) is 3
+                tg.start_soon(model.predict, request([1.0]))
+            probe = redis.Redis.from_url(redis_url)
+            with anyio.fail_after(10):
+                while probe.xlen(f"{prefix}:{{bounded}}:jobs") < 3:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # watching Redis: no event to await
+            probe.close()
+            with pytest.raises(QueueFull, match=r"3 jobs waiting, limit 3"):
+                await model.predict(request([0.0]))
+            # asked to wait, the call goes in once there is room, and is answered
+            await model.predict(request([0.0]), wait_when_full=True)

@@ -36,17 +36,16 @@ def shared_prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(redis_url: str, shared_prefix: str) -> Iterator[Fleet]:
+def shared_fleet(redis_url: str, shared_prefix: str) -> Iterator[Fleet]:
     """Two workers sharing the test models, for the tests that need nothing special."""
-    fleet = Fleet(redis_url, shared_prefix)
-    fleet.start(MODELS, extra=["--concurrency", "8"])
-    fleet.start(MODELS, extra=["--concurrency", "8"])
-    yield fleet
-    fleet.stop()
+    with Fleet(redis_url, shared_prefix) as fleet:
+        fleet.start(MODELS, extra=["--concurrency", "8"])
+        fleet.start(MODELS, extra=["--concurrency", "8"])
+        yield fleet
 
 
 @pytest.fixture
-async def client(redis_url: str, shared_prefix: str, fleet: Fleet) -> AsyncIterator[Client]:
+async def client(redis_url: str, shared_prefix: str, shared_fleet: Fleet) -> AsyncIterator[Client]:
     async with Client(redis_url, prefix=shared_prefix, timeout=20) as client:
         yield client
 
@@ -135,7 +134,7 @@ async def test_several_models_in_one_worker(client: Client) -> None:
     assert counter.outputs[0].name == "pid"
 
 
-async def test_two_workers_share_the_queue(client: Client, fleet: Fleet) -> None:
+async def test_two_workers_share_the_queue(client: Client, shared_fleet: Fleet) -> None:
     pids: set[int] = set()
 
     async def call() -> None:
@@ -145,7 +144,7 @@ async def test_two_workers_share_the_queue(client: Client, fleet: Fleet) -> None
     async with anyio.create_task_group() as tg:
         for _ in range(24):  # more than one worker's 8 slots
             tg.start_soon(call)
-    assert pids == {worker.pid for worker in fleet.workers}
+    assert pids == {worker.pid for worker in shared_fleet.workers}
 
 
 async def test_thousand_concurrent_calls_on_few_connections(client: Client, redis_url: str) -> None:
@@ -196,86 +195,72 @@ async def test_nothing_left_behind(client: Client, redis_url: str, shared_prefix
 
 
 async def test_a_call_made_before_any_worker_is_served_by_the_one_that_starts(
-    redis_url: str, prefix: str
+    fleet: Fleet, redis_url: str, prefix: str
 ) -> None:
     """No worker, no stream yet: the call waits (within client/served.py's grace for a fleet
     that is starting) for the worker started after it, instead of failing as "not served".
     A job sent while that worker loads, before its group exists, is served too: the group is
     made from the stream's start (tests/test_unknown_model.py, the loading case)."""
-    fleet = Fleet(redis_url, prefix)
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=30) as client:
-            results: list[InferenceResponse] = []
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        results: list[InferenceResponse] = []
 
-            async def call() -> None:
-                results.append(await client.model("echo").predict(request([3.0])))
+        async def call() -> None:
+            results.append(await client.model("echo").predict(request([3.0])))
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call)
-                await anyio.to_thread.run_sync(lambda: fleet.start(MODELS))
-            assert values(results[0])[0] == 3.0
-    finally:
-        fleet.stop()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await anyio.to_thread.run_sync(lambda: fleet.start(MODELS))
+        assert values(results[0])[0] == 3.0
 
 
-async def test_sigterm_drains_in_flight_jobs(redis_url: str, prefix: str) -> None:
-    fleet = Fleet(redis_url, prefix)
+async def test_sigterm_drains_in_flight_jobs(fleet: Fleet, redis_url: str, prefix: str) -> None:
     worker = fleet.start(MODELS, extra=["--concurrency", "4", "--grace-period", "20"])
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=30) as client:
-            results: list[InferenceResponse] = []
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        results: list[InferenceResponse] = []
 
-            async def call() -> None:
-                results.append(await client.model("counter").predict(request([0.0], sleep=1.0)))
+        async def call() -> None:
+            results.append(await client.model("counter").predict(request([0.0], sleep=1.0)))
 
-            probe = redis.Redis.from_url(redis_url)
-            # counter's plain `def predict` runs one call at a time: the worker holds 3 of its
-            # jobs (worker.call_limit), one running and two waiting, and drains all three
-            async with anyio.create_task_group() as tg:
-                for _ in range(3):
-                    tg.start_soon(call)
-                with anyio.fail_after(10):
-                    pending = f"{prefix}:{{counter}}:jobs", "workers"
-                    while probe.xpending(*pending)["pending"] < 3:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)
-                worker.signal(signal.SIGTERM)
-            probe.close()
-            assert len(results) == 3
-        assert await anyio.to_thread.run_sync(worker.wait) == 0
-    finally:
-        fleet.stop()
+        probe = redis.Redis.from_url(redis_url)
+        # counter's plain `def predict` runs one call at a time: the worker holds 3 of its
+        # jobs (worker.call_limit), one running and two waiting, and drains all three
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(call)
+            with anyio.fail_after(10):
+                pending = f"{prefix}:{{counter}}:jobs", "workers"
+                while probe.xpending(*pending)["pending"] < 3:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            worker.signal(signal.SIGTERM)
+        probe.close()
+        assert len(results) == 3
+    assert await anyio.to_thread.run_sync(worker.wait) == 0
 
 
-async def test_load_and_unload_across_two_workers(redis_url: str, prefix: str) -> None:
-    fleet = Fleet(redis_url, prefix)
+async def test_load_and_unload_across_two_workers(
+    fleet: Fleet, redis_url: str, prefix: str
+) -> None:
     fleet.start(MODELS)
     fleet.start(MODELS)
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=10) as client:
-            model = client.model("echo")
-            assert await model.unload() is True
-            for worker in fleet.workers:
-                await anyio.to_thread.run_sync(worker.wait_for_log, "model.unloaded model=echo")
-            # a worker blocked in a read while it unloaded may take the job, then requeue it
-            with pytest.raises(DeadlineExceeded):
-                await model.predict(request([1.0]), timeout=1)
-            assert await model.load() is True
-            response = await model.predict(request([2.0]))
-            assert values(response)[0] == 2.0
-    finally:
-        fleet.stop()
+    async with Client(redis_url, prefix=prefix, timeout=10) as client:
+        model = client.model("echo")
+        assert await model.unload() is True
+        for worker in fleet.workers:
+            await anyio.to_thread.run_sync(worker.wait_for_log, "model.unloaded model=echo")
+        # a worker blocked in a read while it unloaded may take the job, then requeue it
+        with pytest.raises(DeadlineExceeded):
+            await model.predict(request([1.0]), timeout=1)
+        assert await model.load() is True
+        response = await model.predict(request([2.0]))
+        assert values(response)[0] == 2.0
 
 
-async def test_example_models(redis_url: str, prefix: str) -> None:
-    fleet = Fleet(redis_url, prefix)
+async def test_example_models(fleet: Fleet, redis_url: str, prefix: str) -> None:
     fleet.start(EXAMPLES)
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=20) as client:
-            linear = client.model("numpy-linear")
-            response = await linear.predict(request([[1.0, 1.0], [2.0, 0.0]]))
-            np.testing.assert_allclose(values(response).ravel(), [3.5, 2.0])
-            sync_model = client.model("echo-sync")
-            await sync_model.predict(request([1.0]))
-            assert await sync_model.call("stats") == {"calls": 1}
-    finally:
-        fleet.stop()
+    async with Client(redis_url, prefix=prefix, timeout=20) as client:
+        linear = client.model("numpy-linear")
+        response = await linear.predict(request([[1.0, 1.0], [2.0, 0.0]]))
+        np.testing.assert_allclose(values(response).ravel(), [3.5, 2.0])
+        sync_model = client.model("echo-sync")
+        await sync_model.predict(request([1.0]))
+        assert await sync_model.call("stats") == {"calls": 1}

@@ -38,22 +38,18 @@ def test_json_formatter_turns_event_fields_into_keys() -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_worker_logs_json_lines_with_request_model_and_worker(
-    redis_url: str, prefix: str
+    fleet: Fleet, redis_url: str, prefix: str
 ) -> None:
-    fleet = Fleet(redis_url, prefix)
     worker = fleet.start(MODELS, extra=["--log-format", "json"])
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=20) as client:
-            data = np.zeros(1, "f4")
-            request = InferenceRequest(
-                inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=data)]
-            )
-            with pytest.raises(RemoteError) as caught:
-                await client.model("fails").predict(request)
-        request_id = caught.value.request_id
-        line = await anyio.to_thread.run_sync(worker.wait_for_log, '"event": "job.failed"')
-    finally:
-        fleet.stop()
+    async with Client(redis_url, prefix=prefix, timeout=20) as client:
+        data = np.zeros(1, "f4")
+        request = InferenceRequest(
+            inputs=[RequestInput(name="x", shape=[1], datatype="FP32", data=data)]
+        )
+        with pytest.raises(RemoteError) as caught:
+            await client.model("fails").predict(request)
+    request_id = caught.value.request_id
+    line = await anyio.to_thread.run_sync(worker.wait_for_log, '"event": "job.failed"')
     started = json.loads(worker.wait_for_log('"event": "worker.started"'))
     assert started["level"] == "info"
     entry = json.loads(line)

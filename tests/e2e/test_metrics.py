@@ -49,26 +49,24 @@ def scrape_settled(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 @pytest.mark.timeout(60)
-async def test_worker_and_client_metrics_after_known_traffic(redis_url: str, prefix: str) -> None:
+async def test_worker_and_client_metrics_after_known_traffic(
+    fleet: Fleet, redis_url: str, prefix: str
+) -> None:
     port = free_port()
-    fleet = Fleet(redis_url, prefix)
     fleet.start(MODELS, extra=["--metrics-port", str(port)])
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=20) as client:
-            for i in range(5):
-                await client.model("echo").predict(request(float(i)))
-            with pytest.raises(RemoteError):
-                await client.model("fails").predict(request(0.0))
+    async with Client(redis_url, prefix=prefix, timeout=20) as client:
+        for i in range(5):
+            await client.model("echo").predict(request(float(i)))
+        with pytest.raises(RemoteError):
+            await client.model("fails").predict(request(0.0))
 
-            async def one() -> AsyncIterator[InferenceRequest]:
-                yield request(1.0)
+        async def one() -> AsyncIterator[InferenceRequest]:
+            yield request(1.0)
 
-            chunks = [c async for c in client.model("echo").predict_stream(one())]
-            assert len(chunks) == 1
-            mine = samples(generate_latest(client.metrics.registry).decode())
-        worker = await anyio.to_thread.run_sync(scrape_settled, port)
-    finally:
-        fleet.stop()
+        chunks = [c async for c in client.model("echo").predict_stream(one())]
+        assert len(chunks) == 1
+        mine = samples(generate_latest(client.metrics.registry).decode())
+    worker = await anyio.to_thread.run_sync(scrape_settled, port)
 
     def jobs(model: str, method: str, outcome: str) -> float:
         labels = (("method", method), ("model", model), ("outcome", outcome))

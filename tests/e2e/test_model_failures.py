@@ -77,21 +77,17 @@ class Model(MLModel):
 
 
 async def test_a_model_error_is_logged_with_its_message_and_traceback_once(
-    redis_url: str, prefix: str
+    fleet: Fleet, redis_url: str, prefix: str
 ) -> None:
-    fleet = Fleet(redis_url, prefix)
     # `conveyor up` runs its workers at --log-level warning: the failure must show there
     worker = fleet.start(MODELS, extra=["--log-level", "warning"], wait=False)
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=20) as client:
-            with pytest.raises(RemoteError, match="cannot handle 1 inputs") as caught:
-                await client.model("fails").predict(request())
-        # the traceback's last line is the exception itself
-        last = "ValueError: cannot handle 1 inputs"
-        await anyio.to_thread.run_sync(worker.wait_for_log, last)
-        line = await anyio.to_thread.run_sync(worker.wait_for_log, "job.failed")
-    finally:
-        fleet.stop()
+    async with Client(redis_url, prefix=prefix, timeout=20) as client:
+        with pytest.raises(RemoteError, match="cannot handle 1 inputs") as caught:
+            await client.model("fails").predict(request())
+    # the traceback's last line is the exception itself
+    last = "ValueError: cannot handle 1 inputs"
+    await anyio.to_thread.run_sync(worker.wait_for_log, last)
+    line = await anyio.to_thread.run_sync(worker.wait_for_log, "job.failed")
     assert "ERROR" in line
     assert f"request={caught.value.request_id}" in line
     assert "model=fails" in line
@@ -107,7 +103,7 @@ async def test_a_model_error_is_logged_with_its_message_and_traceback_once(
 
 @pytest.mark.parametrize("history", ["new", "served-before"])
 async def test_a_model_whose_load_returns_false_is_not_served_and_callers_fail_fast(
-    redis_url: str, prefix: str, tmp_path: Path, history: str
+    fleet: Fleet, redis_url: str, prefix: str, tmp_path: Path, history: str
 ) -> None:
     models = tmp_path / "models"
     model_folder(models, "not-loaded", _LOAD_FALSE)
@@ -117,32 +113,28 @@ async def test_a_model_whose_load_returns_false_is_not_served_and_callers_fail_f
             probe.xgroup_create(Keys(prefix).jobs("not-loaded"), GROUP, id="0", mkstream=True)
         finally:
             probe.close()
-    fleet = Fleet(redis_url, prefix)
     worker = fleet.start(models, MODELS)  # and the test models, which load
+    lines = [line for line in worker.lines if "model=not-loaded" in line]
+    assert len(lines) == 1, worker.log()
+    assert "model.not_ready model=not-loaded" in lines[0]
+    assert "load() returned False" in lines[0] or "load_returned_false" in lines[0]
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        with anyio.fail_after(5):  # not the call's 30 s timeout
+            with pytest.raises(ModelNotServed, match=r"load\(\) returned False") as caught:
+                await client.model("not-loaded").predict(request())
+            # its neighbour serves as usual
+            await client.model("echo").predict(request())
+    assert "no worker" not in str(caught.value)
+    probe = redis.Redis.from_url(redis_url)
     try:
-        lines = [line for line in worker.lines if "model=not-loaded" in line]
-        assert len(lines) == 1, worker.log()
-        assert "model.not_ready model=not-loaded" in lines[0]
-        assert "load() returned False" in lines[0] or "load_returned_false" in lines[0]
-        async with Client(redis_url, prefix=prefix, timeout=30) as client:
-            with anyio.fail_after(5):  # not the call's 30 s timeout
-                with pytest.raises(ModelNotServed, match=r"load\(\) returned False") as caught:
-                    await client.model("not-loaded").predict(request())
-                # its neighbour serves as usual
-                await client.model("echo").predict(request())
-        assert "no worker" not in str(caught.value)
-        probe = redis.Redis.from_url(redis_url)
-        try:
-            stream = Keys(prefix).jobs("not-loaded")
-            if history == "new":
-                assert probe.exists(stream) == 0  # nothing sent, nothing left behind
-            else:  # nothing sent: no job queued, none ever delivered
-                assert probe.xlen(stream) == 0
-                assert probe.xinfo_groups(stream)[0]["last-delivered-id"] in (b"0-0", "0-0")
-        finally:
-            probe.close()
+        stream = Keys(prefix).jobs("not-loaded")
+        if history == "new":
+            assert probe.exists(stream) == 0  # nothing sent, nothing left behind
+        else:  # nothing sent: no job queued, none ever delivered
+            assert probe.xlen(stream) == 0
+            assert probe.xinfo_groups(stream)[0]["last-delivered-id"] in (b"0-0", "0-0")
     finally:
-        fleet.stop()
+        probe.close()
 
 
 # -- 3. load() raises ---------------------------------------------------------------------
@@ -214,17 +206,15 @@ async def test_default_predict_stream_runs_a_plain_def_predict() -> None:
     assert [r.outputs[0].name for r in responses] == ["y"]
 
 
-async def test_predict_stream_of_the_shipped_plain_def_example(redis_url: str, prefix: str) -> None:
-    fleet = Fleet(redis_url, prefix)
+async def test_predict_stream_of_the_shipped_plain_def_example(
+    fleet: Fleet, redis_url: str, prefix: str
+) -> None:
     fleet.start(EXAMPLES)
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=20) as client:
+    async with Client(redis_url, prefix=prefix, timeout=20) as client:
 
-            async def one() -> AsyncIterator[InferenceRequest]:
-                yield request(3.0)
+        async def one() -> AsyncIterator[InferenceRequest]:
+            yield request(3.0)
 
-            chunks = [c async for c in client.model("echo-sync").predict_stream(one())]
-        assert len(chunks) == 1
-        assert np.asarray(chunks[0].outputs[0].data.root).tolist() == [3.0]
-    finally:
-        fleet.stop()
+        chunks = [c async for c in client.model("echo-sync").predict_stream(one())]
+    assert len(chunks) == 1
+    assert np.asarray(chunks[0].outputs[0].data.root).tolist() == [3.0]

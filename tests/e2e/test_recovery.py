@@ -29,8 +29,9 @@ async def wait_pending(probe: redis.Redis, stream: str, count: int) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_sigkilled_worker_job_is_finished_by_another(redis_url: str, prefix: str) -> None:
-    fleet = Fleet(redis_url, prefix)
+async def test_sigkilled_worker_job_is_finished_by_another(
+    fleet: Fleet, redis_url: str, prefix: str
+) -> None:
     first = fleet.start(MODELS, extra=["--concurrency", "1"])
     probe = redis.Redis.from_url(redis_url)
     try:
@@ -54,12 +55,12 @@ async def test_sigkilled_worker_job_is_finished_by_another(redis_url: str, prefi
             await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     finally:
         probe.close()
-        fleet.stop()
 
 
 @pytest.mark.timeout(90)
-async def test_job_that_kills_every_worker_is_dead_lettered(redis_url: str, prefix: str) -> None:
-    fleet = Fleet(redis_url, prefix)
+async def test_job_that_kills_every_worker_is_dead_lettered(
+    fleet: Fleet, redis_url: str, prefix: str
+) -> None:
     fleet.start(CRASH_MODELS, extra=["--processes", "2"], wait=False)
     probe = redis.Redis.from_url(redis_url)
     try:
@@ -72,4 +73,3 @@ async def test_job_that_kills_every_worker_is_dead_lettered(redis_url: str, pref
         await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
     finally:
         probe.close()
-        fleet.stop()

@@ -29,11 +29,10 @@ def shared_prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(redis_url: str, shared_prefix: str) -> Iterator[Fleet]:
-    fleet = Fleet(redis_url, shared_prefix)
-    fleet.start(MODELS)
-    yield fleet
-    fleet.stop()
+def shared_fleet(redis_url: str, shared_prefix: str) -> Iterator[Fleet]:
+    with Fleet(redis_url, shared_prefix) as fleet:
+        fleet.start(MODELS)
+        yield fleet
 
 
 def keys_of(redis_url: str, prefix: str) -> set[bytes]:
@@ -45,7 +44,7 @@ def keys_of(redis_url: str, prefix: str) -> set[bytes]:
 
 
 async def test_an_unknown_model_fails_fast_naming_the_served_ones_and_leaves_nothing(
-    redis_url: str, shared_prefix: str, fleet: Fleet
+    redis_url: str, shared_prefix: str, shared_fleet: Fleet
 ) -> None:
     async with Client(redis_url, prefix=shared_prefix, timeout=30) as client:
         await client.model("echo").predict(request())  # the fleet is up
@@ -69,7 +68,7 @@ async def test_an_unknown_model_fails_fast_naming_the_served_ones_and_leaves_not
 
 
 async def test_an_unknown_version_of_a_served_model_fails_fast(
-    redis_url: str, shared_prefix: str, fleet: Fleet
+    redis_url: str, shared_prefix: str, shared_fleet: Fleet
 ) -> None:
     async with Client(redis_url, prefix=shared_prefix, timeout=30) as client:
         with anyio.fail_after(10), pytest.raises(ModelNotServed, match="version 'v9'"):
@@ -86,18 +85,16 @@ async def test_with_no_worker_at_all_the_call_says_none_is_running(
     assert not [key for key in keys_of(redis_url, prefix) if b"{echo}" in key]
 
 
-async def test_a_call_made_as_the_fleet_starts_waits_for_it(redis_url: str, prefix: str) -> None:
+async def test_a_call_made_as_the_fleet_starts_waits_for_it(
+    fleet: Fleet, redis_url: str, prefix: str
+) -> None:
     """The race a fail-fast check must not lose: the worker process is started together with
     the client (as `docker compose up` does), so the first call may come before its first
     heartbeat, and while it loads its models."""
-    fleet = Fleet(redis_url, prefix)
     fleet.start(MODELS, wait=False)
-    try:
-        async with Client(redis_url, prefix=prefix, timeout=30) as client:
-            response = await client.model("echo").predict(request(4.0))
-        assert np.asarray(response.outputs[0].data.root).tolist() == [4.0]
-    finally:
-        fleet.stop()
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        response = await client.model("echo").predict(request(4.0))
+    assert np.asarray(response.outputs[0].data.root).tolist() == [4.0]
 
 
 _SLOW_LOAD = """
@@ -116,19 +113,15 @@ class Model(MLModel):
 
 
 async def test_a_call_to_a_model_a_worker_is_loading_waits_for_it(
-    redis_url: str, prefix: str, tmp_path: Path
+    fleet: Fleet, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     folder = tmp_path / "models" / "slow"
     folder.mkdir(parents=True)
     (folder / "slow.py").write_text(_SLOW_LOAD)
     (folder / "model-settings.json").write_text('{"name": "slow", "implementation": "slow.Model"}')
-    fleet = Fleet(redis_url, prefix)
     worker = fleet.start(folder, MODELS, wait=False)
-    try:
-        await anyio.to_thread.run_sync(worker.wait_for_log, "slow.loading")
-        async with Client(redis_url, prefix=prefix, timeout=30) as client:
-            # a model of the same worker, also loading: the call waits (3 s > the 2 s grace)
-            response = await client.model("echo").predict(request(5.0))
-        assert np.asarray(response.outputs[0].data.root).tolist() == [5.0]
-    finally:
-        fleet.stop()
+    await anyio.to_thread.run_sync(worker.wait_for_log, "slow.loading")
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        # a model of the same worker, also loading: the call waits (3 s > the 2 s grace)
+        response = await client.model("echo").predict(request(5.0))
+    assert np.asarray(response.outputs[0].data.root).tolist() == [5.0]

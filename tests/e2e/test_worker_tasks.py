@@ -203,51 +203,43 @@ def _pending(probe: redis.Redis, prefix: str, model: str) -> int:
 
 @pytest.mark.timeout(60)
 async def test_a_second_signal_stops_at_once_leaving_jobs_pending(
-    redis_url: str, prefix: str, probe: redis.Redis
+    fleet: Fleet, redis_url: str, prefix: str, probe: redis.Redis
 ) -> None:
-    fleet = Fleet(redis_url, prefix)
     worker = fleet.start(MODELS, extra=["--grace-period", "30"])
-    try:
-        jobs = [_job(prefix, "ticker", sleep=0, timeout=60) for _ in range(3)]
-        for job in jobs:  # ticker's predict sleeps as long as its first input says
-            job.args[0].inputs[0].data.root[0] = 60.0  # type: ignore[union-attr,index]
-            _send(probe, prefix, job)
-        with anyio.fail_after(10):
-            while _pending(probe, prefix, "ticker") < 3:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
-        started = time.monotonic()
-        worker.signal(signal.SIGTERM)
-        await anyio.to_thread.run_sync(worker.wait_for_log, "worker.stopping ")
-        worker.signal(signal.SIGTERM)
-        assert await anyio.to_thread.run_sync(worker.wait, 20) == 0
-        assert time.monotonic() - started < 10
-        assert "worker.stopping_now" in worker.log()
-        assert _pending(probe, prefix, "ticker") == 3  # for another worker to reclaim
-        assert not any(probe.exists(job.reply) for job in jobs)
-    finally:
-        fleet.stop()
+    jobs = [_job(prefix, "ticker", sleep=0, timeout=60) for _ in range(3)]
+    for job in jobs:  # ticker's predict sleeps as long as its first input says
+        job.args[0].inputs[0].data.root[0] = 60.0  # type: ignore[union-attr,index]
+        _send(probe, prefix, job)
+    with anyio.fail_after(10):
+        while _pending(probe, prefix, "ticker") < 3:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    await anyio.to_thread.run_sync(worker.wait_for_log, "worker.stopping ")
+    worker.signal(signal.SIGTERM)
+    assert await anyio.to_thread.run_sync(worker.wait, 20) == 0
+    assert time.monotonic() - started < 10
+    assert "worker.stopping_now" in worker.log()
+    assert _pending(probe, prefix, "ticker") == 3  # for another worker to reclaim
+    assert not any(probe.exists(job.reply) for job in jobs)
 
 
 @pytest.mark.timeout(60)
 async def test_jobs_past_the_grace_period_stay_pending(
-    redis_url: str, prefix: str, probe: redis.Redis
+    fleet: Fleet, redis_url: str, prefix: str, probe: redis.Redis
 ) -> None:
-    fleet = Fleet(redis_url, prefix)
     worker = fleet.start(MODELS, extra=["--grace-period", "0.5"])
-    try:
-        job = _job(prefix, "ticker", sleep=0, timeout=60)
-        job.args[0].inputs[0].data.root[0] = 60.0  # type: ignore[union-attr,index]
-        _send(probe, prefix, job)
-        with anyio.fail_after(10):
-            while _pending(probe, prefix, "ticker") < 1:  # noqa: ASYNC110
-                await anyio.sleep(0.01)
-        worker.signal(signal.SIGTERM)
-        assert await anyio.to_thread.run_sync(worker.wait, 20) == 0
-        assert "worker.grace_expired" in worker.log()
-        assert _pending(probe, prefix, "ticker") == 1
-        assert not probe.exists(job.reply)
-    finally:
-        fleet.stop()
+    job = _job(prefix, "ticker", sleep=0, timeout=60)
+    job.args[0].inputs[0].data.root[0] = 60.0  # type: ignore[union-attr,index]
+    _send(probe, prefix, job)
+    with anyio.fail_after(10):
+        while _pending(probe, prefix, "ticker") < 1:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    worker.signal(signal.SIGTERM)
+    assert await anyio.to_thread.run_sync(worker.wait, 20) == 0
+    assert "worker.grace_expired" in worker.log()
+    assert _pending(probe, prefix, "ticker") == 1
+    assert not probe.exists(job.reply)
 
 
 async def _sleeper(index: int, stopped: list[int]) -> None:
