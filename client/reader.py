@@ -23,7 +23,7 @@ import anyio.lowlevel
 from conveyor.broker import ClientBroker, Replies
 from conveyor.broker.wire import ErrorCode, ErrorInfo, Rung, decode_message, encode_job
 from conveyor.client.waiter import Sent, Waiter
-from conveyor.errors import ConveyorError, WireError
+from conveyor.errors import BrokerCommandError, ConveyorError, WireError
 
 __all__ = ("BELL_BLOCK_S", "Reader")
 
@@ -73,6 +73,8 @@ class Reader:
                 if not asked:
                     continue
                 replies = await broker.read_replies({k: w.cursor for k, w in asked.items()})
+            except BrokerCommandError:
+                raise  # a refused command (a key of another type) is no outage to wait out
             except ConveyorError as error:
                 if not broken:
                     logger.warning("client.redis_unavailable error=%s", error)

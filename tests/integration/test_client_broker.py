@@ -1,0 +1,99 @@
+"""The client's face of the broker (broker/client_broker.py) against a real Redis, on asyncio
+and trio: each operation works through it, and every Redis error leaves it as a ConveyorError."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+import redis
+
+from conveyor.broker import ClientBroker, FleetView, RedisSettings
+from conveyor.broker.keys import Keys
+from conveyor.broker.wire import Job, encode_job
+from conveyor.errors import BrokerCommandError, BrokerConnectionError, ConveyorError
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+
+@pytest.fixture
+async def broker(redis_url: str, prefix: str) -> AsyncIterator[ClientBroker]:
+    async with ClientBroker(RedisSettings.from_url(redis_url), Keys(prefix), "c1") as broker:
+        yield broker
+    with redis.Redis.from_url(redis_url) as cleanup:
+        keys = list(cleanup.scan_iter(f"{prefix}:*"))
+        if keys:
+            cleanup.delete(*keys)
+
+
+def _job(keys: Keys, request_id: str = "c1-1") -> Job:
+    return Job(
+        id=request_id,
+        method="predict",
+        model="m",
+        version=None,
+        reply=keys.reply("c1", request_id),
+        bell=keys.bell("c1"),
+        deadline=2e9,
+        sent_at=1e9,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_operations_go_through_the_face(broker: ClientBroker, prefix: str) -> None:
+    keys = Keys(prefix)
+    stream = keys.jobs("m")
+    assert not broker.reached
+    assert await broker.has_group(stream) is False
+    assert broker.reached
+    assert await broker.read_fleet() == FleetView()
+    assert await broker.model_limits("m") is None
+    entry = await broker.send_job(stream, encode_job(_job(keys)))
+    assert isinstance(entry, bytes)
+    assert await broker.send_job(stream, encode_job(_job(keys, "c1-2")), 1) == 1  # full: backlog
+    assert await broker.jobs_present([(stream, entry)]) == [True]
+    assert await broker.job_was_taken(stream, entry) is False  # no workers' group
+    await broker.withdraw_job(stream, entry)
+    assert await broker.jobs_present([(stream, entry)]) == [False]
+    rung = await broker.wait_bell(0.01)
+    assert rung.ids == []
+    assert rung.messages == []
+    assert (await broker.drain_bell()).ids == []
+    assert await broker.read_replies({keys.reply("c1", "c1-1"): b"0-0"}) == []
+    await broker.send_inputs(keys.inputs("c1", "c1-1"), [{"type": "end"}], 10)
+    await broker.send_credit(keys.credit("c1", "c1-1"), 2, 10)
+    await broker.delete(keys.inputs("c1", "c1-1"), keys.credit("c1", "c1-1"))
+
+
+async def test_a_key_of_the_wrong_type_is_a_broker_command_error(
+    broker: ClientBroker, redis_url: str, prefix: str
+) -> None:
+    stream = Keys(prefix).jobs("m")
+    with redis.Redis.from_url(redis_url) as probe:
+        probe.set(stream, "not a stream")
+    with pytest.raises(BrokerCommandError, match="WRONGTYPE") as caught:
+        await broker.send_job(stream, encode_job(_job(Keys(prefix))))
+    assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
+
+
+async def test_an_unreachable_redis_is_a_broker_connection_error(prefix: str) -> None:
+    settings = RedisSettings.from_url(f"redis://127.0.0.1:{_free_port()}/0")
+    async with ClientBroker(settings, Keys(prefix), "c1") as broker:
+        with anyio.fail_after(20), pytest.raises(BrokerConnectionError) as caught:
+            await broker.model_limits("m")
+        assert not isinstance(caught.value.__cause__, ConveyorError)
+        assert not broker.reached
+
+
+async def test_a_broker_not_open_says_so(prefix: str) -> None:
+    broker = ClientBroker(RedisSettings(), Keys(prefix), "c1")
+    with pytest.raises(ConveyorError, match="not open"):
+        await broker.model_limits("m")
+    await broker.aclose()  # idempotent, and fine unopened
