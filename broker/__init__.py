@@ -21,6 +21,7 @@ _LAZY = {
     "ClientBroker": "conveyor.broker.client_broker",
     "Replies": "conveyor.broker.client_broker",
     "FleetView": "conveyor.broker.fleet",
+    "read_fleet_sync": "conveyor.broker.fleet",  # `conveyor up` waits for its workers
     # -- the worker's face (broker/worker_broker.py): all that worker/ asks of Redis, what its
     # steps hand back, and the heartbeat thread's connection (broker/heartbeats.py).
     "WorkerBroker": "conveyor.broker.worker_broker",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from conveyor.broker.entries import Delivery as Delivery
     from conveyor.broker.errors import translate_errors as translate_errors
     from conveyor.broker.fleet import FleetView as FleetView
+    from conveyor.broker.fleet import read_fleet_sync as read_fleet_sync
     from conveyor.broker.heartbeats import Beat as Beat
     from conveyor.broker.heartbeats import HeartbeatLink as HeartbeatLink
     from conveyor.broker.settings import DEFAULT_REDIS_URL as DEFAULT_REDIS_URL
@@ -61,6 +63,7 @@ __all__ = (
     "create_sync_client",
     "default_redis_url",
     "ping",
+    "read_fleet_sync",
     "redact_url",
     "translate_errors",
 )

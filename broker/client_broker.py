@@ -31,17 +31,15 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
-from redis import exceptions as rex
-
 from conveyor.broker.bridge import Transport, on_asyncio, open_transport
 from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.clients import create_client
-from conveyor.broker.errors import translate_errors
+from conveyor.broker.errors import translate_every_error
 from conveyor.broker.fleet import FleetView, has_group, read_fleet
 from conveyor.broker.keys import Keys
 from conveyor.broker.settings import RedisSettings
 from conveyor.broker.wire import Fields, RawFields, Rung
-from conveyor.errors import BrokerCommandError, ConveyorError
+from conveyor.errors import ConveyorError
 
 __all__ = ("SEND_CONNECTIONS", "ClientBroker", "Replies")
 
@@ -50,31 +48,6 @@ SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is i
 # What the reader gets of reply streams: (key, [(entry id, fields), ...]) per stream with news.
 Replies = list[tuple[str, list[tuple[bytes, RawFields]]]]
 
-
-class _Translated:
-    """Redis's errors raised inside as Conveyor's (see the module's docstring). One per
-    broker, entered by every operation: a class, not a generator (~2 us less a use)."""
-
-    __slots__ = ("_connection", "_where")
-
-    def __init__(self, settings: RedisSettings) -> None:
-        self._where = settings.redacted_url
-        self._connection = translate_errors(settings)  # connection failures, OOM
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None or isinstance(exc, ConveyorError) or not isinstance(exc, Exception):
-            return
-        self._connection.__exit__(exc_type, exc, tb)  # raises what it translates
-        if isinstance(exc, rex.RedisError):
-            raise BrokerCommandError(self._where, str(exc) or type(exc).__name__) from exc
 
 
 class ClientBroker:
@@ -91,7 +64,7 @@ class ClientBroker:
         self.bell = keys.bell(client_id)  # the client's doorbell: its jobs name it
         self.reached = False  # whether Redis ever answered this broker
         self.on_asyncio = True  # whether it runs on asyncio (set when opened; else trio)
-        self._errors = _Translated(settings)  # reused by every operation: it is stateless
+        self._errors = translate_every_error(settings)  # reused by every operation: it is stateless
         self._transport: Transport | None = None
         # set when opened; every operation reads self._io first, which raises until then
         self._streams: ClientStreams

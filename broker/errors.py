@@ -16,6 +16,11 @@ XREADGROUP). That is what Conveyor needs: nothing is dropped, and what could not
 written later. An ``allkeys-*`` policy would instead evict job streams, reply streams and
 doorbells: jobs and answers vanish silently.
 
+The faces (``ClientBroker``, ``WorkerBroker``) wrap each operation in the stricter
+:class:`translate_every_error`: there, any other Redis error reply (``WRONGTYPE`` on a key
+someone else wrote, ...) becomes :class:`~conveyor.errors.BrokerCommandError`, so no redis-py
+exception leaves the broker.
+
 A pipeline run with ``raise_on_error=False`` hands refusals back as results:
 :func:`is_out_of_memory` tells one apart and :func:`out_of_memory` makes its error.
 """
@@ -27,9 +32,14 @@ from types import TracebackType
 from redis import exceptions as rex
 
 from conveyor.broker.settings import RedisSettings, redact_url
-from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, ConveyorError
+from conveyor.errors import (
+    BrokerCommandError,
+    BrokerConnectionError,
+    BrokerOutOfMemory,
+    ConveyorError,
+)
 
-__all__ = ("is_out_of_memory", "out_of_memory", "translate_errors")
+__all__ = ("is_out_of_memory", "out_of_memory", "translate_errors", "translate_every_error")
 
 
 def _redacted(target: RedisSettings | str) -> str:
@@ -115,3 +125,24 @@ class translate_errors:
             raise BrokerConnectionError(_redacted(self._target), _reason(exc)) from exc
         if isinstance(exc, rex.OutOfMemoryError):
             raise out_of_memory(self._target, exc) from exc
+
+
+class translate_every_error(translate_errors):
+    """:class:`translate_errors`, and every other Redis error reply as
+    :class:`~conveyor.errors.BrokerCommandError`: what the broker's faces wrap each
+    operation in (one instance per broker, entered by every operation)."""
+
+    __slots__ = ()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, ConveyorError) or not isinstance(exc, Exception):
+            return
+        super().__exit__(exc_type, exc, tb)  # raises what it translates
+        if isinstance(exc, rex.RedisError):
+            detail = str(exc) or type(exc).__name__
+            raise BrokerCommandError(_redacted(self._target), detail) from exc

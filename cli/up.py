@@ -11,8 +11,13 @@ from pathlib import Path
 
 import typer
 
-from conveyor.broker import RedisSettings, create_sync_client, translate_errors
-from conveyor.broker.fleet import FleetView, read_fleet_sync
+from conveyor.broker import (
+    FleetView,
+    RedisSettings,
+    create_sync_client,
+    read_fleet_sync,
+    translate_errors,
+)
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.embedded import RedisServer
 from conveyor.errors import ConveyorError

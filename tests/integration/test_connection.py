@@ -666,7 +666,7 @@ def test_redis_exceptions_are_not_conveyor_errors() -> None:
 
 def test_module_exports() -> None:
     import conveyor.broker as face
-    from conveyor.broker import clients, connection, errors, settings
+    from conveyor.broker import clients, errors, settings
 
     assert settings.__all__ == (
         "DEFAULT_REDIS_URL",
@@ -683,7 +683,12 @@ def test_module_exports() -> None:
         "ping",
         "server_url",
     )
-    assert errors.__all__ == ("is_out_of_memory", "out_of_memory", "translate_errors")
+    assert errors.__all__ == (
+        "is_out_of_memory",
+        "out_of_memory",
+        "translate_errors",
+        "translate_every_error",
+    )
     for name in (
         "DEFAULT_REDIS_URL",
         "RedisSettings",
@@ -695,7 +700,5 @@ def test_module_exports() -> None:
         "translate_errors",
     ):
         assert name in face.__all__
-    # transitional: removed once the faces land; the old pairing still translates both
-    assert connection.translate_oom is errors.translate_errors
-    for module in (face, settings, clients, errors, connection):
+    for module in (face, settings, clients, errors):
         assert all(hasattr(module, name) for name in module.__all__)
