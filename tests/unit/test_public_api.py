@@ -155,3 +155,48 @@ def test_core_does_not_import_the_layers_above() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _drawn_tree() -> dict[str, str]:
+    """conveyor.errors' docstring tree: each class drawn -> the class drawn above it."""
+    import re
+
+    import conveyor.errors
+
+    parents: dict[str, str] = {}
+    stack = ["ConveyorError"]
+    for line in (conveyor.errors.__doc__ or "").splitlines():
+        match = re.match(r"^ {4}([│ ]*)[├└]── (\w+)", line)
+        if match:
+            depth = len(match.group(1)) // 4 + 1
+            del stack[depth:]
+            parents[match.group(2)] = stack[-1]
+            stack.append(match.group(2))
+    return parents
+
+
+def test_the_errors_tree_draws_every_conveyor_error() -> None:
+    """Every ConveyorError subclass of every module is in conveyor.errors' tree, under a base."""
+    import pkgutil
+
+    from conveyor.errors import ConveyorError
+
+    # Each part has its own folder (pyproject's package-dir): walk each.
+    for suffix in ("", ".broker", ".worker", ".client", ".cli"):
+        part = "conveyor" + suffix
+        package = importlib.import_module(part)
+        for info in pkgutil.walk_packages(package.__path__, part + "."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
+    found: dict[str, type] = {}
+    todo = [ConveyorError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("conveyor.") and not sub.__name__.startswith("_"):
+                found[sub.__name__] = sub
+            todo.append(sub)
+    drawn = _drawn_tree()
+    assert sorted(set(found) - set(drawn)) == [], "not drawn in conveyor.errors' docstring"
+    assert sorted(set(drawn) - set(found)) == [], "drawn, but no such class"
+    for name, parent in drawn.items():
+        assert parent in [base.__name__ for base in found[name].__bases__], (name, parent)
