@@ -291,3 +291,14 @@ def test_the_rules_catch_what_they_say() -> None:
             IMPORTS["conveyor.errors"] = errors
     finally:
         IMPORTS[client] = saved
+
+
+def test_a_checkout_never_shadows_the_installed_package() -> None:
+    """Run from a checkout's root, `import conveyor` must not find a folder of the checkout
+    instead of the installed package: no top-level folder or module is named `conveyor`."""
+    assert not (ROOT / "conveyor").exists()
+    assert not (ROOT / "conveyor.py").exists()
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ]
+    assert all(Path(folder).parts[0] != "conveyor" for folder in folders.values())
