@@ -11,19 +11,15 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-# Rung and read_rung are the doorbell's format, in the wire package; kept importable from
-# here until client_streams and the client import them from conveyor.broker.wire.
-from conveyor.broker.wire import RawFields, Rung, read_rung
+from conveyor.broker.wire import RawFields
 
 __all__ = (
     "Delivery",
-    "Rung",
     "claim_ttl",
     "entries_by_stream",
     "id_tuple",
     "is_nogroup",
     "next_id",
-    "read_rung",
     "text",
 )
 

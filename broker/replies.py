@@ -31,19 +31,25 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 import anyio
-import msgpack
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from conveyor.broker.errors import is_out_of_memory, out_of_memory, translate_errors
 from conveyor.broker.keys import GROUP
 from conveyor.broker.pipelining import PipelineBatcher, Settle
-from conveyor.broker.wire import Fields, Job, Message, MessageType, encode_message, fields_size
+from conveyor.broker.wire import (
+    Fields,
+    Job,
+    Message,
+    MessageType,
+    encode_message,
+    fields_size,
+    pack_inline,
+)
 from conveyor.errors import BrokerConnectionError
 
 __all__ = (
     "ACK_DELAY_S",
-    "INLINE_MARK",
     "INLINE_REPLY_MAX_BYTES",
     "REPLY_GRACE_S",
     "AckTarget",
@@ -63,9 +69,6 @@ _MAX_TTL_S = 7 * 24 * 3600.0
 # XREAD round trip and no UNLINK for the client. Streams, bigger answers and answers with
 # tensor fields of their own keep reply streams.
 INLINE_REPLY_MAX_BYTES = 64 * 1024
-# A bell entry is a request id (text: "read my reply stream") or this byte followed by a
-# msgpack map of a message's fields, exactly as they would sit in the reply stream.
-INLINE_MARK = b"\x00"
 
 # Backoff between tries of an answer Redis did not store.
 _RETRY_FIRST_S = 0.05
@@ -120,8 +123,7 @@ def _inline_entry(write: _Write) -> bytes | None:
     # a tensor in a field of its own (a memoryview) keeps the reply stream
     if memoryview in map(type, fields.values()) or fields_size(fields) > INLINE_REPLY_MAX_BYTES:
         return None
-    packed: bytes = msgpack.packb(fields, use_bin_type=True)
-    return INLINE_MARK + packed
+    return pack_inline(fields)
 
 
 class ReplyWriter:

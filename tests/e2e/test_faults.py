@@ -23,8 +23,7 @@ import pytest
 import redis
 
 from conveyor.broker.client_streams import ClientStreams
-from conveyor.broker.entries import Rung
-from conveyor.broker.wire import Message, MessageType
+from conveyor.broker.wire import Message, MessageType, Rung
 from conveyor.client import Client
 from conveyor.client.waiter import Waiter
 from conveyor.errors import MethodNotAllowed, RemoteError
