@@ -45,6 +45,7 @@ from conveyor.errors import (
 )
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
 from tests.support.fleet import MODELS, WorkerProcess
+from tests.support.tls import openssl_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -588,33 +589,6 @@ def test_conveyor_up_on_a_password_protected_redis_never_prints_it(
 # -- 3. TLS (rediss://) -----------------------------------------------------------------------
 
 
-def _openssl_tls_files(directory: Path, openssl: str) -> TLSFiles:
-    """A throwaway CA, and a certificate it signed for 127.0.0.1 and localhost."""
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True, timeout=30)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    (directory / "ca.cnf").write_text(
-        "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n"
-        "[dn]\nCN = conveyor security test CA\n"
-        "[v3_ca]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign\n"
-        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n"
-    )
-    (directory / "server.cnf").write_text(
-        "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = localhost\n"
-    )
-    (directory / "server.ext").write_text(
-        "basicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature\n"
-        "extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1, DNS:localhost\n"
-    )
-    run("req", "-x509", "-config", "ca.cnf", *ec, "-keyout", "ca.key", "-out", "ca.crt")
-    run("req", "-new", "-config", "server.cnf", *ec, "-keyout", "server.key", "-out", "server.csr")
-    run(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext",
-    )  # fmt: skip
-    return TLSFiles(directory / "server.crt", directory / "server.key", directory / "ca.crt")
 
 
 @pytest.fixture(scope="module")
@@ -622,7 +596,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("no openssl command to make a test CA and server certificate")
-    return _openssl_tls_files(tmp_path_factory.mktemp("tls"), openssl)
+    return openssl_tls_files(tmp_path_factory.mktemp("tls"), openssl)
 
 
 def start_tls_server(factory: ServerFactory, tls: TLSFiles) -> RedisServer:

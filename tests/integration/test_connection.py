@@ -8,7 +8,6 @@ import datetime
 import ipaddress
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from conveyor.broker import (
 from conveyor.broker.errors import is_out_of_memory, out_of_memory
 from conveyor.embedded import RedisServer, RedisStartError, TLSFiles, free_port
 from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, ConveyorError, InvalidRedisURL
+from tests.support.tls import openssl_tls_files
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -483,33 +483,6 @@ async def test_unix_socket_with_db(redis_server_factory: ServerFactory) -> None:
         await client2.aclose()
 
 
-def _openssl_tls_files(directory: Path, openssl: str) -> TLSFiles:
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True, timeout=30)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    (directory / "ca.cnf").write_text(
-        "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n"
-        "[dn]\nCN = conveyor test CA\n"
-        "[v3_ca]\nbasicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign\n"
-        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n"
-    )
-    (directory / "server.cnf").write_text(
-        "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = localhost\n"
-    )
-    (directory / "server.ext").write_text(
-        "basicConstraints = CA:FALSE\nkeyUsage = critical, digitalSignature\n"
-        "extendedKeyUsage = serverAuth, clientAuth\n"
-        "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
-        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n"
-    )
-    run("req", "-x509", "-config", "ca.cnf", *ec, "-keyout", "ca.key", "-out", "ca.crt")
-    run("req", "-new", "-config", "server.cnf", *ec, "-keyout", "server.key", "-out", "server.csr")
-    run(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext",
-    )  # fmt: skip
-    return TLSFiles(directory / "server.crt", directory / "server.key", directory / "ca.crt")
 
 
 def _cryptography_tls_files(directory: Path) -> TLSFiles:
@@ -583,7 +556,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     directory = tmp_path_factory.mktemp("tls")
     openssl = shutil.which("openssl")
     if openssl is not None:
-        return _openssl_tls_files(directory, openssl)
+        return openssl_tls_files(directory, openssl)
     try:
         return _cryptography_tls_files(directory)
     except ImportError:
