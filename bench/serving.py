@@ -351,8 +351,9 @@ def report(
             f"| {_ms(tally.percentile(50))} | {_ms(tally.percentile(99))} |"
         )
     lines += ["", "| goal (issue 14) | measured | met |", "|---|---|---|"]
-    unbatched = {t.processes: t for t in fleet if t.max_batch_size == 1 and t.rows_per_call == 1}
-    batched = {t.processes: t for t in fleet if t.max_batch_size > 1}
+    ours = [t for t in fleet if t.processes > 0]  # not a peer's row
+    unbatched = {t.processes: t for t in ours if t.max_batch_size == 1 and t.rows_per_call == 1}
+    batched = {t.processes: t for t in ours if t.max_batch_size > 1}
     for processes, tally in sorted(unbatched.items()):
         goal = 0.9 if processes == 1 else 0.7 * processes
         ratio = tally.per_second / one.per_second
