@@ -40,7 +40,7 @@ from typing import Any
 
 import anyio
 
-from bench.harness import Process
+from bench.harness import Process, cpu_seconds
 from conveyor.client import Client
 from conveyor.embedded import free_port
 from conveyor.types import InferenceRequest, InferenceResponse
@@ -102,7 +102,14 @@ class Fleet:
             worker.stop()
 
     def snapshot(self) -> list[dict[tuple[str, str], float]]:
-        return [scrape(w.metrics_port) for w in self.workers if w.metrics_port is not None]
+        """Each worker's samples, and its CPU seconds so far under ("cpu", "")."""
+        out = []
+        for worker in self.workers:
+            assert worker.metrics_port is not None
+            samples = scrape(worker.metrics_port)
+            samples["cpu", ""] = cpu_seconds(worker.pid)
+            out.append(samples)
+        return out
 
 
 # -- tallies -------------------------------------------------------------------------------------
@@ -124,6 +131,7 @@ class Tally:
     batched: float = 0.0  # requests the batcher took, and in how many model calls
     batches: float = 0.0
     jobs: list[float] = field(default_factory=list)  # jobs each process ran
+    worker_cpu: float = 0.0  # CPU seconds of the workers, all processes
 
     def add(self, rows: int, seconds: float) -> None:
         self.rows += rows
@@ -137,6 +145,12 @@ class Tally:
     @property
     def mean_batch(self) -> float | None:
         return self.batched / self.batches if self.batches else None
+
+    @property
+    def cpu_per_call(self) -> float | None:
+        """Workers' CPU seconds per call (a call is ``rows_per_call`` rows)."""
+        calls = self.rows / self.rows_per_call
+        return self.worker_cpu / calls if self.worker_cpu and calls else None
 
     def shares(self) -> str:
         total = sum(self.jobs)
@@ -295,6 +309,7 @@ async def fleet_round(
     for _, latencies in results:
         tally.latencies += latencies
     before, after = snapshots
+    tally.worker_cpu += sum(a["cpu", ""] - b["cpu", ""] for b, a in zip(before, after, strict=True))
     jobs = [
         a.get(("conveyor_worker_jobs_total", load.model), 0.0)
         - b.get(("conveyor_worker_jobs_total", load.model), 0.0)
@@ -337,8 +352,9 @@ def report(
     """Markdown: the cases, then the goals of issue 14 (met or not, with the figure)."""
     lines = [
         f"| case | {unit}/s | rounds: min-max | x in process, batch 1 | x in process, batch "
-        f"{best.rows_per_call} | mean batch | share of jobs by process | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        f"{best.rows_per_call} | mean batch | share of jobs by process | p50 ms | p99 ms "
+        "| worker CPU ms per call |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for tally in [one, best, *fleet]:
         spread = f"{min(tally.rates):,.0f}-{max(tally.rates):,.0f}" if tally.rates else ""
@@ -348,7 +364,8 @@ def report(
             f"| {tally.per_second / one.per_second:.2f}x "
             f"| {tally.per_second / best.per_second:.2f}x "
             f"| {'' if mean is None else f'{mean:.1f}'} | {tally.shares()} "
-            f"| {_ms(tally.percentile(50))} | {_ms(tally.percentile(99))} |"
+            f"| {_ms(tally.percentile(50))} | {_ms(tally.percentile(99))} "
+            f"| {_ms(tally.cpu_per_call)} |"
         )
     lines += ["", "| goal (issue 14) | measured | met |", "|---|---|---|"]
     ours = [t for t in fleet if t.processes > 0]  # not a peer's row
