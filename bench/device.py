@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=1, help="client processes")
     parser.add_argument("--json", type=Path, help="save every figure")
     args = parser.parse_args(argv)
+    load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     per_call = calibrate(1.0)  # loop turns per millisecond here
     loops = {
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         one, best, fleet = serving.measure(spec, redis.url)
         with SyncRedis.from_url(redis.url) as probe:
             info = machine(str(probe.info("server")["redis_version"]))
+    info["load average"] = f"{load_at_start} at the start, {info['load average']} at the end"
     info["model"] = (
         f"{loops['call_loops']:,} + {loops['row_loops']:,} x rows loop turns (~{args.call_ms:g} ms "
         f"a call + {args.row_ms:g} ms a row of Python holding the GIL); max_batch_time "

@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ray", action="store_true", help="then the batched case on Ray Serve")
     parser.add_argument("--json", type=Path, help="save every figure")
     args = parser.parse_args(argv)
+    load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     example = load_model_settings(FOLDER)
     model = load_in_process(args.device or "")  # "": the example's own choice
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         one, best, fleet = serving.measure(spec, redis.url)
         with SyncRedis.from_url(redis.url) as probe:
             info = machine(str(probe.info("server")["redis_version"]))
+    info["load average"] = f"{load_at_start} at the start, {info['load average']} at the end"
     info["model packages"] = ", ".join(f"{k} {v}" for k, v in serving.extra_info(PACKAGES).items())
     info["device"] = device + (f" ({_gpu_name()})" if cuda else "")
     info["run"] = (
