@@ -200,6 +200,12 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds (long enough that one client process fills batches of 256)",
     )
     parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=BATCH,
+        help="the worker's (1: the same load unbatched, for comparison)",
+    )
+    parser.add_argument(
         "--concurrency", type=int, default=1024, help="jobs the worker holds (--concurrency)"
     )
     parser.add_argument("--profile", type=float, metavar="S", help="py-spy the worker S seconds")
@@ -210,7 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-bp-") as tmp, RedisServer() as server:
         models_dir = Path(tmp)
         harness.model_copy(
-            models_dir, MODEL, max_batch_size=BATCH, max_batch_time=args.max_batch_time
+            models_dir,
+            MODEL,
+            max_batch_size=args.max_batch_size,
+            max_batch_time=args.max_batch_time,
         )
         model_us = model_cpu_per_request(models_dir, args.width)
         steps = pieces(models_dir, args.width)
@@ -290,7 +299,8 @@ def _profile(args: argparse.Namespace, url: str, worker: Process, console: Conso
 
 
 def _report(rows: list[dict[str, float]], model_us: float, args: Any, console: Console) -> None:
-    table = Table(title=f"batch path: max_batch_size {BATCH}, {args.in_flight} in flight")
+    title = f"batch path: max_batch_size {args.max_batch_size}, {args.in_flight} in flight"
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("median", justify="right")
     table.add_column("range", justify="right")
