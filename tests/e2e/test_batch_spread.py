@@ -72,7 +72,7 @@ async def run_calls(fleet: Fleet, in_flight: int, calls: int) -> list[tuple[int,
 def blocked_readers(probe: Probe) -> int:
     """Connections blocked in XREADGROUP now (Redis creates a consumer only once it got an
     entry, so waiting readers show only in CLIENT LIST)."""
-    clients = probe.client_list()  # type: ignore[union-attr]
+    clients = probe.client_list()
     return sum(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients)
 
 
@@ -134,8 +134,8 @@ async def test_a_busy_process_leaves_new_work_to_an_idle_one(fleet: Fleet, probe
         ran: Counter[int] = Counter()
 
         async def call(hold_s: float | None) -> None:
-            params = {} if hold_s is None else {"hold_s": hold_s}
-            response = await model.predict(request(1.0, **params))
+            payload = request(1.0) if hold_s is None else request(1.0, hold_s=hold_s)
+            response = await model.predict(payload)
             ran[_value(response, "pid")] += 1
 
         with anyio.fail_after(60):
