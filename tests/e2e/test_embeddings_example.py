@@ -12,7 +12,9 @@ import importlib
 import importlib.util
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import anyio
@@ -25,6 +27,7 @@ from conveyor.codecs import NumpyCodec, StringCodec
 from conveyor.embedded import free_port
 from conveyor.model import MLModel
 from conveyor.repository import load_model_settings
+from conveyor.settings import ModelParameters
 from conveyor.types import InferenceRequest
 from conveyor.worker.execution import call
 from tests.support.fleet import Fleet
@@ -80,8 +83,10 @@ def _needs_examples_extra() -> None:
             pytest.skip(f"{name} is not importable ({type(exc).__name__}: {exc}); {_HOW}")
 
 
-async def _load() -> MLModel:
+async def _load(**extra: str) -> MLModel:
     settings = load_model_settings(FOLDER)
+    if extra:
+        settings = settings.model_copy(update={"parameters": ModelParameters(extra=extra)})
     model = settings.implementation(settings)
     await call(model.load, anyio.CapacityLimiter(1))
     return model
@@ -203,3 +208,20 @@ async def test_one_call_of_many_sentences_and_similarity(
         assert cosine(guitar, guitar_too) > cosine(guitar, unrelated) + 0.3
     for unrelated in (guitar, guitar_too, cat):
         assert cosine(stocks, stocks_too) > cosine(stocks, unrelated) + 0.3
+
+
+def test_the_model_picks_the_hardware() -> None:
+    """CUDA in half precision when torch sees a GPU, else the CPU in float32; a setting
+    (``parameters.extra.device``) overrides the choice."""
+    _needs_examples_extra()
+    torch: Any = importlib.import_module("torch")  # CI types the tests without the extra
+    found: Any = anyio.run(_load)
+    weights = next(found._model.parameters())
+    if torch.cuda.is_available():
+        assert (found.device, weights.dtype) == ("cuda", torch.float16)
+    else:
+        assert (found.device, weights.dtype) == ("cpu", torch.float32)
+    told: Any = anyio.run(partial(_load, device="cpu"))
+    assert told.device == "cpu"
+    assert next(told._model.parameters()).device.type == "cpu"
+    assert _embed(told, ["x"]).shape == (1, 384)
