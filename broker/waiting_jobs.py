@@ -9,8 +9,10 @@ jobs no worker with room would take: when every other consumer of the stream hol
 it). :meth:`WaitingJobs.take` does that in one round trip per stream, atomically: a script
 reads the group's consumers and last delivered id, looks at the first entry after it, and
 takes up to ``count`` entries with XREADGROUP, as a blocking read would have. A consumer's
-count is its pending entries: jobs read and not yet acked. One key per script: fine on Redis
-Cluster. TIME in a script needs Redis >= 7 (effects replication); BLMPOP does anyway.
+count is its pending entries: jobs read and not yet acked (so a batched model's worker sends its
+acks before it reads: ``worker.consumer``). Redis 7.0 lists a consumer only once it got an entry:
+a worker that never got one does not count as having room, but while it waits it is handed
+each arriving job first anyway. One key per script: fine on Redis Cluster. TIME in a script needs Redis >= 7 (effects replication); BLMPOP does anyway.
 """
 
 from __future__ import annotations
