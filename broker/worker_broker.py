@@ -36,7 +36,6 @@ from conveyor.broker.worker_streams import WorkerStreams
 __all__ = ("WorkerBroker",)
 
 
-
 class WorkerBroker:
     """One worker process's broker: ``async with WorkerBroker(...) as broker:``.
 
@@ -176,6 +175,22 @@ class WorkerBroker:
         ``acked``) with a later round trip (see ``replies``)."""
         with self._translated:
             await self._streams.finish(delivery, job, messages, deadline, acked)
+
+    async def answer(
+        self,
+        delivery: Delivery,
+        job: Job,
+        messages: Sequence[Message],
+        deadline: float,
+        acked: Callable[[], None],
+        ended: Callable[[BaseException | None], None],
+    ) -> None:
+        """As :meth:`finish`, without waiting for Redis: the answer goes with the next round
+        trip (or now, when none is on the wire). ``ended`` is called once it is stored (with
+        None; its ack follows, then ``acked``) or will not be (with the Conveyor error; the
+        job stays pending, to be delivered again). A refused answer is tried again until
+        ``deadline`` first. Raises only if the messages cannot be encoded (nothing sent)."""
+        await self._streams.answer(delivery, job, messages, deadline, acked, ended)
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs."""
