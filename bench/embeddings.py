@@ -18,9 +18,10 @@ share of the jobs; ratios against the in-process figures of the same run, and th
 Defaults follow the device: on cuda ``max_batch_size`` 256, ``max_batch_time`` 5 ms, 1,024 calls
 in flight batched (issue 14's GPU table); on the CPU the example's 32 and 10 ms, 256 in flight.
 
-``--ray`` then runs the batched case on Ray Serve (``bench/peers/ray_peer.py minilm``, in the
-peers' venv ``ray``): one replica, ``@serve.batch`` with the same batch size and wait, the same
-calls in flight and windows, against the fleet's 1-process batched figure.
+``--ray`` adds the batched case on Ray Serve (``bench/peers/ray_peer.py minilm --serve``, in the
+peers' venv ``ray``), run in the same turns as the other cases: one replica, ``@serve.batch``
+with the same batch size and wait, the same calls in flight and windows; compared with the
+fleet's 1-process batched figure.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -93,36 +95,69 @@ def load_in_process(device: str) -> Any:
     return model
 
 
-def ray_minilm(
-    args: argparse.Namespace, in_flight: int, rounds: int, seconds: float, warmup: float
-) -> dict[str, Any]:
-    """The batched case on Ray Serve (its own venv), or ``{"error": why}``."""
-    from bench.peers import venvs
+class RayServe:
+    """Ray Serve's MiniLM replica (``bench/peers/ray_peer.py minilm --serve``, in the peers'
+    venv ``ray``), running one round each time it is asked, in turns with the fleet's cases."""
 
-    try:
+    def __init__(self, args: argparse.Namespace, in_flight: int, seconds: float, warmup: float):
+        from bench.peers import venvs
+
         python = venvs.ensure("ray").python
-    except (venvs.VenvError, OSError) as error:
-        return {"error": f"could not install Ray Serve: {str(error).splitlines()[0]}"}
-    argv = [str(python), "-m", "bench.peers.ray_peer", "minilm", "--device", args.device]
-    argv += ["--in-flight", str(in_flight), "--rounds", str(rounds), "--seconds", str(seconds)]
-    argv += ["--warmup", str(warmup), "--max-batch-size", str(args.max_batch_size)]
-    argv += ["--max-batch-time", str(args.max_batch_time)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("CONVEYOR_REDIS_URL", None)
-    timeout = 300 + rounds * (seconds + warmup) * 3
-    try:
-        done = subprocess.run(
-            argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        argv = [str(python), "-m", "bench.peers.ray_peer", "minilm", "--serve"]
+        argv += ["--device", args.device, "--in-flight", str(in_flight)]
+        argv += ["--seconds", str(seconds), "--warmup", str(warmup)]
+        argv += ["--max-batch-size", str(args.max_batch_size)]
+        argv += ["--max-batch-time", str(args.max_batch_time)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("CONVEYOR_REDIS_URL", None)
+        self.seconds = seconds
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close)
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
         )
-    except subprocess.TimeoutExpired:
-        return {"error": f"no answer in {timeout:.0f} s"}
-    try:
-        figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        figures = {"error": f"exit {done.returncode}, no figures"}
-    if "error" in figures:
-        figures["stderr"] = done.stderr[-3000:]
-    return figures
+        self._read("ready")
+
+    def _read(self, key: str) -> dict[str, Any]:
+        """The next JSON line holding ``key`` (other lines, Ray's own, are skipped)."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                got = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(got, dict) and key in got:
+                return got
+            if isinstance(got, dict) and "error" in got:
+                break
+        self._log.seek(0)
+        tail = self._log.read().decode(errors="replace")[-3000:]
+        raise RuntimeError(f"Ray Serve's driver stopped before {key!r}:\n{tail}")
+
+    def round(self, tally: serving.Tally) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        got = self._read("rate")
+        tally.add(round(got["rate"] * self.seconds), self.seconds)
+        tally.latencies += got["latencies"]
+
+    def close(self) -> dict[str, Any]:
+        """Stops the driver (and Ray); its closing figures (versions), or ``{}``."""
+        try:
+            out, _ = self.process.communicate("stop\n", timeout=120)
+            last: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            self.process.kill()
+            self.process.wait()
+            last = {}
+        self._log.close()
+        return last
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         help="sentences a call, caller-batched case (cuda 64; cpu 0: off)",
     )
     parser.add_argument("--clients", type=int, default=1, help="client processes (1)")
-    parser.add_argument("--ray", action="store_true", help="then the batched case on Ray Serve")
+    parser.add_argument("--ray", action="store_true", help="the batched case on Ray Serve too")
     parser.add_argument("--json", type=Path, help="save every figure")
     args = parser.parse_args(argv)
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -166,6 +201,28 @@ def main(argv: list[str] | None = None) -> None:
     def in_process(rows: int) -> object:
         return model.predict(request(next(offset), rows))
 
+    rounds = args.rounds or (1 if args.quick else 3)
+    seconds = args.seconds or (3.0 if args.quick else 8.0)
+    warmup = args.warmup or (1.0 if args.quick else 2.0)
+    in_flight_batched = args.in_flight_batched or (1024 if cuda else 8 * b)
+    peers: list[tuple[serving.Tally, Callable[[], None]]] = []
+    ray: RayServe | None = None
+    ray_failed = ""
+    if args.ray:
+        tally = serving.Tally(
+            f"Ray Serve, 1 replica, @serve.batch({b}, {args.max_batch_time * 1e3:g} ms), "
+            f"{in_flight_batched} in flight",
+            in_flight=in_flight_batched,
+            processes=-1,  # not one of the fleet's cases in the goals
+            max_batch_size=b,
+        )
+        try:
+            ray = RayServe(args, in_flight_batched, seconds, warmup)
+            peers.append((tally, partial(ray.round, tally)))
+        except Exception as error:  # installing or starting Ray: say why, measure the rest
+            ray_failed = f"{type(error).__name__}: {error}"
+            print(f"Ray Serve failed: {ray_failed}", file=sys.stderr)
+
     with tempfile.TemporaryDirectory(prefix="conveyor-emb-") as tmp, RedisServer() as redis:
         spec = serving.Spec(
             unit="sentences",
@@ -174,17 +231,21 @@ def main(argv: list[str] | None = None) -> None:
             in_process=in_process,
             processes=[int(p) for p in args.processes.split(",")],
             max_batch_size=b,
-            rounds=args.rounds or (1 if args.quick else 3),
-            seconds=args.seconds or (3.0 if args.quick else 8.0),
-            warmup=args.warmup or (1.0 if args.quick else 2.0),
+            rounds=rounds,
+            seconds=seconds,
+            warmup=warmup,
             in_flight_unbatched=lambda p: args.in_flight_unbatched or max(16, 4 * p),
-            in_flight_batched=args.in_flight_batched or (1024 if cuda else 8 * b),
+            in_flight_batched=in_flight_batched,
             caller_rows=caller,
             clients=args.clients,
+            peers=peers,
         )
         for rows in (1, b):  # warm the in-process model (first calls allocate)
             in_process(rows)
-        one, best, fleet = serving.measure(spec, redis.url)
+        try:
+            one, best, fleet = serving.measure(spec, redis.url)
+        finally:
+            closing = ray.close() if ray is not None else {}
         with SyncRedis.from_url(redis.url) as probe:
             info = machine(str(probe.info("server")["redis_version"]))
     info["load average"] = f"{load_at_start} at the start, {info['load average']} at the end"
@@ -195,35 +256,18 @@ def main(argv: list[str] | None = None) -> None:
         f"rounds of {spec.seconds:g} s a case (after {spec.warmup:g} s of warm-up on the fleet); "
         f"{args.clients} client process(es)"
     )
-    tallies = [one, best, *fleet]
     if args.ray:
-        ray = ray_minilm(args, spec.in_flight_batched, spec.rounds, spec.seconds, spec.warmup)
-        tally = serving.Tally(
-            f"Ray Serve, 1 replica, @serve.batch({b}, {args.max_batch_time * 1e3:g} ms), "
-            f"{spec.in_flight_batched} in flight",
-            in_flight=spec.in_flight_batched,
-            processes=-1,  # not a fleet case of the goals
-            max_batch_size=b,
-        )
-        if "error" in ray:
-            print(f"Ray Serve failed: {ray['error']}\n{ray.get('stderr', '')}", file=sys.stderr)
-            info["ray"] = f"failed: {ray['error']}"
-        else:
-            for rate in ray["rates"]:
-                tally.add(round(rate * spec.seconds), spec.seconds)
-            info["ray"] = ", ".join(f"{k} {v}" for k, v in ray["versions"].items())
-            info["ray p50 / p99 ms"] = f"{ray['p50_ms']:,.1f} / {ray['p99_ms']:,.1f}"
-            fleet.append(tally)
-            tallies.append(tally)
-            ours = next(t for t in fleet if t.processes == 1 and t.max_batch_size > 1)
-            ratio = ours.per_second / tally.per_second
+        versions = ", ".join(f"{k} {v}" for k, v in closing.get("versions", {}).items())
+        info["ray"] = f"failed: {ray_failed}" if ray_failed else versions
+        ours = next(t for t in fleet if t.processes == 1 and t.max_batch_size > 1)
+        theirs = next((t for t in fleet if t.processes < 0), None)
+        if theirs is not None and theirs.per_second:
             info["Conveyor (1 process, batched) / Ray Serve"] = (
-                f"{ratio:.2f}x (rounds' mean {statistics.mean(ours.rates):,.1f} against "
-                f"{statistics.mean(tally.rates):,.1f} sentences/s)"
+                f"{ours.per_second / theirs.per_second:.2f}x{serving.round_ratios(ours, theirs)}"
             )
     print("\n".join(serving.report("sentences", one, best, fleet, b, info)))
     if args.json:
-        serving.save(args.json, tallies, info)
+        serving.save(args.json, [one, best, *fleet], info)
 
 
 def _gpu_name() -> str:

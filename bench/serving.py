@@ -330,7 +330,7 @@ async def fleet_round(
 # -- the report ----------------------------------------------------------------------------------
 
 
-def _round_ratios(a: Tally, b: Tally) -> str:
+def round_ratios(a: Tally, b: Tally) -> str:
     ratios = [x / y for x, y in zip(a.rates, b.rates, strict=False) if y]
     if len(ratios) < 2:
         return ""
@@ -376,7 +376,7 @@ def report(
         ratio = tally.per_second / one.per_second
         lines.append(
             f"| unbatched single-item calls, {_processes(processes)} >= {goal:.1f}x in process "
-            f"(batch 1) | {ratio:.2f}x{_round_ratios(tally, one)} "
+            f"(batch 1) | {ratio:.2f}x{round_ratios(tally, one)} "
             f"| {'**met**' if ratio >= goal else '**not met**'} |"
         )
     for processes, tally in sorted(batched.items()):
@@ -385,7 +385,7 @@ def report(
         if goal is not None:
             lines.append(
                 f"| adaptive batching, {_processes(processes)} >= {goal:g}x in process "
-                f"(batch {best.rows_per_call}) | {ratio:.2f}x{_round_ratios(tally, best)} "
+                f"(batch {best.rows_per_call}) | {ratio:.2f}x{round_ratios(tally, best)} "
                 f"| {'**met**' if ratio >= goal else '**not met**'} |"
             )
         mean = tally.mean_batch
@@ -444,6 +444,8 @@ class Spec:
     caller_in_flight: int = 16
     clients: int = 1
     start_timeout: float = 300.0
+    # Other systems' cases, run in the same turns: (tally, one round of it).
+    peers: list[tuple[Tally, Callable[[], None]]] = field(default_factory=list)
 
 
 def _processes(count: int) -> str:
@@ -527,6 +529,7 @@ def measure(spec: Spec, url: str) -> tuple[Tally, Tally, list[Tally]]:
                 anyio.run(fleet_round, fleet, clients, load, spec.warmup, spec.seconds, tally)
 
             steps.append((tally, step))
+        steps += spec.peers
         for index in range(spec.rounds):
             turn = index % len(steps)
             for _, step in steps[turn:] + steps[:turn]:

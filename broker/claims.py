@@ -115,8 +115,9 @@ class SoonClaims:
         if not claims:
             return None
         for key, value, ttl_ms, _, _, _ in claims:
-            # pipe.set()'s own argument handling costs more than the command's packing
-            pipe.execute_command("SET", key, value, "NX", "GET", "PX", ttl_ms, get=True)
+            # pipe.set()'s own argument handling costs more than the command's packing; the
+            # TTL as text: the packer's fast path takes only str and bytes (fastpath.py)
+            pipe.execute_command("SET", key, value, "NX", "GET", "PX", str(ttl_ms), get=True)
 
         def settle(results: list[Any] | BaseException) -> None:
             for i, (key, value, ttl_ms, job, entry_id, claimed) in enumerate(claims):

@@ -345,12 +345,13 @@ class ReplyWriter:
                 if not ackers or ackers[-1] is not write:
                     ackers.append(write)
         for key, (ttl, writers) in replies.items():
-            pipe.expire(key, max(1, int(ttl)))
+            # numbers as text: the packer's fast path takes only str and bytes (fastpath.py)
+            pipe.execute_command("EXPIRE", key, str(max(1, int(ttl))))
             owners.append(writers)
         for bell, (ids, ttl, ringers) in bells.items():
             pipe.lpush(bell, *ids)
             owners.append(ringers)
-            pipe.expire(bell, max(1, int(ttl)))
+            pipe.execute_command("EXPIRE", bell, str(max(1, int(ttl))))
             owners.append(ringers)
         for stream, (entry_ids, ackers) in acks.items():
             pipe.xack(stream, GROUP, *entry_ids)

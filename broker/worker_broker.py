@@ -31,6 +31,7 @@ from conveyor.broker.heartbeats import HeartbeatLink
 from conveyor.broker.keys import Keys
 from conveyor.broker.replies import Answering
 from conveyor.broker.settings import RedisSettings
+from conveyor.broker.waiting_jobs import WaitingJobs
 from conveyor.broker.wire import Job, Message, RawFields
 from conveyor.broker.worker_streams import WorkerStreams
 
@@ -59,6 +60,7 @@ class WorkerBroker:
             self._redis, keys, consumer, self.where, cluster=settings.cluster
         )
         self._writer = self._streams.writer
+        self._waiting = WaitingJobs(self._redis, consumer)
         self._translated = translate_every_error(self.where)
 
     async def __aenter__(self) -> Self:
@@ -134,6 +136,15 @@ class WorkerBroker:
         :meth:`WorkerStreams.read_jobs`)."""
         with self._translated:
             return await self._streams.read_jobs(streams, free, block_s)
+
+    async def take_waiting(
+        self, streams: Sequence[str], count: int, min_age_s: float, busy: int
+    ) -> list[Delivery]:
+        """Takes at most ``count`` new jobs from ``streams`` that no worker with room would
+        take: every other consumer holds ``busy`` jobs, or they waited ``min_age_s`` (see
+        :mod:`conveyor.broker.waiting_jobs`); never blocks."""
+        with self._translated:
+            return await self._waiting.take(streams, count, min_age_s, busy)
 
     async def reclaim(self, streams: Sequence[str], idle_s: float, limit: int) -> list[Delivery]:
         """Takes over at most ``limit`` jobs of workers whose heartbeat is gone, pending

@@ -11,7 +11,9 @@ all-MiniLM-L6-v2 behind ``@serve.batch``, at the loads Conveyor's cases use.
   takes one sentence and awaits a method decorated ``@serve.batch(max_batch_size,
   batch_wait_timeout_s)`` (the example's ``max_batch_size`` / ``max_batch_time``), ``--in-flight``
   single-sentence calls through the handle; sentences/s counted in a window after a warm-up,
-  as ``bench.serving`` counts the fleet's.
+  as ``bench.serving`` counts the fleet's. With ``--serve`` it runs a round each time a line
+  ``round`` comes on stdin (printing that round's figures), so that the bench runs it in turns
+  with its own cases.
 
 Ray runs locally, ``ray.init(num_cpus=<CPUs here>)``, no HTTP proxy (``NoServer``): the handle
 is Ray Serve's fastest path, no HTTP. The echo replica asks for 1 CPU; MiniLM's for all of them,
@@ -138,29 +140,42 @@ async def minilm(args: argparse.Namespace) -> dict[str, Any]:
     rates: list[float] = []
     latencies: list[float] = []
     counter = iter(range(sys.maxsize))
-    for _ in range(args.rounds):
+
+    async def caller(start_at: float, stop_at: float, counted: list[float]) -> None:
+        for i in counter:
+            if time.time() >= stop_at:
+                return
+            sent = time.perf_counter()
+            embedding = await handle.remote(corpus[i % len(corpus)])
+            done = time.time()
+            if len(embedding) != 384:
+                raise RuntimeError(f"bad embedding: {len(embedding)} values")
+            if start_at <= done < stop_at:
+                counted.append(time.perf_counter() - sent)
+
+    async def one_round() -> tuple[float, list[float]]:
         start_at = time.time() + args.warmup
         stop_at = start_at + args.seconds
         counted: list[float] = []
-
-        async def caller(start_at: float, stop_at: float, counted: list[float]) -> None:
-            for i in counter:
-                if time.time() >= stop_at:
-                    return
-                sent = time.perf_counter()
-                embedding = await handle.remote(corpus[i % len(corpus)])
-                done = time.time()
-                if len(embedding) != 384:
-                    raise RuntimeError(f"bad embedding: {len(embedding)} values")
-                if start_at <= done < stop_at:
-                    counted.append(time.perf_counter() - sent)
-
         await asyncio.gather(*(caller(start_at, stop_at, counted) for _ in range(args.in_flight)))
         rates.append(len(counted) / args.seconds)
-        latencies += counted
+        latencies.extend(counted)
+        return rates[-1], counted
+
+    if args.serve:
+        # Rounds on demand, so that the bench runs them in turns with its own cases: a line
+        # "round" on stdin runs one and prints its figures; anything else ends.
+        print(json.dumps({"ready": True}), flush=True)
+        loop = asyncio.get_running_loop()
+        while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "round":
+            rate, counted = await one_round()
+            print(json.dumps({"rate": rate, "latencies": counted}), flush=True)
+    else:
+        for _ in range(args.rounds):
+            await one_round()
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {
-        "sentences_per_s": statistics.mean(rates),
+        "sentences_per_s": statistics.mean(rates) if rates else 0.0,
         "rates": rates,
         "p50_ms": quantiles[49] * 1e3,
         "p99_ms": quantiles[98] * 1e3,
@@ -181,6 +196,7 @@ def main() -> None:
         parser.add_argument("--rounds", type=int, default=3)
         parser.add_argument("--max-batch-size", type=int, default=32)
         parser.add_argument("--max-batch-time", type=float, default=0.01)
+        parser.add_argument("--serve", action="store_true", help="rounds on stdin's demand")
         args = parser.parse_args()
         work = minilm(args)
     else:
