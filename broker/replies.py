@@ -95,7 +95,8 @@ class ReplyWriter:
         self._batcher = batcher
         self.where = where  # the redacted URL, for errors
         self._pending: list[Write] = []
-        self._deferred: list[Write] = []  # acks waiting for the next flush
+        # acks waiting for the next flush, and what to call once each is done
+        self._deferred: list[tuple[AckTarget, Callable[[], None] | None]] = []
         self._deferred_due: asyncio.Event | None = None  # made on the worker's loop
         self._queued = False  # an `_add_queued` waits in the batcher's queue
         self._unsettled = 0  # answers (ReplyWriter.answer) queued or on the wire
@@ -241,7 +242,7 @@ class ReplyWriter:
     def ack_soon(self, target: AckTarget, acked: Callable[[], None] | None = None) -> None:
         """Acks and deletes a job entry whose answer is stored, with the next flush (or
         alone within ``ACK_DELAY_S``; see the module's docstring); then calls ``acked``."""
-        self._deferred.append(Write(None, [], False, acks=(target,), deferred=True, acked=acked))
+        self._deferred.append((target, acked))
         if self._deferred_due is None:
             self._deferred_due = asyncio.Event()
         self._deferred_due.set()
@@ -310,9 +311,9 @@ class ReplyWriter:
         settle them from the replies. The first caller of a flush sends them all; the
         others find nothing left."""
         writes, self._pending = self._pending, []
-        if self._deferred:
-            writes += self._deferred
-            self._deferred = []
+        deferred, self._deferred = self._deferred, []
+        if deferred:  # every deferred ack in one write (one XACK and XDEL per stream)
+            writes.append(Write(None, [], False, acks=[target for target, _ in deferred]))
         if not writes:
             return None
         start = len(pipe)
@@ -374,14 +375,13 @@ class ReplyWriter:
                 if write.then is not None:
                     self._unsettled -= 1
                     write.then(write)
-                if not write.deferred:
-                    continue
-                if write.error is not None:  # into the next flush again
-                    self._deferred.append(
-                        Write(None, [], False, acks=write.acks, deferred=True, acked=write.acked)
-                    )
-                elif write.acked is not None:
-                    write.acked()
+            if deferred:  # the last write: the deferred acks
+                if writes[-1].error is not None:  # into the next flush again
+                    self._deferred += deferred
+                else:
+                    for _, acked in deferred:
+                        if acked is not None:
+                            acked()
             if self._deferred and self._deferred_due is not None:
                 self._deferred_due.set()
 

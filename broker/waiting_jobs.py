@@ -1,16 +1,19 @@
 """Jobs nobody idle waits for: what a busy worker may take for the batch it forms next.
 
-A worker with room waits on its model's job stream (a blocking XREADGROUP) and gets each job
-as it arrives: Redis hands it to the reader that has waited longest. A busy worker may take
-jobs to form its next batch while its model runs (``worker.call_limit`` says when), but only
-jobs no worker with room would take: when every other consumer of the stream holds at least
-``busy`` jobs (its batches' worth: none has room), or when the oldest waiting job has waited
-``min_age`` (a worker with room would have read it by then, or its batch has started without
-it). :meth:`WaitingJobs.take` does that in one round trip per stream, atomically: a script
-reads the group's consumers and last delivered id, looks at the first entry after it, and
-takes up to ``count`` entries with XREADGROUP, as a blocking read would have. A consumer's
-count is its pending entries: jobs read and not yet acked. One key per script: fine on Redis
-Cluster. TIME in a script needs Redis >= 7 (effects replication); BLMPOP does anyway.
+A worker with room waits on its model's job stream (a blocking XREADGROUP) and gets each job as
+it arrives: Redis hands it to the reader that has waited longest. A busy worker may take jobs to
+form its next batch while its model runs (``worker.call_limit`` says when), but only jobs no
+worker with room would take: when every other consumer of the stream holds at least ``busy``
+jobs (its batches' worth: none has room), or when the oldest waiting job has waited ``min_age``
+(a worker with room would have read it by then, or its batch has started without it).
+:meth:`WaitingJobs.take` does that in one round trip per stream, atomically: a script reads the
+group's consumers and last delivered id, looks at the first entry after it, and takes up to
+``count`` entries with XREADGROUP, as a blocking read would have. A consumer's count is its
+pending entries: jobs read and not yet acked (so a batched model's worker sends its acks before
+it reads: ``worker.consumer``). Redis 7.0 lists a consumer only once it got an entry: a worker
+that never got one does not count as having room, but while it waits it is handed each arriving
+job first anyway. One key per script: fine on Redis Cluster. TIME in a script needs Redis >= 7
+(effects replication); BLMPOP does anyway.
 """
 
 from __future__ import annotations

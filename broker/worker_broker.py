@@ -1,12 +1,13 @@
 """The worker's face of the broker: :class:`WorkerBroker`.
 
-Everything ``worker/`` asks of Redis goes through it, one method per step of a job's life:
-read jobs as one consumer of the group (``worker_streams``), claim a request
-(``claims``), answer and ack (``replies``), dead-letter, reclaim a dead worker's jobs, keep the
-fleet's bookkeeping (``bookkeeping``), read control requests, and the heartbeat thread's own
-connection (``heartbeats``). It owns the worker's connections (an asyncio client for blocking
-reads and the pipeline, a blocking one per heartbeat link) and its auto-pipelining
-(``pipelining.PipelineBatcher``: the writes of concurrent jobs share round trips).
+Everything ``worker/`` asks of Redis goes through it, one method per step of a job's life: read
+jobs as one consumer of the group (``worker_streams``), or only those no worker with room would
+take (``waiting_jobs``), claim a request (``claims``), answer and ack (``replies``),
+dead-letter, reclaim a dead worker's jobs, keep the fleet's bookkeeping (``bookkeeping``), read
+control requests, and the heartbeat thread's own connection (``heartbeats``). It owns the
+worker's connections (an asyncio client for blocking reads and the pipeline, a blocking one per
+heartbeat link) and its auto-pipelining (``pipelining.PipelineBatcher``: the writes of
+concurrent jobs share round trips).
 
 It is the one place where Redis errors become the worker's Conveyor errors: a lost connection
 or an ACL refusal is ``BrokerConnectionError``, a refused write ``BrokerOutOfMemory``, any other

@@ -67,8 +67,6 @@ class Write:
     acks: Sequence[AckTarget] = ()
     settled: bool = False
     error: BaseException | None = None
-    deferred: bool = False  # acks that ride with the next flush (tried again if it fails)
-    acked: Callable[[], None] | None = None  # called once a deferred ack is done
     then: Callable[[Write], None] | None = None  # called once settled (an Answer's try)
 
     def fail(self, error: BaseException) -> None:
