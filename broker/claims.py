@@ -33,7 +33,7 @@ from redis.asyncio.client import Pipeline
 from conveyor.broker.pipelining import PipelineBatcher, Settle
 from conveyor.broker.wire import Job
 
-__all__ = ("claim", "claim_soon")
+__all__ = ("SoonClaims", "claim")
 
 logger = logging.getLogger(__name__)
 
@@ -83,34 +83,57 @@ async def claim(
     return holder
 
 
-def claim_soon(
-    batcher: PipelineBatcher,
-    key: str,
-    job: Job,
-    entry_id: bytes,
-    ttl_s: float,
-    claimed: Callable[[str | None], None],
-) -> None:
-    """As :func:`claim`, without waiting: ``claimed`` gets the outcome once Redis answered
-    (nothing if the worker stops first). Rides in the batcher's next pipeline."""
-    value, ttl_ms = _value(job, entry_id), _ttl_ms(ttl_s)
+class SoonClaims:
+    """Unary jobs' claims (:meth:`claim_soon`), sent together: the claims made before a
+    round trip leaves ride in it as one entry of the batcher's queue, with one timer for the
+    latest they may wait (``_CLAIM_DELAY_S``), and one settle for their replies. Per job that
+    leaves its SET: no closures, queue entry or loop timer of its own."""
 
-    def add(pipe: Pipeline) -> Settle:
-        pipe.set(key, value, nx=True, get=True, px=ttl_ms)
+    __slots__ = ("_batcher", "_waiting")
+
+    def __init__(self, batcher: PipelineBatcher) -> None:
+        self._batcher = batcher
+        # (key, value, ttl in ms, job, entry id, callback) of claims not yet queued in a pipeline
+        self._waiting: list[tuple[str, str, int, Job, bytes, Callable[[str | None], None]]] = []
+
+    def claim_soon(
+        self,
+        key: str,
+        job: Job,
+        entry_id: bytes,
+        ttl_s: float,
+        claimed: Callable[[str | None], None],
+    ) -> None:
+        """As :func:`claim`, without waiting: ``claimed`` gets the outcome once Redis answered
+        (nothing if the worker stops first). Rides in the batcher's next pipeline."""
+        if not self._waiting:
+            self._batcher.submit(self._add, _CLAIM_DELAY_S)
+        self._waiting.append((key, _value(job, entry_id), _ttl_ms(ttl_s), job, entry_id, claimed))
+
+    def _add(self, pipe: Pipeline) -> Settle | None:
+        claims, self._waiting = self._waiting, []
+        if not claims:
+            return None
+        for key, value, ttl_ms, _, _, _ in claims:
+            # pipe.set()'s own argument handling costs more than the command's packing; the
+            # TTL as text: the packer's fast path takes only str and bytes (fastpath.py)
+            pipe.execute_command("SET", key, value, "NX", "GET", "PX", str(ttl_ms), get=True)
 
         def settle(results: list[Any] | BaseException) -> None:
-            held = None if isinstance(results, BaseException) else results[0]
-            if isinstance(held, BaseException):  # cannot tell: fencing keeps one answer
-                logger.info("job.claim_failed request=%s error=%s: running it", job.id, held)
-                held = None
-            holder = _holder(job, entry_id, held)
-            if holder is None and held is not None and held != value.encode():
-                batcher.submit(_overwrite(key, value, ttl_ms))
-            claimed(holder)
+            for i, (key, value, ttl_ms, job, entry_id, claimed) in enumerate(claims):
+                held = None if isinstance(results, BaseException) else results[i]
+                if isinstance(held, BaseException):  # cannot tell: fencing keeps one answer
+                    logger.info("job.claim_failed request=%s error=%s: running it", job.id, held)
+                    held = None
+                if held is None:
+                    claimed(None)  # the common case: nobody held it
+                    continue
+                holder = _holder(job, entry_id, held)
+                if holder is None and held != value.encode():
+                    self._batcher.submit(_overwrite(key, value, ttl_ms))
+                claimed(holder)
 
         return settle
-
-    batcher.submit(add, _CLAIM_DELAY_S)
 
 
 def _overwrite(key: str, value: str, ttl_ms: int) -> Callable[[Pipeline], Settle | None]:

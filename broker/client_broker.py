@@ -49,7 +49,6 @@ SEND_CONNECTIONS = 3  # + 1 for the reader: at most 4 connections, whatever is i
 Replies = list[tuple[str, list[tuple[bytes, RawFields]]]]
 
 
-
 class ClientBroker:
     """One client's connections to Redis, and the operations it makes on them.
 

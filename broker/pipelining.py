@@ -57,6 +57,11 @@ class PipelineBatcher:
         self._sending = 0  # round trips on the wire (the flusher's or callers' own)
         self._closed = False
 
+    @property
+    def busy(self) -> bool:
+        """Whether a round trip is on the wire: what is queued now goes with the next one."""
+        return self._sending > 0
+
     async def run(self, add: AddCommands) -> list[Any]:
         """Queues ``add``'s commands, waits for their batch, and returns their replies.
 

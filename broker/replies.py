@@ -27,24 +27,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 import anyio
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
 
 from conveyor.broker.errors import is_out_of_memory, out_of_memory, translate_errors
 from conveyor.broker.keys import GROUP
 from conveyor.broker.pipelining import PipelineBatcher, Settle
-from conveyor.broker.wire import (
-    Fields,
-    Job,
-    Message,
-    MessageType,
-    encode_message,
-    fields_size,
-    pack_inline,
+from conveyor.broker.wire import Job, Message, encode_message
+from conveyor.broker.writes import (
+    INLINE_REPLY_MAX_BYTES,
+    RETRY_FIRST_S,
+    RETRY_MAX_S,
+    AckTarget,
+    Answer,
+    Write,
+    conveyor_error,
+    describe,
+    inline_entry,
+    refused,
 )
 from conveyor.errors import BrokerConnectionError
 
@@ -64,15 +66,6 @@ REPLY_GRACE_S = 60.0
 # However far a job's deadline, its reply and bell expire within a week.
 _MAX_TTL_S = 7 * 24 * 3600.0
 
-# A final answer up to this size rides in the client's doorbell list itself, when the job
-# says the client reads it there (Job.inline_reply): no reply stream to XADD and EXPIRE, no
-# XREAD round trip and no UNLINK for the client. Streams, bigger answers and answers with
-# tensor fields of their own keep reply streams.
-INLINE_REPLY_MAX_BYTES = 64 * 1024
-
-# Backoff between tries of an answer Redis did not store.
-_RETRY_FIRST_S = 0.05
-_RETRY_MAX_S = 1.0
 # An ack no answer carried goes alone this long after it was due (far below any reclaim's
 # idle time: a job answered here is never taken for an abandoned one).
 ACK_DELAY_S = 0.05
@@ -84,57 +77,18 @@ def ttl_for(deadline: float) -> float:
     return min(max(deadline - time.time(), 0.0) + REPLY_GRACE_S, _MAX_TTL_S)
 
 
-class AckTarget(Protocol):
-    """A job entry to ack and delete once its answer is stored (a ``Delivery``)."""
-
-    @property
-    def stream(self) -> str: ...
-    @property
-    def entry_id(self) -> bytes: ...
-
-
-@dataclass(slots=True, eq=False)
-class _Write:
-    """One job's messages to store, or entries to ack, and how it went."""
-
-    job: Job | None
-    entries: list[Fields]
-    final: bool  # the job's last messages: a small one may ride in the bell
-    deadline: float = 0.0  # the job's, on this host's clock
-    acks: Sequence[AckTarget] = ()
-    settled: bool = False
-    error: BaseException | None = None
-    deferred: bool = False  # acks that ride with the next flush (tried again if it fails)
-    acked: Callable[[], None] | None = None  # called once a deferred ack is done
-
-    def fail(self, error: BaseException) -> None:
-        if self.error is None:
-            self.error = error
-
-
-def _inline_entry(write: _Write) -> bytes | None:
-    """The bell entry carrying a job's final answer, if it may ride there."""
-    job = write.job
-    if job is None or not job.inline_reply or not write.final or len(write.entries) != 1:
-        return None
-    fields = write.entries[0]
-    if fields["type"] not in (MessageType.RESULT.value, MessageType.ERROR.value):
-        return None
-    # a tensor in a field of its own (a memoryview) keeps the reply stream
-    if memoryview in map(type, fields.values()) or fields_size(fields) > INLINE_REPLY_MAX_BYTES:
-        return None
-    return pack_inline(fields)
-
-
 class ReplyWriter:
     """Stores answers and acks jobs through one worker's pipeline batcher."""
 
     def __init__(self, batcher: PipelineBatcher, where: str) -> None:
         self._batcher = batcher
-        self._where = where  # the redacted URL, for errors
-        self._pending: list[_Write] = []
-        self._deferred: list[_Write] = []  # acks waiting for the next flush
+        self.where = where  # the redacted URL, for errors
+        self._pending: list[Write] = []
+        # acks waiting for the next flush, and what to call once each is done
+        self._deferred: list[tuple[AckTarget, Callable[[], None] | None]] = []
         self._deferred_due: asyncio.Event | None = None  # made on the worker's loop
+        self._queued = False  # an `_add_queued` waits in the batcher's queue
+        self._unsettled = 0  # answers (ReplyWriter.answer) queued or on the wire
 
     async def store(
         self,
@@ -157,46 +111,102 @@ class ReplyWriter:
         """
         deadline = job.deadline if deadline is None else deadline
         entries = [encode_message(message) for message in messages]
-        write = _Write(job, entries, final, deadline)
-        delay = _RETRY_FIRST_S
+        write = Write(job, entries, final, deadline)
+        delay = RETRY_FIRST_S
         tries = 1
         while (error := await self._send(write)) is not None:
-            if time.time() + delay >= deadline or not _refused(error):
+            if time.time() + delay >= deadline or not refused(error):
                 logger.warning(
                     "job.answer_not_stored request=%s tries=%d error=%s",
                     job.id,
                     tries,
-                    _describe(self._translated(error)),
+                    describe(self.translated(error)),
                 )
                 self._raise(error)
             if tries == 1:
                 logger.warning(
                     "job.answer_refused request=%s retrying_until=deadline error=%s",
                     job.id,
-                    _describe(self._translated(error)),
+                    describe(self.translated(error)),
                 )
             await anyio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
+            delay = min(delay * 2, RETRY_MAX_S)
             tries += 1
-            write = _Write(job, entries, final, deadline)
+            write = Write(job, entries, final, deadline)
         if tries > 1:
             logger.info("job.answer_stored request=%s tries=%d", job.id, tries)
 
+    async def answer(
+        self,
+        job: Job,
+        messages: Sequence[Message],
+        target: AckTarget,
+        deadline: float,
+        acked: Callable[[], None],
+        ended: Callable[[BaseException | None], None],
+    ) -> None:
+        """As :meth:`store` with ``final=True`` and then :meth:`ack_soon`, without waiting
+        for Redis unless nothing is on the wire (then this call sends the pipeline itself:
+        at one call in flight the answer leaves at once, with no hop through the flusher).
+
+        ``ended`` is called once the answer's fate is known: with None once it is stored
+        (its ack follows, then ``acked``), or with the error (a ``ConveyorError`` where one
+        applies) when it will not be: the job stays pending and ``acked`` is never called.
+        A refused answer is tried again, with backoff, until ``deadline``, as by
+        :meth:`store`. Raises only what encoding the messages raises (nothing was sent).
+        """
+        entries = [encode_message(message) for message in messages]
+        write = Answer(self, job, entries, target, deadline, acked, ended).write()
+        self._pending.append(write)
+        self._unsettled += 1
+        try:
+            if self._batcher.busy:
+                self._queue_pending()  # rides the next round trip; `ended` hears how it went
+            else:
+                await self._batcher.run_settled(self._add)
+        except Exception as error:  # settled with it (`ended` has it), or never sent
+            if not write.settled and write in self._pending:  # the batcher closed
+                self._pending.remove(write)
+                self._unsettled -= 1
+                ended(conveyor_error(error, self.where))
+
+    def _queue_pending(self) -> None:
+        """Makes sure the pending writes go out with the batcher's next round trip."""
+        if not self._queued:
+            self._batcher.submit(self._add_queued)
+            self._queued = True
+
+    def resend(self, write: Write) -> None:
+        """Sends an answer's write again, with the next round trip (raises RuntimeError once
+        the batcher closed)."""
+        self._pending.append(write)
+        self._unsettled += 1
+        try:
+            self._queue_pending()
+        except RuntimeError:
+            self._pending.remove(write)
+            self._unsettled -= 1
+            raise
+
+    def _add_queued(self, pipe: Pipeline) -> Settle | None:
+        self._queued = False
+        return self._add(pipe)
+
     async def ack(self, targets: Sequence[AckTarget]) -> None:
         """Acks and deletes job entries (whose answers are stored); raises if Redis did not."""
-        error = await self._send(_Write(None, [], False, acks=targets))
+        error = await self._send(Write(None, [], False, acks=targets))
         if error is not None:
             self._raise(error)
 
     @property
     def acks_waiting(self) -> bool:
-        """Whether deferred acks wait for a flush."""
-        return bool(self._deferred)
+        """Whether deferred acks wait for a flush, or answers on their way will add some."""
+        return bool(self._deferred) or self._unsettled > 0
 
     def ack_soon(self, target: AckTarget, acked: Callable[[], None] | None = None) -> None:
         """Acks and deletes a job entry whose answer is stored, with the next flush (or
         alone within ``ACK_DELAY_S``; see the module's docstring); then calls ``acked``."""
-        self._deferred.append(_Write(None, [], False, acks=(target,), deferred=True, acked=acked))
+        self._deferred.append((target, acked))
         if self._deferred_due is None:
             self._deferred_due = asyncio.Event()
         self._deferred_due.set()
@@ -213,27 +223,27 @@ class ReplyWriter:
             due.clear()
             await anyio.sleep(delay)
             if self._deferred:
-                failed = await self._send(_Write(None, [], False))  # the flush carries them
-                delay = min(delay * 2, _RETRY_MAX_S) if failed else ACK_DELAY_S
+                failed = await self._send(Write(None, [], False))  # the flush carries them
+                delay = min(delay * 2, RETRY_MAX_S) if failed else ACK_DELAY_S
                 if failed:
                     logger.warning("worker.ack_failed retry_in=%.2fs error=%s", delay, failed)
 
     async def flush_acks(self) -> bool:
-        """Sends the acks still waiting, now (a worker out of slots, or stopping); returns
-        whether they were all done."""
-        if self._deferred:
-            failed = await self._send(_Write(None, [], False))
+        """Sends the acks still waiting, now (a worker out of slots, or stopping), after the
+        answers on their way (whose acks then go too); returns whether they were all done."""
+        if self._deferred or self._unsettled:
+            failed = await self._send(Write(None, [], False))
             if failed is not None:
                 logger.warning("worker.ack_failed unacked=%d error=%s", len(self._deferred), failed)
                 return False
         return True
 
-    def _translated(self, error: BaseException) -> BaseException:
+    def translated(self, error: BaseException) -> BaseException:
         """A Redis error as Conveyor's (out of memory, connection), else as it is."""
         if is_out_of_memory(error):
-            return out_of_memory(self._where, error)
+            return out_of_memory(self.where, error)
         try:
-            with translate_errors(self._where):
+            with translate_errors(self.where):
                 raise error
         except BrokerConnectionError as translated:
             return translated
@@ -241,12 +251,12 @@ class ReplyWriter:
             return error
 
     def _raise(self, error: BaseException) -> NoReturn:
-        translated = self._translated(error)
+        translated = self.translated(error)
         if translated is error:
             raise error
         raise translated from error
 
-    async def _send(self, write: _Write) -> BaseException | None:
+    async def _send(self, write: Write) -> BaseException | None:
         """One try: the write goes out with whatever else is pending; returns its error."""
         self._pending.append(write)
         try:
@@ -265,17 +275,17 @@ class ReplyWriter:
         settle them from the replies. The first caller of a flush sends them all; the
         others find nothing left."""
         writes, self._pending = self._pending, []
-        if self._deferred:
-            writes += self._deferred
-            self._deferred = []
+        deferred, self._deferred = self._deferred, []
+        if deferred:  # every deferred ack in one write (one XACK and XDEL per stream)
+            writes.append(Write(None, [], False, acks=[target for target, _ in deferred]))
         if not writes:
             return None
         start = len(pipe)
         # for each command, in order, the writes that fail if it fails
-        owners: list[list[_Write]] = []
-        replies: dict[str, tuple[float, list[_Write]]] = {}
-        bells: dict[str, tuple[list[str | bytes], float, list[_Write]]] = {}
-        acks: dict[str, tuple[list[bytes], list[_Write]]] = {}
+        owners: list[list[Write]] = []
+        replies: dict[str, tuple[float, list[Write]]] = {}
+        bells: dict[str, tuple[list[str | bytes], float, list[Write]]] = {}
+        acks: dict[str, tuple[list[bytes], list[Write]]] = {}
         for write in writes:
             job = write.job
             if job is not None and write.entries:
@@ -283,7 +293,7 @@ class ReplyWriter:
                 ids, bell_ttl, ringers = bells.get(job.bell, ([], 0.0, []))
                 bells[job.bell] = (ids, max(ttl, bell_ttl), ringers)
                 ringers.append(write)
-                inline = _inline_entry(write)
+                inline = inline_entry(write)
                 if inline is not None:
                     ids.append(inline)
                 else:
@@ -300,12 +310,13 @@ class ReplyWriter:
                 if not ackers or ackers[-1] is not write:
                     ackers.append(write)
         for key, (ttl, writers) in replies.items():
-            pipe.expire(key, max(1, int(ttl)))
+            # numbers as text: the packer's fast path takes only str and bytes (fastpath.py)
+            pipe.execute_command("EXPIRE", key, str(max(1, int(ttl))))
             owners.append(writers)
         for bell, (ids, ttl, ringers) in bells.items():
             pipe.lpush(bell, *ids)
             owners.append(ringers)
-            pipe.expire(bell, max(1, int(ttl)))
+            pipe.execute_command("EXPIRE", bell, str(max(1, int(ttl))))
             owners.append(ringers)
         for stream, (entry_ids, ackers) in acks.items():
             pipe.xack(stream, GROUP, *entry_ids)
@@ -325,25 +336,17 @@ class ReplyWriter:
                             write.fail(result)
             for write in writes:
                 write.settled = True
-                if not write.deferred:
-                    continue
-                if write.error is not None:  # into the next flush again
-                    self._deferred.append(
-                        _Write(None, [], False, acks=write.acks, deferred=True, acked=write.acked)
-                    )
-                elif write.acked is not None:
-                    write.acked()
+                if write.then is not None:
+                    self._unsettled -= 1
+                    write.then(write)
+            if deferred:  # the last write: the deferred acks
+                if writes[-1].error is not None:  # into the next flush again
+                    self._deferred += deferred
+                else:
+                    for _, acked in deferred:
+                        if acked is not None:
+                            acked()
             if self._deferred and self._deferred_due is not None:
                 self._deferred_due.set()
 
         return settle
-
-
-def _refused(error: BaseException) -> bool:
-    """Redis answered the write with an error (out of memory, WRONGTYPE, ...), as opposed to
-    a connection that failed, whose write may or may not have run."""
-    return isinstance(error, ResponseError)
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"

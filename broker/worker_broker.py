@@ -1,12 +1,13 @@
 """The worker's face of the broker: :class:`WorkerBroker`.
 
-Everything ``worker/`` asks of Redis goes through it, one method per step of a job's life:
-read jobs as one consumer of the group (``worker_streams``), claim a request
-(``claims``), answer and ack (``replies``), dead-letter, reclaim a dead worker's jobs, keep the
-fleet's bookkeeping (``bookkeeping``), read control requests, and the heartbeat thread's own
-connection (``heartbeats``). It owns the worker's connections (an asyncio client for blocking
-reads and the pipeline, a blocking one per heartbeat link) and its auto-pipelining
-(``pipelining.PipelineBatcher``: the writes of concurrent jobs share round trips).
+Everything ``worker/`` asks of Redis goes through it, one method per step of a job's life: read
+jobs as one consumer of the group (``worker_streams``), or only those no worker with room would
+take (``waiting_jobs``), claim a request (``claims``), answer and ack (``replies``),
+dead-letter, reclaim a dead worker's jobs, keep the fleet's bookkeeping (``bookkeeping``), read
+control requests, and the heartbeat thread's own connection (``heartbeats``). It owns the
+worker's connections (an asyncio client for blocking reads and the pipeline, a blocking one per
+heartbeat link) and its auto-pipelining (``pipelining.PipelineBatcher``: the writes of
+concurrent jobs share round trips).
 
 It is the one place where Redis errors become the worker's Conveyor errors: a lost connection
 or an ACL refusal is ``BrokerConnectionError``, a refused write ``BrokerOutOfMemory``, any other
@@ -30,11 +31,11 @@ from conveyor.broker.errors import translate_every_error
 from conveyor.broker.heartbeats import HeartbeatLink
 from conveyor.broker.keys import Keys
 from conveyor.broker.settings import RedisSettings
+from conveyor.broker.waiting_jobs import WaitingJobs
 from conveyor.broker.wire import Job, Message, RawFields
 from conveyor.broker.worker_streams import WorkerStreams
 
 __all__ = ("WorkerBroker",)
-
 
 
 class WorkerBroker:
@@ -59,6 +60,7 @@ class WorkerBroker:
             self._redis, keys, consumer, self.where, cluster=settings.cluster
         )
         self._writer = self._streams.writer
+        self._waiting = WaitingJobs(self._redis, consumer)
         self._translated = translate_every_error(self.where)
 
     async def __aenter__(self) -> Self:
@@ -135,6 +137,15 @@ class WorkerBroker:
         with self._translated:
             return await self._streams.read_jobs(streams, free, block_s)
 
+    async def take_waiting(
+        self, streams: Sequence[str], count: int, min_age_s: float, busy: int
+    ) -> list[Delivery]:
+        """Takes at most ``count`` new jobs from ``streams`` that no worker with room would
+        take: every other consumer holds ``busy`` jobs, or they waited ``min_age_s`` (see
+        :mod:`conveyor.broker.waiting_jobs`); never blocks."""
+        with self._translated:
+            return await self._waiting.take(streams, count, min_age_s, busy)
+
     async def reclaim(self, streams: Sequence[str], idle_s: float, limit: int) -> list[Delivery]:
         """Takes over at most ``limit`` jobs of workers whose heartbeat is gone, pending
         longer than ``idle_s``; each comes with its delivery count (its fencing attempt)."""
@@ -176,6 +187,22 @@ class WorkerBroker:
         ``acked``) with a later round trip (see ``replies``)."""
         with self._translated:
             await self._streams.finish(delivery, job, messages, deadline, acked)
+
+    async def answer(
+        self,
+        delivery: Delivery,
+        job: Job,
+        messages: Sequence[Message],
+        deadline: float,
+        acked: Callable[[], None],
+        ended: Callable[[BaseException | None], None],
+    ) -> None:
+        """As :meth:`finish`, without waiting for Redis: the answer goes with the next round
+        trip (or now, when none is on the wire). ``ended`` is called once it is stored (with
+        None; its ack follows, then ``acked``) or will not be (with the Conveyor error; the
+        job stays pending, to be delivered again). A refused answer is tried again until
+        ``deadline`` first. Raises only if the messages cannot be encoded (nothing sent)."""
+        await self._streams.answer(delivery, job, messages, deadline, acked, ended)
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs."""

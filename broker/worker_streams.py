@@ -14,7 +14,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
-from conveyor.broker.claims import claim, claim_soon
+from conveyor.broker.claims import SoonClaims, claim
 from conveyor.broker.entries import (
     Delivery,
     claim_ttl,
@@ -24,8 +24,9 @@ from conveyor.broker.entries import (
 )
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.pipelining import PipelineBatcher
-from conveyor.broker.replies import INLINE_REPLY_MAX_BYTES, ReplyWriter
+from conveyor.broker.replies import ReplyWriter
 from conveyor.broker.wire import Job, Message, RawFields, dead_letter
+from conveyor.broker.writes import INLINE_REPLY_MAX_BYTES
 
 __all__ = ("INLINE_REPLY_MAX_BYTES", "WorkerStreams")
 
@@ -48,6 +49,7 @@ class WorkerStreams:
         self.where = where  # the redacted URL, for errors
         self.batcher = PipelineBatcher(redis)
         self.writer = ReplyWriter(self.batcher, where)
+        self._claims = SoonClaims(self.batcher)
         self._drained = False  # whether the last sweep of several streams found them all empty
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
@@ -210,6 +212,19 @@ class WorkerStreams:
         await self.writer.store(job, messages, final=True, deadline=deadline)
         self.writer.ack_soon(delivery, acked)
 
+    async def answer(
+        self,
+        delivery: Delivery,
+        job: Job,
+        messages: Sequence[Message],
+        deadline: float,
+        acked: Callable[[], None],
+        ended: Callable[[BaseException | None], None],
+    ) -> None:
+        """As :meth:`finish`, without waiting for Redis (see ``ReplyWriter.answer``):
+        ``ended`` hears whether the answer was stored, ``acked`` when the job was acked."""
+        await self.writer.answer(job, messages, delivery, deadline, acked, ended)
+
     async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
         """Claims the job's request for this entry until past its ``deadline`` (this host's
         clock); None if it may run, else the claim of the copy that runs it (see ``claims``)."""
@@ -225,7 +240,7 @@ class WorkerStreams:
     ) -> None:
         """As :meth:`claim` without waiting: ``claimed`` gets the outcome."""
         key = self.keys.claim(hash_tag(job.bell), job.id)
-        claim_soon(self.batcher, key, job, delivery.entry_id, claim_ttl(deadline), claimed)
+        self._claims.claim_soon(key, job, delivery.entry_id, claim_ttl(deadline), claimed)
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs: its answer is that one's."""

@@ -2,8 +2,13 @@
 
 A worker holds only the jobs its models can run soon (``worker.call_limit``): each read
 names the streams of models with room, rotated so no model starves another, and takes at
-most the free slots. Jobs of dead workers are reclaimed first, every half heartbeat TTL.
-Each job runs in a task of its own (``worker.cancellation``), its body ``JobRunner.handle``.
+most the free slots. A model with a call slot to fill is waited on (a blocking XREADGROUP:
+Redis hands each arriving job to the reader that has waited longest, so jobs go to the
+processes with room); a batched model that holds what it runs is only looked at, every few
+milliseconds, for jobs that waited in its stream (``broker.waiting_jobs``): its next batch,
+gathered while the model runs, from work no idle process was waiting for. Jobs of dead
+workers are reclaimed first, every half heartbeat TTL. Each job runs in a task of its own
+(``worker.cancellation``), its body ``JobRunner.handle``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from conveyor.broker.keys import Keys, hash_tag
 from conveyor.errors import BrokerConnectionError
 from conveyor.worker.answers import describe
 from conveyor.worker.bookkeeper import Bookkeeper
-from conveyor.worker.call_limit import streams_with_room
+from conveyor.worker.call_limit import plan_reads
 from conveyor.worker.cancellation import JobScope, RunningJobs
 from conveyor.worker.metrics import WorkerMetrics
 from conveyor.worker.registry import ModelRegistry
@@ -62,7 +67,7 @@ class Consumer:
         self._handle = handle  # a job's task body
         self._model_of = _ModelOf()
         self._next_reclaim = 0.0
-        # job streams not yet checked for dead workers' jobs this half TTL (see _next_jobs)
+        # job streams not yet checked for dead workers' jobs this half TTL (see _reclaimed)
         self._unchecked: set[str] = set()
 
     async def consume(self) -> None:
@@ -76,6 +81,7 @@ class Consumer:
         settings = self._settings
         turn = 0
         backoff = 0.1
+        next_look = 0.0  # loop.time() of the next look for jobs that waited (see the head)
         while not slots.closed:
             free = settings.concurrency - len(in_flight)
             if free <= 0:
@@ -88,19 +94,45 @@ class Consumer:
             turn = (turn + 1) % len(job_streams)  # rotate, so no model starves another
             order = job_streams[turn:] + job_streams[:turn]
             # Only the jobs each model can run soon: the rest is left to other processes.
-            readable, free = streams_with_room(
+            reads = plan_reads(
                 order, self._model_of, self._registry.holds(settings.concurrency), held, free
             )
-            if not readable:  # every model holds its fill
+            if not reads.wait and not reads.look:  # every model holds its fill
                 await self.await_room()
                 continue
-            block = settings.read_block
-            if len(readable) < len(order):
-                # A full model's freed slot cannot wake a read blocked on the others' streams:
-                # block briefly (no event to await in Redis), so its next job is fetched soon.
-                block = min(block, _FULL_MODEL_BLOCK_S)
+            if (
+                (reads.acks_now or len(reads.wait) < len(order))
+                and broker.acks_waiting
+                and await broker.flush_acks()
+            ):
+                # Answered jobs count as held until acked, here and in other workers' looks
+                # (broker.waiting_jobs), and a deferred ack waits for the next answer (a batch
+                # later): send them now, so a model's room is its own.
+                continue
+            now = loop.time()
             try:
-                deliveries = await self._next_jobs(broker, readable, free, block)
+                if reads.look and now >= next_look:
+                    next_look = now + reads.look_s
+                    deliveries = await self._reclaimed(broker, reads.look, reads.look_count)
+                    if not deliveries:
+                        deliveries = await broker.take_waiting(
+                            reads.look, reads.look_count, reads.min_age_s, reads.busy
+                        )
+                elif reads.wait:
+                    block = settings.read_block
+                    if reads.look:  # back in time for the next look
+                        block = min(block, max(next_look - now, 0.001))
+                    elif len(reads.wait) < len(order):
+                        # A full model's freed slot cannot wake a read blocked on the others'
+                        # streams: block briefly (no event to await in Redis), so its next
+                        # job is fetched soon.
+                        block = min(block, _FULL_MODEL_BLOCK_S)
+                    deliveries = await self._reclaimed(broker, reads.wait, reads.wait_count)
+                    if not deliveries:
+                        deliveries = await broker.read_jobs(reads.wait, reads.wait_count, block)
+                else:  # only looks, not yet due: until then, or until a slot frees
+                    await slots.wait_at_most(next_look - now)
+                    continue
             except BrokerConnectionError as error:
                 # Redis restarting or unreachable: back off and try again, never give up (any
                 # other refusal, a job stream of the wrong type say, stops the worker)
@@ -132,40 +164,39 @@ class Consumer:
             return
         await self._slots.wait_at_most(self._settings.read_block)
 
-    async def _next_jobs(
-        self, broker: WorkerBroker, order: list[str], free: int, block: float
-    ) -> list[Delivery]:
-        """Jobs of dead workers first (checked every half TTL), else new ones.
+    async def _reclaimed(self, broker: WorkerBroker, order: list[str], free: int) -> list[Delivery]:
+        """Jobs of dead workers (checked every half TTL), if any, before new ones are read.
 
         ``order`` holds the streams of models with room only (worker.call_limit): a stream
         left out stays due for its check until its model has room, so a model that is always
         busy still reclaims a dead worker's jobs.
         """
-        if time.monotonic() >= self._next_reclaim:
-            ttl = self._settings.heartbeat_ttl
-            # Recovery time is bounded by the heartbeat TTL, not by the longest job.
-            if not self._unchecked:
-                self._unchecked = set(self._registry.job_streams())
-            due = [stream for stream in order if stream in self._unchecked]
-            if due:
-                reclaimed = await broker.reclaim(due, ttl, free)
-                for delivery in reclaimed:
-                    self._metrics.reclaimed.labels(hash_tag(delivery.stream)).inc()
-                    logger.warning(
-                        "job.reclaimed stream=%s entry=%s deliveries=%d",
-                        delivery.stream,
-                        delivery.entry_id.decode(),
-                        delivery.deliveries,
-                    )
-                if reclaimed:
-                    return reclaimed  # there may be more: they stay due, looked at next round
-                # dead workers' jobs reclaimed: their consumers go
-                await self._bookkeeper.sweep(due)
-                self._unchecked.difference_update(due)
-            self._unchecked.intersection_update(self._registry.job_streams())
-            if not self._unchecked:
-                self._next_reclaim = time.monotonic() + ttl / 2
-        return await broker.read_jobs(order, free, block)
+        if time.monotonic() < self._next_reclaim:
+            return []
+        ttl = self._settings.heartbeat_ttl
+        # Recovery time is bounded by the heartbeat TTL, not by the longest job.
+        if not self._unchecked:
+            self._unchecked = set(self._registry.job_streams())
+        due = [stream for stream in order if stream in self._unchecked]
+        if due:
+            reclaimed = await broker.reclaim(due, ttl, free)
+            for delivery in reclaimed:
+                self._metrics.reclaimed.labels(hash_tag(delivery.stream)).inc()
+                logger.warning(
+                    "job.reclaimed stream=%s entry=%s deliveries=%d",
+                    delivery.stream,
+                    delivery.entry_id.decode(),
+                    delivery.deliveries,
+                )
+            if reclaimed:
+                return reclaimed  # there may be more: they stay due, looked at next round
+            # dead workers' jobs reclaimed: their consumers go
+            await self._bookkeeper.sweep(due)
+            self._unchecked.difference_update(due)
+        self._unchecked.intersection_update(self._registry.job_streams())
+        if not self._unchecked:
+            self._next_reclaim = time.monotonic() + ttl / 2
+        return []
 
 
 class _ModelOf(dict[str, str]):

@@ -13,7 +13,7 @@ from conveyor.errors import ModelLoadFailed
 from conveyor.methods import exposed_methods
 from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
-from conveyor.worker.call_limit import CallLimit
+from conveyor.worker.call_limit import CallLimit, Hold
 from conveyor.worker.execution import call
 
 __all__ = ("ModelLoadFailed", "ModelRegistry", "ServedModel")
@@ -143,18 +143,19 @@ class ModelRegistry:
         limits = [s.settings.max_payload_bytes for s in self._served.values() if s.name == model]
         return min(limits, default=_DEFAULT_PAYLOAD_LIMIT)
 
-    def holds(self, concurrency: int) -> dict[str, int]:
-        """The most jobs of each ready model this worker should hold at once (models its
+    def holds(self, concurrency: int) -> dict[str, Hold]:
+        """How many jobs of each ready model this worker should hold at once (models its
         ``concurrency`` alone bounds are absent), summed over the model's ready folders."""
-        holds: dict[str, int] = {}
+        holds: dict[str, Hold] = {}
         unbounded: set[str] = set()
         for served in self._served.values():
             if not served.ready:
                 continue
-            hold = served.calls.jobs_to_hold(concurrency)
-            if hold >= concurrency:
+            hold = served.calls.hold(concurrency)
+            if hold.wait_for >= concurrency:
                 unbounded.add(served.name)
-            holds[served.name] = holds.get(served.name, 0) + hold
+            other = holds.get(served.name)
+            holds[served.name] = hold if other is None else other + hold
         return {name: hold for name, hold in holds.items() if name not in unbounded}
 
     def control_streams(self) -> list[str]:
@@ -217,6 +218,7 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
     served.calls = CallLimit(
         settings.max_concurrent_calls,
         settings.max_batch_size,
+        max_batch_time=settings.max_batch_time,
         concurrent="predict" in served.coroutines
         or (own_stream and inspect.isasyncgenfunction(stream)),
         default_stream=not own_stream and "predict" not in served.coroutines,

@@ -216,25 +216,42 @@ class JobRunner:
         finally:
             jobs.disarm(scope, job.id)
         slots = self._slots
-        await broker.finish(
-            delivery,
-            job,
-            messages,
-            deadline,
-            lambda: slots.acked(delivery.entry_id, delivery.stream),
-        )
-        scope.ack_pending = True  # the job keeps its slot, and its claim fresh, until acked
-        slots.acking += 1
-        self._metrics.job_done(
-            metrics, job.model, job.method, outcome(messages[-1]), loop.time() - started
-        )
-        if scope.held is not None:
-            # answered before the claim said another copy runs it: the caller keeps one
-            logger.info(
-                "job.duplicate %s running_copy=%s ran=yes",
-                job_log(job, delivery, self._worker),
-                scope.held,
+        entry_id, stream = delivery.entry_id, delivery.stream
+
+        def ended(error: BaseException | None) -> None:
+            if error is not None:  # not stored: the job stays pending, delivered again
+                logger.warning(
+                    "job.unfinished stream=%s entry=%s error=%s",
+                    stream,
+                    entry_id.decode(),
+                    describe(error),
+                )
+                slots.acking -= 1
+                slots.release(entry_id, stream)
+                return
+            self._metrics.job_done(
+                metrics, job.model, job.method, outcome(messages[-1]), loop.time() - started
             )
+            if scope.held is not None:
+                # answered before the claim said another copy runs it: the caller keeps one
+                logger.info(
+                    "job.duplicate %s running_copy=%s ran=yes",
+                    job_log(job, delivery, self._worker),
+                    scope.held,
+                )
+
+        # The answer holds the job's slot (and keeps its claim fresh) until its ack is done,
+        # or until it cannot be stored (`ended`); the task does not wait for Redis.
+        scope.ack_pending = True
+        slots.acking += 1
+        try:
+            await broker.answer(
+                delivery, job, messages, deadline, lambda: slots.acked(entry_id, stream), ended
+            )
+        except Exception:  # nothing was sent (the answer cannot be encoded): the task's again
+            scope.ack_pending = False
+            slots.acking -= 1
+            raise
 
     def _stopped(self, job: Job, delivery: Delivery, reason: str) -> Message:
         """The answer of a job stopped by its caller's cancel, or by its deadline."""

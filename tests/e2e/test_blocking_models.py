@@ -19,7 +19,7 @@ import pytest
 
 from conveyor.client import Client
 from conveyor.types import InferenceResponse
-from conveyor.worker.call_limit import streams_with_room
+from conveyor.worker.call_limit import CallLimit, Hold, plan_reads
 from tests.support.calls import generator, one, request
 from tests.support.fleet import Fleet
 
@@ -142,12 +142,40 @@ async def test_a_busy_worker_leaves_the_jobs_it_cannot_run_soon_to_a_later_one(
 
 def test_only_models_with_room_are_read_and_no_more_than_the_least_room() -> None:
     model_of = {"a:jobs": "a", "a:v1:jobs": "a", "b:jobs": "b", "c:jobs": "c"}
-    holds = {"a": 2, "b": 4}  # c: bounded by the worker's free slots alone
+    holds = {"a": Hold(2, 2), "b": Hold(4, 4)}  # c: bounded by the worker's free slots alone
     streams = list(model_of)
-    assert streams_with_room(streams, model_of, holds, {}, 16) == (streams, 2)
-    assert streams_with_room(streams, model_of, holds, {"a": 2, "b": 1}, 16) == (
-        ["b:jobs", "c:jobs"],
-        3,
+
+    def waited(held: dict[str, int], free: int, *of: str) -> tuple[list[str], int]:
+        reads = plan_reads(list(of or streams), model_of, holds, held, free)
+        assert reads.look == []
+        return reads.wait, reads.wait_count
+
+    assert waited({}, 16) == (streams, 2)
+    assert waited({"a": 2, "b": 1}, 16) == (["b:jobs", "c:jobs"], 3)
+    assert waited({"a": 2}, 16, "a:jobs") == ([], 0)
+    assert waited({}, 5, "c:jobs") == (["c:jobs"], 5)
+
+
+def test_a_batched_model_waits_for_its_batches_and_only_looks_for_the_next() -> None:
+    # max_batch_size 32, one batch at a time: waited on below 32 held, looked at up to 64
+    hold = CallLimit(None, 32, max_batch_time=0.05).hold(128)
+    assert (hold.wait_for, hold.most) == (32, 64)
+    assert hold.min_age_s == 0.05  # a job left waiting that long missed any waiting batch
+    assert hold.look_s == 0.005  # but looked for often, so the next batch forms in time
+    assert CallLimit(2, 32).hold(128).wait_for == 64  # two batches at once
+    model_of = {"m:jobs": "m", "e:jobs": "e"}
+    holds = {"m": hold}
+    reads = plan_reads(["m:jobs", "e:jobs"], model_of, holds, {"m": 20}, 100)
+    assert (reads.wait, reads.wait_count, reads.look, reads.acks_now) == (
+        ["m:jobs", "e:jobs"],
+        12,
+        [],
+        True,
     )
-    assert streams_with_room(["a:jobs"], model_of, holds, {"a": 2}, 16) == ([], 0)
-    assert streams_with_room(["c:jobs"], model_of, holds, {}, 5) == (["c:jobs"], 5)
+    reads = plan_reads(["m:jobs", "e:jobs"], model_of, holds, {"m": 40}, 100)
+    assert (reads.wait, reads.wait_count) == (["e:jobs"], 100)
+    assert (reads.look, reads.look_count, reads.busy) == (["m:jobs"], 24, 32)
+    reads = plan_reads(["m:jobs"], model_of, holds, {"m": 64}, 100)
+    assert (reads.wait, reads.look) == ([], [])
+    # unbatched: three jobs per call slot, all waited for
+    assert CallLimit(None, 1).hold(16) == Hold(3, 3)

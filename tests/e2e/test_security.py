@@ -589,8 +589,6 @@ def test_conveyor_up_on_a_password_protected_redis_never_prints_it(
 # -- 3. TLS (rediss://) -----------------------------------------------------------------------
 
 
-
-
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     openssl = shutil.which("openssl")

@@ -483,8 +483,6 @@ async def test_unix_socket_with_db(redis_server_factory: ServerFactory) -> None:
         await client2.aclose()
 
 
-
-
 def _cryptography_tls_files(directory: Path) -> TLSFiles:
     # Optional: CI may lack it (then the openssl CLI is used, or the TLS tests skip).
     from cryptography import x509  # type: ignore[import-not-found, unused-ignore]

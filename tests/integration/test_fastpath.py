@@ -26,6 +26,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis import exceptions as rex
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -297,6 +298,41 @@ async def test_a_connection_with_unread_data_is_not_reused_as_is(
     assert fast == own == [b"fresh"]
 
 
+async def _replies(client: Redis, server: RedisServer) -> list[Any]:
+    """A pipeline whose replies come together (the second on are read from the buffer):
+    values, error replies among them, a reply too big for one socket read, then the
+    connection's next command."""
+    pipe = client.pipeline(transaction=False)
+    pipe.set("k", b"v")
+    pipe.incr("k")  # an error reply: ERR value is not an integer
+    pipe.set("n", b"x" * 200_000, get=True)
+    pipe.get("n")
+    pipe.lpush("k", b"a")  # WRONGTYPE
+    pipe.get("k")
+    replies = await pipe.execute(raise_on_error=False)
+    outcomes = [type(r).__name__ if isinstance(r, Exception) else r for r in replies]
+    outcomes[3] = len(outcomes[3])
+    async with client.client() as single:  # one connection: the same one each time
+        for _ in range(3):
+            await single.set("k", b"w")
+        outcomes.append(await _outcome(single.lpush("k", b"a")))
+        outcomes.append(await single.get("k"))
+    return outcomes
+
+
+@pytest.mark.anyio
+async def test_replies_read_from_the_buffer_are_redis_pys(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply already whole in the parser's buffer is read without redis-py's timeout: the
+    values and errors are the same as redis-py's own read."""
+    server = redis_server_factory()
+    fast, own = await _both(server.url, server, _replies, monkeypatch)
+    assert fast == own
+    first = [True, "ResponseError", None, 200_000, "ResponseError", b"v"]
+    assert fast == [*first, "ResponseError", b"w"]
+
+
 @pytest.mark.anyio
 async def test_a_blocking_client_killed_while_idle(
     redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
@@ -399,8 +435,24 @@ def test_every_internal_the_head_lists_is_there() -> None:
         "should_reconnect",
         "disconnect",
         "on_connect_check_health",
+        "protocol",
+        "health_check_interval",
+        "_parser",
     ):
         assert hasattr(connection, name), name
+    assert list(inspect.signature(connection.read_response).parameters) == [
+        "disable_decoding",
+        "timeout",
+        "disconnect_on_error",
+        "push_request",
+    ]
+    parser = _AsyncHiredisParser(1024)
+    parser.on_connect(connection)  # type: ignore[no-untyped-call]
+    assert parser._connected
+    assert parser._reader is not None
+    assert parser._reader.gets() is NOT_ENOUGH_DATA
+    parser.on_disconnect()
+    assert not parser._connected
     assert "check_health" in inspect.signature(connection.on_connect_check_health).parameters
     assert "nowait" in inspect.signature(connection.disconnect).parameters
     assert Redis().pipeline(transaction=False).command_stack == []

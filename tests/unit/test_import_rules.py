@@ -276,9 +276,7 @@ def test_the_rules_catch_what_they_say() -> None:
             Import("redis.exceptions", False),
         ]
         assert ("client-worker", f"{client} -> conveyor.worker") in _violations("client-worker")
-        assert ("broker-face", f"{client} -> conveyor.broker.clients") in _violations(
-            "broker-face"
-        )
+        assert ("broker-face", f"{client} -> conveyor.broker.clients") in _violations("broker-face")
         assert ("redis", f"{client} -> redis.exceptions") in _violations("redis")
         IMPORTS[client] = [Import("conveyor.errors", True)]
         errors = IMPORTS["conveyor.errors"]

@@ -1,0 +1,35 @@
+"""The worker's lock-free histograms expose what prometheus_client's own Histogram would."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from conveyor.worker.metrics import WorkerMetrics
+
+_VALUES = (0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.5, 1, 59.9, 60, 61, 1e9)
+
+
+def _lines(registry: CollectorRegistry, name: str) -> list[str]:
+    text = generate_latest(registry).decode()
+    return [
+        line for line in text.splitlines() if line.startswith(name + "_") and "_created" not in line
+    ]
+
+
+def test_a_loop_histogram_exposes_what_prometheus_clients_would() -> None:
+    metrics = WorkerMetrics()
+    children = metrics.children("echo", "predict")
+    reference = CollectorRegistry()
+    wait = Histogram(
+        "conveyor_worker_queue_wait_seconds",
+        "doc",
+        ["model"],
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        registry=reference,
+    )
+    for value in _VALUES:
+        metrics.job_taken(children, value)
+        wait.labels("echo").observe(value)
+    name = "conveyor_worker_queue_wait_seconds"
+    assert _lines(metrics.registry, name) == _lines(reference, name)
+    assert any(line.endswith(f"{len(_VALUES)}.0") for line in _lines(reference, name))
