@@ -57,6 +57,8 @@ __all__ = ("BatchJobs",)
 
 logger = logging.getLogger(__name__)
 
+_ABORTED = "aborted"  # why a batched job was let go: the worker stops now
+
 
 class _BatchedJob(JobScope):
     """One job on the batch path, and its scope: :meth:`cancel` (its deadline, its caller's
@@ -142,6 +144,8 @@ class BatchJobs:
         self._worker = worker
         self._start_soon = start_soon  # for a duplicate's ack (rare)
         self._batches: dict[str, bool] = {}  # job stream -> whether its model batches
+        self._armed: set[_BatchedJob] = set()  # taken, not yet answered nor stopped
+        jobs.on_abort(self._abort)
 
     def take(self, deliveries: list[Delivery]) -> list[Delivery]:
         """Starts the deliveries it can take on the batch path (each takes its slot);
@@ -207,6 +211,7 @@ class BatchJobs:
         self._metrics.job_taken(metrics, max(now - stored, 0.0))
         # the job's scope from now: its deadline, a caller's cancel, another copy's claim
         self._jobs.arm(loop, record, job.id, loop_now + (deadline - now))
+        self._armed.add(record)
         self._broker.claim_soon(delivery, job, deadline, record.claimed)
         return True
 
@@ -220,6 +225,7 @@ class BatchJobs:
                 continue
             job, delivery = record.job, record.delivery
             jobs.disarm(record, job.id)
+            self._armed.discard(record)
             if jobs.aborting:  # the worker stops now: the job stays pending
                 self._let_go(record)
                 continue
@@ -252,6 +258,7 @@ class BatchJobs:
         now (Cancelled, DeadlineExceeded), or, another copy holding its claim, acked unanswered."""
         job, delivery = record.job, record.delivery
         self._jobs.disarm(record, job.id)
+        self._armed.discard(record)
         if record.submitted is not None:
             record.batcher.withdraw(record.submitted)
             record.submitted = None
@@ -274,6 +281,12 @@ class BatchJobs:
         self._broker.answer_soon(
             [(job, [message], delivery, record.deadline, record.acked, record.ended)]
         )
+
+    def _abort(self) -> None:
+        """The worker stops now (``RunningJobs.cancel_all``): every job not yet answered is let
+        go unanswered, pending for another worker (its batch, if running, is not waited for)."""
+        for record in list(self._armed):
+            record.cancel(_ABORTED)
 
     async def _drop_duplicate(self, record: _BatchedJob) -> None:
         delivery = record.delivery

@@ -7,6 +7,7 @@ at a time, sleeps its longest row's seconds and logs the tags of each batch it r
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import anyio
@@ -172,3 +173,43 @@ async def test_a_batched_job_sent_twice_runs_once(
         assert tag_and_rows(answer)[0] == 5
         await anyio.to_thread.run_sync(lambda: wait_acked(probe, Keys(prefix).jobs("slow_batched")))
     assert worker.count("job.duplicate") == 1
+
+
+@pytest.mark.timeout(60)
+async def test_batched_jobs_drain_on_a_signal_and_stay_pending_on_a_second(
+    fleet: Fleet, redis_url: str, prefix: str, probe: redis.Redis
+) -> None:
+    """A first SIGTERM lets the running batch and the one waiting finish and answer; a worker
+    told twice leaves its batched jobs, running or waiting, pending and unanswered."""
+    stream = Keys(prefix).jobs("slow_batched")
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        model = client.model("slow_batched")
+        answers: dict[int, tuple[int, int]] = {}
+
+        async def call(tag: int, seconds: float) -> None:
+            answers[tag] = tag_and_rows(await model.predict(row(seconds, tag)))
+
+        draining = fleet.start(MODELS, extra=["--grace-period", "20"])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, 1, 1.0)
+            await ran(draining, "1")
+            tg.start_soon(call, 2, 0.0)
+            await wait_until_async(lambda: pending_count(probe, stream) == 2, "2 jobs taken")
+            draining.signal(signal.SIGTERM)
+        assert answers == {1: (1, 1), 2: (2, 1)}
+        assert await anyio.to_thread.run_sync(draining.wait, 20) == 0
+
+        stopped = fleet.start(MODELS, extra=["--grace-period", "20"])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, 3, 30.0)
+            await ran(stopped, "3")
+            tg.start_soon(call, 4, 0.0)
+            await wait_until_async(lambda: pending_count(probe, stream) == 2, "2 jobs taken")
+            stopped.signal(signal.SIGTERM)
+            await stopped.wait_for_log_async("worker.stopping ")
+            stopped.signal(signal.SIGTERM)
+            assert await anyio.to_thread.run_sync(stopped.wait, 20) == 0
+            assert "worker.stopping_now" in stopped.log()
+            assert pending_count(probe, stream) == 2  # for another worker to reclaim
+            tg.cancel_scope.cancel()
+        assert set(answers) == {1, 2}
