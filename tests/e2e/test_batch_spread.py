@@ -153,3 +153,34 @@ async def test_a_busy_process_leaves_new_work_to_an_idle_one(fleet: Fleet, probe
                         short.start_soon(call, None)
                 assert ran == {idle.pid: BATCH}, (ran, busy.pid, idle.pid)
     assert ran == {idle.pid: BATCH, busy.pid: BATCH}, ran
+
+
+@pytest.mark.timeout(90)
+async def test_a_lone_process_takes_its_next_batch_while_a_batch_runs(
+    fleet: Fleet, probe: Probe
+) -> None:
+    # A batch of 32 holds the device 3 s; the next 32 calls are taken (pending on the worker,
+    # read and decoded) while it runs, not once it ends: the model never waits for them.
+    stream = Keys(fleet.prefix).jobs("device")
+    await fleet.start_many(1, MODELS, extra=WORKER)
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=60) as client:
+        model = client.model("device")
+        long_answered = anyio.Event()
+
+        async def call(hold_s: float | None) -> None:
+            payload = request(1.0) if hold_s is None else request(1.0, hold_s=hold_s)
+            await model.predict(payload)
+            if hold_s is not None:
+                long_answered.set()
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for _ in range(BATCH):
+                    tg.start_soon(call, 3.0)
+                await wait_until_async(lambda: pending_count(probe, stream) == BATCH, "running")
+                for _ in range(BATCH):
+                    tg.start_soon(call, None)
+                await wait_until_async(
+                    lambda: pending_count(probe, stream) == 2 * BATCH, "next batch taken"
+                )
+                assert not long_answered.is_set()
