@@ -18,7 +18,9 @@ window has its job run again, and the caller keeps the first answer.
 
 An answer Redis refused is kept and written again, with backoff, until the job's deadline;
 past it, or when the connection failed, the job stays pending and is delivered again (see
-``ReplyWriter.store``).
+``ReplyWriter.store``). A unary job's task does not wait for any of it
+(``ReplyWriter.answer``: the same steps by callbacks, ``writes.Answer``); measured (bench.drain,
+2 cores): 142 -> 92 us of worker CPU a job, with the claims sent together.
 """
 
 from __future__ import annotations
