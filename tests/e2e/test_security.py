@@ -53,7 +53,7 @@ ServerFactory = Callable[..., RedisServer]
 
 ECHO = MODELS / "echo"
 GUARDED = Path(__file__).parents[1] / "models" / "security" / "guarded"
-DEVICE = Path(__file__).parents[1] / "models" / "device"  # batched: a script looks for its next batch
+DEVICE = Path(__file__).parents[1] / "models" / "device"  # batched (broker.waiting_jobs)
 
 SECRET = "Zq7/s3cr@t:pw"  # must be percent-encoded in a URL: neither form may ever show
 WRONG = "Wr0ng-guess-41"  # a mistyped password is a secret too (often a near miss)
