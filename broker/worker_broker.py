@@ -30,6 +30,7 @@ from conveyor.broker.entries import Delivery
 from conveyor.broker.errors import translate_every_error
 from conveyor.broker.heartbeats import HeartbeatLink
 from conveyor.broker.keys import Keys
+from conveyor.broker.replies import Answering
 from conveyor.broker.settings import RedisSettings
 from conveyor.broker.waiting_jobs import WaitingJobs
 from conveyor.broker.wire import Job, Message, RawFields
@@ -203,6 +204,12 @@ class WorkerBroker:
         job stays pending, to be delivered again). A refused answer is tried again until
         ``deadline`` first. Raises only if the messages cannot be encoded (nothing sent)."""
         await self._streams.answer(delivery, job, messages, deadline, acked, ended)
+
+    def answer_soon(self, answers: Sequence[Answering]) -> None:
+        """As :meth:`answer` for many jobs (a batch's), without waiting: one write of their
+        answers with the next round trip, their acks with a later one. Each job's ``ended``
+        hears its outcome (an answer that cannot be encoded: at once, nothing sent)."""
+        self._writer.answer_soon(answers)
 
     async def drop_duplicate(self, delivery: Delivery) -> None:
         """Acks and deletes a copy of a job that another copy runs."""

@@ -29,6 +29,8 @@ from conveyor.types import InferenceRequest, InferenceResponse, Parameters
 
 __all__ = (
     "AdaptiveBatcher",
+    "Answered",
+    "Submitted",
     "default_concurrent_batches",
     "jobs_to_hold",
     "merge_requests",
@@ -60,14 +62,39 @@ def jobs_to_hold(max_batch_size: int, concurrent_batches: int | None = None) -> 
 class _Item:
     """One caller's request, and its answer once its batch ran."""
 
-    __slots__ = ("error", "group", "request", "response", "taken")
+    __slots__ = ("error", "group", "request", "response", "taken", "token")
 
-    def __init__(self, request: InferenceRequest, group: _Group) -> None:
+    def __init__(self, request: InferenceRequest, group: _Group, token: object = None) -> None:
         self.request = request
         self.group = group
         self.response: InferenceResponse | None = None
         self.error: BaseException | None = None
         self.taken = False  # in a batch that started
+        self.token = token  # a submitted request's (see AdaptiveBatcher.submit); else None
+
+
+class Answered:
+    """A submitted request's answer (see :meth:`AdaptiveBatcher.submit`): its ``token``, and
+    its ``response`` or the ``error`` it raised."""
+
+    __slots__ = ("error", "response", "token")
+
+    def __init__(
+        self, token: object, response: InferenceResponse | None, error: BaseException | None
+    ) -> None:
+        self.token = token
+        self.response = response
+        self.error = error
+
+
+class Submitted:
+    """A request :meth:`AdaptiveBatcher.submit` queued: :meth:`AdaptiveBatcher.withdraw` takes
+    it back while its batch has not started."""
+
+    __slots__ = ("_item",)
+
+    def __init__(self, item: _Item) -> None:
+        self._item = item
 
 
 class _Group:
@@ -90,13 +117,24 @@ def _answer_all(items: list[_Item], error: BaseException) -> None:
             item.error = error
 
 
-def _wake_all(group: _Group) -> None:
-    """Wakes the group's callers, each of whom holds its own item. The group lets go of its
-    items: an item points to its group, so keeping both ways would make a reference cycle
-    per request, left to the garbage collector (measured: its full collections then took
-    ~10% of a batched worker's CPU)."""
+def _wake_all(group: _Group, on_answers: Callable[[list[Answered]], None] | None) -> None:
+    """Wakes the group's callers, each of whom holds its own item, and hands the submitted
+    requests' answers to ``on_answers`` in one call. The group lets go of its items: an item
+    points to its group, so keeping both ways would make a reference cycle per request, left
+    to the garbage collector (measured: its full collections then took ~10% of a batched
+    worker's CPU)."""
     group.done.set()
-    group.items = []
+    items, group.items = group.items, []
+    if on_answers is None:
+        return
+    answered = [
+        Answered(item.token, item.response, item.error) for item in items if item.token is not None
+    ]
+    if answered:
+        try:
+            on_answers(answered)
+        except Exception:  # its own bug: the batcher keeps serving the others
+            logger.exception("batch.answers_failed size=%d", len(answered))
 
 
 # Parameter values that can go into a batch key as they are: (name, type, value) tells
@@ -199,8 +237,31 @@ class AdaptiveBatcher:
         self._running = 0  # model calls (batches) running
         self._wake: anyio.Event | None = None  # set when the serving loop may have work
         self._stopped = False
+        # Where the answers of submitted requests go, a batch's at once (see submit).
+        self.on_answers: Callable[[list[Answered]], None] | None = None
 
     async def predict(self, request: InferenceRequest) -> InferenceResponse:
+        item = self._enqueue(request, None)
+        try:
+            await item.group.done.wait()
+        except BaseException:  # the caller gave up: a request not yet batched is dropped
+            if not item.taken:
+                self._drop(item)
+            raise
+        if item.error is not None:
+            raise item.error
+        assert item.response is not None
+        return item.response
+
+    def submit(self, request: InferenceRequest, token: object) -> Submitted:
+        """Queues ``request`` without waiting for it: once its batch has run, its answer goes
+        to ``on_answers`` (which must be set), with the other submitted requests of its batch,
+        as an :class:`Answered` holding ``token``. No task or coroutine per request (the batch
+        path, ``worker.batch_jobs``). Raises RuntimeError once the batcher has stopped."""
+        assert self.on_answers is not None
+        return Submitted(self._enqueue(request, token))
+
+    def _enqueue(self, request: InferenceRequest, token: object) -> _Item:
         if self._stopped:
             raise RuntimeError("the model's batcher has stopped")
         key = _batch_key(request)
@@ -212,21 +273,22 @@ class AdaptiveBatcher:
         else:
             group = _Group(key, anyio.current_time())
             queue.append(group)
-        item = _Item(request, group)
+        item = _Item(request, group, token)
         group.items.append(item)
         # While every slot is busy nothing can start, so arrivals need not wake the loop.
         if self._wake is not None and self._running < self.concurrent_batches:
             self._wake.set()
-        try:
-            await group.done.wait()
-        except BaseException:  # the caller gave up: a request not yet batched is dropped
-            if not item.taken:
-                self._drop(item)
-            raise
-        if item.error is not None:
-            raise item.error
-        assert item.response is not None
-        return item.response
+        return item
+
+    def withdraw(self, submitted: Submitted) -> bool:
+        """Takes a submitted request back, if its batch has not started (then its answer never
+        comes); False once it has (its answer comes with its batch's)."""
+        item = submitted._item
+        if item.taken or self._stopped:
+            return False
+        item.token = None  # no answer for it, even if it was already in a batch's list
+        self._drop(item)
+        return True
 
     def _drop(self, item: _Item) -> None:
         group = item.group
@@ -251,7 +313,7 @@ class AdaptiveBatcher:
             for queue in self._queues.values():
                 for group in queue:
                     _answer_all(group.items, stopped)
-                    _wake_all(group)
+                    _wake_all(group, self.on_answers)
             self._queues.clear()
 
     def _next_batch(self) -> tuple[Hashable, float]:
@@ -308,7 +370,7 @@ class AdaptiveBatcher:
                 self._wake.set()
             # cancelled (the batcher stopping): nobody waits forever
             _answer_all(items, RuntimeError("the model's batcher stopped"))
-            _wake_all(group)
+            _wake_all(group, self.on_answers)
 
     async def _call(self, items: list[_Item]) -> bool:
         """One model call for ``items``; False when a batch of several failed (nobody told)."""

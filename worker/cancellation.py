@@ -39,7 +39,7 @@ import asyncio
 import heapq
 import itertools
 import math
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -84,13 +84,14 @@ class JobScope:
 class RunningJobs:
     """Every job task of the worker, by scope and (while armed) by request id."""
 
-    __slots__ = ("aborting", "by_request", "deadlines", "scopes")
+    __slots__ = ("_on_abort", "aborting", "by_request", "deadlines", "scopes")
 
     def __init__(self) -> None:
         self.scopes: set[JobScope] = set()
         self.by_request: dict[str, JobScope] = {}  # request id -> its armed job
         self.deadlines = Deadlines()
         self.aborting = False  # the running jobs are being cancelled: they stay pending
+        self._on_abort: list[Callable[[], None]] = []  # see on_abort
 
     def start(
         self,
@@ -150,6 +151,13 @@ class RunningJobs:
             # started yet sees `aborting` when it starts, and ends at once.
             if scope.started and scope.task is not None:
                 scope.task.cancel()
+        for stop in self._on_abort:
+            stop()
+
+    def on_abort(self, stop: Callable[[], None]) -> None:
+        """Calls ``stop`` when the worker stops now (:meth:`cancel_all`): jobs without a task
+        of their own (``worker.batch_jobs``) let go of theirs, which stay pending."""
+        self._on_abort.append(stop)
 
     async def abort(self) -> None:
         """Cancels the jobs still running and waits until they have ended."""

@@ -55,6 +55,7 @@ class Consumer:
         bookkeeper: Bookkeeper,
         settings: WorkerSettings,
         handle: Callable[[Delivery, JobScope], Coroutine[Any, Any, None]],
+        take_batched: Callable[[list[Delivery]], list[Delivery]] | None = None,
     ) -> None:
         self._broker = broker
         self._registry = registry
@@ -65,6 +66,7 @@ class Consumer:
         self._bookkeeper = bookkeeper
         self._settings = settings
         self._handle = handle  # a job's task body
+        self._take_batched = take_batched  # the batch path takes its jobs first (batch_jobs)
         self._model_of = _ModelOf()
         self._next_reclaim = 0.0
         # job streams not yet checked for dead workers' jobs this half TTL (see _reclaimed)
@@ -146,6 +148,8 @@ class Consumer:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            if self._take_batched is not None and deliveries:
+                deliveries = self._take_batched(deliveries)
             for delivery in deliveries:
                 slots.take(delivery.entry_id, delivery.stream)
                 scope = JobScope()

@@ -210,7 +210,7 @@ class JobRunner:
                 assert scope.held is not None
                 await self._drop_duplicate(delivery, job, scope.held)
                 return
-            messages = [self._stopped(job, delivery, stopped_by)]
+            messages = [self.stopped(job, delivery, stopped_by)]
         else:
             jobs.swallowed(task)
         finally:
@@ -253,7 +253,7 @@ class JobRunner:
             slots.acking -= 1
             raise
 
-    def _stopped(self, job: Job, delivery: Delivery, reason: str) -> Message:
+    def stopped(self, job: Job, delivery: Delivery, reason: str) -> Message:
         """The answer of a job stopped by its caller's cancel, or by its deadline."""
         if reason == CANCELLED:
             logger.info("job.stopped %s reason=cancelled", job_log(job, delivery, self._worker))
@@ -277,7 +277,7 @@ class JobRunner:
         if job.args:
             give_id(job.args[0], job)
         try:
-            batcher = self._batcher_for(served, job)
+            batcher = self.batcher_for(served, job)
             if batcher is not None:
                 assert isinstance(job.args[0], InferenceRequest)
                 result: Payload = await batcher.predict(job.args[0])
@@ -318,7 +318,7 @@ class JobRunner:
         call = execution.call(method, calls.threads, *job.args, **job.kwargs)
         return cast("Awaitable[Payload]", call)
 
-    def _batcher_for(self, served: ServedModel, job: Job) -> AdaptiveBatcher | None:
+    def batcher_for(self, served: ServedModel, job: Job) -> AdaptiveBatcher | None:
         """The model's adaptive batcher, for a ``predict`` of one request (made on first use)."""
         settings = served.settings
         if (

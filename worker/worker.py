@@ -25,6 +25,7 @@ from conveyor.broker import WorkerBroker
 from conveyor.broker.keys import Keys
 from conveyor.settings import ModelSettings
 from conveyor.worker.admission import Admission
+from conveyor.worker.batch_jobs import BatchJobs
 from conveyor.worker.bookkeeper import Bookkeeper
 from conveyor.worker.call_limit import CallLimit
 from conveyor.worker.cancellation import RunningJobs
@@ -167,6 +168,19 @@ class Worker:
                         read_block=settings.read_block,
                         models_changed=self._publish_models,
                     )
+                    batch_jobs = BatchJobs(
+                        runner,
+                        broker,
+                        self.registry,
+                        self._admission,
+                        self.jobs,
+                        self.slots,
+                        self.stats,
+                        self.metrics,
+                        self._clock,
+                        worker=settings.name,
+                        start_soon=lambda run: infra.start_soon(run),
+                    )
                     consumer = Consumer(
                         broker,
                         self.registry,
@@ -177,6 +191,7 @@ class Worker:
                         bookkeeper,
                         settings,
                         runner.handle,
+                        batch_jobs.take,
                     )
                     infra.start_soon(broker.run_writers)
                     infra.start_soon(control.run, cursors)

@@ -17,6 +17,7 @@ from conveyor.errors import RemoteError
 from conveyor.types import InferenceRequest, InferenceResponse, RequestInput
 from conveyor.worker.batcher import (
     AdaptiveBatcher,
+    Answered,
     default_concurrent_batches,
     jobs_to_hold,
     merge_requests,
@@ -373,6 +374,39 @@ async def test_a_caller_that_gives_up_before_its_batch_starts_is_not_run() -> No
         (0.1, [[1, 2]]),
         (1.1, [[1, 2]]),
     ]
+
+
+@pytest.mark.anyio
+async def test_submitted_requests_are_answered_a_batch_at_a_time_and_can_be_withdrawn() -> None:
+    """The batch path's way in (worker.batch_jobs): no caller waits; each batch's answers come
+    in one call, and a request taken back before its batch starts is not run."""
+    recorder = Recorder(seconds=1.0)
+    batcher = AdaptiveBatcher(
+        recorder.predict, max_batch_size=8, max_batch_time=0.1, concurrent_batches=1
+    )
+    answered: list[list[tuple[object, float]]] = []
+
+    def on_answers(batch: list[Answered]) -> None:
+        for one in batch:
+            assert one.response is not None, one.error
+        answered.append(
+            [(one.token, float(doubled(one.response)[0, 0])) for one in batch if one.response]
+        )
+
+    batcher.on_answers = on_answers
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.run)
+        start = anyio.current_time()
+        first = batcher.submit(one_row(0), "a")  # runs from 0.1 to 1.1
+        await anyio.sleep_until(start + 0.2)
+        second = batcher.submit(one_row(1), "b")  # waits behind it, with c
+        batcher.submit(one_row(2), "c")
+        assert not batcher.withdraw(first)  # its batch runs: its answer comes
+        assert batcher.withdraw(second)
+        await anyio.sleep_until(start + 3)
+        tg.cancel_scope.cancel()
+    assert recorder.since(start) == [(0.1, [[1, 2]]), (1.1, [[1, 2]])]
+    assert answered == [[("a", 0.0)], [("c", 4.0)]]
 
 
 @pytest.mark.anyio

@@ -53,6 +53,7 @@ ServerFactory = Callable[..., RedisServer]
 
 ECHO = MODELS / "echo"
 GUARDED = Path(__file__).parents[1] / "models" / "security" / "guarded"
+DEVICE = Path(__file__).parents[1] / "models" / "device"  # batched (broker.waiting_jobs)
 
 SECRET = "Zq7/s3cr@t:pw"  # must be percent-encoded in a URL: neither form may ever show
 WRONG = "Wr0ng-guess-41"  # a mistyped password is a secret too (often a near miss)
@@ -95,6 +96,10 @@ COMMANDS = (
     "xgroup|delconsumer",  # ... and a stopping worker's own
     "set",  # a worker claims a request for one copy of its job (SET NX GET): one run
     "xtrim",  # the client deletes what it read of a predict_stream's reply stream
+    # A busy batched model takes its next batch only of jobs no idle worker waits for: one
+    # script per look (broker.waiting_jobs), sent by its hash, loaded once per server.
+    "evalsha",
+    "script|load",
 )
 # redis-py sends CLIENT SETINFO on connect (Redis >= 7.2) and ignores a refusal.
 TOLERATED_REFUSALS = frozenset({"client|setinfo"})
@@ -198,6 +203,22 @@ async def exercise_echo(url: str, prefix: str) -> None:
         assert (await echo.metadata()).name == "echo"
 
 
+async def exercise_batches(url: str, prefix: str) -> None:
+    """Three batches' worth of single-row calls at once to the batched ``device`` model: while
+    one batch runs, its worker looks for the next one in the stream (broker.waiting_jobs)."""
+    async with Client(url, prefix=prefix, timeout=20) as client:
+        device = client.model("device")
+        answers: list[InferenceResponse] = []
+
+        async def call(i: int) -> None:
+            answers.append(await device.predict(tensor_request([[float(i)]])))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(96):
+                tg.start_soon(call, i)
+        assert len(answers) == 96
+
+
 class Workers:
     """``conveyor worker`` subprocesses of one test; the fixture stops them all at its end."""
 
@@ -258,8 +279,9 @@ async def test_acl_user_held_to_its_prefix_serves_every_call(
     server = start_acl_server(redis_server_factory, tmp_path, prefix)
     url = user_url(server.port)
     assert await ping(RedisSettings.from_url(url)) >= 0
-    worker = workers.start(url)
+    worker = workers.start(url, ECHO, DEVICE)
     await exercise_echo(url, prefix)
+    await exercise_batches(url, prefix)
     async with Client(url, prefix=prefix, timeout=20) as client:
         echo = client.model("echo")
         # a job longer than the heartbeat's period (ttl / 3 = 1 s): its claim is refreshed
@@ -419,8 +441,9 @@ async def test_a_worker_under_an_acl_line_of_before_its_bookkeeping_serves_and_s
     older = [command for command in COMMANDS if command not in newer]
     server = start_acl_server(redis_server_factory, tmp_path, prefix, older)
     url = user_url(server.port)
-    worker = workers.start(url)
+    worker = workers.start(url, ECHO, DEVICE)
     await exercise_echo(url, prefix)
+    await exercise_batches(url, prefix)
     assert "+time" in worker.wait_for_log("worker.clock_unknown", 5)
     assert "+xinfo|consumers" in worker.wait_for_log("worker.consumers_kept", 5)
     worker.signal(signal.SIGTERM)

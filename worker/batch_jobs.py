@@ -1,0 +1,333 @@
+"""The batch path: a read's ``predict`` jobs for a model that batches, without a task per job.
+
+The consumer (``worker.consumer``) hands each read's deliveries to :meth:`BatchJobs.take`
+first. A delivery it can take — a ``predict`` of one ``InferenceRequest`` for a ready model
+with ``max_batch_size`` above 1, that admission lets through, that decodes, is not over-
+delivered nor expired — goes to the model's adaptive batcher with
+:meth:`AdaptiveBatcher.submit`: no task, no coroutine and no event of its own. When its batch
+has run, the batcher hands the batch's answers to :meth:`BatchJobs._answers` in one call, and
+they leave in one write (``WorkerBroker.answer_soon``: one pipeline of replies, acks with a
+later one, as every answer's). Everything else — refusals, bad entries, unknown models or
+methods, over-delivered and expired jobs, other methods — takes the per-job path
+(``worker.runner``), as before, and is decoded again there (rare).
+
+What a job's task did for it, the batch path does per job without one: its slot
+(``worker.slots``), its claim (``broker.claims``, sent together), its deadline and a caller's
+cancel (its :class:`_BatchedJob` is the job's scope in ``RunningJobs``: stopping it takes
+its request back from the batcher if its batch has not started, and answers at once either
+way; the answer its batch brings later is dropped), its metrics, its answer stored before its
+ack. A worker that stops now (``RunningJobs.aborting``) answers none of them: they stay
+pending, for another worker, as a cancelled job task's do.
+
+Measured with ``python -m bench.batchpath`` (see bench/README.md, "The batch path").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+from conveyor.broker import Delivery, WorkerBroker
+from conveyor.broker.keys import hash_tag
+from conveyor.broker.wire import ErrorCode, Job, Message, MessageType, decode_job
+from conveyor.errors import WireError
+from conveyor.types import InferenceRequest, InferenceResponse
+from conveyor.worker.admission import Admission
+from conveyor.worker.answers import (
+    describe,
+    error_message,
+    give_id,
+    job_log,
+    log_failure,
+    outcome,
+)
+from conveyor.worker.batcher import AdaptiveBatcher, Answered, Submitted
+from conveyor.worker.cancellation import CANCELLED, DUPLICATE, JobScope, RunningJobs
+from conveyor.worker.clock import RedisClock
+from conveyor.worker.heartbeat import WorkerStats
+from conveyor.worker.metrics import JobMetrics, WorkerMetrics
+from conveyor.worker.registry import ModelRegistry
+from conveyor.worker.runner import JobRunner
+from conveyor.worker.slots import Slots
+
+__all__ = ("BatchJobs",)
+
+logger = logging.getLogger(__name__)
+
+_ABORTED = "aborted"  # why a batched job was let go: the worker stops now
+
+
+class _BatchedJob(JobScope):
+    """One job on the batch path, and its scope: :meth:`cancel` (its deadline, its caller's
+    cancel, another copy's claim) stops it through :meth:`BatchJobs.stop`, not a task."""
+
+    __slots__ = (
+        "batcher",
+        "deadline",
+        "delivery",
+        "job",
+        "metrics",
+        "outcome",
+        "owner",
+        "since",
+        "submitted",
+    )
+
+    def __init__(
+        self,
+        owner: BatchJobs,
+        delivery: Delivery,
+        job: Job,
+        deadline: float,
+        batcher: AdaptiveBatcher,
+        metrics: JobMetrics,
+        since: float,
+    ) -> None:
+        super().__init__()
+        self.started = True
+        self.owner = owner
+        self.delivery = delivery
+        self.job = job
+        self.deadline = deadline  # on this host's clock
+        self.batcher = batcher
+        self.metrics = metrics
+        self.since = since  # loop time when it was taken, for its latency
+        self.submitted: Submitted | None = None
+        self.outcome = "ok"  # of its answer, for metrics
+
+    def cancel(self, reason: str) -> None:
+        """Stops the job (once; see JobScope.cancel), now: no task to wake."""
+        first = self.reason is None
+        if first or reason == CANCELLED:
+            self.reason = reason
+        if first:
+            self.owner.stop(self, reason)
+
+    def acked(self) -> None:
+        self.owner.slots.acked(self.delivery.entry_id, self.delivery.stream)
+
+    def ended(self, error: BaseException | None) -> None:
+        """Its answer's fate (see ``WorkerBroker.answer``)."""
+        self.owner.answer_ended(self, error)
+
+
+class BatchJobs:
+    """Runs the batched ``predict`` jobs of one worker's reads (see the module's docstring)."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        broker: WorkerBroker,
+        registry: ModelRegistry,
+        admission: Admission,
+        jobs: RunningJobs,
+        slots: Slots,
+        stats: WorkerStats,
+        metrics: WorkerMetrics,
+        clock: RedisClock,
+        *,
+        worker: str,
+        start_soon: Callable[[Callable[[], Coroutine[Any, Any, None]]], object],
+    ) -> None:
+        self._runner = runner
+        self._broker = broker
+        self._registry = registry
+        self._admission = admission
+        self._jobs = jobs
+        self.slots = slots
+        self._stats = stats
+        self._metrics = metrics
+        self._clock = clock
+        self._worker = worker
+        self._start_soon = start_soon  # for a duplicate's ack (rare)
+        self._batches: dict[str, bool] = {}  # job stream -> whether its model batches
+        self._armed: set[_BatchedJob] = set()  # taken, not yet answered nor stopped
+        jobs.on_abort(self._abort)
+
+    def take(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Starts the deliveries it can take on the batch path (each takes its slot);
+        returns the others, in order, for a task each (``JobRunner.handle``)."""
+        if self._jobs.aborting:
+            return deliveries
+        rest: list[Delivery] = []
+        loop = asyncio.get_running_loop()
+        now, loop_now = time.time(), loop.time()
+        batches = self._batches
+        for delivery in deliveries:
+            stream = delivery.stream
+            batched = batches.get(stream)
+            if batched is None:
+                batched = batches[stream] = self._model_batches(stream)
+            if not (batched and self._start(delivery, loop, now, loop_now)):
+                rest.append(delivery)
+        return rest
+
+    def _model_batches(self, stream: str) -> bool:
+        model = hash_tag(stream)
+        return any(
+            served.name == model and served.settings.max_batch_size > 1
+            for served in self._registry.all()
+        )
+
+    def _start(
+        self, delivery: Delivery, loop: asyncio.AbstractEventLoop, now: float, loop_now: float
+    ) -> bool:
+        """Starts one job on the batch path; False when it needs the per-job path."""
+        fields = delivery.fields
+        if self._admission.check_entry(delivery.stream, fields) is not None:
+            return False
+        try:
+            job = decode_job(fields)
+        except WireError:
+            return False
+        served = self._registry.find(job.model, job.version)
+        if (
+            served is None
+            or served.model is None
+            or delivery.deliveries > served.settings.max_deliveries
+            or job.method not in served.exposed
+        ):
+            return False
+        batcher = self._runner.batcher_for(served, job)
+        if batcher is None:
+            return False
+        stored = self._clock.stored_at(delivery.entry_id)
+        deadline = stored + (job.deadline - job.sent_at)
+        if deadline <= now:
+            return False
+        metrics = self._metrics.children(job.model, job.method)
+        record = _BatchedJob(self, delivery, job, deadline, batcher, metrics, loop_now)
+        request = cast("InferenceRequest", give_id(job.args[0], job))
+        if batcher.on_answers is None:
+            batcher.on_answers = self._answers
+        try:
+            record.submitted = batcher.submit(request, record)
+        except RuntimeError:  # its batcher stopped: the worker stops
+            return False
+        self.slots.take(delivery.entry_id, delivery.stream)
+        self._metrics.job_taken(metrics, max(now - stored, 0.0))
+        # the job's scope from now: its deadline, a caller's cancel, another copy's claim
+        self._jobs.arm(loop, record, job.id, loop_now + (deadline - now))
+        self._armed.add(record)
+        self._broker.claim_soon(delivery, job, deadline, record.claimed)
+        return True
+
+    def _answers(self, answered: list[Answered]) -> None:
+        """A batch's answers (from its batcher): they go in one write."""
+        jobs, slots = self._jobs, self.slots
+        answers: list[Any] = []
+        for one in answered:
+            record = cast("_BatchedJob", one.token)
+            if not record.armed:  # stopped meanwhile, and answered then
+                continue
+            job, delivery = record.job, record.delivery
+            jobs.disarm(record, job.id)
+            self._armed.discard(record)
+            if jobs.aborting:  # the worker stops now: the job stays pending
+                self._let_go(record)
+                continue
+            response, error = one.response, one.error
+            if error is None and isinstance(response, InferenceResponse):
+                # As MLServer's data plane: a response carries its request's id (give_id).
+                response.id = cast("InferenceRequest", job.args[0]).id or job.id
+                message = Message(
+                    MessageType.RESULT,
+                    job.id,
+                    delivery.deliveries,
+                    payload=response,
+                    entry=delivery.entry_id.decode(),
+                )
+            else:
+                if not isinstance(error, Exception):
+                    error = TypeError(f"predict returned {type(response).__name__}")
+                log_failure(job, delivery, self._worker, error)
+                message = error_message(
+                    job, delivery, ErrorCode.MODEL_ERROR, type(error).__name__, str(error)
+                )
+                record.outcome = outcome(message)
+            record.submitted = None
+            answers.append((job, [message], delivery, record.deadline, record.acked, record.ended))
+        slots.acking += len(answers)  # each keeps its slot until its ack is done
+        self._broker.answer_soon(answers)
+
+    def stop(self, record: _BatchedJob, reason: str) -> None:
+        """Stops a job: its request taken back if its batch has not started, and answered
+        now (Cancelled, DeadlineExceeded), or, another copy holding its claim, acked unanswered."""
+        job, delivery = record.job, record.delivery
+        self._jobs.disarm(record, job.id)
+        self._armed.discard(record)
+        if record.submitted is not None:
+            record.batcher.withdraw(record.submitted)
+            record.submitted = None
+        if self._jobs.aborting:
+            self._let_go(record)
+            return
+        if reason == DUPLICATE:
+            assert record.held is not None
+            logger.info(
+                "job.duplicate %s running_copy=%s",
+                job_log(job, delivery, self._worker),
+                record.held,
+            )
+            self._metrics.jobs.labels(job.model, job.method, "duplicate").inc()
+            self._start_soon(lambda: self._drop_duplicate(record))
+            return
+        message = self._runner.stopped(job, delivery, reason)
+        record.outcome = outcome(message)
+        self.slots.acking += 1
+        self._broker.answer_soon(
+            [(job, [message], delivery, record.deadline, record.acked, record.ended)]
+        )
+
+    def _abort(self) -> None:
+        """The worker stops now (``RunningJobs.cancel_all``): every job not yet answered is let
+        go unanswered, pending for another worker (its batch, if running, is not waited for)."""
+        for record in list(self._armed):
+            record.cancel(_ABORTED)
+
+    async def _drop_duplicate(self, record: _BatchedJob) -> None:
+        delivery = record.delivery
+        try:
+            await self._broker.drop_duplicate(delivery)
+        except Exception as error:  # stays pending: delivered again, its claim says whose
+            self._unfinished(delivery, error)
+        finally:
+            self._let_go(record)
+
+    def answer_ended(self, record: _BatchedJob, error: BaseException | None) -> None:
+        """A job's answer was stored (None: its ack follows) or will not be (the error: the
+        job stays pending, delivered again)."""
+        job, delivery = record.job, record.delivery
+        self._stats.done += 1
+        if error is not None:
+            self._unfinished(delivery, error)
+            self.slots.acking -= 1
+            self.slots.release(delivery.entry_id, delivery.stream)
+            return
+        loop_now = asyncio.get_running_loop().time()
+        self._metrics.job_done(
+            record.metrics, job.model, job.method, record.outcome, loop_now - record.since
+        )
+        if record.held is not None and record.reason is None:
+            # answered before the claim said another copy runs it: the caller keeps one
+            logger.info(
+                "job.duplicate %s running_copy=%s ran=yes",
+                job_log(job, delivery, self._worker),
+                record.held,
+            )
+
+    def _let_go(self, record: _BatchedJob) -> None:
+        """A job that ends unanswered (pending): its slot is free."""
+        self._stats.done += 1
+        self.slots.release(record.delivery.entry_id, record.delivery.stream)
+
+    def _unfinished(self, delivery: Delivery, error: BaseException) -> None:
+        logger.warning(
+            "job.unfinished stream=%s entry=%s error=%s",
+            delivery.stream,
+            delivery.entry_id.decode(),
+            describe(error),
+        )
