@@ -14,20 +14,29 @@ it reads: ``worker.consumer``). Redis 7.0 lists a consumer only once it got an e
 that never got one does not count as having room, but while it waits it is handed each arriving
 job first anyway. One key per script: fine on Redis Cluster. TIME in a script needs Redis >= 7
 (effects replication); BLMPOP does anyway.
+
+An ACL user set up from an older README may not run the script (EVALSHA, SCRIPT LOAD) or a
+command in it (XINFO CONSUMERS, TIME): the worker then says what the user lacks, once, and
+looks with a plain XREADGROUP from then on (it takes waiting jobs without the check, as
+before the check existed), so it keeps serving.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.client import Redis
+from redis.exceptions import NoPermissionError, ResponseError
 
 from conveyor.broker.entries import Delivery
 from conveyor.broker.keys import GROUP
 from conveyor.broker.wire import RawFields
 
 __all__ = ("WaitingJobs",)
+
+logger = logging.getLogger(__name__)
 
 # KEYS[1]: a job stream. ARGV: group, consumer, count, min age in ms, busy. Returns
 # XREADGROUP's reply, or nil when no job may be taken (or there is no such stream or group).
@@ -70,21 +79,41 @@ class WaitingJobs:
     def __init__(self, redis: Redis, consumer: str) -> None:
         self._consumer = consumer
         self._script = redis.register_script(_TAKE_WAITING)
+        self.checked = True  # False once the ACL refused the script: plain reads instead
 
     async def take(
         self, streams: Sequence[str], count: int, min_age_s: float, busy: int
-    ) -> list[Delivery]:
+    ) -> list[Delivery] | None:
         """At most ``count`` jobs from ``streams`` (in the given order) that no worker with
-        room would take (see the module head); never blocks."""
+        room would take (see the module head); never blocks. None when the ACL refuses the
+        script (:attr:`checked` is then False): the caller reads plainly."""
         found: list[Delivery] = []
         min_age_ms = max(int(min_age_s * 1000), 1)
         for stream in streams:
             if len(found) >= count:
                 break
             args: list[str | int] = [GROUP, self._consumer, count - len(found), min_age_ms, busy]
-            reply = await self._script(keys=[stream], args=args)
+            try:
+                reply = await self._script(keys=[stream], args=args)
+            except ResponseError as error:
+                if not _refused_by_acl(error):
+                    raise
+                self.checked = False
+                logger.warning(
+                    "worker.look_unchecked error=%s: the Redis user may not run the script "
+                    "that leaves waiting jobs to idle workers (add +evalsha +script|load "
+                    "+xinfo|consumers +time to its ACL rules); a busy batched model takes "
+                    "waiting jobs without that check",
+                    str(error).strip(),
+                )
+                return found or None
             found += _deliveries(stream, reply)
         return found
+
+
+def _refused_by_acl(error: ResponseError) -> bool:
+    """An ACL refusal of the script (EVALSHA, SCRIPT LOAD) or of a command it runs."""
+    return isinstance(error, NoPermissionError) or "can't run this command" in str(error)
 
 
 def _deliveries(stream: str, reply: Any) -> list[Delivery]:

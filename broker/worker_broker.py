@@ -145,7 +145,12 @@ class WorkerBroker:
         take: every other consumer holds ``busy`` jobs, or they waited ``min_age_s`` (see
         :mod:`conveyor.broker.waiting_jobs`); never blocks."""
         with self._translated:
-            return await self._waiting.take(streams, count, min_age_s, busy)
+            if self._waiting.checked:
+                found = await self._waiting.take(streams, count, min_age_s, busy)
+                if found is not None:
+                    return found
+            # the ACL refused the script (said once, in waiting_jobs): as before the check
+            return await self._streams.take_now(streams, count)
 
     async def reclaim(self, streams: Sequence[str], idle_s: float, limit: int) -> list[Delivery]:
         """Takes over at most ``limit`` jobs of workers whose heartbeat is gone, pending

@@ -103,6 +103,12 @@ class WorkerStreams:
         count = max(free // len(streams), 1)
         return await self._read_group(dict.fromkeys(streams, ">"), count, int(block_s * 1000))
 
+    async def take_now(self, streams: Sequence[str], count: int) -> list[Delivery]:
+        """At most ``count`` new jobs from ``streams`` (COUNT per stream, as read_jobs), never
+        blocking."""
+        per_stream = max(count // max(len(streams), 1), 1)
+        return await self._read_group(dict.fromkeys(streams, ">"), per_stream, None)
+
     async def _read_group(
         self, streams: dict[str, str], count: int, block_ms: int | None
     ) -> list[Delivery]:

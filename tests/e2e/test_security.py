@@ -436,20 +436,41 @@ async def test_a_worker_under_an_acl_line_of_before_its_bookkeeping_serves_and_s
     redis_server_factory: ServerFactory, workers: Workers, prefix: str, tmp_path: Path
 ) -> None:
     """An ACL user set up from an older README (no TIME, XINFO CONSUMERS, XGROUP
-    DELCONSUMER): the worker serves every call, and says what the user lacks."""
-    newer = {"time", "xinfo|consumers", "xgroup|delconsumer"}
+    DELCONSUMER, EVALSHA, SCRIPT LOAD): the worker serves every call, and says what the user
+    lacks."""
+    newer = {"time", "xinfo|consumers", "xgroup|delconsumer", "evalsha", "script|load"}
     older = [command for command in COMMANDS if command not in newer]
     server = start_acl_server(redis_server_factory, tmp_path, prefix, older)
     url = user_url(server.port)
     worker = workers.start(url, ECHO, DEVICE)
     await exercise_echo(url, prefix)
     await exercise_batches(url, prefix)
+    assert "+evalsha" in worker.wait_for_log("worker.look_unchecked", 5)
     assert "+time" in worker.wait_for_log("worker.clock_unknown", 5)
     assert "+xinfo|consumers" in worker.wait_for_log("worker.consumers_kept", 5)
     worker.signal(signal.SIGTERM)
     assert await exit_code(worker) == 0
     assert "permission" in worker.wait_for_log("worker.consumer_kept", 5)
-    assert newer <= refusals(server)
+    assert newer - {"script|load"} <= refusals(server)  # EVALSHA refused: no load tried
+
+
+@pytest.mark.anyio
+async def test_a_batched_model_whose_look_the_acl_refuses_inside_the_script_keeps_serving(
+    redis_server_factory: ServerFactory, workers: Workers, prefix: str, tmp_path: Path
+) -> None:
+    """The script may run, but not a command in it (XINFO CONSUMERS): the worker says so
+    once, and its busy batched model takes waiting jobs with plain reads."""
+    without = [command for command in COMMANDS if command != "xinfo|consumers"]
+    server = start_acl_server(redis_server_factory, tmp_path, prefix, without)
+    url = user_url(server.port)
+    worker = workers.start(url, DEVICE)
+    await exercise_batches(url, prefix)
+    await exercise_batches(url, prefix)
+    assert "can't run this command" in worker.wait_for_log("worker.look_unchecked", 5)
+    assert worker.count("worker.look_unchecked") == 1
+    assert "xinfo|consumers" in refusals(server)
+    worker.signal(signal.SIGTERM)
+    assert await exit_code(worker) == 0
 
 
 @pytest.mark.anyio
