@@ -153,7 +153,11 @@ def worker(
             return [] if metrics_port is None else ["--metrics-port", str(metrics_port + index)]
 
         code = supervise(
-            worker_argv(args), processes, grace_period, env=worker_env(url), extra=child_args
+            worker_argv(args),
+            processes,
+            grace_period,
+            env=worker_env(url, processes),
+            extra=child_args,
         )
         raise typer.Exit(code)
 

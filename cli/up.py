@@ -128,7 +128,7 @@ def run_up(
                 workers,
                 grace_period=10.0,
                 on_started=announcer.start,
-                env=worker_env(url),
+                env=worker_env(url, workers),
             )
         finally:
             stop.set()

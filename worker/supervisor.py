@@ -190,7 +190,30 @@ def worker_argv(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-P", "-m", "conveyor.cli", "worker", *args, "--processes", "1"]
 
 
-def worker_env(redis_url: str) -> dict[str, str]:
+# Thread pools of numeric libraries (torch, numpy's BLAS) size themselves to every core: N
+# processes on one host then run N x cores threads, which wait for each other at every operator.
+# Measured (bench.embeddings, MiniLM on 2 cores): 2 processes with torch's default threads ran
+# at 0.25x one call at a time in process; with one thread each, 1.66x. Ray Serve sets
+# OMP_NUM_THREADS to a replica's CPUs the same way.
+_THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS",)
+
+
+def worker_env(redis_url: str, processes: int = 1) -> dict[str, str]:
     """The environment of a child worker: the Redis URL goes here, never on a command line
-    (which any local user can read with ``ps``, password included)."""
-    return {**os.environ, "CONVEYOR_REDIS_URL": redis_url}
+    (which any local user can read with ``ps``, password included). With several processes
+    on this host each gets its share of the cores for its numeric thread pools
+    (``OMP_NUM_THREADS``), unless the environment sets it already."""
+    env = {**os.environ, "CONVEYOR_REDIS_URL": redis_url}
+    if processes > 1:
+        share = str(max(1, _cpus() // processes))
+        for variable in _THREAD_POOL_VARIABLES:
+            env.setdefault(variable, share)
+    return env
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
