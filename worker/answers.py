@@ -8,17 +8,21 @@ import time
 
 from conveyor.broker import Delivery
 from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType, Payload
-from conveyor.types import InferenceRequest
+from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.clock import RedisClock
 
 __all__ = (
     "describe",
     "error_message",
+    "failure_message",
     "give_id",
     "job_log",
+    "log_answered_duplicate",
     "log_failure",
+    "log_unfinished",
     "outcome",
     "readable_job",
+    "result_message",
 )
 
 logger = logging.getLogger(__name__)
@@ -84,3 +88,41 @@ def log_failure(job: Job, delivery: Delivery, worker: str, error: Exception) -> 
     logger.error(
         "job.failed %s error=%s", job_log(job, delivery, worker), describe(error), exc_info=error
     )
+
+
+def failure_message(job: Job, delivery: Delivery, worker: str, error: Exception) -> Message:
+    """The model raised: logged (:func:`log_failure`), and its type and message as the answer."""
+    log_failure(job, delivery, worker, error)
+    return error_message(job, delivery, ErrorCode.MODEL_ERROR, type(error).__name__, str(error))
+
+
+def result_message(job: Job, delivery: Delivery, result: Payload) -> Message:
+    """The result answer of one delivery of ``job``. As MLServer's data plane: a response
+    carries its request's id (or the job's, see :func:`give_id`)."""
+    if isinstance(result, InferenceResponse) and job.args:
+        request = job.args[0]
+        if isinstance(request, InferenceRequest):
+            result.id = request.id or job.id
+    return Message(
+        MessageType.RESULT,
+        job.id,
+        delivery.deliveries,
+        payload=result,
+        entry=delivery.entry_id.decode(),
+    )
+
+
+def log_unfinished(delivery: Delivery, error: BaseException) -> None:
+    """A job that ends unanswered, pending (Redis went away, its answer was not stored): it is
+    delivered again once reclaimed."""
+    logger.warning(
+        "job.unfinished stream=%s entry=%s error=%s",
+        delivery.stream,
+        delivery.entry_id.decode(),
+        describe(error),
+    )
+
+
+def log_answered_duplicate(job: Job, delivery: Delivery, worker: str, held: str) -> None:
+    """Answered before its claim said another copy runs it: the caller keeps one answer."""
+    logger.info("job.duplicate %s running_copy=%s ran=yes", job_log(job, delivery, worker), held)

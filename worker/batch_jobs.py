@@ -32,17 +32,18 @@ from typing import Any, cast
 
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import hash_tag
-from conveyor.broker.wire import ErrorCode, Job, Message, MessageType, decode_job
+from conveyor.broker.wire import Job, decode_job
 from conveyor.errors import WireError
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.admission import Admission
 from conveyor.worker.answers import (
-    describe,
-    error_message,
+    failure_message,
     give_id,
     job_log,
-    log_failure,
+    log_answered_duplicate,
+    log_unfinished,
     outcome,
+    result_message,
 )
 from conveyor.worker.batcher import AdaptiveBatcher, Answered, Submitted
 from conveyor.worker.cancellation import CANCELLED, DUPLICATE, JobScope, RunningJobs
@@ -231,22 +232,11 @@ class BatchJobs:
                 continue
             response, error = one.response, one.error
             if error is None and isinstance(response, InferenceResponse):
-                # As MLServer's data plane: a response carries its request's id (give_id).
-                response.id = cast("InferenceRequest", job.args[0]).id or job.id
-                message = Message(
-                    MessageType.RESULT,
-                    job.id,
-                    delivery.deliveries,
-                    payload=response,
-                    entry=delivery.entry_id.decode(),
-                )
+                message = result_message(job, delivery, response)
             else:
                 if not isinstance(error, Exception):
                     error = TypeError(f"predict returned {type(response).__name__}")
-                log_failure(job, delivery, self._worker, error)
-                message = error_message(
-                    job, delivery, ErrorCode.MODEL_ERROR, type(error).__name__, str(error)
-                )
+                message = failure_message(job, delivery, self._worker, error)
                 record.outcome = outcome(message)
             record.submitted = None
             answers.append((job, [message], delivery, record.deadline, record.acked, record.ended))
@@ -293,7 +283,7 @@ class BatchJobs:
         try:
             await self._broker.drop_duplicate(delivery)
         except Exception as error:  # stays pending: delivered again, its claim says whose
-            self._unfinished(delivery, error)
+            log_unfinished(delivery, error)
         finally:
             self._let_go(record)
 
@@ -303,7 +293,7 @@ class BatchJobs:
         job, delivery = record.job, record.delivery
         self._stats.done += 1
         if error is not None:
-            self._unfinished(delivery, error)
+            log_unfinished(delivery, error)
             self.slots.acking -= 1
             self.slots.release(delivery.entry_id, delivery.stream)
             return
@@ -312,22 +302,9 @@ class BatchJobs:
             record.metrics, job.model, job.method, record.outcome, loop_now - record.since
         )
         if record.held is not None and record.reason is None:
-            # answered before the claim said another copy runs it: the caller keeps one
-            logger.info(
-                "job.duplicate %s running_copy=%s ran=yes",
-                job_log(job, delivery, self._worker),
-                record.held,
-            )
+            log_answered_duplicate(job, delivery, self._worker, record.held)
 
     def _let_go(self, record: _BatchedJob) -> None:
         """A job that ends unanswered (pending): its slot is free."""
         self._stats.done += 1
         self.slots.release(record.delivery.entry_id, record.delivery.stream)
-
-    def _unfinished(self, delivery: Delivery, error: BaseException) -> None:
-        logger.warning(
-            "job.unfinished stream=%s entry=%s error=%s",
-            delivery.stream,
-            delivery.entry_id.decode(),
-            describe(error),
-        )

@@ -17,19 +17,21 @@ from typing import Any, cast
 
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import ErrorCode, Job, Message, MessageType, Payload, decode_job
+from conveyor.broker.wire import ErrorCode, Job, Message, Payload, decode_job
 from conveyor.errors import WireError
 from conveyor.methods import ModelMethods
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import execution
 from conveyor.worker.admission import Admission, Refusal
 from conveyor.worker.answers import (
-    describe,
     error_message,
+    failure_message,
     give_id,
     job_log,
-    log_failure,
+    log_answered_duplicate,
+    log_unfinished,
     outcome,
+    result_message,
 )
 from conveyor.worker.batcher import AdaptiveBatcher
 from conveyor.worker.cancellation import CANCELLED, DUPLICATE, JobScope, RunningJobs
@@ -89,12 +91,7 @@ class JobRunner:
                 await self._run_job(delivery, scope)
         except Exception as error:  # e.g. Redis went away mid-answer: the job stays pending
             # and is delivered again once reclaimed; the worker itself keeps serving.
-            logger.warning(
-                "job.unfinished stream=%s entry=%s error=%s",
-                delivery.stream,
-                delivery.entry_id.decode(),
-                describe(error),
-            )
+            log_unfinished(delivery, error)
         finally:
             if not scope.ack_pending:  # else once its ack is done (Slots.acked)
                 self._slots.release(delivery.entry_id, delivery.stream)
@@ -220,12 +217,7 @@ class JobRunner:
 
         def ended(error: BaseException | None) -> None:
             if error is not None:  # not stored: the job stays pending, delivered again
-                logger.warning(
-                    "job.unfinished stream=%s entry=%s error=%s",
-                    stream,
-                    entry_id.decode(),
-                    describe(error),
-                )
+                log_unfinished(delivery, error)
                 slots.acking -= 1
                 slots.release(entry_id, stream)
                 return
@@ -233,12 +225,7 @@ class JobRunner:
                 metrics, job.model, job.method, outcome(messages[-1]), loop.time() - started
             )
             if scope.held is not None:
-                # answered before the claim said another copy runs it: the caller keeps one
-                logger.info(
-                    "job.duplicate %s running_copy=%s ran=yes",
-                    job_log(job, delivery, self._worker),
-                    scope.held,
-                )
+                log_answered_duplicate(job, delivery, self._worker, scope.held)
 
         # The answer holds the job's slot (and keeps its claim fresh) until its ack is done,
         # or until it cannot be stored (`ended`); the task does not wait for Redis.
@@ -283,27 +270,9 @@ class JobRunner:
                 result: Payload = await batcher.predict(job.args[0])
             else:
                 result = await self._call(served, job)
-            if isinstance(result, InferenceResponse) and job.args:
-                # As MLServer's data plane: a response carries its request's id (or the job's).
-                request = job.args[0]
-                if isinstance(request, InferenceRequest):
-                    result.id = request.id or job.id
         except Exception as error:  # the model's own failure goes back to the caller
-            log_failure(job, delivery, self._worker, error)
-            return [
-                error_message(
-                    job, delivery, ErrorCode.MODEL_ERROR, type(error).__name__, str(error)
-                )
-            ]
-        return [
-            Message(
-                MessageType.RESULT,
-                job.id,
-                delivery.deliveries,
-                payload=result,
-                entry=delivery.entry_id.decode(),
-            )
-        ]
+            return [failure_message(job, delivery, self._worker, error)]
+        return [result_message(job, delivery, result)]
 
     def _call(self, served: ServedModel, job: Job) -> Awaitable[Payload]:
         """The call of the job's method, to await: an ``async def`` method's own coroutine

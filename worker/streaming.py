@@ -11,7 +11,7 @@ from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.wire import ErrorCode, Job, Message, MessageType, Payload, decode_message
 from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, InputsLost
 from conveyor.worker import execution
-from conveyor.worker.answers import error_message, give_id, log_failure
+from conveyor.worker.answers import error_message, failure_message, give_id
 from conveyor.worker.registry import ServedModel
 
 __all__ = ("run_stream",)
@@ -62,10 +62,7 @@ async def run_stream(
             # model's own client failed so): not the model's failure. The job stays pending and
             # runs again (dead-lettered if it keeps failing); the caller sees StreamInterrupted.
             raise
-        log_failure(job, delivery, worker, error)
-        return [
-            error_message(job, delivery, ErrorCode.MODEL_ERROR, type(error).__name__, str(error))
-        ]
+        return [failure_message(job, delivery, worker, error)]
     finally:
         with anyio.CancelScope(shield=True):
             await inputs.aclose()
