@@ -40,15 +40,13 @@ from conveyor.broker.pipelining import PipelineBatcher, Settle
 from conveyor.broker.wire import Job, Message, encode_message
 from conveyor.broker.writes import (
     INLINE_REPLY_MAX_BYTES,
-    RETRY_FIRST_S,
     RETRY_MAX_S,
     AckTarget,
     Answer,
+    Tries,
     Write,
     conveyor_error,
-    describe,
     inline_entry,
-    refused,
 )
 from conveyor.errors import BrokerConnectionError
 
@@ -125,29 +123,14 @@ class ReplyWriter:
         deadline = job.deadline if deadline is None else deadline
         entries = [encode_message(message) for message in messages]
         write = Write(job, entries, final, deadline)
-        delay = RETRY_FIRST_S
-        tries = 1
+        tries = Tries(job.id, deadline)
         while (error := await self._send(write)) is not None:
-            if time.time() + delay >= deadline or not refused(error):
-                logger.warning(
-                    "job.answer_not_stored request=%s tries=%d error=%s",
-                    job.id,
-                    tries,
-                    describe(self.translated(error)),
-                )
+            delay = tries.again_after(error, self.translated(error))
+            if delay is None:
                 self._raise(error)
-            if tries == 1:
-                logger.warning(
-                    "job.answer_refused request=%s retrying_until=deadline error=%s",
-                    job.id,
-                    describe(self.translated(error)),
-                )
             await anyio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
-            tries += 1
             write = Write(job, entries, final, deadline)
-        if tries > 1:
-            logger.info("job.answer_stored request=%s tries=%d", job.id, tries)
+        tries.stored()
 
     async def answer(
         self,

@@ -28,6 +28,7 @@ __all__ = (
     "RETRY_MAX_S",
     "AckTarget",
     "Answer",
+    "Tries",
     "Write",
     "describe",
     "inline_entry",
@@ -98,22 +99,53 @@ class Writer(Protocol):
     def ack_soon(self, target: AckTarget, acked: Callable[[], None] | None = None) -> None: ...
 
 
+class Tries:
+    """The tries of one job's answer: one Redis refused (out of memory, WRONGTYPE: Redis
+    answered) is tried again with backoff while the job's deadline allows; one a lost
+    connection left unknown is not. Logged once refused, once given up, once stored after
+    retries. Both ways of writing an answer (``ReplyWriter.store``, :class:`Answer`) follow it."""
+
+    __slots__ = ("deadline", "delay", "request", "tries")
+
+    def __init__(self, request: str, deadline: float) -> None:
+        self.request = request  # the job's request id, for the log lines
+        self.deadline = deadline  # the job's, on this host's clock
+        self.tries = 1
+        self.delay = RETRY_FIRST_S
+
+    def again_after(self, error: BaseException, translated: BaseException) -> float | None:
+        """After a failed try (``translated``: its error as Conveyor's): how long to wait
+        before the next, or None to give up."""
+        if time.time() + self.delay >= self.deadline or not refused(error):
+            logger.warning(
+                "job.answer_not_stored request=%s tries=%d error=%s",
+                self.request,
+                self.tries,
+                describe(translated),
+            )
+            return None
+        if self.tries == 1:
+            logger.warning(
+                "job.answer_refused request=%s retrying_until=deadline error=%s",
+                self.request,
+                describe(translated),
+            )
+        delay = self.delay
+        self.delay = min(delay * 2, RETRY_MAX_S)
+        self.tries += 1
+        return delay
+
+    def stored(self) -> None:
+        if self.tries > 1:
+            logger.info("job.answer_stored request=%s tries=%d", self.request, self.tries)
+
+
 class Answer:
     """A job's final answer on its way: written, tried again while Redis refuses it and its
     deadline allows, then acked. ``ended`` hears the outcome once (None: stored, its ack
     follows and then ``acked``; else the error, and the job stays pending)."""
 
-    __slots__ = (
-        "acked",
-        "deadline",
-        "delay",
-        "ended",
-        "entries",
-        "job",
-        "target",
-        "tries",
-        "writer",
-    )
+    __slots__ = ("acked", "deadline", "ended", "entries", "job", "target", "tries", "writer")
 
     def __init__(
         self,
@@ -132,8 +164,7 @@ class Answer:
         self.deadline = deadline  # the job's, on this host's clock
         self.acked = acked
         self.ended = ended
-        self.tries = 1
-        self.delay = RETRY_FIRST_S
+        self.tries = Tries(job.id, deadline)
 
     def write(self) -> Write:
         """The next try's write."""
@@ -143,30 +174,16 @@ class Answer:
         """The outcome of one try (called from the pipeline's settle)."""
         writer, error = self.writer, write.error
         if error is None:
-            if self.tries > 1:
-                logger.info("job.answer_stored request=%s tries=%d", self.job.id, self.tries)
+            self.tries.stored()
             writer.ack_soon(self.target, self.acked)
             self.ended(None)
             return
         translated = writer.translated(error)
-        if time.time() + self.delay >= self.deadline or not refused(error):
-            logger.warning(
-                "job.answer_not_stored request=%s tries=%d error=%s",
-                self.job.id,
-                self.tries,
-                describe(translated),
-            )
+        delay = self.tries.again_after(error, translated)
+        if delay is None:
             self.ended(conveyor_error(translated, writer.where))
             return
-        if self.tries == 1:
-            logger.warning(
-                "job.answer_refused request=%s retrying_until=deadline error=%s",
-                self.job.id,
-                describe(translated),
-            )
-        asyncio.get_running_loop().call_later(self.delay, self._again)
-        self.delay = min(self.delay * 2, RETRY_MAX_S)
-        self.tries += 1
+        asyncio.get_running_loop().call_later(delay, self._again)
 
     def _again(self) -> None:
         try:
