@@ -45,7 +45,7 @@ from conveyor.codecs import NumpyCodec
 from conveyor.embedded import RedisServer
 from conveyor.repository import load_model_settings
 from conveyor.types import InferenceRequest, RequestInput
-from conveyor.worker.batcher import jobs_to_hold
+from conveyor.worker.call_limit import CallLimit
 
 SMALL_BYTES = 100
 MIB = 1 << 20
@@ -65,12 +65,12 @@ FLEETS: dict[str, tuple[str, int, tuple[str, ...]]] = {
 }
 # The batching fleets: bench-batch (a model whose cost is per call: 5 ms, one call at a time)
 # with max_batch_size 1 (a copy of the folder, no batching) and 32 (its own settings). The
-# batched worker may hold what its batches need (every running batch and one filling:
-# worker.batching.jobs_to_hold); both expose their metrics, for the mean batch.
+# batched worker may hold what its batches need (every running batch and one forming behind
+# them: the worker's own hold, worker.call_limit); both expose their metrics, for the mean batch.
 BATCH = 32
 BATCH_MODEL = "bench-batch"
 FLEET_SETTINGS: dict[str, dict[str, Any]] = {"batch1": {"max_batch_size": 1, "max_batch_time": 0}}
-FLEET_CONCURRENCY: dict[str, int] = {"batch32": jobs_to_hold(BATCH)}
+FLEET_CONCURRENCY: dict[str, int] = {"batch32": CallLimit(None, BATCH).jobs_to_hold(0)}
 
 # name -> what it measures, in the order of a round (each Conveyor case after its floor case)
 CASES: dict[str, str] = {

@@ -60,8 +60,9 @@ def _built(cls: type[_M], values: dict[str, Any], fields_set: frozenset[str] | N
     built = _new(cls)
     _set(built, "__dict__", values)
     _set(built, "__pydantic_fields_set__", set(values if fields_set is None else fields_set))
-    _set(built, "__pydantic_extra__", None)
-    _set(built, "__pydantic_private__", None)
+    if not cls.__pydantic_root_model__:  # a root model has neither (they would land in __dict__)
+        _set(built, "__pydantic_extra__", None)
+        _set(built, "__pydantic_private__", None)
     return built
 
 

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import hash_tag
-from conveyor.broker.wire import Job, decode_job
+from conveyor.broker.wire import Job, JobDecoder
 from conveyor.errors import WireError
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.admission import Admission
@@ -157,12 +157,13 @@ class BatchJobs:
         loop = asyncio.get_running_loop()
         now, loop_now = time.time(), loop.time()
         batches = self._batches
+        decoder = JobDecoder()  # the read's jobs decoded together
         for delivery in deliveries:
             stream = delivery.stream
             batched = batches.get(stream)
             if batched is None:
                 batched = batches[stream] = self._model_batches(stream)
-            if not (batched and self._start(delivery, loop, now, loop_now)):
+            if not (batched and self._start(delivery, decoder, loop, now, loop_now)):
                 rest.append(delivery)
         return rest
 
@@ -174,16 +175,22 @@ class BatchJobs:
         )
 
     def _start(
-        self, delivery: Delivery, loop: asyncio.AbstractEventLoop, now: float, loop_now: float
+        self,
+        delivery: Delivery,
+        decoder: JobDecoder,
+        loop: asyncio.AbstractEventLoop,
+        now: float,
+        loop_now: float,
     ) -> bool:
         """Starts one job on the batch path; False when it needs the per-job path."""
         fields = delivery.fields
         if self._admission.check_entry(delivery.stream, fields) is not None:
             return False
         try:
-            job = decode_job(fields)
+            job = decoder.decode(fields)
         except WireError:
             return False
+        laid_out = decoder.laid_out  # its request is the read's layout's: so is its batch key
         served = self._registry.find(job.model, job.version)
         if (
             served is None
@@ -204,8 +211,13 @@ class BatchJobs:
         request = cast("InferenceRequest", give_id(job.args[0], job))
         if batcher.on_answers is None:
             batcher.on_answers = self._answers
+        key = decoder.key if laid_out else None
+        if key is None:
+            key = batcher.key_of(request)
+            if laid_out:
+                decoder.key = key
         try:
-            record.submitted = batcher.submit(request, record)
+            record.submitted = batcher.submit(request, record, key)
         except RuntimeError:  # its batcher stopped: the worker stops
             return False
         self.slots.take(delivery.entry_id, delivery.stream)

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
@@ -31,8 +30,6 @@ __all__ = (
     "AdaptiveBatcher",
     "Answered",
     "Submitted",
-    "default_concurrent_batches",
-    "jobs_to_hold",
     "merge_requests",
     "split_response",
 )
@@ -40,23 +37,6 @@ __all__ = (
 logger = logging.getLogger(__name__)
 
 Predict = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
-
-
-def default_concurrent_batches() -> int:
-    """Model calls a batcher runs at once unless told otherwise: one per CPU this process
-    may use (a CPU-bound model gains nothing from more; the next batch fills meanwhile)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def jobs_to_hold(max_batch_size: int, concurrent_batches: int | None = None) -> int:
-    """Jobs a worker must be able to hold at once for a model's batches to fill: every
-    running batch, and a full one forming behind them."""
-    if concurrent_batches is None:
-        concurrent_batches = default_concurrent_batches()
-    return (concurrent_batches + 1) * max(1, max_batch_size)
 
 
 class _Item:
@@ -203,13 +183,14 @@ class AdaptiveBatcher:
     must run in a task group for as long as the model serves.
 
     A batch is formed when the model can take it. At most ``concurrent_batches`` model calls
-    run at once (by default one per CPU); while they all run, arriving requests keep joining
-    the open batch, up to ``max_batch_size`` (a full batch is closed at once and the next one
-    opens behind it). Once a call slot is free, the oldest open batch starts as soon as it is
-    full or ``max_batch_time`` has passed since its first request arrived (at once if that
-    time has already passed). So a lone request on an idle model waits ``max_batch_time`` and
-    no longer, and under load batches fill while the model is busy instead of leaving a
-    ``max_batch_time`` after their first request. Requests whose inputs cannot merge wait in
+    run at once (one by default, as ``CallLimit.batches``); while they all run, arriving
+    requests keep joining the open batch, up to ``max_batch_size`` (a full batch is closed at
+    once and the next one opens behind it). Once a call slot is free, the oldest open batch
+    starts as soon as it is full or ``max_batch_time`` has passed since its first request
+    arrived (at once if that time has already passed). So a lone request on an idle model
+    waits ``max_batch_time`` and no longer, and under load batches fill while the model is
+    busy instead of leaving a ``max_batch_time`` after their first request. Requests whose
+    inputs cannot merge wait in
     separate batches, one per batch key.
     """
 
@@ -220,10 +201,8 @@ class AdaptiveBatcher:
         max_batch_time: float,
         on_batch: Callable[[int], None] | None = None,
         *,
-        concurrent_batches: int | None = None,
+        concurrent_batches: int = 1,
     ) -> None:
-        if concurrent_batches is None:
-            concurrent_batches = default_concurrent_batches()
         if concurrent_batches < 1:
             raise ValueError(f"concurrent_batches must be at least 1, not {concurrent_batches}")
         self._predict = predict
@@ -253,18 +232,27 @@ class AdaptiveBatcher:
         assert item.response is not None
         return item.response
 
-    def submit(self, request: InferenceRequest, token: object) -> Submitted:
+    def submit(
+        self, request: InferenceRequest, token: object, key: Hashable | None = None
+    ) -> Submitted:
         """Queues ``request`` without waiting for it: once its batch has run, its answer goes
         to ``on_answers`` (which must be set), with the other submitted requests of its batch,
         as an :class:`Answered` holding ``token``. No task or coroutine per request (the batch
-        path, ``worker.batch_jobs``). Raises RuntimeError once the batcher has stopped."""
+        path, ``worker.batch_jobs``). ``key`` is the request's :meth:`key_of`, if the caller
+        has it. Raises RuntimeError once the batcher has stopped."""
         assert self.on_answers is not None
-        return Submitted(self._enqueue(request, token))
+        return Submitted(self._enqueue(request, token, key))
 
-    def _enqueue(self, request: InferenceRequest, token: object) -> _Item:
+    @staticmethod
+    def key_of(request: InferenceRequest) -> Hashable:
+        """What decides which requests may merge (the same key: all but their rows agree)."""
+        return _batch_key(request)
+
+    def _enqueue(self, request: InferenceRequest, token: object, key: Hashable = None) -> _Item:
         if self._stopped:
             raise RuntimeError("the model's batcher has stopped")
-        key = _batch_key(request)
+        if key is None:
+            key = _batch_key(request)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()

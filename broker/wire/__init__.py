@@ -75,7 +75,8 @@ connection pool to send memoryviews without copying.
 The package, one job a module: ``schema`` (the entry types, error codes, control verbs),
 ``readable`` (the plain-text fields), ``arrays`` (numpy arrays as ext types and raw fields),
 ``payloads`` (V2 types and plain values, bypassing pydantic's slow paths), ``envelope`` (the
-msgpack map), ``jobs`` and ``messages`` (each entry type's encoder and decoder), ``doorbell``
+msgpack map), ``jobs`` and ``messages`` (each entry type's encoder and decoder), ``layout`` (a
+read's jobs decoded together), ``doorbell``
 and ``dead`` (the two formats built on them).
 """
 
@@ -84,6 +85,7 @@ from __future__ import annotations
 from conveyor.broker.wire.dead import DEAD_FIELDS, DeadField, dead_letter, job_fields
 from conveyor.broker.wire.doorbell import INLINE_MARK, Rung, pack_inline, read_rung
 from conveyor.broker.wire.jobs import decode_job, encode_job
+from conveyor.broker.wire.layout import JobDecoder
 from conveyor.broker.wire.messages import decode_message, encode_message
 from conveyor.broker.wire.readable import fields_size
 from conveyor.broker.wire.schema import (
@@ -114,6 +116,7 @@ __all__ = (
     "FieldValue",
     "Fields",
     "Job",
+    "JobDecoder",
     "Message",
     "MessageType",
     "Payload",

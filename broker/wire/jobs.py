@@ -25,7 +25,7 @@ from conveyor.broker.wire.readable import (
 from conveyor.broker.wire.schema import WIRE_VERSION, Fields, Job, Payload, RawFields
 from conveyor.errors import WireError
 
-__all__ = ("decode_job", "encode_job")
+__all__ = ("Head", "common_head", "decode_job", "encode_job")
 
 _JOB_TEXT = (b"id", b"method", b"model", b"version", b"reply", b"bell")
 
@@ -98,6 +98,47 @@ def _decode_common_job(fields: dict[bytes, bytes]) -> Job | None:
     fewer calls; None for anything else, which :func:`_decode_any_job` decodes or refuses
     with its reason. What this returns is what ``_decode_any_job`` returns for the entry
     (``tests/unit/test_wire_fast.py`` checks it on mutated entries)."""
+    head = common_head(fields)
+    if head is None:
+        return None
+    job_id, method, model, version, reply, bell, deadline, sent_at, attempt = head
+    envelope = unpack_envelope(fields, "worker")
+    raw_args = envelope.get("args", [])
+    raw_kwargs = envelope.get("kwargs", {})
+    if type(raw_args) is not list or type(raw_kwargs) is not dict:
+        return None
+    args = tuple([decode_payload(arg, f"argument {i}") for i, arg in enumerate(raw_args)])
+    kwargs: dict[str, Payload] = {}
+    for name, value in raw_kwargs.items():
+        if type(name) is not str:
+            return None
+        kwargs[name] = decode_payload(value, f"keyword argument {name!r}")
+    return Job(
+        job_id,
+        method,
+        model,
+        version or None,
+        reply,
+        bell,
+        deadline,
+        sent_at,
+        attempt,
+        args,
+        kwargs,
+        None,
+        None,
+        0,
+        envelope.get("inline") is True,
+    )
+
+
+Head = tuple[str, str, str, str, str, str, float, float, int]
+
+
+def common_head(fields: dict[bytes, bytes]) -> Head | None:
+    """The readable fields of the common job (id, method, model, version, reply, bell,
+    deadline, sent_at, attempt) as :func:`_decode_any_job` reads them, or None if they need a
+    closer look (there, with their reasons)."""
     get = fields.get
     texts: list[str] = []
     for name in _JOB_TEXT:
@@ -124,34 +165,7 @@ def _decode_common_job(fields: dict[bytes, bytes]) -> Job | None:
         or int(attempt) < 1
     ):
         return None
-    envelope = unpack_envelope(fields, "worker")
-    raw_args = envelope.get("args", [])
-    raw_kwargs = envelope.get("kwargs", {})
-    if type(raw_args) is not list or type(raw_kwargs) is not dict:
-        return None
-    args = tuple([decode_payload(arg, f"argument {i}") for i, arg in enumerate(raw_args)])
-    kwargs: dict[str, Payload] = {}
-    for name, value in raw_kwargs.items():
-        if type(name) is not str:
-            return None
-        kwargs[name] = decode_payload(value, f"keyword argument {name!r}")
-    return Job(
-        job_id,
-        method,
-        model,
-        version or None,
-        reply,
-        bell,
-        deadline,
-        sent_at,
-        int(attempt),
-        args,
-        kwargs,
-        None,
-        None,
-        0,
-        envelope.get("inline") is True,
-    )
+    return job_id, method, model, version, reply, bell, deadline, sent_at, int(attempt)
 
 
 def _common_time(value: object) -> float | None:

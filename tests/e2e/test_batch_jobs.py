@@ -8,7 +8,10 @@ at a time, sleeps its longest row's seconds and logs the tags of each batch it r
 from __future__ import annotations
 
 import signal
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -17,11 +20,19 @@ import redis
 
 from conveyor.broker.client_streams import ClientStreams
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import Fields
+from conveyor.broker.wire import (
+    ErrorCode,
+    Fields,
+    Job,
+    MessageType,
+    decode_job,
+    decode_message,
+    encode_job,
+)
 from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
 from conveyor.embedded import free_port
-from conveyor.errors import DeadlineExceeded, RemoteError
+from conveyor.errors import DeadlineExceeded, RemoteError, WireError
 from conveyor.types import InferenceRequest, InferenceResponse
 from tests.e2e.test_metrics import scrape_settled
 from tests.support.fleet import Fleet, WorkerProcess, wait_acked
@@ -213,3 +224,105 @@ async def test_batched_jobs_drain_on_a_signal_and_stay_pending_on_a_second(
             assert pending_count(probe, stream) == 2  # for another worker to reclaim
             tg.cancel_scope.cancel()
         assert set(answers) == {1, 2}
+
+
+def _job_fields(keys: Keys, tag: int) -> tuple[Job, dict[bytes, bytes]]:
+    """A batched job as a client sends it, and its fields as Redis returns them."""
+    client_id, request_id = uuid.uuid4().hex[:12], uuid.uuid4().hex
+    now = time.time()
+    job = Job(
+        request_id,
+        "predict",
+        "slow_batched",
+        None,
+        keys.reply(client_id, request_id),
+        keys.bell(client_id),
+        now + 30,
+        now,
+        args=(row(0.0, tag),),
+    )
+    fields = {
+        key.encode(): value.encode() if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
+        for key, value in encode_job(job).items()
+    }
+    return job, fields
+
+
+@pytest.mark.timeout(60)
+async def test_malformed_entries_in_a_batched_read_are_dead_lettered_alone(
+    fleet: Fleet, prefix: str, probe: redis.Redis
+) -> None:
+    """One read of a batched model's stream holding good jobs and entries that differ from
+    them in a few bytes of their envelope (the read's jobs are decoded together, from the
+    first one's layout): each bad entry is dead-lettered with the reason it has alone, the
+    good ones run and are answered, the worker keeps serving and the stream empties."""
+    keys = Keys(prefix)
+    stream = keys.jobs("slow_batched")
+    good = [_job_fields(keys, tag) for tag in (1, 5)]
+    bad: list[tuple[Job, dict[bytes, bytes]]] = []
+    for tag, (old, new) in enumerate(
+        [
+            (b"FP32", b"FPXX"),  # same length: an unknown datatype
+            (b"\x93\xa3<f4\x92\x01\x02", b"\x93\xa3<f4\x92\x01\x03"),  # the array's shape
+            (b"\xa4args", b"\xa4argz"),  # no args: a job with nothing to predict
+        ],
+        start=2,
+    ):
+        job, fields = _job_fields(keys, tag)
+        assert old in fields[b"envelope"]
+        bad.append((job, {**fields, b"envelope": fields[b"envelope"].replace(old, new, 1)}))
+    job, truncated = _job_fields(keys, 9)
+    bad.append((job, {**truncated, b"envelope": truncated[b"envelope"][:-20]}))
+    reasons: list[str | None] = []
+    for _, fields in bad:
+        try:
+            decode_job(fields)
+            reasons.append(None)  # decodes: the model refuses it, as it would alone
+        except WireError as error:
+            reasons.append(str(error))
+    # all in the stream before the worker's first read: one read takes the first four
+    pipe = probe.pipeline(transaction=False)
+    for _, fields in [good[0], *bad, good[1]]:
+        pipe.xadd(stream, fields)  # type: ignore[arg-type]
+    ids = pipe.execute()
+    worker = fleet.start(MODELS)
+    for (job, _), tag in zip(good, (1, 5), strict=True):
+        reply = await anyio.to_thread.run_sync(wait_reply, probe, job.reply)
+        message = decode_message(reply)
+        assert message.type is MessageType.RESULT, message
+        assert isinstance(message.payload, InferenceResponse)
+        assert tag_and_rows(message.payload)[0] == tag
+    dead = keys.dead("slow_batched")
+    for entry_id, reason, (job, _) in zip(ids[1:-1], reasons, bad, strict=True):
+        if reason is None:  # it decodes (a job without arguments): the model's error answers it
+            message = decode_message(await anyio.to_thread.run_sync(wait_reply, probe, job.reply))
+            assert message.error is not None
+            assert message.error.code == ErrorCode.MODEL_ERROR
+            continue
+        letter = await anyio.to_thread.run_sync(wait_dead_letter, probe, dead, entry_id)
+        assert reason in letter[b"dead_reason"].decode()
+    assert reasons.count(None) == 1
+    await anyio.to_thread.run_sync(lambda: wait_acked(probe, stream))
+    assert worker.process.poll() is None
+    assert worker.count("job.bad_entry") == 3
+
+
+def wait_reply(probe: redis.Redis, key: str) -> dict[bytes, bytes]:
+    """The first entry of a reply stream (XREAD BLOCK, bounded)."""
+    answer: Any = probe.xread({key: "0-0"}, count=1, block=10_000)
+    assert answer, f"no reply in {key}"
+    return dict(answer[0][1][0][1])
+
+
+def wait_dead_letter(probe: redis.Redis, dead: str, entry_id: bytes) -> dict[bytes, bytes]:
+    """The dead letter of one job entry (XREAD BLOCK from the start, bounded)."""
+    cursor: bytes | str = "0-0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        answer: Any = probe.xread({dead: cursor}, count=100, block=1000)
+        for _, found in answer or []:
+            for letter_id, fields in found:
+                cursor = letter_id
+                if fields.get(b"dead_entry") == entry_id:
+                    return dict(fields)
+    raise TimeoutError(f"no dead letter of {entry_id!r} in {dead}")

@@ -18,8 +18,6 @@ from conveyor.types import InferenceRequest, InferenceResponse, RequestInput
 from conveyor.worker.batcher import (
     AdaptiveBatcher,
     Answered,
-    default_concurrent_batches,
-    jobs_to_hold,
     merge_requests,
     split_response,
 )
@@ -467,12 +465,6 @@ async def test_callers_waiting_when_the_batcher_stops_get_an_error() -> None:
     assert [str(e) for e in errors] == ["the model's batcher stopped"] * 2
     with pytest.raises(RuntimeError, match="stopped"):
         await batcher.predict(one_row(2))
-
-
-def test_jobs_to_hold_covers_the_running_batches_and_one_filling() -> None:
-    assert jobs_to_hold(32, concurrent_batches=2) == 96
-    assert jobs_to_hold(8, concurrent_batches=1) == 16
-    assert jobs_to_hold(32) == 32 * (default_concurrent_batches() + 1)
 
 
 # -- end to end, with a worker subprocess -----------------------------------------------------
