@@ -200,6 +200,12 @@ class ClientBroker:
             await self._io.step(self._streams.delete, *keys)
         self.reached = True
 
+    async def ping(self) -> None:
+        """Asks Redis whether it answers; raises :class:`BrokerConnectionError` if not."""
+        with self._errors:
+            await self._io.step(self._streams.ping)
+        self.reached = True
+
     async def has_group(self, stream: str) -> bool | None:
         """Whether a job stream has the workers' consumer group (a worker served it once);
         None when the ACL does not let us tell."""

@@ -176,3 +176,6 @@ class ClientStreams:
     async def delete(self, *keys: str) -> None:
         if keys:
             await self.redis.unlink(*keys)
+
+    async def ping(self) -> None:
+        await self.redis.ping()

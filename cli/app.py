@@ -272,6 +272,45 @@ def up(
     raise typer.Exit(code)
 
 
+@app.command()
+def gateway(
+    redis: RedisOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="REST port (V2 over HTTP).")] = 8080,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (-1: no gRPC server).")] = 8081,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds a call may take when its client sets no deadline.")
+    ] = 60.0,
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
+) -> None:
+    """Serve the fleet's models over V2 REST and gRPC (Open Inference Protocol)."""
+    setup_logging(log_level, log_format)
+    import anyio
+
+    from conveyor.broker import default_redis_url
+    from conveyor.gateway import GatewaySettings
+    from conveyor.gateway.server import serve
+
+    settings = GatewaySettings(
+        redis_url=redis or default_redis_url(),
+        prefix=prefix,
+        host=host,
+        http_port=http_port,
+        grpc_port=None if grpc_port < 0 else grpc_port,
+        timeout=timeout,
+    )
+
+    def ready(http: int, grpc: int | None) -> None:
+        grpc_text = f", gRPC on {host}:{grpc}" if grpc is not None else ""
+        typer.echo(f"conveyor gateway: REST on http://{host}:{http}{grpc_text}", err=True)
+
+    anyio.run(lambda: serve(settings, on_ready=ready))
+
+
 @app.command("inspect")
 def inspect_(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,

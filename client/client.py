@@ -30,7 +30,7 @@ from types import TracebackType
 import anyio
 import anyio.abc
 
-from conveyor.broker import ClientBroker, RedisSettings, default_redis_url
+from conveyor.broker import ClientBroker, FleetView, RedisSettings, default_redis_url
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys, is_client_id
 from conveyor.broker.wire import (
     ControlVerb,
@@ -52,7 +52,13 @@ from conveyor.client.results import result
 from conveyor.client.sender import Sender
 from conveyor.client.served import ServedCheck
 from conveyor.client.waiter import Event, Sent, Waiter
-from conveyor.errors import BrokerOutOfMemory, ConveyorError, DeadlineExceeded, PayloadTooLarge
+from conveyor.errors import (
+    BrokerConnectionError,
+    BrokerOutOfMemory,
+    ConveyorError,
+    DeadlineExceeded,
+    PayloadTooLarge,
+)
 from conveyor.methods import ModelMethods
 
 __all__ = ("Client",)
@@ -336,6 +342,30 @@ class Client:
             ) from None
         finally:
             await self._forget(waiter, job, None)
+
+    async def ping(self) -> bool:
+        """Whether Redis answers now (False when it does not; never raises for that)."""
+        try:
+            await self._broker.ping()
+        except BrokerConnectionError:
+            return False
+        return True
+
+    async def fleet(self) -> FleetView | None:
+        """The live workers and what their heartbeats say of their models; None when the
+        ACL does not let this client read them."""
+        return await self._broker.read_fleet()
+
+    async def serves(self, model: str, version: str | None = None) -> bool:
+        """Whether some live worker serves ``model`` (and ``version``, when given) now."""
+        view = await self._broker.read_fleet()
+        if view is not None and not view.serving(model):
+            return False
+        if version is None:
+            return True
+        # heartbeats name models, not versions: a version is served once its stream has the
+        # workers' group (a worker made it when it loaded that version)
+        return bool(await self._broker.has_group(self.keys.jobs(model, version)))
 
     async def _forget(
         self, waiter: Waiter, job: Job, unanswered: Sent | None, *keys: str

@@ -31,9 +31,13 @@ __all__ = (
     "MetadataServerResponse",
     "MetadataTensor",
     "Parameters",
+    "RepositoryIndexRequest",
+    "RepositoryIndexResponse",
+    "RepositoryIndexResponseItem",
     "RequestInput",
     "RequestOutput",
     "ResponseOutput",
+    "State",
     "TensorData",
 )
 
@@ -234,3 +238,30 @@ class InferenceRequest(BaseModel):
     parameters: Parameters | None = None
     inputs: list[RequestInput]
     outputs: list[RequestOutput] | None = None
+
+
+# The model repository's extension (``/v2/repository/index``), as MLServer's
+# ``mlserver.types.model_repository``.
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool | None = None
+
+
+class State(str, Enum):  # noqa: UP042 - MLServer's Enum; str so values compare equal
+    UNKNOWN = "UNKNOWN"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+
+
+class RepositoryIndexResponseItem(BaseModel):
+    name: str
+    version: str | None = None
+    state: State
+    reason: str
+
+
+class RepositoryIndexResponse(RootModel[list[RepositoryIndexResponseItem]]):
+    root: list[RepositoryIndexResponseItem]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,8 +96,32 @@ class WorkerProcess:
             self.process.stderr.close()
 
 
+class GatewayProcess(WorkerProcess):
+    """One ``conveyor gateway`` subprocess; its ports are read off its ``gateway.started``
+    log line (it binds port 0: free ports, picked by the kernel)."""
+
+    http_port = 0
+    grpc_port: int | None = None
+
+    def wait_started(self, timeout: float = 30.0) -> None:
+        line = self.wait_for_log("gateway.started", timeout)
+        found = re.search(r"http=\S+:(\d+) grpc=(\d+|None)", line)
+        assert found, line
+        self.http_port = int(found[1])
+        self.grpc_port = None if found[2] == "None" else int(found[2])
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
 class Fleet:
-    """Starts workers for one test (one key prefix) and stops them all afterwards."""
+    """Starts workers (and gateways) for one test (one key prefix) and stops them all
+    afterwards."""
 
     def __init__(self, redis_url: str, prefix: str) -> None:
         self.redis_url = redis_url
@@ -142,6 +167,17 @@ class Fleet:
         for worker in workers:
             await worker.wait_for_log_async("worker.started", 30)
         return workers
+
+    def start_gateway(self, extra: Sequence[str] = ()) -> GatewayProcess:
+        """A ``conveyor gateway`` for this fleet on free ports, started (stopped with it)."""
+        env = dict(os.environ)
+        env.pop("CONVEYOR_REDIS_URL", None)
+        argv = [sys.executable, "-m", "conveyor.cli", "gateway", "--redis", self.redis_url]
+        argv += ["--prefix", self.prefix, "--http-port", "0", "--grpc-port", "0", *extra]
+        gateway = GatewayProcess(argv, env)
+        self.workers.append(gateway)
+        gateway.wait_started()
+        return gateway
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -1,13 +1,15 @@
 """The import rules of the house, read from the source: every module's AST, imports inside
 functions (and under ``TYPE_CHECKING``) included, except for the circle rule (import time only).
 
-- the client and the worker never import each other;
+- the client and the worker never import each other; the gateway (a client of the fleet)
+  never imports the worker;
 - the core (``core/``, installed as ``conveyor`` minus its broker, worker, client and cli parts)
   imports nothing from those parts;
-- above the broker (client, worker, cli) the only broker modules imported are its face:
+- above the broker (client, worker, gateway, cli) the only broker modules imported are its face:
   ``conveyor.broker``, ``conveyor.broker.keys`` and ``conveyor.broker.wire`` (the package itself,
   not its insides); the cli may also import ``conveyor.broker.ops`` and its modules;
-- no ``redis`` import in the client or the worker (the broker's face translates Redis errors);
+- no ``redis`` import in the client, the worker or the gateway (the broker's face translates
+  Redis errors);
 - no import circle among the modules at import time (module-level imports);
 - no module of ``broker/``, ``worker/``, ``client/`` or the core over 400 lines.
 
@@ -32,7 +34,14 @@ MAX_LINES = 400
 # ("a <-> b <-> c", sorted) or the file ("broker/wire.py").
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
-PARTS = ("conveyor.broker", "conveyor.worker", "conveyor.client", "conveyor.cli")
+PARTS = (
+    "conveyor.broker",
+    "conveyor.worker",
+    "conveyor.client",
+    "conveyor.gateway",
+    "conveyor.cli",
+)
+CLIENTS = ("conveyor.client", "conveyor.gateway")  # what sends jobs: never the worker's
 FACE = ("conveyor.broker", "conveyor.broker.keys", "conveyor.broker.wire")
 
 
@@ -161,18 +170,21 @@ def _layering(rule: str) -> set[tuple[str, str]]:
         project = target in MODULES
         broken = False
         if rule == "client-worker":
-            broken = project and {src, dst} == {"conveyor.client", "conveyor.worker"}
+            broken = project and (
+                (src in CLIENTS and dst == "conveyor.worker")
+                or (src == "conveyor.worker" and dst in CLIENTS)
+            )
         elif rule == "core-upward":
             broken = project and src == "conveyor" and dst != "conveyor"
         elif rule == "broker-face":
-            above = src in ("conveyor.client", "conveyor.worker", "conveyor.cli")
+            above = src in (*CLIENTS, "conveyor.worker", "conveyor.cli")
             cli_ops = src == "conveyor.cli" and (
                 target == "conveyor.broker.ops" or target.startswith("conveyor.broker.ops.")
             )
             broken = project and above and dst == "conveyor.broker"
             broken = broken and target not in FACE and not cli_ops
         elif rule == "redis":
-            broken = src in ("conveyor.client", "conveyor.worker") and (
+            broken = src in (*CLIENTS, "conveyor.worker") and (
                 target == "redis" or target.startswith("redis.")
             )
         if broken:

@@ -1,0 +1,104 @@
+"""One gateway process: a :class:`~conveyor.client.Client`, the REST app under uvicorn and the
+gRPC server, on one asyncio loop, until SIGTERM or Ctrl-C.
+
+Several gateway processes on one host (``conveyor gateway --workers N``) share nothing but
+Redis: each binds the same ports with ``SO_REUSEPORT`` and the kernel spreads connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Iterator
+
+import anyio
+import uvicorn
+
+from conveyor.client import Client
+from conveyor.gateway.grpc import start_grpc
+from conveyor.gateway.rest import build_app
+from conveyor.gateway.service import FleetService
+from conveyor.gateway.settings import GatewaySettings
+
+__all__ = ("bind", "serve")
+
+logger = logging.getLogger("conveyor.gateway")
+_GRACE_S = 5.0  # calls in flight get this long to finish on SIGTERM
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server without its signal handling: :func:`serve` stops both servers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that other gateway processes may bind too (``SO_REUSEPORT``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    settings: GatewaySettings,
+    *,
+    on_ready: Callable[[int, int | None], None] | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Serves until SIGTERM / SIGINT (with ``handle_signals``) or until cancelled.
+
+    ``on_ready(http_port, grpc_port)`` is called once both listen (the ports actually bound:
+    port 0 picks a free one)."""
+    sock = bind(settings.host, settings.http_port)
+    http_port = sock.getsockname()[1]
+    async with Client(
+        settings.redis_url, prefix=settings.prefix, timeout=settings.timeout, client_id="gateway"
+    ) as client:
+        service = FleetService(client)
+        config = uvicorn.Config(
+            build_app(service, settings),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=int(_GRACE_S),
+        )
+        http = _Uvicorn(config)
+        grpc_server = None
+        grpc_port: int | None = None
+        if settings.grpc_port is not None:
+            grpc_server, grpc_port = await start_grpc(
+                service, f"{settings.host}:{settings.grpc_port}"
+            )
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def run_http() -> None:
+                    await http.serve(sockets=[sock])
+                    tg.cancel_scope.cancel()  # uvicorn stopped (told to, or failed): stop all
+
+                # The socket listens already: connections wait in its backlog until uvicorn
+                # accepts them, so the gateway is ready now.
+                tg.start_soon(run_http)
+                logger.info(
+                    "gateway.started http=%s:%d grpc=%s", settings.host, http_port, grpc_port
+                )
+                if on_ready is not None:
+                    on_ready(http_port, grpc_port)
+                if handle_signals:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for signum in signals:
+                            logger.info("gateway.stopping signal=%s", signal.Signals(signum).name)
+                            break
+                    http.should_exit = True
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(_GRACE_S)
+            sock.close()

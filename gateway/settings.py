@@ -1,0 +1,24 @@
+"""How a gateway process is started: where Redis is, where it listens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conveyor.broker.keys import DEFAULT_PREFIX
+
+__all__ = ("DEFAULT_GRPC_PORT", "DEFAULT_HTTP_PORT", "DEFAULT_TIMEOUT_S", "GatewaySettings")
+
+DEFAULT_HTTP_PORT = 8080  # MLServer's
+DEFAULT_GRPC_PORT = 8081  # MLServer's
+DEFAULT_TIMEOUT_S = 60.0  # a call's deadline when the client gives none
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    redis_url: str
+    prefix: str = DEFAULT_PREFIX
+    # loopback unless told: a gateway reachable from elsewhere is a choice (compose makes it)
+    host: str = "127.0.0.1"
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_port: int | None = DEFAULT_GRPC_PORT  # None: no gRPC server
+    timeout: float = DEFAULT_TIMEOUT_S
