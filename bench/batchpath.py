@@ -38,7 +38,18 @@ from bench import harness
 from bench import profile as profiling
 from bench.harness import Meter, Process, load
 from conveyor.batching import merge_requests, split_response
-from conveyor.broker.wire import Job, Message, MessageType, decode_job, encode_job, encode_message
+from conveyor.broker import RedisSettings, create_client
+from conveyor.broker.claims import SoonClaims
+from conveyor.broker.pipelining import PipelineBatcher
+from conveyor.broker.wire import (
+    Job,
+    JobDecoder,
+    Message,
+    MessageType,
+    decode_job,
+    encode_job,
+    encode_message,
+)
 from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
 from conveyor.embedded import RedisServer
@@ -107,9 +118,10 @@ def pieces(models_dir: Path, width: int, rounds: int = 20) -> dict[str, float]:
         for job, answer in zip(jobs, answers, strict=True)
     ]
     steps: dict[str, Callable[[], object]] = {
-        "decode_job (wire: msgpack + validated InferenceRequest)": lambda: [
+        "decode: decode_job each (msgpack + validated InferenceRequest)": lambda: [
             decode_job(fields) for fields in entries
         ],
+        "decode: a read's jobs together (JobDecoder)": lambda: _decoded(entries),
         "batch key": lambda: [_batch_key(request) for request in requests],
         "merge_requests": lambda: merge_requests(requests),
         "the model (predict on 256 rows)": lambda: _run_now(model.predict(merged)),
@@ -125,6 +137,66 @@ def pieces(models_dir: Path, width: int, rounds: int = 20) -> dict[str, float]:
             best = min(best, time.process_time() - start)
         figures[name] = best / BATCH * 1e6
     return figures
+
+
+def claim_steps(url: str, rounds: int = 20) -> dict[str, float]:
+    """A batch's claims (``broker.claims.SoonClaims``) against the private Redis, this
+    process's CPU per request (best of ``rounds`` batches of 256), both ways a worker sends
+    them: one script for a client's claims, and a SET each (Redis Cluster, or an ACL without
+    the script)."""
+
+    async def run(scripted: bool) -> float:
+        redis = create_client(RedisSettings.from_url(url))
+        batcher = PipelineBatcher(redis)
+        claims = SoonClaims(batcher, scripted=scripted)
+        now = time.time()
+        jobs = [
+            Job(f"req-{i}", "predict", MODEL, None, "r", "b", now + 60, now) for i in range(BATCH)
+        ]
+        best = math.inf
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(batcher.run_flusher)
+                for index in range(rounds):
+                    done = anyio.Event()
+                    claimed = _counter(BATCH, done.set)
+                    start = time.process_time()
+                    for job in jobs:
+                        key = f"{PREFIX}:claim:{{bench}}:{index}:{job.id}"
+                        claims.claim_soon(key, job, b"1-1", 60.0, claimed)
+                    await done.wait()
+                    best = min(best, time.process_time() - start)
+                tg.cancel_scope.cancel()
+        finally:
+            await redis.aclose()
+        return best / BATCH * 1e6
+
+    return {
+        "claims: one script a client's (Redis)": anyio.run(run, True),
+        "claims: a SET each (Redis Cluster)": anyio.run(run, False),
+    }
+
+
+def _alternative(step: str) -> bool:
+    """A step the worker takes another way: not counted in the total."""
+    return "SET each" in step or "decode_job each" in step
+
+
+def _decoded(entries: list[dict[bytes, bytes]]) -> list[Job]:
+    decoder = JobDecoder()
+    return [decoder.decode(fields) for fields in entries]
+
+
+def _counter(count: int, then: Callable[[], None]) -> Callable[[str | None], None]:
+    """A claim's callback that calls ``then`` once ``count`` claims were heard."""
+    heard = [0]
+
+    def claimed(holder: str | None) -> None:
+        heard[0] += 1
+        if heard[0] == count:
+            then()
+
+    return claimed
 
 
 def _run_now(coroutine: Any) -> object:
@@ -223,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         model_us = model_cpu_per_request(models_dir, args.width)
         steps = pieces(models_dir, args.width)
+        steps.update(claim_steps(server.url))
         worker = harness.conveyor_worker(
             server.url,
             PREFIX,
@@ -264,7 +337,10 @@ def main(argv: list[str] | None = None) -> None:
     table.add_column("us", justify="right")
     for name, us in steps.items():
         table.add_row(name, f"{us:.2f}")
-    table.add_row("all of these", f"{sum(steps.values()):.2f}")
+    table.add_row(
+        "all of these (the worker's ways: decoded together, claims by script)",
+        f"{sum(us for name, us in steps.items() if not _alternative(name)):.2f}",
+    )
     console.print(table)
     if noise:
         console.print(f"[yellow]the worker logged {len(noise)} lines: {noise[:3]}[/yellow]")

@@ -49,7 +49,7 @@ class WorkerStreams:
         self.where = where  # the redacted URL, for errors
         self.batcher = PipelineBatcher(redis)
         self.writer = ReplyWriter(self.batcher, where)
-        self._claims = SoonClaims(self.batcher)
+        self._claims = SoonClaims(self.batcher, scripted=not cluster)
         self._drained = False  # whether the last sweep of several streams found them all empty
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
