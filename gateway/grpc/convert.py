@@ -42,6 +42,7 @@ __all__ = (
     "parameters_from",
     "put_parameters",
     "repository_index",
+    "request_timeout",
     "server_metadata",
 )
 
@@ -61,19 +62,33 @@ _CONTENTS = {
     "BYTES": "bytes_contents",
 }
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+_TIMEOUT = "timeout"  # the request parameter the gateway acts on (the model never sees it)
 
 
-def parameters_from(params: Mapping[str, pb.InferParameter]) -> Parameters | None:
-    """V2 parameters from a protobuf map (None when empty); a parameter with no value set
-    is left out."""
-    if not params:
-        return None
+def parameters_from(
+    params: Mapping[str, pb.InferParameter], leave_out: str | None = None
+) -> Parameters | None:
+    """V2 parameters from a protobuf map (None when empty); a parameter with no value set,
+    or named ``leave_out``, is left out."""
     values: dict[str, Any] = {}
     for key, param in params.items():
         choice = param.WhichOneof("parameter_choice")
-        if choice is not None:
+        if choice is not None and key != leave_out:
             values[key] = getattr(param, choice)
-    return Parameters(**values)
+    return Parameters(**values) if values else None
+
+
+def request_timeout(msg: pb.ModelInferRequest) -> float | None:
+    """The request's ``timeout`` parameter in seconds (None without one): microseconds, as
+    Triton and tritonclient (``timeout=``) spell it, and as the REST side reads it."""
+    param = msg.parameters.get(_TIMEOUT)
+    choice = None if param is None else param.WhichOneof("parameter_choice")
+    if param is None or choice is None:
+        return None
+    value = getattr(param, choice)
+    if choice not in ("int64_param", "uint64_param", "double_param") or not value > 0:
+        raise InferenceError(f"parameters.timeout is {value!r}: a number of microseconds above 0")
+    return float(value) / 1e6
 
 
 def put_parameters(
@@ -132,7 +147,7 @@ def infer_request(msg: pb.ModelInferRequest) -> InferenceRequest:
     ]
     return InferenceRequest(
         id=msg.id or None,
-        parameters=parameters_from(msg.parameters),
+        parameters=parameters_from(msg.parameters, leave_out=_TIMEOUT),
         inputs=inputs,
         outputs=outputs or None,
     )

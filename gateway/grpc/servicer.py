@@ -1,17 +1,18 @@
 """``inference.GRPCInferenceService`` answered through the fleet (:class:`FleetService`).
 
-Each call's gRPC deadline becomes its job's timeout (no deadline: the gateway's default); a
-call the client cancels cancels its job (grpc.aio cancels the handler, and the client
-withdraws the job and stops it on its worker). A failure ends the call with the status and
-message of ``gateway/errors.py``, the table REST answers from too.
+Each call's gRPC deadline becomes its job's timeout (or the request's ``timeout`` parameter,
+in microseconds, when sooner; neither: the gateway's default); a call the client cancels
+cancels its job (grpc.aio cancels the handler, and the client withdraws the job and stops it
+on its worker). A failure ends the call with the status and message of ``gateway/errors.py``,
+the table REST answers from too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
@@ -21,7 +22,7 @@ from conveyor.gateway.grpc import convert
 from conveyor.gateway.grpc import inference_pb2 as pb
 from conveyor.gateway.grpc import inference_pb2_grpc as pb_grpc
 from conveyor.gateway.service import FleetService
-from conveyor.types import InferenceRequest, InferenceResponse
+from conveyor.types import InferenceRequest
 
 if TYPE_CHECKING:
     from grpc.aio import ServicerContext
@@ -37,12 +38,18 @@ logger = logging.getLogger(__name__)
 _MARGIN_S = 0.05
 
 
-def _timeout(context: ServicerContext[Any, Any]) -> float | None:
-    """The call's deadline as a job timeout, in seconds (None: the gateway's default)."""
+def _timeout(
+    context: ServicerContext[Any, Any], request: pb.ModelInferRequest | None = None
+) -> float | None:
+    """The job's timeout in seconds: the call's deadline, or the request's ``timeout``
+    parameter, whichever comes first (None: neither, the gateway's default)."""
     remaining = context.time_remaining()
-    if remaining is None:
-        return None
-    return max(remaining - min(_MARGIN_S, remaining / 10), 0.001)
+    if remaining is not None:
+        remaining = max(remaining - min(_MARGIN_S, remaining / 10), 0.001)
+    asked = None if request is None else convert.request_timeout(request)
+    if asked is None or remaining is None:
+        return asked if remaining is None else remaining
+    return min(asked, remaining)
 
 
 def _version(version: str) -> str | None:
@@ -109,7 +116,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 request.model_name,
                 convert.infer_request(request),
                 _version(request.model_version),
-                timeout=_timeout(context),
+                timeout=_timeout(context, request),
             )
             return convert.infer_response(response, raw=bool(request.raw_input_contents))
         except Exception as exc:
@@ -130,10 +137,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raw = bool(first.raw_input_contents)
             requests = _requests(first, request_iterator)
             responses = self._service.infer_stream(
-                name, requests, _version(version), timeout=_timeout(context)
+                name, requests, _version(version), timeout=_timeout(context, first)
             )
             # closed when this handler ends, however: that stops the job on its worker now
-            async with aclosing(cast(AsyncGenerator[InferenceResponse], responses)):
+            async with aclosing(responses):
                 async for response in responses:
                     yield pb.ModelStreamInferResponse(
                         infer_response=convert.infer_response(response, raw=raw)

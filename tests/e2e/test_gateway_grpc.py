@@ -176,7 +176,9 @@ def test_health_checking_answers(gateway: GatewayProcess) -> None:
     with grpc.insecure_channel(gateway.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", SERVICE):
-            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            ask = health_pb2.HealthCheckRequest(service=service)
+            # types-grpcio-health-checking's HealthStub lacks the methods its __init__ sets
+            answer = health.Check(ask, timeout=5)  # type: ignore[attr-defined]
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -188,7 +190,9 @@ def test_reflection_lists_and_describes_the_service(gateway: GatewayProcess) -> 
             reflection_pb2.ServerReflectionRequest(list_services=""),
             reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
         ]
-        listed, described = reflection.ServerReflectionInfo(iter(asks), timeout=5)
+        # (reflection_pb2_grpc has no types)
+        answers = reflection.ServerReflectionInfo(iter(asks), timeout=5)  # type: ignore[operator]
+        listed, described = answers
     names = {service.name for service in listed.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= names
     [raw] = described.file_descriptor_response.file_descriptor_proto
@@ -279,8 +283,8 @@ def test_errors_of_the_model_and_of_the_request(
     def bad(request: service_pb2.ModelInferRequest) -> str:
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(request, timeout=10)
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-        return str(caught.value.details())  # type: ignore[attr-defined]
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return str(caught.value.details())
 
     request = service_pb2.ModelInferRequest(model_name="echo", raw_input_contents=[b"\x00" * 7])
     request.inputs.add(name="x", datatype="FP32", shape=[2])
@@ -328,6 +332,12 @@ def test_the_deadline_becomes_the_jobs(
     # the worker stopped the job at its deadline (the call's), not after its 30 s
     line = worker.wait_for_log("job.stopped", 10, start)
     assert "model=echo method=predict" in line
+    # Triton's timeout parameter (microseconds; tritonclient's `timeout=`) does the same
+    start = len(worker.lines)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("echo", x, parameters={"sleep": 30.0}, timeout=500_000)
+    assert failure(caught)[0] == "StatusCode.DEADLINE_EXCEEDED"
+    assert "model=echo method=predict" in worker.wait_for_log("job.stopped", 10, start)
 
 
 @pytest.mark.timeout(30)
