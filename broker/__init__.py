@@ -21,6 +21,7 @@ _LAZY = {
     "ClientBroker": "conveyor.broker.client_broker",
     "Replies": "conveyor.broker.client_broker",
     "FleetView": "conveyor.broker.fleet",
+    "RestRoute": "conveyor.broker.fleet",  # a model's custom REST path (gateways route it)
     "read_fleet_sync": "conveyor.broker.fleet",  # `conveyor up` waits for its workers
     # -- the worker's face (broker/worker_broker.py): all that worker/ asks of Redis, what its
     # steps hand back, and the heartbeat thread's connection (broker/heartbeats.py).
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from conveyor.broker.entries import Delivery as Delivery
     from conveyor.broker.errors import translate_errors as translate_errors
     from conveyor.broker.fleet import FleetView as FleetView
+    from conveyor.broker.fleet import RestRoute as RestRoute
     from conveyor.broker.fleet import read_fleet_sync as read_fleet_sync
     from conveyor.broker.heartbeats import Beat as Beat
     from conveyor.broker.heartbeats import HeartbeatLink as HeartbeatLink
@@ -58,6 +60,7 @@ __all__ = (
     "HeartbeatLink",
     "RedisSettings",
     "Replies",
+    "RestRoute",
     "WorkerBroker",
     "create_client",
     "create_sync_client",

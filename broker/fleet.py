@@ -8,7 +8,9 @@ with a TTL) lists, as comma-separated model names:
   sees a starting worker);
 - ``ready``: the models it serves (their job streams' groups exist by then);
 - ``failed``: the models whose ``load()`` returned False (a ``load()`` that raises stops the
-  worker instead).
+  worker instead);
+- ``rest``: its served models' custom handlers with a REST path, one per line:
+  ``<model> <HTTP method> <path> <handler>`` (what gateways route; absent from older workers).
 
 :func:`read_fleet` reads them with ``ZRANGE <prefix>:workers`` and one pipeline of ``HGET``s
 (a worker id whose hash has expired is a dead worker: skipped). :func:`has_group` tells
@@ -29,10 +31,28 @@ from redis.asyncio import Redis
 
 from conveyor.broker.keys import GROUP, Keys
 
-__all__ = ("FIELDS", "FleetView", "WorkerState", "has_group", "read_fleet", "read_fleet_sync")
+__all__ = (
+    "FIELDS",
+    "FleetView",
+    "RestRoute",
+    "WorkerState",
+    "has_group",
+    "read_fleet",
+    "read_fleet_sync",
+)
 
 # the heartbeat fields read here, in this order
-FIELDS = ("models", "loading", "ready", "failed")
+FIELDS = ("models", "loading", "ready", "failed", "rest")
+
+
+@dataclass(frozen=True, slots=True)
+class RestRoute:
+    """A custom handler that a model serves at a REST path (``custom_handler(rest_path=…)``)."""
+
+    model: str
+    method: str  # HTTP's: GET, POST, ...
+    path: str
+    handler: str  # the model's method, called by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +64,7 @@ class WorkerState:
     loading: frozenset[str]
     ready: frozenset[str]
     failed: frozenset[str]
+    rest: tuple[RestRoute, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +86,10 @@ class FleetView:
     def failed(self, model: str) -> list[str]:
         return [w.worker for w in self.workers if model in w.failed]
 
+    def routes(self) -> dict[tuple[str, str], RestRoute]:
+        """The custom REST routes of the served models, by (HTTP method, path)."""
+        return {(r.method, r.path): r for w in self.workers for r in w.rest}
+
     def having(self, model: str) -> list[str]:
         """The live workers with ``model`` in their folders, loaded or not."""
         return [w.worker for w in self.workers if model in w.models]
@@ -78,6 +103,15 @@ def _names(value: object) -> frozenset[str]:
     return frozenset(name for name in value.split(",") if name)
 
 
+def _routes(value: object) -> tuple[RestRoute, ...]:
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if not isinstance(value, str):
+        return ()
+    parts = (line.split(" ") for line in value.splitlines())
+    return tuple(RestRoute(*part) for part in parts if len(part) == 4)
+
+
 def _view(ids: Iterable[object], values: list[Any]) -> FleetView:
     workers = []
     width = len(FIELDS)
@@ -88,8 +122,8 @@ def _view(ids: Iterable[object], values: list[Any]) -> FleetView:
         name = (
             worker_id.decode(errors="replace") if isinstance(worker_id, bytes) else str(worker_id)
         )
-        models, loading, ready, failed = (_names(value) for value in row)
-        workers.append(WorkerState(name, models, loading, ready, failed))
+        models, loading, ready, failed = (_names(value) for value in row[:4])
+        workers.append(WorkerState(name, models, loading, ready, failed, _routes(row[4])))
     return FleetView(tuple(workers))
 
 

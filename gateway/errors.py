@@ -26,7 +26,7 @@ from conveyor.errors import (
     RemoteError,
 )
 
-__all__ = ("CLIENT_ERROR_TYPES", "Failure", "failure_of")
+__all__ = ("CLIENT_ERROR_TYPES", "BadRequest", "Failure", "failure_of")
 
 # A model that raises one of MLServer's own errors about its input (a codec could not decode
 # it, an input is missing) blames the request: 400, as MLServer answers, not 500.
@@ -42,6 +42,11 @@ CLIENT_ERROR_TYPES = frozenset(
         "ValidationError",
     }
 )
+
+
+class BadRequest(ValueError):
+    """The request itself cannot be read (not JSON, tensor bytes that do not fit, ...): 400 /
+    INVALID_ARGUMENT, with this message. Raised by the gateway, never by the fleet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,7 @@ _BY_TYPE: tuple[tuple[type[BaseException], int, str], ...] = (
     (DeadlineExceeded, 504, "DEADLINE_EXCEEDED"),
     (BrokerConnectionError, 503, "UNAVAILABLE"),
     (BrokerOutOfMemory, 503, "UNAVAILABLE"),
+    (BadRequest, 400, "INVALID_ARGUMENT"),
 )
 
 

@@ -9,7 +9,8 @@ into statuses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from conveyor import __version__
@@ -28,6 +29,7 @@ from conveyor.types import (
 
 if TYPE_CHECKING:
     # what a custom handler takes and answers: the wire's msgpack-able values
+    from conveyor.broker import RestRoute
     from conveyor.broker.wire import Payload
 
 __all__ = ("EXTENSIONS", "SERVER_NAME", "FleetService")
@@ -35,6 +37,7 @@ __all__ = ("EXTENSIONS", "SERVER_NAME", "FleetService")
 SERVER_NAME = "conveyor"
 # the V2 extensions the gateway serves (the server metadata lists them)
 EXTENSIONS = ("model_repository", "binary_tensor_data")
+ROUTES_MAX_AGE_S = 1.0  # a worker's new REST path is routed within this long
 
 
 class FleetService:
@@ -42,6 +45,8 @@ class FleetService:
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self._routes: dict[tuple[str, str], RestRoute] = {}
+        self._routes_read = float("-inf")
 
     async def live(self) -> bool:
         return True  # the process answers: that is all liveness means
@@ -89,7 +94,7 @@ class FleetService:
         version: str | None = None,
         *,
         timeout: float | None = None,
-    ) -> AsyncIterator[InferenceResponse]:
+    ) -> AsyncGenerator[InferenceResponse, None]:
         """``predict_stream`` on some worker: requests go as they come, each response comes
         as the model yields it. Leaving the iteration early stops the job on the worker."""
         async for response in self.client.model(name, version).predict_stream(
@@ -108,6 +113,28 @@ class FleetService:
     ) -> Payload:
         """A custom handler of the model (``@custom_handler``), given one argument."""
         return await self.client.call(name, method, [payload], version=version, timeout=timeout)
+
+    async def call_handler(
+        self,
+        name: str,
+        method: str,
+        args: Sequence[Payload] = (),
+        kwargs: Mapping[str, Payload] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Payload:
+        """A custom handler of the model, given these arguments (REST custom routes)."""
+        return await self.client.call(name, method, args, kwargs, timeout=timeout)
+
+    async def route(self, method: str, path: str) -> RestRoute | None:
+        """The custom handler a served model has at ``method path`` (its ``custom_handler``'s
+        ``rest_path``), as the workers' heartbeats say; read again once a second at most."""
+        now = time.monotonic()
+        if now - self._routes_read > ROUTES_MAX_AGE_S:
+            view = await self.client.fleet()
+            self._routes = view.routes() if view is not None else {}
+            self._routes_read = now
+        return self._routes.get((method, path))
 
     async def index(self, ready: bool | None = None) -> RepositoryIndexResponse:
         """Every model some live worker has in its folders, with its state across the

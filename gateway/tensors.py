@@ -13,8 +13,8 @@ to the fleet as a numpy array (a raw field on the wire), never as a list. A BYTE
 an ``object`` array of ``bytes`` (an ``S`` array would drop trailing NUL bytes). BF16 is not
 a V2 datatype of Conveyor's codecs (``conveyor.types.Datatype``): it is refused, with the list.
 
-Errors are :class:`TensorError` (a ``ValueError``), whose message names the tensor and what
-does not fit: the gateway answers them as a bad request (400 / INVALID_ARGUMENT).
+Errors are :class:`TensorError`, a :class:`~conveyor.gateway.errors.BadRequest` whose message
+names the tensor and what does not fit: the gateway answers 400 / INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from conveyor.gateway.errors import BadRequest
 
 __all__ = ("DTYPES", "TensorError", "from_raw", "to_raw")
 
@@ -48,7 +50,7 @@ _KNOWN = ", ".join([*DTYPES, "BYTES"])
 _LENGTH = struct.Struct("<I")
 
 
-class TensorError(ValueError):
+class TensorError(BadRequest):
     """A tensor's raw bytes do not fit its datatype and shape (or its data cannot be sent)."""
 
 

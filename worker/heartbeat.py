@@ -18,14 +18,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from conveyor.broker import HeartbeatLink
 from conveyor.errors import ConveyorError
+from conveyor.methods import get_custom_handlers
 from conveyor.worker.clock import RedisClock
 
-__all__ = ("Heartbeat", "WorkerStats")
+__all__ = ("Heartbeat", "WorkerStats", "rest_routes")
 
 GONE_LISTED_S = 60.0  # how long a worker gone without unregistering stays in the registry
 
@@ -44,7 +45,23 @@ class WorkerStats:
     loading: list[str] = field(default_factory=list)
     ready: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    # the served models' custom handlers with a REST path, for gateways (see rest_routes)
+    rest: str = ""
     started: float = field(default_factory=time.time)
+
+
+def rest_routes(models: Iterable[tuple[str, object]]) -> str:
+    """The heartbeat's ``rest`` field: each custom handler marked with a ``rest_path``
+    (``custom_handler(rest_path=..., rest_method=...)``) of the ``(name, instance)`` served,
+    as lines ``<model> <HTTP method> <path> <handler>``. Gateways route those paths to it."""
+    lines = []
+    for name, model in models:
+        for handler, method in get_custom_handlers(model).items():
+            marks = getattr(method, "__custom_handler__", None) or {}
+            path, verb = marks.get("rest_path"), marks.get("rest_method") or "POST"
+            if isinstance(path, str) and path.startswith("/") and " " not in path:
+                lines.append(f"{name} {str(verb).upper()} {path} {handler}")
+    return "\n".join(sorted(set(lines)))
 
 
 class Heartbeat:
@@ -111,6 +128,7 @@ class Heartbeat:
             "loading": ",".join(stats.loading),
             "ready": ",".join(stats.ready),
             "failed": ",".join(stats.failed),
+            "rest": stats.rest,
             # on Redis's clock, as `conveyor inspect` reads them (its "now" is TIME)
             "started": f"{stats.started + self._clock.offset:.3f}",
             "heartbeat": f"{redis_now:.3f}",

@@ -32,7 +32,7 @@ from conveyor.worker.cancellation import RunningJobs
 from conveyor.worker.clock import RedisClock
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.control import Control
-from conveyor.worker.heartbeat import Heartbeat, WorkerStats
+from conveyor.worker.heartbeat import Heartbeat, WorkerStats, rest_routes
 from conveyor.worker.metrics import WorkerMetrics
 from conveyor.worker.registry import ModelRegistry
 from conveyor.worker.runner import JobRunner
@@ -88,6 +88,7 @@ class Worker:
         """Tells the fleet (the heartbeat) which models this worker serves now."""
         self.stats.ready = self.registry.ready_names()
         self.stats.failed = self.registry.failed_names()
+        self.stats.rest = rest_routes((s.name, s.model) for s in self.registry.all() if s.ready)
         self.stats.loading = []
         if self._heartbeat is not None:
             self._heartbeat.beat_soon()

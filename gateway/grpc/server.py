@@ -1,22 +1,56 @@
-"""The gRPC server of one gateway process."""
+"""The gRPC server of one gateway process: ``inference.GRPCInferenceService``, gRPC health
+checking (``grpc.health.v1.Health``) and server reflection."""
 
 from __future__ import annotations
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from conveyor.gateway.grpc import inference_pb2, inference_pb2_grpc
+from conveyor.gateway.grpc.servicer import InferenceServicer
 from conveyor.gateway.service import FleetService
 
-__all__ = ("start_grpc",)
+__all__ = ("MAX_MESSAGE_BYTES", "SERVICE_NAME", "start_grpc")
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# gRPC's default is 4 MiB a message; tensors are often larger (MLServer allows 100 MiB)
+MAX_MESSAGE_BYTES = 100 * 1024 * 1024
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    """What reflection describes: our service, health and reflection itself. A pool of its
+    own: our messages live outside protobuf's default pool (see ``_codegen.py``)."""
+    pool = descriptor_pool.DescriptorPool()
+    for file in (inference_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        pool.AddSerializedFile(file.serialized_pb)
+    return pool
 
 
 async def start_grpc(service: FleetService, address: str) -> tuple[grpc.aio.Server, int]:
     """Starts the gRPC server on ``address`` (``host:port``; port 0 picks one); returns it
     and the port it listens on."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # several gateway processes on one host bind the same port (server.py's bind)
+            ("grpc.so_reuseport", 1),
+        ]
+    )
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(service), server
+    )
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+        pool=_reflection_pool(),
+    )
     port = server.add_insecure_port(address)
     await server.start()
-    await checks.set("", health_pb2.HealthCheckResponse.SERVING)
+    for name in ("", SERVICE_NAME):
+        await checks.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port

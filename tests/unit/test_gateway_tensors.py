@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from conveyor.gateway.errors import Failure, failure_of
 from conveyor.gateway.tensors import DTYPES, TensorError, from_raw, to_raw
 
 NUMERIC = {
@@ -118,3 +119,9 @@ def test_outputs_that_do_not_fit_say_why() -> None:
         to_raw("y", "UINT8", [1], ["x"])
     with pytest.raises(TensorError, match="element 1 is int"):
         to_raw("y", "BYTES", [2], ["a", 3])
+
+
+def test_a_tensor_error_is_a_bad_request() -> None:
+    with pytest.raises(TensorError) as failure:
+        from_raw("x", "FP32", [1], b"")
+    assert failure_of(failure.value) == Failure(400, "INVALID_ARGUMENT", str(failure.value))

@@ -11,7 +11,8 @@ functions (and under ``TYPE_CHECKING``) included, except for the circle rule (im
 - no ``redis`` import in the client, the worker or the gateway (the broker's face translates
   Redis errors);
 - no import circle among the modules at import time (module-level imports);
-- no module of ``broker/``, ``worker/``, ``client/`` or the core over 400 lines.
+- no module of ``broker/``, ``worker/``, ``client/``, ``gateway/`` or the core over 400 lines
+  (generated code aside: protoc's output, marked DO NOT EDIT).
 
 ``KNOWN_VIOLATIONS`` lists what is still broken, each with the reason; a listed entry that no
 longer breaks a rule fails too, so the list only shrinks.
@@ -231,12 +232,20 @@ def _circles() -> set[tuple[str, str]]:
     return found
 
 
+def _generated(text: str) -> bool:
+    """protoc's output (gateway/grpc's *_pb2*.py): written by a tool from its .proto, whose
+    size is the protocol's, never edited by hand (a test keeps it equal to the .proto)."""
+    return "DO NOT EDIT" in "".join(text.splitlines()[:3])
+
+
 def _sizes() -> set[tuple[str, str]]:
-    return {
-        ("size", module.rel)
-        for name, module in MODULES.items()
-        if _part(name) != "conveyor.cli" and len(module.path.read_text().splitlines()) > MAX_LINES
-    }
+    found = set()
+    for name, module in MODULES.items():
+        text = module.path.read_text()
+        too_long = len(text.splitlines()) > MAX_LINES
+        if too_long and _part(name) != "conveyor.cli" and not _generated(text):
+            found.add(("size", module.rel))
+    return found
 
 
 def _violations(rule: str) -> set[tuple[str, str]]:
