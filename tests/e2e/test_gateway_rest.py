@@ -380,3 +380,19 @@ def test_a_gateway_killed_mid_request_loses_nothing(gw: Setup, redis_url: str) -
     finally:
         caller.join(timeout=10)
         probe.close()
+
+
+def test_gateway_workers_share_the_ports(gw: Setup) -> None:
+    """``--workers 2``: two processes on one port pair (SO_REUSEPORT), both serving."""
+    gateways = gw.fleet.start_gateway(extra=["--workers", "2"])
+    try:
+        first = gateways.lines.index(gateways.wait_for_log("gateway.started"))
+        second = gateways.wait_for_log("gateway.started", 20, first + 1)
+        assert f"http=127.0.0.1:{gateways.http_port} grpc={gateways.grpc_port}" in second
+        body = {"inputs": [v2_input("x", [1.0, 2.0])]}
+        for _ in range(10):  # a connection each: the kernel spreads them
+            answer = httpx.post(f"{gateways.http_url}/v2/models/numpy-linear/infer", json=body)
+            assert answer.status_code == 200, answer.text
+    finally:
+        gateways.stop()
+    assert gateways.wait() == 0
