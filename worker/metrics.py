@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily
 
-__all__ = ("JobMetrics", "WorkerMetrics")
+from conveyor import metrics as model_metrics
+from conveyor.methods import ModelMethods, exposed_methods
+from conveyor.model import MLModel
 
-# Seconds: from sub-millisecond no-op models to minute-long generations.
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+__all__ = ("JobMetrics", "WorkerMetrics", "instrument")
+
+# Seconds: from sub-millisecond no-op models to generations of minutes.
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
+)  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -72,6 +81,8 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str], JobMetrics] = {}
+        # model calls' run time and the models' own metrics (conveyor.log), process-wide
+        self.registry.register(_Chained(_MODEL_CALLS, model_metrics.REGISTRY))
         self.dead_lettered = Counter(
             "conveyor_worker_dead_lettered_jobs",
             "Jobs moved to the dead-letter stream",
@@ -169,8 +180,116 @@ class _LoopHistogram:
         yield family
 
 
+class _Chained:
+    """Collects what other registries hold, as of each scrape."""
+
+    def __init__(self, *registries: CollectorRegistry) -> None:
+        self._registries = registries
+
+    def collect(self) -> Iterator[Any]:
+        for registry in self._registries:
+            yield from registry.collect()
+
+
 def _le(bound: float) -> str:
     """A bucket's ``le`` label as prometheus_client writes it."""
     if bound == float("inf"):
         return "+Inf"
     return repr(float(bound))
+
+
+# One model call (a batch's call counts once), in any thread: prometheus_client's Histogram,
+# which takes a lock. In this module's registry: each WorkerMetrics serves it.
+_MODEL_CALLS = CollectorRegistry()
+_RUN = Histogram(
+    "conveyor_worker_run_seconds",
+    "Time a model's method ran (one call; a batched predict counts once)",
+    ["model", "version", "method"],
+    buckets=_LATENCY_BUCKETS,
+    registry=_MODEL_CALLS,
+)
+_LOAD_METHODS = (ModelMethods.Load.value, ModelMethods.Unload.value)
+
+
+def instrument(model: MLModel) -> None:
+    """Runs each method of ``model`` a job may call (and ``load``/``unload``) in its model
+    context (what ``conveyor.log`` labels values with), timing each call of the exposed ones
+    (``conveyor_worker_run_seconds``; a stream's whole run is its job's time).
+
+    The instance's attributes shadow its class's methods; each wrapper is of the same kind as
+    the method (``async def``, ``def``, generator, async generator), so the worker runs it as
+    it would the method."""
+    labels = (model.name, model.version or "")
+    for name in (*exposed_methods(model), *_LOAD_METHODS):
+        method = getattr(model, name, None)
+        if callable(method):
+            timer = None if name in _LOAD_METHODS else _RUN.labels(*labels, name)
+            setattr(model, name, functools.wraps(method)(_in_context(method, labels, timer)))
+
+
+def _in_context(
+    method: Callable[..., Any], labels: tuple[str, str], timer: Any
+) -> Callable[..., Any]:
+    current = model_metrics.current_model
+    if inspect.isasyncgenfunction(method):
+
+        async def async_steps(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            steps = method(*args, **kwargs)
+            try:
+                while True:
+                    token = current.set(labels)  # per step: no context held across a yield
+                    try:
+                        item = await steps.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        current.reset(token)
+                    yield item
+            finally:
+                await steps.aclose()
+
+        return async_steps
+    if inspect.isgeneratorfunction(method):
+
+        def steps(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            generator = method(*args, **kwargs)
+            try:
+                while True:
+                    # each step may run in another thread (execution.iterate)
+                    token = current.set(labels)
+                    try:
+                        item = next(generator)
+                    except StopIteration:
+                        return
+                    finally:
+                        current.reset(token)
+                    yield item
+            finally:
+                generator.close()
+
+        return steps
+    if inspect.iscoroutinefunction(method):
+
+        async def awaited(*args: Any, **kwargs: Any) -> Any:
+            token = current.set(labels)
+            started = time.perf_counter()
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                current.reset(token)
+                if timer is not None:
+                    timer.observe(time.perf_counter() - started)
+
+        return awaited
+
+    def called(*args: Any, **kwargs: Any) -> Any:
+        token = current.set(labels)
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            current.reset(token)
+            if timer is not None:
+                timer.observe(time.perf_counter() - started)
+
+    return called
