@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -380,3 +381,44 @@ def test_a_gateway_killed_mid_request_loses_nothing(gw: Setup, redis_url: str) -
     finally:
         caller.join(timeout=10)
         probe.close()
+
+
+def test_gateway_workers_share_the_ports(gw: Setup) -> None:
+    """``--workers 2``: two processes on one port pair (SO_REUSEPORT), both serving."""
+    gateways = gw.fleet.start_gateway(extra=["--workers", "2"])
+    try:
+        first = gateways.lines.index(gateways.wait_for_log("gateway.started"))
+        second = gateways.wait_for_log("gateway.started", 20, first + 1)
+        assert f"http=127.0.0.1:{gateways.http_port} grpc={gateways.grpc_port}" in second
+        body = {"inputs": [v2_input("x", [1.0, 2.0])]}
+        for _ in range(10):  # a connection each: the kernel spreads them
+            answer = httpx.post(f"{gateways.http_url}/v2/models/numpy-linear/infer", json=body)
+            assert answer.status_code == 200, answer.text
+    finally:
+        gateways.stop()
+    assert gateways.wait() == 0
+
+
+# -- README's Gateway section ----------------------------------------------------------------
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def _readme_block(fence: str) -> str:
+    text = README.read_text()
+    section = text[text.index("## Gateway") :]
+    start = section.index(f"```{fence}\n") + len(f"```{fence}\n")
+    return section[start : section.index("\n```", start)]
+
+
+def test_readmes_curl_line_and_tritonclient_snippet(gw: Setup, tmp_path: Path) -> None:
+    address = gw.url.removeprefix("http://")
+    curl = shlex.split(_readme_block("").replace("\\\n", " "))
+    assert curl[:2] == ["curl", "-s"]
+    answer = httpx.post("http://" + curl[2].replace("localhost:8080", address), content=curl[4])
+    assert answer.json()["outputs"][0]["data"] == [5.5]
+    script = tmp_path / "snippet.py"
+    script.write_text(_readme_block("python").replace("localhost:8080", address))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[[3.5]", "[3.5]]"], done.stdout
