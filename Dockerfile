@@ -1,5 +1,5 @@
-# The `conveyor` command in a slim image: run workers (`worker /app/examples/models`), clients
-# and `inspect` against a Redis named by CONVEYOR_REDIS_URL (docker-compose.yml sets it; no
+# The `conveyor` command in a slim image: run workers (`worker /app/examples/models`), V2
+# gateways (`gateway --host 0.0.0.0`), clients and `inspect` against a Redis named by CONVEYOR_REDIS_URL (docker-compose.yml sets it; no
 # host is baked in here).
 FROM python:3.11-slim
 
@@ -15,6 +15,7 @@ COPY broker/ broker/
 COPY worker/ worker/
 COPY client/ client/
 COPY cli/ cli/
+COPY gateway/ gateway/
 # The runtime dependencies only: no [dev] (tests, linters), no [embedded] (compose runs
 # Redis). The sources go once installed, so /src can't shadow the package on sys.path.
 RUN pip install --no-cache-dir . && rm -rf /src
@@ -26,6 +27,9 @@ COPY examples/ examples/
 RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin conveyor
 USER conveyor
+
+# The gateway's V2 ports (`gateway --host 0.0.0.0`): REST, gRPC
+EXPOSE 8080 8081
 
 # Exec form: conveyor is PID 1's child under `init: true`, or PID 1 itself, and gets SIGTERM.
 ENTRYPOINT ["conveyor"]

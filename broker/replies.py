@@ -37,7 +37,7 @@ from redis.asyncio.client import Pipeline
 from conveyor.broker.errors import is_out_of_memory, out_of_memory, translate_errors
 from conveyor.broker.keys import GROUP
 from conveyor.broker.pipelining import PipelineBatcher, Settle
-from conveyor.broker.wire import Job, Message, encode_message
+from conveyor.broker.wire import Fields, Job, Message, encode_message
 from conveyor.broker.writes import (
     INLINE_REPLY_MAX_BYTES,
     RETRY_MAX_S,
@@ -53,7 +53,7 @@ from conveyor.errors import BrokerConnectionError
 # One job's answer for ``ReplyWriter.answer_soon``: as ``ReplyWriter.answer``'s arguments.
 Answering = tuple[
     Job,
-    Sequence[Message],
+    Sequence[Message | Fields],  # messages, or their fields encoded already (encode_rows)
     AckTarget,
     float,
     Callable[[], None],
@@ -174,7 +174,10 @@ class ReplyWriter:
         writes: list[tuple[Write, Callable[[BaseException | None], None]]] = []
         for job, messages, target, deadline, acked, ended in answers:
             try:
-                entries = [encode_message(message) for message in messages]
+                entries = [
+                    message if type(message) is dict else encode_message(message)  # type: ignore[arg-type]
+                    for message in messages
+                ]
             except Exception as error:
                 ended(error)
                 continue

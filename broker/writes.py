@@ -75,18 +75,32 @@ class Write:
             self.error = error
 
 
+_FINAL = frozenset((MessageType.RESULT.value, MessageType.ERROR.value))  # Enum .value is slow
+_TEXT = frozenset((str, bytes))
+
+
 def inline_entry(write: Write) -> bytes | None:
     """The bell entry carrying a job's final answer, if it may ride there."""
     job = write.job
     if job is None or not job.inline_reply or not write.final or len(write.entries) != 1:
         return None
     fields = write.entries[0]
-    if fields["type"] not in (MessageType.RESULT.value, MessageType.ERROR.value):
+    if fields["type"] not in _FINAL:
         return None
-    # a tensor in a field of its own (a memoryview) keeps the reply stream
-    if memoryview in map(type, fields.values()) or fields_size(fields) > INLINE_REPLY_MAX_BYTES:
+    kinds = set(map(type, fields.values()))
+    if memoryview in kinds:  # a tensor in a field of its own keeps the reply stream
         return None
-    return pack_inline(fields)
+    envelope = fields.get("envelope")
+    if isinstance(envelope, bytes) and len(envelope) > INLINE_REPLY_MAX_BYTES:
+        return None  # over the limit alone: not packed for nothing
+    packed = pack_inline(fields)
+    # str and bytes values take no fewer bytes packed than fields_size counts: it need only
+    # be counted near the limit (a batch's small answers skip a Python loop each)
+    if (len(packed) > INLINE_REPLY_MAX_BYTES or not kinds <= _TEXT) and fields_size(
+        fields
+    ) > INLINE_REPLY_MAX_BYTES:
+        return None
+    return packed
 
 
 class Writer(Protocol):

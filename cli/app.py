@@ -126,13 +126,18 @@ def worker(
     ] = 10.0,
     grace_period: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (one for all --processes)."),
     ] = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
     failure_report: Annotated[
         Path | None,
         typer.Option(hidden=True, help="Where a supervised worker reports a model's failed load."),
+    ] = None,
+    metrics_dir: Annotated[
+        Path | None,
+        typer.Option(hidden=True, help="Where a supervised worker writes its metrics."),
     ] = None,
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
@@ -147,17 +152,12 @@ def worker(
         args += ["--prefix", prefix, "--concurrency", str(concurrency)]
         args += ["--heartbeat-ttl", str(heartbeat_ttl), "--grace-period", str(grace_period)]
         args += ["--log-level", log_level, "--log-format", log_format]
-
-        def child_args(index: int) -> list[str]:
-            # each process serves its metrics on a port of its own: P, P+1, ...
-            return [] if metrics_port is None else ["--metrics-port", str(metrics_port + index)]
-
         code = supervise(
             worker_argv(args),
             processes,
             grace_period,
             env=worker_env(url, processes),
-            extra=child_args,
+            metrics_port=metrics_port,  # one endpoint, every child's metrics summed
         )
         raise typer.Exit(code)
 
@@ -173,6 +173,7 @@ def worker(
         heartbeat_ttl=heartbeat_ttl,
         grace_period=grace_period,
         metrics_port=metrics_port,
+        metrics_dir=str(metrics_dir) if metrics_dir is not None else None,
     )
     if name:
         settings.name = name
@@ -260,15 +261,26 @@ def up(
         ),
     ] = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
+    http_port: Annotated[int, typer.Option(help="The gateway's REST port (0: a free one).")] = 8080,
+    grpc_port: Annotated[int, typer.Option(help="The gateway's gRPC port (0: a free one).")] = 8081,
     log_level: LogLevelOption = "warning",
 ) -> None:
-    """Run the whole thing: Redis (embedded unless --redis), workers, until Ctrl-C."""
+    """Run the whole thing: Redis (embedded unless --redis), workers and a V2 gateway (REST
+    and gRPC), until Ctrl-C."""
     setup_logging(log_level)
     from conveyor.cli.up import run_up
 
     dirs = model_dirs or [Path("examples/models")]
     _find_models(dirs)
-    code = run_up(dirs, workers=workers, redis_url=redis, prefix=prefix, log_level=log_level)
+    code = run_up(
+        dirs,
+        workers=workers,
+        redis_url=redis,
+        prefix=prefix,
+        log_level=log_level,
+        http_port=http_port,
+        grpc_port=grpc_port,
+    )
     raise typer.Exit(code)
 
 
@@ -279,24 +291,41 @@ def gateway(
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
     ] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option(help="REST port (V2 over HTTP).")] = 8080,
+    http_port: Annotated[int, typer.Option(help="REST port (V2 over HTTP; 0: a free one).")] = 8080,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (-1: no gRPC server).")] = 8081,
     timeout: Annotated[
         float, typer.Option(help="Seconds a call may take when its client sets no deadline.")
     ] = 60.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Gateway processes on these ports (they share nothing but Redis)."
+        ),
+    ] = 1,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
+    failure_report: Annotated[
+        Path | None, typer.Option(hidden=True, help="Unused: the supervisor passes it.")
+    ] = None,
 ) -> None:
     """Serve the fleet's models over V2 REST and gRPC (Open Inference Protocol)."""
     setup_logging(log_level, log_format)
+    from conveyor.broker import default_redis_url
+
+    url = redis or default_redis_url()
+    if workers > 1:
+        raise typer.Exit(
+            _gateways(
+                url, prefix, host, http_port, grpc_port, timeout, workers, log_level, log_format
+            )
+        )
     import anyio
 
-    from conveyor.broker import default_redis_url
     from conveyor.gateway import GatewaySettings
     from conveyor.gateway.server import serve
 
     settings = GatewaySettings(
-        redis_url=redis or default_redis_url(),
+        redis_url=url,
         prefix=prefix,
         host=host,
         http_port=http_port,
@@ -309,6 +338,38 @@ def gateway(
         typer.echo(f"conveyor gateway: REST on http://{host}:{http}{grpc_text}", err=True)
 
     anyio.run(lambda: serve(settings, on_ready=ready))
+
+
+def _gateways(
+    url: str,
+    prefix: str,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    timeout: float,
+    processes: int,
+    log_level: str,
+    log_format: str,
+) -> int:
+    """``processes`` gateway processes on the same ports (``SO_REUSEPORT``: the kernel
+    spreads connections), each restarted when it dies; port 0 is picked once, here, and
+    held (bound, not listening) until they stop."""
+    import contextlib
+    import sys
+
+    from conveyor.gateway.server import reserve
+    from conveyor.worker.supervisor import supervise, worker_env
+
+    with contextlib.ExitStack() as held:
+        if http_port == 0:
+            http_port = held.enter_context(reserve(host, 0)).getsockname()[1]
+        if grpc_port == 0:
+            grpc_port = held.enter_context(reserve(host, 0)).getsockname()[1]
+        argv = [sys.executable, "-P", "-m", "conveyor.cli", "gateway", "--prefix", prefix]
+        argv += ["--host", host, "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+        argv += ["--timeout", str(timeout), "--log-level", log_level, "--log-format", log_format]
+        # the Redis URL goes in the environment, never on a command line (ps shows it)
+        return supervise(argv, processes, grace_period=10.0, env=worker_env(url))
 
 
 @app.command("inspect")

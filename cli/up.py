@@ -1,11 +1,16 @@
-"""``conveyor up``: an embedded Redis (unless one is given) and a few workers, until Ctrl-C."""
+"""``conveyor up``: an embedded Redis (unless one is given), a few workers and one V2 gateway
+(REST and gRPC), until Ctrl-C."""
 
 from __future__ import annotations
 
 import contextlib
 import shlex
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from conveyor.broker import (
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.embedded import RedisServer
 from conveyor.errors import ConveyorError
+from conveyor.gateway.server import reserve
 from conveyor.worker.supervisor import supervise, worker_argv, worker_env
 
 __all__ = ("run_up",)
@@ -63,6 +69,72 @@ def _wait_for_workers(
         client.close()
 
 
+class _Gateway:
+    """The ``conveyor gateway`` child of ``up``: its process, and where its REST side is."""
+
+    def __init__(self, process: subprocess.Popen[bytes], http_port: int, grpc_port: int) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.grpc_address = f"127.0.0.1:{grpc_port}"
+
+    def wait_ready(self, stop: threading.Event, timeout_s: float = 20.0) -> bool:
+        """Whether it answers ``/v2/health/live`` within ``timeout_s`` (False if it exited)."""
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/live", timeout=1) as answer:
+                    if answer.status == 200:
+                        return True
+            except OSError:
+                pass
+            stop.wait(0.1)  # polling: nothing rings when it listens
+        return False
+
+
+@contextlib.contextmanager
+def _gateway(
+    url: str, prefix: str, log_level: str, http_port: int, grpc_port: int
+) -> Iterator[_Gateway]:
+    """A gateway process for the fleet, stopped on the way out. Port 0 is picked here and
+    held (bound, not listening) while it runs, so that the curl line can name it."""
+    with contextlib.ExitStack() as held:
+        if http_port == 0:
+            http_port = held.enter_context(reserve("127.0.0.1", 0)).getsockname()[1]
+        if grpc_port == 0:
+            grpc_port = held.enter_context(reserve("127.0.0.1", 0)).getsockname()[1]
+        argv = [sys.executable, "-P", "-m", "conveyor.cli", "gateway", "--prefix", prefix]
+        argv += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+        argv += ["--log-level", log_level]
+        # its own session, as the workers': Ctrl-C reaches us, and we stop it with SIGTERM
+        process = subprocess.Popen(argv, env=worker_env(url), start_new_session=True)
+        try:
+            yield _Gateway(process, http_port, grpc_port)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _announce_gateway(gateway: _Gateway, served: list[str], stop: threading.Event) -> None:
+    if not gateway.wait_ready(stop):
+        if not stop.is_set():
+            typer.echo("conveyor: the gateway did not start (see the log above)", err=True)
+        return
+    typer.echo(f"conveyor: V2 gateway: REST at {gateway.url}, gRPC at {gateway.grpc_address}")
+    if _EXAMPLE_MODEL in served:
+        where = f"{gateway.url}/v2/models/{_EXAMPLE_MODEL}/infer"
+        typer.echo(f"  curl -s {where} -d {shlex.quote(_EXAMPLE_REQUEST)}")
+    elif served:
+        where = f"{gateway.url}/v2/models/{shlex.quote(served[0])}/infer"
+        typer.echo(f"  curl -s {where} -d @request.json")
+
+
 def _announce(view: FleetView, workers: int, url: str, prefix: str) -> None:
     """What the workers serve, and how to call them from another terminal."""
     ready = sum(1 for w in view.workers if not w.loading)
@@ -95,12 +167,22 @@ def _announce(view: FleetView, workers: int, url: str, prefix: str) -> None:
 
 
 def run_up(
-    model_dirs: Sequence[Path], *, workers: int, redis_url: str | None, prefix: str, log_level: str
+    model_dirs: Sequence[Path],
+    *,
+    workers: int,
+    redis_url: str | None,
+    prefix: str,
+    log_level: str,
+    http_port: int = 8080,
+    grpc_port: int = 8081,
 ) -> int:
-    """Runs Redis (embedded unless ``redis_url``) and ``workers`` worker processes until
-    Ctrl-C; returns the exit code. Raises ``WorkersCannotStart`` when a model's ``load()``
-    keeps raising (everything stopped first)."""
-    with _redis(redis_url) as url:
+    """Runs Redis (embedded unless ``redis_url``), ``workers`` worker processes and a gateway
+    until Ctrl-C; returns the exit code. Raises ``WorkersCannotStart`` when a model's
+    ``load()`` keeps raising (everything stopped first)."""
+    with (
+        _redis(redis_url) as url,
+        _gateway(url, prefix, log_level, http_port, grpc_port) as gateway,
+    ):
         args = [str(p) for p in model_dirs] + ["--prefix", prefix]
         args += ["--log-level", log_level]
         typer.echo(f"conveyor: Redis at {RedisSettings.from_url(url).redacted_url}")
@@ -117,6 +199,7 @@ def run_up(
             if stop.is_set():
                 return
             _announce(view, workers, url, prefix)
+            _announce_gateway(gateway, view.ready(), stop)
             typer.echo("conveyor: Ctrl-C stops everything.")
 
         # The wait runs beside the supervisor, not in it: meanwhile a worker that dies is

@@ -14,6 +14,8 @@ __all__ = (
     "ModelParameters",
     "ModelSettings",
     "custom_handler",
+    "log",
+    "register",
 )
 
 # Imported on first use (PEP 562): `conveyor.cli` lives under this package, and `conveyor
@@ -25,12 +27,17 @@ _LAZY = {
     "custom_handler": "conveyor.methods",
     "ModelParameters": "conveyor.settings",
     "ModelSettings": "conveyor.settings",
+    # MLServer's `mlserver.register` / `mlserver.log` (custom metrics)
+    "log": "conveyor.metrics",
+    "register": "conveyor.metrics",
 }
 
 if TYPE_CHECKING:
     from conveyor.errors import ConveyorError as ConveyorError
     from conveyor.methods import ModelMethods as ModelMethods
     from conveyor.methods import custom_handler as custom_handler
+    from conveyor.metrics import log as log
+    from conveyor.metrics import register as register
     from conveyor.model import MLModel as MLModel
     from conveyor.settings import ModelParameters as ModelParameters
     from conveyor.settings import ModelSettings as ModelSettings

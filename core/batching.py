@@ -31,7 +31,7 @@ from conveyor.types import (
     TensorData,
 )
 
-__all__ = ("BatchedRequests", "merge_requests", "split_response")
+__all__ = ("BatchedRequests", "Rows", "merge_requests", "split_response", "split_rows")
 
 _M = TypeVar("_M", bound=pydantic.BaseModel)
 
@@ -124,6 +124,67 @@ def merge_requests(requests: Sequence[InferenceRequest]) -> InferenceRequest:
     )
 
 
+class Rows:
+    """One request's rows of a merged response, not yet a response of its own: ``response``'s
+    fields, each output's ``arrays[i][start : start + size]``. :func:`split_rows` makes them,
+    :meth:`response` builds the response :func:`split_response` would (and the wire can
+    encode one without building it: ``conveyor.broker.wire.encode_rows``)."""
+
+    __slots__ = ("arrays", "response", "size", "start")
+
+    def __init__(
+        self, response: InferenceResponse, arrays: list[npt.NDArray[Any]], start: int, size: int
+    ) -> None:
+        self.response = response  # the merged one
+        self.arrays = arrays  # each output's data, decoded once for the batch
+        self.start = start
+        self.size = size
+
+    def build(self, request_id: str | None) -> InferenceResponse:
+        """The request's own response, with ``request_id``, as :func:`split_response` makes it."""
+        response, start, end = self.response, self.start, self.start + self.size
+        outputs = []
+        for output, array in zip(response.outputs, self.arrays, strict=True):
+            part = {
+                "name": output.name,
+                "shape": [self.size, *array.shape[1:]],
+                "datatype": output.datatype,
+                "parameters": output.parameters,
+                "data": _data(array[start:end]),
+            }
+            outputs.append(_built(ResponseOutput, part))
+        values = {
+            "model_name": response.model_name,
+            "model_version": response.model_version,
+            "id": request_id,
+            "parameters": response.parameters,
+            "outputs": outputs,
+        }
+        return _built(InferenceResponse, values)
+
+
+def split_rows(response: InferenceResponse, requests: Sequence[InferenceRequest]) -> list[Rows]:
+    """The merged response's rows of each request (by their row counts), each output decoded
+    once. Raises ValueError when an output's first dimension is not the batch's total rows."""
+    sizes = [_rows(request) for request in requests]
+    total = sum(sizes)
+    arrays = []
+    for output in response.outputs:
+        array = NumpyCodec.decode_output(output)
+        if array.ndim == 0 or array.shape[0] != total:
+            raise ValueError(
+                f"output {output.name!r} has shape {list(array.shape)}: its first dimension "
+                f"is not the batch's {total} rows, so it cannot be split per request"
+            )
+        arrays.append(array)
+    rows = []
+    at = 0
+    for size in sizes:
+        rows.append(Rows(response, arrays, at, size))
+        at += size
+    return rows
+
+
 def split_response(
     response: InferenceResponse, requests: Sequence[InferenceRequest]
 ) -> list[InferenceResponse]:
@@ -133,46 +194,9 @@ def split_response(
     those views and the response's own validated fields, without validating them again.
     Raises ValueError when an output's first dimension is not the batch's total rows.
     """
-    sizes = [_rows(request) for request in requests]
-    total = sum(sizes)
-    starts = [0] * len(sizes)
-    at = 0
-    for index, size in enumerate(sizes):
-        starts[index] = at
-        at += size
-    per_request: list[list[ResponseOutput]] = [[] for _ in requests]
-    for output in response.outputs:
-        array = NumpyCodec.decode_output(output)
-        if array.ndim == 0 or array.shape[0] != total:
-            raise ValueError(
-                f"output {output.name!r} has shape {list(array.shape)}: its first dimension "
-                f"is not the batch's {total} rows, so it cannot be split per request"
-            )
-        name, datatype, parameters = output.name, output.datatype, output.parameters
-        tail = list(array.shape[1:])
-        for outputs, start, size in zip(per_request, starts, sizes, strict=True):
-            part = {
-                "name": name,
-                "shape": [size, *tail],
-                "datatype": datatype,
-                "parameters": parameters,
-                "data": _data(array[start : start + size]),
-            }
-            outputs.append(_built(ResponseOutput, part))
-    model_name, model_version = response.model_name, response.model_version
-    parameters = response.parameters
     return [
-        _built(
-            InferenceResponse,
-            {
-                "model_name": model_name,
-                "model_version": model_version,
-                "id": request.id,
-                "parameters": parameters,
-                "outputs": outputs,
-            },
-        )
-        for request, outputs in zip(requests, per_request, strict=True)
+        rows.build(request.id)
+        for rows, request in zip(split_rows(response, requests), requests, strict=True)
     ]
 
 

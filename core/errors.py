@@ -32,6 +32,7 @@
     ├── InputsLost                     (worker) a predict_stream's inputs vanished from Redis
     ├── ModelLoadFailed                (worker) a model's load() raised
     ├── WorkersCannotStart             (conveyor up) models kept failing to load
+    ├── InvalidModelContext ‡          conveyor.log() called outside a model's method
     ├── DeadLetterError †              (conveyor dlq) Redis refused a dead-letter command
     ├── InspectError †                 (conveyor inspect) Redis refused a snapshot's command
     └── RedisServerError               conveyor.embedded: a private Redis server failed
@@ -41,7 +42,7 @@
 ``*``: the codecs' errors, defined beside the codecs under MLServer's module path
 (``conveyor.codecs.errors``, which imports this module) and drawn here so the tree is whole.
 ``†``: the operator reports' errors, defined in ``conveyor.broker.ops`` (``dead_letters``,
-``fleet_report``).
+``fleet_report``). ``‡``: defined in ``conveyor.metrics`` (MLServer's custom metrics).
 Errors cross the wire as data (type name, message), never pickled.
 """
 

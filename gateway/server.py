@@ -22,7 +22,7 @@ from conveyor.gateway.rest import build_app
 from conveyor.gateway.service import FleetService
 from conveyor.gateway.settings import GatewaySettings
 
-__all__ = ("bind", "serve")
+__all__ = ("bind", "reserve", "serve")
 
 logger = logging.getLogger("conveyor.gateway")
 _GRACE_S = 5.0  # calls in flight get this long to finish on SIGTERM
@@ -36,13 +36,23 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket that other gateway processes may bind too (``SO_REUSEPORT``)."""
+def reserve(host: str, port: int) -> socket.socket:
+    """A bound, not listening, ``SO_REUSEPORT`` socket: holds ``port`` (0: a free one, read
+    with ``getsockname()``) for gateway processes that bind it too. Not listening, it is
+    never handed a connection."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it a keep-alive connection waits ~40 ms per answer (Nagle + delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
+    return sock
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that other gateway processes may bind too (``SO_REUSEPORT``)."""
+    sock = reserve(host, port)
     sock.listen(2048)
     sock.setblocking(False)
     return sock

@@ -85,7 +85,14 @@ class FleetService:
         timeout: float | None = None,
     ) -> InferenceResponse:
         """``predict`` on some worker; the response carries the request's id."""
-        return await self.client.model(name, version).predict(request, timeout=timeout)
+        # client.call itself, not client.model(...).predict: a ParallelModel per request
+        # builds its ModelSettings each time (~5% of the gateway's CPU under load)
+        answer = await self.client.call(
+            name, ModelMethods.Predict.value, [request], version=version, timeout=timeout
+        )
+        if not isinstance(answer, InferenceResponse):
+            raise TypeError(f"model {name!r} answered predict with {type(answer).__name__}")
+        return answer
 
     async def infer_stream(
         self,

@@ -106,7 +106,11 @@ def result_message(job: Job, delivery: Delivery, result: Payload) -> Message:
     if isinstance(result, InferenceResponse) and job.args:
         request = job.args[0]
         if isinstance(request, InferenceRequest):
-            result.id = request.id or job.id
+            if type(result) is InferenceResponse:  # as in give_id: pydantic's setattr, inlined
+                result.__dict__["id"] = request.id or job.id
+                result.__pydantic_fields_set__.add("id")
+            else:
+                result.id = request.id or job.id
     return Message(
         MessageType.RESULT,
         job.id,

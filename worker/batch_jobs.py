@@ -30,9 +30,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
+from conveyor.batching import Rows
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import hash_tag
-from conveyor.broker.wire import Job, JobDecoder
+from conveyor.broker.wire import Fields, Job, JobDecoder, Message, encode_rows
 from conveyor.errors import WireError
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.admission import Admission
@@ -242,8 +243,11 @@ class BatchJobs:
             if jobs.aborting:  # the worker stops now: the job stays pending
                 self._let_go(record)
                 continue
-            response, error = one.response, one.error
-            if error is None and isinstance(response, InferenceResponse):
+            response, error, rows = one.response, one.error, one.rows
+            message: Message | Fields
+            if error is None and rows is not None:
+                message = self._rows_answer(job, delivery, rows)
+            elif error is None and isinstance(response, InferenceResponse):
                 message = result_message(job, delivery, response)
             else:
                 if not isinstance(error, Exception):
@@ -254,6 +258,21 @@ class BatchJobs:
             answers.append((job, [message], delivery, record.deadline, record.acked, record.ended))
         slots.acking += len(answers)  # each keeps its slot until its ack is done
         self._broker.answer_soon(answers)
+
+    @staticmethod
+    def _rows_answer(job: Job, delivery: Delivery, rows: Rows) -> Message | Fields:
+        """A job's result from its rows of its batch's response, encoded as they are
+        (``encode_rows``: what ``result_message`` of its built response gives, without
+        building it); if they cannot be, the built response's message, which fails (or not)
+        as every answer's does."""
+        request = job.args[0]
+        response_id = (request.id if isinstance(request, InferenceRequest) else None) or job.id
+        try:
+            return encode_rows(
+                job.id, delivery.deliveries, delivery.entry_id.decode(), rows, response_id
+            )
+        except Exception:
+            return result_message(job, delivery, rows.build(response_id))
 
     def stop(self, record: _BatchedJob, reason: str) -> None:
         """Stops a job: its request taken back if its batch has not started, and answered

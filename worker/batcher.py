@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 
 # Merging and splitting live in the core, beside MLServer's BatchedRequests, which shares them.
-from conveyor.batching import merge_requests, split_response
+from conveyor.batching import Rows, merge_requests, split_response, split_rows
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters
 
 __all__ = (
@@ -42,12 +42,13 @@ Predict = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
 class _Item:
     """One caller's request, and its answer once its batch ran."""
 
-    __slots__ = ("error", "group", "request", "response", "taken", "token")
+    __slots__ = ("error", "group", "request", "response", "rows", "taken", "token")
 
     def __init__(self, request: InferenceRequest, group: _Group, token: object = None) -> None:
         self.request = request
         self.group = group
         self.response: InferenceResponse | None = None
+        self.rows: Rows | None = None  # a submitted request's answer, not built (see submit)
         self.error: BaseException | None = None
         self.taken = False  # in a batch that started
         self.token = token  # a submitted request's (see AdaptiveBatcher.submit); else None
@@ -55,16 +56,22 @@ class _Item:
 
 class Answered:
     """A submitted request's answer (see :meth:`AdaptiveBatcher.submit`): its ``token``, and
-    its ``response`` or the ``error`` it raised."""
+    its ``response`` (alone in its batch), its ``rows`` of the batch's response (not built:
+    the wire encodes them as they are, ``encode_rows``) or the ``error`` it raised."""
 
-    __slots__ = ("error", "response", "token")
+    __slots__ = ("error", "response", "rows", "token")
 
     def __init__(
-        self, token: object, response: InferenceResponse | None, error: BaseException | None
+        self,
+        token: object,
+        response: InferenceResponse | None,
+        error: BaseException | None,
+        rows: Rows | None = None,
     ) -> None:
         self.token = token
         self.response = response
         self.error = error
+        self.rows = rows
 
 
 class Submitted:
@@ -93,7 +100,7 @@ class _Group:
 
 def _answer_all(items: list[_Item], error: BaseException) -> None:
     for item in items:
-        if item.response is None and item.error is None:
+        if item.response is None and item.rows is None and item.error is None:
             item.error = error
 
 
@@ -108,7 +115,9 @@ def _wake_all(group: _Group, on_answers: Callable[[list[Answered]], None] | None
     if on_answers is None:
         return
     answered = [
-        Answered(item.token, item.response, item.error) for item in items if item.token is not None
+        Answered(item.token, item.response, item.error, item.rows)
+        for item in items
+        if item.token is not None
     ]
     if answered:
         try:
@@ -367,9 +376,9 @@ class AdaptiveBatcher:
             self._on_batch(len(items))
         try:
             if len(items) == 1:
-                responses = [await self._predict(requests[0])]
-            else:
-                responses = split_response(await self._predict(merge_requests(requests)), requests)
+                items[0].response = await self._predict(requests[0])
+                return True
+            parts = split_rows(await self._predict(merge_requests(requests)), requests)
         except Exception as error:
             if len(items) == 1:
                 items[0].error = error
@@ -380,6 +389,9 @@ class AdaptiveBatcher:
                 type(error).__name__,
             )
             return False
-        for item, response in zip(items, responses, strict=True):
-            item.response = response
+        for item, rows in zip(items, parts, strict=True):
+            if item.token is not None:  # submitted: encoded from its rows as they are
+                item.rows = rows
+            else:
+                item.response = rows.build(item.request.id)
         return True

@@ -15,6 +15,7 @@ from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
 from conveyor.worker.call_limit import CallLimit, Hold
 from conveyor.worker.execution import call
+from conveyor.worker.model_calls import instrument
 
 __all__ = ("ModelLoadFailed", "ModelRegistry", "ServedModel")
 
@@ -201,6 +202,7 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
     implementation = served.settings.implementation
     try:
         model = implementation(served.settings)
+        instrument(model)  # its calls in its model context (conveyor.log), timed
         ready = await call(model.load, limiter)
     except Exception as error:
         served.failure = f"load() raised {type(error).__name__}: {error}"

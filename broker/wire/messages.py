@@ -4,11 +4,17 @@ end, an error) and what a client writes to a ``predict_stream``'s input stream."
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import cast
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
+from conveyor.batching import Rows
 from conveyor.broker.wire.envelope import pack_envelope, unpack_envelope
-from conveyor.broker.wire.payloads import TAG_PLAIN, decode_payload, encode_payload
+from conveyor.broker.wire.payloads import (
+    TAG_PLAIN,
+    decode_payload,
+    encode_payload,
+    encode_rows_payload,
+)
 from conveyor.broker.wire.readable import add_tensors, count_text, missing, read_int, read_text
 from conveyor.broker.wire.schema import (
     WIRE_VERSION,
@@ -20,7 +26,7 @@ from conveyor.broker.wire.schema import (
 )
 from conveyor.errors import WireError
 
-__all__ = ("decode_message", "encode_message")
+__all__ = ("decode_message", "encode_message", "encode_rows")
 
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _MESSAGE_TYPES = {t.value.encode(): t for t in MessageType}
@@ -42,26 +48,65 @@ def encode_message(message: Message) -> Fields:
             f"a {kind.value!r} message must {'' if kind is MessageType.ERROR else 'not '}"
             "carry an error"
         )
-    attempt, seq = message.attempt, message.seq
+    return _encoded(
+        kind,
+        message.id,
+        message.attempt,
+        message.seq,
+        message.entry,
+        message.error,
+        encode_payload,
+        message.payload,
+    )
+
+
+def encode_rows(
+    message_id: str, attempt: int, entry: str, rows: Rows, response_id: str | None
+) -> Fields:
+    """``encode_message`` of a result whose payload is ``rows.build(response_id)`` (a batch's
+    answer), without building the response: the split arrays go to the envelope as they are.
+    The same fields (``tests/unit/test_wire_rows.py``)."""
+    if not message_id:
+        raise ValueError("message field 'id' must be a non-empty string")
+    return _encoded(
+        MessageType.RESULT, message_id, attempt, 0, entry, None, _rows_payload, (rows, response_id)
+    )
+
+
+def _rows_payload(value: tuple[Rows, str | None]) -> list[object]:
+    return encode_rows_payload(*value)
+
+
+def _encoded(
+    kind: MessageType,
+    message_id: str,
+    attempt: int,
+    seq: int,
+    entry: str,
+    error: ErrorInfo | None,
+    payload_of: Callable[[Any], list[object]],
+    value: Any,
+) -> Fields:
+    """The message's fields; its payload ``payload_of(value)``, encoded after the readable
+    fields (their errors first, as they always came)."""
     fields: Fields = {
         "type": _TYPE_TEXT[kind],
-        "id": message.id,
+        "id": message_id,
         # count_text(), inlined for the common case
         "attempt": str(attempt)
         if type(attempt) is int and attempt >= 0
         else count_text("attempt", attempt, 0),
         "seq": str(seq) if type(seq) is int and seq >= 0 else count_text("seq", seq, 0),
     }
-    if message.entry:
-        fields["entry"] = message.entry
-    error = message.error
+    if entry:
+        fields["entry"] = entry
     wire_error: dict[str, str] | None = None
     if error is not None:
         fields["code"] = error.code
         fields["error_type"] = error.type
         fields["error"] = error.message
         wire_error = {"code": error.code, "type": error.type, "message": error.message}
-    envelope = {"v": WIRE_VERSION, "payload": encode_payload(message.payload), "error": wire_error}
+    envelope = {"v": WIRE_VERSION, "payload": payload_of(value), "error": wire_error}
     fields["envelope"], tensors = pack_envelope(envelope)
     return add_tensors(fields, tensors)
 

@@ -13,11 +13,12 @@ from typing import cast
 import numpy as np
 import pydantic
 
+from conveyor.batching import Rows
 from conveyor.broker.wire.schema import Payload
 from conveyor.errors import WireError
 from conveyor.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
-__all__ = ("TAG_PLAIN", "decode_payload", "encode_payload")
+__all__ = ("TAG_PLAIN", "decode_payload", "encode_payload", "encode_rows_payload")
 
 TAG_PLAIN = "plain"
 _MODELS: dict[str, type[pydantic.BaseModel]] = {
@@ -101,6 +102,35 @@ def encode_payload(value: Payload) -> list[object]:
             f"{', '.join(_MODELS)}; send anything else as plain values"
         )
     return [TAG_PLAIN, value]
+
+
+def encode_rows_payload(rows: Rows, response_id: str | None) -> list[object]:
+    """``encode_payload(rows.build(response_id))``, without building the response: its fields
+    as :func:`_dump_model` dumps what ``Rows.build`` makes (every field set; those not None),
+    each output's data the view of its rows. ``tests/unit/test_wire_rows.py`` compares them."""
+    response, start, size = rows.response, rows.start, rows.size
+    end = start + size
+    outputs: list[object] = []
+    for output, array in zip(response.outputs, rows.arrays, strict=True):
+        part: dict[str, object] = {}
+        _put(part, "name", output.name)
+        part["shape"] = [size, *array.shape[1:]]
+        _put(part, "datatype", output.datatype)
+        _put(part, "parameters", output.parameters)
+        part["data"] = array[start:end]
+        outputs.append(part)
+    body: dict[str, object] = {}
+    _put(body, "model_name", response.model_name)
+    _put(body, "model_version", response.model_version)
+    _put(body, "id", response_id)
+    _put(body, "parameters", response.parameters)
+    body["outputs"] = outputs
+    return ["InferenceResponse", body]
+
+
+def _put(out: dict[str, object], name: str, value: object) -> None:
+    if value is not None:
+        out[name] = value if _KINDS.get(type(value)) == _LEAF else _dump_value(value)
 
 
 def decode_payload(value: object, where: str) -> Payload:

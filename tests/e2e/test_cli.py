@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from uuid import uuid4
 
+import httpx
 import numpy as np
 import pytest
 
@@ -213,7 +214,11 @@ def test_up_serves_the_examples_and_ctrl_c_stops_everything(
     tmp.mkdir()
     prefix = f"t{uuid4().hex[:10]}"
     up = Watched(
-        cli("up", "examples/models", "--workers", "2", "--prefix", prefix, "--log-level", "info"),
+        # free ports for the gateway: other tests may hold 8080
+        cli(
+            *("up", "examples/models", "--workers", "2", "--prefix", prefix),
+            *("--http-port", "0", "--grpc-port", "0", "--log-level", "info"),
+        ),
         environment(TMPDIR=str(tmp)),
     )
     cleanup.append(up)
@@ -221,13 +226,15 @@ def test_up_serves_the_examples_and_ctrl_c_stops_everything(
     url = up.wait_for(r"^conveyor: Redis at (redis://127\.0\.0\.1:\d+/0)$", timeout=30)[1]
     up.wait_for(r"^conveyor: 2 worker\(s\) ready", timeout=60)
     infer_line = up.wait_for(r"^  (conveyor infer .*)$")[1]
+    curl_line = up.wait_for(r"^  (curl .*)$")[1]
     up.wait_for(r"^conveyor: Ctrl-C stops everything\.$")
 
     kids = children(up.pid)
     cleanup.extend(kids)
     workers = [kid for kid in kids if "worker" in kid.cmdline]
-    servers = [kid for kid in kids if kid not in workers]
-    assert (len(workers), len(servers)) == (2, 1), kids
+    gateways = [kid for kid in kids if "gateway" in kid.cmdline]
+    servers = [kid for kid in kids if kid not in workers and kid not in gateways]
+    assert (len(workers), len(gateways), len(servers)) == (2, 1, 1), kids
     # redis-server rewrites its command line; it runs in its private directory, though.
     data_dir = Path(os.readlink(f"/proc/{servers[0].pid}/cwd"))
     assert data_dir.parent == tmp
@@ -245,6 +252,13 @@ def test_up_serves_the_examples_and_ctrl_c_stops_everything(
     assert (response.model_name, response.model_version) == ("numpy-linear", "v1")
     assert response.outputs[0].name == "y"
     np.testing.assert_array_equal(NumpyCodec.decode_output(response.outputs[0]), [[LINEAR_ANSWER]])
+    # The curl line, pasted as is: the gateway answers the same
+    curl = shlex.split(curl_line)
+    assert curl[:2] == ["curl", "-s"]
+    assert json.loads(curl[curl.index("-d") + 1]) == LINEAR_REQUEST
+    posted = httpx.post(curl[2], content=curl[curl.index("-d") + 1], timeout=10)
+    assert posted.status_code == 200, posted.text
+    assert posted.json()["outputs"] == json.loads(result.stdout)["outputs"]
 
     mark = up.mark()
     up.ctrl_c()
@@ -282,14 +296,17 @@ def test_up_ctrl_c_while_workers_start_stops_at_once(
         '{"name": "slow", "implementation": "slow.SlowModel"}'
     )
     up = Watched(
-        cli("up", str(tmp_path / "models"), "--workers", "2", "--log-level", "info"),
+        cli(
+            *("up", str(tmp_path / "models"), "--workers", "2", "--log-level", "info"),
+            *("--http-port", "0", "--grpc-port", "0"),
+        ),
         environment(TMPDIR=str(tmp)),
     )
     cleanup.append(up)
     up.wait_for_all(r"supervisor\.started child=\d pid=\d+", 2)
     kids = children(up.pid)
     cleanup.extend(kids)
-    assert len(kids) == 3, kids  # Redis and two workers, which will not be ready
+    assert len(kids) == 4, kids  # Redis, a gateway and two workers, which will not be ready
 
     up.ctrl_c()
     started = time.monotonic()

@@ -5,7 +5,8 @@ compose would run it in its container: the image's ENTRYPOINT (or the service's 
 service's ``command``, image paths mapped back to the repository through the Dockerfile's
 COPY lines, the service's ``environment`` with the host ``redis`` resolved to a private server
 started from the ``redis`` service's own command. Two worker replicas serve the example
-client; SIGTERM stops them with exit 0.
+client and the gateway (on free ports here: its published ports are checked against its
+command); SIGTERM stops them with exit 0.
 
 The compose commands pass no ``--prefix``: the private server makes the default one safe.
 """
@@ -26,11 +27,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import pytest
 import redis
 
 from conveyor.embedded import RedisServer
-from tests.support.fleet import WorkerProcess
+from tests.support.fleet import GatewayProcess, WorkerProcess
 
 yaml = pytest.importorskip("yaml", reason="PyYAML parses docker-compose.yml (the dev extra)")
 
@@ -204,7 +206,7 @@ def test_dockerignore_keeps_out_what_the_image_does_not_need(image: Image) -> No
 @pytest.mark.timeout(10)
 def test_compose_structure(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "worker", "client"}
+    assert set(services) == {"redis", "worker", "gateway", "client"}
 
     redis_service = services["redis"]
     assert redis_service["image"] == "redis:7.4-alpine"
@@ -229,12 +231,24 @@ def test_compose_structure(compose: dict[str, Any]) -> None:
     assert durations(worker["stop_grace_period"]) > float(grace)
     assert worker["command"][0] == "worker"
 
+    gateway = services["gateway"]
+    assert gateway["image"] == worker["image"]
+    assert gateway["build"] == worker["build"]
+    command = gateway["command"]
+    assert command[0] == "gateway"
+    assert option(command, "--host") == "0.0.0.0"
+    published = {int(mapping.split(":")[-1]) for mapping in gateway["ports"]}
+    ports = (option(command, "--http-port"), option(command, "--grpc-port"))
+    assert published == {int(str(port)) for port in ports}
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert gateway["stop_signal"] == "SIGTERM"
+
     client = services["client"]
     assert client["restart"] == "no"  # the string: YAML's bare no is False, which compose refuses
     assert client["depends_on"]["worker"]["condition"] == "service_started"
     assert client["image"] == worker["image"]  # one image, built from the Dockerfile
     assert client["build"] == worker["build"]
-    for service in (worker, client):
+    for service in (worker, gateway, client):
         assert "container_name" not in service
         url = service["environment"]["CONVEYOR_REDIS_URL"]
         assert urlsplit(url).hostname == "redis"  # the service, by its name
@@ -317,6 +331,15 @@ def test_services_run_locally(
     for replica in started:
         replica.wait_for_log("worker.started")
 
+    # gateway: its command, on loopback and free ports (the test's machine is no container)
+    gateway_service = services["gateway"]
+    local = service_argv(image, gateway_service)
+    for name, value in (("--host", "127.0.0.1"), ("--http-port", "0"), ("--grpc-port", "0")):
+        local[local.index(name) + 1] = value
+    gateway = GatewayProcess(local, service_env(gateway_service, server.url))
+    started.append(gateway)
+    gateway.wait_started()
+
     # client: one shot, exit 0, a prediction and a streamed answer in its output
     client = services["client"]
     result = subprocess.run(
@@ -335,6 +358,12 @@ def test_services_run_locally(
     )
     assert any(line.startswith("100 concurrent predict calls: 100 correct") for line in lines)
 
+    # the compose file's curl line, through the gateway
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+    answer = httpx.post(f"{gateway.http_url}/v2/models/numpy-linear/infer", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == [5.5]
+
     # `docker compose exec worker conveyor inspect`: both replicas registered
     inspect = subprocess.run(
         [sys.executable, "-m", "conveyor.cli", "inspect", "--json"],
@@ -345,14 +374,17 @@ def test_services_run_locally(
     )
     assert inspect.returncode == 0, inspect.stderr
     document = json.loads(inspect.stdout)
-    assert sorted(w["pid"] for w in document["workers"]) == sorted(r.pid for r in started)
+    replicas = [process for process in started if process is not gateway]
+    assert sorted(w["pid"] for w in document["workers"]) == sorted(r.pid for r in replicas)
     served = {m["name"] for m in document["models"]}
     assert {"numpy-linear", "token-streamer"} <= served
 
     # docker compose stop: stop_signal to each replica, exit 0 well within stop_grace_period
     grace = durations(worker["stop_grace_period"])
-    for replica in started:
+    for replica in replicas:
         replica.signal(getattr(signal, worker["stop_signal"]))
-    for replica in started:
+    for replica in replicas:
         assert replica.wait(timeout=grace) == 0, replica.log()
         replica.wait_for_log("worker.stopped")
+    gateway.signal(getattr(signal, gateway_service["stop_signal"]))
+    assert gateway.wait(timeout=durations(gateway_service["stop_grace_period"])) == 0, gateway.log()

@@ -12,6 +12,8 @@ PUBLIC = {
         "ModelParameters",
         "ModelSettings",
         "custom_handler",
+        "log",
+        "register",
     ],
     "conveyor.client": ["Client", "ParallelModel"],
     "conveyor.worker": ["Worker", "WorkerSettings"],
