@@ -126,13 +126,18 @@ def worker(
     ] = 10.0,
     grace_period: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (one for all --processes)."),
     ] = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
     failure_report: Annotated[
         Path | None,
         typer.Option(hidden=True, help="Where a supervised worker reports a model's failed load."),
+    ] = None,
+    metrics_dir: Annotated[
+        Path | None,
+        typer.Option(hidden=True, help="Where a supervised worker writes its metrics."),
     ] = None,
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
@@ -147,17 +152,12 @@ def worker(
         args += ["--prefix", prefix, "--concurrency", str(concurrency)]
         args += ["--heartbeat-ttl", str(heartbeat_ttl), "--grace-period", str(grace_period)]
         args += ["--log-level", log_level, "--log-format", log_format]
-
-        def child_args(index: int) -> list[str]:
-            # each process serves its metrics on a port of its own: P, P+1, ...
-            return [] if metrics_port is None else ["--metrics-port", str(metrics_port + index)]
-
         code = supervise(
             worker_argv(args),
             processes,
             grace_period,
             env=worker_env(url, processes),
-            extra=child_args,
+            metrics_port=metrics_port,  # one endpoint, every child's metrics summed
         )
         raise typer.Exit(code)
 
@@ -173,6 +173,7 @@ def worker(
         heartbeat_ttl=heartbeat_ttl,
         grace_period=grace_period,
         metrics_port=metrics_port,
+        metrics_dir=str(metrics_dir) if metrics_dir is not None else None,
     )
     if name:
         settings.name = name

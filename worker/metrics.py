@@ -1,47 +1,68 @@
-"""A worker's Prometheus metrics, in a registry of its own (never the global one)."""
+"""A worker's Prometheus metrics, in a registry of its own (never the global one).
+
+Per job: its queue wait (sent -> taken), its model call's run time (worker.model_calls; a
+batch's call counts once), its reply time (the call's end -> the answer stored; jobs that run
+alone) and its whole time (taken -> answer stored). Under ``--processes N`` (``multiprocess``)
+every value goes to prometheus-client's files in ``PROMETHEUS_MULTIPROC_DIR``, which the
+supervisor serves summed (worker.supervisor): the loop's own histograms are written there
+every second and when the worker stops (:meth:`WorkerMetrics.flush`).
+"""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import values as prometheus_values
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from conveyor import metrics as model_metrics
-from conveyor.methods import ModelMethods, exposed_methods
-from conveyor.model import MLModel
+from conveyor.worker.model_calls import LATENCY_BUCKETS, MODEL_CALLS, current_job
 
-__all__ = ("JobMetrics", "WorkerMetrics", "instrument")
+__all__ = ("JobMetrics", "WorkerMetrics")
 
-# Seconds: from sub-millisecond no-op models to generations of minutes.
-_LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
-)  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FLUSH_EVERY_S = 1.0  # multiprocess mode: how stale a scrape of the loop's histograms may be
 
 
-class JobMetrics:
+class _Children:
     """The label children one (model, method) updates for each job, looked up once."""
 
-    __slots__ = ("latency", "ok", "wait")
+    __slots__ = ("latency", "ok", "reply", "wait")
 
-    def __init__(self, wait: Any, latency: Any, ok: Any) -> None:
+    def __init__(self, wait: Any, latency: Any, ok: Any, reply: Any) -> None:
         self.wait = wait  # queue wait of the model
         self.latency = latency
         self.ok = ok  # jobs with outcome "ok"
+        self.reply = reply
+
+
+class JobMetrics:
+    """One job's metrics: its (model, method)'s label children, and when its model call
+    ended (marked by worker.model_calls while the job is the task's current one)."""
+
+    __slots__ = ("children", "done", "ran_until")
+
+    def __init__(self, children: _Children) -> None:
+        self.children = children
+        self.ran_until = 0.0  # time.perf_counter() at the end of its model call; 0: not known
+        self.done = False
 
 
 class WorkerMetrics:
-    """Jobs by model, method and outcome; latency, queue wait and batch size histograms;
-    jobs in flight; reclaimed and dead-lettered jobs."""
+    """Jobs by model, method and outcome; queue wait, run, reply, job and batch size
+    histograms; jobs in flight; reclaimed and dead-lettered jobs."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.multiprocess = multiprocess
         self.jobs = Counter(
             "conveyor_worker_jobs",
             "Jobs finished, by model, method and outcome (ok, error, cancelled, deadline, "
@@ -52,16 +73,23 @@ class WorkerMetrics:
         # observed for every job: lock-free histograms (_LoopHistogram)
         self.latency = _LoopHistogram(
             "conveyor_worker_job_seconds",
-            "Time from taking a job to writing its answer",
+            "Time from taking a job to storing its answer",
             ("model", "method"),
-            _LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
             self.registry,
         )
         self.queue_wait = _LoopHistogram(
             "conveyor_worker_queue_wait_seconds",
             "Time from the client sending a job to a worker taking it",
             ("model",),
-            _LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
+            self.registry,
+        )
+        self.reply = _LoopHistogram(
+            "conveyor_worker_reply_seconds",
+            "Time from the end of a job's model call to its answer stored (jobs run alone)",
+            ("model", "method"),
+            LATENCY_BUCKETS,
             self.registry,
         )
         self.batch_size = Histogram(
@@ -72,17 +100,21 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "conveyor_worker_jobs_in_flight", "Jobs this worker runs now", registry=self.registry
+            "conveyor_worker_jobs_in_flight",
+            "Jobs this worker runs now",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # the processes alive now, summed
         )
+        self._in_flight: Callable[[], int] | None = None
         self.reclaimed = Counter(
             "conveyor_worker_reclaimed_jobs",
             "Jobs taken over from a worker that stopped",
             ["model"],
             registry=self.registry,
         )
-        self._children: dict[tuple[str, str], JobMetrics] = {}
+        self._children: dict[tuple[str, str], _Children] = {}
         # model calls' run time and the models' own metrics (conveyor.log), process-wide
-        self.registry.register(_Chained(_MODEL_CALLS, model_metrics.REGISTRY))
+        self.registry.register(_Chained(MODEL_CALLS, model_metrics.REGISTRY))
         self.dead_lettered = Counter(
             "conveyor_worker_dead_lettered_jobs",
             "Jobs moved to the dead-letter stream",
@@ -91,32 +123,57 @@ class WorkerMetrics:
         )
 
     def children(self, model: str, method: str) -> JobMetrics:
-        """The cached label children of a job of ``model`` and ``method``."""
+        """The metrics of one job of ``model`` and ``method`` (a new one for each job)."""
         children = self._children.get((model, method))
         if children is None:
-            children = self._children[(model, method)] = JobMetrics(
+            children = self._children[(model, method)] = _Children(
                 self.queue_wait.labels(model),
                 self.latency.labels(model, method),
                 self.jobs.labels(model, method, "ok"),
+                self.reply.labels(model, method),
             )
-        return children
+        return JobMetrics(children)
 
-    def job_taken(self, children: JobMetrics, waited: float) -> None:
-        """A job taken after ``waited`` seconds in its queue."""
-        children.wait.observe(waited)
+    def job_taken(self, job: JobMetrics, waited: float) -> None:
+        """A job taken after ``waited`` seconds in its queue; the task's current job."""
+        job.children.wait.observe(waited)
+        current_job.set(job)  # in the job's own task: its model call marks its end here
 
     def job_done(
-        self, children: JobMetrics, model: str, method: str, outcome: str, seconds: float
+        self, job: JobMetrics, model: str, method: str, outcome: str, seconds: float
     ) -> None:
         """One finished job: its outcome and latency."""
+        job.done = True
+        children = job.children
         children.latency.observe(seconds)
+        if job.ran_until:
+            children.reply.observe(max(time.perf_counter() - job.ran_until, 0.0))
         if outcome == "ok":
             children.ok.inc()
         else:
             self.jobs.labels(model, method, outcome).inc()
 
     def track_in_flight(self, count: Callable[[], int]) -> None:
-        self.in_flight.set_function(lambda: float(count()))
+        if self.multiprocess:
+            self._in_flight = count  # a gauge's function is not seen in the files: flushed
+        else:
+            self.in_flight.set_function(lambda: float(count()))
+
+    def flush(self) -> None:
+        """Multiprocess mode: writes the loop's histograms and the jobs in flight to this
+        process's files (a scrape reads them there). Call it on the loop."""
+        if not self.multiprocess:
+            return
+        for histogram in (self.latency, self.queue_wait, self.reply):
+            histogram.flush()
+        if self._in_flight is not None:
+            self.in_flight.set(self._in_flight())
+
+    async def flush_every(self, period: float = FLUSH_EVERY_S) -> None:
+        """Multiprocess mode: :meth:`flush` every ``period`` seconds, until cancelled."""
+        while self.multiprocess:
+            await anyio.sleep(period)
+            self.flush()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serves ``/metrics`` over HTTP from a daemon thread."""
@@ -157,6 +214,7 @@ class _LoopHistogram:
         self._labelnames = list(labelnames)
         self._bounds = tuple(float(bound) for bound in buckets)
         self._series: dict[tuple[str, ...], _Series] = {}
+        self._written: dict[tuple[str, ...], list[Any]] = {}  # multiprocess values, by series
         registry.register(self)
 
     def labels(self, *values: str) -> _Series:
@@ -164,6 +222,28 @@ class _LoopHistogram:
         if series is None:
             series = self._series[values] = _Series(self._bounds)
         return series
+
+    def flush(self) -> None:
+        """Writes each series' counts and sum to prometheus-client's multiprocess values
+        (this process's files), as its own Histogram would hold them."""
+        for values, series in list(self._series.items()):
+            written = self._written.get(values)
+            if written is None:
+                written = self._written[values] = self._values(values)
+            counts, total = list(series.counts), series.sum
+            for value, count in zip(written, (*counts, total), strict=True):
+                value.set(count)
+
+    def _values(self, values: tuple[str, ...]) -> list[Any]:
+        """One value per bucket (not cumulative, as prometheus-client stores them), then the sum."""
+        make, name, doc = prometheus_values.ValueClass, self._name, self._documentation
+        labels = (*self._labelnames, "le")
+        bounds = [floatToGoString(b) for b in (*self._bounds, float("inf"))]  # type: ignore[no-untyped-call]
+        buckets = [
+            make("histogram", name, f"{name}_bucket", labels, (*values, bound), doc)
+            for bound in bounds
+        ]
+        return [*buckets, make("histogram", name, f"{name}_sum", self._labelnames, values, doc)]
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -196,100 +276,3 @@ def _le(bound: float) -> str:
     if bound == float("inf"):
         return "+Inf"
     return repr(float(bound))
-
-
-# One model call (a batch's call counts once), in any thread: prometheus_client's Histogram,
-# which takes a lock. In this module's registry: each WorkerMetrics serves it.
-_MODEL_CALLS = CollectorRegistry()
-_RUN = Histogram(
-    "conveyor_worker_run_seconds",
-    "Time a model's method ran (one call; a batched predict counts once)",
-    ["model", "version", "method"],
-    buckets=_LATENCY_BUCKETS,
-    registry=_MODEL_CALLS,
-)
-_LOAD_METHODS = (ModelMethods.Load.value, ModelMethods.Unload.value)
-
-
-def instrument(model: MLModel) -> None:
-    """Runs each method of ``model`` a job may call (and ``load``/``unload``) in its model
-    context (what ``conveyor.log`` labels values with), timing each call of the exposed ones
-    (``conveyor_worker_run_seconds``; a stream's whole run is its job's time).
-
-    The instance's attributes shadow its class's methods; each wrapper is of the same kind as
-    the method (``async def``, ``def``, generator, async generator), so the worker runs it as
-    it would the method."""
-    labels = (model.name, model.version or "")
-    for name in (*exposed_methods(model), *_LOAD_METHODS):
-        method = getattr(model, name, None)
-        if callable(method):
-            timer = None if name in _LOAD_METHODS else _RUN.labels(*labels, name)
-            setattr(model, name, functools.wraps(method)(_in_context(method, labels, timer)))
-
-
-def _in_context(
-    method: Callable[..., Any], labels: tuple[str, str], timer: Any
-) -> Callable[..., Any]:
-    current = model_metrics.current_model
-    if inspect.isasyncgenfunction(method):
-
-        async def async_steps(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-            steps = method(*args, **kwargs)
-            try:
-                while True:
-                    token = current.set(labels)  # per step: no context held across a yield
-                    try:
-                        item = await steps.__anext__()
-                    except StopAsyncIteration:
-                        return
-                    finally:
-                        current.reset(token)
-                    yield item
-            finally:
-                await steps.aclose()
-
-        return async_steps
-    if inspect.isgeneratorfunction(method):
-
-        def steps(*args: Any, **kwargs: Any) -> Iterator[Any]:
-            generator = method(*args, **kwargs)
-            try:
-                while True:
-                    # each step may run in another thread (execution.iterate)
-                    token = current.set(labels)
-                    try:
-                        item = next(generator)
-                    except StopIteration:
-                        return
-                    finally:
-                        current.reset(token)
-                    yield item
-            finally:
-                generator.close()
-
-        return steps
-    if inspect.iscoroutinefunction(method):
-
-        async def awaited(*args: Any, **kwargs: Any) -> Any:
-            token = current.set(labels)
-            started = time.perf_counter()
-            try:
-                return await method(*args, **kwargs)
-            finally:
-                current.reset(token)
-                if timer is not None:
-                    timer.observe(time.perf_counter() - started)
-
-        return awaited
-
-    def called(*args: Any, **kwargs: Any) -> Any:
-        token = current.set(labels)
-        started = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            current.reset(token)
-            if timer is not None:
-                timer.observe(time.perf_counter() - started)
-
-    return called

@@ -15,7 +15,7 @@ from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
 from conveyor.worker.call_limit import CallLimit, Hold
 from conveyor.worker.execution import call
-from conveyor.worker.metrics import instrument
+from conveyor.worker.model_calls import instrument
 
 __all__ = ("ModelLoadFailed", "ModelRegistry", "ServedModel")
 

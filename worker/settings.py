@@ -28,6 +28,9 @@ class WorkerSettings:
     grace_period: float = 30.0  # on SIGTERM, how long in-flight jobs may take to finish
     read_block: float = 1.0  # longest wait of one read; bounds how fast a stop is noticed
     metrics_port: int | None = None  # serve Prometheus metrics on this port
+    # Under a supervisor (--processes N): the metrics go to prometheus-client's files there
+    # (its PROMETHEUS_MULTIPROC_DIR), which the supervisor serves for all its processes.
+    metrics_dir: str | None = None
     # gc.freeze() what is alive once the models are loaded, for the worker's life (gc.unfreeze()
     # when run returns): full collections then skip it. Off when the worker shares a process.
     freeze_gc: bool = True

@@ -5,10 +5,17 @@ the error, the traceback) before it exits. The supervisor prints each different 
 once, traceback included, and gives up after :data:`MAX_FAILED_STARTS` such starts in a
 row of one child (:class:`WorkersCannotStart`): a model that does not load will not load
 on the next try either, and restarting it forever only floods the terminal.
+
+With ``metrics_port``, the children write their metrics to prometheus-client's files
+(multiprocess mode, as MLServer's parallel workers: ``PROMETHEUS_MULTIPROC_DIR``, a folder of
+the supervisor's, empty at start and removed at stop) and the supervisor serves them, summed,
+on one ``/metrics``; a child that exits is marked dead there (its live gauges drop out, its
+counters stay: totals never go back).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -32,14 +39,27 @@ _STABLE_S = 10.0  # a child that lived this long resets its backoff
 MAX_FAILED_STARTS = 3  # a child's failed loads in a row before the supervisor gives up
 
 
+_MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
 class _Child:
     def __init__(
-        self, index: int, argv: Sequence[str], env: Mapping[str, str] | None, report: Path
+        self,
+        index: int,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None,
+        report: Path,
+        metrics_dir: Path | None = None,
     ) -> None:
         self.index = index
         self.report = report
         self.argv = [*argv, "--failure-report", str(report)]
         self.env = dict(env) if env is not None else None
+        if metrics_dir is not None:
+            # prometheus-client picks its multiprocess values at import, from the environment
+            self.env = {**(self.env if self.env is not None else os.environ)}
+            self.env[_MULTIPROC_VARIABLE] = str(metrics_dir)
+            self.argv += ["--metrics-dir", str(metrics_dir)]
         self.backoff = 0.5
         self.restart_at = 0.0
         self.started = 0.0
@@ -74,29 +94,64 @@ def supervise(
     on_started: Callable[[], None] | None = None,
     env: Mapping[str, str] | None = None,
     extra: Callable[[int], Sequence[str]] | None = None,
+    *,
+    metrics_port: int | None = None,
 ) -> int:
     """Runs ``processes`` copies of ``child_argv`` until SIGTERM/SIGINT/SIGHUP, then stops them.
 
     A child that exits is started again after a backoff that doubles up to 30 s (and
     resets once a child has lived 10 s). Returns 0 after a clean stop. Raises
     :class:`WorkersCannotStart` (after stopping every child) once a child's model failed to
-    load :data:`MAX_FAILED_STARTS` times in a row.
+    load :data:`MAX_FAILED_STARTS` times in a row. With ``metrics_port``, serves every
+    child's metrics, summed, on ``http://0.0.0.0:<metrics_port>/metrics``.
     """
-    with tempfile.TemporaryDirectory(prefix="conveyor-supervisor-") as reports:
+    with tempfile.TemporaryDirectory(prefix="conveyor-supervisor-") as folder:
+        run = Path(folder)
+        metrics_dir = None
+        if metrics_port is not None:
+            metrics_dir = run / "metrics"
+            metrics_dir.mkdir()
         children = [
             _Child(
                 i,
                 [*child_argv, *(extra(i) if extra else ())],
                 env,
-                Path(reports) / f"child-{i}.json",
+                run / f"child-{i}.json",
+                metrics_dir,
             )
             for i in range(processes)
         ]
-        return _supervise(children, grace_period, on_started)
+        with _serving_metrics(metrics_port, metrics_dir) as on_exit:
+            return _supervise(children, grace_period, on_started, on_exit)
+
+
+@contextlib.contextmanager
+def _serving_metrics(port: int | None, folder: Path | None) -> Iterator[Callable[[int], None]]:
+    """Serves the children's metrics files (summed) on ``port``; yields what to call with the
+    pid of a child that exited."""
+    if port is None or folder is None:
+        yield lambda pid: None
+        return
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
+    server, thread = start_http_server(port, registry=registry)
+    logger.info("supervisor.metrics port=%d", port)
+    try:
+        yield lambda pid: mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def _supervise(
-    children: list[_Child], grace_period: float, on_started: Callable[[], None] | None
+    children: list[_Child],
+    grace_period: float,
+    on_started: Callable[[], None] | None,
+    on_exit: Callable[[int], None],
 ) -> int:
     stopping = False
     shown: set[str] = set()  # failures printed already (with their traceback)
@@ -119,6 +174,7 @@ def _supervise(
             for child in children:
                 process = child.process
                 if process is not None and process.poll() is not None:
+                    on_exit(process.pid)
                     if now - child.started > _STABLE_S:
                         child.backoff = 0.5
                     failure = child.failure()

@@ -57,7 +57,7 @@ class Worker:
         self.keys = Keys(settings.prefix)
         self.registry = ModelRegistry(list(models), self.keys)
         self.stats = WorkerStats(models=self.registry.names())
-        self.metrics = WorkerMetrics()
+        self.metrics = WorkerMetrics(multiprocess=settings.metrics_dir is not None)
         self.slots = Slots(self.stats.in_flight)
         self.jobs = RunningJobs()  # every job task, and how each is stopped
         self.metrics.track_in_flight(lambda: len(self.stats.in_flight) - self.slots.acking)
@@ -195,6 +195,7 @@ class Worker:
                         batch_jobs.take,
                     )
                     infra.start_soon(broker.run_writers)
+                    infra.start_soon(self.metrics.flush_every)
                     infra.start_soon(control.run, cursors)
                     if handle_signals:
                         # started once it handles them: a signal sent on "worker.started" is seen
@@ -227,6 +228,7 @@ class Worker:
                             await bookkeeper.leave(self.registry.all_job_streams())
                     infra.cancel_scope.cancel()
             finally:
+                self.metrics.flush()  # its last jobs: seen by the supervisor's scrapes
                 if frozen:
                     gc.unfreeze()
                 with anyio.CancelScope(shield=True):

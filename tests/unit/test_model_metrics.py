@@ -13,7 +13,7 @@ from conveyor import metrics
 from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
 from conveyor.worker import execution
-from conveyor.worker.metrics import instrument
+from conveyor.worker.model_calls import instrument
 
 
 def _count(name: str, model: str) -> float | None:

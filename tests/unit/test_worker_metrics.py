@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from conveyor.worker.metrics import _LATENCY_BUCKETS, WorkerMetrics
+from conveyor.worker.metrics import WorkerMetrics
+from conveyor.worker.model_calls import LATENCY_BUCKETS
 
 _VALUES = (0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.5, 1, 59.9, 60, 61, 1e9)
 
@@ -24,7 +25,7 @@ def test_a_loop_histogram_exposes_what_prometheus_clients_would() -> None:
         "conveyor_worker_queue_wait_seconds",
         "doc",
         ["model"],
-        buckets=_LATENCY_BUCKETS,
+        buckets=LATENCY_BUCKETS,
         registry=reference,
     )
     for value in _VALUES:
