@@ -24,6 +24,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from conveyor.client import Client
+from conveyor.types import InferenceRequest, RequestInput, ResponseOutput
 from tests.support.fleet import (
     EXAMPLES,
     MODELS,
@@ -85,10 +87,10 @@ def fleet(redis_url: str) -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def worker(fleet: Fleet) -> WorkerProcess:
-    """echo, fails, ticker, small-limit, counter, token-streamer; and `bounded` (a queue of
-    at most 3 jobs) on a worker of its own that runs one job at a time."""
+    """tests/models/common's and examples/models' models; and `bounded` (a queue of at most 3
+    jobs) on a worker of its own that runs one job at a time."""
     bounded = fleet.start(TESTS / "limited", extra=["--concurrency", "1"], wait=False)
-    worker = fleet.start(MODELS, EXAMPLES / "token-streamer")
+    worker = fleet.start(MODELS, EXAMPLES)
     bounded.wait_for_log("worker.started")
     return worker
 
@@ -269,6 +271,51 @@ async def test_aio_client(gateway: GatewayProcess) -> None:
         with pytest.raises(InferenceServerException) as caught:
             await client.infer("fails", [infer_input("x", array)])
         assert failure(caught) == ("StatusCode.INTERNAL", "ValueError: cannot handle 1 inputs")
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_the_examples_answer_as_the_client_does(
+    gateway: GatewayProcess, fleet: Fleet
+) -> None:
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    words = np.array([b"hello big world"], dtype=object)
+    cases = {
+        "numpy-linear": {"x": x},
+        "echo-sync": {"x": x, "words": words, "flags": TENSORS["BOOL"]},
+        "token-streamer": {"prompt": words},
+    }
+    async with (
+        Client(fleet.redis_url, prefix=fleet.prefix, timeout=10) as conveyor,
+        triton_aio.InferenceServerClient(gateway.grpc_address) as client,
+    ):
+        for model, arrays in cases.items():
+            inputs = [infer_input(name, array) for name, array in arrays.items()]
+            request = InferenceRequest(
+                inputs=[
+                    RequestInput(name=i.name(), shape=i.shape(), datatype=i.datatype(), data=a)
+                    for i, a in zip(inputs, arrays.values(), strict=True)
+                ]
+            )
+            expected = await conveyor.model(model).predict(request)
+            result = await client.infer(model, inputs)
+            assert [out.name for out in result.get_response().outputs] == [
+                out.name for out in expected.outputs
+            ]
+            for out in expected.outputs:
+                tensor = result.get_output(out.name)
+                assert (tensor.datatype, list(tensor.shape)) == (out.datatype, out.shape)
+                np.testing.assert_array_equal(result.as_numpy(out.name), as_array(out))
+
+
+def as_array(out: ResponseOutput) -> np.ndarray:
+    """An output's elements as tritonclient reads them (BYTES as bytes)."""
+    data = np.asarray(out.data.root).reshape(out.shape)
+    if out.datatype == "BYTES":
+        data = np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(
+            data
+        )
+    return data
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -478,6 +525,17 @@ def test_a_stream_in_typed_contents_goes_to_one_model(
         wait_acked(probe, f"{fleet.prefix}:{{echo}}:jobs")
     finally:
         probe.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_to_a_model_without_predict_stream(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """MLServer's default predict_stream (one stream, one job): the first request answered
+    by predict, the rest unread; the stream then ends cleanly. (Triton would answer each.)"""
+    asks = [fp64_request("echo-sync", 1.0), fp64_request("echo-sync", 2.0)]
+    answers = list(stub.ModelStreamInfer(iter(asks), timeout=10))
+    assert [list(a.infer_response.outputs[0].contents.fp64_contents) for a in answers] == [[1.0]]
 
 
 @pytest.mark.anyio
