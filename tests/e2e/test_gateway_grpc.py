@@ -527,6 +527,17 @@ def test_a_stream_in_typed_contents_goes_to_one_model(
         probe.close()
 
 
+@pytest.mark.timeout(30)
+def test_a_stream_to_a_model_without_predict_stream(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """MLServer's default predict_stream (one stream, one job): the first request answered
+    by predict, the rest unread; the stream then ends cleanly. (Triton would answer each.)"""
+    asks = [fp64_request("echo-sync", 1.0), fp64_request("echo-sync", 2.0)]
+    answers = list(stub.ModelStreamInfer(iter(asks), timeout=10))
+    assert [list(a.infer_response.outputs[0].contents.fp64_contents) for a in answers] == [[1.0]]
+
+
 @pytest.mark.anyio
 @pytest.mark.timeout(30)
 async def test_a_cancelled_stream_cancels_its_job(
