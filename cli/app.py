@@ -139,6 +139,14 @@ def worker(
         Path | None,
         typer.Option(hidden=True, help="Where a supervised worker writes its metrics."),
     ] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(help="Serve /live and /ready on this port (one for all --processes)."),
+    ] = None,
+    health_file: Annotated[
+        Path | None,
+        typer.Option(hidden=True, help="Where a supervised worker writes its readiness."),
+    ] = None,
 ) -> None:
     """Serve the models of MODEL_DIRS until SIGTERM or Ctrl-C."""
     setup_logging(log_level, log_format)
@@ -158,6 +166,8 @@ def worker(
             grace_period,
             env=worker_env(url, processes),
             metrics_port=metrics_port,  # one endpoint, every child's metrics summed
+            health_port=health_port,  # ready when every child is
+            heartbeat_ttl=heartbeat_ttl,
         )
         raise typer.Exit(code)
 
@@ -174,6 +184,8 @@ def worker(
         grace_period=grace_period,
         metrics_port=metrics_port,
         metrics_dir=str(metrics_dir) if metrics_dir is not None else None,
+        health_port=health_port,
+        health_file=str(health_file) if health_file is not None else None,
     )
     if name:
         settings.name = name

@@ -314,10 +314,11 @@ class Client:
                         finished = True
                         return
                     else:
-                        # the job is over, unless the stream broke: then stop its restart
-                        finished = not (
-                            message.error is not None
-                            and message.error.code == ErrorCode.STREAM_INTERRUPTED
+                        # the job is over, unless the stream broke (then stop its restart)
+                        # or the caller's own inputs failed (the worker still waits on them)
+                        finished = message.error is None or message.error.code not in (
+                            ErrorCode.STREAM_INTERRUPTED,
+                            ErrorCode.INPUT_ERROR,
                         )
                         result(job, message)
             except TimeoutError:

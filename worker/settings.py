@@ -31,6 +31,8 @@ class WorkerSettings:
     # Under a supervisor (--processes N): the metrics go to prometheus-client's files there
     # (its PROMETHEUS_MULTIPROC_DIR), which the supervisor serves for all its processes.
     metrics_dir: str | None = None
+    health_port: int | None = None  # serve /live and /ready on this port (worker.health)
+    health_file: str | None = None  # under a supervisor: where its state goes after each beat
     # gc.freeze() what is alive once the models are loaded, for the worker's life (gc.unfreeze()
     # when run returns): full collections then skip it. Off when the worker shares a process.
     freeze_gc: bool = True

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from conveyor.errors import WorkersCannotStart
+from conveyor.worker.health import children_ready, serving_health
 
 __all__ = ("MAX_FAILED_STARTS", "WorkersCannotStart", "supervise", "worker_argv", "worker_env")
 
@@ -53,7 +54,8 @@ class _Child:
     ) -> None:
         self.index = index
         self.report = report
-        self.argv = [*argv, "--failure-report", str(report)]
+        self.health = report.with_suffix(".health")  # its state after each heartbeat
+        self.argv = [*argv, "--failure-report", str(report), "--health-file", str(self.health)]
         self.env = dict(env) if env is not None else None
         if metrics_dir is not None:
             # prometheus-client picks its multiprocess values at import, from the environment
@@ -76,6 +78,11 @@ class _Child:
             self.report.unlink(missing_ok=True)
         return document if isinstance(document, dict) else None
 
+    def running_pid(self) -> int | None:
+        """Its pid while it runs (read by other threads: never reaps it)."""
+        process = self.process
+        return process.pid if process is not None and process.returncode is None else None
+
     def start(self) -> None:
         self.report.unlink(missing_ok=True)
         # Own session, as RedisServer's child: a terminal's Ctrl-C (sent to the whole
@@ -96,6 +103,8 @@ def supervise(
     extra: Callable[[int], Sequence[str]] | None = None,
     *,
     metrics_port: int | None = None,
+    health_port: int | None = None,
+    heartbeat_ttl: float = 10.0,
 ) -> int:
     """Runs ``processes`` copies of ``child_argv`` until SIGTERM/SIGINT/SIGHUP, then stops them.
 
@@ -103,7 +112,9 @@ def supervise(
     resets once a child has lived 10 s). Returns 0 after a clean stop. Raises
     :class:`WorkersCannotStart` (after stopping every child) once a child's model failed to
     load :data:`MAX_FAILED_STARTS` times in a row. With ``metrics_port``, serves every
-    child's metrics, summed, on ``http://0.0.0.0:<metrics_port>/metrics``.
+    child's metrics, summed, on ``http://0.0.0.0:<metrics_port>/metrics``; with
+    ``health_port``, ``/live`` (the supervisor runs) and ``/ready`` (every child is: see
+    worker.health), its children's heartbeats ``heartbeat_ttl`` apart at most.
     """
     with tempfile.TemporaryDirectory(prefix="conveyor-supervisor-") as folder:
         run = Path(folder)
@@ -121,7 +132,13 @@ def supervise(
             )
             for i in range(processes)
         ]
-        with _serving_metrics(metrics_port, metrics_dir) as on_exit:
+        ready = children_ready(
+            lambda: [(c.health, c.running_pid()) for c in children], heartbeat_ttl
+        )
+        with (
+            _serving_metrics(metrics_port, metrics_dir) as on_exit,
+            serving_health(health_port, ready),
+        ):
             return _supervise(children, grace_period, on_started, on_exit)
 
 

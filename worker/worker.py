@@ -17,6 +17,7 @@ import gc
 import logging
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
@@ -32,7 +33,8 @@ from conveyor.worker.cancellation import RunningJobs
 from conveyor.worker.clock import RedisClock
 from conveyor.worker.consumer import Consumer
 from conveyor.worker.control import Control
-from conveyor.worker.heartbeat import Heartbeat, WorkerStats, rest_routes
+from conveyor.worker.health import Health, ObservedHeartbeat, serving_health
+from conveyor.worker.heartbeat import WorkerStats, rest_routes
 from conveyor.worker.metrics import WorkerMetrics
 from conveyor.worker.registry import ModelRegistry
 from conveyor.worker.runner import JobRunner
@@ -59,6 +61,8 @@ class Worker:
         self.stats = WorkerStats(models=self.registry.names())
         self.metrics = WorkerMetrics(multiprocess=settings.metrics_dir is not None)
         self.slots = Slots(self.stats.in_flight)
+        file = Path(settings.health_file) if settings.health_file else None
+        self.health = Health(self.stats, settings.heartbeat_ttl, file)
         self.jobs = RunningJobs()  # every job task, and how each is stopped
         self.metrics.track_in_flight(lambda: len(self.stats.in_flight) - self.slots.acking)
         needed = max(
@@ -82,7 +86,7 @@ class Worker:
         self._admission = Admission(
             self.keys, self.registry.payload_limit, self.registry.smallest_payload_limit
         )
-        self._heartbeat: Heartbeat | None = None
+        self._heartbeat: ObservedHeartbeat | None = None
 
     def _publish_models(self) -> None:
         """Tells the fleet (the heartbeat) which models this worker serves now."""
@@ -92,9 +96,12 @@ class Worker:
         self.stats.loading = []
         if self._heartbeat is not None:
             self._heartbeat.beat_soon()
+        self.health.changed()
 
     def stop(self) -> None:
         """Stops taking new jobs; ``run`` returns once in-flight jobs are done."""
+        self.health.draining = True  # not ready from now: an orchestrator stops routing here
+        self.health.changed()
         self.slots.close()
 
     async def run(
@@ -103,13 +110,23 @@ class Worker:
         handle_signals: bool = False,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        # from the start: /live answers while the models load, /ready says they do
+        with serving_health(self.settings.health_port, self.health.report):
+            try:
+                await self._run(handle_signals, task_status)
+            finally:
+                self.health.consuming = False
+                self.health.changed()
+
+    async def _run(self, handle_signals: bool, task_status: TaskStatus[None]) -> None:
         settings = self.settings
         async with WorkerBroker(
             settings.redis_url, self.keys, settings.name, max_block=settings.read_block
         ) as broker:
             bookkeeper = Bookkeeper(broker, self._clock, settings.heartbeat_ttl)
-            heartbeat = Heartbeat(
+            heartbeat = ObservedHeartbeat(
                 broker.heartbeat_link,
+                self.health,
                 settings.name,
                 self.stats,
                 settings.heartbeat_ttl,
@@ -132,6 +149,7 @@ class Worker:
                 cursors = await broker.control_cursors(self.registry.control_streams())
                 for served in self.registry.all():
                     await broker.publish_limits(served.name, served.settings.max_queue_length)
+                self.health.consuming = True  # with the models' publication below
                 self._publish_models()  # ready only now: its groups exist
                 if settings.freeze_gc:
                     # What is alive now (imports, the models) lives as long as the worker: out of

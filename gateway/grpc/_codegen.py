@@ -9,7 +9,9 @@ base, registration) and their ``.pyi`` stubs for mypy. One edit to protoc's outp
 messages are built in a descriptor pool of their own, not protobuf's default pool, because
 tritonclient's generated code defines the same proto package (``inference``) there, and both
 in one default pool fail to import (duplicate symbols). Message names are not on the wire,
-so either side's messages parse the other's bytes.
+so either side's messages parse the other's bytes. That holds with protobuf's default (upb)
+backend; the pure-Python one (``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python``) also
+registers generated classes in the default pool, so there the two still collide.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from conveyor.gateway.service import FleetService
 __all__ = ("MAX_MESSAGE_BYTES", "SERVICE_NAME", "start_grpc")
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# gRPC's default is 4 MiB a message; tensors are often larger (MLServer allows 100 MiB)
+# gRPC's default is 4 MiB a message: too small for many tensors
 MAX_MESSAGE_BYTES = 100 * 1024 * 1024
 
 

@@ -184,6 +184,10 @@ def _json_data(data: object) -> object:
             return data.astype(np.float64).ravel()
         flat = data.ravel()
         return flat if flat.dtype.isnative else flat.astype(flat.dtype.newbyteorder("="))
+    if isinstance(data, list):
+        # as pydantic writes it: numpy scalars (and bytes) through _default, so without
+        # orjson's numpy option (which would write a float32's shortest digits)
+        return orjson.Fragment(orjson.dumps(data, default=_default))
     return TensorData(data).model_dump(mode="json")
 
 
@@ -193,7 +197,8 @@ def _default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
-        return _json_data(value)
+        data = _json_data(value)
+        return data.tolist() if isinstance(data, np.ndarray) else data
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 

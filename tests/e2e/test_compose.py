@@ -31,7 +31,7 @@ import httpx
 import pytest
 import redis
 
-from conveyor.embedded import RedisServer
+from conveyor.embedded import RedisServer, free_port
 from tests.support.fleet import GatewayProcess, WorkerProcess
 
 yaml = pytest.importorskip("yaml", reason="PyYAML parses docker-compose.yml (the dev extra)")
@@ -326,10 +326,21 @@ def test_services_run_locally(
     worker = services["worker"]
     worker_argv = service_argv(image, worker)
     assert worker_argv[3:5] == ["worker", str(REPO / "examples" / "models")]
-    for _ in range(WORKER_REPLICAS):
-        started.append(WorkerProcess(worker_argv, service_env(worker, server.url)))
+    health_ports = []
+    for _ in range(WORKER_REPLICAS):  # each container has its own network: here, a port each
+        local = list(worker_argv)
+        health_ports.append(free_port())
+        local[local.index("--health-port") + 1] = str(health_ports[-1])
+        started.append(WorkerProcess(local, service_env(worker, server.url)))
     for replica in started:
         replica.wait_for_log("worker.started")
+    # its healthcheck, as Docker runs it inside each container
+    check = [str(arg) for arg in worker["healthcheck"]["test"]]
+    assert check[:2] == ["CMD", "python"], check
+    for port in health_ports:
+        command = [sys.executable, *(a.replace(":8090/", f":{port}/") for a in check[2:])]
+        healthy = subprocess.run(command, timeout=10, capture_output=True).returncode
+        assert healthy == 0, f"the worker's healthcheck failed on port {port}"
 
     # gateway: its command, on loopback and free ports (the test's machine is no container)
     gateway_service = services["gateway"]

@@ -24,7 +24,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.support.fleet import EXAMPLES, MODELS, Fleet, GatewayProcess, WorkerProcess
+from conveyor.client import Client
+from conveyor.types import InferenceRequest, RequestInput, ResponseOutput
+from tests.support.fleet import (
+    EXAMPLES,
+    MODELS,
+    Fleet,
+    GatewayProcess,
+    WorkerProcess,
+    wait_acked,
+)
 from tests.support.probe import pending_count
 from tests.support.waiting import wait_until
 
@@ -78,10 +87,10 @@ def fleet(redis_url: str) -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def worker(fleet: Fleet) -> WorkerProcess:
-    """echo, fails, ticker, small-limit, counter, token-streamer; and `bounded` (a queue of
-    at most 3 jobs) on a worker of its own that runs one job at a time."""
+    """tests/models/common's and examples/models' models; and `bounded` (a queue of at most 3
+    jobs) on a worker of its own that runs one job at a time."""
     bounded = fleet.start(TESTS / "limited", extra=["--concurrency", "1"], wait=False)
-    worker = fleet.start(MODELS, EXAMPLES / "token-streamer")
+    worker = fleet.start(MODELS, EXAMPLES)
     bounded.wait_for_log("worker.started")
     return worker
 
@@ -160,12 +169,13 @@ def test_repository_index_load_and_unload(client: triton.InferenceServerClient) 
     states = {model["name"]: model["state"] for model in index}
     assert states["echo"] == states["token-streamer"] == states["bounded"] == "READY"
     client.unload_model("counter")
-    assert not client.is_model_ready("counter")
+    # the worker answers the unload, then beats: its heartbeat (what ready reads) may lag
+    wait_until(lambda: not client.is_model_ready("counter"), "counter unloaded", 10)
     index = client.get_model_repository_index(as_json=True)["models"]
     counter = next(model for model in index if model["name"] == "counter")
     assert counter["state"] == "UNAVAILABLE"
     client.load_model("counter")
-    assert client.is_model_ready("counter")
+    wait_until(lambda: client.is_model_ready("counter"), "counter loaded", 10)
     with pytest.raises(InferenceServerException) as caught:
         client.load_model("no-such-model", client_timeout=1.0)
     assert failure(caught)[0] == "StatusCode.NOT_FOUND"
@@ -261,6 +271,51 @@ async def test_aio_client(gateway: GatewayProcess) -> None:
         with pytest.raises(InferenceServerException) as caught:
             await client.infer("fails", [infer_input("x", array)])
         assert failure(caught) == ("StatusCode.INTERNAL", "ValueError: cannot handle 1 inputs")
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_the_examples_answer_as_the_client_does(
+    gateway: GatewayProcess, fleet: Fleet
+) -> None:
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
+    words = np.array([b"hello big world"], dtype=object)
+    cases = {
+        "numpy-linear": {"x": x},
+        "echo-sync": {"x": x, "words": words, "flags": TENSORS["BOOL"]},
+        "token-streamer": {"prompt": words},
+    }
+    async with (
+        Client(fleet.redis_url, prefix=fleet.prefix, timeout=10) as conveyor,
+        triton_aio.InferenceServerClient(gateway.grpc_address) as client,
+    ):
+        for model, arrays in cases.items():
+            inputs = [infer_input(name, array) for name, array in arrays.items()]
+            request = InferenceRequest(
+                inputs=[
+                    RequestInput(name=i.name(), shape=i.shape(), datatype=i.datatype(), data=a)
+                    for i, a in zip(inputs, arrays.values(), strict=True)
+                ]
+            )
+            expected = await conveyor.model(model).predict(request)
+            result = await client.infer(model, inputs)
+            assert [out.name for out in result.get_response().outputs] == [
+                out.name for out in expected.outputs
+            ]
+            for out in expected.outputs:
+                tensor = result.get_output(out.name)
+                assert (tensor.datatype, list(tensor.shape)) == (out.datatype, out.shape)
+                np.testing.assert_array_equal(result.as_numpy(out.name), as_array(out))
+
+
+def as_array(out: ResponseOutput) -> np.ndarray:
+    """An output's elements as tritonclient reads them (BYTES as bytes)."""
+    data = np.asarray(out.data.root).reshape(out.shape)
+    if out.datatype == "BYTES":
+        data = np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(
+            data
+        )
+    return data
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -440,6 +495,49 @@ def test_stream_errors(client: triton.InferenceServerClient) -> None:
         assert message in str(error.message())
 
 
+def fp64_request(model: str, value: float) -> service_pb2.ModelInferRequest:
+    msg = service_pb2.ModelInferRequest(model_name=model)
+    msg.inputs.add(name="x", datatype="FP64", shape=[1]).contents.fp64_contents.append(value)
+    return msg
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_in_typed_contents_goes_to_one_model(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, fleet: Fleet, redis_url: str
+) -> None:
+    asks = [fp64_request("echo", 1.0), fp64_request("echo", 2.0)]
+    answers = list(stub.ModelStreamInfer(iter(asks), timeout=10))
+    assert [answer.error_message for answer in answers] == ["", ""]
+    assert [list(a.infer_response.outputs[0].contents.fp64_contents) for a in answers] == [
+        [1.0],
+        [2.0],
+    ]
+    assert not any(answer.infer_response.raw_output_contents for answer in answers)
+    asks = [fp64_request("echo", 1.0), fp64_request("ticker", 2.0)]
+    answers = stub.ModelStreamInfer(iter(asks), timeout=10)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(answers)  # the first request's answer may come before the error
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a stream goes to one model" in str(caught.value.details())
+    # and the job, which would wait for more inputs, is withdrawn, or stopped on its worker
+    probe = redis.Redis.from_url(redis_url)
+    try:
+        wait_acked(probe, f"{fleet.prefix}:{{echo}}:jobs")
+    finally:
+        probe.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_stream_to_a_model_without_predict_stream(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+) -> None:
+    """MLServer's default predict_stream (one stream, one job): the first request answered
+    by predict, the rest unread; the stream then ends cleanly. (Triton would answer each.)"""
+    asks = [fp64_request("echo-sync", 1.0), fp64_request("echo-sync", 2.0)]
+    answers = list(stub.ModelStreamInfer(iter(asks), timeout=10))
+    assert [list(a.infer_response.outputs[0].contents.fp64_contents) for a in answers] == [[1.0]]
+
+
 @pytest.mark.anyio
 @pytest.mark.timeout(30)
 async def test_a_cancelled_stream_cancels_its_job(
@@ -463,3 +561,34 @@ async def test_a_cancelled_stream_cancels_its_job(
     assert ticks == [0, 1, 2]
     line = await asyncio.to_thread(worker.wait_for_log, "reason=cancelled", 10, start)
     assert "model=ticker method=predict_stream" in line
+
+
+@pytest.mark.timeout(30)
+def test_a_gateway_killed_mid_call(
+    client: triton.InferenceServerClient, fleet: Fleet, redis_url: str
+) -> None:
+    """Its caller gets an error at once; the fleet loses nothing: the job runs to its end and
+    is acked, and the other gateway answers."""
+    doomed = fleet.start_gateway()
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    with triton.InferenceServerClient(doomed.grpc_address) as caller:
+        x = [infer_input("x", np.array([0.5], dtype=np.float32))]  # `bounded` sleeps 0.5 s
+        caller.async_infer("bounded", x, lambda result, error: answers.put((result, error)))
+        probe = redis.Redis.from_url(redis_url)
+        try:
+            jobs = f"{fleet.prefix}:{{bounded}}:jobs"
+            wait_until(lambda: pending_count(probe, jobs) == 1, "the job taken", 10)
+            doomed.signal(signal.SIGKILL)
+            result, error = answers.get(timeout=10)
+            assert result is None
+            assert str(error.status()) == "StatusCode.UNAVAILABLE"
+            wait_acked(probe, jobs)
+        finally:
+            probe.close()
+    assert client.infer("bounded", [infer_input("x", np.zeros(1, np.float32))]) is not None
+
+
+@pytest.mark.timeout(30)
+def test_the_gateway_logged_no_problems(gateway: GatewayProcess) -> None:
+    """Last in the module: what every call above left in the gateway's log."""
+    assert gateway.problems() == []

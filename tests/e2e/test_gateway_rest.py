@@ -90,6 +90,12 @@ def test_health_metadata_and_readiness(gw: Setup) -> None:
         assert client.get_model_metadata("numpy-linear", "v1")["name"] == "numpy-linear"
         with pytest.raises(InferenceServerException, match="no worker serves model 'nope'"):
             client.get_model_metadata("nope")
+        x = triton.InferInput("x", [1, 2], "FP32").set_data_from_numpy(np.ones((1, 2), "f4"))
+        result = client.infer("numpy-linear", [x], model_version="v1")
+        assert result.get_response()["model_version"] == "v1"
+        with pytest.raises(InferenceServerException, match="v9") as caught:
+            client.infer("numpy-linear", [x], model_version="v9")
+        assert caught.value.status() == "404"
     finally:
         client.close()
 

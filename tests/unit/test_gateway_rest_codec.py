@@ -156,3 +156,17 @@ def test_rest_routes_travel_in_the_heartbeat() -> None:
     [route] = _routes(field.encode())
     assert (route.model, route.method, route.path, route.handler) == ("m", "GET", "/x/y", "look")
     assert _routes(None) == ()
+
+
+def test_list_data_reads_as_pydantics_json_too() -> None:
+    nested = [[1.5, float("nan")], [np.float32(0.1), 2]]
+    texts = [b"\xff-bytes", "str", None]
+    response = InferenceResponse(
+        model_name="m",
+        outputs=[
+            ResponseOutput(name="n", shape=[2, 2], datatype="FP64", data=nested),
+            ResponseOutput(name="t", shape=[3], datatype="BYTES", data=texts),
+        ],
+    )
+    body, _ = encode_response(response, Outputs())
+    assert orjson.loads(body) == json.loads(response.model_dump_json())
