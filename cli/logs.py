@@ -1,39 +1,101 @@
-"""Log output of the ``conveyor`` command: one line per event, as text or as JSON."""
+"""Log output of the ``conveyor`` command: one line per event, as text or as JSON.
+
+Our events are logged as ``logger.info("event.name key=%s key=%s", value, value)``. The text
+format prints the rendered line. The JSON format (python-json-logger) writes one object per
+line — time, level, logger, event, message — with a key per field, read from the logging call's
+template and its arguments, not from the rendered line: a value with spaces (an error's
+message) stays whole. An argument that stands alone in the template (``"job.failed %s ..."``
+with a pre-rendered ``request=... model=...``) gives the ``key=value`` pairs of its text.
+Fields a call passes as ``extra=`` become keys too.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
-__all__ = ("JsonFormatter", "setup_logging")
+from pythonjsonlogger.core import merge_record_extra
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+
+__all__ = ("JsonFormatter", "event_fields", "setup_logging")
 
 LogFormat = Literal["text", "json"]
 
-# Our events read `event.name key=value key=value ...`: the pairs become JSON fields.
+# One printf conversion (as logging's %-style uses), optionally right after `key=`; a literal
+# `key=value` of the template; a pre-rendered argument's pairs.
+_CONVERSION = re.compile(
+    r"(?:(?P<key>\w+)=)?%(?P<spec>(?:\((?P<name>[^)]*)\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?"
+    r"[hlL]?[diouxXeEfFgGcrsa%])(?P<suffix>\S*)"
+)
+_LITERAL = re.compile(r"(?:^|\s)(\w+)=([^\s%]+)(?=\s|$)")
 _PAIR = re.compile(r"(\w+)=(\S+)")
+_MISSING = object()
 
 
-class JsonFormatter(logging.Formatter):
+def event_fields(template: str, args: object) -> Iterator[tuple[str, str]]:
+    """The ``key=value`` fields of a logging call: each ``key=%s`` of ``template`` with its
+    argument rendered whole (plus the text right after it, a unit say), each literal
+    ``key=value`` of the template, and the pairs of an argument that stands alone.
+    Raises ``ValueError`` (``TypeError``) when the arguments do not fit the template."""
+    named = args if isinstance(args, Mapping) else None
+    positional = iter(args if isinstance(args, tuple) else () if args is None else (args,))
+    for key, value in _LITERAL.findall(template):
+        yield key, value
+    for match in _CONVERSION.finditer(template):
+        spec = match["spec"]
+        if spec == "%":
+            continue
+        if "*" in spec:
+            raise ValueError("a * width or precision is not read")
+        if match["name"] is not None:
+            if named is None:
+                raise ValueError("a %(name)s conversion without a mapping")
+            value = named[match["name"]]
+            spec = spec.replace(f"({match['name']})", "", 1)
+        else:
+            value = next(positional, _MISSING)
+            if value is _MISSING:
+                raise ValueError("fewer arguments than conversions")
+        text = ("%" + spec) % (value,)
+        if match["key"] is not None:
+            yield match["key"], text + match["suffix"]
+        elif "\n" not in text:  # a traceback's text is no list of fields
+            yield from _PAIR.findall(text)
+
+
+class JsonFormatter(_LibraryJsonFormatter):
     """One JSON object per line: time, level, logger, event, message, and the event's fields."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        event = message.split(" ", 1)[0]
-        entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": event,
-            "message": message,
-        }
-        for key, value in _PAIR.findall(message):
-            entry.setdefault(key, value)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+    def __init__(self) -> None:
+        super().__init__(json_ensure_ascii=False)
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        message = record.message  # rendered by format()
+        log_data["time"] = (
+            self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}"
+        )
+        log_data["level"] = record.levelname.lower()
+        log_data["logger"] = record.name
+        log_data["event"] = message.split(" ", 1)[0]
+        log_data["message"] = message
+        try:
+            fields = list(event_fields(str(record.msg), record.args))
+        except (ValueError, TypeError, KeyError):
+            fields = _PAIR.findall(message)  # not a template we can read: the rendered pairs
+        for key, value in fields:
+            log_data.setdefault(key, value)
+        extra: dict[str, Any] = {}
+        merge_record_extra(record, extra, reserved=self._skip_fields)
+        for key, value in extra.items():
+            log_data.setdefault(key, value)
+        for source, key in (("exc_info", "exception"), ("stack_info", "stack")):
+            if message_dict.get(source):
+                log_data[key] = message_dict[source]
 
 
 def setup_logging(level: str, log_format: LogFormat = "text") -> None:

@@ -9,7 +9,7 @@ import anyio
 import numpy as np
 import pytest
 
-from conveyor.cli.logs import JsonFormatter
+from conveyor.cli.logs import JsonFormatter, setup_logging
 from conveyor.client import Client
 from conveyor.errors import RemoteError
 from conveyor.types import InferenceRequest, RequestInput
@@ -56,4 +56,55 @@ async def test_worker_logs_json_lines_with_request_model_and_worker(
     assert entry["request"] == request_id
     assert entry["model"] == "fails"
     assert entry["worker"] == started["worker"]
+    assert entry["error"] == "ValueError: cannot handle 1 inputs"  # whole, spaces and all
     assert all(json.loads(text) for text in worker.lines if text.startswith("{"))
+
+
+def _record(template: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("conveyor.cli", logging.ERROR, __file__, 1, template, args, None)
+
+
+def test_json_fields_come_from_the_template_and_values_with_spaces_stay_whole() -> None:
+    record = _record(
+        "model.load_failed model=%s version=%s error=%s\n%s",
+        "m",
+        None,
+        "load() raised ValueError: no weights in /models/m (is the volume mounted?)",
+        'Traceback (most recent call last):\n  File "x.py", line 1, in f(a=1)',
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["event"] == "model.load_failed"
+    assert (
+        entry["error"]
+        == "load() raised ValueError: no weights in /models/m (is the volume mounted?)"
+    )
+    assert entry["version"] == "None"
+    assert "a" not in entry  # a traceback's text gives no fields
+    assert entry["message"] == record.getMessage()
+
+
+def test_json_fields_of_units_literals_extras_and_unreadable_templates() -> None:
+    record = _record(
+        "supervisor.child_exited child=%d code=%s restart_in=%.1fs why=crash", 1, -9, 0.5
+    )
+    record.host = "h1"  # as logging's extra= sets it
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["child"], entry["code"], entry["restart_in"]) == ("1", "-9", "0.5s")
+    assert entry["why"] == "crash"
+    assert entry["host"] == "h1"
+    odd = json.loads(JsonFormatter().format(_record("job.odd %*d value=x", 3, 4)))
+    assert odd["value"] == "x"  # read off the rendered line instead
+
+
+def test_the_text_format_keeps_its_lines() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging("info", "text")
+        formatter = root.handlers[0].formatter
+        assert formatter is not None
+        line = formatter.format(_record("job.failed %s error=%s", "request=r1 model=m", "E: a b"))
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert line.endswith(" ERROR conveyor.cli job.failed request=r1 model=m error=E: a b")
