@@ -265,6 +265,18 @@ def test_generate_stream_sends_each_chunk_as_an_event(gw: Setup) -> None:
     assert [c["outputs"][0]["data"] for c in chunks] == [["HELLO"], ["BIG"], ["WORLD"]]
 
 
+def test_generate_stream_failures_before_and_after_the_first_chunk(gw: Setup) -> None:
+    body = {"inputs": [v2_input("x", [1.0])]}
+    # before any chunk: a status and MLServer's body, as infer answers
+    _error(gw.post("/v2/models/nope/generate_stream", body), 404, "no worker serves model")
+    # after two chunks (the status is sent): one last event with the error
+    with gw.http.stream("POST", "/v2/models/fails/generate_stream", json=body) as sse:
+        assert sse.status_code == 200
+        events = [json.loads(line.removeprefix("data: ")) for line in sse.iter_lines() if line]
+    assert [event.get("model_name") for event in events] == ["fails", "fails", None]
+    assert "generator broke after 2 chunks" in events[-1]["error"]
+
+
 def test_generate_stream_events_come_as_the_worker_yields_them(gw: Setup) -> None:
     """The ticker yields a tick every 20 ms forever: events arrive one by one (the response
     is not gathered first), and leaving the stream cancels the job."""
