@@ -32,11 +32,9 @@ from tests.support.probe import Probe, entries
 from tests.support.process import Watcher, lines_of
 from tests.support.waiting import wait_until_async
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.timeout(60),
-    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
-]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+# The worker is the same whatever the client runs on: the client's trio path is checked once.
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 MODELS = Path(__file__).parents[1] / "models"
 Span = dict[str, Any]  # one span as the console exporter writes it (ReadableSpan.to_json)
@@ -184,6 +182,7 @@ async def test_a_predict_is_one_trace_from_client_to_worker(
     _check_one_trace(client_span, spans, "echo", "predict")
 
 
+@asyncio_only
 async def test_a_batched_run_links_every_request_and_says_its_size(
     exporter: InMemorySpanExporter, worker: TracedWorker, redis_url: str, prefix: str
 ) -> None:
@@ -214,6 +213,7 @@ async def test_a_batched_run_links_every_request_and_says_its_size(
     assert any(len(batch["links"]) > 1 for batch in batches)  # 6 calls at once: batched
 
 
+@asyncio_only
 async def test_a_predict_stream_is_one_trace_with_an_event_a_chunk(
     exporter: InMemorySpanExporter,
     worker: TracedWorker,
@@ -246,6 +246,7 @@ async def test_a_predict_stream_is_one_trace_with_an_event_a_chunk(
     assert [(e["name"], e["attributes"]["seq"]) for e in events] == [("chunk", i) for i in range(3)]
 
 
+@asyncio_only
 async def test_no_sdk_no_trace_fields_on_the_wire(
     worker: TracedWorker, redis_url: str, prefix: str, probe: Probe
 ) -> None:
