@@ -316,9 +316,6 @@ def gateway(
     ] = 1,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
-    failure_report: Annotated[
-        Path | None, typer.Option(hidden=True, help="Unused: the supervisor passes it.")
-    ] = None,
 ) -> None:
     """Serve the fleet's models over V2 REST and gRPC (Open Inference Protocol)."""
     setup_logging(log_level, log_format)
@@ -367,10 +364,11 @@ def _gateways(
     spreads connections), each restarted when it dies; port 0 is picked once, here, and
     held (bound, not listening) until they stop."""
     import contextlib
+    import os
     import sys
 
+    from conveyor.gateway.processes import run_processes
     from conveyor.gateway.server import reserve
-    from conveyor.worker.supervisor import supervise, worker_env
 
     with contextlib.ExitStack() as held:
         if http_port == 0:
@@ -381,7 +379,7 @@ def _gateways(
         argv += ["--host", host, "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
         argv += ["--timeout", str(timeout), "--log-level", log_level, "--log-format", log_format]
         # the Redis URL goes in the environment, never on a command line (ps shows it)
-        return supervise(argv, processes, grace_period=10.0, env=worker_env(url))
+        return run_processes(argv, processes, {**os.environ, "CONVEYOR_REDIS_URL": url})
 
 
 @app.command("inspect")

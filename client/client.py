@@ -60,6 +60,7 @@ from conveyor.errors import (
     PayloadTooLarge,
 )
 from conveyor.methods import ModelMethods
+from conveyor.tracing import Span, Tracer, carried, publish_span, traced, tracer
 
 __all__ = ("Client",)
 
@@ -113,12 +114,14 @@ class Client:
         self._request_numbers = itertools.count(1)
         self._asyncio = True  # whether the client runs on asyncio (set when opened)
         self._new_event: Callable[[], Event] = asyncio.Event
+        self._tracer: Tracer | None = None  # set when opened, if the app configured tracing
 
     async def __aenter__(self) -> Client:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._broker)
             self._asyncio = self._broker.on_asyncio
             self._new_event = asyncio.Event if self._asyncio else anyio.Event
+            self._tracer = tracer()
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             tg.start_soon(self._reader.run)
@@ -161,10 +164,12 @@ class Client:
         timeout: float,
         streamed: bool = False,
         inline_reply: bool = False,
+        span: Span | None = None,
     ) -> tuple[Job, Waiter]:
         # unique: the client id is random, the counter is this client's
         request_id = f"{self.client_id}-{next(self._request_numbers)}"
         now = time.time()
+        traceparent, tracestate = ("", "") if span is None else carried(span, request_id)
         job = Job(
             id=request_id,
             method=method,
@@ -180,6 +185,8 @@ class Client:
             credit=self.keys.credit(self.client_id, request_id) if streamed else None,
             window=self.stream_window if streamed else 0,
             inline_reply=inline_reply,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         return job, Waiter(request_id, job.reply, self._new_event)
 
@@ -210,16 +217,18 @@ class Client:
         or with ``wait_when_full`` waits (within the timeout) for room.
         """
         timeout = self.timeout if timeout is None else timeout
-        job, waiter = self._job(
-            model, version, method, args, kwargs or {}, timeout, inline_reply=True
-        )
         stream = self.keys.jobs(model, version)
+        tracer = self._tracer
+        span = None if tracer is None else publish_span(tracer, model, method, stream)
+        job, waiter = self._job(
+            model, version, method, args, kwargs or {}, timeout, inline_reply=True, span=span
+        )
         fields = self._encode(job)
         if stream not in self._served.known:  # once per model: fail fast if nobody serves it
             await self._served.check(model, version, stream, timeout)
         self._waiters[job.id] = waiter
         # The deadline is spelled out: anyio's fail_after costs ~10 us a call on asyncio.
-        with Measured(self.metrics, model, method):
+        with Measured(self.metrics, model, method), traced(span):
             try:
                 if self._asyncio:
                     async with asyncio.timeout(timeout):
@@ -266,12 +275,12 @@ class Client:
         ahead of the caller, so a slow reader pauses the model instead of filling Redis.
         """
         timeout = self.timeout if timeout is None else timeout
-        job, waiter = self._job(
-            model, version, ModelMethods.PredictStream.value, (), {}, timeout, streamed=True
-        )
+        method, stream = ModelMethods.PredictStream.value, self.keys.jobs(model, version)
+        tracer = self._tracer
+        span = None if tracer is None else publish_span(tracer, model, method, stream)
+        job, waiter = self._job(model, version, method, (), {}, timeout, streamed=True, span=span)
         assert job.inputs is not None
         waiter.trim = True
-        stream = self.keys.jobs(model, version)
         fields = self._encode(job)
         if stream not in self._served.known:  # once per model: fail fast if nobody serves it
             await self._served.check(model, version, stream, timeout)
@@ -282,7 +291,8 @@ class Client:
         # The input pump lives in the client's task group, not in this generator: a yield
         # inside a task group or cancel scope of an async generator breaks cancellation.
         pump_scope = anyio.CancelScope()
-        with Measured(self.metrics, model, ModelMethods.PredictStream.value):
+        # not current across the yields (it would leak into the caller's code): ended here
+        with Measured(self.metrics, model, method), traced(span, current=False):
             try:
                 with anyio.fail_after(timeout):
                     await self._sender.send(waiter, job, stream, fields, False)
@@ -291,6 +301,8 @@ class Client:
                     with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
                         message = await waiter.next()
                     if message.type is MessageType.CHUNK:
+                        if span is not None:
+                            span.add_event("chunk", {"seq": message.seq})
                         yield message.payload
                         # back for more: credit the worker every half window
                         if job.credit and waiter.taken % max(job.window // 2, 1) == 0:

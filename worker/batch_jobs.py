@@ -35,6 +35,7 @@ from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import hash_tag
 from conveyor.broker.wire import Fields, Job, JobDecoder, Message, encode_rows
 from conveyor.errors import WireError
+from conveyor.tracing import JobTrace, batch_ran
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.admission import Admission
 from conveyor.worker.answers import (
@@ -76,6 +77,7 @@ class _BatchedJob(JobScope):
         "owner",
         "since",
         "submitted",
+        "trace",
     )
 
     def __init__(
@@ -99,6 +101,7 @@ class _BatchedJob(JobScope):
         self.since = since  # loop time when it was taken, for its latency
         self.submitted: Submitted | None = None
         self.outcome = "ok"  # of its answer, for metrics
+        self.trace: JobTrace | None = None  # its spans, when the app configured tracing
 
     def cancel(self, reason: str) -> None:
         """Stops the job (once; see JobScope.cancel), now: no task to wake."""
@@ -187,6 +190,7 @@ class BatchJobs:
         fields = delivery.fields
         if self._admission.check_entry(delivery.stream, fields) is not None:
             return False
+        decoding = 0 if self._runner.tracer is None else time.time_ns()
         try:
             job = decoder.decode(fields)
         except WireError:
@@ -227,12 +231,22 @@ class BatchJobs:
         self._jobs.arm(loop, record, job.id, loop_now + (deadline - now))
         self._armed.add(record)
         self._broker.claim_soon(delivery, job, deadline, record.claimed)
+        if decoding:
+            record.trace = trace = self._runner.job_trace(delivery, job.model, decoding)
+            trace.decoded(job.id, job.method, decoding)
         return True
 
     def _answers(self, answered: list[Answered]) -> None:
         """A batch's answers (from its batcher): they go in one write."""
         jobs, slots = self._jobs, self.slots
         answers: list[Any] = []
+        tracer = self._runner.tracer
+        if tracer is not None:
+            traces = [
+                r.trace for r in (cast("_BatchedJob", one.token) for one in answered) if r.trace
+            ]
+            if traces:
+                batch_ran(tracer, cast("_BatchedJob", answered[0].token).job.model, traces)
         for one in answered:
             record = cast("_BatchedJob", one.token)
             if not record.armed:  # stopped meanwhile, and answered then
@@ -255,6 +269,8 @@ class BatchJobs:
                 message = failure_message(job, delivery, self._worker, error)
                 record.outcome = outcome(message)
             record.submitted = None
+            if record.trace is not None:
+                record.trace.reply_started()
             answers.append((job, [message], delivery, record.deadline, record.acked, record.ended))
         slots.acking += len(answers)  # each keeps its slot until its ack is done
         self._broker.answer_soon(answers)
@@ -323,6 +339,8 @@ class BatchJobs:
         job stays pending, delivered again)."""
         job, delivery = record.job, record.delivery
         self._stats.done += 1
+        if record.trace is not None:
+            record.trace.close(error, record.outcome)
         if error is not None:
             log_unfinished(delivery, error)
             self.slots.acking -= 1
@@ -337,5 +355,7 @@ class BatchJobs:
 
     def _let_go(self, record: _BatchedJob) -> None:
         """A job that ends unanswered (pending): its slot is free."""
+        if record.trace is not None:
+            record.trace.close()
         self._stats.done += 1
         self.slots.release(record.delivery.entry_id, record.delivery.stream)

@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 from conveyor.broker import Delivery, WorkerBroker
-from conveyor.broker.keys import Keys
-from conveyor.broker.wire import ErrorCode, Job, Message, Payload, decode_job
+from conveyor.broker.keys import GROUP, Keys, hash_tag
+from conveyor.broker.wire import ErrorCode, Job, Message, Payload, decode_job, trace_fields
 from conveyor.errors import WireError
 from conveyor.methods import ModelMethods
+from conveyor.tracing import JobTrace, timing_batches, tracer
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import execution
 from conveyor.worker.admission import Admission, Refusal
@@ -82,13 +83,29 @@ class JobRunner:
         self._admission = admission
         self._refusals = Refusals(broker, keys, metrics, clock, worker)
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
+        self.tracer = tracer()  # None unless the app configured tracing: then no span work
+
+    def job_trace(self, delivery: Delivery, model: str, start_ns: int) -> JobTrace:
+        """The spans of a job, continued from the trace context its entry carries."""
+        assert self.tracer is not None
+        parent, state = trace_fields(delivery.fields)
+        entry = delivery.entry_id.decode()
+        return JobTrace(self.tracer, delivery.stream, GROUP, entry, model, parent, state, start_ns)
 
     async def handle(self, delivery: Delivery, scope: JobScope) -> None:
         """The body of a job's task: runs it, and frees its slot unless its ack will."""
         scope.started = True
+        trace = None
+        if self.tracer is not None:
+            trace = self.job_trace(delivery, hash_tag(delivery.stream), time.time_ns())
         try:
-            if not self._jobs.aborting:  # else stopping now: the job stays pending
-                await self._run_job(delivery, scope)
+            if self._jobs.aborting:  # stopping now: the job stays pending
+                pass
+            elif trace is None:
+                await self._run_job(delivery, scope, None)
+            else:
+                with trace.current():  # the job's spans (and the model's own) are its children
+                    await self._run_job(delivery, scope, trace)
         except Exception as error:  # e.g. Redis went away mid-answer: the job stays pending
             # and is delivered again once reclaimed; the worker itself keeps serving.
             log_unfinished(delivery, error)
@@ -97,16 +114,21 @@ class JobRunner:
                 self._slots.release(delivery.entry_id, delivery.stream)
             self._stats.done += 1
             self._jobs.ended(scope)
+            if trace is not None and not scope.ack_pending:  # else once its answer is stored
+                trace.close()
 
-    async def _run_job(self, delivery: Delivery, scope: JobScope) -> None:
+    async def _run_job(self, delivery: Delivery, scope: JobScope, trace: JobTrace | None) -> None:
         broker = self._broker
         # Its keys, model and size, before anything is decoded or written (worker.admission)
         refusal = self._admission.check_entry(delivery.stream, delivery.fields)
         if refusal is not None:
             await self._refusals.entry(delivery, refusal, "job.refused")
             return
+        decoding = 0 if trace is None else time.time_ns()
         try:
             job = decode_job(delivery.fields)
+            if trace is not None:
+                trace.decoded(job.id, job.method, decoding)
         except WireError as error:
             reason = f"bad entry: {error.reason}"
             refusal = Refusal(ErrorCode.BAD_ENTRY, "WireError", reason, answer=True)
@@ -187,18 +209,11 @@ class JobRunner:
         jobs = self._jobs
         jobs.arm(loop, scope, job.id, started + (deadline - now))
         try:
-            if job.method == _PREDICT_STREAM:
-                messages = await run_stream(
-                    broker,
-                    delivery,
-                    job,
-                    served,
-                    deadline,
-                    read_block=self._read_block,
-                    worker=self._worker,
-                )
+            if trace is None:
+                messages = await self._run_method(delivery, job, served, deadline, None)
             else:
-                messages = await self._run_unary(delivery, job, served)
+                with trace.step(job.method):  # a predict_stream's chunks: events of it
+                    messages = await self._run_method(delivery, job, served, deadline, trace)
         except asyncio.CancelledError:
             stopped_by = jobs.taken_back(scope, task)
             if stopped_by is None:
@@ -216,6 +231,8 @@ class JobRunner:
         entry_id, stream = delivery.entry_id, delivery.stream
 
         def ended(error: BaseException | None) -> None:
+            if trace is not None:
+                trace.close(error, outcome(messages[-1]))
             if error is not None:  # not stored: the job stays pending, delivered again
                 log_unfinished(delivery, error)
                 slots.acking -= 1
@@ -231,6 +248,8 @@ class JobRunner:
         # or until it cannot be stored (`ended`); the task does not wait for Redis.
         scope.ack_pending = True
         slots.acking += 1
+        if trace is not None:
+            trace.reply_started()
         try:
             await broker.answer(
                 delivery, job, messages, deadline, lambda: slots.acked(entry_id, stream), ended
@@ -259,6 +278,27 @@ class JobRunner:
         logger.info("job.duplicate %s running_copy=%s", job_log(job, delivery, self._worker), held)
         self._metrics.jobs.labels(job.model, job.method, "duplicate").inc()
         await self._broker.drop_duplicate(delivery)
+
+    async def _run_method(
+        self,
+        delivery: Delivery,
+        job: Job,
+        served: ServedModel,
+        deadline: float,
+        trace: JobTrace | None,
+    ) -> list[Message]:
+        if job.method != _PREDICT_STREAM:
+            return await self._run_unary(delivery, job, served)
+        return await run_stream(
+            broker=self._broker,
+            delivery=delivery,
+            job=job,
+            served=served,
+            deadline=deadline,
+            read_block=self._read_block,
+            worker=self._worker,
+            trace=trace,
+        )
 
     async def _run_unary(self, delivery: Delivery, job: Job, served: ServedModel) -> list[Message]:
         if job.args:
@@ -320,7 +360,7 @@ class JobRunner:
                 predict,
                 settings.max_batch_size,
                 settings.max_batch_time,
-                on_batch=sizes.observe,
+                on_batch=timing_batches(sizes.observe) if self.tracer else sizes.observe,
                 concurrent_batches=served.calls.batches,
             )
             self._batchers[id(served)] = batcher

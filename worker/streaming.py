@@ -10,6 +10,7 @@ import anyio
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.wire import ErrorCode, Job, Message, MessageType, Payload, decode_message
 from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, InputsLost
+from conveyor.tracing import JobTrace
 from conveyor.worker import execution
 from conveyor.worker.answers import error_message, failure_message, give_id
 from conveyor.worker.registry import ServedModel
@@ -26,6 +27,7 @@ async def run_stream(
     *,
     read_block: float,
     worker: str,
+    trace: JobTrace | None = None,
 ) -> list[Message]:
     """Streams each response as a chunk; returns the closing message (end or error)."""
     assert served.model is not None
@@ -49,6 +51,8 @@ async def run_stream(
                 MessageType.CHUNK, job.id, delivery.deliveries, seq, response, entry=entry
             )
             await broker.reply(job, [chunk], deadline)
+            if trace is not None:
+                trace.chunk(seq)
             seq += 1
     except InputsLost as error:  # a stream with holes is not the model's failure
         return [

@@ -84,7 +84,7 @@ from __future__ import annotations
 
 from conveyor.broker.wire.dead import DEAD_FIELDS, DeadField, dead_letter, job_fields
 from conveyor.broker.wire.doorbell import INLINE_MARK, Rung, pack_inline, read_rung
-from conveyor.broker.wire.jobs import decode_job, encode_job
+from conveyor.broker.wire.jobs import decode_job, encode_job, trace_fields
 from conveyor.broker.wire.layout import JobDecoder
 from conveyor.broker.wire.messages import decode_message, encode_message, encode_rows
 from conveyor.broker.wire.readable import fields_size
@@ -133,4 +133,5 @@ __all__ = (
     "job_fields",
     "pack_inline",
     "read_rung",
+    "trace_fields",
 )

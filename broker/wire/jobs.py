@@ -25,7 +25,7 @@ from conveyor.broker.wire.readable import (
 from conveyor.broker.wire.schema import WIRE_VERSION, Fields, Job, Payload, RawFields
 from conveyor.errors import WireError
 
-__all__ = ("Head", "common_head", "decode_job", "encode_job")
+__all__ = ("Head", "common_head", "decode_job", "encode_job", "trace_fields")
 
 _JOB_TEXT = (b"id", b"method", b"model", b"version", b"reply", b"bell")
 
@@ -58,6 +58,10 @@ def encode_job(job: Job) -> Fields:
     if job.credit:
         fields["credit"] = job.credit
         fields["window"] = count_text("window", job.window, 1)
+    if job.traceparent:  # only when a trace is active: the wire is unchanged otherwise
+        fields["traceparent"] = job.traceparent
+        if job.tracestate:
+            fields["tracestate"] = job.tracestate
     for name in job.kwargs:
         if type(name) is not str:
             raise TypeError(f"keyword argument names must be str, not {name!r}")
@@ -152,7 +156,7 @@ def common_head(fields: dict[bytes, bytes]) -> Head | None:
     job_id, method, model, version, reply, bell = texts
     if not (job_id and method and model and reply and bell):
         return None
-    if b"inputs" in fields or b"credit" in fields:
+    if b"inputs" in fields or b"credit" in fields or b"traceparent" in fields:
         return None
     deadline = _common_time(get(b"deadline"))
     sent_at = _common_time(get(b"sent_at"))
@@ -209,6 +213,7 @@ def _decode_any_job(fields: RawFields) -> Job:
     deadline = read_time(fields, b"deadline")
     sent_at = read_time(fields, b"sent_at")
     attempt = read_int(fields, b"attempt", 1)
+    traceparent, tracestate = trace_fields(fields)
     envelope = unpack_envelope(fields, "worker")
     raw_args = envelope.get("args", [])
     raw_kwargs = envelope.get("kwargs", {})
@@ -238,4 +243,19 @@ def _decode_any_job(fields: RawFields) -> Job:
         credit=credit,
         window=window,
         inline_reply=envelope.get("inline") is True,
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
+
+
+def trace_fields(fields: RawFields) -> tuple[str, str]:
+    """The job's ``traceparent`` and ``tracestate`` as text ("" when absent or not text: a
+    trace context that cannot be read is ignored, never a reason to refuse the job)."""
+    texts = []
+    for name in (b"traceparent", b"tracestate"):
+        value = fields.get(name)
+        try:
+            texts.append(value.decode() if isinstance(value, bytes) else "")
+        except UnicodeDecodeError:
+            texts.append("")
+    return texts[0], texts[1]

@@ -76,6 +76,9 @@ class Job:
     # The client reads small final answers straight from its doorbell list (one round trip
     # less); workers that predate it ignore the flag and write the reply stream as always.
     inline_reply: bool = False
+    # The caller's trace context (W3C ``traceparent``, ``tracestate``); "" when none was active.
+    traceparent: str = ""
+    tracestate: str = ""
 
 
 # Kept (str, Enum) rather than StrEnum: str()/format() of a member stay as the stub defined them.

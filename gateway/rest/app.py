@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from conveyor.gateway.errors import BadRequest
+from conveyor.gateway.errors import BadRequest, failure_of
 from conveyor.gateway.rest.calls import (
     Disconnected,
     error_response,
@@ -140,7 +140,7 @@ def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
                 async for chunk in chunks:
                     yield _sse(chunk)
             except Exception as exc:
-                yield _sse({"error": str(exc)})
+                yield _sse({"error": failure_of(exc).message})
             finally:
                 await chunks.aclose()
 

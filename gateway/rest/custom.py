@@ -84,10 +84,10 @@ def custom_route(service: FleetService) -> Route:
             result = await watched(
                 request, lambda: service.call_handler(route.model, route.handler, args, kwargs)
             )
+            return _answer(result)  # here: an answer JSON cannot hold is a 500 with words
         except Disconnected:
             return Response(status_code=499)
         except Exception as exc:
             return error_response(exc)
-        return _answer(result)
 
     return Route("/{path:path}", endpoint, methods=_METHODS)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -179,6 +180,24 @@ def test_binary_tensors_reach_the_model_as_arrays(gw: Setup) -> None:
     assert result.get_output("x")["parameters"]["binary_data_size"] == 24
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_requests(gw: Setup, compression: str) -> None:
+    """tritonclient can compress the body (and ask for a compressed answer, which it reads
+    plain as well: the gateway answers uncompressed)."""
+    x = triton.InferInput("x", [1, 2], "FP32").set_data_from_numpy(np.ones((1, 2), "f4"))
+    client = gw.triton()
+    try:
+        result = client.infer(
+            "numpy-linear",
+            [x],
+            request_compression_algorithm=compression,
+            response_compression_algorithm=compression,
+        )
+    finally:
+        client.close()
+    np.testing.assert_allclose(result.as_numpy("y"), [[3.5]])
+
+
 def test_a_one_mib_tensor_both_ways(gw: Setup) -> None:
     array = np.random.default_rng(0).random((512, 512), dtype=np.float32)  # 1 MiB
     client = gw.triton()
@@ -211,6 +230,30 @@ async def test_tritonclient_aio_posts_without_a_content_type(gw: Setup) -> None:
         np.testing.assert_array_equal(result.as_numpy("bytes"), TENSORS["BYTES"])
     finally:
         await client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_64_calls_in_flight_each_get_their_own_answer(gw: Setup) -> None:
+    client = triton_aio.InferenceServerClient(gw.url.removeprefix("http://"), conn_limit=64)
+    answers: dict[int, np.ndarray] = {}
+
+    async def one(i: int) -> None:
+        x = triton_aio.InferInput("x", [1, 3], "INT64")
+        x.set_data_from_numpy(np.array([[i, i + 1, i + 2]], np.int64), binary_data=i % 2 == 0)
+        result = await client.infer("echo", [x], request_id=f"call-{i}")
+        assert result.get_response()["id"] == f"call-{i}"
+        answers[i] = result.as_numpy("x")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(256):
+                tg.start_soon(one, i)
+    finally:
+        await client.close()
+    for i, answer in answers.items():
+        np.testing.assert_array_equal(answer, [[i, i + 1, i + 2]])
+    assert len(answers) == 256
 
 
 # -- MLServer's JSON, the examples, generate and generate_stream -----------------------------
@@ -263,6 +306,18 @@ def test_generate_stream_sends_each_chunk_as_an_event(gw: Setup) -> None:
     chunks = [json.loads(line.removeprefix("data: ")) for line in events]
     assert chunks == expected
     assert [c["outputs"][0]["data"] for c in chunks] == [["HELLO"], ["BIG"], ["WORLD"]]
+
+
+def test_generate_stream_failures_before_and_after_the_first_chunk(gw: Setup) -> None:
+    body = {"inputs": [v2_input("x", [1.0])]}
+    # before any chunk: a status and MLServer's body, as infer answers
+    _error(gw.post("/v2/models/nope/generate_stream", body), 404, "no worker serves model")
+    # after two chunks (the status is sent): one last event with the error
+    with gw.http.stream("POST", "/v2/models/fails/generate_stream", json=body) as sse:
+        assert sse.status_code == 200
+        events = [json.loads(line.removeprefix("data: ")) for line in sse.iter_lines() if line]
+    assert [event.get("model_name") for event in events] == ["fails", "fails", None]
+    assert "generator broke after 2 chunks" in events[-1]["error"]
 
 
 def test_generate_stream_events_come_as_the_worker_yields_them(gw: Setup) -> None:
