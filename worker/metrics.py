@@ -11,19 +11,16 @@ every second and when the worker stops (:meth:`WorkerMetrics.flush`).
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client import values as prometheus_values
-from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
 
 from conveyor import metrics as model_metrics
 from conveyor.worker.health import listening
-from conveyor.worker.model_calls import LATENCY_BUCKETS, MODEL_CALLS, current_job
+from conveyor.worker.histograms import LoopHistogram
+from conveyor.worker.model_calls import LATENCY_BUCKETS, MODEL_CALLS, RUN, current_job
 
 __all__ = ("JobMetrics", "WorkerMetrics")
 
@@ -71,22 +68,22 @@ class WorkerMetrics:
             ["model", "method", "outcome"],
             registry=self.registry,
         )
-        # observed for every job: lock-free histograms (_LoopHistogram)
-        self.latency = _LoopHistogram(
+        # observed for every job: lock-free histograms (worker.histograms)
+        self.latency = LoopHistogram(
             "conveyor_worker_job_seconds",
             "Time from taking a job to storing its answer",
             ("model", "method"),
             LATENCY_BUCKETS,
             self.registry,
         )
-        self.queue_wait = _LoopHistogram(
+        self.queue_wait = LoopHistogram(
             "conveyor_worker_queue_wait_seconds",
             "Time from the client sending a job to a worker taking it",
             ("model",),
             LATENCY_BUCKETS,
             self.registry,
         )
-        self.reply = _LoopHistogram(
+        self.reply = LoopHistogram(
             "conveyor_worker_reply_seconds",
             "Time from the end of a job's model call to its answer stored (jobs run alone)",
             ("model", "method"),
@@ -165,7 +162,7 @@ class WorkerMetrics:
         process's files (a scrape reads them there). Call it on the loop."""
         if not self.multiprocess:
             return
-        for histogram in (self.latency, self.queue_wait, self.reply):
+        for histogram in (self.latency, self.queue_wait, self.reply, RUN):
             histogram.flush()
         if self._in_flight is not None:
             self.in_flight.set(self._in_flight())
@@ -182,86 +179,6 @@ class WorkerMetrics:
             start_http_server(port, addr=addr, registry=self.registry)
 
 
-class _Series:
-    """One label set's observations: a count per bucket (the last one +Inf) and their sum."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, amount: float) -> None:
-        self.counts[bisect_left(self.bounds, amount)] += 1  # the first bucket with amount <= le
-        self.sum += amount
-
-
-class _LoopHistogram:
-    """A labelled histogram observed only on the worker's loop (one writer), read by the
-    scrape thread: plain counts, no lock. prometheus_client's ``Histogram`` takes a lock and
-    walks its buckets in Python for every observation (~1 us; two of them a job). A scrape
-    may see a sum a few observations ahead of the counts, never counts that disagree."""
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        buckets: Sequence[float],
-        registry: CollectorRegistry,
-    ) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = list(labelnames)
-        self._bounds = tuple(float(bound) for bound in buckets)
-        self._series: dict[tuple[str, ...], _Series] = {}
-        self._written: dict[tuple[str, ...], list[Any]] = {}  # multiprocess values, by series
-        registry.register(self)
-
-    def labels(self, *values: str) -> _Series:
-        series = self._series.get(values)
-        if series is None:
-            series = self._series[values] = _Series(self._bounds)
-        return series
-
-    def flush(self) -> None:
-        """Writes each series' counts and sum to prometheus-client's multiprocess values
-        (this process's files), as its own Histogram would hold them."""
-        for values, series in list(self._series.items()):
-            written = self._written.get(values)
-            if written is None:
-                written = self._written[values] = self._values(values)
-            counts, total = list(series.counts), series.sum
-            for value, count in zip(written, (*counts, total), strict=True):
-                value.set(count)
-
-    def _values(self, values: tuple[str, ...]) -> list[Any]:
-        """One value per bucket (not cumulative, as prometheus-client stores them), then the sum."""
-        make, name, doc = prometheus_values.ValueClass, self._name, self._documentation
-        labels = (*self._labelnames, "le")
-        bounds = [floatToGoString(b) for b in (*self._bounds, float("inf"))]  # type: ignore[no-untyped-call]
-        buckets = [
-            make("histogram", name, f"{name}_bucket", labels, (*values, bound), doc)
-            for bound in bounds
-        ]
-        return [*buckets, make("histogram", name, f"{name}_sum", self._labelnames, values, doc)]
-
-    def describe(self) -> Iterator[HistogramMetricFamily]:
-        yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
-        for values, series in list(self._series.items()):
-            counts, total = list(series.counts), series.sum
-            buckets, seen = [], 0
-            for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
-                seen += count
-                buckets.append((_le(bound), seen))
-            family.add_metric(list(values), buckets, total)
-        yield family
-
-
 class _Chained:
     """Collects what other registries hold, as of each scrape."""
 
@@ -271,10 +188,3 @@ class _Chained:
     def collect(self) -> Iterator[Any]:
         for registry in self._registries:
             yield from registry.collect()
-
-
-def _le(bound: float) -> str:
-    """A bucket's ``le`` label as prometheus_client writes it."""
-    if bound == float("inf"):
-        return "+Inf"
-    return repr(float(bound))

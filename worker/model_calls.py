@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from conveyor import metrics as model_metrics
 from conveyor.methods import ModelMethods, exposed_methods
 from conveyor.model import MLModel
+from conveyor.worker.histograms import LoopHistogram
 
 __all__ = ("LATENCY_BUCKETS", "MODEL_CALLS", "current_job", "instrument")
 
@@ -36,15 +37,16 @@ class RunMark(Protocol):
 # batched call runs for several jobs in a task of its batcher, where none is set.
 current_job: ContextVar[RunMark | None] = ContextVar("conveyor_current_job", default=None)
 
-# One model call (a batch's call counts once), in any thread: prometheus_client's Histogram,
-# which takes a lock. In this module's registry: each WorkerMetrics serves it.
+# One model call (a batch's call counts once). Lock-free for an ``async def`` method (observed
+# on the loop: ~0.2 us, prometheus_client's Histogram ~0.8 us), locked for a plain ``def`` one
+# (observed in threads). In this module's registry: each WorkerMetrics serves and flushes it.
 MODEL_CALLS = CollectorRegistry()
-_RUN = Histogram(
+RUN = LoopHistogram(
     "conveyor_worker_run_seconds",
     "Time a model's method ran (one call; a batched predict counts once)",
-    ["model", "version", "method"],
-    buckets=LATENCY_BUCKETS,
-    registry=MODEL_CALLS,
+    ("model", "version", "method"),
+    LATENCY_BUCKETS,
+    MODEL_CALLS,
 )
 _LOAD_METHODS = (ModelMethods.Load.value, ModelMethods.Unload.value)
 
@@ -69,7 +71,8 @@ def instrument(model: MLModel) -> None:
     for name in (*exposed_methods(model), *_LOAD_METHODS):
         method = getattr(model, name, None)
         if callable(method):
-            timer = None if name in _LOAD_METHODS else _RUN.labels(*labels, name)
+            threads = not inspect.iscoroutinefunction(method)  # a def runs in threads
+            timer = None if name in _LOAD_METHODS else RUN.labels(*labels, name, threads=threads)
             setattr(model, name, functools.wraps(method)(_in_context(method, labels, timer)))
 
 

@@ -118,4 +118,6 @@ async def test_two_processes_one_endpoint_sums_both_processes_values(
     ok = (("method", "predict"), ("model", "measured"), ("outcome", "ok"))
     assert found[("conveyor_worker_jobs_total", ok)] == 2
     assert found[wait] == 2
+    run = (("method", "predict"), ("model", "measured"), ("version", "v2"))
+    assert found[("conveyor_worker_run_seconds_count", run)] == 2
     assert found[("conveyor_worker_jobs_in_flight", ())] == 0
