@@ -179,6 +179,24 @@ def test_binary_tensors_reach_the_model_as_arrays(gw: Setup) -> None:
     assert result.get_output("x")["parameters"]["binary_data_size"] == 24
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_requests(gw: Setup, compression: str) -> None:
+    """tritonclient can compress the body (and ask for a compressed answer, which it reads
+    plain as well: the gateway answers uncompressed)."""
+    x = triton.InferInput("x", [1, 2], "FP32").set_data_from_numpy(np.ones((1, 2), "f4"))
+    client = gw.triton()
+    try:
+        result = client.infer(
+            "numpy-linear",
+            [x],
+            request_compression_algorithm=compression,
+            response_compression_algorithm=compression,
+        )
+    finally:
+        client.close()
+    np.testing.assert_allclose(result.as_numpy("y"), [[3.5]])
+
+
 def test_a_one_mib_tensor_both_ways(gw: Setup) -> None:
     array = np.random.default_rng(0).random((512, 512), dtype=np.float32)  # 1 MiB
     client = gw.triton()
