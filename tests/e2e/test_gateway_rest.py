@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -229,6 +230,30 @@ async def test_tritonclient_aio_posts_without_a_content_type(gw: Setup) -> None:
         np.testing.assert_array_equal(result.as_numpy("bytes"), TENSORS["BYTES"])
     finally:
         await client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_64_calls_in_flight_each_get_their_own_answer(gw: Setup) -> None:
+    client = triton_aio.InferenceServerClient(gw.url.removeprefix("http://"), conn_limit=64)
+    answers: dict[int, np.ndarray] = {}
+
+    async def one(i: int) -> None:
+        x = triton_aio.InferInput("x", [1, 3], "INT64")
+        x.set_data_from_numpy(np.array([[i, i + 1, i + 2]], np.int64), binary_data=i % 2 == 0)
+        result = await client.infer("echo", [x], request_id=f"call-{i}")
+        assert result.get_response()["id"] == f"call-{i}"
+        answers[i] = result.as_numpy("x")
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(256):
+                tg.start_soon(one, i)
+    finally:
+        await client.close()
+    for i, answer in answers.items():
+        np.testing.assert_array_equal(answer, [[i, i + 1, i + 2]])
+    assert len(answers) == 256
 
 
 # -- MLServer's JSON, the examples, generate and generate_stream -----------------------------
