@@ -31,6 +31,7 @@
     ├── StreamInterrupted              a predict_stream's worker died after some chunks
     ├── InputsLost                     (worker) a predict_stream's inputs vanished from Redis
     ├── ModelLoadFailed                (worker) a model's load() raised
+    ├── PortUnavailable                (worker) a --metrics-port or --health-port is taken
     ├── WorkersCannotStart             (conveyor up) models kept failing to load
     ├── InvalidModelContext ‡          conveyor.log() called outside a model's method
     ├── DeadLetterError †              (conveyor dlq) Redis refused a dead-letter command

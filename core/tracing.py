@@ -50,6 +50,7 @@ __all__ = (
     "batch_ran",
     "carried",
     "context_from_headers",
+    "current_failed",
     "publish_span",
     "timing_batches",
     "traced",
@@ -108,6 +109,11 @@ def carried(span: Span, request_id: str) -> tuple[str, str]:
 def failed(span: Span, error: BaseException) -> None:
     span.record_exception(error)
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+def current_failed(error: BaseException) -> None:
+    """The current span's work failed with ``error`` (recorded, status ERROR)."""
+    failed(trace.get_current_span(), error)
 
 
 _NOTHING = nullcontext()

@@ -25,13 +25,34 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.broker import HeartbeatLink
+from conveyor.errors import ConveyorError
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 
-__all__ = ("Health", "ObservedHeartbeat", "children_ready", "serving_health")
+__all__ = ("Health", "ObservedHeartbeat", "PortUnavailable", "children_ready", "serving_health")
 
 logger = logging.getLogger(__name__)
 
 Report = tuple[bool, dict[str, Any]]
+
+
+class PortUnavailable(ConveyorError, OSError):
+    """A ``--metrics-port`` or ``--health-port`` cannot be listened on (taken, say)."""
+
+    def __init__(self, option: str, port: int, error: OSError) -> None:
+        self.option, self.port = option, port
+        super().__init__(
+            f"cannot listen on port {port} ({option}): {error.strerror or error}; is another "
+            f"process using it? Choose another {option}"
+        )
+
+
+@contextlib.contextmanager
+def listening(option: str, port: int) -> Iterator[None]:
+    """Turns a failed bind into :class:`PortUnavailable`, which the CLI prints in one line."""
+    try:
+        yield
+    except OSError as error:
+        raise PortUnavailable(option, port, error) from error
 
 
 class Health:
@@ -153,7 +174,8 @@ def serving_health(port: int | None, ready: Callable[[], Report]) -> Iterator[No
     if port is None:
         yield
         return
-    server = ThreadingHTTPServer(("0.0.0.0", port), _handler(ready))
+    with listening("--health-port", port):
+        server = ThreadingHTTPServer(("0.0.0.0", port), _handler(ready))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="conveyor-health", daemon=True)
     thread.start()

@@ -22,6 +22,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from conveyor import metrics as model_metrics
+from conveyor.worker.health import listening
 from conveyor.worker.model_calls import LATENCY_BUCKETS, MODEL_CALLS, current_job
 
 __all__ = ("JobMetrics", "WorkerMetrics")
@@ -177,7 +178,8 @@ class WorkerMetrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Serves ``/metrics`` over HTTP from a daemon thread."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        with listening("--metrics-port", port):
+            start_http_server(port, addr=addr, registry=self.registry)
 
 
 class _Series:

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from conveyor.errors import WorkersCannotStart
-from conveyor.worker.health import children_ready, serving_health
+from conveyor.worker.health import children_ready, listening, serving_health
 
 __all__ = ("MAX_FAILED_STARTS", "WorkersCannotStart", "supervise", "worker_argv", "worker_env")
 
@@ -154,7 +154,8 @@ def _serving_metrics(port: int | None, folder: Path | None) -> Iterator[Callable
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
-    server, thread = start_http_server(port, registry=registry)
+    with listening("--metrics-port", port):
+        server, thread = start_http_server(port, registry=registry)
     logger.info("supervisor.metrics port=%d", port)
     try:
         yield lambda pid: mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]

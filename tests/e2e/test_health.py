@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,29 @@ def test_a_supervisor_is_ready_when_every_child_is(
         children = body["children"]
         assert [child["ready"] for child in children] == [True, True]
         assert len({child["pid"] for child in children}) == 2
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "extra",
+    [["--health-port"], ["--processes", "2", "--metrics-port"]],
+    ids=["health-port", "supervisor-metrics-port"],
+)
+def test_a_taken_port_is_one_clear_line(
+    redis_url: str, prefix: str, tmp_path: Path, extra: list[str]
+) -> None:
+    folder, gate = gated_model(tmp_path)
+    gate.touch()
+    with socket.socket() as taken, Fleet(redis_url, prefix) as fleet:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = fleet.start(folder, extra=[*extra, str(port)], wait=False)
+        assert worker.wait(20) == 1
+        worker.wait_for_log("<eof>")
+        option = extra[-1]
+        assert worker.lines[-1] == (
+            f"error: cannot listen on port {port} ({option}): Address already in use; is "
+            f"another process using it? Choose another {option}"
+        )
+        assert worker.count("Traceback") == 0
