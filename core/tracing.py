@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 
 from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.propagate import extract
 from opentelemetry.trace import (
     Link,
@@ -50,6 +50,8 @@ __all__ = (
     "batch_ran",
     "carried",
     "context_from_headers",
+    "continued",
+    "current_failed",
     "publish_span",
     "timing_batches",
     "traced",
@@ -58,6 +60,7 @@ __all__ = (
 
 SYSTEM = "redis"  # messaging.system
 _W3C = TraceContextTextMapPropagator()
+_NOTHING = nullcontext()  # what a block that is not traced runs in (reusable)
 # When the running batch started (ns since the epoch), set in the batch's task (see batch_ran).
 _BATCH_START: ContextVar[int] = ContextVar("conveyor_batch_start", default=0)
 
@@ -76,6 +79,25 @@ def context_from_headers(headers: Mapping[str, str]) -> Context:
     names), read by the application's propagators (W3C ``traceparent`` by default): start
     the call's spans in it (``Client`` does when it is the current context)."""
     return extract(headers)
+
+
+def continued(headers: Mapping[str, str]) -> AbstractContextManager[object]:
+    """Runs the block in the trace context of a request's ``headers`` (HTTP headers, or gRPC
+    metadata as a dict; lowercase names): the calls a server in front of the fleet makes in
+    it are children of its caller's span. Nothing at all when they carry no ``traceparent``
+    (W3C; see :func:`context_from_headers` for other propagators)."""
+    if "traceparent" not in headers:
+        return _NOTHING
+    return _attached(context_from_headers(headers))
+
+
+@contextmanager
+def _attached(context: Context) -> Iterator[Context]:
+    token = attach(context)
+    try:
+        yield context
+    finally:
+        detach(token)
 
 
 def publish_span(tracer: Tracer, model: str, method: str, stream: str) -> Span:
@@ -110,7 +132,9 @@ def failed(span: Span, error: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
-_NOTHING = nullcontext()
+def current_failed(error: BaseException) -> None:
+    """The current span's work failed with ``error`` (recorded, status ERROR)."""
+    failed(trace.get_current_span(), error)
 
 
 def traced(span: Span | None, current: bool = True) -> AbstractContextManager[object]:

@@ -20,7 +20,7 @@ from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.wire import ErrorCode, Job, Message, Payload, decode_job, trace_fields
 from conveyor.errors import WireError
 from conveyor.methods import ModelMethods
-from conveyor.tracing import JobTrace, timing_batches, tracer
+from conveyor.tracing import JobTrace, current_failed, timing_batches, tracer
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker import execution
 from conveyor.worker.admission import Admission, Refusal
@@ -311,6 +311,8 @@ class JobRunner:
             else:
                 result = await self._call(served, job)
         except Exception as error:  # the model's own failure goes back to the caller
+            if self.tracer is not None:
+                current_failed(error)  # on the method's span (JobTrace.step)
             return [failure_message(job, delivery, self._worker, error)]
         return [result_message(job, delivery, result)]
 

@@ -18,6 +18,7 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from conveyor.errors import ConveyorError
 from conveyor.gateway.errors import failure_of
 from conveyor.gateway.rest.codec import dump_json
 
@@ -38,7 +39,11 @@ def json_response(value: object, status: int = 200) -> Response:
 
 def error_response(exc: Exception) -> Response:
     failure = failure_of(exc)
-    logger.debug("gateway.call_failed status=%d error=%s", failure.http_status, failure.message)
+    if failure.http_status >= 500 and not isinstance(exc, ConveyorError):
+        # not the fleet's failure, nor the model's: the gateway's own, with its traceback
+        logger.error("gateway.failed error=%s", failure.message, exc_info=exc)
+    else:
+        logger.debug("gateway.call_failed status=%d error=%s", failure.http_status, failure.message)
     return json_response({"error": failure.message}, failure.http_status)
 
 

@@ -22,10 +22,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
+from conveyor.errors import RemoteError
 from conveyor.types import InferenceRequest
 from tests.support.fleet import Fleet, WorkerProcess
 from tests.support.probe import Probe, entries
@@ -42,6 +43,8 @@ Span = dict[str, Any]  # one span as the console exporter writes it (ReadableSpa
 
 class TracedWorker(WorkerProcess):
     """``opentelemetry-instrument conveyor worker ...``: its spans, as JSON, go to ``spans``."""
+
+    allowed: tuple[str, ...] = ()  # log lines at WARNING or above that the test expects
 
     def __init__(self, argv: list[str], env: dict[str, str], spans: Path) -> None:
         self.spans_path = spans
@@ -92,7 +95,8 @@ def worker(fleet: Fleet, tmp_path: Path) -> Iterator[TracedWorker]:
     fleet.workers.append(process)
     process.wait_for_log("worker.started")
     yield process
-    assert not process.problems()  # e.g. OpenTelemetry's warning for a span ended twice
+    # e.g. OpenTelemetry's warning for a span ended twice
+    assert not process.problems(process.allowed)
 
 
 @pytest.fixture
@@ -244,6 +248,27 @@ async def test_a_predict_stream_is_one_trace_with_an_event_a_chunk(
     _, steps = _check_one_trace(client_span, spans, "echo", "predict_stream")
     events = steps["predict_stream"]["events"]
     assert [(e["name"], e["attributes"]["seq"]) for e in events] == [("chunk", i) for i in range(3)]
+
+
+@asyncio_only
+async def test_a_model_error_fails_the_spans_on_both_sides(
+    exporter: InMemorySpanExporter, worker: TracedWorker, redis_url: str, prefix: str
+) -> None:
+    worker.allowed = ("job.failed", "Traceback")  # the model's error, logged with its traceback
+    async with Client(redis_url, prefix=prefix) as client:
+        with pytest.raises(RemoteError, match="cannot handle 1 inputs"):
+            await client.model("fails").predict(_request(1.0))
+    (client_span,) = exporter.get_finished_spans()
+    assert client_span.status.status_code is StatusCode.ERROR
+    spans = await worker.wait_spans(_process_of(client_span), "the worker's process span")
+    process = _process_of(client_span)(spans)
+    assert process["status"]["status_code"] == "ERROR"
+    assert process["attributes"]["conveyor.outcome"] == "error"
+    call = _children(spans, process)["predict"]
+    assert call["status"]["status_code"] == "ERROR"
+    (event,) = call["events"]
+    assert event["name"] == "exception"
+    assert event["attributes"]["exception.type"] == "ValueError"
 
 
 @asyncio_only

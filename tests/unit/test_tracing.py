@@ -120,3 +120,20 @@ def test_context_from_headers_reads_traceparent() -> None:
     context = tracing.context_from_headers({"traceparent": PARENT})
     span_context = trace.get_current_span(context).get_span_context()
     assert f"{span_context.span_id:016x}" == PARENT.split("-")[2]
+
+
+def test_continued_puts_a_call_in_its_callers_trace(exporter: InMemorySpanExporter) -> None:
+    tracer = tracing.tracer()
+    assert tracer is not None
+    with tracing.continued({"traceparent": PARENT, "other": "x"}):
+        tracing.publish_span(tracer, "m", "predict", "p:{m}:jobs").end()
+    tracing.publish_span(tracer, "m", "predict", "p:{m}:jobs").end()  # after: a trace of its own
+    inside, after = exporter.get_finished_spans()
+    assert inside.parent is not None
+    assert f"{inside.parent.span_id:016x}" == PARENT.split("-")[2]
+    assert after.parent is None
+
+
+def test_continued_does_nothing_without_a_traceparent() -> None:
+    with tracing.continued({"user-agent": "curl"}) as context:
+        assert context is None
