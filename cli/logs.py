@@ -89,6 +89,9 @@ class JsonFormatter(_LibraryJsonFormatter):
             fields = _PAIR.findall(message)  # not a template we can read: the rendered pairs
         for key, value in fields:
             log_data.setdefault(key, value)
+        for key, value in message_dict.items():  # logger.info({...}): its keys, as given
+            if key not in ("exc_info", "stack_info"):
+                log_data[key] = value
         extra: dict[str, Any] = {}
         merge_record_extra(record, extra, reserved=self._skip_fields)
         for key, value in extra.items():

@@ -94,6 +94,9 @@ def test_json_fields_of_units_literals_extras_and_unreadable_templates() -> None
     assert entry["host"] == "h1"
     odd = json.loads(JsonFormatter().format(_record("job.odd %*d value=x", 3, 4)))
     assert odd["value"] == "x"  # read off the rendered line instead
+    mapping = logging.LogRecord("x", logging.INFO, __file__, 1, {"event": "e", "n": 1}, None, None)
+    entry = json.loads(JsonFormatter().format(mapping))
+    assert (entry["event"], entry["n"]) == ("e", 1)  # a dict logged: its keys
 
 
 def test_the_text_format_keeps_its_lines() -> None:
