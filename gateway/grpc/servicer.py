@@ -22,6 +22,7 @@ from conveyor.gateway.grpc import convert
 from conveyor.gateway.grpc import inference_pb2 as pb
 from conveyor.gateway.grpc import inference_pb2_grpc as pb_grpc
 from conveyor.gateway.service import FleetService
+from conveyor.tracing import continued
 from conveyor.types import InferenceRequest
 
 if TYPE_CHECKING:
@@ -50,6 +51,13 @@ def _timeout(
     if asked is None or remaining is None:
         return asked if remaining is None else remaining
     return min(asked, remaining)
+
+
+def _metadata(context: ServicerContext[Any, Any]) -> dict[str, str]:
+    """The call's text metadata by name (gRPC names are lowercase), for its trace context."""
+    return {
+        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+    }
 
 
 def _version(version: str) -> str | None:
@@ -112,12 +120,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
         try:
-            response = await self._service.infer(
-                request.model_name,
-                convert.infer_request(request),
-                _version(request.model_version),
-                timeout=_timeout(context, request),
-            )
+            with continued(_metadata(context)):
+                response = await self._service.infer(
+                    request.model_name,
+                    convert.infer_request(request),
+                    _version(request.model_version),
+                    timeout=_timeout(context, request),
+                )
             return convert.infer_response(response, raw=bool(request.raw_input_contents))
         except Exception as exc:
             await _fail(context, exc)
@@ -139,12 +148,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             responses = self._service.infer_stream(
                 name, requests, _version(version), timeout=_timeout(context, first)
             )
-            # closed when this handler ends, however: that stops the job on its worker now
+            # closed when this handler ends, however: that stops the job on its worker now;
+            # run in the caller's trace, when its metadata carries one (this handler's task
+            # runs every step of it, so the context holds across the yields)
             async with aclosing(responses):
-                async for response in responses:
-                    yield pb.ModelStreamInferResponse(
-                        infer_response=convert.infer_response(response, raw=raw)
-                    )
+                with continued(_metadata(context)):
+                    async for response in responses:
+                        yield pb.ModelStreamInferResponse(
+                            infer_response=convert.infer_response(response, raw=raw)
+                        )
         except Exception as exc:
             await _fail(context, exc)
 

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from conveyor.errors import ConveyorError
 from conveyor.gateway.errors import failure_of
 from conveyor.gateway.rest.codec import dump_json
+from conveyor.tracing import continued
 
 __all__ = ("Disconnected", "error_response", "json_response", "watched")
 
@@ -75,7 +76,8 @@ async def watched(request: Request, call: Callable[[], Awaitable[_T]]) -> _T:
 
     watcher.add_done_callback(on_watcher_done)
     try:
-        result = await call()
+        with continued(request.headers):  # the caller's trace, when its headers carry one
+            result = await call()
     except asyncio.CancelledError:
         if gone:
             me.uncancel()

@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
+import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -28,7 +31,7 @@ from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
 from conveyor.errors import RemoteError
 from conveyor.types import InferenceRequest
-from tests.support.fleet import Fleet, WorkerProcess
+from tests.support.fleet import Fleet, GatewayProcess, WorkerProcess
 from tests.support.probe import Probe, entries
 from tests.support.process import Watcher, lines_of
 from tests.support.waiting import wait_until_async
@@ -287,3 +290,77 @@ async def test_no_sdk_no_trace_fields_on_the_wire(
             assert b"traceparent" not in fields
             assert b"tracestate" not in fields
             more.set()
+
+
+@pytest.fixture
+def traced_gateway(fleet: Fleet, worker: TracedWorker, tmp_path: Path) -> Iterator[GatewayProcess]:
+    """``opentelemetry-instrument conveyor gateway ...`` in front of the traced worker."""
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    env = dict(os.environ)
+    env.pop("CONVEYOR_REDIS_URL", None)
+    env.update(
+        OTEL_SERVICE_NAME="conveyor-gateway",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+    )
+    argv = [str(instrument), sys.executable, "-m", "conveyor.cli", "gateway"]
+    argv += ["--redis", fleet.redis_url, "--prefix", fleet.prefix]
+    argv += ["--http-port", "0", "--grpc-port", "0"]
+    gateway = GatewayProcess(argv, env)
+    fleet.workers.append(gateway)
+    gateway.wait_started()
+    yield gateway
+    assert not gateway.problems()
+
+
+def _in_trace(trace_id: int) -> Any:
+    """A check: the worker's process span in trace ``trace_id``, or None."""
+
+    def found(spans: list[Span]) -> Span | None:
+        return next(
+            (
+                span
+                for span in spans
+                if span["name"].endswith(" process")
+                and span["context"]["trace_id"] == f"0x{trace_id:032x}"
+            ),
+            None,
+        )
+
+    return found
+
+
+@asyncio_only
+async def test_the_gateway_continues_its_callers_trace(
+    worker: TracedWorker, traced_gateway: GatewayProcess
+) -> None:
+    """A V2 caller's ``traceparent`` (REST header, gRPC metadata) is the parent of the job's
+    trace: the worker's process span is in the caller's trace."""
+    rest_trace, grpc_trace = 0x5EED0000000000000000000000000001, 0x5EED0000000000000000000000000002
+    body = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [1.0]}]}
+    async with httpx.AsyncClient(base_url=traced_gateway.http_url, timeout=20) as http:
+        answer = await http.post(
+            "/v2/models/echo/infer",
+            json=body,
+            headers={"traceparent": f"00-{rest_trace:032x}-00000000000000a1-01"},
+        )
+    assert answer.status_code == 200, answer.text
+
+    def grpc_call() -> None:
+        with grpcclient.InferenceServerClient(traced_gateway.grpc_address) as client:
+            tensor = grpcclient.InferInput("x", [1, 1], "FP64")
+            tensor.set_data_from_numpy(np.array([[2.0]]))
+            client.infer(
+                "echo",
+                [tensor],
+                headers={"traceparent": f"00-{grpc_trace:032x}-00000000000000b2-01"},
+                client_timeout=20,
+            )
+
+    await anyio.to_thread.run_sync(grpc_call)
+    for trace_id in (rest_trace, grpc_trace):
+        spans = await worker.wait_spans(_in_trace(trace_id), "a process span in the trace")
+        process = _in_trace(trace_id)(spans)
+        assert process["attributes"]["conveyor.outcome"] == "ok"
+        assert process["parent_id"] not in ("0x00000000000000a1", "0x00000000000000b2", None)
