@@ -400,6 +400,40 @@ def inspect_(
     inspect_fleet(watch, interval, json_output, redis, prefix)
 
 
+@app.command()
+def dashboard(
+    redis: RedisOption = None,
+    prefix: PrefixOption = DEFAULT_PREFIX,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, help="HTTP port (0: a free one).")] = 8088,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CONVEYOR_DASHBOARD_TOKEN",
+            show_envvar=True,
+            help="Token that retry and delete need (without one, the page only looks).",
+        ),
+    ] = None,
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
+) -> None:
+    """Serve a live web page of the fleet: models, workers, dead letters."""
+    setup_logging(log_level, log_format)
+    from conveyor.broker import default_redis_url
+    from conveyor.dashboard import DashboardSettings
+    from conveyor.dashboard.server import serve
+
+    settings = DashboardSettings(
+        redis_url=redis or default_redis_url(), prefix=prefix, host=host, port=port, token=token
+    )
+    try:
+        serve(settings)
+    except (ValueError, OSError) as error:
+        raise _fail(error) from None
+
+
 app.add_typer(dlq_app, name="dlq")
 
 

@@ -3,15 +3,18 @@ functions (and under ``TYPE_CHECKING``) included, except for the circle rule (im
 
 - the client and the worker never import each other; the gateway (a client of the fleet)
   never imports the worker;
+- the dashboard (a view of the fleet) imports neither the worker, the client nor the gateway;
 - the core (``core/``, installed as ``conveyor`` minus its broker, worker, client and cli parts)
   imports nothing from those parts;
-- above the broker (client, worker, gateway, cli) the only broker modules imported are its face:
-  ``conveyor.broker``, ``conveyor.broker.keys`` and ``conveyor.broker.wire`` (the package itself,
-  not its insides); the cli may also import ``conveyor.broker.ops`` and its modules;
+- above the broker (client, worker, gateway, dashboard, cli) the only broker modules imported are
+  its face: ``conveyor.broker``, ``conveyor.broker.keys`` and ``conveyor.broker.wire`` (the
+  package itself, not its insides); the cli and the dashboard (operators' tools) may also import
+  ``conveyor.broker.ops`` and its modules;
 - no ``redis`` import in the client, the worker or the gateway (the broker's face translates
   Redis errors);
 - no import circle among the modules at import time (module-level imports);
-- no module of ``broker/``, ``worker/``, ``client/``, ``gateway/`` or the core over 400 lines
+- no module of ``broker/``, ``worker/``, ``client/``, ``gateway/``, ``dashboard/`` or the core
+  over 400 lines
   (generated code aside: protoc's output, marked DO NOT EDIT).
 
 ``KNOWN_VIOLATIONS`` lists what is still broken, each with the reason; a listed entry that no
@@ -40,10 +43,12 @@ PARTS = (
     "conveyor.worker",
     "conveyor.client",
     "conveyor.gateway",
+    "conveyor.dashboard",
     "conveyor.cli",
 )
 CLIENTS = ("conveyor.client", "conveyor.gateway")  # what sends jobs: never the worker's
 FACE = ("conveyor.broker", "conveyor.broker.keys", "conveyor.broker.wire")
+OPERATORS = ("conveyor.cli", "conveyor.dashboard")  # may read and act through conveyor.broker.ops
 
 
 @dataclass(frozen=True)
@@ -175,11 +180,15 @@ def _layering(rule: str) -> set[tuple[str, str]]:
                 (src in CLIENTS and dst == "conveyor.worker")
                 or (src == "conveyor.worker" and dst in CLIENTS)
             )
+        elif rule == "dashboard-view":
+            broken = (
+                project and src == "conveyor.dashboard" and dst in ("conveyor.worker", *CLIENTS)
+            )
         elif rule == "core-upward":
             broken = project and src == "conveyor" and dst != "conveyor"
         elif rule == "broker-face":
-            above = src in (*CLIENTS, "conveyor.worker", "conveyor.cli")
-            cli_ops = src == "conveyor.cli" and (
+            above = src in (*CLIENTS, "conveyor.worker", *OPERATORS)
+            cli_ops = src in OPERATORS and (
                 target == "conveyor.broker.ops" or target.startswith("conveyor.broker.ops.")
             )
             broken = project and above and dst == "conveyor.broker"
@@ -256,7 +265,7 @@ def _violations(rule: str) -> set[tuple[str, str]]:
     return _layering(rule)
 
 
-RULES = ["client-worker", "core-upward", "broker-face", "redis", "circle", "size"]
+RULES = ["client-worker", "dashboard-view", "core-upward", "broker-face", "redis", "circle", "size"]
 
 
 def test_the_modules_are_found() -> None:
@@ -310,6 +319,28 @@ def test_the_rules_catch_what_they_say() -> None:
             IMPORTS["conveyor.errors"] = errors
     finally:
         IMPORTS[client] = saved
+
+
+def test_the_dashboard_rules_catch_what_they_say() -> None:
+    """The dashboard is a view: the worker's, the client's and the broker's insides are off
+    limits to it, the broker's ops are not."""
+    board = next(name for name in MODULES if _part(name) == "conveyor.dashboard")
+    saved = IMPORTS[board]
+    try:
+        IMPORTS[board] = [
+            Import("conveyor.worker", True),
+            Import("conveyor.client", False),
+            Import("conveyor.broker.clients", True),
+            Import("conveyor.broker.ops.dead_letters", True),
+        ]
+        view = _violations("dashboard-view")
+        assert ("dashboard-view", f"{board} -> conveyor.worker") in view
+        assert ("dashboard-view", f"{board} -> conveyor.client") in view
+        face = _violations("broker-face")
+        assert ("broker-face", f"{board} -> conveyor.broker.clients") in face
+        assert ("broker-face", f"{board} -> conveyor.broker.ops.dead_letters") not in face
+    finally:
+        IMPORTS[board] = saved
 
 
 def test_a_checkout_never_shadows_the_installed_package() -> None:

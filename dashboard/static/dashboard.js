@@ -1,0 +1,208 @@
+// Conveyor dashboard: renders the fleet snapshots that /events pushes (at most 2 a second),
+// keeps each model's backlog history here in the page (the server keeps none), and sends
+// dead-letter actions with the token kept in sessionStorage. Plain DOM, no build step.
+"use strict";
+
+const HISTORY = 240; // points per chart: two minutes at 2 snapshots a second
+const history = new Map(); // model -> [[times], [queued], [running]]
+const charts = new Map(); // model -> uPlot
+let deadModel = null;
+let deadCount = -1;
+
+const $ = (selector) => document.querySelector(selector);
+
+function cell(row, text, numeric) {
+  const td = row.insertCell();
+  td.textContent = text === null || text === undefined ? "-" : String(text);
+  if (numeric) td.className = "n";
+  return td;
+}
+
+function ago(seconds) {
+  if (seconds === null || seconds === undefined) return "-";
+  if (seconds < 10) return seconds.toFixed(1) + "s";
+  if (seconds < 60) return Math.floor(seconds) + "s";
+  if (seconds < 3600) return Math.floor(seconds / 60) + "m" + String(Math.floor(seconds % 60)).padStart(2, "0") + "s";
+  return Math.floor(seconds / 3600) + "h" + String(Math.floor((seconds % 3600) / 60)).padStart(2, "0") + "m";
+}
+
+function renderModels(fleet) {
+  const body = $("#models tbody");
+  body.replaceChildren();
+  for (const m of fleet.models) {
+    const row = body.insertRow();
+    row.dataset.model = m.name;
+    cell(row, m.name);
+    cell(row, m.versions.join(", ") || "-");
+    cell(row, m.queued, true);
+    cell(row, m.running, true);
+    cell(row, ago(m.oldest_running_age_s), true);
+    cell(row, m.workers, true);
+    cell(row, m.dead_letters, true);
+  }
+}
+
+function renderWorkers(fleet) {
+  const body = $("#workers tbody");
+  body.replaceChildren();
+  for (const w of fleet.workers) {
+    const row = body.insertRow();
+    row.dataset.worker = w.id;
+    if (w.late) {
+      row.className = "late";
+      row.title = "late heartbeat: this worker may be stuck or gone";
+    }
+    cell(row, w.id);
+    cell(row, w.host);
+    cell(row, w.pid, true);
+    cell(row, w.ready.join(", "));
+    cell(row, w.in_flight, true);
+    cell(row, w.done, true);
+    cell(row, ago(w.heartbeat_age_s) + " ago", true);
+    cell(row, ago(w.started_ago_s) + " ago", true);
+  }
+  const gone = fleet.gone.map((g) => g.id);
+  $("#gone").textContent = gone.length ? "gone without unregistering: " + gone.join(", ") : "";
+}
+
+function renderCharts(fleet) {
+  if (fleet.stale || !window.uPlot) return;
+  const names = new Set(fleet.models.map((m) => m.name));
+  for (const [name, chart] of charts) {
+    if (!names.has(name)) {
+      chart.destroy();
+      charts.delete(name);
+      history.delete(name);
+    }
+  }
+  for (const m of fleet.models) {
+    let data = history.get(m.name);
+    if (!data) {
+      data = [[], [], []];
+      history.set(m.name, data);
+    }
+    data[0].push(fleet.time);
+    data[1].push(m.queued);
+    data[2].push(m.running);
+    if (data[0].length > HISTORY) data.forEach((series) => series.shift());
+    let chart = charts.get(m.name);
+    if (!chart) {
+      const box = document.createElement("div");
+      box.className = "chart";
+      $("#charts").append(box);
+      chart = new uPlot({
+        title: m.name + ": backlog",
+        width: 320,
+        height: 150,
+        series: [{}, { label: "queued", stroke: "#1f6fd1" }, { label: "running", stroke: "#e07b00" }],
+        axes: [{}, { size: 40 }],
+        scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+      }, data, box);
+      charts.set(m.name, chart);
+    } else {
+      chart.setData(data);
+    }
+  }
+}
+
+function renderDeadModels(fleet) {
+  const select = $("#dead-model");
+  const names = fleet.models.filter((m) => m.dead_letters > 0).map((m) => m.name);
+  if (deadModel && !names.includes(deadModel)) names.push(deadModel);
+  const shown = [...select.options].map((o) => o.value);
+  if (shown.join("\n") !== names.join("\n")) {
+    select.replaceChildren(...names.map((n) => new Option(n, n)));
+    if (deadModel) select.value = deadModel;
+  }
+  if (!deadModel && names.length) deadModel = names[0];
+  const model = fleet.models.find((m) => m.name === deadModel);
+  const count = model ? model.dead_letters : 0;
+  if (count !== deadCount) {
+    deadCount = count;
+    loadDead();
+  }
+}
+
+async function loadDead() {
+  const body = $("#dead tbody");
+  if (!deadModel) {
+    body.replaceChildren();
+    $("#dead-status").textContent = "no dead letters";
+    return;
+  }
+  const response = await fetch("/api/models/" + encodeURIComponent(deadModel) + "/dead?count=100");
+  const doc = await response.json();
+  body.replaceChildren();
+  if (!response.ok) {
+    $("#dead-status").textContent = doc.error;
+    return;
+  }
+  $("#dead-status").textContent = doc.total + " in all" + (doc.total > doc.entries.length ? ", oldest " + doc.entries.length + " shown" : "");
+  for (const d of doc.entries) {
+    const row = body.insertRow();
+    row.dataset.entry = d.entry_id;
+    cell(row, d.entry_id);
+    cell(row, d.request_id);
+    cell(row, d.method);
+    cell(row, d.deliveries, true);
+    cell(row, ago(d.age_s), true);
+    cell(row, d.reason);
+    const actions = row.insertCell();
+    for (const [label, verb] of [["Retry", "retry"], ["Delete", "delete"]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = label;
+      button.dataset.action = verb;
+      button.addEventListener("click", () => act(verb, { ids: [d.entry_id] }, label.toLowerCase() + " dead letter " + d.entry_id));
+      actions.append(button);
+    }
+  }
+}
+
+function token() {
+  let value = sessionStorage.getItem("conveyor-token");
+  if (!value) {
+    value = prompt("The dashboard's token (--token / CONVEYOR_DASHBOARD_TOKEN):");
+    if (value) sessionStorage.setItem("conveyor-token", value);
+  }
+  return value;
+}
+
+async function act(verb, body, what) {
+  if (!deadModel || !confirm(what + " of model " + deadModel + "?")) return;
+  const secret = token();
+  if (!secret) return;
+  const response = await fetch("/api/models/" + encodeURIComponent(deadModel) + "/dead/" + verb, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: "Bearer " + secret },
+    body: JSON.stringify(body),
+  });
+  const doc = await response.json();
+  if (response.status === 401) sessionStorage.removeItem("conveyor-token"); // ask again next time
+  $("#dead-status").textContent = response.ok ? verb + ": " + doc.done + " done" : doc.error;
+  deadCount = -1; // reload the list with the next snapshot
+}
+
+function render(fleet) {
+  $("#prefix").textContent = "prefix " + fleet.prefix;
+  const error = $("#error");
+  error.hidden = !fleet.error;
+  error.textContent = fleet.error ? "Redis: " + fleet.error + (fleet.stale ? " (figures below are the last read)" : "") : "";
+  renderModels(fleet);
+  renderWorkers(fleet);
+  renderCharts(fleet);
+  renderDeadModels(fleet);
+}
+
+function connect() {
+  const status = $("#status");
+  const source = new EventSource("/events");
+  source.onopen = () => { status.textContent = "live"; status.className = "status live"; };
+  source.onerror = () => { status.textContent = "reconnecting…"; status.className = "status"; };
+  source.onmessage = (event) => render(JSON.parse(event.data));
+}
+
+$("#dead-model").addEventListener("change", (event) => { deadModel = event.target.value; deadCount = -1; loadDead(); });
+$("#retry-all").addEventListener("click", () => act("retry", { all: true }, "Retry every dead letter"));
+$("#delete-all").addEventListener("click", () => act("delete", { all: true }, "Delete every dead letter"));
+connect();
