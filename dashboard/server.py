@@ -10,6 +10,7 @@ import uvicorn
 
 from conveyor.broker import redact_url
 from conveyor.dashboard.app import DashboardSettings, build_app
+from conveyor.errors import PortUnavailable
 
 __all__ = ("serve",)
 
@@ -24,11 +25,16 @@ def serve(settings: DashboardSettings) -> None:
 
     Raises:
         ValueError: the Redis URL is not valid.
-        OSError: the address cannot be bound (say, the port is taken).
+        PortUnavailable: the address cannot be listened on (say, the port is taken).
     """
     app = build_app(settings)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.create_server((settings.host, settings.port), family=family)
+    try:
+        sock = socket.create_server((settings.host, settings.port), family=family)
+    except OSError as error:
+        raise PortUnavailable(
+            "--port", settings.port, error, host=settings.host, hint=" (0 picks a free one)"
+        ) from error
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, log_level="warning", lifespan="on", timeout_graceful_shutdown=_GRACE_S
