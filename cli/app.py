@@ -361,20 +361,20 @@ def _gateways(
     log_format: str,
 ) -> int:
     """``processes`` gateway processes on the same ports (``SO_REUSEPORT``: the kernel
-    spreads connections), each restarted when it dies; port 0 is picked once, here, and
+    spreads connections), each restarted when it dies; the ports (0: one picked here) are
     held (bound, not listening) until they stop."""
     import contextlib
     import os
     import sys
 
     from conveyor.gateway.processes import run_processes
-    from conveyor.gateway.server import reserve
+    from conveyor.gateway.server import claim
 
     with contextlib.ExitStack() as held:
-        if http_port == 0:
-            http_port = held.enter_context(reserve(host, 0)).getsockname()[1]
-        if grpc_port == 0:
-            grpc_port = held.enter_context(reserve(host, 0)).getsockname()[1]
+        # held while they run: a taken port fails here, in one line, not in N restarting children
+        http_port = held.enter_context(claim(host, http_port, "--http-port")).getsockname()[1]
+        if grpc_port >= 0:
+            grpc_port = held.enter_context(claim(host, grpc_port, "--grpc-port")).getsockname()[1]
         argv = [sys.executable, "-P", "-m", "conveyor.cli", "gateway", "--prefix", prefix]
         argv += ["--host", host, "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
         argv += ["--timeout", str(timeout), "--log-level", log_level, "--log-format", log_format]

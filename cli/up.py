@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,12 +26,14 @@ from conveyor.broker import (
 )
 from conveyor.broker.keys import DEFAULT_PREFIX, Keys
 from conveyor.embedded import RedisServer
-from conveyor.errors import ConveyorError
-from conveyor.gateway.server import reserve
+from conveyor.errors import ConveyorError, PortUnavailable
+from conveyor.gateway.server import FREE_PORT_HINT, reserve
+from conveyor.gateway.settings import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from conveyor.worker.supervisor import supervise, worker_argv, worker_env
 
 __all__ = ("run_up",)
 
+_HOST = "127.0.0.1"  # where up's gateway listens
 _EXAMPLE_MODEL = "numpy-linear"  # examples/models: the one the README's first call uses
 _EXAMPLE_REQUEST = (
     '{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]}'
@@ -74,8 +77,8 @@ class _Gateway:
 
     def __init__(self, process: subprocess.Popen[bytes], http_port: int, grpc_port: int) -> None:
         self.process = process
-        self.url = f"http://127.0.0.1:{http_port}"
-        self.grpc_address = f"127.0.0.1:{grpc_port}"
+        self.url = f"http://{_HOST}:{http_port}"
+        self.grpc_address = f"{_HOST}:{grpc_port}"
 
     def wait_ready(self, stop: threading.Event, timeout_s: float = 20.0) -> bool:
         """Whether it answers ``/v2/health/live`` within ``timeout_s`` (False if it exited)."""
@@ -93,17 +96,44 @@ class _Gateway:
         return False
 
 
+def _taken(port: int) -> OSError | None:
+    """Why ``port`` cannot be listened on, by a plain bind and listen: no ``SO_REUSEPORT``,
+    which a gateway still running (an earlier ``conveyor up``) would silently share."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: closed connections in TIME_WAIT are no reason to move
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((_HOST, port))
+            probe.listen(1)  # a bound, not listening, socket conflicts only with a listener
+        except OSError as error:
+            return error
+    return None
+
+
+def _port(held: contextlib.ExitStack, port: int, option: str, default: int) -> int:
+    """The gateway's ``port``: 0 picks one; a taken default moves to a free one (said in one
+    line), a taken port the user chose is an error. A picked port is held (bound, not
+    listening) while the gateway runs, so that the curl line can name it."""
+    if port != 0:
+        error = _taken(port)
+        if error is None:
+            return port
+        if port != default:
+            raise PortUnavailable(option, port, error, host=_HOST, hint=FREE_PORT_HINT)
+    picked: int = held.enter_context(reserve(_HOST, 0)).getsockname()[1]
+    if port != 0:
+        typer.echo(f"conveyor: port {port} is in use; the gateway takes {picked} ({option})")
+    return picked
+
+
 @contextlib.contextmanager
 def _gateway(
     url: str, prefix: str, log_level: str, http_port: int, grpc_port: int
 ) -> Iterator[_Gateway]:
-    """A gateway process for the fleet, stopped on the way out. Port 0 is picked here and
-    held (bound, not listening) while it runs, so that the curl line can name it."""
+    """A gateway process for the fleet, stopped on the way out (its ports: :func:`_port`)."""
     with contextlib.ExitStack() as held:
-        if http_port == 0:
-            http_port = held.enter_context(reserve("127.0.0.1", 0)).getsockname()[1]
-        if grpc_port == 0:
-            grpc_port = held.enter_context(reserve("127.0.0.1", 0)).getsockname()[1]
+        http_port = _port(held, http_port, "--http-port", DEFAULT_HTTP_PORT)
+        grpc_port = _port(held, grpc_port, "--grpc-port", DEFAULT_GRPC_PORT)
         argv = [sys.executable, "-P", "-m", "conveyor.cli", "gateway", "--prefix", prefix]
         argv += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
         argv += ["--log-level", log_level]
@@ -173,8 +203,8 @@ def run_up(
     redis_url: str | None,
     prefix: str,
     log_level: str,
-    http_port: int = 8080,
-    grpc_port: int = 8081,
+    http_port: int = DEFAULT_HTTP_PORT,
+    grpc_port: int = DEFAULT_GRPC_PORT,
 ) -> int:
     """Runs Redis (embedded unless ``redis_url``), ``workers`` worker processes and a gateway
     until Ctrl-C; returns the exit code. Raises ``WorkersCannotStart`` when a model's

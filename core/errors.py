@@ -31,7 +31,7 @@
     ├── StreamInterrupted              a predict_stream's worker died after some chunks
     ├── InputsLost                     (worker) a predict_stream's inputs vanished from Redis
     ├── ModelLoadFailed                (worker) a model's load() raised
-    ├── PortUnavailable                (worker) a --metrics-port or --health-port is taken
+    ├── PortUnavailable                a port to listen on is taken (worker's and gateway's)
     ├── WorkersCannotStart             (conveyor up) models kept failing to load
     ├── InvalidModelContext ‡          conveyor.log() called outside a model's method
     ├── DeadLetterError †              (conveyor dlq) Redis refused a dead-letter command
@@ -76,6 +76,7 @@ __all__ = (
     "ModelSettingsError",
     "NoWorkerError",
     "PayloadTooLarge",
+    "PortUnavailable",
     "QueueFull",
     "RedisBinaryNotFound",
     "RedisServerError",
@@ -256,6 +257,29 @@ class PayloadTooLarge(ConveyorError):
     def __init__(self, size: int, limit: int, message: str = "") -> None:
         self.size, self.limit = size, limit
         super().__init__(message or f"payload of {size} bytes is over the limit of {limit} bytes")
+
+
+class PortUnavailable(ConveyorError, OSError):
+    """A port given on the command line (``--metrics-port``, ``--http-port``, ...) cannot be
+    listened on (taken, say). ``host`` names the address when it is not every interface;
+    ``hint`` is appended to the advice (``" (0 picks a free one)"``)."""
+
+    def __init__(
+        self,
+        option: str,
+        port: int,
+        error: BaseException,
+        *,
+        host: str | None = None,
+        hint: str = "",
+    ) -> None:
+        self.option, self.port, self.host = option, port, host
+        where = f"port {port}" if host is None else f"{host}:{port}"
+        reason = getattr(error, "strerror", None) or error
+        super().__init__(
+            f"cannot listen on {where} ({option}): {reason}; is another process using it? "
+            f"Choose another {option}{hint}"
+        )
 
 
 class DeadLettered(ConveyorError):

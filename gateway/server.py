@@ -17,14 +17,16 @@ import anyio
 import uvicorn
 
 from conveyor.client import Client
+from conveyor.errors import PortUnavailable
 from conveyor.gateway.grpc import start_grpc
 from conveyor.gateway.rest import build_app
 from conveyor.gateway.service import FleetService
 from conveyor.gateway.settings import GatewaySettings
 
-__all__ = ("bind", "reserve", "serve")
+__all__ = ("bind", "claim", "reserve", "serve")
 
 logger = logging.getLogger("conveyor.gateway")
+FREE_PORT_HINT = " (0 picks a free one)"
 _GRACE_S = 5.0  # calls in flight get this long to finish on SIGTERM
 
 
@@ -44,10 +46,24 @@ def reserve(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
     # without it a keep-alive connection waits ~40 ms per answer (Nagle + delayed ACK)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     return sock
+
+
+def claim(host: str, port: int, option: str) -> socket.socket:
+    """:func:`reserve`, a taken port raised as :class:`PortUnavailable` (one line, not a
+    traceback). A port held by another gateway's ``SO_REUSEPORT`` socket is shared, not taken:
+    ``conveyor up`` checks for that itself."""
+    try:
+        return reserve(host, port)
+    except OSError as error:
+        raise PortUnavailable(option, port, error, host=host, hint=FREE_PORT_HINT) from error
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -68,7 +84,12 @@ async def serve(
 
     ``on_ready(http_port, grpc_port)`` is called once both listen (the ports actually bound:
     port 0 picks a free one)."""
-    sock = bind(settings.host, settings.http_port)
+    if settings.grpc_port:
+        # grpc says only "Failed to bind" (a RuntimeError): a bind of our own says why
+        claim(settings.host, settings.grpc_port, "--grpc-port").close()
+    sock = claim(settings.host, settings.http_port, "--http-port")
+    sock.listen(2048)
+    sock.setblocking(False)
     http_port = sock.getsockname()[1]
     async with Client(
         settings.redis_url, prefix=settings.prefix, timeout=settings.timeout, client_id="gateway"

@@ -25,25 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.broker import HeartbeatLink
-from conveyor.errors import ConveyorError
+from conveyor.errors import PortUnavailable
 from conveyor.worker.heartbeat import Heartbeat, WorkerStats
 
-__all__ = ("Health", "ObservedHeartbeat", "PortUnavailable", "children_ready", "serving_health")
+__all__ = ("Health", "ObservedHeartbeat", "children_ready", "serving_health")
 
 logger = logging.getLogger(__name__)
 
 Report = tuple[bool, dict[str, Any]]
-
-
-class PortUnavailable(ConveyorError, OSError):
-    """A ``--metrics-port`` or ``--health-port`` cannot be listened on (taken, say)."""
-
-    def __init__(self, option: str, port: int, error: OSError) -> None:
-        self.option, self.port = option, port
-        super().__init__(
-            f"cannot listen on port {port} ({option}): {error.strerror or error}; is another "
-            f"process using it? Choose another {option}"
-        )
 
 
 @contextlib.contextmanager

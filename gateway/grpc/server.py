@@ -8,6 +8,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from conveyor.errors import PortUnavailable
 from conveyor.gateway.grpc import inference_pb2, inference_pb2_grpc
 from conveyor.gateway.grpc.servicer import InferenceServicer
 from conveyor.gateway.service import FleetService
@@ -49,7 +50,11 @@ async def start_grpc(service: FleetService, address: str) -> tuple[grpc.aio.Serv
         server,
         pool=_reflection_pool(),
     )
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:  # grpc's word for any failed bind (a taken port, mostly)
+        host, _, number = address.rpartition(":")
+        raise PortUnavailable("--grpc-port", int(number), error, host=host) from error
     await server.start()
     for name in ("", SERVICE_NAME):
         await checks.set(name, health_pb2.HealthCheckResponse.SERVING)
