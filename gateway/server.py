@@ -92,7 +92,11 @@ async def serve(
     sock.setblocking(False)
     http_port = sock.getsockname()[1]
     async with Client(
-        settings.redis_url, prefix=settings.prefix, timeout=settings.timeout, client_id="gateway"
+        settings.redis_url,
+        prefix=settings.prefix,
+        timeout=settings.timeout,
+        client_id="gateway",
+        max_payload_bytes=settings.max_request_bytes,
     ) as client:
         service = FleetService(client)
         config = uvicorn.Config(
@@ -104,7 +108,8 @@ async def serve(
         http = _Uvicorn(config)
         grpc_server = None
         if settings.grpc_port is not None:
-            grpc_server = await start_grpc(service, f"{settings.host}:{settings.grpc_port}")
+            address = f"{settings.host}:{settings.grpc_port}"
+            grpc_server = await start_grpc(service, address, settings.max_request_bytes)
         grpc_port = grpc_server.port if grpc_server is not None else None
         try:
             async with anyio.create_task_group() as tg:

@@ -19,7 +19,8 @@ from conveyor.gateway.service import FleetService
 __all__ = ("MAX_MESSAGE_BYTES", "SERVICE_NAME", "GrpcServer", "start_grpc")
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# gRPC's default is 4 MiB a message: too small for many tensors
+# gRPC's default is 4 MiB a message: too small for many tensors (answers; requests: the
+# gateway's --max-request-bytes)
 MAX_MESSAGE_BYTES = 100 * 1024 * 1024
 
 
@@ -39,12 +40,15 @@ class GrpcServer:
     health: FleetHealth  # its health statuses: run its checks, tell it when stopping
 
 
-async def start_grpc(service: FleetService, address: str) -> GrpcServer:
-    """Starts the gRPC server on ``address`` (``host:port``; port 0 picks one)."""
+async def start_grpc(
+    service: FleetService, address: str, max_receive_bytes: int = MAX_MESSAGE_BYTES
+) -> GrpcServer:
+    """Starts the gRPC server on ``address`` (``host:port``; port 0 picks one). A message over
+    ``max_receive_bytes`` is refused by grpc itself (RESOURCE_EXHAUSTED), unread."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_receive_bytes),
             # several gateway processes on one host bind the same port (server.py's bind)
             ("grpc.so_reuseport", 1),
         ]

@@ -225,6 +225,26 @@ def test_health_follows_redis_and_the_gateways_stop(
 
 
 @pytest.mark.timeout(30)
+def test_a_message_over_max_request_bytes_is_resource_exhausted(
+    fleet: Fleet, worker: WorkerProcess
+) -> None:
+    small = fleet.start_gateway(extra=["--max-request-bytes", "4096"])
+    client = triton.InferenceServerClient(small.grpc_address)
+    try:
+        fits = np.zeros((1, 100), dtype=np.float32)
+        answer = client.infer("echo", [infer_input("x", fits)], client_timeout=10)
+        np.testing.assert_array_equal(answer.as_numpy("x"), fits)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("echo", [infer_input("x", np.zeros((1, 2048), "f4"))], client_timeout=10)
+        status, message = failure(caught)
+        assert status == "StatusCode.RESOURCE_EXHAUSTED", message
+        assert "4096" in message
+    finally:
+        client.close()
+        small.stop()
+
+
+@pytest.mark.timeout(30)
 def test_reflection_lists_and_describes_the_service(gateway: GatewayProcess) -> None:
     with grpc.insecure_channel(gateway.grpc_address) as channel:
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
