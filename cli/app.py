@@ -321,6 +321,13 @@ def gateway(
             help="Largest REST body or gRPC message taken (larger: 413 / RESOURCE_EXHAUSTED).",
         ),
     ] = 64 * 1024 * 1024,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (of all --workers, summed)."),
+    ] = None,
+    record_metrics: Annotated[
+        bool, typer.Option(hidden=True, help="Record metrics for the parent (--workers N).")
+    ] = False,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -342,6 +349,7 @@ def gateway(
                 log_level,
                 log_format,
                 ["--max-request-bytes", str(max_request_bytes)],
+                metrics_port,
             )
         )
     import anyio
@@ -357,6 +365,8 @@ def gateway(
         grpc_port=None if grpc_port < 0 else grpc_port,
         timeout=timeout,
         max_request_bytes=max_request_bytes,
+        metrics_port=metrics_port,
+        record_metrics=record_metrics,
     )
 
     def ready(http: int, grpc: int | None) -> None:
@@ -377,6 +387,7 @@ def _gateways(
     log_level: str,
     log_format: str,
     options: list[str],
+    metrics_port: int | None,
 ) -> int:
     """``processes`` gateway processes on the same ports (``SO_REUSEPORT``: the kernel
     spreads connections), each restarted when it dies; the ports (0: one picked here) are
@@ -384,11 +395,21 @@ def _gateways(
     import contextlib
     import os
     import sys
+    import tempfile
 
     from conveyor.gateway.processes import run_processes
     from conveyor.gateway.server import claim
+    from conveyor.multiprocess_metrics import MULTIPROC_VARIABLE, serving
 
+    env = {**os.environ, "CONVEYOR_REDIS_URL": url}
     with contextlib.ExitStack() as held:
+        on_exit = None
+        if metrics_port is not None:
+            # each process records in the folder's files; we serve them summed
+            folder = held.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-gateway-"))
+            env[MULTIPROC_VARIABLE] = folder
+            options = [*options, "--record-metrics"]
+            on_exit = held.enter_context(serving(metrics_port, host, folder=Path(folder)))
         # held while they run: a taken port fails here, in one line, not in N restarting children
         http_port = held.enter_context(claim(host, http_port, "--http-port")).getsockname()[1]
         if grpc_port >= 0:
@@ -398,7 +419,7 @@ def _gateways(
         argv += ["--timeout", str(timeout), "--log-level", log_level, "--log-format", log_format]
         argv += options
         # the Redis URL goes in the environment, never on a command line (ps shows it)
-        return run_processes(argv, processes, {**os.environ, "CONVEYOR_REDIS_URL": url})
+        return run_processes(argv, processes, env, on_exit=on_exit)
 
 
 @app.command("inspect")

@@ -17,11 +17,14 @@ import anyio
 import uvicorn
 
 from conveyor.client import Client
+from conveyor.client.metrics import ClientMetrics
 from conveyor.errors import PortUnavailable
 from conveyor.gateway.grpc import start_grpc
+from conveyor.gateway.metrics import GatewayMetrics
 from conveyor.gateway.rest import build_app
 from conveyor.gateway.service import FleetService
 from conveyor.gateway.settings import GatewaySettings
+from conveyor.multiprocess_metrics import serving
 
 __all__ = ("bind", "claim", "reserve", "serve")
 
@@ -84,6 +87,23 @@ async def serve(
 
     ``on_ready(http_port, grpc_port)`` is called once both listen (the ports actually bound:
     port 0 picks a free one)."""
+    metrics = None
+    if settings.metrics_port is not None or settings.record_metrics:
+        metrics = GatewayMetrics()
+    with contextlib.ExitStack() as stack:
+        if settings.metrics_port is not None and metrics is not None:
+            stack.enter_context(
+                serving(settings.metrics_port, settings.host, registry=metrics.registry)
+            )
+        await _serve(settings, metrics, on_ready, handle_signals)
+
+
+async def _serve(
+    settings: GatewaySettings,
+    metrics: GatewayMetrics | None,
+    on_ready: Callable[[int, int | None], None] | None,
+    handle_signals: bool,
+) -> None:
     if settings.grpc_port:
         # grpc says only "Failed to bind" (a RuntimeError): a bind of our own says why
         claim(settings.host, settings.grpc_port, "--grpc-port").close()
@@ -97,10 +117,13 @@ async def serve(
         timeout=settings.timeout,
         client_id="gateway",
         max_payload_bytes=settings.max_request_bytes,
+        # the fleet's side of each call (conveyor_client_*), beside the gateway's
+        metrics=ClientMetrics(metrics.registry) if metrics is not None else None,
     ) as client:
         service = FleetService(client)
+        app = build_app(service, settings)
         config = uvicorn.Config(
-            build_app(service, settings),
+            metrics.asgi(app) if metrics is not None else app,
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=int(_GRACE_S),
@@ -109,7 +132,7 @@ async def serve(
         grpc_server = None
         if settings.grpc_port is not None:
             address = f"{settings.host}:{settings.grpc_port}"
-            grpc_server = await start_grpc(service, address, settings.max_request_bytes)
+            grpc_server = await start_grpc(service, address, settings.max_request_bytes, metrics)
         grpc_port = grpc_server.port if grpc_server is not None else None
         try:
             async with anyio.create_task_group() as tg:

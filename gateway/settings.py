@@ -25,3 +25,6 @@ class GatewaySettings:
     timeout: float = DEFAULT_TIMEOUT_S
     # a REST body, a gRPC message and a job's payload: one limit, the client's by default
     max_request_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    metrics_port: int | None = None  # serve this process's metrics here
+    # record metrics for a parent that serves them (--workers N: PROMETHEUS_MULTIPROC_DIR set)
+    record_metrics: bool = False

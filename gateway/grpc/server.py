@@ -14,6 +14,7 @@ from conveyor.errors import PortUnavailable
 from conveyor.gateway.grpc import inference_pb2, inference_pb2_grpc
 from conveyor.gateway.grpc.health import FleetHealth
 from conveyor.gateway.grpc.servicer import InferenceServicer
+from conveyor.gateway.metrics import GatewayMetrics
 from conveyor.gateway.service import FleetService
 
 __all__ = ("MAX_MESSAGE_BYTES", "SERVICE_NAME", "GrpcServer", "start_grpc")
@@ -41,17 +42,21 @@ class GrpcServer:
 
 
 async def start_grpc(
-    service: FleetService, address: str, max_receive_bytes: int = MAX_MESSAGE_BYTES
+    service: FleetService,
+    address: str,
+    max_receive_bytes: int = MAX_MESSAGE_BYTES,
+    metrics: GatewayMetrics | None = None,
 ) -> GrpcServer:
     """Starts the gRPC server on ``address`` (``host:port``; port 0 picks one). A message over
     ``max_receive_bytes`` is refused by grpc itself (RESOURCE_EXHAUSTED), unread."""
     server = grpc.aio.server(
+        interceptors=[metrics.interceptor(SERVICE_NAME)] if metrics is not None else None,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", max_receive_bytes),
             # several gateway processes on one host bind the same port (server.py's bind)
             ("grpc.so_reuseport", 1),
-        ]
+        ],
     )
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(service), server
