@@ -314,6 +314,13 @@ def gateway(
             min=1, help="Gateway processes on these ports (they share nothing but Redis)."
         ),
     ] = 1,
+    max_request_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Largest REST body or gRPC message taken (larger: 413 / RESOURCE_EXHAUSTED).",
+        ),
+    ] = 64 * 1024 * 1024,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -325,7 +332,16 @@ def gateway(
     if workers > 1:
         raise typer.Exit(
             _gateways(
-                url, prefix, host, http_port, grpc_port, timeout, workers, log_level, log_format
+                url,
+                prefix,
+                host,
+                http_port,
+                grpc_port,
+                timeout,
+                workers,
+                log_level,
+                log_format,
+                ["--max-request-bytes", str(max_request_bytes)],
             )
         )
     import anyio
@@ -340,6 +356,7 @@ def gateway(
         http_port=http_port,
         grpc_port=None if grpc_port < 0 else grpc_port,
         timeout=timeout,
+        max_request_bytes=max_request_bytes,
     )
 
     def ready(http: int, grpc: int | None) -> None:
@@ -359,6 +376,7 @@ def _gateways(
     processes: int,
     log_level: str,
     log_format: str,
+    options: list[str],
 ) -> int:
     """``processes`` gateway processes on the same ports (``SO_REUSEPORT``: the kernel
     spreads connections), each restarted when it dies; the ports (0: one picked here) are
@@ -378,6 +396,7 @@ def _gateways(
         argv = [sys.executable, "-P", "-m", "conveyor.cli", "gateway", "--prefix", prefix]
         argv += ["--host", host, "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
         argv += ["--timeout", str(timeout), "--log-level", log_level, "--log-format", log_format]
+        argv += options
         # the Redis URL goes in the environment, never on a command line (ps shows it)
         return run_processes(argv, processes, {**os.environ, "CONVEYOR_REDIS_URL": url})
 

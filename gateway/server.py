@@ -92,7 +92,11 @@ async def serve(
     sock.setblocking(False)
     http_port = sock.getsockname()[1]
     async with Client(
-        settings.redis_url, prefix=settings.prefix, timeout=settings.timeout, client_id="gateway"
+        settings.redis_url,
+        prefix=settings.prefix,
+        timeout=settings.timeout,
+        client_id="gateway",
+        max_payload_bytes=settings.max_request_bytes,
     ) as client:
         service = FleetService(client)
         config = uvicorn.Config(
@@ -103,11 +107,10 @@ async def serve(
         )
         http = _Uvicorn(config)
         grpc_server = None
-        grpc_port: int | None = None
         if settings.grpc_port is not None:
-            grpc_server, grpc_port = await start_grpc(
-                service, f"{settings.host}:{settings.grpc_port}"
-            )
+            address = f"{settings.host}:{settings.grpc_port}"
+            grpc_server = await start_grpc(service, address, settings.max_request_bytes)
+        grpc_port = grpc_server.port if grpc_server is not None else None
         try:
             async with anyio.create_task_group() as tg:
 
@@ -118,6 +121,8 @@ async def serve(
                 # The socket listens already: connections wait in its backlog until uvicorn
                 # accepts them, so the gateway is ready now.
                 tg.start_soon(run_http)
+                if grpc_server is not None:
+                    tg.start_soon(grpc_server.health.run)
                 logger.info(
                     "gateway.started http=%s:%d grpc=%s", settings.host, http_port, grpc_port
                 )
@@ -128,8 +133,10 @@ async def serve(
                         async for signum in signals:
                             logger.info("gateway.stopping signal=%s", signal.Signals(signum).name)
                             break
+                    if grpc_server is not None:
+                        await grpc_server.health.stopping()
                     http.should_exit = True
         finally:
             if grpc_server is not None:
-                await grpc_server.stop(_GRACE_S)
+                await grpc_server.server.stop(_GRACE_S)
             sock.close()

@@ -8,10 +8,12 @@ examples/models; worker B the queue-limited ``bounded`` model, one job at a time
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -376,6 +378,64 @@ def test_errors_have_mlservers_body_and_the_issues_statuses(gw: Setup) -> None:
     _error(gw.post("/v2/models/ticker/infer", slow), 504, "taken by a worker")
     negative = {**good, "parameters": {"timeout": -1}}
     _error(gw.post("/v2/models/echo/infer", negative), 400, "parameters.timeout is -1")
+
+
+# -- the body size limit (--max-request-bytes) -----------------------------------------------
+
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def small(gw: Setup) -> GatewayProcess:
+    """A gateway of the module's fleet that takes bodies of at most LIMIT bytes."""
+    return gw.fleet.start_gateway(extra=["--max-request-bytes", str(LIMIT)])
+
+
+def _raw_post(gateway: GatewayProcess, head: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """Sends a request's head and the start of its body, never the rest: an answer can only
+    come from a gateway that stopped reading at its limit. Returns its status and JSON."""
+    with socket.create_connection(("127.0.0.1", gateway.http_port), timeout=10) as conn:
+        conn.sendall(head.encode() + b"\r\n" + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            part = conn.recv(65536)
+            assert part, answer
+            answer += part
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_a_body_over_the_limit_is_413_unread(small: GatewayProcess) -> None:
+    path = "/v2/models/echo/infer"
+    declared = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {10**9}\r\n"
+    status, body = _raw_post(small, declared, b"")
+    assert (status, body) == (
+        413,
+        {"error": f"the request body is over the limit of {LIMIT} bytes (--max-request-bytes)"},
+    )
+    # chunked: no length to read, counted as it comes; the last chunk is never sent
+    chunked = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    chunk = b"%x\r\n%s\r\n" % (LIMIT + 1, b"x" * (LIMIT + 1))
+    status, body = _raw_post(small, chunked, chunk)
+    assert status == 413, body
+    assert "over the limit of 4096 bytes" in body["error"]
+
+
+def test_the_limit_counts_decompressed_bytes_and_lets_smaller_bodies_through(
+    small: GatewayProcess,
+) -> None:
+    url = f"{small.http_url}/v2/models/echo/infer"
+    fits = json.dumps({"inputs": [v2_input("x", [1.0] * 100)]}).encode()
+    assert len(fits) < LIMIT
+    assert httpx.post(url, content=fits, timeout=10).status_code == 200
+    bomb = json.dumps({"inputs": [v2_input("x", [1.0] * 10_000)]}).encode()
+    packed = gzip.compress(bomb)
+    assert len(packed) < LIMIT < len(bomb)
+    answer = httpx.post(url, content=packed, headers={"Content-Encoding": "gzip"}, timeout=10)
+    _error(answer, 413, f"over the limit of {LIMIT} bytes once decompressed")
+    # custom handlers' bodies too
+    big = httpx.post(f"{small.http_url}/add", content=b"x" * (LIMIT + 1), timeout=10)
+    _error(big, 413, "over the limit")
 
 
 def test_a_job_nobody_takes_is_503_and_a_full_queue_429(gw: Setup, redis_url: str) -> None:
