@@ -434,7 +434,8 @@ def inspect_(
     redis: RedisOption = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
-    """Show each model's job streams (backlog, lag, pending, dead letters) and the workers."""
+    """Show each model's job streams (backlog, lag, pending, dead letters), its calls/s,
+    p50/p99 job time and errors over the last minute, and the workers."""
     from conveyor.cli.fleet_report import inspect_fleet
 
     inspect_fleet(watch, interval, json_output, redis, prefix)

@@ -39,7 +39,7 @@ from conveyor.worker.answers import (
 from conveyor.worker.batcher import AdaptiveBatcher
 from conveyor.worker.cancellation import CANCELLED, DUPLICATE, JobScope, RunningJobs
 from conveyor.worker.clock import RedisClock, remaining_fields
-from conveyor.worker.heartbeat import WorkerStats
+from conveyor.worker.heartbeat import WorkerStats, model_totals
 from conveyor.worker.metrics import WorkerMetrics
 from conveyor.worker.refusals import Refusals
 from conveyor.worker.registry import ModelRegistry, ServedModel
@@ -99,6 +99,8 @@ class JobRunner:
         self._admission = admission
         self._refusals = Refusals(broker, keys, metrics, clock, worker)
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
+        # read by the heartbeat thread, once a beat (its `last_minute`)
+        stats.totals = lambda: model_totals(metrics.jobs, metrics.latency)
         self.tracer = tracer()  # None unless the app configured tracing: then no span work
 
     def job_trace(self, delivery: Delivery, model: str, start_ns: int) -> JobTrace:
