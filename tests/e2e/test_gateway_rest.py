@@ -236,6 +236,44 @@ async def test_tritonclient_aio_posts_without_a_content_type(gw: Setup) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+async def test_mlserver_infers_request_format(gw: Setup, binary: bool) -> None:
+    """``mlserver infer`` (MLServer 1.7.1, mlserver/batch_processing.py) sends each line of its
+    input file through tritonclient.http.aio, as built here: the line's id as the body's
+    ``id`` and as ``seldon-puid`` / ``x-request-id`` headers, ``content-type:
+    application/json`` even on a JSON + binary body (``-b``), requested outputs with a
+    ``binary_data`` parameter, or none (then tritonclient asks ``binary_data_output``), and
+    ``-s N`` micro-batches lines into one request along the first axis. It reads the answer's
+    ``id`` and outputs. (The real command, run by hand against a gateway, wrote the expected
+    answers in all three modes.)"""
+    client = triton_aio.InferenceServerClient(gw.url.removeprefix("http://"))
+    lines = [  # (id, x, outputs the line names)
+        ("line-1", np.array([[1.0, 2.0]], np.float32), []),
+        ("line-2", np.array([[3.0, 4.0]], np.float32), ["y"]),
+        ("batch-1", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), []),  # -s 2
+    ]
+    try:
+        for request_id, x, named in lines:
+            tensor = triton_aio.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            outputs = [triton_aio.InferRequestedOutput(n, binary_data=binary) for n in named]
+            headers = {"content-type": "application/json"}
+            headers |= {"seldon-puid": request_id, "x-request-id": request_id}
+            result = await client.infer(
+                "numpy-linear",
+                [tensor],
+                outputs=outputs,
+                request_id=request_id,
+                headers=headers,
+            )
+            assert result.get_response()["id"] == request_id
+            np.testing.assert_allclose(result.as_numpy("y"), 0.5 * x[:, :1] + 2 * x[:, 1:] + 1)
+    finally:
+        await client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_64_calls_in_flight_each_get_their_own_answer(gw: Setup) -> None:
     client = triton_aio.InferenceServerClient(gw.url.removeprefix("http://"), conn_limit=64)
     answers: dict[int, np.ndarray] = {}
