@@ -12,6 +12,16 @@ with a TTL) lists, as comma-separated model names:
 - ``rest``: its served models' custom handlers with a REST path, one per line:
   ``<model> <HTTP method> <path> <handler>`` (what gateways route; absent from older workers).
 
+It also holds ``id``, ``host``, ``pid``, ``started`` and ``heartbeat`` (unix seconds on Redis's
+clock), ``in_flight``, ``done`` (jobs since it started), ``ttl``, and ``last_minute``: JSON
+of what it did over about the last minute (read once a beat from its metrics; absent from
+older workers), ``{"s": <window seconds>, "le": [<bucket bounds, s>], "models": {<model>:
+{"calls": <finished jobs>, "errors": <failed ones: model errors, refusals, deadlines, ...>,
+"counts": [<jobs per bucket of the job time, taken -> answer stored; not cumulative, the
+last one +Inf>]}}}``, only the models with calls in the window. Summed over workers (rates as
+calls / s, histograms bucket by bucket), it gives ``conveyor inspect``'s calls/s, errors and
+p50/p99 (``conveyor.broker.ops.fleet_report.model_load``).
+
 :func:`read_fleet` reads them with ``ZRANGE <prefix>:workers`` and one pipeline of ``HGET``s
 (a worker id whose hash has expired is a dead worker: skipped). :func:`has_group` tells
 whether a job stream has the workers' consumer group, i.e. whether a worker ever served it.

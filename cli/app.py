@@ -314,6 +314,20 @@ def gateway(
             min=1, help="Gateway processes on these ports (they share nothing but Redis)."
         ),
     ] = 1,
+    max_request_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Largest REST body or gRPC message taken (larger: 413 / RESOURCE_EXHAUSTED).",
+        ),
+    ] = 64 * 1024 * 1024,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (of all --workers, summed)."),
+    ] = None,
+    record_metrics: Annotated[
+        bool, typer.Option(hidden=True, help="Record metrics for the parent (--workers N).")
+    ] = False,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -325,7 +339,17 @@ def gateway(
     if workers > 1:
         raise typer.Exit(
             _gateways(
-                url, prefix, host, http_port, grpc_port, timeout, workers, log_level, log_format
+                url,
+                prefix,
+                host,
+                http_port,
+                grpc_port,
+                timeout,
+                workers,
+                log_level,
+                log_format,
+                ["--max-request-bytes", str(max_request_bytes)],
+                metrics_port,
             )
         )
     import anyio
@@ -340,6 +364,9 @@ def gateway(
         http_port=http_port,
         grpc_port=None if grpc_port < 0 else grpc_port,
         timeout=timeout,
+        max_request_bytes=max_request_bytes,
+        metrics_port=metrics_port,
+        record_metrics=record_metrics,
     )
 
     def ready(http: int, grpc: int | None) -> None:
@@ -359,6 +386,8 @@ def _gateways(
     processes: int,
     log_level: str,
     log_format: str,
+    options: list[str],
+    metrics_port: int | None,
 ) -> int:
     """``processes`` gateway processes on the same ports (``SO_REUSEPORT``: the kernel
     spreads connections), each restarted when it dies; the ports (0: one picked here) are
@@ -366,11 +395,21 @@ def _gateways(
     import contextlib
     import os
     import sys
+    import tempfile
 
     from conveyor.gateway.processes import run_processes
     from conveyor.gateway.server import claim
+    from conveyor.multiprocess_metrics import MULTIPROC_VARIABLE, serving
 
+    env = {**os.environ, "CONVEYOR_REDIS_URL": url}
     with contextlib.ExitStack() as held:
+        on_exit = None
+        if metrics_port is not None:
+            # each process records in the folder's files; we serve them summed
+            folder = held.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-gateway-"))
+            env[MULTIPROC_VARIABLE] = folder
+            options = [*options, "--record-metrics"]
+            on_exit = held.enter_context(serving(metrics_port, host, folder=Path(folder)))
         # held while they run: a taken port fails here, in one line, not in N restarting children
         http_port = held.enter_context(claim(host, http_port, "--http-port")).getsockname()[1]
         if grpc_port >= 0:
@@ -378,8 +417,9 @@ def _gateways(
         argv = [sys.executable, "-P", "-m", "conveyor.cli", "gateway", "--prefix", prefix]
         argv += ["--host", host, "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
         argv += ["--timeout", str(timeout), "--log-level", log_level, "--log-format", log_format]
+        argv += options
         # the Redis URL goes in the environment, never on a command line (ps shows it)
-        return run_processes(argv, processes, {**os.environ, "CONVEYOR_REDIS_URL": url})
+        return run_processes(argv, processes, env, on_exit=on_exit)
 
 
 @app.command("inspect")
@@ -394,7 +434,8 @@ def inspect_(
     redis: RedisOption = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
 ) -> None:
-    """Show each model's job streams (backlog, lag, pending, dead letters) and the workers."""
+    """Show each model's job streams (backlog, lag, pending, dead letters), its calls/s,
+    p50/p99 job time and errors over the last minute, and the workers."""
     from conveyor.cli.fleet_report import inspect_fleet
 
     inspect_fleet(watch, interval, json_output, redis, prefix)

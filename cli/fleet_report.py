@@ -3,7 +3,10 @@
 The figures come from :func:`conveyor.broker.ops.fleet_report.snapshot`; each one is what a plain
 ``redis-cli`` command returns (README.md). ``--watch`` refreshes every ``--interval`` seconds
 until Ctrl-C (exit 0) and adds each stream's delivery rate (jobs/s, from the group's
-``entries-read`` between two refreshes). Errors print as one ``error: ...`` line on stderr and
+``entries-read`` between two refreshes). Beside each model: its calls/s, errors and p50/p99
+job time (taken -> answer stored) over the last minute, summed from the live workers'
+heartbeats (their ``last_minute`` field: ``conveyor.broker.fleet``); JSON has them under
+``load``, by model. Errors print as one ``error: ...`` line on stderr and
 exit 1, as in ``cli/app.py``; while watching, a failed refresh is shown and retried instead.
 """
 
@@ -31,7 +34,7 @@ from conveyor.broker import (
     translate_errors,
 )
 from conveyor.broker.keys import Keys
-from conveyor.broker.ops.fleet_report import Snapshot, delivery_rates
+from conveyor.broker.ops.fleet_report import ModelLoad, Snapshot, delivery_rates, model_load
 from conveyor.broker.ops.fleet_snapshot import snapshot
 from conveyor.errors import ConveyorError
 
@@ -76,7 +79,10 @@ def _number(value: int | None) -> str:
 def _table(*columns: str, title: str) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False, title=title, title_justify="left")
     for name in columns:
-        numeric = name in ("backlog", "lag", "pending", "read", "jobs/s", "dead", "pid", "done")
+        numeric = name in (
+            *("backlog", "lag", "pending", "read", "jobs/s", "dead", "pid", "done"),
+            *("calls/s", "p50", "p99", "errors"),
+        )
         table.add_column(name, justify="right" if numeric else "left", overflow="fold")
     return table
 
@@ -85,25 +91,41 @@ def _row(table: Table, *cells: str) -> None:
     table.add_row(*(Text(_printable(cell)) for cell in cells))
 
 
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.2f}s"
+
+
+def _load_cells(load: ModelLoad | None) -> list[str]:
+    """calls/s, p50, p99, errors (last minute) of a model's first row."""
+    if load is None:
+        return ["0.0", "-", "-", "0"]
+    return [f"{load.calls_per_s:.1f}", _seconds(load.p50_s), _seconds(load.p99_s), str(load.errors)]
+
+
 def render(shot: Snapshot, rates: dict[str, float] | None = None) -> RenderableType:
     """The snapshot as tables: models (one row per job stream), the jobs in flight by
     consumer, then workers. ``rates`` (watch mode) replaces the entries-read column."""
     when = datetime.fromtimestamp(shot.time, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     parts: list[RenderableType] = [Text(f"prefix {_printable(shot.prefix)!r} at {when}")]
     alive = {worker.id for worker in shot.workers}
+    loads = model_load(shot)
 
     if shot.models:
         last = "jobs/s" if rates is not None else "read"
         heads = ("model", "stream", "backlog", "lag", "pending", "oldest pending", "workers")
-        models = _table(*heads, last, "dead", title="models")
+        minute = ("calls/s", "p50", "p99", "errors")  # the last minute's
+        models = _table(*heads, last, "dead", *minute, title="models")
         for model in shot.models:
             dead = str(model.dead_letters)
+            load = _load_cells(loads.get(model.name))
             # The live workers serving the model, from their heartbeats. Not XINFO's consumer
             # count: Redis (7.0) adds a consumer only once it has read an entry, so an idle
             # model served by three workers would show 0.
             serving = str(sum(model.name in worker.ready for worker in shot.workers))
             if not model.streams:
-                _row(models, model.name, "-", "-", "-", "-", "-", serving, "-", dead)
+                _row(models, model.name, "-", "-", "-", "-", "-", serving, "-", dead, *load)
             for stream in model.streams:
                 where = "jobs" if stream.version is None else f"v:{stream.version}"
                 group = stream.group
@@ -121,8 +143,8 @@ def render(shot: Snapshot, rates: dict[str, float] | None = None) -> RenderableT
                         _duration(group.oldest_pending_age_s),
                         serving,
                     ]
-                _row(models, model.name, where, str(stream.backlog), *cells, figure, dead)
-                dead = ""  # once per model
+                _row(models, model.name, where, str(stream.backlog), *cells, figure, dead, *load)
+                dead, load = "", ["", "", "", ""]  # once per model
         parts.append(models)
     else:
         parts.append(Text(f"no job streams under {shot.prefix}:{{*}}"))
@@ -172,6 +194,7 @@ def render(shot: Snapshot, rates: dict[str, float] | None = None) -> RenderableT
 
 def _document(shot: Snapshot, rates: dict[str, float] | None = None) -> dict[str, object]:
     document: dict[str, object] = dataclasses.asdict(shot)
+    document["load"] = {name: dataclasses.asdict(one) for name, one in model_load(shot).items()}
     if rates is not None:
         document["rates"] = rates
     return document

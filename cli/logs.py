@@ -7,6 +7,11 @@ template and its arguments, not from the rendered line: a value with spaces (an 
 message) stays whole. An argument that stands alone in the template (``"job.failed %s ..."``
 with a pre-rendered ``request=... model=...``) gives the ``key=value`` pairs of its text.
 Fields a call passes as ``extra=`` become keys too.
+
+A line logged while a worker runs a job (its ``job.*`` events, the model's own lines) carries
+the job's ``request_id``, and its ``trace_id`` when the job's span records (a batched run's
+lines: its ``batch_id``): keys in JSON, ``[request_id=… trace_id=…]`` after the message in
+text (see ``conveyor.logging.job_context``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any, Literal
 from pythonjsonlogger.core import merge_record_extra
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
-__all__ = ("JsonFormatter", "event_fields", "setup_logging")
+from conveyor.logging import job_context
+
+__all__ = ("JobFields", "JsonFormatter", "TextFormatter", "event_fields", "setup_logging")
 
 LogFormat = Literal["text", "json"]
 
@@ -101,12 +108,40 @@ class JsonFormatter(_LibraryJsonFormatter):
                 log_data[key] = message_dict[source]
 
 
+class JobFields(logging.Filter):
+    """Adds the running job's fields (``conveyor.logging.job_context``) to each record, as
+    attributes (the JSON formatter's extra keys; the text formatter's suffix)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = job_context.get()
+        if job is not None:
+            job.logged = True
+            for key, value in job.fields().items():
+                setattr(record, key, value)
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger message``, then the job's fields in brackets when it has them: at
+    the end, so the lines' format stays as it was for whoever reads them."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        fields = [
+            f"{key}={value}"
+            for key in ("request_id", "trace_id", "batch_id")
+            if (value := getattr(record, key, None))
+        ]
+        return f"{line} [{' '.join(fields)}]" if fields else line
+
+
 def setup_logging(level: str, log_format: LogFormat = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(JobFields())  # on the handler: it sees every logger's records
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

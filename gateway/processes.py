@@ -12,7 +12,7 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 __all__ = ("run_processes",)
@@ -24,10 +24,15 @@ _STABLE_S = 10.0  # a child that lived this long restarts without waiting
 
 
 def run_processes(
-    argv: Sequence[str], count: int, env: Mapping[str, str], grace_period: float = 10.0
+    argv: Sequence[str],
+    count: int,
+    env: Mapping[str, str],
+    grace_period: float = 10.0,
+    on_exit: Callable[[int], None] | None = None,
 ) -> int:
     """Runs ``count`` copies of ``argv`` until SIGTERM/SIGINT/SIGHUP, then stops them (SIGTERM,
-    then SIGKILL after ``grace_period``); returns 0."""
+    then SIGKILL after ``grace_period``); returns 0. ``on_exit(pid)`` hears of each child that
+    exited (its metrics drop out)."""
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -50,6 +55,8 @@ def run_processes(
             now = time.monotonic()
             for i, child in enumerate(children):
                 if child is not None and child.poll() is not None:
+                    if on_exit is not None:
+                        on_exit(child.pid)
                     if now - started[i] > _STABLE_S:
                         backoff[i] = 0.5
                     logger.warning(

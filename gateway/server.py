@@ -17,11 +17,14 @@ import anyio
 import uvicorn
 
 from conveyor.client import Client
+from conveyor.client.metrics import ClientMetrics
 from conveyor.errors import PortUnavailable
 from conveyor.gateway.grpc import start_grpc
+from conveyor.gateway.metrics import GatewayMetrics
 from conveyor.gateway.rest import build_app
 from conveyor.gateway.service import FleetService
 from conveyor.gateway.settings import GatewaySettings
+from conveyor.multiprocess_metrics import serving
 
 __all__ = ("bind", "claim", "reserve", "serve")
 
@@ -84,6 +87,23 @@ async def serve(
 
     ``on_ready(http_port, grpc_port)`` is called once both listen (the ports actually bound:
     port 0 picks a free one)."""
+    metrics = None
+    if settings.metrics_port is not None or settings.record_metrics:
+        metrics = GatewayMetrics()
+    with contextlib.ExitStack() as stack:
+        if settings.metrics_port is not None and metrics is not None:
+            stack.enter_context(
+                serving(settings.metrics_port, settings.host, registry=metrics.registry)
+            )
+        await _serve(settings, metrics, on_ready, handle_signals)
+
+
+async def _serve(
+    settings: GatewaySettings,
+    metrics: GatewayMetrics | None,
+    on_ready: Callable[[int, int | None], None] | None,
+    handle_signals: bool,
+) -> None:
     if settings.grpc_port:
         # grpc says only "Failed to bind" (a RuntimeError): a bind of our own says why
         claim(settings.host, settings.grpc_port, "--grpc-port").close()
@@ -92,22 +112,28 @@ async def serve(
     sock.setblocking(False)
     http_port = sock.getsockname()[1]
     async with Client(
-        settings.redis_url, prefix=settings.prefix, timeout=settings.timeout, client_id="gateway"
+        settings.redis_url,
+        prefix=settings.prefix,
+        timeout=settings.timeout,
+        client_id="gateway",
+        max_payload_bytes=settings.max_request_bytes,
+        # the fleet's side of each call (conveyor_client_*), beside the gateway's
+        metrics=ClientMetrics(metrics.registry) if metrics is not None else None,
     ) as client:
         service = FleetService(client)
+        app = build_app(service, settings)
         config = uvicorn.Config(
-            build_app(service, settings),
+            metrics.asgi(app) if metrics is not None else app,
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=int(_GRACE_S),
         )
         http = _Uvicorn(config)
         grpc_server = None
-        grpc_port: int | None = None
         if settings.grpc_port is not None:
-            grpc_server, grpc_port = await start_grpc(
-                service, f"{settings.host}:{settings.grpc_port}"
-            )
+            address = f"{settings.host}:{settings.grpc_port}"
+            grpc_server = await start_grpc(service, address, settings.max_request_bytes, metrics)
+        grpc_port = grpc_server.port if grpc_server is not None else None
         try:
             async with anyio.create_task_group() as tg:
 
@@ -118,6 +144,8 @@ async def serve(
                 # The socket listens already: connections wait in its backlog until uvicorn
                 # accepts them, so the gateway is ready now.
                 tg.start_soon(run_http)
+                if grpc_server is not None:
+                    tg.start_soon(grpc_server.health.run)
                 logger.info(
                     "gateway.started http=%s:%d grpc=%s", settings.host, http_port, grpc_port
                 )
@@ -128,8 +156,10 @@ async def serve(
                         async for signum in signals:
                             logger.info("gateway.stopping signal=%s", signal.Signals(signum).name)
                             break
+                    if grpc_server is not None:
+                        await grpc_server.health.stopping()
                     http.should_exit = True
         finally:
             if grpc_server is not None:
-                await grpc_server.stop(_GRACE_S)
+                await grpc_server.server.stop(_GRACE_S)
             sock.close()

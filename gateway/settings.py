@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conveyor.broker.keys import DEFAULT_PREFIX
+from conveyor.client.client import DEFAULT_MAX_PAYLOAD_BYTES
 
 __all__ = ("DEFAULT_GRPC_PORT", "DEFAULT_HTTP_PORT", "DEFAULT_TIMEOUT_S", "GatewaySettings")
 
@@ -22,3 +23,8 @@ class GatewaySettings:
     http_port: int = DEFAULT_HTTP_PORT
     grpc_port: int | None = DEFAULT_GRPC_PORT  # None: no gRPC server
     timeout: float = DEFAULT_TIMEOUT_S
+    # a REST body, a gRPC message and a job's payload: one limit, the client's by default
+    max_request_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    metrics_port: int | None = None  # serve this process's metrics here
+    # record metrics for a parent that serves them (--workers N: PROMETHEUS_MULTIPROC_DIR set)
+    record_metrics: bool = False

@@ -35,6 +35,7 @@ from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import hash_tag
 from conveyor.broker.wire import Fields, Job, JobDecoder, Message, encode_rows
 from conveyor.errors import WireError
+from conveyor.logging import job_context
 from conveyor.tracing import JobTrace, batch_ran
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.admission import Admission
@@ -240,6 +241,10 @@ class BatchJobs:
         """A batch's answers (from its batcher): they go in one write."""
         jobs, slots = self._jobs, self.slots
         answers: list[Any] = []
+        batch = job_context.get()  # the batch's, set as it started (JobRunner.batcher_for)
+        if batch is not None and batch.logged and batch.batch_id:  # which requests its lines had
+            ids = ",".join(cast("_BatchedJob", one.token).job.id for one in answered)
+            logger.info("batch.requests batch_id=%s requests=%s", batch.batch_id, ids)
         tracer = self._runner.tracer
         if tracer is not None:
             traces = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
@@ -19,6 +20,7 @@ from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.wire import ErrorCode, Job, Message, Payload, decode_job, trace_fields
 from conveyor.errors import WireError
+from conveyor.logging import JobContext, job_context
 from conveyor.methods import ModelMethods
 from conveyor.tracing import JobTrace, current_failed, timing_batches, tracer
 from conveyor.types import InferenceRequest, InferenceResponse
@@ -37,7 +39,7 @@ from conveyor.worker.answers import (
 from conveyor.worker.batcher import AdaptiveBatcher
 from conveyor.worker.cancellation import CANCELLED, DUPLICATE, JobScope, RunningJobs
 from conveyor.worker.clock import RedisClock, remaining_fields
-from conveyor.worker.heartbeat import WorkerStats
+from conveyor.worker.heartbeat import WorkerStats, model_totals
 from conveyor.worker.metrics import WorkerMetrics
 from conveyor.worker.refusals import Refusals
 from conveyor.worker.registry import ModelRegistry, ServedModel
@@ -49,6 +51,20 @@ __all__ = ("JobRunner",)
 logger = logging.getLogger(__name__)
 
 _PREDICT_STREAM = ModelMethods.PredictStream.value
+
+
+def trace_id(trace: JobTrace) -> int:
+    """The trace id of a job's span if it records (sampled), else 0."""
+    context = trace.span.get_span_context()
+    return context.trace_id if context.trace_flags.sampled else 0
+
+
+def batch_context() -> None:
+    """A batch's lines carry a batch id (set in the batch's task, as ``on_batch`` runs): one
+    run serves several requests. Its requests run again one by one (a failed batch) keep it."""
+    current = job_context.get()
+    if current is None or not current.batch_id:  # else one of its requests' re-runs
+        job_context.set(JobContext(batch_id=secrets.token_hex(6)))
 
 
 class JobRunner:
@@ -83,6 +99,8 @@ class JobRunner:
         self._admission = admission
         self._refusals = Refusals(broker, keys, metrics, clock, worker)
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
+        # read by the heartbeat thread, once a beat (its `last_minute`)
+        stats.totals = lambda: model_totals(metrics.jobs, metrics.latency)
         self.tracer = tracer()  # None unless the app configured tracing: then no span work
 
     def job_trace(self, delivery: Delivery, model: str, start_ns: int) -> JobTrace:
@@ -129,6 +147,8 @@ class JobRunner:
             job = decode_job(delivery.fields)
             if trace is not None:
                 trace.decoded(job.id, job.method, decoding)
+            # From here on its lines (and the model's) carry its request id: this task's own.
+            job_context.set(JobContext(job.id, 0 if trace is None else trace_id(trace)))
         except WireError as error:
             reason = f"bad entry: {error.reason}"
             refusal = Refusal(ErrorCode.BAD_ENTRY, "WireError", reason, answer=True)
@@ -357,12 +377,17 @@ class JobRunner:
                     raise TypeError(f"predict returned {type(response).__name__}")
                 return response
 
-            sizes = self._metrics.batch_size.labels(served.name)
+            observe = self._metrics.batch_size.labels(served.name).observe
+
+            def batch_started(size: int) -> None:
+                batch_context()
+                observe(size)
+
             batcher = AdaptiveBatcher(
                 predict,
                 settings.max_batch_size,
                 settings.max_batch_time,
-                on_batch=timing_batches(sizes.observe) if self.tracer else sizes.observe,
+                on_batch=timing_batches(batch_started) if self.tracer else batch_started,
                 concurrent_batches=served.calls.batches,
             )
             self._batchers[id(served)] = batcher

@@ -10,7 +10,8 @@ apart, as gone: it stopped without unregistering (killed, or its host died).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from conveyor.errors import ConveyorError
 
@@ -19,11 +20,15 @@ __all__ = (
     "GoneWorker",
     "GroupInfo",
     "InspectError",
+    "LastMinute",
     "ModelInfo",
+    "ModelLoad",
+    "ModelMinute",
     "Snapshot",
     "StreamInfo",
     "WorkerInfo",
     "delivery_rates",
+    "model_load",
 )
 
 
@@ -87,6 +92,36 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelMinute:
+    """One model's jobs on one worker over its heartbeat's window: finished, failed, and the
+    job-time histogram's count per bucket (not cumulative; the last one is +Inf)."""
+
+    calls: int
+    errors: int
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LastMinute:
+    """A worker's heartbeat field ``last_minute`` (see ``conveyor.broker.fleet``)."""
+
+    window_s: float  # about a minute (less for a worker started since)
+    bounds: tuple[float, ...]  # the histogram's bucket bounds (``le``), +Inf left out
+    models: dict[str, ModelMinute]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLoad:
+    """One model over the last minute, the live workers' ``last_minute`` summed: what
+    ``conveyor inspect`` shows beside the backlog."""
+
+    calls_per_s: float
+    errors: int  # failed jobs (model errors, refusals, deadlines, ...) in the last minute
+    p50_s: float | None  # job time (taken -> answer stored), from the merged histograms
+    p99_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerInfo:
     """A live worker: its heartbeat hash ``<prefix>:worker:<id>`` (None: field missing or
     unreadable)."""
@@ -105,6 +140,7 @@ class WorkerInfo:
     uptime_s: float | None
     heartbeat_age_s: float | None  # seconds since its last heartbeat
     ttl_s: float | None  # how long its hash outlives a heartbeat
+    last_minute: LastMinute | None = field(default=None)  # None: an older worker's
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +198,74 @@ def delivery_rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
             if delta >= 0:
                 rates[stream.key] = delta / elapsed
     return rates
+
+
+def _quantile(q: float, bounds: tuple[float, ...], counts: list[int]) -> float | None:
+    """As Prometheus's ``histogram_quantile``: linear within the bucket that holds the rank;
+    in the +Inf bucket, the highest bound."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank, seen = q * total, 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if index >= len(bounds):
+                return bounds[-1] if bounds else None
+            low = bounds[index - 1] if index else 0.0
+            return low + (bounds[index] - low) * (rank - seen) / count
+        seen += count
+    return bounds[-1] if bounds else None
+
+
+def model_load(shot: Snapshot) -> dict[str, ModelLoad]:
+    """Each model's calls/s, errors and p50/p99 job time over the last minute, from the live
+    workers' heartbeats (histograms merged only where their buckets agree)."""
+    rates: dict[str, float] = {}
+    errors: dict[str, int] = {}
+    merged: dict[str, tuple[tuple[float, ...], list[int]]] = {}
+    for worker in shot.workers:
+        minute = worker.last_minute
+        if minute is None:
+            continue
+        for name, one in minute.models.items():
+            rates[name] = rates.get(name, 0.0) + one.calls / minute.window_s
+            errors[name] = errors.get(name, 0) + one.errors
+            if len(one.counts) != len(minute.bounds) + 1:
+                continue
+            bounds, counts = merged.setdefault(name, (minute.bounds, [0] * len(one.counts)))
+            if bounds == minute.bounds:
+                for index, count in enumerate(one.counts):
+                    counts[index] += count
+    load = {}
+    for name, rate in sorted(rates.items()):
+        bounds, counts = merged.get(name, ((), []))
+        p50, p99 = (_quantile(q, bounds, counts) for q in (0.5, 0.99))
+        load[name] = ModelLoad(rate, errors[name], p50, p99)
+    return load
+
+
+def parse_last_minute(data: object) -> LastMinute | None:
+    """The ``last_minute`` field's JSON (already loaded), or None if it is not one (a
+    crafted or newer heartbeat)."""
+    if not isinstance(data, dict):
+        return None
+    window, bounds, models = data.get("s"), data.get("le"), data.get("models")
+    if not (
+        isinstance(window, int | float)
+        and math.isfinite(window)
+        and window > 0
+        and isinstance(bounds, list)
+        and all(isinstance(b, int | float) for b in bounds)
+        and isinstance(models, dict)
+    ):
+        return None
+    parsed: dict[str, ModelMinute] = {}
+    for name, one in models.items():
+        if not isinstance(one, dict):
+            continue
+        calls, failed, counts = one.get("calls"), one.get("errors"), one.get("counts")
+        if not (isinstance(counts, list) and all(isinstance(c, int) for c in counts)):
+            continue
+        if isinstance(calls, int) and isinstance(failed, int):
+            parsed[str(name)] = ModelMinute(calls, failed, tuple(counts))
+    return LastMinute(float(window), tuple(float(b) for b in bounds), parsed)

@@ -16,6 +16,7 @@ writes and never blocks.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,10 +35,12 @@ from conveyor.broker.ops.fleet_report import (
     GoneWorker,
     GroupInfo,
     InspectError,
+    LastMinute,
     ModelInfo,
     Snapshot,
     StreamInfo,
     WorkerInfo,
+    parse_last_minute,
 )
 
 __all__ = ("snapshot",)
@@ -197,7 +200,17 @@ def _worker(worker_id: str, fields: Mapping[bytes, bytes], now: float) -> Worker
         uptime_s=None if started is None else max(now - started, 0.0),
         heartbeat_age_s=None if heartbeat is None else max(now - heartbeat, 0.0),
         ttl_s=_float(get("ttl")),
+        last_minute=_last_minute(get("last_minute")),
     )
+
+
+def _last_minute(value: bytes | None) -> LastMinute | None:
+    if value is None:
+        return None
+    try:
+        return parse_last_minute(json.loads(value))
+    except (ValueError, RecursionError):  # not JSON: a crafted field
+        return None
 
 
 def _check(reply: object, key: str, *, missing_ok: bool = False) -> object:

@@ -26,12 +26,12 @@ from conveyor.gateway.rest.calls import (
     Disconnected,
     error_response,
     json_response,
+    read_body,
     watched,
 )
 from conveyor.gateway.rest.codec import (
     HEADER_LENGTH,
     Outputs,
-    decode_body,
     dump_json,
     encode_response,
     parse_request,
@@ -53,8 +53,8 @@ def _model(request: Request) -> tuple[str, str | None]:
     return params["name"], params.get("version")
 
 
-async def _read(request: Request) -> tuple[InferenceRequest, Outputs, float | None]:
-    body = decode_body(await request.body(), request.headers.get("content-encoding"))
+async def _read(request: Request, limit: int) -> tuple[InferenceRequest, Outputs, float | None]:
+    body = await read_body(request, limit)
     return parse_request(body, request.headers.get(HEADER_LENGTH))
 
 
@@ -65,6 +65,7 @@ def _sse(response: InferenceResponse | dict[str, str]) -> bytes:
 
 def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
     """The ASGI app of one gateway process."""
+    limit = settings.max_request_bytes
 
     async def live(request: Request) -> Response:
         return Response(status_code=200 if await service.live() else 400)
@@ -96,7 +97,7 @@ def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
     async def infer(request: Request) -> Response:
         name, version = _model(request)
         try:
-            inference, outputs, timeout = await _read(request)
+            inference, outputs, timeout = await _read(request, limit)
             answer = await watched(
                 request, lambda: service.infer(name, inference, version, timeout=timeout)
             )
@@ -113,7 +114,7 @@ def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
     async def generate_stream(request: Request) -> Response:
         name, version = _model(request)
         try:
-            inference, _, timeout = await _read(request)
+            inference, _, timeout = await _read(request, limit)
         except Exception as exc:
             return error_response(exc)
 
@@ -149,7 +150,7 @@ def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
 
     async def repository_index(request: Request) -> Response:
         try:
-            body = await request.body()
+            body = await read_body(request, limit)
             ready_only = None
             if body.strip():
                 document = read_json(body)
@@ -198,5 +199,5 @@ def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
             Route(f"{path}/generate", infer, methods=["POST"]),
             Route(f"{path}/generate_stream", generate_stream, methods=["POST"]),
         ]
-    routes.append(custom_route(service))
+    routes.append(custom_route(service, limit))
     return Starlette(routes=routes)

@@ -18,12 +18,12 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, PayloadTooLarge
 from conveyor.gateway.errors import failure_of
-from conveyor.gateway.rest.codec import dump_json
+from conveyor.gateway.rest.codec import decode_body, dump_json
 from conveyor.tracing import continued
 
-__all__ = ("Disconnected", "error_response", "json_response", "watched")
+__all__ = ("Disconnected", "error_response", "json_response", "read_body", "watched")
 
 logger = logging.getLogger("conveyor.gateway")
 
@@ -46,6 +46,29 @@ def error_response(exc: Exception) -> Response:
     else:
         logger.debug("gateway.call_failed status=%d error=%s", failure.http_status, failure.message)
     return json_response({"error": failure.message}, failure.http_status)
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        size, limit, f"the request body is over the limit of {limit} bytes (--max-request-bytes)"
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, decompressed; :class:`PayloadTooLarge` (413) as soon as it is over
+    ``limit`` bytes: a declared length over it is refused unread, and no more than ``limit``
+    bytes are ever held (a chunked body is counted as it comes)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise _too_large(size, limit)
+        parts.append(part)
+    return decode_body(b"".join(parts), request.headers.get("content-encoding"), limit)
 
 
 async def _wait_disconnect(request: Request) -> None:

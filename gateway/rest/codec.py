@@ -18,7 +18,6 @@ call's deadline in microseconds, as tritonclient and Triton spell it) and the in
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from conveyor.errors import PayloadTooLarge
 from conveyor.gateway.errors import BadRequest
 from conveyor.gateway.tensors import from_raw, to_raw
 from conveyor.types import InferenceRequest, InferenceResponse, TensorData
@@ -41,6 +41,7 @@ __all__ = (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # deflate: zlib's format
 _MAX_TIMEOUT_US = 24 * 3600 * 1_000_000  # a day: anything longer is a mistake in units
 
 
@@ -55,18 +56,28 @@ class Outputs:
         return self.named.get(name, self.binary)
 
 
-def decode_body(body: bytes, content_encoding: str | None) -> bytes:
-    """The body, decompressed when the client says it compressed it (tritonclient can)."""
+def decode_body(body: bytes, content_encoding: str | None, limit: int | None = None) -> bytes:
+    """The body, decompressed when the client says it compressed it (tritonclient can); at
+    most ``limit`` bytes once decompressed (a small bomb must not become a large body)."""
     if not content_encoding or content_encoding == "identity":
         return body
+    if content_encoding not in _WBITS:
+        raise BadRequest(f"Content-Encoding {content_encoding!r} is not supported: gzip or deflate")
+    inflater = zlib.decompressobj(wbits=_WBITS[content_encoding])
     try:
-        if content_encoding == "gzip":
-            return gzip.decompress(body)
-        if content_encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as exc:
+        plain = inflater.decompress(body, 0 if limit is None else limit + 1)
+    except zlib.error as exc:
         raise BadRequest(f"the body is not valid {content_encoding} data: {exc}") from exc
-    raise BadRequest(f"Content-Encoding {content_encoding!r} is not supported: gzip or deflate")
+    if limit is not None and len(plain) > limit:
+        raise PayloadTooLarge(
+            len(plain),
+            limit,
+            f"the request body is over the limit of {limit} bytes once decompressed "
+            "(--max-request-bytes)",
+        )
+    if not inflater.eof:
+        raise BadRequest(f"the body is not valid {content_encoding} data: it is truncated")
+    return plain
 
 
 def read_json(body: bytes | memoryview, what: str = "request body") -> Any:

@@ -29,8 +29,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from conveyor.gateway.errors import BadRequest
-from conveyor.gateway.rest.calls import Disconnected, error_response, json_response, watched
-from conveyor.gateway.rest.codec import decode_body, read_json
+from conveyor.gateway.rest.calls import (
+    Disconnected,
+    error_response,
+    json_response,
+    read_body,
+    watched,
+)
+from conveyor.gateway.rest.codec import read_json
 from conveyor.gateway.service import FleetService
 
 __all__ = ("arguments", "custom_route")
@@ -67,7 +73,7 @@ def _answer(result: object) -> Response:
     return json_response(result)
 
 
-def custom_route(service: FleetService) -> Route:
+def custom_route(service: FleetService, max_body_bytes: int) -> Route:
     """The catch-all route (mounted last): the custom handler that some served model has at
     the request's method and path, or 404."""
 
@@ -78,7 +84,7 @@ def custom_route(service: FleetService) -> Route:
             if route is None:
                 message = f"no model serves {method} {path} (not a V2 path, nor a custom handler)"
                 return json_response({"error": message}, 404)
-            body = decode_body(await request.body(), request.headers.get("content-encoding"))
+            body = await read_body(request, max_body_bytes)
             content_type = request.headers.get("content-type")
             args, kwargs = arguments(body, content_type, dict(request.query_params))
             result = await watched(

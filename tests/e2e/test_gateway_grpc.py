@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -25,6 +25,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from conveyor.client import Client
+from conveyor.embedded import RedisServer
 from conveyor.types import InferenceRequest, RequestInput, ResponseOutput
 from tests.support.fleet import (
     EXAMPLES,
@@ -190,6 +191,57 @@ def test_health_checking_answers(gateway: GatewayProcess) -> None:
             # types-grpcio-health-checking's HealthStub lacks the methods its __init__ sets
             answer = health.Check(ask, timeout=5)  # type: ignore[attr-defined]
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.timeout(60)
+def test_health_follows_redis_and_the_gateways_stop(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """NOT_SERVING while Redis does not answer, SERVING again when it does, NOT_SERVING once
+    the gateway stops: heard on one Watch stream, as a load balancer would (no polling)."""
+    server = redis_server_factory()
+    with Fleet(server.url, f"t{uuid4().hex[:10]}") as own:
+        gateway = own.start_gateway()
+        with grpc.insecure_channel(gateway.grpc_address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            ask = health_pb2.HealthCheckRequest(service=SERVICE)
+            watch = health.Watch(ask, timeout=45)  # type: ignore[attr-defined]
+            statuses = iter(watch)
+            serving, not_serving = (
+                health_pb2.HealthCheckResponse.SERVING,
+                health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+            assert next(statuses).status == serving
+            server.stop()
+            assert next(statuses).status == not_serving
+            answer = health.Check(ask, timeout=5)  # type: ignore[attr-defined]
+            assert answer.status == not_serving
+            server.start()  # same port
+            assert next(statuses).status == serving
+            gateway.signal(signal.SIGTERM)
+            assert next(statuses).status == not_serving
+            watch.cancel()  # the server's stop waits for calls in flight, this one too
+        assert gateway.wait(timeout=15) == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_message_over_max_request_bytes_is_resource_exhausted(
+    fleet: Fleet, worker: WorkerProcess
+) -> None:
+    small = fleet.start_gateway(extra=["--max-request-bytes", "4096"])
+    client = triton.InferenceServerClient(small.grpc_address)
+    try:
+        fits = np.zeros((1, 100), dtype=np.float32)
+        answer = client.infer("echo", [infer_input("x", fits)], client_timeout=10)
+        np.testing.assert_array_equal(answer.as_numpy("x"), fits)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("echo", [infer_input("x", np.zeros((1, 2048), "f4"))], client_timeout=10)
+        status, message = failure(caught)
+        assert status == "StatusCode.RESOURCE_EXHAUSTED", message
+        assert "4096" in message
+    finally:
+        client.close()
+        small.stop()
 
 
 @pytest.mark.timeout(30)

@@ -58,3 +58,13 @@ def test_up_on_a_taken_chosen_port_is_one_line(taken: int) -> None:
         *("--http-port", str(taken), "--grpc-port", "0"),
     )
     assert line.startswith(f"error: cannot listen on 127.0.0.1:{taken} (--http-port)"), line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_gateway_on_a_taken_metrics_port_is_one_line(taken: int, workers: str) -> None:
+    line = _error_line(
+        *("gateway", "--redis", UNREACHABLE, "--metrics-port", str(taken)),
+        *("--http-port", "0", "--grpc-port", "0", "--workers", workers),
+    )
+    assert line.startswith(f"error: cannot listen on 127.0.0.1:{taken} (--metrics-port)"), line

@@ -8,10 +8,12 @@ examples/models; worker B the queue-limited ``bounded`` model, one job at a time
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -234,6 +236,44 @@ async def test_tritonclient_aio_posts_without_a_content_type(gw: Setup) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+async def test_mlserver_infers_request_format(gw: Setup, binary: bool) -> None:
+    """``mlserver infer`` (MLServer 1.7.1, mlserver/batch_processing.py) sends each line of its
+    input file through tritonclient.http.aio, as built here: the line's id as the body's
+    ``id`` and as ``seldon-puid`` / ``x-request-id`` headers, ``content-type:
+    application/json`` even on a JSON + binary body (``-b``), requested outputs with a
+    ``binary_data`` parameter, or none (then tritonclient asks ``binary_data_output``), and
+    ``-s N`` micro-batches lines into one request along the first axis. It reads the answer's
+    ``id`` and outputs. (The real command, run by hand against a gateway, wrote the expected
+    answers in all three modes.)"""
+    client = triton_aio.InferenceServerClient(gw.url.removeprefix("http://"))
+    lines = [  # (id, x, outputs the line names)
+        ("line-1", np.array([[1.0, 2.0]], np.float32), []),
+        ("line-2", np.array([[3.0, 4.0]], np.float32), ["y"]),
+        ("batch-1", np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), []),  # -s 2
+    ]
+    try:
+        for request_id, x, named in lines:
+            tensor = triton_aio.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=binary)
+            outputs = [triton_aio.InferRequestedOutput(n, binary_data=binary) for n in named]
+            headers = {"content-type": "application/json"}
+            headers |= {"seldon-puid": request_id, "x-request-id": request_id}
+            result = await client.infer(
+                "numpy-linear",
+                [tensor],
+                outputs=outputs,
+                request_id=request_id,
+                headers=headers,
+            )
+            assert result.get_response()["id"] == request_id
+            np.testing.assert_allclose(result.as_numpy("y"), 0.5 * x[:, :1] + 2 * x[:, 1:] + 1)
+    finally:
+        await client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_64_calls_in_flight_each_get_their_own_answer(gw: Setup) -> None:
     client = triton_aio.InferenceServerClient(gw.url.removeprefix("http://"), conn_limit=64)
     answers: dict[int, np.ndarray] = {}
@@ -376,6 +416,64 @@ def test_errors_have_mlservers_body_and_the_issues_statuses(gw: Setup) -> None:
     _error(gw.post("/v2/models/ticker/infer", slow), 504, "taken by a worker")
     negative = {**good, "parameters": {"timeout": -1}}
     _error(gw.post("/v2/models/echo/infer", negative), 400, "parameters.timeout is -1")
+
+
+# -- the body size limit (--max-request-bytes) -----------------------------------------------
+
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def small(gw: Setup) -> GatewayProcess:
+    """A gateway of the module's fleet that takes bodies of at most LIMIT bytes."""
+    return gw.fleet.start_gateway(extra=["--max-request-bytes", str(LIMIT)])
+
+
+def _raw_post(gateway: GatewayProcess, head: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """Sends a request's head and the start of its body, never the rest: an answer can only
+    come from a gateway that stopped reading at its limit. Returns its status and JSON."""
+    with socket.create_connection(("127.0.0.1", gateway.http_port), timeout=10) as conn:
+        conn.sendall(head.encode() + b"\r\n" + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            part = conn.recv(65536)
+            assert part, answer
+            answer += part
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def test_a_body_over_the_limit_is_413_unread(small: GatewayProcess) -> None:
+    path = "/v2/models/echo/infer"
+    declared = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {10**9}\r\n"
+    status, body = _raw_post(small, declared, b"")
+    assert (status, body) == (
+        413,
+        {"error": f"the request body is over the limit of {LIMIT} bytes (--max-request-bytes)"},
+    )
+    # chunked: no length to read, counted as it comes; the last chunk is never sent
+    chunked = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    chunk = b"%x\r\n%s\r\n" % (LIMIT + 1, b"x" * (LIMIT + 1))
+    status, body = _raw_post(small, chunked, chunk)
+    assert status == 413, body
+    assert "over the limit of 4096 bytes" in body["error"]
+
+
+def test_the_limit_counts_decompressed_bytes_and_lets_smaller_bodies_through(
+    small: GatewayProcess,
+) -> None:
+    url = f"{small.http_url}/v2/models/echo/infer"
+    fits = json.dumps({"inputs": [v2_input("x", [1.0] * 100)]}).encode()
+    assert len(fits) < LIMIT
+    assert httpx.post(url, content=fits, timeout=10).status_code == 200
+    bomb = json.dumps({"inputs": [v2_input("x", [1.0] * 10_000)]}).encode()
+    packed = gzip.compress(bomb)
+    assert len(packed) < LIMIT < len(bomb)
+    answer = httpx.post(url, content=packed, headers={"Content-Encoding": "gzip"}, timeout=10)
+    _error(answer, 413, f"over the limit of {LIMIT} bytes once decompressed")
+    # custom handlers' bodies too
+    big = httpx.post(f"{small.http_url}/add", content=b"x" * (LIMIT + 1), timeout=10)
+    _error(big, 413, "over the limit")
 
 
 def test_a_job_nobody_takes_is_503_and_a_full_queue_429(gw: Setup, redis_url: str) -> None:

@@ -30,10 +30,16 @@ from typer.testing import CliRunner, Result
 from conveyor.broker.keys import GROUP, Keys
 from conveyor.broker.ops.fleet_report import (
     GroupInfo,
+    LastMinute,
     ModelInfo,
+    ModelLoad,
+    ModelMinute,
     Snapshot,
     StreamInfo,
+    WorkerInfo,
     delivery_rates,
+    model_load,
+    parse_last_minute,
 )
 from conveyor.broker.wire import Job, encode_job
 from conveyor.cli.app import app
@@ -148,6 +154,29 @@ def wait_heartbeat(probe: redis.Redis, keys: Keys, worker_id: str, done: int) ->
         pubsub.close()
 
 
+def minute_calls(probe: redis.Redis, keys: Keys, worker_id: str, model: str) -> int:
+    """The calls of ``model`` in the worker's heartbeat's ``last_minute`` (0 if none yet)."""
+    field = cast(bytes | None, probe.hget(keys.worker(worker_id), "last_minute"))
+    models = json.loads(field)["models"] if field else {}
+    return int(models.get(model, {}).get("calls", 0))
+
+
+def wait_last_minute(probe: redis.Redis, keys: Keys, worker_id: str, calls: int) -> None:
+    """Blocks on keyspace notifications until the worker's heartbeat says SERVED had ``calls``
+    in its last minute (its figures are read once a beat: a beat may lag the answers)."""
+    key = keys.worker(worker_id)
+    pubsub = probe.pubsub()
+    pubsub.subscribe(f"__keyspace@0__:{key}")
+    try:
+        deadline = time.monotonic() + 20
+        while minute_calls(probe, keys, worker_id, SERVED) < calls:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no heartbeat with {calls} calls of {SERVED} in 20s"
+            pubsub.get_message(timeout=left)
+    finally:
+        pubsub.close()
+
+
 async def answered_calls(url: str, prefix: str) -> None:
     async with Client(url, prefix=prefix) as client:
         model = client.model(SERVED)
@@ -205,6 +234,7 @@ def scene() -> Iterator[Scene]:
                 if member.decode() != ghost
             ]
             wait_heartbeat(probe, keys, worker_id, CALLS)
+            wait_last_minute(probe, keys, worker_id, CALLS + 1)  # and the garbage, refused
             yield Scene(server.url, prefix, keys, worker, worker_id, ghost, probe)
         finally:
             fleet.stop()
@@ -252,6 +282,16 @@ def check_document(scene: Scene, document: dict[str, Any]) -> None:
     assert gone["id"] == scene.ghost
     assert 25 < gone["heartbeat_age_s"] < 120
 
+    # the last minute, from the heartbeat: the calls and the garbage (refused: an error)
+    minute = worker["last_minute"]
+    assert minute["models"][SERVED]["calls"] == CALLS + 1
+    assert sum(minute["models"][SERVED]["counts"]) == CALLS  # answered: timed
+    load = document["load"][SERVED]
+    assert load["calls_per_s"] == pytest.approx((CALLS + 1) / minute["window_s"])
+    assert load["errors"] == 1
+    assert 0 < load["p50_s"] <= load["p99_s"] < 5
+    assert UNSERVED not in document["load"]  # no worker, no figures
+
 
 # -- one-shot --------------------------------------------------------------------------------
 
@@ -287,12 +327,16 @@ def test_table_shows_models_then_workers(scene: Scene) -> None:
     assert lines.index("models") < lines.index("workers")
     assert lines[2].split() == [
         *("model", "stream", "backlog", "lag", "pending", "oldest", "pending", "workers"),
-        *("read", "dead"),
+        *("read", "dead", "calls/s", "p50", "p99", "errors"),
     ]
     rows = {line.split()[0]: line.split() for line in lines if line.split()[1:2] == ["jobs"]}
-    # model stream backlog lag pending oldest workers read dead
-    assert rows[UNSERVED] == [UNSERVED, "jobs", "3", "3", "0", "-", "0", "-", "0"]
-    assert rows[SERVED] == [SERVED, "jobs", "0", "0", "0", "-", "1", str(CALLS + 1), "1"]
+    # model stream backlog lag pending oldest workers read dead calls/s p50 p99 errors
+    idle = ("0.0", "-", "-", "0")  # no calls in the last minute
+    assert rows[UNSERVED] == [UNSERVED, "jobs", "3", "3", "0", "-", "0", "-", "0", *idle]
+    assert rows[SERVED][:9] == [SERVED, "jobs", "0", "0", "0", "-", "1", str(CALLS + 1), "1"]
+    assert float(rows[SERVED][9]) > 0
+    assert rows[SERVED][10].endswith("ms")  # p50
+    assert rows[SERVED][12] == "1"  # errors
     [worker_row] = [line.split() for line in lines if line.startswith(scene.worker_id)]
     assert worker_row[1:3] == [socket.gethostname(), str(scene.worker.pid)]
     assert SERVED in worker_row[3].split(",")
@@ -518,6 +562,7 @@ def test_watch_json_gives_a_line_per_refresh_with_rates_and_stops_on_ctrl_c(
     output.wait_for(1, '"entries_read":4')
     text = stop_with_ctrl_c(process, output)
     documents = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert all(document["load"] == {} for document in documents)  # no worker under it
     assert json.loads(first.splitlines()[0])["rates"] == {}  # one sample: no rate yet
     seen = [d for d in documents if stream(d, "rated")["group"]["entries_read"] == 4]
     rates = [d["rates"][key] for d in documents[1:]]
@@ -538,6 +583,7 @@ def test_watch_prints_tables_to_a_pipe_and_stops_on_ctrl_c(
     text = stop_with_ctrl_c(process, output)
     assert text.count(f"prefix {scene.prefix!r} at ") >= 3
     assert scene.worker_id in text
+    assert text.count("calls/s") >= 3  # the last minute's figures, in every refresh
 
 
 @pytest.mark.timeout(60)
@@ -580,3 +626,43 @@ def test_delivery_rates() -> None:
         "p:{c}:jobs": 1.5,
     }
     assert delivery_rates(after, before) == {}  # the clock went back
+
+
+def _worker(window_s: float, bounds: tuple[float, ...], **models: ModelMinute) -> WorkerInfo:
+    minute = LastMinute(window_s, bounds, models)
+    none = None
+    return WorkerInfo("w", "h", 1, (), (), 0, 0, none, none, none, none, none, minute)
+
+
+@pytest.mark.timeout(10)
+def test_model_load_sums_workers_and_merges_their_histograms() -> None:
+    bounds = (0.01, 0.1, 1.0)
+    one = _worker(60.0, bounds, m=ModelMinute(60, 1, (50, 10, 0, 0)))
+    two = _worker(30.0, bounds, m=ModelMinute(30, 0, (0, 40, 0, 0)))  # started 30 s ago
+    slow = _worker(60.0, bounds, n=ModelMinute(2, 2, (0, 0, 0, 2)))  # beyond the last bound
+    odd = _worker(60.0, (0.5,), m=ModelMinute(6, 0, (6, 0)))  # other buckets: rate only
+    load = model_load(Snapshot("p", 0.0, (), (one, two, slow, odd), ()))
+    # m: 60/60 + 30/30 + 6/60 calls/s; 100 timed: the 50th in the first bucket, the 99th
+    # in the second (its 49th of 50, linearly between 0.01 and 0.1)
+    assert load["m"] == ModelLoad(2.1, 1, 0.01, load["m"].p99_s)
+    assert load["m"].p99_s == pytest.approx(0.01 + 0.09 * 49 / 50)
+    assert load["n"] == ModelLoad(load["n"].calls_per_s, 2, 1.0, 1.0)
+    assert load["n"].calls_per_s == pytest.approx(2 / 60)
+
+
+@pytest.mark.timeout(10)
+def test_a_crafted_last_minute_is_left_out() -> None:
+    crafted: tuple[object, ...] = (
+        None,
+        [],
+        {"s": 0, "le": [], "models": {}},
+        {"s": float("nan"), "le": [], "models": {}},
+        {"s": 60, "le": ["x"], "models": {}},
+        {"s": 60, "le": [1], "models": []},
+    )
+    for data in crafted:
+        assert parse_last_minute(data) is None, data
+    parsed = parse_last_minute(
+        {"s": 60, "le": [1], "models": {"m": {"calls": 1, "errors": 0, "counts": [1, 0]}, "x": 1}}
+    )
+    assert parsed == LastMinute(60.0, (1.0,), {"m": ModelMinute(1, 0, (1, 0))})
