@@ -8,6 +8,8 @@ const history = new Map(); // model -> [[times], [queued], [running]]
 const charts = new Map(); // model -> uPlot
 let deadModel = null;
 let deadCount = -1;
+let deadLoadedAt = 0;
+const DEAD_REFRESH_MS = 5000; // a count that stays the same may hide new entries: reload anyway
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -91,9 +93,10 @@ function renderCharts(fleet) {
       box.className = "chart";
       $("#charts").append(box);
       chart = new uPlot({
-        title: m.name + ": backlog",
-        width: 320,
-        height: 150,
+        title: m.name + ": queued (blue), running (orange)",
+        width: 300,
+        height: 130,
+        legend: { show: false },
         series: [{}, { label: "queued", stroke: "#1f6fd1" }, { label: "running", stroke: "#e07b00" }],
         axes: [{}, { size: 40 }],
         scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
@@ -117,13 +120,14 @@ function renderDeadModels(fleet) {
   if (!deadModel && names.length) deadModel = names[0];
   const model = fleet.models.find((m) => m.name === deadModel);
   const count = model ? model.dead_letters : 0;
-  if (count !== deadCount) {
+  if (count !== deadCount || Date.now() - deadLoadedAt > DEAD_REFRESH_MS) {
     deadCount = count;
     loadDead();
   }
 }
 
 async function loadDead() {
+  deadLoadedAt = Date.now();
   const body = $("#dead tbody");
   if (!deadModel) {
     body.replaceChildren();
@@ -137,6 +141,7 @@ async function loadDead() {
     $("#dead-status").textContent = doc.error;
     return;
   }
+  deadCount = doc.total; // what the list shows: a snapshot with another count reloads it
   $("#dead-status").textContent = doc.total + " in all" + (doc.total > doc.entries.length ? ", oldest " + doc.entries.length + " shown" : "");
   for (const d of doc.entries) {
     const row = body.insertRow();
@@ -179,8 +184,8 @@ async function act(verb, body, what) {
   });
   const doc = await response.json();
   if (response.status === 401) sessionStorage.removeItem("conveyor-token"); // ask again next time
+  await loadDead();
   $("#dead-status").textContent = response.ok ? verb + ": " + doc.done + " done" : doc.error;
-  deadCount = -1; // reload the list with the next snapshot
 }
 
 function render(fleet) {

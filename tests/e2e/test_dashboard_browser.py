@@ -1,0 +1,113 @@
+"""The dashboard page in a real headless browser (Debian's chromium and chromedriver, driven
+by selenium): it lists a running fleet's models and workers, sees a worker stop, and retries a
+dead letter through its button (confirm dialog, token prompt), which a worker then answers.
+
+Skipped where chromium or chromedriver is not installed (``.ci/run`` installs them).
+``CONVEYOR_SCREENSHOT=path`` saves the page's screenshot there (README's
+``docs/dashboard.png``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from conveyor.broker.keys import Keys
+from conveyor.broker.wire import MessageType, decode_message
+from tests.e2e.test_dashboard import TOKEN, Dashboard
+from tests.e2e.test_dlq import MODEL, bury, job_fields, wait_entries
+from tests.support.fleet import MODELS, Fleet
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="needs chromium and chromedriver (apt: chromium-driver)"
+)
+
+if CHROMIUM and DRIVER:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,1200"):
+        options.add_argument(flag)
+    options.add_argument("--disable-dev-shm-usage")  # small /dev/shm in containers
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(DRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver: webdriver.Chrome, what: str, check: object, timeout: float = 15) -> object:
+    # The page changes on each pushed snapshot: the DOM is polled (no event reaches us here).
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(check, what)  # type: ignore[arg-type]
+
+
+def _rows(driver: webdriver.Chrome, table: str) -> list[str]:
+    """The rows' names, read in one script: the page redraws its tables on each snapshot, so
+    elements found one call earlier may be gone."""
+    script = (
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".map(r => r.dataset.worker || r.dataset.model || '')"
+    )
+    return list(driver.execute_script(script, f"#{table} tbody tr"))
+
+
+@pytest.mark.timeout(60)
+def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
+    redis_url: str, prefix: str, fleet: Fleet, probe: redis.Redis, browser: webdriver.Chrome
+) -> None:
+    keys = Keys(prefix)
+    board = Dashboard(redis_url, prefix)
+    fleet.workers.append(board)
+    workers = [fleet.start(MODELS, wait=False) for _ in range(3)]
+    for worker in workers:
+        worker.wait_for_log("worker.started")
+    job, fields = job_fields(keys, "req-page", span=10.0, age=300.0)
+    entry_id = bury(probe, keys, fields)
+
+    browser.get(board.url)
+    _wait(browser, "live", lambda d: d.find_element(By.ID, "status").text == "live")
+    _wait(browser, "three workers", lambda d: len(_rows(d, "workers")) == 3)
+    _wait(browser, "the echo model", lambda d: MODEL in _rows(d, "models"))
+    _wait(browser, "its dead letter", lambda d: d.find_elements(
+        By.CSS_SELECTOR, f'#dead tr[data-entry="{entry_id}"]'
+    ))  # fmt: skip
+    _wait(browser, "a chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
+    workers[-1].signal(signal.SIGTERM)
+    _wait(browser, "two workers left", lambda d: len(_rows(d, "workers")) == 2)
+
+    button = browser.find_element(
+        By.CSS_SELECTOR, f'#dead tr[data-entry="{entry_id}"] button[data-action="retry"]'
+    )
+    button.click()
+    _wait(browser, "the confirm dialog", expected_conditions.alert_is_present())
+    browser.switch_to.alert.accept()
+    _wait(browser, "the token prompt", expected_conditions.alert_is_present())
+    prompt = browser.switch_to.alert
+    prompt.send_keys(TOKEN)
+    prompt.accept()
+    [(_, raw)] = wait_entries(probe, job.reply, 1)
+    assert decode_message(raw).type is MessageType.RESULT
+    _wait(browser, "done", lambda d: "retry: 1 done" in d.find_element(By.ID, "dead-status").text)
+    shot = os.environ.get("CONVEYOR_SCREENSHOT")
+    if shot:  # for README: the fleet after a few seconds of history
+        shown = bury(probe, keys, {"id": "r-shown", "method": "predict"}, reason="bad entry")
+        row = f'#dead tr[data-entry="{shown}"]'
+        _wait(browser, "the new dead letter", lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(shot)
