@@ -12,7 +12,7 @@ import dataclasses
 from typing import Final
 
 from conveyor.broker.ops.dead_letters import DeadLetter
-from conveyor.broker.ops.fleet_report import ModelInfo, Snapshot, WorkerInfo
+from conveyor.broker.ops.fleet_report import ModelInfo, ModelLoad, Snapshot, WorkerInfo, model_load
 
 __all__ = ("LATE_WITHOUT_TTL_S", "dead_doc", "fleet_doc", "model_doc")
 
@@ -44,7 +44,7 @@ def _worker(worker: WorkerInfo) -> Doc:
     }
 
 
-def _model(model: ModelInfo, shot: Snapshot) -> Doc:
+def _model(model: ModelInfo, shot: Snapshot, load: dict[str, ModelLoad]) -> Doc:
     ages = [
         s.group.oldest_pending_age_s
         for s in model.streams
@@ -60,16 +60,29 @@ def _model(model: ModelInfo, shot: Snapshot) -> Doc:
         "dead_letters": model.dead_letters,
         "workers": sum(model.name in w.ready for w in shot.workers),
         "oldest_running_age_s": max(ages) if ages else None,
+        **_load(load.get(model.name)),
+    }
+
+
+def _load(load: ModelLoad | None) -> Doc:
+    """The last minute, summed over the live workers' heartbeats (``conveyor inspect``'s
+    figures; None where no worker says)."""
+    return {
+        "calls_per_s": load.calls_per_s if load else None,
+        "errors_last_minute": load.errors if load else None,
+        "p50_s": load.p50_s if load else None,
+        "p99_s": load.p99_s if load else None,
     }
 
 
 def fleet_doc(shot: Snapshot) -> Doc:
     """The whole fleet: models, live workers, and workers gone without unregistering."""
+    load = model_load(shot)
     return {
         "prefix": shot.prefix,
         "time": shot.time,
         "error": None,
-        "models": [_model(model, shot) for model in shot.models],
+        "models": [_model(model, shot, load) for model in shot.models],
         "workers": [_worker(worker) for worker in shot.workers],
         "gone": [dataclasses.asdict(gone) for gone in shot.gone],
     }
@@ -82,7 +95,7 @@ def model_doc(shot: Snapshot, name: str) -> Doc | None:
     if model is None:
         return None
     return {
-        **_model(model, shot),
+        **_model(model, shot, model_load(shot)),
         "time": shot.time,
         "streams": [dataclasses.asdict(stream) for stream in model.streams],
         "serving": [_worker(w) for w in shot.workers if name in w.ready],

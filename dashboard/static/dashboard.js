@@ -4,7 +4,7 @@
 "use strict";
 
 const HISTORY = 240; // points per chart: two minutes at 2 snapshots a second
-const history = new Map(); // model -> [[times], [queued], [running]]
+const history = new Map(); // model -> [[times], [queued], [running], [calls/s]]
 const charts = new Map(); // model -> uPlot
 let deadModel = null;
 let deadCount = -1;
@@ -28,6 +28,11 @@ function ago(seconds) {
   return Math.floor(seconds / 3600) + "h" + String(Math.floor((seconds % 3600) / 60)).padStart(2, "0") + "m";
 }
 
+function ms(seconds) {
+  if (seconds === null || seconds === undefined) return "-";
+  return seconds < 1 ? (seconds * 1000).toFixed(1) + "ms" : seconds.toFixed(2) + "s";
+}
+
 function renderModels(fleet) {
   const body = $("#models tbody");
   body.replaceChildren();
@@ -39,6 +44,10 @@ function renderModels(fleet) {
     cell(row, m.queued, true);
     cell(row, m.running, true);
     cell(row, ago(m.oldest_running_age_s), true);
+    cell(row, m.calls_per_s === null ? null : m.calls_per_s.toFixed(1), true);
+    cell(row, ms(m.p50_s), true);
+    cell(row, ms(m.p99_s), true);
+    cell(row, m.errors_last_minute, true);
     cell(row, m.workers, true);
     cell(row, m.dead_letters, true);
   }
@@ -80,12 +89,13 @@ function renderCharts(fleet) {
   for (const m of fleet.models) {
     let data = history.get(m.name);
     if (!data) {
-      data = [[], [], []];
+      data = [[], [], [], []];
       history.set(m.name, data);
     }
     data[0].push(fleet.time);
     data[1].push(m.queued);
     data[2].push(m.running);
+    data[3].push(m.calls_per_s);
     if (data[0].length > HISTORY) data.forEach((series) => series.shift());
     let chart = charts.get(m.name);
     if (!chart) {
@@ -93,13 +103,21 @@ function renderCharts(fleet) {
       box.className = "chart";
       $("#charts").append(box);
       chart = new uPlot({
-        title: m.name + ": queued (blue), running (orange)",
+        title: m.name + ": queued, running, calls/s",
         width: 300,
         height: 130,
         legend: { show: false },
-        series: [{}, { label: "queued", stroke: "#1f6fd1" }, { label: "running", stroke: "#e07b00" }],
-        axes: [{}, { size: 40 }],
-        scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
+        series: [
+          {},
+          { label: "queued", stroke: "#1f6fd1" },
+          { label: "running", stroke: "#e07b00" },
+          { label: "calls/s", stroke: "#2a9d3a", scale: "rate" },
+        ],
+        axes: [{}, { size: 40 }, { scale: "rate", side: 1, size: 40, grid: { show: false } }],
+        scales: {
+          y: { range: (u, min, max) => [0, Math.max(max, 1)] },
+          rate: { range: (u, min, max) => [0, Math.max(max, 1)] },
+        },
       }, data, box);
       charts.set(m.name, chart);
     } else {

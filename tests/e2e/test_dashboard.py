@@ -180,6 +180,14 @@ def test_dead_letter_retried_with_the_token_is_answered(
     assert isinstance(message.payload, InferenceResponse)
     np.testing.assert_array_equal(np.asarray(message.payload.outputs[0].data.root).ravel(), TENSOR)
     dashboard.wait_for_log("dashboard.action action=retry")
+    # its worker's next heartbeat says so: the last minute's calls, and a job time
+    served = dashboard.wait_for(
+        lambda d: ((_model(d, MODEL) or {}).get("calls_per_s") or 0) > 0, "the call counted"
+    )
+    echo = _model(served, MODEL)
+    assert echo is not None
+    assert echo["errors_last_minute"] == 0
+    assert 0 < echo["p50_s"] <= echo["p99_s"] < 10
 
     # delete: one by id (the other header), then all
     ids = [bury(probe, keys, {"id": f"r{i}"}) for i in range(3)]

@@ -106,6 +106,15 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
     _wait(browser, "done", lambda d: "retry: 1 done" in d.find_element(By.ID, "dead-status").text)
     shot = os.environ.get("CONVEYOR_SCREENSHOT")
     if shot:  # for README: the fleet after a few seconds of history
+        # some load for the picture: 400 echo jobs at once, then the calls/s on the page
+        with probe.pipeline(transaction=False) as pipe:
+            for i in range(400):
+                pipe.xadd(keys.jobs(MODEL), dict(job_fields(keys, f"load-{i}")[1]))  # type: ignore[arg-type]
+            pipe.execute()
+        busy = "#models tr[data-model=echo] td:nth-child(6)"
+        _wait(
+            browser, "calls/s", lambda d: d.find_element(By.CSS_SELECTOR, busy).text not in "-0.0"
+        )
         shown = bury(probe, keys, {"id": "r-shown", "method": "predict"}, reason="bad entry")
         row = f'#dead tr[data-entry="{shown}"]'
         _wait(browser, "the new dead letter", lambda d: d.find_elements(By.CSS_SELECTOR, row))
