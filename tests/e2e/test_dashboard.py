@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import httpx
@@ -27,6 +27,7 @@ from conveyor.embedded import RedisServer
 from conveyor.types import InferenceResponse
 from tests.e2e.test_dlq import MODEL, TENSOR, bury, job_fields, wait_entries
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
+from tests.support.waiting import wait_until
 
 TOKEN = "t0ken-for-tests"
 PASSWORD = "pa55-never-shown"
@@ -59,7 +60,7 @@ class Dashboard(WorkerProcess):
         self.bodies.append(response.content)
         return response
 
-    def events(self) -> Iterator[Doc]:
+    def events(self) -> Generator[Doc, None, None]:
         """The fleet documents of ``/events``, as they come (one per half second)."""
         with self.http.stream("GET", "/events") as response:
             assert response.headers["content-type"].startswith("text/event-stream")
@@ -249,3 +250,32 @@ def test_redis_down_then_back_and_the_password_never_shown(
     assert board.bodies
     assert not [body for body in board.bodies if PASSWORD.encode() in body]
     assert not [line for line in board.lines if PASSWORD in line]
+
+
+@pytest.mark.timeout(30)
+def test_redis_is_read_only_while_a_page_is_open(
+    redis_server_factory: Callable[..., RedisServer], prefix: str, fleet: Fleet
+) -> None:
+    server = redis_server_factory()
+    board = Dashboard(f"{server.url}?client_name=dashboard-under-test", prefix)
+    fleet.workers.append(board)
+    probe = redis.Redis.from_url(server.url)
+
+    def connections() -> list[dict[str, Any]]:
+        return [c for c in probe.client_list() if c["name"] == "dashboard-under-test"]
+
+    try:
+        assert board.get("/").status_code == 200
+        assert board.get("/static/dashboard.js").status_code == 200
+        assert connections() == []  # the page itself reads nothing; Redis is not even dialed
+        events = board.events()
+        next(events), next(events), next(events)
+        assert connections()
+        events.close()  # the page goes away: the dashboard stops reading
+        wait_until(
+            lambda: all(int(c["idle"]) >= 2 for c in connections()),
+            "the dashboard's connection idle once no page is open",
+            timeout=10,
+        )
+    finally:
+        probe.close()
