@@ -57,14 +57,14 @@ def _wait(driver: webdriver.Chrome, what: str, check: object, timeout: float = 1
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(check, what)  # type: ignore[arg-type]
 
 
-def _rows(driver: webdriver.Chrome, table: str) -> list[str]:
-    """The rows' names, read in one script: the page redraws its tables on each snapshot, so
-    elements found one call earlier may be gone."""
+def _rows(driver: webdriver.Chrome, table: str, rows: str = "tr") -> list[str | int]:
+    """The rows' names (a worker's: its pid), read in one script: the page redraws its tables
+    on each snapshot, so elements found one call earlier may be gone."""
     script = (
-        "return [...document.querySelectorAll(arguments[0])]"
-        ".map(r => r.dataset.worker || r.dataset.model || '')"
+        "return [...document.querySelectorAll(arguments[0])].map(r => r.dataset.worker"
+        " ? Number(r.cells[2].textContent) : r.dataset.model || '')"
     )
-    return list(driver.execute_script(script, f"#{table} tbody tr"))
+    return list(driver.execute_script(script, f"#{table} tbody {rows}"))
 
 
 @pytest.mark.timeout(60)
@@ -90,6 +90,15 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
     _wait(browser, "a chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
     workers[-1].signal(signal.SIGTERM)
     _wait(browser, "two workers left", lambda d: len(_rows(d, "workers")) == 2)
+
+    # a worker that stops beating (SIGSTOP: alive, silent) stands out, then recovers
+    frozen = workers[0]
+    frozen.signal(signal.SIGSTOP)
+    try:
+        _wait(browser, "it late", lambda d: _rows(d, "workers", "tr.late") == [frozen.pid])
+    finally:
+        frozen.signal(signal.SIGCONT)
+    _wait(browser, "none late", lambda d: _rows(d, "workers", "tr.late") == [])
 
     button = browser.find_element(
         By.CSS_SELECTOR, f'#dead tr[data-entry="{entry_id}"] button[data-action="retry"]'
