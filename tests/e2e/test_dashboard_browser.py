@@ -88,6 +88,12 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
         By.CSS_SELECTOR, f'#dead tr[data-entry="{entry_id}"]'
     ))  # fmt: skip
     _wait(browser, "a chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
+    # clicked in one script: the table is redrawn on each snapshot (a found row may be gone)
+    browser.execute_script(
+        "document.querySelector(arguments[0]).click()", f'#models tr[data-model="{MODEL}"]'
+    )
+    stream = f'#streams tr[data-stream="{keys.jobs(MODEL)}"]'
+    _wait(browser, "its streams", lambda d: d.find_elements(By.CSS_SELECTOR, stream))
     workers[-1].signal(signal.SIGTERM)
     _wait(browser, "two workers left", lambda d: len(_rows(d, "workers")) == 2)
 
