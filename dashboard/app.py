@@ -28,7 +28,6 @@ import anyio
 import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -48,7 +47,7 @@ __all__ = ("DashboardSettings", "build_app")
 logger = logging.getLogger(__name__)
 
 STATIC: Final = Path(__file__).parent / "static"
-_LOOPBACK_NAMES: Final = ["127.0.0.1", "localhost", "[::1]"]
+_LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "::1")
 # The page loads only its own files and talks only to its own server; no other site may
 # frame it (clickjacking the retry buttons).
 _HEADERS: Final = [
@@ -83,6 +82,33 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def host_name(header: str) -> str:
+    """The name part of a Host header: ``[::1]:8088`` -> ``::1``, ``localhost:80`` ->
+    ``localhost`` (Starlette's TrustedHostMiddleware cuts an IPv6 address at its first colon)."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+class _LoopbackHosts:
+    """Bound to loopback, only loopback names in Host: a DNS-rebinding page (a name of the
+    attacker's that resolves to 127.0.0.1) cannot read the dashboard from the operator's
+    browser."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if host_name(host).lower() not in _LOOPBACK_NAMES:
+                await _error(400, "this dashboard answers loopback host names only")(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
 
 
 def _json(document: object, status: int = 200) -> Response:
@@ -204,7 +230,7 @@ def build_app(settings: DashboardSettings) -> Starlette:
     middleware = [Middleware(_SecurityHeaders)]
     if settings.host in ("127.0.0.1", "localhost", "::1"):
         # bound to loopback: refuse other Host names, so a DNS-rebinding page cannot read it
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=_LOOPBACK_NAMES))
+        middleware.append(Middleware(_LoopbackHosts))
     routes = [
         Route("/", index),
         Route("/api/fleet", fleet),

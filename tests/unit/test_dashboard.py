@@ -6,6 +6,7 @@ import pytest
 from starlette.requests import Request
 
 from conveyor.broker.ops.fleet_report import Snapshot, WorkerInfo
+from conveyor.dashboard.app import host_name
 from conveyor.dashboard.guard import check_action
 from conveyor.dashboard.view import LATE_WITHOUT_TTL_S, fleet_doc
 
@@ -88,3 +89,18 @@ def test_late_flag(age: float | None, ttl: float | None, late: bool) -> None:
     workers = document["workers"]
     assert isinstance(workers, list)
     assert [shown["late"] for shown in workers] == [late]
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("127.0.0.1:8088", "127.0.0.1"),
+        ("localhost", "localhost"),
+        ("[::1]:8088", "::1"),
+        ("[::1]", "::1"),
+        ("evil.example:8088", "evil.example"),
+        ("", ""),
+    ],
+)
+def test_host_name(header: str, name: str) -> None:
+    assert host_name(header) == name
