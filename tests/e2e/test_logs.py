@@ -12,9 +12,6 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from conveyor.cli.logs import JobFields, JsonFormatter, setup_logging
@@ -23,6 +20,7 @@ from conveyor.errors import RemoteError
 from conveyor.logging import JobContext, job_context
 from conveyor.types import InferenceRequest, RequestInput
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
+from tests.support.tracing import in_memory_sdk
 
 JOB_LOGS = Path(__file__).parents[1] / "models" / "joblogs"
 
@@ -151,18 +149,9 @@ def test_a_job_s_fields_follow_the_text_line_and_are_json_keys() -> None:
 
 @pytest.fixture
 def exporter() -> Iterator[InMemorySpanExporter]:
-    """The SDK in this process (the client's spans), put back as it was afterwards (see
-    test_traces.py)."""
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    trace.set_tracer_provider(provider)
-    try:
+    """The SDK in this process for this test only (its spans in memory)."""
+    with in_memory_sdk() as spans:
         yield spans
-    finally:
-        trace._TRACER_PROVIDER = None
-        trace._TRACER_PROVIDER_SET_ONCE._done = False
-        provider.shutdown()
 
 
 def _traced_worker(fleet: Fleet) -> WorkerProcess:

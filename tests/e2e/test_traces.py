@@ -21,9 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -34,6 +32,7 @@ from conveyor.types import InferenceRequest
 from tests.support.fleet import Fleet, GatewayProcess, WorkerProcess
 from tests.support.probe import Probe, entries
 from tests.support.process import Watcher, lines_of
+from tests.support.tracing import in_memory_sdk
 from tests.support.waiting import wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -104,19 +103,9 @@ def worker(fleet: Fleet, tmp_path: Path) -> Iterator[TracedWorker]:
 
 @pytest.fixture
 def exporter() -> Iterator[InMemorySpanExporter]:
-    """The SDK configured in code, for this test only: the API lets a process set its tracer
-    provider once, so the test puts the API's globals back as they were afterwards (as
-    OpenTelemetry's own tests do)."""
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    trace.set_tracer_provider(provider)
-    try:
+    """The SDK in this process for this test only (its spans in memory)."""
+    with in_memory_sdk() as spans:
         yield spans
-    finally:
-        trace._TRACER_PROVIDER = None
-        trace._TRACER_PROVIDER_SET_ONCE._done = False
-        provider.shutdown()
 
 
 def _request(*values: float) -> InferenceRequest:

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from conveyor import tracing
 from conveyor.broker.wire import Job, decode_job, encode_job, trace_fields
+from tests.support.tracing import in_memory_sdk
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -42,16 +41,9 @@ def _raw(job: Job) -> dict[bytes, bytes]:
 
 @pytest.fixture
 def exporter() -> Iterator[InMemorySpanExporter]:
-    """The SDK set for this test only (the API's globals put back, as OpenTelemetry's tests do)."""
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    trace.set_tracer_provider(provider)
-    try:
+    """The SDK in this process for this test only (its spans in memory)."""
+    with in_memory_sdk() as spans:
         yield spans
-    finally:
-        trace._TRACER_PROVIDER = None
-        trace._TRACER_PROVIDER_SET_ONCE._done = False
 
 
 def test_a_job_without_a_trace_has_no_trace_fields() -> None:
