@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from conveyor.broker import HeartbeatLink
 from conveyor.errors import ConveyorError
 from conveyor.methods import get_custom_handlers
+from conveyor.multiprocess_metrics import LATENCY_BUCKETS
 from conveyor.worker.clock import RedisClock
-from conveyor.worker.model_calls import LATENCY_BUCKETS
 
 __all__ = ("Heartbeat", "ModelTotals", "WorkerStats", "model_totals", "rest_routes")
 

@@ -18,9 +18,10 @@ import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from conveyor import metrics as model_metrics
+from conveyor.multiprocess_metrics import LATENCY_BUCKETS
 from conveyor.worker.health import listening
 from conveyor.worker.histograms import LoopHistogram
-from conveyor.worker.model_calls import LATENCY_BUCKETS, MODEL_CALLS, RUN, current_job
+from conveyor.worker.model_calls import MODEL_CALLS, RUN, current_job
 
 __all__ = ("JobMetrics", "WorkerMetrics")
 

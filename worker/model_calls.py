@@ -16,14 +16,10 @@ from prometheus_client import CollectorRegistry
 from conveyor import metrics as model_metrics
 from conveyor.methods import ModelMethods, exposed_methods
 from conveyor.model import MLModel
+from conveyor.multiprocess_metrics import LATENCY_BUCKETS
 from conveyor.worker.histograms import LoopHistogram
 
-__all__ = ("LATENCY_BUCKETS", "MODEL_CALLS", "current_job", "instrument")
-
-# Seconds: from sub-millisecond no-op models to generations of minutes.
-LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
-)  # fmt: skip
+__all__ = ("MODEL_CALLS", "current_job", "instrument")
 
 
 class RunMark(Protocol):

@@ -29,7 +29,8 @@ from pathlib import Path
 from types import FrameType
 
 from conveyor.errors import WorkersCannotStart
-from conveyor.worker.health import children_ready, listening, serving_health
+from conveyor.multiprocess_metrics import serving
+from conveyor.worker.health import children_ready, serving_health
 
 __all__ = ("MAX_FAILED_STARTS", "WorkersCannotStart", "supervise", "worker_argv", "worker_env")
 
@@ -149,20 +150,8 @@ def _serving_metrics(port: int | None, folder: Path | None) -> Iterator[Callable
     if port is None or folder is None:
         yield lambda pid: None
         return
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(folder))  # type: ignore[no-untyped-call]
-    with listening("--metrics-port", port):
-        server, thread = start_http_server(port, registry=registry)
-    logger.info("supervisor.metrics port=%d", port)
-    try:
-        yield lambda pid: mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(port, folder=folder) as mark_dead:
+        yield mark_dead
 
 
 def _supervise(

@@ -145,8 +145,11 @@ def test_a_taken_port_is_one_clear_line(
         assert worker.wait(20) == 1
         worker.wait_for_log("<eof>")
         option = extra[-1]
+        # "port N" (the worker's own port) or "0.0.0.0:N" (the supervisor's, which names the
+        # address it binds, as the gateway does)
+        where = "0.0.0.0:" if "--processes" in extra else "port "
         assert worker.lines[-1] == (
-            f"error: cannot listen on port {port} ({option}): Address already in use; is "
+            f"error: cannot listen on {where}{port} ({option}): Address already in use; is "
             f"another process using it? Choose another {option}"
         )
         assert worker.count("Traceback") == 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from conveyor.multiprocess_metrics import LATENCY_BUCKETS
 from conveyor.worker.metrics import WorkerMetrics
-from conveyor.worker.model_calls import LATENCY_BUCKETS
 
 _VALUES = (0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.5, 1, 59.9, 60, 61, 1e9)
 
