@@ -328,6 +328,17 @@ def gateway(
     record_metrics: Annotated[
         bool, typer.Option(hidden=True, help="Record metrics for the parent (--workers N).")
     ] = False,
+    dashboard: Annotated[
+        bool, typer.Option(help="Serve the dashboard's page at /dashboard/ on the REST port.")
+    ] = False,
+    dashboard_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CONVEYOR_DASHBOARD_TOKEN",
+            show_envvar=True,
+            help="Token the dashboard's retry and delete need (without one, it only looks).",
+        ),
+    ] = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -337,6 +348,10 @@ def gateway(
 
     url = redis or default_redis_url()
     if workers > 1:
+        if dashboard_token:  # to the children through the environment, never argv (ps shows it)
+            import os
+
+            os.environ["CONVEYOR_DASHBOARD_TOKEN"] = dashboard_token
         raise typer.Exit(
             _gateways(
                 url,
@@ -348,7 +363,8 @@ def gateway(
                 workers,
                 log_level,
                 log_format,
-                ["--max-request-bytes", str(max_request_bytes)],
+                ["--max-request-bytes", str(max_request_bytes)]
+                + (["--dashboard"] if dashboard else []),
                 metrics_port,
             )
         )
@@ -367,6 +383,8 @@ def gateway(
         max_request_bytes=max_request_bytes,
         metrics_port=metrics_port,
         record_metrics=record_metrics,
+        dashboard=dashboard,
+        dashboard_token=dashboard_token,
     )
 
     def ready(http: int, grpc: int | None) -> None:

@@ -59,8 +59,9 @@ def check_action(request: Request, token: str | None) -> Refusal | None:
     if not token:
         return Refusal(
             403,
-            "actions are off: start `conveyor dashboard` with --token or "
-            "CONVEYOR_DASHBOARD_TOKEN to retry or delete dead letters",
+            "actions are off: start `conveyor dashboard` with --token (`conveyor gateway "
+            "--dashboard` with --dashboard-token) or CONVEYOR_DASHBOARD_TOKEN to retry or "
+            "delete dead letters",
         )
     given = _given_token(request)
     if given is None:

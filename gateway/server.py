@@ -18,6 +18,8 @@ import uvicorn
 
 from conveyor.client import Client
 from conveyor.client.metrics import ClientMetrics
+from conveyor.dashboard import DashboardSettings
+from conveyor.dashboard import build_app as build_dashboard
 from conveyor.errors import PortUnavailable
 from conveyor.gateway.grpc import start_grpc
 from conveyor.gateway.metrics import GatewayMetrics
@@ -111,17 +113,33 @@ async def _serve(
     sock.listen(2048)
     sock.setblocking(False)
     http_port = sock.getsockname()[1]
-    async with Client(
-        settings.redis_url,
-        prefix=settings.prefix,
-        timeout=settings.timeout,
-        client_id="gateway",
-        max_payload_bytes=settings.max_request_bytes,
-        # the fleet's side of each call (conveyor_client_*), beside the gateway's
-        metrics=ClientMetrics(metrics.registry) if metrics is not None else None,
-    ) as client:
+    async with (
+        contextlib.AsyncExitStack() as stack,
+        Client(
+            settings.redis_url,
+            prefix=settings.prefix,
+            timeout=settings.timeout,
+            client_id="gateway",
+            max_payload_bytes=settings.max_request_bytes,
+            # the fleet's side of each call (conveyor_client_*), beside the gateway's
+            metrics=ClientMetrics(metrics.registry) if metrics is not None else None,
+        ) as client,
+    ):
         service = FleetService(client)
-        app = build_app(service, settings)
+        board = None
+        if settings.dashboard:
+            board = build_dashboard(
+                DashboardSettings(
+                    redis_url=settings.redis_url,
+                    prefix=settings.prefix,
+                    host=settings.host,  # bound to loopback: its Host check is on
+                    token=settings.dashboard_token,
+                )
+            )
+            # a mounted app's lifespan is not run by its parent (nor uvicorn's, here off):
+            # it opens and closes the dashboard's Redis client
+            await stack.enter_async_context(board.router.lifespan_context(board))
+        app = build_app(service, settings, board)
         config = uvicorn.Config(
             metrics.asgi(app) if metrics is not None else app,
             log_level="warning",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from conveyor.broker.keys import DEFAULT_PREFIX
 from conveyor.client.client import DEFAULT_MAX_PAYLOAD_BYTES
@@ -28,3 +28,5 @@ class GatewaySettings:
     metrics_port: int | None = None  # serve this process's metrics here
     # record metrics for a parent that serves them (--workers N: PROMETHEUS_MULTIPROC_DIR set)
     record_metrics: bool = False
+    dashboard: bool = False  # serve conveyor.dashboard's page at /dashboard on the HTTP port
+    dashboard_token: str | None = field(default=None, repr=False)  # its actions' token

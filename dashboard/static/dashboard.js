@@ -64,7 +64,7 @@ async function loadModel() {
     section.hidden = true;
     return;
   }
-  const response = await fetch("/api/models/" + encodeURIComponent(shownModel));
+  const response = await fetch("api/models/" + encodeURIComponent(shownModel));
   const doc = await response.json();
   section.hidden = false;
   $("#model-name").textContent = shownModel + (response.ok ? "" : ": " + doc.error);
@@ -184,7 +184,7 @@ async function loadDead() {
     $("#dead-status").textContent = "no dead letters";
     return;
   }
-  const response = await fetch("/api/models/" + encodeURIComponent(deadModel) + "/dead?count=100");
+  const response = await fetch("api/models/" + encodeURIComponent(deadModel) + "/dead?count=100");
   const doc = await response.json();
   body.replaceChildren();
   if (!response.ok) {
@@ -227,7 +227,7 @@ async function act(verb, body, what) {
   if (!deadModel || !confirm(what + " of model " + deadModel + "?")) return;
   const secret = token();
   if (!secret) return;
-  const response = await fetch("/api/models/" + encodeURIComponent(deadModel) + "/dead/" + verb, {
+  const response = await fetch("api/models/" + encodeURIComponent(deadModel) + "/dead/" + verb, {
     method: "POST",
     headers: { "content-type": "application/json", authorization: "Bearer " + secret },
     body: JSON.stringify(body),
@@ -255,7 +255,7 @@ function render(fleet) {
 
 function connect() {
   const status = $("#status");
-  const source = new EventSource("/events");
+  const source = new EventSource("events");
   source.onopen = () => { status.textContent = "live"; status.className = "status live"; };
   source.onerror = () => { status.textContent = "reconnecting…"; status.className = "status"; };
   source.onmessage = (event) => render(JSON.parse(event.data));

@@ -5,7 +5,8 @@ and ``…/ready``; ``POST …/infer``, ``…/generate`` (the infer body and answ
 ``…/generate_stream`` (server-sent events: one ``data: <response JSON>`` event per chunk as the
 worker yields it; a failure after the first chunk is one last ``data: {"error": …}`` event);
 ``POST /v2/repository/index``, ``/v2/repository/models/{name}/load`` and ``…/unload``; and
-the models' custom handlers at their own paths (``gateway/rest/custom.py``).
+the models' custom handlers at their own paths (``gateway/rest/custom.py``); with
+``--dashboard``, ``conveyor.dashboard``'s page and API under ``/dashboard/``.
 
 Bodies and answers are read and written by ``gateway/rest/codec.py`` (JSON, and Triton's
 binary tensor extension); failures answer ``{"error": message}`` with the status of
@@ -18,8 +19,9 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from conveyor.gateway.errors import BadRequest, failure_of
 from conveyor.gateway.rest.calls import (
@@ -63,8 +65,14 @@ def _sse(response: InferenceResponse | dict[str, str]) -> bytes:
     return b"data: " + dump_json(document) + b"\n\n"
 
 
-def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
-    """The ASGI app of one gateway process."""
+DASHBOARD_PATH = "/dashboard"
+
+
+def build_app(
+    service: FleetService, settings: GatewaySettings, dashboard: ASGIApp | None = None
+) -> Starlette:
+    """The ASGI app of one gateway process; ``dashboard`` (``conveyor.dashboard``'s app) is
+    served under ``/dashboard/`` when given."""
     limit = settings.max_request_bytes
 
     async def live(request: Request) -> Response:
@@ -183,7 +191,7 @@ def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
         return Response(status_code=200)
 
     model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2", server_metadata, methods=["GET"]),
@@ -198,6 +206,16 @@ def build_app(service: FleetService, settings: GatewaySettings) -> Starlette:
             Route(f"{path}/infer", infer, methods=["POST"]),
             Route(f"{path}/generate", infer, methods=["POST"]),
             Route(f"{path}/generate_stream", generate_stream, methods=["POST"]),
+        ]
+    if dashboard is not None:
+
+        async def to_dashboard(request: Request) -> Response:
+            # the page's links are relative: they resolve under /dashboard/ only
+            return RedirectResponse(f"{DASHBOARD_PATH}/", status_code=308)
+
+        routes += [
+            Route(DASHBOARD_PATH, to_dashboard, methods=["GET", "HEAD"]),
+            Mount(DASHBOARD_PATH, dashboard),  # before the catch-all below
         ]
     routes.append(custom_route(service, limit))
     return Starlette(routes=routes)

@@ -4,6 +4,8 @@ functions (and under ``TYPE_CHECKING``) included, except for the circle rule (im
 - the client and the worker never import each other; the gateway (a client of the fleet)
   never imports the worker;
 - the dashboard (a view of the fleet) imports neither the worker, the client nor the gateway;
+  the gateway may import the dashboard's face (``conveyor.dashboard``: it serves the page at
+  ``/dashboard/``), the cli any of it, nothing else any of it;
 - the core (``core/``, installed as ``conveyor`` minus its broker, worker, client and cli parts)
   imports nothing from those parts;
 - above the broker (client, worker, gateway, dashboard, cli) the only broker modules imported are
@@ -184,6 +186,10 @@ def _layering(rule: str) -> set[tuple[str, str]]:
             broken = (
                 project and src == "conveyor.dashboard" and dst in ("conveyor.worker", *CLIENTS)
             )
+        elif rule == "dashboard-face":
+            face_ok = src == "conveyor.gateway" and target == "conveyor.dashboard"
+            broken = project and dst == "conveyor.dashboard" and src != dst
+            broken = broken and src != "conveyor.cli" and not face_ok
         elif rule == "core-upward":
             broken = project and src == "conveyor" and dst != "conveyor"
         elif rule == "broker-face":
@@ -265,7 +271,16 @@ def _violations(rule: str) -> set[tuple[str, str]]:
     return _layering(rule)
 
 
-RULES = ["client-worker", "dashboard-view", "core-upward", "broker-face", "redis", "circle", "size"]
+RULES = [
+    "client-worker",
+    "dashboard-view",
+    "dashboard-face",
+    "core-upward",
+    "broker-face",
+    "redis",
+    "circle",
+    "size",
+]
 
 
 def test_the_modules_are_found() -> None:
@@ -341,6 +356,26 @@ def test_the_dashboard_rules_catch_what_they_say() -> None:
         assert ("broker-face", f"{board} -> conveyor.broker.ops.dead_letters") not in face
     finally:
         IMPORTS[board] = saved
+
+
+def test_the_dashboard_face_rule_catches_what_it_says() -> None:
+    """The gateway serves the page through the dashboard's face only; the client, the worker and
+    the broker never import the dashboard."""
+    gate = next(name for name in MODULES if _part(name) == "conveyor.gateway")
+    client = next(name for name in MODULES if _part(name) == "conveyor.client")
+    saved = IMPORTS[gate], IMPORTS[client]
+    try:
+        IMPORTS[gate] = [
+            Import("conveyor.dashboard", True),
+            Import("conveyor.dashboard.app", False),
+        ]
+        IMPORTS[client] = [Import("conveyor.dashboard", False)]
+        found = _violations("dashboard-face")
+        assert ("dashboard-face", f"{gate} -> conveyor.dashboard.app") in found
+        assert ("dashboard-face", f"{gate} -> conveyor.dashboard") not in found
+        assert ("dashboard-face", f"{client} -> conveyor.dashboard") in found
+    finally:
+        IMPORTS[gate], IMPORTS[client] = saved
 
 
 def test_a_checkout_never_shadows_the_installed_package() -> None:
