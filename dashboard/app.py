@@ -124,9 +124,10 @@ def _redis_error(error: BaseException) -> Response:
     return _error(503, reason)
 
 
-def build_app(settings: DashboardSettings) -> Starlette:
+def build_app(settings: DashboardSettings, *, stopping: anyio.Event | None = None) -> Starlette:
     """The dashboard for ``settings``. Its Redis client is made and closed by the app's
-    lifespan (uvicorn's ``lifespan="on"``).
+    lifespan (uvicorn's ``lifespan="on"``). Once ``stopping`` is set, open event streams end
+    (a server stopping waits for its responses, and these never end by themselves).
 
     Raises:
         ValueError: the Redis URL is not valid.
@@ -178,12 +179,23 @@ def build_app(settings: DashboardSettings) -> Starlette:
             return _redis_error(error)
         return _json(dead_doc(name, total, letters, time.time()))
 
+    async def pause() -> bool:
+        """One interval (the pace: at most one snapshot per interval); True if ``stopping``
+        is set."""
+        if stopping is None:
+            await anyio.sleep(settings.interval)
+            return False
+        with anyio.move_on_after(settings.interval):
+            await stopping.wait()
+        return stopping.is_set()
+
     async def events(_: Request) -> Response:
         async def stream() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n\n"  # a page that lost the stream reconnects after 2 s
             while True:
                 yield b"data: " + await watch().latest() + b"\n\n"
-                await anyio.sleep(settings.interval)  # the pace: at most one per interval
+                if await pause():
+                    return
 
         headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

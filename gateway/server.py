@@ -127,6 +127,7 @@ async def _serve(
     ):
         service = FleetService(client)
         board = None
+        stopping = anyio.Event()  # the dashboard's event streams end when set
         if settings.dashboard:
             board = build_dashboard(
                 DashboardSettings(
@@ -134,7 +135,8 @@ async def _serve(
                     prefix=settings.prefix,
                     host=settings.host,  # bound to loopback: its Host check is on
                     token=settings.dashboard_token,
-                )
+                ),
+                stopping=stopping,
             )
             # a mounted app's lifespan is not run by its parent (nor uvicorn's, here off):
             # it opens and closes the dashboard's Redis client
@@ -176,6 +178,7 @@ async def _serve(
                             break
                     if grpc_server is not None:
                         await grpc_server.health.stopping()
+                    stopping.set()
                     http.should_exit = True
         finally:
             if grpc_server is not None:

@@ -4,6 +4,8 @@ files, its API and its safety checks at ``/dashboard/``; off (404) without the o
 from __future__ import annotations
 
 import re
+import signal
+import time
 
 import httpx
 import pytest
@@ -68,3 +70,22 @@ def test_without_the_option_dashboard_is_not_found(fleet: Fleet) -> None:
     with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
         assert http.get("/dashboard/").status_code == 404
         assert http.get("/dashboard/api/fleet").status_code == 404
+
+
+@pytest.mark.timeout(30)
+def test_an_open_page_does_not_hold_up_the_gateway_stopping(fleet: Fleet) -> None:
+    """Its event stream never ends by itself: SIGTERM ends it, not uvicorn's 5 s grace."""
+    gateway = fleet.start_gateway(["--dashboard"])
+    with (
+        httpx.Client(base_url=gateway.http_url, timeout=10) as http,
+        http.stream("GET", "/dashboard/events") as events,
+    ):
+        lines = events.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        started = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        for _ in lines:  # until the gateway ends the stream
+            pass
+    assert gateway.wait(timeout=10) == 0
+    assert time.monotonic() - started < 3, "the gateway waited for the page's stream"
+    assert not gateway.problems(), gateway.problems()
