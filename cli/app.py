@@ -64,6 +64,15 @@ RedisOption = Annotated[
 ]
 PrefixOption = Annotated[str, typer.Option("--prefix", help="Key prefix in Redis.")]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
+# `conveyor dashboard --token` and `conveyor gateway --dashboard-token`: one setting, one variable
+DashboardTokenOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="CONVEYOR_DASHBOARD_TOKEN",
+        show_envvar=True,
+        help="Token the dashboard's retry and delete need (without one, the page only looks).",
+    ),
+]
 LogFormatOption = Annotated[
     LogFormat, typer.Option("--log-format", help="text, or json (one object per line).")
 ]
@@ -331,14 +340,7 @@ def gateway(
     dashboard: Annotated[
         bool, typer.Option(help="Serve the dashboard's page at /dashboard/ on the REST port.")
     ] = False,
-    dashboard_token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="CONVEYOR_DASHBOARD_TOKEN",
-            show_envvar=True,
-            help="Token the dashboard's retry and delete need (without one, it only looks).",
-        ),
-    ] = None,
+    dashboard_token: DashboardTokenOption = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -467,14 +469,7 @@ def dashboard(
         str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, help="HTTP port (0: a free one).")] = 8088,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="CONVEYOR_DASHBOARD_TOKEN",
-            show_envvar=True,
-            help="Token that retry and delete need (without one, the page only looks).",
-        ),
-    ] = None,
+    token: DashboardTokenOption = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:

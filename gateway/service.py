@@ -109,18 +109,6 @@ class FleetService:
         ):
             yield response
 
-    async def call(
-        self,
-        name: str,
-        method: str,
-        payload: Payload,
-        version: str | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> Payload:
-        """A custom handler of the model (``@custom_handler``), given one argument."""
-        return await self.client.call(name, method, [payload], version=version, timeout=timeout)
-
     async def call_handler(
         self,
         name: str,
@@ -148,11 +136,10 @@ class FleetService:
         fleet: READY when one serves it, LOADING when one is loading it, else UNAVAILABLE
         (with the reason). ``ready`` keeps only the models whose readiness is that."""
         view = await self.client.fleet()
+        if view is None:  # the ACL does not let the gateway read the heartbeats
+            return RepositoryIndexResponse([])
         items = []
-        names = sorted({name for w in view.workers for name in w.models}) if view else []
-        for name in names:
-            if view is None:
-                break
+        for name in sorted({name for w in view.workers for name in w.models}):
             if view.serving(name):
                 state, reason = State.READY, ""
             elif view.loading(name):
