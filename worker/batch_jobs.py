@@ -34,7 +34,7 @@ from typing import Any, cast
 from conveyor.batching import Rows
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import hash_tag
-from conveyor.broker.wire import Fields, Job, JobDecoder, Message, encode_rows
+from conveyor.broker.wire import Fields, Job, JobDecoder, Message, RowsEncoder
 from conveyor.errors import WireError
 from conveyor.laid_requests import LaidRequest
 from conveyor.logging import job_context
@@ -55,7 +55,7 @@ from conveyor.worker.cancellation import CANCELLED, DUPLICATE, JobScope, Running
 from conveyor.worker.clock import RedisClock
 from conveyor.worker.heartbeat import WorkerStats
 from conveyor.worker.metrics import JobMetrics, WorkerMetrics
-from conveyor.worker.registry import ModelRegistry
+from conveyor.worker.registry import ModelRegistry, ServedModel
 from conveyor.worker.runner import JobRunner
 from conveyor.worker.slots import Slots
 
@@ -64,6 +64,8 @@ __all__ = ("BatchJobs",)
 logger = logging.getLogger(__name__)
 
 _ABORTED = "aborted"  # why a batched job was let go: the worker stops now
+
+_Model = tuple[ServedModel, AdaptiveBatcher]  # a batched model and its batcher
 
 
 class _BatchedJob(JobScope):
@@ -165,14 +167,27 @@ class BatchJobs:
         now, loop_now = time.time(), loop.time()
         batches = self._batches
         decoder = JobDecoder(lazy=True)  # the read's jobs decoded together, requests unbuilt
+        # (model, version, method) -> its served model and batcher, looked up once a read
+        # (nothing of them changes within it: no await)
+        models: dict[tuple[str, str | None, str], _Model | None] = {}
         for delivery in deliveries:
             stream = delivery.stream
             batched = batches.get(stream)
             if batched is None:
                 batched = batches[stream] = self._model_batches(stream)
-            if not (batched and self._start(delivery, decoder, loop, now, loop_now)):
+            if not (batched and self._start(delivery, decoder, models, loop, now, loop_now)):
                 rest.append(delivery)
         return rest
+
+    def _model(self, job: Job) -> _Model | None:
+        """The ready model that runs ``job`` on the batch path, and its batcher; None if it
+        takes the per-job path (a job of the same model, version and method whose arguments
+        are one request: the same for every such job of a read)."""
+        served = self._registry.find(job.model, job.version)
+        if served is None or served.model is None or job.method not in served.exposed:
+            return None
+        batcher = self._runner.batcher_for(served, job)
+        return None if batcher is None else (served, batcher)
 
     def _model_batches(self, stream: str) -> bool:
         model = hash_tag(stream)
@@ -185,6 +200,7 @@ class BatchJobs:
         self,
         delivery: Delivery,
         decoder: JobDecoder,
+        models: dict[tuple[str, str | None, str], _Model | None],
         loop: asyncio.AbstractEventLoop,
         now: float,
         loop_now: float,
@@ -199,17 +215,17 @@ class BatchJobs:
         except WireError:
             return False
         laid_out = decoder.laid_out  # its request is the read's layout's: so is its batch key
-        served = self._registry.find(job.model, job.version)
-        if (
-            served is None
-            or served.model is None
-            or delivery.deliveries > served.settings.max_deliveries
-            or job.method not in served.exposed
-        ):
+        args = job.args  # what batcher_for asks of a job's arguments, for each job
+        if len(args) != 1 or job.kwargs or not isinstance(args[0], (InferenceRequest, LaidRequest)):
             return False
-        batcher = self._runner.batcher_for(served, job)
-        if batcher is None:
+        which = (job.model, job.version, job.method)
+        try:
+            found = models[which]
+        except KeyError:
+            found = models[which] = self._model(job)
+        if found is None or delivery.deliveries > found[0].settings.max_deliveries:
             return False
+        batcher = found[1]
         stored = self._clock.stored_at(delivery.entry_id)
         deadline = stored + (job.deadline - job.sent_at)
         if deadline <= now:
@@ -248,6 +264,7 @@ class BatchJobs:
         """A batch's answers (from its batcher): they go in one write."""
         jobs, slots = self._jobs, self.slots
         answers: list[Any] = []
+        encoder = RowsEncoder()  # the batch's answers share one envelope but for ids and rows
         batch = job_context.get()  # the batch's, set as it started (JobRunner.batcher_for)
         if batch is not None and batch.logged and batch.batch_id:  # which requests its lines had
             ids = ",".join(cast("_BatchedJob", one.token).job.id for one in answered)
@@ -272,7 +289,7 @@ class BatchJobs:
             response, error, rows = one.response, one.error, one.rows
             message: Message | Fields
             if error is None and rows is not None:
-                message = self._rows_answer(job, delivery, rows)
+                message = self._rows_answer(job, delivery, rows, encoder)
             elif error is None and isinstance(response, InferenceResponse):
                 request = job.args[0]
                 if isinstance(request, LaidRequest):  # built to run alone: its id as the job's
@@ -291,7 +308,9 @@ class BatchJobs:
         self._broker.answer_soon(answers)
 
     @staticmethod
-    def _rows_answer(job: Job, delivery: Delivery, rows: Rows) -> Message | Fields:
+    def _rows_answer(
+        job: Job, delivery: Delivery, rows: Rows, encoder: RowsEncoder
+    ) -> Message | Fields:
         """A job's result from its rows of its batch's response, encoded as they are
         (``encode_rows``: what ``result_message`` of its built response gives, without
         building it); if they cannot be, the built response's message, which fails (or not)
@@ -301,7 +320,7 @@ class BatchJobs:
             request.id if isinstance(request, (InferenceRequest, LaidRequest)) else None
         ) or job.id
         try:
-            return encode_rows(
+            return encoder.encode(
                 job.id, delivery.deliveries, delivery.entry_id.decode(), rows, response_id
             )
         except Exception:

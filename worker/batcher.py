@@ -35,23 +35,6 @@ logger = logging.getLogger(__name__)
 Predict = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
 
 
-class _Item:
-    """One caller's request, and its answer once its batch ran."""
-
-    __slots__ = ("error", "group", "request", "response", "rows", "taken", "token")
-
-    def __init__(
-        self, request: InferenceRequest | LaidRequest, group: _Group, token: object = None
-    ) -> None:
-        self.request = request
-        self.group = group
-        self.response: InferenceResponse | None = None
-        self.rows: Rows | None = None  # a submitted request's answer, not built (see submit)
-        self.error: BaseException | None = None
-        self.taken = False  # in a batch that started
-        self.token = token  # a submitted request's (see AdaptiveBatcher.submit); else None
-
-
 class Answered:
     """A submitted request's answer (see :meth:`AdaptiveBatcher.submit`): its ``token``, and
     its ``response`` (alone in its batch), its ``rows`` of the batch's response (not built:
@@ -70,6 +53,23 @@ class Answered:
         self.response = response
         self.error = error
         self.rows = rows
+
+
+class _Item(Answered):
+    """One caller's request, and its answer once its batch ran (a submitted one's is handed
+    over as it is: no ``Answered`` made per request)."""
+
+    __slots__ = ("group", "request", "taken")
+
+    def __init__(
+        self, request: InferenceRequest | LaidRequest, group: _Group, token: object = None
+    ) -> None:
+        # a submitted request's token (see AdaptiveBatcher.submit), else None; its rows: its
+        # answer, not built
+        super().__init__(token, None, None)
+        self.request = request
+        self.group = group
+        self.taken = False  # in a batch that started
 
 
 class Submitted:
@@ -112,11 +112,7 @@ def _wake_all(group: _Group, on_answers: Callable[[list[Answered]], None] | None
     items, group.items = group.items, []
     if on_answers is None:
         return
-    answered = [
-        Answered(item.token, item.response, item.error, item.rows)
-        for item in items
-        if item.token is not None
-    ]
+    answered: list[Answered] = [item for item in items if item.token is not None]
     if answered:
         try:
             on_answers(answered)
