@@ -32,7 +32,7 @@ class _Template:
     """A proven answer envelope: its bytes around the id's span (``id_size`` None: it has
     no id) and each output's data span, and what an answer must share with it."""
 
-    __slots__ = ("arrays", "gaps", "id_size", "response", "size")
+    __slots__ = ("arrays", "blobs", "gaps", "id_size", "response", "size")
 
     def __init__(
         self, envelope: bytes, spans: list[tuple[int, int]], rows: Rows, id_size: int | None
@@ -42,6 +42,12 @@ class _Template:
         self.gaps = [envelope[edges[i] : edges[i + 1]] for i in range(0, len(edges), 2)]
         self.response = rows.response
         self.arrays = rows.arrays
+        # each output's bytes in C order, and a row's size: a request's data is their slice
+        # (``arr[a:b].tobytes()`` is ``arr.tobytes()``'s bytes of rows a to b)
+        self.blobs = [
+            (np.ascontiguousarray(array).tobytes(), array.nbytes // array.shape[0])
+            for array in rows.arrays
+        ]
         self.size = rows.size
         self.id_size = id_size
 
@@ -106,7 +112,7 @@ def _spliced(template: _Template, rows: Rows, response_id: str | None) -> bytes 
             return None
         pieces.append(own)
     start, end = rows.start, rows.start + rows.size
-    pieces.extend([array[start:end].tobytes() for array in rows.arrays])
+    pieces.extend([blob[start * row : end * row] for blob, row in template.blobs])
     gaps = template.gaps
     out = [gaps[0]]
     for piece, gap in zip(pieces, gaps[1:], strict=True):
