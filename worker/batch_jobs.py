@@ -250,7 +250,9 @@ class BatchJobs:
         except RuntimeError:  # its batcher stopped: the worker stops
             return False
         self.slots.take(delivery.entry_id, delivery.stream)
-        self._metrics.job_taken(metrics, max(now - stored, 0.0))
+        # its wait in the queue (WorkerMetrics.job_taken, less the task's current job: there
+        # is no task, and the batch's model call marks no job's end)
+        metrics.children.wait.observe(max(now - stored, 0.0))
         # the job's scope from now: its deadline, a caller's cancel, another copy's claim
         self._jobs.arm(loop, record, job.id, loop_now + (deadline - now))
         self._armed.add(record)

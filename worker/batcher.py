@@ -18,7 +18,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -55,31 +55,29 @@ class Answered:
         self.rows = rows
 
 
-class _Item(Answered):
-    """One caller's request, and its answer once its batch ran (a submitted one's is handed
-    over as it is: no ``Answered`` made per request)."""
+class Submitted(Answered):
+    """A request :meth:`AdaptiveBatcher.submit` queued: :meth:`AdaptiveBatcher.withdraw` takes
+    it back while its batch has not started."""
+
+    __slots__ = ()
+
+
+class _Item(Submitted):
+    """One caller's request, and its answer once its batch ran (a submitted one is handed
+    over as it is, as its ``Submitted`` and its ``Answered``: no object of those per request)."""
 
     __slots__ = ("group", "request", "taken")
 
     def __init__(
         self, request: InferenceRequest | LaidRequest, group: _Group, token: object = None
     ) -> None:
-        # a submitted request's token (see AdaptiveBatcher.submit), else None; its rows: its
-        # answer, not built
-        super().__init__(token, None, None)
+        self.token = token  # a submitted request's (see AdaptiveBatcher.submit), else None
+        self.response: InferenceResponse | None = None
+        self.error: BaseException | None = None
+        self.rows: Rows | None = None  # a submitted request's answer, not built
         self.request = request
         self.group = group
         self.taken = False  # in a batch that started
-
-
-class Submitted:
-    """A request :meth:`AdaptiveBatcher.submit` queued: :meth:`AdaptiveBatcher.withdraw` takes
-    it back while its batch has not started."""
-
-    __slots__ = ("_item",)
-
-    def __init__(self, item: _Item) -> None:
-        self._item = item
 
 
 class _Group:
@@ -240,7 +238,7 @@ class AdaptiveBatcher:
         has it. A :class:`LaidRequest` is built only if it runs alone (merging takes its bytes).
         Raises RuntimeError once the batcher has stopped."""
         assert self.on_answers is not None
-        return Submitted(self._enqueue(request, token, key))
+        return self._enqueue(request, token, key)
 
     @staticmethod
     def key_of(request: InferenceRequest) -> Hashable:
@@ -272,7 +270,7 @@ class AdaptiveBatcher:
     def withdraw(self, submitted: Submitted) -> bool:
         """Takes a submitted request back, if its batch has not started (then its answer never
         comes); False once it has (its answer comes with its batch's)."""
-        item = submitted._item
+        item = cast("_Item", submitted)
         if item.taken or self._stopped:
             return False
         item.token = None  # no answer for it, even if it was already in a batch's list
