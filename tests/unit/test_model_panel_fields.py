@@ -95,6 +95,7 @@ def test_a_crafted_settings_field_is_scrubbed_and_garbage_left_out() -> None:
     [parsed] = parse_settings(crafted)
     assert "leak" not in json.dumps(parsed.values)
     assert parsed.values["parameters"]["extra"]["ok"] == [{"secret": "<redacted>"}]
+    garbage: object
     for garbage in (None, {}, "x", 3, [[1]]):
         assert parse_settings(garbage) == ()
 
@@ -182,9 +183,11 @@ def test_an_older_workers_heartbeat_parses_without_the_new_fields() -> None:
     load = model_load(Snapshot("p", 0.0, (), (worker_info("w", last_minute=parsed),), ()))["m"]
     assert (load.calls_per_s, load.errors) == (0.1, 1)
     assert load.wait_p50_s is load.run_p99_s is load.batch_mean is load.batches_per_s is None
-    assert parse_last_minute({**old, "models": {"m": {**old["models"]["m"], "wait": "x"}}}) == (
-        parsed
-    )  # a malformed new list is dropped, the rest kept
+    malformed = {
+        **old,
+        "models": {"m": {"calls": 6, "errors": 1, "counts": [3, 3, 0], "wait": "x"}},
+    }
+    assert parse_last_minute(malformed) == parsed  # a malformed new list is dropped
 
 
 def test_the_model_document_shows_settings_and_the_newest_errors_first() -> None:
@@ -256,9 +259,14 @@ def test_each_beat_carries_the_settings_and_the_errors_serialised_once(
 
     store = RecentErrors()
     monkeypatch.setattr(module, "RECENT_ERRORS", store)
-    serialised = []
+    serialised: list[float] = []
     field = store.field
-    monkeypatch.setattr(store, "field", lambda offset=0.0: serialised.append(1) or field(offset))
+
+    def counted(offset: float = 0.0) -> str:
+        serialised.append(offset)
+        return field(offset)
+
+    monkeypatch.setattr(store, "field", counted)
     stats = WorkerStats(models=["m"], settings='[{"name":"m"}]')
     link = _Link()
     beat = Heartbeat(lambda: cast(HeartbeatLink, link), "w", stats, 3.0)
