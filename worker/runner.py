@@ -20,6 +20,7 @@ from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.wire import ErrorCode, Job, Message, Payload, decode_job, trace_fields
 from conveyor.errors import WireError
+from conveyor.laid_requests import LaidRequest
 from conveyor.logging import JobContext, job_context
 from conveyor.methods import ModelMethods
 from conveyor.tracing import JobTrace, current_failed, timing_batches, tracer
@@ -357,7 +358,7 @@ class JobRunner:
             or job.method != ModelMethods.Predict.value
             or len(job.args) != 1
             or job.kwargs
-            or not isinstance(job.args[0], InferenceRequest)
+            or not isinstance(job.args[0], (InferenceRequest, LaidRequest))  # the batch path's
         ):
             return None
         batcher = self._batchers.get(id(served))
