@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import GROUP, Keys, hash_tag
-from conveyor.broker.wire import ErrorCode, Job, Message, Payload, decode_job, trace_fields
+from conveyor.broker.wire import ErrorCode, Job, JobDecoder, Message, Payload, trace_fields
 from conveyor.errors import WireError
 from conveyor.logging import JobContext, job_context
 from conveyor.methods import ModelMethods
@@ -102,6 +102,13 @@ class JobRunner:
         # read by the heartbeat thread, once a beat (its `last_minute`)
         stats.totals = lambda: model_totals(metrics.jobs, metrics.latency)
         self.tracer = tracer()  # None unless the app configured tracing: then no span work
+        # A read's jobs decoded together, its common layout proven once (wire.layout): the
+        # tasks of one read decode in turn, in their first step, before the next read.
+        self._decoder = JobDecoder()
+
+    def new_read(self) -> None:
+        """The jobs started next are another read's (see ``JobDecoder.next_read``)."""
+        self._decoder = self._decoder.next_read()
 
     def job_trace(self, delivery: Delivery, model: str, start_ns: int) -> JobTrace:
         """The spans of a job, continued from the trace context its entry carries."""
@@ -144,7 +151,7 @@ class JobRunner:
             return
         decoding = 0 if trace is None else time.time_ns()
         try:
-            job = decode_job(delivery.fields)
+            job = self._decoder.decode(delivery.fields)
             if trace is not None:
                 trace.decoded(job.id, job.method, decoding)
             # From here on its lines (and the model's) carry its request id: this task's own.
