@@ -102,12 +102,10 @@ class JobRunner:
         # read by the heartbeat thread, once a beat (its `last_minute`)
         stats.totals = lambda: model_totals(metrics.jobs, metrics.latency)
         self.tracer = tracer()  # None unless the app configured tracing: then no span work
-        # A read's jobs decoded together, its common layout proven once (wire.layout): the
-        # tasks of one read decode in turn, in their first step, before the next read.
-        self._decoder = JobDecoder()
+        self._decoder = JobDecoder()  # a read's jobs' common layout, proven once (wire.layout)
 
     def new_read(self) -> None:
-        """The jobs started next are another read's (see ``JobDecoder.next_read``)."""
+        """The jobs started next (each decodes in its task's first step) are another read's."""
         self._decoder = self._decoder.next_read()
 
     def job_trace(self, delivery: Delivery, model: str, start_ns: int) -> JobTrace:
