@@ -70,7 +70,38 @@ DashboardTokenOption = Annotated[
     typer.Option(
         envvar="CONVEYOR_DASHBOARD_TOKEN",
         show_envvar=True,
-        help="Token the dashboard's retry and delete need (without one, the page only looks).",
+        help="Token the dashboard's actions need: retry and delete dead letters, load and unload "
+        "models (without one, the page only looks).",
+    ),
+]
+
+
+def _trusted_origins(values: list[str] | None) -> list[str]:
+    """The trusted origins given (repeated, or comma- or space-separated in the variable),
+    each checked and written as browsers send an Origin."""
+    from conveyor.dashboard.guard import trusted_origin
+
+    origins = []
+    for value in values or []:
+        for origin in value.replace(",", " ").split():
+            try:
+                origins.append(trusted_origin(origin))
+            except ValueError as error:
+                raise typer.BadParameter(str(error)) from None
+    return origins
+
+
+# `conveyor dashboard --trusted-origin` and `conveyor gateway --dashboard-trusted-origin`
+TrustedOriginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        envvar="CONVEYOR_DASHBOARD_TRUSTED_ORIGINS",
+        show_envvar=True,
+        callback=_trusted_origins,
+        metavar="ORIGIN",
+        help="A reverse proxy's public address (https://ops.example.com; repeatable): the "
+        "dashboard's Host and same-site checks accept it, as for a proxy that rewrites Host. "
+        "Actions still need the token.",
     ),
 ]
 LogFormatOption = Annotated[
@@ -341,6 +372,7 @@ def gateway(
         bool, typer.Option(help="Serve the dashboard's page at /dashboard/ on the REST port.")
     ] = False,
     dashboard_token: DashboardTokenOption = None,
+    dashboard_trusted_origin: TrustedOriginOption = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
@@ -366,7 +398,8 @@ def gateway(
                 log_level,
                 log_format,
                 ["--max-request-bytes", str(max_request_bytes)]
-                + (["--dashboard"] if dashboard else []),
+                + (["--dashboard"] if dashboard else [])
+                + [f"--dashboard-trusted-origin={o}" for o in dashboard_trusted_origin or []],
                 metrics_port,
             )
         )
@@ -387,6 +420,7 @@ def gateway(
         record_metrics=record_metrics,
         dashboard=dashboard,
         dashboard_token=dashboard_token,
+        dashboard_trusted_origins=tuple(dashboard_trusted_origin or ()),
     )
 
     def ready(http: int, grpc: int | None) -> None:
@@ -470,17 +504,24 @@ def dashboard(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, help="HTTP port (0: a free one).")] = 8088,
     token: DashboardTokenOption = None,
+    trusted_origin: TrustedOriginOption = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
 ) -> None:
-    """Serve a live web page of the fleet: models, workers, dead letters."""
+    """Serve a live web page of the fleet: models, workers, dead letters; with --token, retry
+    and delete dead letters, load and unload models."""
     setup_logging(log_level, log_format)
     from conveyor.broker import default_redis_url
     from conveyor.dashboard import DashboardSettings
     from conveyor.dashboard.server import serve
 
     settings = DashboardSettings(
-        redis_url=redis or default_redis_url(), prefix=prefix, host=host, port=port, token=token
+        redis_url=redis or default_redis_url(),
+        prefix=prefix,
+        host=host,
+        port=port,
+        token=token,
+        trusted_origins=tuple(trusted_origin or ()),
     )
     try:
         serve(settings)

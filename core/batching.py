@@ -21,6 +21,7 @@ import pydantic
 
 from conveyor.codecs import NumpyCodec
 from conveyor.codecs.numpy import _DATATYPE_TO_DTYPE
+from conveyor.laid_requests import LaidRequest, stack_laid
 from conveyor.types import (
     InferenceRequest,
     InferenceResponse,
@@ -89,22 +90,35 @@ def _stack(parts: Sequence[RequestInput]) -> npt.NDArray[Any]:
     return np.concatenate([_array_of(part) for part in parts], axis=0)
 
 
-def _rows(request: InferenceRequest) -> int:
+def _rows(request: InferenceRequest | LaidRequest) -> int:
+    if isinstance(request, LaidRequest):
+        return request.rows
     return int(request.inputs[0].shape[0]) if request.inputs and request.inputs[0].shape else 0
 
 
-def merge_requests(requests: Sequence[InferenceRequest]) -> InferenceRequest:
+def merge_requests(requests: Sequence[InferenceRequest | LaidRequest]) -> InferenceRequest:
     """One request whose inputs are the given requests' inputs stacked along axis 0.
 
     The requests must agree on everything but their first dimension: the first one's
     parameters and outputs are the batch's. What is built here is made of validated parts
     (names, datatypes and parameters of a validated request, shapes of the stacked array),
     so it is constructed without validating it again (``model_construct``: same fields set).
+    Requests not yet built (:class:`LaidRequest`, the worker's) are stacked from their bytes
+    when all are (``stack_laid``: the same arrays); the first is built for its fields.
     """
-    first = requests[0]
+    head = requests[0]
+    first = head.build() if isinstance(head, LaidRequest) else head
+    laid = [request for request in requests if isinstance(request, LaidRequest)]
+    if laid and len(laid) < len(requests):  # a mix (rare): each built
+        requests = [r.build() if isinstance(r, LaidRequest) else r for r in requests]
+        laid = []
     inputs = []
     for index, request_input in enumerate(first.inputs):
-        merged = _stack([request.inputs[index] for request in requests])
+        if laid:
+            dtype = _DTYPES[request_input.datatype]
+            merged = stack_laid(laid, index, dtype, request_input.shape[1:])
+        else:
+            merged = _stack([request.inputs[index] for request in requests])  # type: ignore[union-attr]
         inputs.append(
             _built(
                 RequestInput,
@@ -163,7 +177,9 @@ class Rows:
         return _built(InferenceResponse, values)
 
 
-def split_rows(response: InferenceResponse, requests: Sequence[InferenceRequest]) -> list[Rows]:
+def split_rows(
+    response: InferenceResponse, requests: Sequence[InferenceRequest | LaidRequest]
+) -> list[Rows]:
     """The merged response's rows of each request (by their row counts), each output decoded
     once. Raises ValueError when an output's first dimension is not the batch's total rows."""
     sizes = [_rows(request) for request in requests]

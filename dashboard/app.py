@@ -8,7 +8,9 @@
 - ``GET /events``: server-sent events, the fleet document at most once per interval;
 - ``POST /api/models/{model}/dead/retry`` and ``.../dead/delete`` with ``{"ids": [...]}`` or
   ``{"all": true}``: :mod:`conveyor.broker.ops.dead_letters`' retry and purge, behind
-  :func:`conveyor.dashboard.guard.check_action`, each logged.
+  :func:`conveyor.dashboard.guard.check_action`, each logged;
+- ``POST /api/models/{model}/load`` and ``.../unload``: :mod:`conveyor.dashboard.control`,
+  behind the same checks, logged.
 
 No response carries the Redis URL: errors name the server as ``server_url`` does (no
 password).
@@ -37,7 +39,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conveyor.broker import RedisSettings, create_client
 from conveyor.broker.keys import Keys
 from conveyor.broker.ops import dead_letters as admin
-from conveyor.dashboard.guard import check_action
+from conveyor.dashboard.control import control_routes
+from conveyor.dashboard.guard import LOOPBACK_NAMES, LoopbackHosts, refused, trusted_origin
 from conveyor.dashboard.view import dead_doc, model_doc
 from conveyor.dashboard.watch import FleetWatch
 from conveyor.errors import ConveyorError
@@ -47,7 +50,6 @@ __all__ = ("DashboardSettings", "build_app")
 logger = logging.getLogger(__name__)
 
 STATIC: Final = Path(__file__).parent / "static"
-_LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "::1")
 # The page loads only its own files and talks only to its own server; no other site may
 # frame it (clickjacking the retry buttons).
 _HEADERS: Final = [
@@ -69,6 +71,13 @@ class DashboardSettings:
     port: int = 8088
     token: str | None = field(default=None, repr=False)
     interval: float = 0.5  # seconds between two snapshots pushed to a page: at most 2/s
+    # a reverse proxy's public address(es): their Origin and Host name pass the checks
+    trusted_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for a trusted origin that is not scheme://host[:port]."""
+        origins = tuple(trusted_origin(origin) for origin in self.trusted_origins)
+        object.__setattr__(self, "trusted_origins", origins)
 
 
 class _SecurityHeaders:
@@ -82,33 +91,6 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
-
-
-def host_name(header: str) -> str:
-    """The name part of a Host header: ``[::1]:8088`` -> ``::1``, ``localhost:80`` ->
-    ``localhost`` (Starlette's TrustedHostMiddleware cuts an IPv6 address at its first colon)."""
-    if header.startswith("["):
-        return header[1:].partition("]")[0]
-    return header.rpartition(":")[0] if header.count(":") == 1 else header
-
-
-class _LoopbackHosts:
-    """Bound to loopback, only loopback names in Host: a DNS-rebinding page (a name of the
-    attacker's that resolves to 127.0.0.1) cannot read the dashboard from the operator's
-    browser."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            if host_name(host).lower() not in _LOOPBACK_NAMES:
-                await _error(400, "this dashboard answers loopback host names only")(
-                    scope, receive, send
-                )
-                return
-        await self.app(scope, receive, send)
 
 
 def _json(document: object, status: int = 200) -> Response:
@@ -205,12 +187,8 @@ def build_app(settings: DashboardSettings, *, stopping: anyio.Event | None = Non
         if verb not in ("retry", "delete"):
             return _error(404, f"no action {verb!r}: retry or delete")
         client = request.client.host if request.client else "?"
-        refusal = check_action(request, settings.token)
+        refusal = refused(request, verb, name, settings.token, settings.trusted_origins)
         if refusal is not None:
-            logger.warning(
-                "dashboard.action_refused action=%s model=%s client=%s status=%d reason=%s",
-                verb, name, client, refusal.status, refusal.message,
-            )  # fmt: skip
             return _error(refusal.status, refusal.message)
         try:
             body = orjson.loads(await request.body())
@@ -240,15 +218,16 @@ def build_app(settings: DashboardSettings, *, stopping: anyio.Event | None = Non
         return _json({"action": verb, "model": name, "done": done})
 
     middleware = [Middleware(_SecurityHeaders)]
-    if settings.host in ("127.0.0.1", "localhost", "::1"):
+    if settings.host in LOOPBACK_NAMES:
         # bound to loopback: refuse other Host names, so a DNS-rebinding page cannot read it
-        middleware.append(Middleware(_LoopbackHosts))
+        middleware.append(Middleware(LoopbackHosts, trusted=settings.trusted_origins))
     routes = [
         Route("/", index),
         Route("/api/fleet", fleet),
         Route("/api/models/{model}", model),
         Route("/api/models/{model}/dead", dead),
         Route("/api/models/{model}/dead/{verb:str}", action, methods=["POST"]),
+        *control_routes(settings.token, settings.trusted_origins, keys, lambda: watch().redis),
         Route("/events", events),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -41,11 +41,12 @@ def serve(settings: DashboardSettings) -> None:
     )
     # The socket listens already: connections wait in its backlog until uvicorn accepts them.
     logger.info(
-        "dashboard.started http=%s:%d redis=%s prefix=%s actions=%s",
+        "dashboard.started http=%s:%d redis=%s prefix=%s actions=%s trusted_origins=%s",
         settings.host,
         port,
         redact_url(settings.redis_url),
         settings.prefix,
         "on" if settings.token else "off",
+        ",".join(settings.trusted_origins) or "none",
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -135,6 +135,7 @@ async def _serve(
                     prefix=settings.prefix,
                     host=settings.host,  # bound to loopback: its Host check is on
                     token=settings.dashboard_token,
+                    trusted_origins=settings.dashboard_trusted_origins,
                 ),
                 stopping=stopping,
             )

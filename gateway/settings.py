@@ -30,3 +30,5 @@ class GatewaySettings:
     record_metrics: bool = False
     dashboard: bool = False  # serve conveyor.dashboard's page at /dashboard on the HTTP port
     dashboard_token: str | None = field(default=None, repr=False)  # its actions' token
+    # a reverse proxy's address(es) the dashboard's Host and same-site checks accept
+    dashboard_trusted_origins: tuple[str, ...] = ()

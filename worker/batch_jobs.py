@@ -25,6 +25,7 @@ Measured with ``python -m bench.batchpath`` (see bench/README.md, "The batch pat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -35,6 +36,7 @@ from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import hash_tag
 from conveyor.broker.wire import Fields, Job, JobDecoder, Message, encode_rows
 from conveyor.errors import WireError
+from conveyor.laid_requests import LaidRequest
 from conveyor.logging import job_context
 from conveyor.tracing import JobTrace, batch_ran
 from conveyor.types import InferenceRequest, InferenceResponse
@@ -162,7 +164,7 @@ class BatchJobs:
         loop = asyncio.get_running_loop()
         now, loop_now = time.time(), loop.time()
         batches = self._batches
-        decoder = JobDecoder()  # the read's jobs decoded together
+        decoder = JobDecoder(lazy=True)  # the read's jobs decoded together, requests unbuilt
         for delivery in deliveries:
             stream = delivery.stream
             batched = batches.get(stream)
@@ -214,12 +216,17 @@ class BatchJobs:
             return False
         metrics = self._metrics.children(job.model, job.method)
         record = _BatchedJob(self, delivery, job, deadline, batcher, metrics, loop_now)
-        request = cast("InferenceRequest", give_id(job.args[0], job))
+        request = cast("InferenceRequest | LaidRequest", job.args[0])
+        if isinstance(request, LaidRequest):
+            if request.id is None:  # as give_id: its response carries the job's id
+                request.id = job.id
+        else:
+            give_id(request, job)
         if batcher.on_answers is None:
             batcher.on_answers = self._answers
         key = decoder.key if laid_out else None
         if key is None:
-            key = batcher.key_of(request)
+            key = batcher.key_of(request.build() if isinstance(request, LaidRequest) else request)
             if laid_out:
                 decoder.key = key
         try:
@@ -267,6 +274,9 @@ class BatchJobs:
             if error is None and rows is not None:
                 message = self._rows_answer(job, delivery, rows)
             elif error is None and isinstance(response, InferenceResponse):
+                request = job.args[0]
+                if isinstance(request, LaidRequest):  # built to run alone: its id as the job's
+                    job = dataclasses.replace(job, args=(request.build(),))
                 message = result_message(job, delivery, response)
             else:
                 if not isinstance(error, Exception):
@@ -287,7 +297,9 @@ class BatchJobs:
         building it); if they cannot be, the built response's message, which fails (or not)
         as every answer's does."""
         request = job.args[0]
-        response_id = (request.id if isinstance(request, InferenceRequest) else None) or job.id
+        response_id = (
+            request.id if isinstance(request, (InferenceRequest, LaidRequest)) else None
+        ) or job.id
         try:
             return encode_rows(
                 job.id, delivery.deliveries, delivery.entry_id.decode(), rows, response_id

@@ -17,6 +17,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
+from operator import itemgetter
 from typing import Any
 
 import anyio
@@ -24,15 +25,10 @@ import anyio.abc
 
 # Merging and splitting live in the core, beside MLServer's BatchedRequests, which shares them.
 from conveyor.batching import Rows, merge_requests, split_response, split_rows
+from conveyor.laid_requests import LaidRequest
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters
 
-__all__ = (
-    "AdaptiveBatcher",
-    "Answered",
-    "Submitted",
-    "merge_requests",
-    "split_response",
-)
+__all__ = ("AdaptiveBatcher", "Answered", "Submitted", "merge_requests", "split_response")
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +40,9 @@ class _Item:
 
     __slots__ = ("error", "group", "request", "response", "rows", "taken", "token")
 
-    def __init__(self, request: InferenceRequest, group: _Group, token: object = None) -> None:
+    def __init__(
+        self, request: InferenceRequest | LaidRequest, group: _Group, token: object = None
+    ) -> None:
         self.request = request
         self.group = group
         self.response: InferenceResponse | None = None
@@ -148,12 +146,8 @@ def _parameters_key(parameters: Parameters | None) -> Hashable:
             (name, type(value), value) for name, value in extra.items() if value is not None
         )
     if all(kind in _PLAIN for _, kind, _ in items):
-        return tuple(sorted(items, key=_first))
+        return tuple(sorted(items, key=itemgetter(0)))
     return json.dumps(parameters.model_dump(mode="json"), sort_keys=True, default=str)
-
-
-def _first(item: tuple[str, type, object]) -> str:
-    return item[0]
 
 
 def _batch_key(request: InferenceRequest) -> Hashable:
@@ -199,8 +193,7 @@ class AdaptiveBatcher:
     arrived (at once if that time has already passed). So a lone request on an idle model
     waits ``max_batch_time`` and no longer, and under load batches fill while the model is
     busy instead of leaving a ``max_batch_time`` after their first request. Requests whose
-    inputs cannot merge wait in
-    separate batches, one per batch key.
+    inputs cannot merge wait in separate batches, one per batch key.
     """
 
     def __init__(
@@ -242,13 +235,14 @@ class AdaptiveBatcher:
         return item.response
 
     def submit(
-        self, request: InferenceRequest, token: object, key: Hashable | None = None
+        self, request: InferenceRequest | LaidRequest, token: object, key: Hashable | None = None
     ) -> Submitted:
         """Queues ``request`` without waiting for it: once its batch has run, its answer goes
         to ``on_answers`` (which must be set), with the other submitted requests of its batch,
         as an :class:`Answered` holding ``token``. No task or coroutine per request (the batch
         path, ``worker.batch_jobs``). ``key`` is the request's :meth:`key_of`, if the caller
-        has it. Raises RuntimeError once the batcher has stopped."""
+        has it. A :class:`LaidRequest` is built only if it runs alone (merging takes its bytes).
+        Raises RuntimeError once the batcher has stopped."""
         assert self.on_answers is not None
         return Submitted(self._enqueue(request, token, key))
 
@@ -257,11 +251,13 @@ class AdaptiveBatcher:
         """What decides which requests may merge (the same key: all but their rows agree)."""
         return _batch_key(request)
 
-    def _enqueue(self, request: InferenceRequest, token: object, key: Hashable = None) -> _Item:
+    def _enqueue(
+        self, request: InferenceRequest | LaidRequest, token: object, key: Hashable = None
+    ) -> _Item:
         if self._stopped:
             raise RuntimeError("the model's batcher has stopped")
         if key is None:
-            key = _batch_key(request)
+            key = _batch_key(request.build() if isinstance(request, LaidRequest) else request)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
@@ -376,7 +372,10 @@ class AdaptiveBatcher:
             self._on_batch(len(items))
         try:
             if len(items) == 1:
-                items[0].response = await self._predict(requests[0])
+                request = requests[0]
+                if isinstance(request, LaidRequest):
+                    request = request.build()
+                items[0].response = await self._predict(request)
                 return True
             parts = split_rows(await self._predict(merge_requests(requests)), requests)
         except Exception as error:

@@ -1,10 +1,9 @@
 """The job runner: one job from its delivery to its answer.
 
 :meth:`JobRunner.handle` is the body of each job's task (see ``worker.cancellation`` for how a
-job is stopped): admission, decoding, the refusals (``worker.refusals``), the claim of its
-request (``broker.claims``), then the model's method (unary, through the adaptive batcher when
-the model batches, or a stream: ``worker.streaming``), and the answer, whose ack frees the
-job's slot (``worker.slots``).
+job is stopped): admission, decoding, the refusals (``worker.refusals``), the claim of its request
+(``broker.claims``), then the model's method (unary, through the adaptive batcher when the model
+batches, or a stream: ``worker.streaming``), and the answer, whose ack frees its slot.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.wire import ErrorCode, Job, JobDecoder, Message, Payload, trace_fields
 from conveyor.errors import WireError
+from conveyor.laid_requests import LaidRequest
 from conveyor.logging import JobContext, job_context
 from conveyor.methods import ModelMethods
 from conveyor.tracing import JobTrace, current_failed, timing_batches, tracer
@@ -362,7 +362,7 @@ class JobRunner:
             or job.method != ModelMethods.Predict.value
             or len(job.args) != 1
             or job.kwargs
-            or not isinstance(job.args[0], InferenceRequest)
+            or not isinstance(job.args[0], (InferenceRequest, LaidRequest))  # the batch path's
         ):
             return None
         batcher = self._batchers.get(id(served))

@@ -26,14 +26,17 @@ the batch path's worker went from 85 to 72 us of CPU a request (``bench.batchpat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import numpy as np
 
+from conveyor.batching import _DTYPES
 from conveyor.broker.wire.jobs import common_head, decode_job
-from conveyor.broker.wire.schema import Job, RawFields
+from conveyor.broker.wire.schema import Job, Payload, RawFields
+from conveyor.laid_requests import LaidRequest
 from conveyor.types import InferenceRequest, Parameters, RequestInput, TensorData
 
 __all__ = ("JobDecoder",)
@@ -88,7 +91,7 @@ class _Layout:
     the request every envelope of the layout decodes to, but for the data (copied when the
     layout was found: the caller may change its request afterwards)."""
 
-    __slots__ = ("envelope", "inline", "inputs", "request", "size", "spans")
+    __slots__ = ("envelope", "inline", "inputs", "laid", "request", "rows", "size", "spans")
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class _Layout:
         request: _State,
         inputs: list[tuple[int, int, np.dtype[Any], tuple[int, ...], _State, _State | None]],
         inline: bool,
+        laid: bool,
     ) -> None:
         self.envelope = envelope
         self.size = len(envelope)
@@ -104,18 +108,24 @@ class _Layout:
         self.request = request
         self.inputs = inputs
         self.inline = inline
+        # whether its requests may stay bytes until a model needs them (see _Laid), and
+        # their rows (their first input's first dimension)
+        self.laid = laid
+        self.rows = inputs[0][3][0] if laid else 0
 
-    def request_of(self, envelope: bytes) -> InferenceRequest | None:
-        """The layout's request with ``envelope``'s data, if ``envelope`` has the layout."""
+    def has(self, envelope: bytes) -> bool:
+        """Whether ``envelope`` has the layout: its bytes but for the spans'."""
         if len(envelope) != self.size:
-            return None
+            return False
         layout, at = self.envelope, 0
         for start, end in self.spans:
             if envelope[at:start] != layout[at:start]:
-                return None
+                return False
             at = end
-        if envelope[at:] != layout[at:]:
-            return None
+        return envelope[at:] == layout[at:]
+
+    def request_of(self, envelope: bytes) -> InferenceRequest:
+        """The layout's request with ``envelope``'s data (an envelope it :meth:`has`)."""
         new, put, frombuffer = _new, _set, np.frombuffer
         inputs: list[RequestInput] = []
         for start, end, dtype, shape, state, parameters in self.inputs:
@@ -181,7 +191,37 @@ def _layout_of(fields: RawFields, job: Job) -> _Layout | None:
         inputs.append((end - len(data), end, array.dtype, array.shape, state, parameters_state))
     if sorted(spans) != spans or not _proven(fields, envelope, spans, job):
         return None
-    return _Layout(envelope, spans, request_state, inputs, job.inline_reply)
+    # its inputs' bytes are what merging takes as they are (``batching._array_of``)
+    laid = all(
+        array.ndim and array.dtype == _DTYPES.get(part.datatype) and list(array.shape) == part.shape
+        for part, array in ((part, part.data.root) for part in request.inputs)
+    )
+    return _Layout(envelope, spans, request_state, inputs, job.inline_reply, laid)
+
+
+class _Laid(LaidRequest):
+    """A request of a proven layout, kept as its envelope's bytes (see ``LaidRequest``)."""
+
+    __slots__ = ("_built", "_envelope", "_layout")
+
+    def __init__(self, layout: _Layout, envelope: bytes) -> None:
+        super().__init__(layout.request[0]["id"], layout.rows)
+        self._layout = layout
+        self._envelope = envelope
+        self._built: InferenceRequest | None = None
+
+    def data(self, index: int) -> bytes:
+        start, end = self._layout.spans[index]
+        return self._envelope[start:end]
+
+    def build(self) -> InferenceRequest:
+        built = self._built
+        if built is None:
+            built = self._built = self._layout.request_of(self._envelope)
+        if built.id is None and self.id is not None:  # as ``give_id`` sets it
+            built.__dict__["id"] = self.id
+            built.__pydantic_fields_set__.add("id")
+        return built
 
 
 def _proven(fields: RawFields, envelope: bytes, spans: list[tuple[int, int]], job: Job) -> bool:
@@ -224,10 +264,13 @@ class JobDecoder:
     same ``WireError`` for a bad one), parsing the common layout once (see the module head).
     One per read: it keeps the layout of its first common job."""
 
-    __slots__ = ("_decoded", "_layout", "_reads", "_served", "_tries", "key", "laid_out")
+    __slots__ = ("_decoded", "_layout", "_reads", "_served", "_tries", "key", "laid_out", "lazy")
 
-    def __init__(self) -> None:
+    def __init__(self, *, lazy: bool = False) -> None:
         self._layout: _Layout | None = None
+        # whether a request of the layout may be a ``LaidRequest`` (the batch path's), which
+        # only ``merge_requests`` and ``LaidRequest.build`` read
+        self.lazy = lazy
         self._tries = _TRIES
         # see next_read: whether the layout was found or used here, jobs decoded here, and
         # reads since a layout last served
@@ -247,34 +290,41 @@ class JobDecoder:
         if layout is not None and type(fields) is dict:
             envelope = fields.get(b"envelope")
             head = common_head(fields) if type(envelope) is bytes else None
-            if head is not None:
-                request = layout.request_of(envelope)  # type: ignore[arg-type]
-                if request is not None:
-                    self.laid_out = True
-                    self._served = True
-                    job_id, method, model, version, reply, bell, deadline, sent_at, attempt = head
-                    return Job(
-                        job_id,
-                        method,
-                        model,
-                        version or None,
-                        reply,
-                        bell,
-                        deadline,
-                        sent_at,
-                        attempt,
-                        (request,),
-                        {},
-                        None,
-                        None,
-                        0,
-                        layout.inline,
-                    )
+            if head is not None and layout.has(envelope):  # type: ignore[arg-type]
+                request: InferenceRequest | LaidRequest
+                if self.lazy and layout.laid:
+                    request = _Laid(layout, envelope)  # type: ignore[arg-type]
+                else:
+                    request = layout.request_of(envelope)  # type: ignore[arg-type]
+                self.laid_out = True
+                self._served = True
+                job_id, method, model, version, reply, bell, deadline, sent_at, attempt = head
+                return Job(
+                    job_id,
+                    method,
+                    model,
+                    version or None,
+                    reply,
+                    bell,
+                    deadline,
+                    sent_at,
+                    attempt,
+                    (cast("Payload", request),),  # a LaidRequest too: the batch path's
+                    {},
+                    None,
+                    None,
+                    0,
+                    layout.inline,
+                )
         job = decode_job(fields)
         if layout is None and self._tries > 0 and type(fields) is dict:
             self._tries -= 1
-            self._layout = _layout_of(fields, job)
-            self._served = self._layout is not None
+            self._layout = layout = _layout_of(fields, job)
+            self._served = layout is not None
+            if layout is not None and self.lazy and layout.laid:  # merged with the later ones
+                first = _Laid(layout, fields[b"envelope"])
+                first._built = cast("InferenceRequest", job.args[0])  # as _layout_of found it
+                job = dataclasses.replace(job, args=(cast("Payload", first),))
         return job
 
     def next_read(self) -> JobDecoder:
@@ -282,7 +332,7 @@ class JobDecoder:
         this read's jobs: a worker's unary jobs, a few a read, are mostly one client's calls,
         whose layout is then proven once, not once a read. Finding one (a full decode more)
         is tried again at most twice per 64 reads where none served."""
-        following = JobDecoder()
+        following = JobDecoder(lazy=self.lazy)
         if self._served or not self._decoded:
             following._layout = self._layout
         if self._served:

@@ -1,6 +1,7 @@
 // Conveyor dashboard: renders the fleet snapshots that /events pushes (at most 2 a second),
 // keeps each model's backlog history here in the page (the server keeps none), and sends
-// dead-letter actions with the token kept in sessionStorage. Plain DOM, no build step.
+// dead-letter and model (load, unload) actions with the token kept in sessionStorage. Plain
+// DOM, no build step.
 "use strict";
 
 const HISTORY = 240; // points per chart: two minutes at 2 snapshots a second
@@ -55,6 +56,7 @@ function renderModels(fleet) {
     cell(row, m.errors_last_minute, true);
     cell(row, m.workers, true);
     cell(row, m.dead_letters, true);
+    modelActionCell(row, m.name);
   }
 }
 
@@ -236,6 +238,48 @@ async function act(verb, body, what) {
   if (response.status === 401) sessionStorage.removeItem("conveyor-token"); // ask again next time
   await loadDead();
   $("#dead-status").textContent = response.ok ? verb + ": " + doc.done + " done" : doc.error;
+}
+
+// Load and unload of a model (POST api/models/<model>/load or /unload): a confirmation, the
+// token, then what the fleet answered (each worker that has the model acts on it).
+function modelActionCell(row, name) {
+  const td = row.insertCell();
+  for (const [label, verb] of [["Load", "load"], ["Unload", "unload"]]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.dataset.action = verb;
+    button.addEventListener("click", (event) => {
+      event.stopPropagation(); // not a click on the row (that shows the model's streams)
+      controlModel(verb, name);
+    });
+    td.append(button);
+  }
+}
+
+async function controlModel(verb, name) {
+  if (!confirm(verb + " model " + name + " on every worker that has it?")) return;
+  const secret = token();
+  if (!secret) return;
+  const status = $("#model-action-status");
+  status.className = "muted";
+  status.textContent = verb + " of " + name + ": sent, waiting for the workers…";
+  let response;
+  let doc;
+  try {
+    response = await fetch("api/models/" + encodeURIComponent(name) + "/" + verb, {
+      method: "POST",
+      headers: { authorization: "Bearer " + secret },
+    });
+    doc = await response.json();
+  } catch (error) {
+    status.className = "failed";
+    status.textContent = verb + " of " + name + ": " + error;
+    return;
+  }
+  if (response.status === 401) sessionStorage.removeItem("conveyor-token"); // ask again next time
+  status.className = response.ok && doc.ok ? "done" : "failed";
+  status.textContent = response.ok ? doc.message : verb + " of " + name + ": " + doc.error;
 }
 
 function render(fleet) {

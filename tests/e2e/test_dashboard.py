@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -37,12 +37,21 @@ Doc = dict[str, Any]
 class Dashboard(WorkerProcess):
     """One ``conveyor dashboard`` on a free port; its port read off ``dashboard.started``."""
 
-    def __init__(self, redis_url: str, prefix: str, token: str | None = TOKEN) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        token: str | None = TOKEN,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        environ.update(env or {})
         if token is not None:
-            env["CONVEYOR_DASHBOARD_TOKEN"] = token
+            environ["CONVEYOR_DASHBOARD_TOKEN"] = token
         argv = [sys.executable, "-m", "conveyor.cli", "dashboard", "--redis", redis_url]
-        super().__init__([*argv, "--prefix", prefix, "--port", "0"], env)
+        super().__init__([*argv, "--prefix", prefix, "--port", "0", *extra], environ)
+        self.prefix = prefix
         line = self.wait_for_log("dashboard.started", timeout=20)
         found = re.search(r"http=\S+:(\d+)", line)
         assert found, line
@@ -243,6 +252,8 @@ def test_redis_down_then_back_and_the_password_never_shown(
         f"/api/models/{MODEL}/dead/retry", {"all": True}, {"x-conveyor-token": TOKEN}
     )
     assert retried.status_code == 503
+    unloaded = board.post(f"/api/models/{MODEL}/unload", None, {"x-conveyor-token": TOKEN})
+    assert unloaded.status_code == 503, unloaded.text
 
     server.start()  # same port, data gone (no persistence): back, with no model
     back = board.wait_for(lambda d: d["error"] is None, "Redis back")

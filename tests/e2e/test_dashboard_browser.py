@@ -1,6 +1,7 @@
 """The dashboard page in a real headless browser (Debian's chromium and chromedriver, driven
 by selenium): it lists a running fleet's models and workers, sees a worker stop, and retries a
-dead letter through its button (confirm dialog, token prompt), which a worker then answers.
+dead letter through its button (confirm dialog, token prompt), which a worker then answers;
+it unloads a model and loads it back through the models' buttons, and the model answers.
 
 Skipped where chromium or chromedriver is not installed (``.ci/run`` installs them).
 ``CONVEYOR_SCREENSHOT=path`` saves the page's screenshot there (README's
@@ -21,6 +22,7 @@ import redis
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import MessageType, decode_message
 from tests.e2e.test_dashboard import TOKEN, Dashboard
+from tests.e2e.test_dashboard_actions import echo_answers
 from tests.e2e.test_dlq import MODEL, bury, job_fields, wait_entries
 from tests.support.fleet import MODELS, Fleet
 
@@ -135,3 +137,50 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
         _wait(browser, "the new dead letter", lambda d: d.find_elements(By.CSS_SELECTOR, row))
         Path(shot).parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(shot)
+
+
+def _click_later(driver: webdriver.Chrome, selector: str) -> None:
+    """Clicks ``selector`` from a timer: the table is redrawn on each snapshot (a found button
+    may be gone), and a click that opens a dialog must not block this script."""
+    script = "const b = document.querySelector(arguments[0]); setTimeout(() => b.click(), 0)"
+    driver.execute_script(script, selector)
+
+
+def _ready(driver: webdriver.Chrome, pid: int) -> str:
+    script = (
+        "const r = [...document.querySelectorAll('#workers tbody tr')]"
+        ".find(r => Number(r.cells[2].textContent) === arguments[0]);"
+        " return r ? r.cells[3].textContent : null"
+    )
+    return str(driver.execute_script(script, pid))
+
+
+@pytest.mark.timeout(60)
+def test_the_page_unloads_and_loads_a_model(
+    redis_url: str, prefix: str, fleet: Fleet, browser: webdriver.Chrome
+) -> None:
+    worker = fleet.start(MODELS)
+    board = Dashboard(redis_url, prefix)
+    fleet.workers.append(board)
+    browser.get(board.url)
+    _wait(browser, "echo served", lambda d: MODEL in _ready(d, worker.pid).split(", "))
+    status = (By.ID, "model-action-status")
+
+    _click_later(browser, f'#models tr[data-model="{MODEL}"] button[data-action="unload"]')
+    _wait(browser, "the confirm dialog", expected_conditions.alert_is_present())
+    browser.switch_to.alert.accept()
+    _wait(browser, "the token prompt", expected_conditions.alert_is_present())
+    prompt = browser.switch_to.alert
+    prompt.send_keys(TOKEN)
+    prompt.accept()
+    _wait(browser, "unloaded", lambda d: "unloaded on" in d.find_element(*status).text)
+    worker.wait_for_log(f"model.unloaded model={MODEL}")
+    _wait(browser, "echo gone", lambda d: MODEL not in _ready(d, worker.pid).split(", "))
+
+    _click_later(browser, f'#models tr[data-model="{MODEL}"] button[data-action="load"]')
+    _wait(browser, "the confirm dialog", expected_conditions.alert_is_present())
+    browser.switch_to.alert.accept()  # the token is kept for the session: no prompt
+    _wait(browser, "loaded", lambda d: "loaded on" in d.find_element(*status).text)
+    _wait(browser, "echo back", lambda d: MODEL in _ready(d, worker.pid).split(", "))
+    assert echo_answers(redis_url, prefix) == 3.0
+    assert not browser.find_element(By.ID, "model").is_displayed()  # no click on the row

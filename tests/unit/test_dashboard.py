@@ -6,8 +6,7 @@ import pytest
 from starlette.requests import Request
 
 from conveyor.broker.ops.fleet_report import Snapshot, WorkerInfo
-from conveyor.dashboard.app import host_name
-from conveyor.dashboard.guard import check_action
+from conveyor.dashboard.guard import check_action, host_name
 from conveyor.dashboard.view import LATE_WITHOUT_TTL_S, fleet_doc
 
 TOKEN = "s3cret-token"
