@@ -213,6 +213,7 @@ class Worker:
                         settings,
                         runner.handle,
                         batch_jobs.take,
+                        new_read=runner.new_read,
                     )
                     infra.start_soon(broker.run_writers)
                     infra.start_soon(self.metrics.flush_every)
