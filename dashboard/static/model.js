@@ -122,6 +122,7 @@ const ModelPanel = (() => {
     const body = $("#model-settings tbody");
     body.replaceChildren();
     $("#model-settings-none").hidden = loaded.length > 0;
+    $("#model-settings").hidden = loaded.length === 0;
     for (const instance of loaded) {
       const head = body.insertRow();
       head.className = "group";
@@ -141,6 +142,7 @@ const ModelPanel = (() => {
     const body = $("#model-errors tbody");
     body.replaceChildren();
     $("#model-errors-none").hidden = errors.length > 0;
+    $("#model-errors").hidden = errors.length === 0;
     for (const e of errors) {
       const row = body.insertRow();
       row.dataset.request = e.request_id;
@@ -210,7 +212,6 @@ const ModelPanel = (() => {
     charts.forEach((c) => c.destroy());
     charts = [];
     load();
-    section.scrollIntoView({ block: "nearest" });
   }
 
   // each pushed snapshot: the charts move; the document is read again every REFRESH_MS

@@ -148,6 +148,7 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
         shown = bury(probe, keys, {"id": "r-shown", "method": "predict"}, reason="bad entry")
         row = f'#dead tr[data-entry="{shown}"]'
         _wait(browser, "the new dead letter", lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        browser.execute_script("window.scrollTo(0, 0)")  # the fleet, then the panel below
         Path(shot).parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(shot)
 
