@@ -95,7 +95,9 @@ def control_routes(
         except ModelNotServed as error:
             status, reason = 404, str(error)
         except DeadlineExceeded as error:
-            status, reason = 504, str(error)
+            # the request stays in the stream: a slow load goes on, and the page shows its end
+            later = " (still loading? the workers table shows when it is ready)"
+            status, reason = 504, str(error) + (later if verb is ControlVerb.LOAD else "")
         except (ConveyorError, TimeoutError) as error:
             status, reason = 503, str(error) or "Redis did not answer in time"
         else:

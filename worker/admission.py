@@ -35,6 +35,9 @@ __all__ = ("CONTROL_MAX_BYTES", "Admission", "Refusal")
 _TEXT_MAX = 4096
 # A control request (load, unload, cancel) carries no payload: every worker reads each one.
 CONTROL_MAX_BYTES = 64 * 1024
+# Reply stream heads (``<p>:reply:{<client>}:``) already found valid, kept with their client's
+# bell: a worker's jobs come from a few clients, whose keys are then parsed once, not per job.
+_KNOWN_CLIENTS_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +68,7 @@ class Admission:
         self._smallest_limit = smallest_limit
         # job stream -> (model, version, smallest limit), as bytes where compared with fields
         self._streams: dict[str, tuple[bytes, bytes, int] | None] = {}
-        # the last client whose keys passed: its bell, and its reply streams' key but the
-        # request id (``<p>:reply:{<client>}:``); an entry naming both passes as it did
-        self._memo: tuple[bytes, bytes] | None = None
+        self._clients: dict[bytes, bytes] = {}  # see _KNOWN_CLIENTS_MAX
 
     def check_keys(self, fields: RawFields) -> Refusal | None:
         """Refuses an entry naming a key that is not its own client's and request's."""
@@ -75,23 +76,29 @@ class Admission:
         request_id, reply = get(b"id"), get(b"reply")
         if type(request_id) is not bytes or type(reply) is not bytes or not request_id:
             return None  # the decoder refuses it ("missing field 'id'"); nobody is answered
-        memo = self._memo
+        # A known client's unary job: its reply stream's head is one found valid, with the
+        # request id after it, and its bell that client's (what the full check finds of it).
         if (
-            memo is not None
-            and get(b"bell") == memo[0]
-            and reply == memo[1] + request_id
+            len(reply) <= _TEXT_MAX
+            and reply.endswith(request_id)
             and get(b"credit") is None
             and get(b"inputs") is None
         ):
-            return None  # the last client's keys, as the checks below found them
+            bell = self._clients.get(reply[: len(reply) - len(request_id)])
+            if bell is not None and get(b"bell") in (None, bell):
+                return None
         keys = self._keys
         client = keys.client_of_reply(reply, request_id) if len(reply) <= _TEXT_MAX else None
         if client is None:
             expected = keys.reply("<client id>", _show(request_id))
             return _foreign("reply", reply, f"not the reply stream {expected} of its request")
+        own_bell = keys.bell(client).encode()
         bell = get(b"bell")
-        if bell is not None and bell != keys.bell(client).encode():
+        if bell is not None and bell != own_bell:
             return _foreign("bell", bell, _own(keys.bell(client)))
+        if len(self._clients) >= _KNOWN_CLIENTS_MAX:
+            self._clients.clear()
+        self._clients[reply[: len(reply) - len(request_id)]] = own_bell
         credit, inputs = get(b"credit"), get(b"inputs")
         if credit is not None or inputs is not None:  # a predict_stream's
             rid = request_id.decode()  # UTF-8: it ends a key that decoded
@@ -99,8 +106,6 @@ class Admission:
                 return _foreign("credit", credit, _own(keys.credit(client, rid)))
             if inputs is not None and inputs != keys.inputs(client, rid).encode():
                 return _foreign("inputs", inputs, _own(keys.inputs(client, rid)))
-        elif bell is not None:  # a read's entries are mostly one client's: its keys kept
-            self._memo = (bell, reply[: len(reply) - len(request_id)])
         return None
 
     def check_control(self, fields: RawFields) -> Refusal | None:

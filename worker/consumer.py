@@ -56,6 +56,8 @@ class Consumer:
         settings: WorkerSettings,
         handle: Callable[[Delivery, JobScope], Coroutine[Any, Any, None]],
         take_batched: Callable[[list[Delivery]], list[Delivery]] | None = None,
+        *,
+        new_read: Callable[[], None] | None = None,
     ) -> None:
         self._broker = broker
         self._registry = registry
@@ -67,6 +69,7 @@ class Consumer:
         self._settings = settings
         self._handle = handle  # a job's task body
         self._take_batched = take_batched  # the batch path takes its jobs first (batch_jobs)
+        self._new_read = new_read  # the runner's jobs of the next read are another read's
         self._model_of = _ModelOf()
         self._next_reclaim = 0.0
         # job streams not yet checked for dead workers' jobs this half TTL (see _reclaimed)
@@ -150,6 +153,8 @@ class Consumer:
             backoff = 0.1
             if self._take_batched is not None and deliveries:
                 deliveries = self._take_batched(deliveries)
+            if deliveries and self._new_read is not None:
+                self._new_read()
             for delivery in deliveries:
                 slots.take(delivery.entry_id, delivery.stream)
                 scope = JobScope()

@@ -1,10 +1,9 @@
 """The job runner: one job from its delivery to its answer.
 
 :meth:`JobRunner.handle` is the body of each job's task (see ``worker.cancellation`` for how a
-job is stopped): admission, decoding, the refusals (``worker.refusals``), the claim of its
-request (``broker.claims``), then the model's method (unary, through the adaptive batcher when
-the model batches, or a stream: ``worker.streaming``), and the answer, whose ack frees the
-job's slot (``worker.slots``).
+job is stopped): admission, decoding, the refusals (``worker.refusals``), the claim of its request
+(``broker.claims``), then the model's method (unary, through the adaptive batcher when the model
+batches, or a stream: ``worker.streaming``), and the answer, whose ack frees its slot.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any, cast
 
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import GROUP, Keys, hash_tag
-from conveyor.broker.wire import ErrorCode, Job, Message, Payload, decode_job, trace_fields
+from conveyor.broker.wire import ErrorCode, Job, JobDecoder, Message, Payload, trace_fields
 from conveyor.errors import WireError
 from conveyor.laid_requests import LaidRequest
 from conveyor.logging import JobContext, job_context
@@ -101,8 +100,13 @@ class JobRunner:
         self._refusals = Refusals(broker, keys, metrics, clock, worker)
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
         # read by the heartbeat thread, once a beat (its `last_minute`)
-        stats.totals = lambda: model_totals(metrics.jobs, metrics.latency)
+        stats.totals = lambda: model_totals(metrics)
         self.tracer = tracer()  # None unless the app configured tracing: then no span work
+        self._decoder = JobDecoder()  # a read's jobs' common layout, proven once (wire.layout)
+
+    def new_read(self) -> None:
+        """The jobs started next (each decodes in its task's first step) are another read's."""
+        self._decoder = self._decoder.next_read()
 
     def job_trace(self, delivery: Delivery, model: str, start_ns: int) -> JobTrace:
         """The spans of a job, continued from the trace context its entry carries."""
@@ -145,7 +149,7 @@ class JobRunner:
             return
         decoding = 0 if trace is None else time.time_ns()
         try:
-            job = decode_job(delivery.fields)
+            job = self._decoder.decode(delivery.fields)
             if trace is not None:
                 trace.decoded(job.id, job.method, decoding)
             # From here on its lines (and the model's) carry its request id: this task's own.

@@ -264,7 +264,7 @@ class JobDecoder:
     same ``WireError`` for a bad one), parsing the common layout once (see the module head).
     One per read: it keeps the layout of its first common job."""
 
-    __slots__ = ("_layout", "_tries", "key", "laid_out", "lazy")
+    __slots__ = ("_decoded", "_layout", "_reads", "_served", "_tries", "key", "laid_out", "lazy")
 
     def __init__(self, *, lazy: bool = False) -> None:
         self._layout: _Layout | None = None
@@ -272,6 +272,11 @@ class JobDecoder:
         # only ``merge_requests`` and ``LaidRequest.build`` read
         self.lazy = lazy
         self._tries = _TRIES
+        # see next_read: whether the layout was found or used here, jobs decoded here, and
+        # reads since a layout last served
+        self._served = False
+        self._decoded = 0
+        self._reads = 0
         self.laid_out = False  # whether the last job's request was built from the layout
         # The caller's own: anything it derives from a request that all the layout's requests
         # share (the worker keeps their batch key here).
@@ -280,6 +285,7 @@ class JobDecoder:
     def decode(self, fields: RawFields) -> Job:
         """The job of one entry; raises ``WireError`` as :func:`decode_job` does."""
         self.laid_out = False
+        self._decoded += 1
         layout = self._layout
         if layout is not None and type(fields) is dict:
             envelope = fields.get(b"envelope")
@@ -291,6 +297,7 @@ class JobDecoder:
                 else:
                     request = layout.request_of(envelope)  # type: ignore[arg-type]
                 self.laid_out = True
+                self._served = True
                 job_id, method, model, version, reply, bell, deadline, sent_at, attempt = head
                 return Job(
                     job_id,
@@ -313,8 +320,23 @@ class JobDecoder:
         if layout is None and self._tries > 0 and type(fields) is dict:
             self._tries -= 1
             self._layout = layout = _layout_of(fields, job)
+            self._served = layout is not None
             if layout is not None and self.lazy and layout.laid:  # merged with the later ones
                 first = _Laid(layout, fields[b"envelope"])
                 first._built = cast("InferenceRequest", job.args[0])  # as _layout_of found it
                 job = dataclasses.replace(job, args=(cast("Payload", first),))
         return job
+
+    def next_read(self) -> JobDecoder:
+        """A decoder for the next read, which keeps this one's layout unless it served none of
+        this read's jobs: a worker's unary jobs, a few a read, are mostly one client's calls,
+        whose layout is then proven once, not once a read. Finding one (a full decode more)
+        is tried again at most twice per 64 reads where none served."""
+        following = JobDecoder(lazy=self.lazy)
+        if self._served or not self._decoded:
+            following._layout = self._layout
+        if self._served:
+            return following
+        following._reads = self._reads + 1
+        following._tries = _TRIES if following._reads % 64 == 0 else self._tries
+        return following

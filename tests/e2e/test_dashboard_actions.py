@@ -1,9 +1,9 @@
 """The dashboard's load and unload of a model, and its trusted origins, against a real
 ``conveyor dashboard`` process, real worker subprocesses and a real Redis.
 
-- unload with the token: the worker unloads the model (``/events`` shows it no longer ready),
-  load brings it back and a call is answered; without the token, or from another site,
-  nothing is sent;
+- unload with the token: both workers unload the model and answer (``/events`` shows it no
+  longer ready), load brings it back and a call is answered; without the token, or from
+  another site, nothing is sent;
 - a model no worker has: a clear 404, and no control stream left behind;
 - ``--trusted-origin`` (and ``CONVEYOR_DASHBOARD_TRUSTED_ORIGINS``, and ``conveyor gateway
   --dashboard-trusted-origin``): a reverse proxy's rewritten Host or Origin is refused without
@@ -28,9 +28,9 @@ PROXY = "https://ops.example.com"  # the proxy's public address, as the browser'
 BEARER = {"authorization": f"Bearer {TOKEN}"}
 
 
-def _ready(document: Doc, worker_id: str) -> list[str]:
-    found = [w["ready"] for w in document["workers"] if w["id"] == worker_id]
-    return list(found[0]) if found else []
+def _serving(document: Doc) -> set[str]:
+    """The ids of the workers that serve the echo model, as the page sees them."""
+    return {w["id"] for w in document["workers"] if MODEL in w["ready"]}
 
 
 def echo_answers(redis_url: str, prefix: str) -> float:
@@ -47,11 +47,11 @@ def echo_answers(redis_url: str, prefix: str) -> float:
 def test_unload_then_load_with_the_token(
     redis_url: str, prefix: str, fleet: Fleet, probe: redis.Redis
 ) -> None:
-    worker = fleet.start(MODELS)
+    workers = [fleet.start(MODELS, wait=False) for _ in range(2)]
     board = Dashboard(redis_url, prefix)
     fleet.workers.append(board)
-    seen = board.wait_for(lambda d: d["workers"] and MODEL in d["workers"][0]["ready"], "echo")
-    worker_id = seen["workers"][0]["id"]
+    seen = board.wait_for(lambda d: len(_serving(d)) == 2, "two workers serving echo")
+    ids = sorted(_serving(seen))
     keys = Keys(prefix)
     unload = f"/api/models/{MODEL}/unload"
 
@@ -70,16 +70,18 @@ def test_unload_then_load_with_the_token(
     done = answer.json()
     assert done["acknowledged"] is True
     assert done["ok"] is True, done
-    assert (done["asked"], done["done"], done["missing"]) == ([worker_id], [worker_id], 0)
-    assert done["message"] == f"unload of {MODEL}: unloaded on {worker_id}"
+    # every worker that has the model answered, not just the first
+    assert (sorted(done["asked"]), sorted(done["done"]), done["missing"]) == (ids, ids, 0)
+    assert done["message"].startswith(f"unload of {MODEL}: unloaded on ")
     board.wait_for_log(f"dashboard.action action=unload model={MODEL} ok=True")
-    worker.wait_for_log(f"model.unloaded model={MODEL}")
-    board.wait_for(lambda d: MODEL not in _ready(d, worker_id), "echo unloaded")
+    for worker in workers:
+        worker.wait_for_log(f"model.unloaded model={MODEL}")
+    board.wait_for(lambda d: not _serving(d), "echo unloaded everywhere")
 
     loaded = board.post(f"/api/models/{MODEL}/load", None, {"x-conveyor-token": TOKEN})
     assert loaded.status_code == 200, loaded.text
-    assert (loaded.json()["ok"], loaded.json()["done"]) == (True, [worker_id])
-    board.wait_for(lambda d: MODEL in _ready(d, worker_id), "echo loaded again")
+    assert (loaded.json()["ok"], sorted(loaded.json()["done"])) == (True, ids)
+    board.wait_for(lambda d: sorted(_serving(d)) == ids, "echo loaded again")
     assert echo_answers(redis_url, prefix) == 3.0
     for kind in ("reply", "bell"):  # the dashboard's requests left nothing behind
         assert not list(probe.scan_iter(f"{prefix}:{kind}:{{ops-*"))
@@ -92,7 +94,7 @@ def test_a_model_no_worker_has_is_a_clear_error(
     fleet.start(MODELS)
     board = Dashboard(redis_url, prefix)
     fleet.workers.append(board)
-    board.wait_for(lambda d: d["workers"] and MODEL in d["workers"][0]["ready"], "echo")
+    board.wait_for(_serving, "echo")
     answer = board.post("/api/models/nonesuch/load", None, BEARER)
     assert answer.status_code == 404, answer.text
     error = answer.json()["error"]
@@ -166,3 +168,7 @@ def test_the_gateway_takes_the_trusted_origin(fleet: Fleet, probe: redis.Redis) 
         done = http.post(path, json=body, headers={**BEARER, "origin": PROXY})
         assert done.status_code == 200, done.text
         assert probe.xlen(keys.dead(MODEL)) == 0
+        # load and unload are there too: with no worker at all, a clear 404 at once
+        unload = http.post(f"/dashboard/api/models/{MODEL}/unload", headers=BEARER)
+        assert unload.status_code == 404, unload.text
+        assert "no worker is running" in unload.json()["error"]
