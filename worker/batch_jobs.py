@@ -6,9 +6,9 @@ with ``max_batch_size`` above 1, that admission lets through, that decodes (its 
 as the wire's bytes, ``LaidRequest``), is not over-delivered nor expired — goes to the model's
 batcher with :meth:`AdaptiveBatcher.submit`: no task, coroutine or event of its own. The
 batch's answers come in one call (:meth:`BatchJobs._answers`), are encoded together
-(``RowsEncoder``) and leave in one write (``WorkerBroker.answer_soon``). Everything else — refusals, bad entries, unknown models or
-methods, over-delivered and expired jobs, other methods — takes the per-job path
-(``worker.runner``), as before, and is decoded again there (rare).
+(``RowsEncoder``) and leave in one write (``WorkerBroker.answer_soon``). Everything else —
+refusals, bad entries, unknown models or methods, over-delivered and expired jobs, other
+methods — takes the per-job path (``worker.runner``), as before, decoded again there (rare).
 
 What a job's task did for it, the batch path does per job without one: its slot
 (``worker.slots``), its claim (``broker.claims``, sent together), its deadline and a caller's
