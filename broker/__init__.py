@@ -29,6 +29,7 @@ _LAZY = {
     "Delivery": "conveyor.broker.entries",
     "HeartbeatLink": "conveyor.broker.heartbeats",
     "Beat": "conveyor.broker.heartbeats",
+    "looks_secret": "conveyor.broker.fleet",  # settings never published (heartbeat `settings`)
 }
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from conveyor.broker.errors import translate_errors as translate_errors
     from conveyor.broker.fleet import FleetView as FleetView
     from conveyor.broker.fleet import RestRoute as RestRoute
+    from conveyor.broker.fleet import looks_secret as looks_secret
     from conveyor.broker.fleet import read_fleet_sync as read_fleet_sync
     from conveyor.broker.heartbeats import Beat as Beat
     from conveyor.broker.heartbeats import HeartbeatLink as HeartbeatLink
@@ -65,6 +67,7 @@ __all__ = (
     "create_client",
     "create_sync_client",
     "default_redis_url",
+    "looks_secret",
     "ping",
     "read_fleet_sync",
     "redact_url",

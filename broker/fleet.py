@@ -13,14 +13,34 @@ with a TTL) lists, as comma-separated model names:
   ``<model> <HTTP method> <path> <handler>`` (what gateways route; absent from older workers).
 
 It also holds ``id``, ``host``, ``pid``, ``started`` and ``heartbeat`` (unix seconds on Redis's
-clock), ``in_flight``, ``done`` (jobs since it started), ``ttl``, and ``last_minute``: JSON
-of what it did over about the last minute (read once a beat from its metrics; absent from
-older workers), ``{"s": <window seconds>, "le": [<bucket bounds, s>], "models": {<model>:
-{"calls": <finished jobs>, "errors": <failed ones: model errors, refusals, deadlines, ...>,
-"counts": [<jobs per bucket of the job time, taken -> answer stored; not cumulative, the
-last one +Inf>]}}}``, only the models with calls in the window. Summed over workers (rates as
-calls / s, histograms bucket by bucket), it gives ``conveyor inspect``'s calls/s, errors and
-p50/p99 (``conveyor.broker.ops.fleet_report.model_load``).
+clock), ``in_flight``, ``done`` (jobs since it started), ``ttl``, and three JSON fields that
+older workers lack (readers take a missing or malformed one as empty):
+
+- ``last_minute``: what it did over about the last minute, read once a beat from its metrics
+  (no work per job): ``{"s": <window seconds>, "le": [<bucket bounds, s>], "batch_le":
+  [<batch-size bucket bounds>], "models": {<model>: {"calls": <finished jobs>, "errors":
+  <failed ones: model errors, refusals, deadlines, ...>, "counts": [...], "wait": [...],
+  "run": [...], "batches": [...], "batch_rows": <requests in those batches>}}}``, only the
+  models with jobs in the window. Each list is a histogram's count per bucket (not
+  cumulative; the last one +Inf): ``counts`` the job time (taken -> answer stored), ``wait``
+  the queue wait (sent -> taken), ``run`` the model calls' run time (a batch's call counts
+  once), each over ``le``; ``batches`` the adaptive batches' sizes over ``batch_le``.
+  ``wait`` and ``run`` are left out when empty, ``batches`` and ``batch_rows`` when the model
+  ran no batch. Summed over workers (rates as calls / s, histograms bucket by bucket), it gives
+  ``conveyor inspect``'s calls/s, errors and p50/p99 and the dashboard's model panel
+  (``conveyor.broker.ops.fleet_report.model_load``).
+- ``settings``: the served model instances as they were loaded, serialised once per load or
+  unload: ``[{"name", "version", "implementation", "platform", "max_batch_size",
+  "max_batch_time", "max_concurrent_calls", "calls_at_once" (the calls it takes at once;
+  null: unbounded), "parallel_workers", "timeout", "max_deliveries", "max_queue_length",
+  "max_payload_bytes", "inputs", "outputs" (tensor names), "parameters": {"uri", "format",
+  "content_type", <its other keys>, "extra": {...}}}]``. In ``parameters`` every value whose
+  key :func:`looks_secret` is ``"<redacted>"`` (at any depth), a URI's password too, and long
+  texts are cut: it never holds a secret.
+- ``recent_errors``: each model's last 10 error answers, oldest first, serialised only when
+  one was added: ``{<model>: [{"t": <unix seconds, Redis's clock>, "id": <request id>,
+  "kind": <error code: model_error, deadline, cancelled, bad_entry, ...>, "type": <exception
+  type name>, "message": <its message, cut to 300 characters>}]}``.
 
 :func:`read_fleet` reads them with ``ZRANGE <prefix>:workers`` and one pipeline of ``HGET``s
 (a worker id whose hash has expired is a dead worker: skipped). :func:`has_group` tells
@@ -31,6 +51,7 @@ Both return None when an ACL refuses their commands, and raise redis-py's other 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,12 +68,20 @@ __all__ = (
     "RestRoute",
     "WorkerState",
     "has_group",
+    "looks_secret",
     "read_fleet",
     "read_fleet_sync",
 )
 
 # the heartbeat fields read here, in this order
 FIELDS = ("models", "loading", "ready", "failed", "rest")
+# setting names whose values are secrets: password, api_token, secret_key, auth, ...
+_SECRET = re.compile(r"pass|secret|token|key|auth|credential|cookie|private", re.IGNORECASE)
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a setting named ``name`` may hold a secret (its value is never published)."""
+    return _SECRET.search(name) is not None
 
 
 @dataclass(frozen=True, slots=True)

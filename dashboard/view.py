@@ -13,6 +13,7 @@ from typing import Final
 
 from conveyor.broker.ops.dead_letters import DeadLetter
 from conveyor.broker.ops.fleet_report import ModelInfo, ModelLoad, Snapshot, WorkerInfo, model_load
+from conveyor.dashboard.panel import errors_doc, settings_doc
 
 __all__ = ("LATE_WITHOUT_TTL_S", "dead_doc", "fleet_doc", "model_doc")
 
@@ -66,12 +67,20 @@ def _model(model: ModelInfo, shot: Snapshot, load: dict[str, ModelLoad]) -> Doc:
 
 def _load(load: ModelLoad | None) -> Doc:
     """The last minute, summed over the live workers' heartbeats (``conveyor inspect``'s
-    figures; None where no worker says)."""
+    figures, and the model panel's queue wait, run time and batches; None where no worker
+    says). Each pushed snapshot carries them: the page draws their history."""
     return {
         "calls_per_s": load.calls_per_s if load else None,
         "errors_last_minute": load.errors if load else None,
         "p50_s": load.p50_s if load else None,
         "p99_s": load.p99_s if load else None,
+        "wait_p50_s": load.wait_p50_s if load else None,
+        "wait_p99_s": load.wait_p99_s if load else None,
+        "run_p50_s": load.run_p50_s if load else None,
+        "run_p99_s": load.run_p99_s if load else None,
+        "batches_per_s": load.batches_per_s if load else None,
+        "batch_mean": load.batch_mean if load else None,
+        "batch_p99": load.batch_p99 if load else None,
     }
 
 
@@ -89,8 +98,9 @@ def fleet_doc(shot: Snapshot) -> Doc:
 
 
 def model_doc(shot: Snapshot, name: str) -> Doc | None:
-    """One model: its figures, each job stream's group and consumers, the workers serving it;
-    None when the prefix has no such model."""
+    """One model: its figures, each job stream's group and consumers, the workers serving it,
+    the settings they loaded it with and its recent errors; None when the prefix has no such
+    model."""
     model = next((m for m in shot.models if m.name == name), None)
     if model is None:
         return None
@@ -99,6 +109,8 @@ def model_doc(shot: Snapshot, name: str) -> Doc | None:
         "time": shot.time,
         "streams": [dataclasses.asdict(stream) for stream in model.streams],
         "serving": [_worker(w) for w in shot.workers if name in w.ready],
+        "settings": settings_doc(shot, name),
+        "recent_errors": errors_doc(shot, name),
     }
 
 

@@ -10,6 +10,7 @@ from conveyor.broker import Delivery
 from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType, Payload
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.clock import RedisClock
+from conveyor.worker.recent_errors import RECENT_ERRORS
 
 __all__ = (
     "describe",
@@ -41,7 +42,8 @@ def give_id(payload: Payload, job: Job) -> Payload:
 
 
 def error_message(job: Job, delivery: Delivery, code: str, type_name: str, text: str) -> Message:
-    """The error answer of one delivery of ``job``."""
+    """The error answer of one delivery of ``job`` (kept among its model's recent errors)."""
+    RECENT_ERRORS.record(job.model, job.id, code, type_name, text)
     return Message(
         MessageType.ERROR,
         job.id,

@@ -12,102 +12,34 @@ after its last beat (until then ``conveyor inspect`` lists it as gone: a crash j
 Each beat also says what the worker did over the last minute, per model (the ``last_minute``
 field, documented in ``broker/fleet.py``): read once a beat from the metrics the jobs update
 anyway (no work nor Redis command per job), as the difference between now and the beat a
-minute ago, which the thread keeps.
+minute ago, which the thread keeps (worker.minute_stats). And, for the dashboard's model
+panel, the settings each model was loaded with (``settings``, serialised once per load:
+worker.load_settings) and each model's last errors (``recent_errors``, serialised only when
+one was added: worker.recent_errors).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from conveyor.broker import HeartbeatLink
 from conveyor.errors import ConveyorError
 from conveyor.methods import get_custom_handlers
 from conveyor.multiprocess_metrics import LATENCY_BUCKETS
 from conveyor.worker.clock import RedisClock
+from conveyor.worker.minute_stats import BATCH_BUCKETS, LastMinute, ModelTotals, model_totals
+from conveyor.worker.recent_errors import RECENT_ERRORS
 
 __all__ = ("Heartbeat", "ModelTotals", "WorkerStats", "model_totals", "rest_routes")
 
 GONE_LISTED_S = 60.0  # how long a worker gone without unregistering stays in the registry
-WINDOW_S = 60.0  # the span of the heartbeat's `last_minute` figures
-
-
-@dataclass
-class ModelTotals:
-    """One model's jobs since the worker started: finished, failed, and the latency
-    histogram's count per bucket (not cumulative; the last one is +Inf)."""
-
-    calls: int = 0
-    errors: int = 0
-    counts: list[int] = field(default_factory=list)
-
-
-class _Collector(Protocol):
-    def collect(self) -> Iterable[Any]: ...
-
-
-def model_totals(jobs: _Collector, latency: _Collector) -> dict[str, ModelTotals]:
-    """Each model's totals, from the worker's jobs counter and job-time histogram (their
-    ``collect()``, as a scrape reads them; summed over methods). Outcomes other than ok and
-    duplicate count as errors."""
-    totals: dict[str, ModelTotals] = {}
-    for family in jobs.collect():
-        for sample in getattr(family, "samples", ()):
-            outcome = sample.labels.get("outcome")
-            if not sample.name.endswith("_total") or outcome in (None, "duplicate"):
-                continue
-            one = totals.setdefault(sample.labels["model"], ModelTotals())
-            one.calls += int(sample.value)
-            one.errors += 0 if outcome == "ok" else int(sample.value)
-    for family in latency.collect():
-        cumulative: dict[tuple[str, str], list[int]] = {}
-        for sample in getattr(family, "samples", ()):
-            if sample.name.endswith("_bucket"):
-                key = (sample.labels["model"], sample.labels["method"])
-                cumulative.setdefault(key, []).append(int(sample.value))
-        for (model, _), seen in cumulative.items():
-            counts = [b - a for a, b in zip([0, *seen], seen, strict=False)]
-            one = totals.setdefault(model, ModelTotals())
-            if one.counts:  # another method of the model: its buckets are the same
-                counts = [a + b for a, b in zip(one.counts, counts, strict=True)]
-            one.counts = counts
-    return totals
-
-
-class LastMinute:
-    """The heartbeat's ``last_minute`` field: totals now minus those of a minute ago."""
-
-    def __init__(self, bounds: Iterable[float], started: float) -> None:
-        self._bounds = [float(bound) for bound in bounds]
-        self._past: deque[tuple[float, dict[str, ModelTotals]]] = deque([(started, {})])
-
-    def field(self, now: float, totals: dict[str, ModelTotals]) -> str:
-        past = self._past
-        while len(past) > 1 and past[1][0] <= now - WINDOW_S:  # keep one a minute old or older
-            past.popleft()
-        since, before = past[0]
-        past.append((now, totals))
-        models = {}
-        for model, one in totals.items():
-            old = before.get(model, ModelTotals())
-            calls, errors = one.calls - old.calls, one.errors - old.errors
-            if calls <= 0 and errors <= 0:
-                continue
-            counts = one.counts
-            if old.counts:
-                counts = [a - b for a, b in zip(counts, old.counts, strict=True)]
-            models[model] = {"calls": calls, "errors": errors, "counts": counts}
-        window = {"s": round(max(now - since, 0.001), 3), "le": self._bounds, "models": models}
-        return json.dumps(window, separators=(",", ":"))
 
 
 logger = logging.getLogger(__name__)
@@ -128,6 +60,8 @@ class WorkerStats:
     # the served models' custom handlers with a REST path, for gateways (see rest_routes)
     rest: str = ""
     started: float = field(default_factory=time.time)
+    # the served models' load settings, JSON (worker.load_settings; set at each load/unload)
+    settings: str = "[]"
     # each model's totals so far (set by the job runner; read once a beat: `last_minute`)
     totals: Callable[[], dict[str, ModelTotals]] | None = None
 
@@ -166,7 +100,8 @@ class Heartbeat:
         self._stop = threading.Event()
         self._wake = threading.Event()  # beat now: the worker's models changed state
         self._last_errors: set[str] = set()
-        self._last_minute = LastMinute(LATENCY_BUCKETS, time.time())
+        self._last_minute = LastMinute(LATENCY_BUCKETS, time.time(), BATCH_BUCKETS)
+        self._errors = (-1, "{}")  # RECENT_ERRORS.changes when serialised, and its field
         self._thread = threading.Thread(target=self._run, name="conveyor-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -221,6 +156,8 @@ class Heartbeat:
         }
         if stats.totals is not None:
             fields["last_minute"] = self._last_minute.field(now, stats.totals())
+        fields["settings"] = stats.settings
+        fields["recent_errors"] = self._recent_errors()
         # workers silent for long: killed ones never unregister (see _forget_dead)
         silent_for = max(GONE_LISTED_S, 3 * self._ttl_s)
         # Reset the idle time of every job this worker still runs: reclaim goes by idle
@@ -235,6 +172,13 @@ class Heartbeat:
             for error in sorted(errors):
                 logger.error("worker.heartbeat_refused worker=%s error=%s", self._worker_id, error)
             self._last_errors = errors
+
+    def _recent_errors(self) -> str:
+        """The ``recent_errors`` field, serialised again only when an error was recorded."""
+        changes = RECENT_ERRORS.changes
+        if changes != self._errors[0]:
+            self._errors = (changes, RECENT_ERRORS.field(self._clock.offset))
+        return self._errors[1]
 
     def _read_clock(self, link: HeartbeatLink) -> str | None:
         """Reads Redis's clock (``TIME``); an ACL that refuses it is reported (its text

@@ -76,6 +76,11 @@ class LoopHistogram:
             series = self._series[values] = made
         return series
 
+    def counts(self) -> dict[tuple[str, ...], list[int]]:
+        """Each series' count per bucket (not cumulative; the last one +Inf), by label values:
+        copies, read from another thread (the heartbeat's) without a lock, as a scrape does."""
+        return {values: list(series.counts) for values, series in list(self._series.items())}
+
     def flush(self) -> None:
         """Writes each series' counts and sum to prometheus-client's multiprocess values
         (this process's files), as its own Histogram would hold them."""

@@ -21,11 +21,11 @@ from conveyor import metrics as model_metrics
 from conveyor.multiprocess_metrics import LATENCY_BUCKETS
 from conveyor.worker.health import listening
 from conveyor.worker.histograms import LoopHistogram
+from conveyor.worker.minute_stats import BATCH_BUCKETS
 from conveyor.worker.model_calls import MODEL_CALLS, RUN, current_job
 
 __all__ = ("JobMetrics", "WorkerMetrics")
 
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 FLUSH_EVERY_S = 1.0  # multiprocess mode: how stale a scrape of the loop's histograms may be
 
 
@@ -95,7 +95,7 @@ class WorkerMetrics:
             "conveyor_worker_batch_size",
             "Requests merged into one predict call (adaptive batching)",
             ["model"],
-            buckets=_BATCH_BUCKETS,
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.in_flight = Gauge(

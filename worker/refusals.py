@@ -12,6 +12,7 @@ from conveyor.worker.admission import Refusal
 from conveyor.worker.answers import error_message, job_log, readable_job
 from conveyor.worker.clock import RedisClock
 from conveyor.worker.metrics import WorkerMetrics
+from conveyor.worker.recent_errors import RECENT_ERRORS
 
 __all__ = ("Refusals",)
 
@@ -49,6 +50,9 @@ class Refusals:
         self._metrics.dead_lettered.labels(model).inc()
         self._metrics.jobs.labels(model, "", "refused").inc()
         caller = readable_job(delivery, model, self._clock) if refusal.answer else None
+        RECENT_ERRORS.record(
+            model, caller.id if caller else "", refusal.code, refusal.type, refusal.reason
+        )
         error = ErrorInfo(refusal.code, refusal.type, refusal.reason)
         await self._broker.dead_letter(
             delivery,

@@ -100,7 +100,7 @@ class JobRunner:
         self._refusals = Refusals(broker, keys, metrics, clock, worker)
         self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
         # read by the heartbeat thread, once a beat (its `last_minute`)
-        stats.totals = lambda: model_totals(metrics.jobs, metrics.latency)
+        stats.totals = lambda: model_totals(metrics)
         self.tracer = tracer()  # None unless the app configured tracing: then no span work
         self._decoder = JobDecoder()  # a read's jobs' common layout, proven once (wire.layout)
 

@@ -35,6 +35,7 @@ from conveyor.worker.consumer import Consumer
 from conveyor.worker.control import Control
 from conveyor.worker.health import Health, ObservedHeartbeat, serving_health
 from conveyor.worker.heartbeat import WorkerStats, rest_routes
+from conveyor.worker.load_settings import settings_of
 from conveyor.worker.metrics import WorkerMetrics
 from conveyor.worker.registry import ModelRegistry
 from conveyor.worker.runner import JobRunner
@@ -93,6 +94,7 @@ class Worker:
         self.stats.ready = self.registry.ready_names()
         self.stats.failed = self.registry.failed_names()
         self.stats.rest = rest_routes((s.name, s.model) for s in self.registry.all() if s.ready)
+        self.stats.settings = settings_of(self.registry.all())
         self.stats.loading = []
         if self._heartbeat is not None:
             self._heartbeat.beat_soon()

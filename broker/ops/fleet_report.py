@@ -13,6 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from conveyor.broker.ops.heartbeat_fields import (
+    LoadSettings,
+    RecentError,
+    parse_recent_errors,
+    parse_settings,
+)
 from conveyor.errors import ConveyorError
 
 __all__ = (
@@ -21,14 +27,19 @@ __all__ = (
     "GroupInfo",
     "InspectError",
     "LastMinute",
+    "LoadSettings",
     "ModelInfo",
     "ModelLoad",
     "ModelMinute",
+    "RecentError",
     "Snapshot",
     "StreamInfo",
     "WorkerInfo",
     "delivery_rates",
     "model_load",
+    "parse_last_minute",
+    "parse_recent_errors",
+    "parse_settings",
 )
 
 
@@ -94,11 +105,17 @@ class ModelInfo:
 @dataclass(frozen=True, slots=True)
 class ModelMinute:
     """One model's jobs on one worker over its heartbeat's window: finished, failed, and the
-    job-time histogram's count per bucket (not cumulative; the last one is +Inf)."""
+    count per bucket (not cumulative; the last one is +Inf) of the job time, the queue wait
+    and the model calls' run time (empty from older workers), and of adaptive batches' sizes
+    with their rows summed (empty when the model ran no batch)."""
 
     calls: int
     errors: int
     counts: tuple[int, ...]
+    wait: tuple[int, ...] = ()
+    run: tuple[int, ...] = ()
+    batches: tuple[int, ...] = ()
+    batch_rows: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +123,27 @@ class LastMinute:
     """A worker's heartbeat field ``last_minute`` (see ``conveyor.broker.fleet``)."""
 
     window_s: float  # about a minute (less for a worker started since)
-    bounds: tuple[float, ...]  # the histogram's bucket bounds (``le``), +Inf left out
+    bounds: tuple[float, ...]  # the histograms' bucket bounds (``le``), +Inf left out
     models: dict[str, ModelMinute]
+    batch_bounds: tuple[float, ...] = ()  # the batch sizes' bucket bounds (``batch_le``)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelLoad:
     """One model over the last minute, the live workers' ``last_minute`` summed: what
-    ``conveyor inspect`` shows beside the backlog."""
+    ``conveyor inspect`` shows beside the backlog (and the dashboard's model panel)."""
 
     calls_per_s: float
     errors: int  # failed jobs (model errors, refusals, deadlines, ...) in the last minute
     p50_s: float | None  # job time (taken -> answer stored), from the merged histograms
     p99_s: float | None
+    wait_p50_s: float | None = None  # queue wait (sent -> taken); None: no worker says
+    wait_p99_s: float | None = None
+    run_p50_s: float | None = None  # one model call (a batch counts once)
+    run_p99_s: float | None = None
+    batches_per_s: float | None = None  # adaptive batches run; None: none ran
+    batch_mean: float | None = None  # requests per batch
+    batch_p99: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +166,8 @@ class WorkerInfo:
     heartbeat_age_s: float | None  # seconds since its last heartbeat
     ttl_s: float | None  # how long its hash outlives a heartbeat
     last_minute: LastMinute | None = field(default=None)  # None: an older worker's
+    settings: tuple[LoadSettings, ...] = ()  # () from an older worker
+    recent_errors: dict[str, tuple[RecentError, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,12 +244,34 @@ def _quantile(q: float, bounds: tuple[float, ...], counts: list[int]) -> float |
     return bounds[-1] if bounds else None
 
 
+class _Merged:
+    """One histogram summed over workers, bucket by bucket where their bounds agree."""
+
+    def __init__(self) -> None:
+        self.bounds: tuple[float, ...] | None = None
+        self.counts: list[int] = []
+
+    def add(self, bounds: tuple[float, ...], counts: tuple[int, ...]) -> None:
+        if len(counts) != len(bounds) + 1 or self.bounds not in (None, bounds):
+            return
+        if self.bounds is None:
+            self.bounds, self.counts = bounds, [0] * len(counts)
+        for index, count in enumerate(counts):
+            self.counts[index] += count
+
+    def quantile(self, q: float) -> float | None:
+        return None if self.bounds is None else _quantile(q, self.bounds, self.counts)
+
+
 def model_load(shot: Snapshot) -> dict[str, ModelLoad]:
     """Each model's calls/s, errors and p50/p99 job time over the last minute, from the live
-    workers' heartbeats (histograms merged only where their buckets agree)."""
+    workers' heartbeats (histograms merged only where their buckets agree); and, where the
+    workers say, queue wait and run time p50/p99, and adaptive batches' rate and sizes."""
     rates: dict[str, float] = {}
     errors: dict[str, int] = {}
-    merged: dict[str, tuple[tuple[float, ...], list[int]]] = {}
+    batch_rates: dict[str, float] = {}
+    rows: dict[str, float] = {}
+    merged: dict[tuple[str, str], _Merged] = {}
     for worker in shot.workers:
         minute = worker.last_minute
         if minute is None:
@@ -230,32 +279,61 @@ def model_load(shot: Snapshot) -> dict[str, ModelLoad]:
         for name, one in minute.models.items():
             rates[name] = rates.get(name, 0.0) + one.calls / minute.window_s
             errors[name] = errors.get(name, 0) + one.errors
-            if len(one.counts) != len(minute.bounds) + 1:
-                continue
-            bounds, counts = merged.setdefault(name, (minute.bounds, [0] * len(one.counts)))
-            if bounds == minute.bounds:
-                for index, count in enumerate(one.counts):
-                    counts[index] += count
+            for kind, counts in (("job", one.counts), ("wait", one.wait), ("run", one.run)):
+                merged.setdefault((name, kind), _Merged()).add(minute.bounds, counts)
+            if any(one.batches):
+                merged.setdefault((name, "batch"), _Merged()).add(minute.batch_bounds, one.batches)
+                batch_rates[name] = batch_rates.get(name, 0.0) + sum(one.batches) / minute.window_s
+                rows[name] = rows.get(name, 0.0) + one.batch_rows
     load = {}
     for name, rate in sorted(rates.items()):
-        bounds, counts = merged.get(name, ((), []))
-        p50, p99 = (_quantile(q, bounds, counts) for q in (0.5, 0.99))
-        load[name] = ModelLoad(rate, errors[name], p50, p99)
+
+        def quantile(kind: str, q: float, name: str = name) -> float | None:
+            found = merged.get((name, kind))
+            return None if found is None else found.quantile(q)
+
+        batches = batch_rates.get(name)
+        load[name] = ModelLoad(
+            rate,
+            errors[name],
+            quantile("job", 0.5),
+            quantile("job", 0.99),
+            quantile("wait", 0.5),
+            quantile("wait", 0.99),
+            quantile("run", 0.5),
+            quantile("run", 0.99),
+            batches,
+            rows[name] / sum(merged[(name, "batch")].counts) if batches else None,
+            quantile("batch", 0.99),
+        )
     return load
+
+
+def _ints(value: object) -> tuple[int, ...] | None:
+    if isinstance(value, list) and all(type(c) is int for c in value):
+        return tuple(value)
+    return None
+
+
+def _bounds(value: object) -> tuple[float, ...] | None:
+    if isinstance(value, list) and all(
+        isinstance(b, int | float) and not isinstance(b, bool) for b in value
+    ):
+        return tuple(float(b) for b in value)
+    return None
 
 
 def parse_last_minute(data: object) -> LastMinute | None:
     """The ``last_minute`` field's JSON (already loaded), or None if it is not one (a
-    crafted or newer heartbeat)."""
+    crafted or newer heartbeat). An older worker's lacks queue wait, run time and batches."""
     if not isinstance(data, dict):
         return None
-    window, bounds, models = data.get("s"), data.get("le"), data.get("models")
+    window, bounds, models = data.get("s"), _bounds(data.get("le")), data.get("models")
     if not (
         isinstance(window, int | float)
         and math.isfinite(window)
         and window > 0
-        and isinstance(bounds, list)
-        and all(isinstance(b, int | float) for b in bounds)
+        and bounds is not None
         and isinstance(models, dict)
     ):
         return None
@@ -263,9 +341,18 @@ def parse_last_minute(data: object) -> LastMinute | None:
     for name, one in models.items():
         if not isinstance(one, dict):
             continue
-        calls, failed, counts = one.get("calls"), one.get("errors"), one.get("counts")
-        if not (isinstance(counts, list) and all(isinstance(c, int) for c in counts)):
+        calls, failed, counts = one.get("calls"), one.get("errors"), _ints(one.get("counts"))
+        if counts is None or not (isinstance(calls, int) and isinstance(failed, int)):
             continue
-        if isinstance(calls, int) and isinstance(failed, int):
-            parsed[str(name)] = ModelMinute(calls, failed, tuple(counts))
-    return LastMinute(float(window), tuple(float(b) for b in bounds), parsed)
+        rows = one.get("batch_rows", 0.0)
+        parsed[str(name)] = ModelMinute(
+            calls,
+            failed,
+            counts,
+            _ints(one.get("wait")) or (),
+            _ints(one.get("run")) or (),
+            _ints(one.get("batches")) or (),
+            float(rows) if isinstance(rows, int | float) and math.isfinite(rows) else 0.0,
+        )
+    batch_bounds = _bounds(data.get("batch_le")) or ()
+    return LastMinute(float(window), bounds, parsed, batch_bounds)

@@ -41,6 +41,8 @@ from conveyor.broker.ops.fleet_report import (
     StreamInfo,
     WorkerInfo,
     parse_last_minute,
+    parse_recent_errors,
+    parse_settings,
 )
 
 __all__ = ("snapshot",)
@@ -201,7 +203,19 @@ def _worker(worker_id: str, fields: Mapping[bytes, bytes], now: float) -> Worker
         heartbeat_age_s=None if heartbeat is None else max(now - heartbeat, 0.0),
         ttl_s=_float(get("ttl")),
         last_minute=_last_minute(get("last_minute")),
+        settings=parse_settings(_json(get("settings"))),
+        recent_errors=parse_recent_errors(_json(get("recent_errors"))),
     )
+
+
+def _json(value: bytes | None) -> object:
+    """A JSON heartbeat field, loaded; None when missing or not JSON (a crafted field)."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _last_minute(value: bytes | None) -> LastMinute | None:

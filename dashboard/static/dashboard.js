@@ -8,11 +8,8 @@ const HISTORY = 240; // points per chart: two minutes at 2 snapshots a second
 const history = new Map(); // model -> [[times], [queued], [running], [calls/s]]
 const charts = new Map(); // model -> uPlot
 let deadModel = null;
-let shownModel = null; // the model whose streams are shown (a click on its row)
 let deadCount = -1;
 let deadLoadedAt = 0;
-let modelLoadedAt = 0;
-const MODEL_REFRESH_MS = 2000; // a shown model's streams: read again every 2 s, not per snapshot
 const DEAD_REFRESH_MS = 5000; // a count that stays the same may hide new entries: reload anyway
 
 const $ = (selector) => document.querySelector(selector);
@@ -43,8 +40,8 @@ function renderModels(fleet) {
   for (const m of fleet.models) {
     const row = body.insertRow();
     row.dataset.model = m.name;
-    row.title = "show its streams";
-    row.addEventListener("click", () => { shownModel = m.name; loadModel(); });
+    row.title = "open its panel";
+    row.addEventListener("click", () => ModelPanel.show(m.name)); // model.js
     cell(row, m.name);
     cell(row, m.versions.join(", ") || "-");
     cell(row, m.queued, true);
@@ -57,33 +54,6 @@ function renderModels(fleet) {
     cell(row, m.workers, true);
     cell(row, m.dead_letters, true);
     modelActionCell(row, m.name);
-  }
-}
-
-async function loadModel() {
-  const section = $("#model");
-  if (!shownModel) {
-    section.hidden = true;
-    return;
-  }
-  const response = await fetch("api/models/" + encodeURIComponent(shownModel));
-  const doc = await response.json();
-  section.hidden = false;
-  $("#model-name").textContent = shownModel + (response.ok ? "" : ": " + doc.error);
-  const body = $("#streams tbody");
-  body.replaceChildren();
-  if (!response.ok) return;
-  for (const s of doc.streams) {
-    const row = body.insertRow();
-    row.dataset.stream = s.key;
-    const group = s.group || {};
-    cell(row, s.key);
-    cell(row, s.version || "(main)");
-    cell(row, s.backlog, true);
-    cell(row, group.lag, true);
-    cell(row, group.pending, true);
-    cell(row, ago(group.oldest_pending_age_s), true);
-    cell(row, (group.consumers || []).map((c) => c.name + " (" + c.pending + ", " + ago(c.idle_ms / 1000) + ")").join("; "));
   }
 }
 
@@ -291,10 +261,7 @@ function render(fleet) {
   renderWorkers(fleet);
   renderCharts(fleet);
   renderDeadModels(fleet);
-  if (shownModel && Date.now() - modelLoadedAt > MODEL_REFRESH_MS) {
-    modelLoadedAt = Date.now();
-    loadModel();
-  }
+  ModelPanel.render(fleet); // model.js: its history, and the open model's panel
 }
 
 function connect() {
@@ -305,7 +272,6 @@ function connect() {
   source.onmessage = (event) => render(JSON.parse(event.data));
 }
 
-$("#model-close").addEventListener("click", () => { shownModel = null; loadModel(); });
 $("#dead-model").addEventListener("change", (event) => { deadModel = event.target.value; deadCount = -1; loadDead(); });
 $("#retry-all").addEventListener("click", () => act("retry", { all: true }, "Retry every dead letter"));
 $("#delete-all").addEventListener("click", () => act("delete", { all: true }, "Delete every dead letter"));

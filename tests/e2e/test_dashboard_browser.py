@@ -1,7 +1,9 @@
 """The dashboard page in a real headless browser (Debian's chromium and chromedriver, driven
 by selenium): it lists a running fleet's models and workers, sees a worker stop, and retries a
 dead letter through its button (confirm dialog, token prompt), which a worker then answers;
-it unloads a model and loads it back through the models' buttons, and the model answers.
+it unloads a model and loads it back through the models' buttons, and the model answers;
+a model's panel, opened by its address, draws its charts (batch sizes too, when it batches)
+and shows its settings and a failed call's error message.
 
 Skipped where chromium or chromedriver is not installed (``.ci/run`` installs them).
 ``CONVEYOR_SCREENSHOT=path`` saves the page's screenshot there (README's
@@ -16,6 +18,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import redis
 
@@ -23,6 +26,7 @@ from conveyor.broker.keys import Keys
 from conveyor.broker.wire import MessageType, decode_message
 from tests.e2e.test_dashboard import TOKEN, Dashboard
 from tests.e2e.test_dashboard_actions import echo_answers
+from tests.e2e.test_dashboard_panel import PANEL, calls
 from tests.e2e.test_dlq import MODEL, bury, job_fields, wait_entries
 from tests.support.fleet import MODELS, Fleet
 
@@ -69,6 +73,12 @@ def _rows(driver: webdriver.Chrome, table: str, rows: str = "tr") -> list[str | 
     return list(driver.execute_script(script, f"#{table} tbody {rows}"))
 
 
+def _panel_charts(driver: webdriver.Chrome) -> list[str]:
+    script = "return [...document.querySelectorAll('#model-charts [data-chart]')]"
+    script += ".filter(c => c.querySelector('.uplot')).map(c => c.dataset.chart)"
+    return list(driver.execute_script(script))
+
+
 @pytest.mark.timeout(60)
 def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
     redis_url: str, prefix: str, fleet: Fleet, probe: redis.Redis, browser: webdriver.Chrome
@@ -96,6 +106,9 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
     )
     stream = f'#streams tr[data-stream="{keys.jobs(MODEL)}"]'
     _wait(browser, "its streams", lambda d: d.find_elements(By.CSS_SELECTOR, stream))
+    _wait(browser, "its panel's charts", lambda d: len(_panel_charts(d)) == 3)
+    implementation = '#model-settings tr[data-key="implementation"]'
+    _wait(browser, "its settings", lambda d: d.find_elements(By.CSS_SELECTOR, implementation))
     workers[-1].signal(signal.SIGTERM)
     _wait(browser, "two workers left", lambda d: len(_rows(d, "workers")) == 2)
 
@@ -135,6 +148,7 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
         shown = bury(probe, keys, {"id": "r-shown", "method": "predict"}, reason="bad entry")
         row = f'#dead tr[data-entry="{shown}"]'
         _wait(browser, "the new dead letter", lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        browser.execute_script("window.scrollTo(0, 0)")  # the fleet, then the panel below
         Path(shot).parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(shot)
 
@@ -184,3 +198,29 @@ def test_the_page_unloads_and_loads_a_model(
     _wait(browser, "echo back", lambda d: MODEL in _ready(d, worker.pid).split(", "))
     assert echo_answers(redis_url, prefix) == 3.0
     assert not browser.find_element(By.ID, "model").is_displayed()  # no click on the row
+
+
+@pytest.mark.timeout(60)
+def test_a_model_panel_opened_by_its_address(
+    redis_url: str, prefix: str, fleet: Fleet, browser: webdriver.Chrome
+) -> None:
+    fleet.start(PANEL)
+    board = Dashboard(redis_url, prefix)
+    fleet.workers.append(board)
+    browser.get(board.url + "/#model=panel")
+    _wait(browser, "live", lambda d: d.find_element(By.ID, "status").text == "live")
+    _wait(browser, "the panel", lambda d: d.find_element(By.ID, "model").is_displayed())
+    version = '#model-settings tr[data-key="version"] td:nth-child(2)'
+    _wait(browser, "its settings", lambda d: d.find_element(By.CSS_SELECTOR, version).text == "v3")
+    token = '#model-settings tr[data-key="parameters.extra.api_token"] td:nth-child(2)'
+    assert browser.find_element(By.CSS_SELECTOR, token).text == "<redacted>"
+    failed_id = anyio.run(calls, redis_url, prefix)
+    message = f'#model-errors tr[data-request="{failed_id}"] td.message'
+    _wait(browser, "the error", lambda d: d.find_elements(By.CSS_SELECTOR, message), timeout=20)
+    assert browser.find_element(By.CSS_SELECTOR, message).text == "negative input: -1"
+    _wait(
+        browser,
+        "four charts, batch sizes among them",
+        lambda d: _panel_charts(d) == ["throughput", "latency", "wait-run", "batches"],
+    )
+    assert "tok-never-shown" not in browser.page_source
