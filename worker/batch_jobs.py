@@ -2,14 +2,13 @@
 
 The consumer (``worker.consumer``) hands each read's deliveries to :meth:`BatchJobs.take`
 first. A delivery it can take — a ``predict`` of one ``InferenceRequest`` for a ready model
-with ``max_batch_size`` above 1, that admission lets through, that decodes, is not over-
-delivered nor expired — goes to the model's adaptive batcher with
-:meth:`AdaptiveBatcher.submit`: no task, no coroutine and no event of its own. When its batch
-has run, the batcher hands the batch's answers to :meth:`BatchJobs._answers` in one call, and
-they leave in one write (``WorkerBroker.answer_soon``: one pipeline of replies, acks with a
-later one, as every answer's). Everything else — refusals, bad entries, unknown models or
-methods, over-delivered and expired jobs, other methods — takes the per-job path
-(``worker.runner``), as before, and is decoded again there (rare).
+with ``max_batch_size`` above 1, that admission lets through, that decodes (its request kept
+as the wire's bytes, ``LaidRequest``), is not over-delivered nor expired — goes to the model's
+batcher with :meth:`AdaptiveBatcher.submit`: no task, coroutine or event of its own. The
+batch's answers come in one call (:meth:`BatchJobs._answers`), are encoded together
+(``RowsEncoder``) and leave in one write (``WorkerBroker.answer_soon``). Everything else —
+refusals, bad entries, unknown models or methods, over-delivered and expired jobs, other
+methods — takes the per-job path (``worker.runner``), as before, decoded again there (rare).
 
 What a job's task did for it, the batch path does per job without one: its slot
 (``worker.slots``), its claim (``broker.claims``, sent together), its deadline and a caller's
@@ -18,8 +17,7 @@ its request back from the batcher if its batch has not started, and answers at o
 way; the answer its batch brings later is dropped), its metrics, its answer stored before its
 ack. A worker that stops now (``RunningJobs.aborting``) answers none of them: they stay
 pending, for another worker, as a cancelled job task's do.
-
-Measured with ``python -m bench.batchpath`` (see bench/README.md, "The batch path").
+Measured with ``python -m bench.batchpath`` (bench/README.md, "The batch path").
 """
 
 from __future__ import annotations
@@ -155,6 +153,7 @@ class BatchJobs:
         self._start_soon = start_soon  # for a duplicate's ack (rare)
         self._batches: dict[str, bool] = {}  # job stream -> whether its model batches
         self._armed: set[_BatchedJob] = set()  # taken, not yet answered nor stopped
+        self._decoder = JobDecoder(lazy=True)
         jobs.on_abort(self._abort)
 
     def take(self, deliveries: list[Delivery]) -> list[Delivery]:
@@ -166,7 +165,9 @@ class BatchJobs:
         loop = asyncio.get_running_loop()
         now, loop_now = time.time(), loop.time()
         batches = self._batches
-        decoder = JobDecoder(lazy=True)  # the read's jobs decoded together, requests unbuilt
+        # the read's jobs decoded together, requests unbuilt; the layout kept from the last
+        # read while it serves (JobDecoder.next_read: proven once, not once a read)
+        decoder = self._decoder = self._decoder.next_read()
         # (model, version, method) -> its served model and batcher, looked up once a read
         # (nothing of them changes within it: no await)
         models: dict[tuple[str, str | None, str], _Model | None] = {}
