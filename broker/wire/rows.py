@@ -2,15 +2,16 @@
 
 The answers of one batch (``encode_rows`` of each request's rows) are envelopes of one shape:
 the same model name, version, parameters and outputs' names, datatypes and shapes (requests
-of as many rows), with each request's own response id and its rows' data. In msgpack a str's
-or a bin's bytes never change how the bytes around them pack, so two such envelopes whose ids
-and data have the same lengths are the same bytes but for those. :class:`RowsEncoder`
-encodes a batch's first answer in full (``encode_rows``) and keeps its *template*: where the
-id and each output's data lie in its envelope, proven once by encoding it again with every
-byte of them changed (the id's ASCII characters each flipped, the data's bytes inverted) and
-finding exactly those runs changed. A later answer of the same batch, rows of the same size
-and an ASCII id of the same length, is the template with its id and rows put in; anything
-else (other sizes, big arrays in fields of their own, text arrays) is encoded in full.
+of as many rows), with each request's own response id and its rows' data. In msgpack a str
+or a bin never changes how the bytes around it pack (no map or array counts bytes), so two
+such envelopes whose data have the same lengths are the same bytes but for the packed id and
+the data. :class:`RowsEncoder` encodes a batch's first answer in full (``encode_rows``) and
+keeps its *template*: where the id (with its str header) and each output's data lie in its
+envelope, proven once by encoding it again with every byte of them changed (the id's ASCII
+characters each flipped, the data's bytes inverted) and finding exactly those runs changed.
+A later answer of the same batch, rows of the same size, is the template with its packed id
+and its rows put in; anything else (other sizes, big arrays in fields of their own, text
+arrays, a first id not ASCII) is encoded in full.
 ``tests/unit/test_wire_rows.py`` compares every answer with ``encode_rows``'s, byte for byte.
 """
 
@@ -29,13 +30,13 @@ _READABLE = frozenset(("type", "id", "attempt", "seq", "entry", "envelope"))
 
 
 class _Template:
-    """A proven answer envelope: its bytes around the id's span (``id_size`` None: it has
-    no id) and each output's data span, and what an answer must share with it."""
+    """A proven answer envelope: its bytes around the id's span (its packed str; none if
+    not ``has_id``) and each output's data span, and what an answer must share with it."""
 
-    __slots__ = ("arrays", "blobs", "gaps", "id_size", "response", "size")
+    __slots__ = ("arrays", "blobs", "gaps", "has_id", "response", "size")
 
     def __init__(
-        self, envelope: bytes, spans: list[tuple[int, int]], rows: Rows, id_size: int | None
+        self, envelope: bytes, spans: list[tuple[int, int]], rows: Rows, has_id: bool
     ) -> None:
         # the envelope's bytes around the spans: before the first, between them, after the last
         edges = [0, *(edge for span in spans for edge in span), len(envelope)]
@@ -49,7 +50,7 @@ class _Template:
             for array in rows.arrays
         ]
         self.size = rows.size
-        self.id_size = id_size
+        self.has_id = has_id
 
 
 class RowsEncoder:
@@ -101,16 +102,34 @@ def _id_bytes(response_id: str | None) -> bytes | None:
     return response_id.encode()
 
 
+def _packed(text: str) -> bytes | None:
+    """``text`` as msgpack packs a str (``use_bin_type``): its header, then its UTF-8."""
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        return None  # the full encoding says why
+    size = len(data)
+    if size < 32:
+        head = bytes((0xA0 | size,))
+    elif size < 0x100:
+        head = bytes((0xD9, size))
+    elif size < 0x10000:
+        head = b"\xda" + size.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + size.to_bytes(4, "big")
+    return head + data
+
+
 def _spliced(template: _Template, rows: Rows, response_id: str | None) -> bytes | None:
     pieces: list[bytes] = []
-    if template.id_size is None:
+    if not template.has_id:
         if response_id is not None:
             return None
     else:
-        own = _id_bytes(response_id)
-        if own is None or len(own) != template.id_size:
+        own = _packed(response_id) if type(response_id) is str else None
+        if own is None:
             return None
-        pieces.append(own)
+        pieces.append(own)  # its header too: nothing around a str counts its bytes
     start, end = rows.start, rows.start + rows.size
     pieces.extend([blob[start * row : end * row] for blob, row in template.blobs])
     gaps = template.gaps
@@ -154,4 +173,12 @@ def _template_of(fields: Fields, rows: Rows, response_id: str | None) -> _Templa
     if [b - a for a, b in zip(starts, ends, strict=True)] != sizes:
         return None
     spans = list(zip(starts, ends, strict=True))
-    return _Template(envelope, spans, rows, None if own is None else len(own))
+    if own is not None:  # the id's span takes in its header, found where it must be
+        packed = _packed(own.decode())
+        assert packed is not None  # ASCII
+        head = len(packed) - len(own)
+        first, last = spans[0]
+        if envelope[first - head : last] != packed:
+            return None
+        spans[0] = (first - head, last)
+    return _Template(envelope, spans, rows, own is not None)
