@@ -46,6 +46,7 @@ from conveyor.broker.wire import (
     JobDecoder,
     Message,
     MessageType,
+    RowsEncoder,
     decode_job,
     encode_job,
     encode_message,
@@ -112,6 +113,7 @@ def pieces(models_dir: Path, width: int, rounds: int = 20) -> dict[str, float]:
     jobs = [decode_job(fields) for fields in entries]
     requests = [cast(InferenceRequest, job.args[0]) for job in jobs]
     merged = merge_requests(requests)
+    laid = [job.args[0] for job in _decoded(entries, lazy=True)]
     response = anyio.run(model.predict, merged)
     answers = split_response(response, requests)
     messages = [
@@ -122,16 +124,25 @@ def pieces(models_dir: Path, width: int, rounds: int = 20) -> dict[str, float]:
         "decode: decode_job each (msgpack + validated InferenceRequest)": lambda: [
             decode_job(fields) for fields in entries
         ],
-        "decode: a read's jobs together (JobDecoder)": lambda: _decoded(entries),
-        "batch key": lambda: [_batch_key(request) for request in requests],
-        "merge_requests": lambda: merge_requests(requests),
+        "decode: a read's jobs together, each request built (JobDecoder)": lambda: _decoded(
+            entries, lazy=False
+        ),
+        "decode: a read's jobs together, requests as the wire's bytes (LaidRequest)": lambda: (
+            _decoded(entries, lazy=True)
+        ),
+        "batch key each (the worker: once a layout)": lambda: [
+            _batch_key(request) for request in requests
+        ],
+        "merge_requests, each request built": lambda: merge_requests(requests),
+        "merge_requests (from the wire's bytes)": lambda: merge_requests(laid),
         "the model (predict on 256 rows)": lambda: _run_now(model.predict(merged)),
         "answers: split_response each": lambda: split_response(response, requests),
         "answers: encode_message each": lambda: [encode_message(m) for m in messages],
-        "answers: split_rows + encode_rows (from the split arrays)": lambda: [
+        "answers: split_rows + encode_rows each": lambda: [
             encode_rows(job.id, 1, "1-0", rows, job.id)
             for job, rows in zip(jobs, split_rows(response, requests), strict=True)
         ],
+        "answers: split_rows + RowsEncoder (spliced)": lambda: _spliced(jobs, response, requests),
     }
     figures = {}
     for name, step in steps.items():
@@ -187,9 +198,17 @@ def _alternative(step: str) -> bool:
     return " each" in step.split("(")[0]
 
 
-def _decoded(entries: list[dict[bytes, bytes]]) -> list[Job]:
-    decoder = JobDecoder()
+def _decoded(entries: list[dict[bytes, bytes]], *, lazy: bool) -> list[Job]:
+    decoder = JobDecoder(lazy=lazy)
     return [decoder.decode(fields) for fields in entries]
+
+
+def _spliced(jobs: list[Job], response: Any, requests: list[InferenceRequest]) -> list[object]:
+    encoder = RowsEncoder()  # one a batch, as the worker's
+    return [
+        encoder.encode(job.id, 1, "1-0", rows, job.id)
+        for job, rows in zip(jobs, split_rows(response, requests), strict=True)
+    ]
 
 
 def _counter(count: int, then: Callable[[], None]) -> Callable[[str | None], None]:

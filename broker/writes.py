@@ -178,7 +178,7 @@ class Answer:
         self.deadline = deadline  # the job's, on this host's clock
         self.acked = acked
         self.ended = ended
-        self.tries = Tries(job.id, deadline)
+        self.tries: Tries | None = None  # made once a try failed (most answers have one try)
 
     def write(self) -> Write:
         """The next try's write."""
@@ -186,14 +186,17 @@ class Answer:
 
     def settled(self, write: Write) -> None:
         """The outcome of one try (called from the pipeline's settle)."""
-        writer, error = self.writer, write.error
+        writer, error, tries = self.writer, write.error, self.tries
         if error is None:
-            self.tries.stored()
+            if tries is not None:
+                tries.stored()
             writer.ack_soon(self.target, self.acked)
             self.ended(None)
             return
+        if tries is None:
+            tries = self.tries = Tries(self.job.id, self.deadline)
         translated = writer.translated(error)
-        delay = self.tries.again_after(error, translated)
+        delay = tries.again_after(error, translated)
         if delay is None:
             self.ended(conveyor_error(translated, writer.where))
             return

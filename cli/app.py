@@ -229,6 +229,9 @@ def worker(
     )
     if name:
         settings.name = name
+    from conveyor.worker.collector import tune_collector
+
+    tune_collector()  # rarer young collections: the job path's objects die young
     try:
         anyio.run(lambda: Worker(settings, models).run(handle_signals=True))
     except ModelLoadFailed as error:

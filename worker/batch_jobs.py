@@ -2,14 +2,13 @@
 
 The consumer (``worker.consumer``) hands each read's deliveries to :meth:`BatchJobs.take`
 first. A delivery it can take — a ``predict`` of one ``InferenceRequest`` for a ready model
-with ``max_batch_size`` above 1, that admission lets through, that decodes, is not over-
-delivered nor expired — goes to the model's adaptive batcher with
-:meth:`AdaptiveBatcher.submit`: no task, no coroutine and no event of its own. When its batch
-has run, the batcher hands the batch's answers to :meth:`BatchJobs._answers` in one call, and
-they leave in one write (``WorkerBroker.answer_soon``: one pipeline of replies, acks with a
-later one, as every answer's). Everything else — refusals, bad entries, unknown models or
-methods, over-delivered and expired jobs, other methods — takes the per-job path
-(``worker.runner``), as before, and is decoded again there (rare).
+with ``max_batch_size`` above 1, that admission lets through, that decodes (its request kept
+as the wire's bytes, ``LaidRequest``), is not over-delivered nor expired — goes to the model's
+batcher with :meth:`AdaptiveBatcher.submit`: no task, coroutine or event of its own. The
+batch's answers come in one call (:meth:`BatchJobs._answers`), are encoded together
+(``RowsEncoder``) and leave in one write (``WorkerBroker.answer_soon``). Everything else —
+refusals, bad entries, unknown models or methods, over-delivered and expired jobs, other
+methods — takes the per-job path (``worker.runner``), as before, decoded again there (rare).
 
 What a job's task did for it, the batch path does per job without one: its slot
 (``worker.slots``), its claim (``broker.claims``, sent together), its deadline and a caller's
@@ -18,8 +17,7 @@ its request back from the batcher if its batch has not started, and answers at o
 way; the answer its batch brings later is dropped), its metrics, its answer stored before its
 ack. A worker that stops now (``RunningJobs.aborting``) answers none of them: they stay
 pending, for another worker, as a cancelled job task's do.
-
-Measured with ``python -m bench.batchpath`` (see bench/README.md, "The batch path").
+Measured with ``python -m bench.batchpath`` (bench/README.md, "The batch path").
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from typing import Any, cast
 from conveyor.batching import Rows
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import hash_tag
-from conveyor.broker.wire import Fields, Job, JobDecoder, Message, encode_rows
+from conveyor.broker.wire import Fields, Job, JobDecoder, Message, RowsEncoder
 from conveyor.errors import WireError
 from conveyor.laid_requests import LaidRequest
 from conveyor.logging import job_context
@@ -55,7 +53,7 @@ from conveyor.worker.cancellation import CANCELLED, DUPLICATE, JobScope, Running
 from conveyor.worker.clock import RedisClock
 from conveyor.worker.heartbeat import WorkerStats
 from conveyor.worker.metrics import JobMetrics, WorkerMetrics
-from conveyor.worker.registry import ModelRegistry
+from conveyor.worker.registry import ModelRegistry, ServedModel
 from conveyor.worker.runner import JobRunner
 from conveyor.worker.slots import Slots
 
@@ -64,6 +62,8 @@ __all__ = ("BatchJobs",)
 logger = logging.getLogger(__name__)
 
 _ABORTED = "aborted"  # why a batched job was let go: the worker stops now
+
+_Model = tuple[ServedModel, AdaptiveBatcher]  # a batched model and its batcher
 
 
 class _BatchedJob(JobScope):
@@ -153,6 +153,7 @@ class BatchJobs:
         self._start_soon = start_soon  # for a duplicate's ack (rare)
         self._batches: dict[str, bool] = {}  # job stream -> whether its model batches
         self._armed: set[_BatchedJob] = set()  # taken, not yet answered nor stopped
+        self._decoder = JobDecoder(lazy=True)
         jobs.on_abort(self._abort)
 
     def take(self, deliveries: list[Delivery]) -> list[Delivery]:
@@ -164,15 +165,30 @@ class BatchJobs:
         loop = asyncio.get_running_loop()
         now, loop_now = time.time(), loop.time()
         batches = self._batches
-        decoder = JobDecoder(lazy=True)  # the read's jobs decoded together, requests unbuilt
+        # the read's jobs decoded together, requests unbuilt; the layout kept from the last
+        # read while it serves (JobDecoder.next_read: proven once, not once a read)
+        decoder = self._decoder = self._decoder.next_read()
+        # (model, version, method) -> its served model and batcher, looked up once a read
+        # (nothing of them changes within it: no await)
+        models: dict[tuple[str, str | None, str], _Model | None] = {}
         for delivery in deliveries:
             stream = delivery.stream
             batched = batches.get(stream)
             if batched is None:
                 batched = batches[stream] = self._model_batches(stream)
-            if not (batched and self._start(delivery, decoder, loop, now, loop_now)):
+            if not (batched and self._start(delivery, decoder, models, loop, now, loop_now)):
                 rest.append(delivery)
         return rest
+
+    def _model(self, job: Job) -> _Model | None:
+        """The ready model that runs ``job`` on the batch path, and its batcher; None if it
+        takes the per-job path (a job of the same model, version and method whose arguments
+        are one request: the same for every such job of a read)."""
+        served = self._registry.find(job.model, job.version)
+        if served is None or served.model is None or job.method not in served.exposed:
+            return None
+        batcher = self._runner.batcher_for(served, job)
+        return None if batcher is None else (served, batcher)
 
     def _model_batches(self, stream: str) -> bool:
         model = hash_tag(stream)
@@ -185,6 +201,7 @@ class BatchJobs:
         self,
         delivery: Delivery,
         decoder: JobDecoder,
+        models: dict[tuple[str, str | None, str], _Model | None],
         loop: asyncio.AbstractEventLoop,
         now: float,
         loop_now: float,
@@ -199,17 +216,17 @@ class BatchJobs:
         except WireError:
             return False
         laid_out = decoder.laid_out  # its request is the read's layout's: so is its batch key
-        served = self._registry.find(job.model, job.version)
-        if (
-            served is None
-            or served.model is None
-            or delivery.deliveries > served.settings.max_deliveries
-            or job.method not in served.exposed
-        ):
+        args = job.args  # what batcher_for asks of a job's arguments, for each job
+        if len(args) != 1 or job.kwargs or not isinstance(args[0], (InferenceRequest, LaidRequest)):
             return False
-        batcher = self._runner.batcher_for(served, job)
-        if batcher is None:
+        which = (job.model, job.version, job.method)
+        try:
+            found = models[which]
+        except KeyError:
+            found = models[which] = self._model(job)
+        if found is None or delivery.deliveries > found[0].settings.max_deliveries:
             return False
+        batcher = found[1]
         stored = self._clock.stored_at(delivery.entry_id)
         deadline = stored + (job.deadline - job.sent_at)
         if deadline <= now:
@@ -234,7 +251,9 @@ class BatchJobs:
         except RuntimeError:  # its batcher stopped: the worker stops
             return False
         self.slots.take(delivery.entry_id, delivery.stream)
-        self._metrics.job_taken(metrics, max(now - stored, 0.0))
+        # its wait in the queue (WorkerMetrics.job_taken, less the task's current job: there
+        # is no task, and the batch's model call marks no job's end)
+        metrics.children.wait.observe(max(now - stored, 0.0))
         # the job's scope from now: its deadline, a caller's cancel, another copy's claim
         self._jobs.arm(loop, record, job.id, loop_now + (deadline - now))
         self._armed.add(record)
@@ -248,6 +267,7 @@ class BatchJobs:
         """A batch's answers (from its batcher): they go in one write."""
         jobs, slots = self._jobs, self.slots
         answers: list[Any] = []
+        encoder = RowsEncoder()  # the batch's answers share one envelope but for ids and rows
         batch = job_context.get()  # the batch's, set as it started (JobRunner.batcher_for)
         if batch is not None and batch.logged and batch.batch_id:  # which requests its lines had
             ids = ",".join(cast("_BatchedJob", one.token).job.id for one in answered)
@@ -272,7 +292,7 @@ class BatchJobs:
             response, error, rows = one.response, one.error, one.rows
             message: Message | Fields
             if error is None and rows is not None:
-                message = self._rows_answer(job, delivery, rows)
+                message = self._rows_answer(job, delivery, rows, encoder)
             elif error is None and isinstance(response, InferenceResponse):
                 request = job.args[0]
                 if isinstance(request, LaidRequest):  # built to run alone: its id as the job's
@@ -291,7 +311,9 @@ class BatchJobs:
         self._broker.answer_soon(answers)
 
     @staticmethod
-    def _rows_answer(job: Job, delivery: Delivery, rows: Rows) -> Message | Fields:
+    def _rows_answer(
+        job: Job, delivery: Delivery, rows: Rows, encoder: RowsEncoder
+    ) -> Message | Fields:
         """A job's result from its rows of its batch's response, encoded as they are
         (``encode_rows``: what ``result_message`` of its built response gives, without
         building it); if they cannot be, the built response's message, which fails (or not)
@@ -301,7 +323,7 @@ class BatchJobs:
             request.id if isinstance(request, (InferenceRequest, LaidRequest)) else None
         ) or job.id
         try:
-            return encode_rows(
+            return encoder.encode(
                 job.id, delivery.deliveries, delivery.entry_id.decode(), rows, response_id
             )
         except Exception:

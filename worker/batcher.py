@@ -18,7 +18,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -33,23 +33,6 @@ __all__ = ("AdaptiveBatcher", "Answered", "Submitted", "merge_requests", "split_
 logger = logging.getLogger(__name__)
 
 Predict = Callable[[InferenceRequest], Awaitable[InferenceResponse]]
-
-
-class _Item:
-    """One caller's request, and its answer once its batch ran."""
-
-    __slots__ = ("error", "group", "request", "response", "rows", "taken", "token")
-
-    def __init__(
-        self, request: InferenceRequest | LaidRequest, group: _Group, token: object = None
-    ) -> None:
-        self.request = request
-        self.group = group
-        self.response: InferenceResponse | None = None
-        self.rows: Rows | None = None  # a submitted request's answer, not built (see submit)
-        self.error: BaseException | None = None
-        self.taken = False  # in a batch that started
-        self.token = token  # a submitted request's (see AdaptiveBatcher.submit); else None
 
 
 class Answered:
@@ -72,14 +55,29 @@ class Answered:
         self.rows = rows
 
 
-class Submitted:
+class Submitted(Answered):
     """A request :meth:`AdaptiveBatcher.submit` queued: :meth:`AdaptiveBatcher.withdraw` takes
     it back while its batch has not started."""
 
-    __slots__ = ("_item",)
+    __slots__ = ()
 
-    def __init__(self, item: _Item) -> None:
-        self._item = item
+
+class _Item(Submitted):
+    """One caller's request, and its answer once its batch ran (a submitted one is handed
+    over as it is, as its ``Submitted`` and its ``Answered``: no object of those per request)."""
+
+    __slots__ = ("group", "request", "taken")
+
+    def __init__(
+        self, request: InferenceRequest | LaidRequest, group: _Group, token: object = None
+    ) -> None:
+        self.token = token  # a submitted request's (see AdaptiveBatcher.submit), else None
+        self.response: InferenceResponse | None = None
+        self.error: BaseException | None = None
+        self.rows: Rows | None = None  # a submitted request's answer, not built
+        self.request = request
+        self.group = group
+        self.taken = False  # in a batch that started
 
 
 class _Group:
@@ -112,11 +110,7 @@ def _wake_all(group: _Group, on_answers: Callable[[list[Answered]], None] | None
     items, group.items = group.items, []
     if on_answers is None:
         return
-    answered = [
-        Answered(item.token, item.response, item.error, item.rows)
-        for item in items
-        if item.token is not None
-    ]
+    answered: list[Answered] = [item for item in items if item.token is not None]
     if answered:
         try:
             on_answers(answered)
@@ -244,7 +238,7 @@ class AdaptiveBatcher:
         has it. A :class:`LaidRequest` is built only if it runs alone (merging takes its bytes).
         Raises RuntimeError once the batcher has stopped."""
         assert self.on_answers is not None
-        return Submitted(self._enqueue(request, token, key))
+        return self._enqueue(request, token, key)
 
     @staticmethod
     def key_of(request: InferenceRequest) -> Hashable:
@@ -276,7 +270,7 @@ class AdaptiveBatcher:
     def withdraw(self, submitted: Submitted) -> bool:
         """Takes a submitted request back, if its batch has not started (then its answer never
         comes); False once it has (its answer comes with its batch's)."""
-        item = submitted._item
+        item = cast("_Item", submitted)
         if item.taken or self._stopped:
             return False
         item.token = None  # no answer for it, even if it was already in a batch's list

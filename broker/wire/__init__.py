@@ -88,6 +88,7 @@ from conveyor.broker.wire.jobs import decode_job, encode_job, trace_fields
 from conveyor.broker.wire.layout import JobDecoder
 from conveyor.broker.wire.messages import decode_message, encode_message, encode_rows
 from conveyor.broker.wire.readable import fields_size
+from conveyor.broker.wire.rows import RowsEncoder
 from conveyor.broker.wire.schema import (
     INLINE_MAX_BYTES,
     WIRE_VERSION,
@@ -122,6 +123,7 @@ __all__ = (
     "Payload",
     "Plain",
     "RawFields",
+    "RowsEncoder",
     "Rung",
     "dead_letter",
     "decode_job",

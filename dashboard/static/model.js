@@ -175,8 +175,15 @@ const ModelPanel = (() => {
   async function load() {
     loadedAt = Date.now();
     const name = shown;
-    const response = await fetch("api/models/" + encodeURIComponent(name));
-    const doc = await response.json();
+    let response;
+    let doc;
+    try {
+      response = await fetch("api/models/" + encodeURIComponent(name));
+      doc = await response.json();
+    } catch (error) { // the dashboard itself is away: the event stream says so too
+      if (name === shown) $("#model-name").textContent = name + ": " + error;
+      return;
+    }
     if (name !== shown) return; // another model was opened meanwhile
     $("#model-name").textContent = name + (response.ok ? "" : ": " + doc.error);
     if (!response.ok) return;

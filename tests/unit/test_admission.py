@@ -110,3 +110,30 @@ def test_a_control_request_is_small() -> None:
     assert refusal is not None
     assert "control request of" in refusal.reason
     assert admission().check_control(fields(bell="victim:list")) is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("reply", KEYS.reply(CLIENT, "c0ffee-8")),
+        ("reply", KEYS.reply("someone-else", REQUEST)),
+        ("reply", KEYS.reply(CLIENT, REQUEST) + "x"),
+        ("bell", KEYS.bell("someone-else")),
+        ("credit", "victim:queue"),
+        ("inputs", KEYS.inputs("someone-else", REQUEST)),
+        ("id", "c0ffee-8"),
+    ],
+)
+def test_the_last_client_s_keys_kept_refuse_as_a_fresh_check(field: str, value: str) -> None:
+    """A read's entries are mostly one client's: its keys are kept from the last entry that
+    passed, and an entry naming other keys is still refused with the same reason."""
+    unary = fields()
+    del unary[b"inputs"], unary[b"credit"]
+    checked = admission()
+    assert checked.check_entry(KEYS.jobs("echo"), unary) is None
+    assert checked.check_entry(KEYS.jobs("echo"), dict(unary)) is None  # kept: passes again
+    bad = {**unary, field.encode(): value.encode()}
+    assert checked.check_entry(KEYS.jobs("echo"), bad) == admission().check_entry(
+        KEYS.jobs("echo"), bad
+    )
+    assert checked.check_entry(KEYS.jobs("echo"), bad) is not None
