@@ -18,7 +18,7 @@ from typing import Self
 from urllib.parse import quote
 
 from conveyor.embedded.binary import find_redis_binary
-from conveyor.embedded.probe import LOOPBACK, answers_ping, free_port
+from conveyor.embedded.probe import LOOPBACK, answers_ping, free_port, holds_listener
 from conveyor.embedded.spawn import spawn
 from conveyor.embedded.tls import TLSFiles
 from conveyor.errors import RedisBinaryNotFound, RedisServerError, RedisStartError
@@ -258,7 +258,9 @@ class RedisServer:
                 self._state.proc = None
                 reason = f"it exited with code {code}"
                 raise RedisStartError(self._binary, port, reason, self._log_tail(offset))
-            if answers_ping(port, self._tls):
+            # The answer must come from our process: another server may hold the port, and
+            # then ours fails to bind it and exits (retried on another port, if ours to pick).
+            if answers_ping(port, self._tls) and holds_listener(proc.pid, port) is not False:
                 break
             if time.monotonic() > deadline:
                 self._reap(proc, kill=True)

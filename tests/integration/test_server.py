@@ -20,7 +20,9 @@ from conveyor.embedded import (
     RedisServer,
     RedisStartError,
     find_redis_binary,
+    free_port,
 )
+from conveyor.embedded import server as server_module
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -187,6 +189,35 @@ def test_a_taken_explicit_port_is_reported() -> None:
                 server.start()
         finally:
             server.close()
+
+
+def test_a_port_another_server_answers_on_is_not_taken_for_ours() -> None:
+    """Another server's PING answer on the port is not ours starting: ours fails to bind."""
+    with RedisServer() as other:
+        server = RedisServer(port=other.port)
+        try:
+            with pytest.raises(RedisStartError, match="in use"):
+                server.start()
+            assert not server.running
+        finally:
+            server.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="unix sockets")
+def test_a_picked_port_taken_by_another_server_is_swapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A free port another server binds before ours does (other test runs on the machine):
+    ours starts on another port, and the server we hand back is ours."""
+    with RedisServer() as other:
+        picks = iter([other.port])
+        monkeypatch.setattr(server_module, "free_port", lambda: next(picks, None) or free_port())
+        with RedisServer(unix_socket=True) as server:
+            assert server.port != other.port
+            assert server.running
+            path = server.unix_socket_path
+            assert path is not None
+            assert path.is_socket()
 
 
 def test_the_password_stays_off_the_command_line(
