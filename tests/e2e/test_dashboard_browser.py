@@ -99,7 +99,9 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
     _wait(browser, "its dead letter", lambda d: d.find_elements(
         By.CSS_SELECTOR, f'#dead tr[data-entry="{entry_id}"]'
     ))  # fmt: skip
-    _wait(browser, "a chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
+    for chart in ("backlog", "latency"):  # the fleet's small charts of each model
+        drawn = (By.CSS_SELECTOR, f'#charts [data-chart="{MODEL}/{chart}"] .uplot')
+        _wait(browser, f"its {chart} chart", expected_conditions.presence_of_element_located(drawn))
     # clicked in one script: the table is redrawn on each snapshot (a found row may be gone)
     browser.execute_script(
         "document.querySelector(arguments[0]).click()", f'#models tr[data-model="{MODEL}"]'
