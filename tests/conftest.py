@@ -17,6 +17,7 @@ import contextlib
 import gc
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,3 +151,13 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
     yield start
     for server in reversed(servers):
         server.close()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test: bound, never listening.
+    A port merely free now is not enough: another program on the machine may listen there
+    before the test connects (a Redis of another test run answers it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]

@@ -335,7 +335,7 @@ class JobDecoder:
         following = JobDecoder(lazy=self.lazy)
         if self._served or not self._decoded:
             following._layout = self._layout
-            following.key = self.key  # the layout's
+            following.key = self.key if self._layout is not None else None  # the layout's
         if self._served:
             return following
         following._reads = self._reads + 1

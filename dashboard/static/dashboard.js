@@ -5,8 +5,8 @@
 "use strict";
 
 const HISTORY = 240; // points per chart: two minutes at 2 snapshots a second
-const history = new Map(); // model -> [[times], [queued], [running], [calls/s]]
-const charts = new Map(); // model -> uPlot
+const history = new Map(); // "<model>/<chart>" -> [[times], [series 1], [series 2], [series 3]]
+const charts = new Map(); // "<model>/<chart>" -> uPlot (SMALL_CHARTS)
 let deadModel = null;
 let deadCount = -1;
 let deadLoadedAt = 0;
@@ -80,52 +80,78 @@ function renderWorkers(fleet) {
   $("#gone").textContent = gone.length ? "gone without unregistering: " + gone.join(", ") : "";
 }
 
+// Each model's two small charts: its backlog with calls/s, and its latency with errors.
+const SMALL_CHARTS = [
+  {
+    key: "backlog",
+    title: ": queued, running, calls/s",
+    values: (m) => [m.queued, m.running, m.calls_per_s],
+    series: [
+      { label: "queued", stroke: "#1f6fd1" },
+      { label: "running", stroke: "#e07b00" },
+      { label: "calls/s", stroke: "#2a9d3a", scale: "right" },
+    ],
+  },
+  {
+    key: "latency",
+    title: ": p50, p99 (ms), errors (1 min)",
+    values: (m) => [
+      m.p50_s === null ? null : m.p50_s * 1000,
+      m.p99_s === null ? null : m.p99_s * 1000,
+      m.errors_last_minute,
+    ],
+    series: [
+      { label: "p50 ms", stroke: "#1f6fd1" },
+      { label: "p99 ms", stroke: "#e07b00" },
+      { label: "errors", stroke: "#c0392b", scale: "right" },
+    ],
+  },
+];
+
+function smallChart(m, spec, data) {
+  const box = document.createElement("div");
+  box.className = "chart";
+  box.dataset.chart = m.name + "/" + spec.key;
+  $("#charts").append(box);
+  return new uPlot({
+    title: m.name + spec.title,
+    width: 300,
+    height: 130,
+    legend: { show: false },
+    series: [{}, ...spec.series],
+    axes: [{}, { size: 40 }, { scale: "right", side: 1, size: 40, grid: { show: false } }],
+    scales: {
+      y: { range: (u, min, max) => [0, Math.max(max, 1)] },
+      right: { range: (u, min, max) => [0, Math.max(max, 1)] },
+    },
+  }, data, box);
+}
+
 function renderCharts(fleet) {
   if (fleet.stale || !window.uPlot) return;
   const names = new Set(fleet.models.map((m) => m.name));
-  for (const [name, chart] of charts) {
-    if (!names.has(name)) {
+  for (const [key, chart] of charts) {
+    if (!names.has(key.slice(0, key.lastIndexOf("/")))) {
+      chart.root.parentElement.remove();
       chart.destroy();
-      charts.delete(name);
-      history.delete(name);
+      charts.delete(key);
+      history.delete(key);
     }
   }
   for (const m of fleet.models) {
-    let data = history.get(m.name);
-    if (!data) {
-      data = [[], [], [], []];
-      history.set(m.name, data);
-    }
-    data[0].push(fleet.time);
-    data[1].push(m.queued);
-    data[2].push(m.running);
-    data[3].push(m.calls_per_s);
-    if (data[0].length > HISTORY) data.forEach((series) => series.shift());
-    let chart = charts.get(m.name);
-    if (!chart) {
-      const box = document.createElement("div");
-      box.className = "chart";
-      $("#charts").append(box);
-      chart = new uPlot({
-        title: m.name + ": queued, running, calls/s",
-        width: 300,
-        height: 130,
-        legend: { show: false },
-        series: [
-          {},
-          { label: "queued", stroke: "#1f6fd1" },
-          { label: "running", stroke: "#e07b00" },
-          { label: "calls/s", stroke: "#2a9d3a", scale: "rate" },
-        ],
-        axes: [{}, { size: 40 }, { scale: "rate", side: 1, size: 40, grid: { show: false } }],
-        scales: {
-          y: { range: (u, min, max) => [0, Math.max(max, 1)] },
-          rate: { range: (u, min, max) => [0, Math.max(max, 1)] },
-        },
-      }, data, box);
-      charts.set(m.name, chart);
-    } else {
-      chart.setData(data);
+    for (const spec of SMALL_CHARTS) {
+      const key = m.name + "/" + spec.key;
+      let data = history.get(key);
+      if (!data) {
+        data = [[], [], [], []];
+        history.set(key, data);
+      }
+      data[0].push(fleet.time);
+      spec.values(m).forEach((value, i) => data[i + 1].push(value));
+      if (data[0].length > HISTORY) data.forEach((series) => series.shift());
+      const chart = charts.get(key);
+      if (chart) chart.setData(data);
+      else charts.set(key, smallChart(m, spec, data));
     }
   }
 }

@@ -2,6 +2,8 @@
 by selenium): it lists a running fleet's models and workers, sees a worker stop, and retries a
 dead letter through its button (confirm dialog, token prompt), which a worker then answers;
 it unloads a model and loads it back through the models' buttons, and the model answers;
+a retry with a wrong token is refused and the entry stays; with Redis stopped the page says so,
+keeps its last figures, and recovers when Redis is back;
 a model's panel, opened by its address, draws its charts (batch sizes too, when it batches)
 and shows its settings and a failed call's error message.
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -24,6 +26,7 @@ import redis
 
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import MessageType, decode_message
+from conveyor.embedded import RedisServer
 from tests.e2e.test_dashboard import TOKEN, Dashboard
 from tests.e2e.test_dashboard_actions import echo_answers
 from tests.e2e.test_dashboard_panel import PANEL, calls
@@ -99,7 +102,9 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
     _wait(browser, "its dead letter", lambda d: d.find_elements(
         By.CSS_SELECTOR, f'#dead tr[data-entry="{entry_id}"]'
     ))  # fmt: skip
-    _wait(browser, "a chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#charts .uplot"))
+    for chart in ("backlog", "latency"):  # the fleet's small charts of each model
+        drawn = (By.CSS_SELECTOR, f'#charts [data-chart="{MODEL}/{chart}"] .uplot')
+        _wait(browser, f"its {chart} chart", expected_conditions.presence_of_element_located(drawn))
     # clicked in one script: the table is redrawn on each snapshot (a found row may be gone)
     browser.execute_script(
         "document.querySelector(arguments[0]).click()", f'#models tr[data-model="{MODEL}"]'
@@ -224,3 +229,51 @@ def test_a_model_panel_opened_by_its_address(
         lambda d: _panel_charts(d) == ["throughput", "latency", "wait-run", "batches"],
     )
     assert "tok-never-shown" not in browser.page_source
+
+
+@pytest.mark.timeout(60)
+def test_the_page_refuses_a_wrong_token_and_rides_out_redis_down(
+    redis_server_factory: Callable[..., RedisServer],
+    prefix: str,
+    fleet: Fleet,
+    browser: webdriver.Chrome,
+) -> None:
+    server = redis_server_factory()
+    board = Dashboard(server.url, prefix)
+    fleet.workers.append(board)
+    keys = Keys(prefix)
+    direct = redis.Redis.from_url(server.url)
+    try:
+        entry_id = bury(direct, keys, {"id": "r-refused", "method": "predict"})
+        browser.get(board.url)
+        _wait(browser, "live", lambda d: d.find_element(By.ID, "status").text == "live")
+        entry = f'#dead tr[data-entry="{entry_id}"]'
+        _wait(browser, "the dead letter", lambda d: d.find_elements(By.CSS_SELECTOR, entry))
+
+        # a retry with a wrong token: refused, said on the page, and the entry stays
+        _click_later(browser, entry + ' button[data-action="retry"]')
+        _wait(browser, "the confirm dialog", expected_conditions.alert_is_present())
+        browser.switch_to.alert.accept()
+        _wait(browser, "the token prompt", expected_conditions.alert_is_present())
+        prompt = browser.switch_to.alert
+        prompt.send_keys("not-" + TOKEN)
+        prompt.accept()
+        status = (By.ID, "dead-status")
+        _wait(browser, "refused", expected_conditions.text_to_be_present_in_element(
+            status, "wrong token"
+        ))  # fmt: skip
+        assert direct.xlen(keys.dead(MODEL)) == 1
+        assert browser.find_elements(By.CSS_SELECTOR, entry)
+
+        # Redis down: the page says so and keeps the last figures; back: live again
+        server.stop()
+        shown = (By.ID, "error")
+        _wait(browser, "Redis down shown", expected_conditions.text_to_be_present_in_element(
+            shown, "cannot reach Redis"
+        ))  # fmt: skip
+        assert MODEL in _rows(browser, "models")  # the last figures read stay
+        server.start()  # same port, no persistence: back, its data gone
+        _wait(browser, "the error gone", expected_conditions.invisibility_of_element_located(shown))
+        _wait(browser, "still live", lambda d: d.find_element(By.ID, "status").text == "live")
+    finally:
+        direct.close()

@@ -3,7 +3,6 @@ and trio: each operation works through it, and every Redis error leaves it as a 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import anyio
@@ -39,12 +38,6 @@ def _job(keys: Keys, request_id: str = "c1-1") -> Job:
         deadline=2e9,
         sent_at=1e9,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_operations_go_through_the_face(broker: ClientBroker, prefix: str) -> None:
@@ -83,8 +76,10 @@ async def test_a_key_of_the_wrong_type_is_a_broker_command_error(
     assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
 
 
-async def test_an_unreachable_redis_is_a_broker_connection_error(prefix: str) -> None:
-    settings = RedisSettings.from_url(f"redis://127.0.0.1:{_free_port()}/0")
+async def test_an_unreachable_redis_is_a_broker_connection_error(
+    prefix: str, refused_port: int
+) -> None:
+    settings = RedisSettings.from_url(f"redis://127.0.0.1:{refused_port}/0")
     async with ClientBroker(settings, Keys(prefix), "c1") as broker:
         with anyio.fail_after(20), pytest.raises(BrokerConnectionError) as caught:
             await broker.model_limits("m")

@@ -4,6 +4,7 @@ clients, and errors that name the server without its password, against real priv
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import shutil
@@ -27,7 +28,7 @@ from conveyor.broker import (
     translate_errors,
 )
 from conveyor.broker.errors import is_out_of_memory, out_of_memory
-from conveyor.embedded import RedisServer, RedisStartError, TLSFiles, free_port
+from conveyor.embedded import RedisServer, RedisStartError, TLSFiles
 from conveyor.errors import BrokerConnectionError, BrokerOutOfMemory, ConveyorError, InvalidRedisURL
 from tests.support.tls import openssl_tls_files
 
@@ -263,20 +264,39 @@ async def test_a_blocking_client_waits_past_the_command_timeout(
 
 @pytest.mark.anyio
 async def test_a_blocking_read_that_times_out_is_not_silently_resent(
-    redis_url: str, prefix: str
+    redis_server_factory: ServerFactory,
 ) -> None:
     """DESIGN.md's pitfall: socket timeout + retry would re-send BLOCK (here 6 x 0.3 s)."""
-    settings = RedisSettings.from_url(redis_url).model_copy(
+    server = redis_server_factory()  # its own: the connections counted are this test's
+    settings = RedisSettings.from_url(server.url).model_copy(
         update={"blocking_socket_timeout": 0.3, "retries": 5}
     )
     client = create_client(settings, blocking=True)
     try:
-        started = time.monotonic()
-        with pytest.raises(BrokerConnectionError, match="timed out"), translate_errors(settings):
-            await client.blmpop(5, 1, f"{prefix}:empty", direction="RIGHT")
-        assert time.monotonic() - started < 1.2
+        with (
+            _connections_made(server) as made,
+            pytest.raises(BrokerConnectionError, match="timed out"),
+            translate_errors(settings),
+        ):
+            await client.blmpop(5, 1, "empty", direction="RIGHT")
+        assert made == [1]  # a re-send would come on a new connection (a timeout drops one)
     finally:
         await client.aclose()
+
+
+@contextlib.contextmanager
+def _connections_made(server: RedisServer) -> Iterator[list[int]]:
+    """How many connections ``server`` accepted inside the block (counted by Redis, so a
+    loaded machine's pauses change nothing), in the list yielded, once the block ends."""
+    made: list[int] = []
+    with redis.Redis.from_url(server.url, socket_timeout=10) as admin:
+
+        def accepted() -> int:
+            return int(admin.info("stats")["total_connections_received"])
+
+        before = accepted()
+        yield made
+        made.append(accepted() - before)
 
 
 @pytest.mark.anyio
@@ -374,14 +394,12 @@ def test_translate_errors_turns_an_oom_refusal_into_broker_out_of_memory() -> No
 
 @pytest.mark.anyio
 @pytest.mark.timeout(10)
-async def test_an_unreachable_server_fails_fast_without_the_password() -> None:
-    port = free_port()  # nobody listens there
+async def test_an_unreachable_server_fails_fast_without_the_password(refused_port: int) -> None:
+    port = refused_port
     settings = RedisSettings.from_url(f"redis://alice:{SECRET}@127.0.0.1:{port}/0?retries=2")
-    started = time.monotonic()
     with pytest.raises(BrokerConnectionError) as caught:
         await ping(settings, timeout=5)
-    assert time.monotonic() - started < 4
-    message = str(caught.value)
+    message = str(caught.value)  # "connection failed", not the PING deadline: it failed fast
     assert f"redis://alice:***@127.0.0.1:{port}/0" in message
     assert "connection failed" in message
     assert SECRET not in message
@@ -399,10 +417,8 @@ def silent_port() -> Iterator[int]:
 @pytest.mark.timeout(10)
 async def test_a_silent_server_fails_at_the_ping_deadline(silent_port: int) -> None:
     settings = RedisSettings.from_url(f"redis://:{SECRET}@127.0.0.1:{silent_port}")
-    started = time.monotonic()
     with pytest.raises(BrokerConnectionError, match=r"no answer to PING within 0\.5s") as caught:
         await ping(settings, timeout=0.5)
-    assert time.monotonic() - started < 2
     assert SECRET not in str(caught.value)
 
 
@@ -410,10 +426,9 @@ async def test_a_silent_server_fails_at_the_ping_deadline(silent_port: int) -> N
 @pytest.mark.timeout(10)
 async def test_a_silent_server_fails_at_the_socket_timeout(silent_port: int) -> None:
     url = f"redis://127.0.0.1:{silent_port}?socket_timeout=0.2&retries=1"
-    started = time.monotonic()
+    # "timed out": the socket's timeout; the PING deadline says "no answer to PING within 5.0s"
     with pytest.raises(BrokerConnectionError, match="timed out"):
         await ping(RedisSettings.from_url(url), timeout=5)
-    assert time.monotonic() - started < 2
 
 
 # -- real servers: password, ACL, unix socket, TLS -----------------------------------------------
@@ -427,10 +442,12 @@ async def test_requirepass(redis_server_factory: ServerFactory) -> None:
 
     for wrong_url in (server.url.replace(SECRET, "wrong"), f"redis://127.0.0.1:{server.port}"):
         wrong = RedisSettings.from_url(wrong_url)
-        started = time.monotonic()
-        with pytest.raises(BrokerConnectionError, match="authentication failed") as caught:
+        with (
+            _connections_made(server) as made,
+            pytest.raises(BrokerConnectionError, match="authentication failed") as caught,
+        ):
             await ping(wrong, timeout=5)
-        assert time.monotonic() - started < 0.04  # not retried: it would fail again
+        assert made == [1]  # not retried: it would fail again
         assert wrong.redacted_url in str(caught.value)
         assert SECRET not in str(caught.value)
         assert isinstance(caught.value.__cause__, rex.AuthenticationError)
@@ -616,8 +633,8 @@ def test_sync_client_over_tls(tls_server: RedisServer) -> None:
         client.close()
 
 
-def test_sync_translation_of_an_unreachable_server() -> None:
-    settings = RedisSettings.from_url(f"redis://:{SECRET}@127.0.0.1:{free_port()}/0?retries=0")
+def test_sync_translation_of_an_unreachable_server(refused_port: int) -> None:
+    settings = RedisSettings.from_url(f"redis://:{SECRET}@127.0.0.1:{refused_port}/0?retries=0")
     client = create_sync_client(settings)
     try:
         with (

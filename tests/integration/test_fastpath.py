@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -537,11 +536,9 @@ async def test_a_silent_handshake_is_bounded_tried_once_and_leaves_no_socket(
     )
     client = create_client(settings, blocking=True)
     try:
-        started = time.monotonic()
         with pytest.raises(fastpath.HandshakeTimeout, match=r"handshake within 0\.3s"):
             await client.ping()
-        assert time.monotonic() - started < 0.9  # four tries would take 1.2 s and more
-        assert len(accepted) == 1
+        assert len(accepted) == 1  # one try: not retried
         pool = client.connection_pool
         assert not pool._in_use_connections
         assert not any(c.is_connected for c in pool._available_connections)

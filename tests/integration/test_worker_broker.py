@@ -3,7 +3,6 @@ error leaves it as a ConveyorError, and its heartbeat link reports ACL refusals 
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import anyio
@@ -31,12 +30,6 @@ async def broker(redis_url: str, prefix: str) -> AsyncIterator[WorkerBroker]:
     if keys:
         cleanup.delete(*keys)
     cleanup.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_a_key_of_the_wrong_type_is_a_broker_command_error(
@@ -68,8 +61,10 @@ async def test_steps_read_and_write_through_the_face(broker: WorkerBroker, prefi
     assert await broker.leave([stream]) == []
 
 
-async def test_an_unreachable_redis_is_a_broker_connection_error(prefix: str) -> None:
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+async def test_an_unreachable_redis_is_a_broker_connection_error(
+    prefix: str, refused_port: int
+) -> None:
+    url = f"redis://127.0.0.1:{refused_port}/0"
     async with WorkerBroker(url, Keys(prefix), "w1", max_block=0.2) as broker:
         with pytest.raises(BrokerConnectionError):
             await broker.ping(timeout=2)

@@ -147,3 +147,20 @@ def test_layouts_whose_bytes_are_not_merged_as_they_are_stay_built() -> None:
     assert _merged_state(merge_requests(laid)) == _merged_state(
         merge_requests(_built_read(entries))
     )
+
+
+def test_a_layout_s_batch_key_goes_with_it_from_read_to_read() -> None:
+    """The worker keeps a layout's batch key on its decoder (``JobDecoder.key``): the next
+    read's decoder has it only while it has the same layout."""
+    first = JobDecoder(lazy=True)
+    for index in range(3):
+        first.decode(_entry(index, request=_request(float(index))))
+        if first.laid_out:
+            first.key = "the first layout's"
+    kept = first.next_read()
+    assert kept.key == "the first layout's"
+    other = [_entry(index, request=_request(float(index), rows=2)) for index in range(3)]
+    for fields in other:  # another layout's jobs only: the first one served none of them
+        kept.decode(fields)
+    assert not kept.laid_out
+    assert kept.next_read().key is None
