@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
-from conveyor.worker.instance_threads import InstanceThreads
+import anyio
 
 __all__ = ("CallLimit", "Hold", "Reads", "plan_reads")
 
@@ -100,11 +100,12 @@ class CallLimit:
     """The call slots of one loaded model instance (made at load, dropped with the instance)."""
 
     __slots__ = (
-        "_default_stream",
+        "_async_limiter",
         "concurrent",
         "limit",
         "max_batch_size",
         "max_batch_time",
+        "stream_slots",
         "threads",
     )
 
@@ -125,10 +126,14 @@ class CallLimit:
         self.max_batch_size = max_batch_size
         self.max_batch_time = max_batch_time
         self.concurrent = concurrent and limit is None
-        # Threads of plain `def` methods; their slots are shared with async methods when the
-        # limit is set.
-        self.threads = InstanceThreads(limit or 1)
-        self._default_stream = default_stream
+        # Threads of plain `def` methods; shared with async methods when the limit is set.
+        self.threads = anyio.CapacityLimiter(limit or 1)
+        self._async_limiter = self.threads if limit is not None else None
+        # What a predict_stream runs under, whole: MLModel's default runs the plain predict
+        # once, in a thread the worker does not start, so it takes a slot for the stream.
+        self.stream_slots: AbstractAsyncContextManager[object] = (
+            self.threads if default_stream else _NOTHING
+        )
 
     @property
     def batches(self) -> int:
@@ -136,19 +141,14 @@ class CallLimit:
         return self.limit or 1
 
     def for_coroutine(self) -> AbstractAsyncContextManager[object]:
-        """What an ``async def`` call runs under: one of the instance's slots when its limit
-        is set, else nothing (async models run concurrently on the loop)."""
-        return _NOTHING if self.limit is None else self.threads.slot()
-
-    def for_stream(self) -> AbstractAsyncContextManager[object]:
-        """What a ``predict_stream`` runs under, whole: MLModel's default runs the plain
-        predict once, in a thread the worker does not start, so it takes a slot for the
-        stream; a stream of the model's own, nothing (its steps take their own)."""
-        return self.threads.slot() if self._default_stream else _NOTHING
+        """What an ``async def`` call runs under: the instance's slots when its limit is set,
+        else nothing (async models run concurrently on the loop)."""
+        limiter = self._async_limiter
+        return limiter if limiter is not None else _NOTHING
 
     @property
     def coroutines_unbounded(self) -> bool:
-        return self.limit is None
+        return self._async_limiter is None
 
     def hold(self, worker_concurrency: int) -> Hold:
         """How many jobs of this instance's model its worker should hold (module head).

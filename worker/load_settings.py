@@ -109,7 +109,7 @@ def settings_field(served: Iterable[tuple[ModelSettings, int | None]]) -> str:
 def settings_of(served: Iterable[ServedModel]) -> str:
     """:func:`settings_field` of the ready ones of ``served`` (a worker's registry)."""
     return settings_field(
-        (s.settings, None if s.calls.concurrent else s.calls.threads.size)
+        (s.settings, None if s.calls.concurrent else int(s.calls.threads.total_tokens))
         for s in served
         if s.ready
     )

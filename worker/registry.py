@@ -6,6 +6,8 @@ import inspect
 import logging
 from dataclasses import dataclass, field
 
+import anyio
+
 from conveyor.broker.keys import Keys
 from conveyor.errors import ModelLoadFailed
 from conveyor.methods import exposed_methods
@@ -13,7 +15,6 @@ from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
 from conveyor.worker.call_limit import CallLimit, Hold
 from conveyor.worker.execution import call
-from conveyor.worker.instance_threads import InstanceThreads
 from conveyor.worker.model_calls import instrument
 
 __all__ = ("ModelLoadFailed", "ModelRegistry", "ServedModel")
@@ -74,13 +75,13 @@ class ModelRegistry:
             self._by_name.setdefault(served.name, []).append(served)
         for candidates in self._by_name.values():
             candidates.sort(key=lambda s: s.version is not None)
-        self._load_threads: InstanceThreads | None = None
+        self._load_limiter: anyio.CapacityLimiter | None = None
 
-    def _limiter(self) -> InstanceThreads:
+    def _limiter(self) -> anyio.CapacityLimiter:
         # Loads and unloads of plain `def` methods run one at a time, in a thread.
-        if self._load_threads is None:
-            self._load_threads = InstanceThreads(1, "conveyor-load")
-        return self._load_threads
+        if self._load_limiter is None:
+            self._load_limiter = anyio.CapacityLimiter(1)
+        return self._load_limiter
 
     def names(self) -> list[str]:
         return sorted({name for name, _ in self._served})
@@ -195,7 +196,7 @@ class ModelRegistry:
                 await _unload(served, self._limiter())
 
 
-async def _load(served: ServedModel, limiter: InstanceThreads) -> None:
+async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
     """Loads one folder's model. Raises :class:`ModelLoadFailed` if ``load()`` raises; a
     ``load()`` that returns False leaves the model not ready (not served), said in one line."""
     implementation = served.settings.implementation
@@ -237,7 +238,7 @@ async def _load(served: ServedModel, limiter: InstanceThreads) -> None:
     logger.info("model.loaded model=%s version=%s", served.name, served.version)
 
 
-async def _unload(served: ServedModel, limiter: InstanceThreads) -> None:
+async def _unload(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
     model = served.model
     served.model = None
     if model is not None:

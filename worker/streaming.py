@@ -40,7 +40,7 @@ async def run_stream(
             served.model.predict_stream,
             inputs,
             served.calls.threads,
-            served.calls.for_stream(),
+            served.calls.stream_slots,
         ):
             while job.credit and seq - taken >= job.window:
                 # A slow reader: pause the model instead of filling Redis.

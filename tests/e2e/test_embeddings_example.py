@@ -30,7 +30,6 @@ from conveyor.repository import load_model_settings
 from conveyor.settings import ModelParameters
 from conveyor.types import InferenceRequest
 from conveyor.worker.execution import call
-from conveyor.worker.instance_threads import InstanceThreads
 from tests.support.fleet import Fleet
 
 FOLDER = Path(__file__).parents[2] / "examples" / "models_embeddings" / "minilm"
@@ -89,14 +88,14 @@ async def _load(**extra: str) -> MLModel:
     if extra:
         settings = settings.model_copy(update={"parameters": ModelParameters(extra=extra)})
     model = settings.implementation(settings)
-    await call(model.load, InstanceThreads(1))
+    await call(model.load, anyio.CapacityLimiter(1))
     return model
 
 
 def _embed(model: MLModel, sentences: list[str]) -> npt.NDArray[np.float32]:
     async def run() -> npt.NDArray[np.float32]:
         request = InferenceRequest(inputs=[StringCodec.encode_input("text", sentences)])
-        response = await call(model.predict, InstanceThreads(1), request)
+        response = await call(model.predict, anyio.CapacityLimiter(1), request)
         return NumpyCodec.decode_output(response.outputs[0])
 
     return anyio.run(run)

@@ -174,13 +174,13 @@ async def test_a_plain_def_job_past_its_deadline_keeps_its_thread_slot(
     served = worker.registry.find("sync-sleepy", None)
     assert served is not None
     slots = served.calls.threads  # the model instance's call slot (worker.call_limit)
-    assert slots.running == 1
+    assert slots.borrowed_tokens == 1
     assert worker.stats.in_flight
     message = await _reply(probe, job)
     assert time.monotonic() - started >= 0.9
     assert message.error is not None
     assert message.error.code == "deadline"
-    assert slots.running == 0
+    assert slots.borrowed_tokens == 0
 
 
 async def test_stop_waits_for_jobs_in_flight(

@@ -13,7 +13,6 @@ from conveyor import metrics
 from conveyor.model import MLModel
 from conveyor.settings import ModelSettings
 from conveyor.worker import execution
-from conveyor.worker.instance_threads import InstanceThreads
 from conveyor.worker.model_calls import instrument
 
 
@@ -69,7 +68,7 @@ def test_instrumented_methods_keep_their_kind_and_run_in_their_models_context() 
     assert not inspect.iscoroutinefunction(model.plain)
 
     async def run() -> None:
-        limiter = InstanceThreads(1)
+        limiter = anyio.CapacityLimiter(1)
         assert await execution.call(model.predict, limiter, 5) == 5
 
         async def inputs() -> AsyncIterator[object]:
