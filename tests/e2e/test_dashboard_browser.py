@@ -76,6 +76,16 @@ def _rows(driver: webdriver.Chrome, table: str, rows: str = "tr") -> list[str | 
     return list(driver.execute_script(script, f"#{table} tbody {rows}"))
 
 
+def _confirm(driver: webdriver.Chrome, token: str) -> None:
+    """Accepts an action's confirm dialog, then answers its token prompt with ``token``."""
+    _wait(driver, "the confirm dialog", expected_conditions.alert_is_present())
+    driver.switch_to.alert.accept()
+    _wait(driver, "the token prompt", expected_conditions.alert_is_present())
+    prompt = driver.switch_to.alert
+    prompt.send_keys(token)
+    prompt.accept()
+
+
 def _panel_charts(driver: webdriver.Chrome) -> list[str]:
     script = "return [...document.querySelectorAll('#model-charts [data-chart]')]"
     script += ".filter(c => c.querySelector('.uplot')).map(c => c.dataset.chart)"
@@ -130,12 +140,7 @@ def test_the_page_shows_the_fleet_and_retries_a_dead_letter(
         By.CSS_SELECTOR, f'#dead tr[data-entry="{entry_id}"] button[data-action="retry"]'
     )
     button.click()
-    _wait(browser, "the confirm dialog", expected_conditions.alert_is_present())
-    browser.switch_to.alert.accept()
-    _wait(browser, "the token prompt", expected_conditions.alert_is_present())
-    prompt = browser.switch_to.alert
-    prompt.send_keys(TOKEN)
-    prompt.accept()
+    _confirm(browser, TOKEN)
     [(_, raw)] = wait_entries(probe, job.reply, 1)
     assert decode_message(raw).type is MessageType.RESULT
     _wait(browser, "done", lambda d: "retry: 1 done" in d.find_element(By.ID, "dead-status").text)
@@ -186,12 +191,7 @@ def test_the_page_unloads_and_loads_a_model(
     status = (By.ID, "model-action-status")
 
     _click_later(browser, f'#models tr[data-model="{MODEL}"] button[data-action="unload"]')
-    _wait(browser, "the confirm dialog", expected_conditions.alert_is_present())
-    browser.switch_to.alert.accept()
-    _wait(browser, "the token prompt", expected_conditions.alert_is_present())
-    prompt = browser.switch_to.alert
-    prompt.send_keys(TOKEN)
-    prompt.accept()
+    _confirm(browser, TOKEN)
     _wait(browser, "unloaded", lambda d: "unloaded on" in d.find_element(*status).text)
     worker.wait_for_log(f"model.unloaded model={MODEL}")
     _wait(browser, "echo gone", lambda d: MODEL not in _ready(d, worker.pid).split(", "))
@@ -252,12 +252,7 @@ def test_the_page_refuses_a_wrong_token_and_rides_out_redis_down(
 
         # a retry with a wrong token: refused, said on the page, and the entry stays
         _click_later(browser, entry + ' button[data-action="retry"]')
-        _wait(browser, "the confirm dialog", expected_conditions.alert_is_present())
-        browser.switch_to.alert.accept()
-        _wait(browser, "the token prompt", expected_conditions.alert_is_present())
-        prompt = browser.switch_to.alert
-        prompt.send_keys("not-" + TOKEN)
-        prompt.accept()
+        _confirm(browser, "not-" + TOKEN)
         status = (By.ID, "dead-status")
         _wait(browser, "refused", expected_conditions.text_to_be_present_in_element(
             status, "wrong token"
