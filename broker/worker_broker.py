@@ -18,7 +18,7 @@ Runs on asyncio only (redis.asyncio), as the worker does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -194,7 +194,7 @@ class WorkerBroker:
         with self._translated:
             await self._streams.finish(delivery, job, messages, deadline, acked)
 
-    async def answer(
+    def answer(
         self,
         delivery: Delivery,
         job: Job,
@@ -202,13 +202,14 @@ class WorkerBroker:
         deadline: float,
         acked: Callable[[], None],
         ended: Callable[[BaseException | None], None],
-    ) -> None:
+    ) -> Awaitable[None]:
         """As :meth:`finish`, without waiting for Redis: the answer goes with the next round
         trip (or now, when none is on the wire). ``ended`` is called once it is stored (with
         None; its ack follows, then ``acked``) or will not be (with the Conveyor error; the
         job stays pending, to be delivered again). A refused answer is tried again until
-        ``deadline`` first. Raises only if the messages cannot be encoded (nothing sent)."""
-        await self._streams.answer(delivery, job, messages, deadline, acked, ended)
+        ``deadline`` first. Raises only if the messages cannot be encoded (nothing sent).
+        The writer's own coroutine, to await: no wrapper coroutine a job."""
+        return self._streams.answer(delivery, job, messages, deadline, acked, ended)
 
     def answer_soon(self, answers: Sequence[Answering]) -> None:
         """As :meth:`answer` for many jobs (a batch's), without waiting: one write of their

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -218,7 +218,7 @@ class WorkerStreams:
         await self.writer.store(job, messages, final=True, deadline=deadline)
         self.writer.ack_soon(delivery, acked)
 
-    async def answer(
+    def answer(
         self,
         delivery: Delivery,
         job: Job,
@@ -226,10 +226,11 @@ class WorkerStreams:
         deadline: float,
         acked: Callable[[], None],
         ended: Callable[[BaseException | None], None],
-    ) -> None:
+    ) -> Awaitable[None]:
         """As :meth:`finish`, without waiting for Redis (see ``ReplyWriter.answer``):
-        ``ended`` hears whether the answer was stored, ``acked`` when the job was acked."""
-        await self.writer.answer(job, messages, delivery, deadline, acked, ended)
+        ``ended`` hears whether the answer was stored, ``acked`` when the job was acked.
+        The writer's coroutine, to await (no wrapper coroutine a job)."""
+        return self.writer.answer(job, messages, delivery, deadline, acked, ended)
 
     async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
         """Claims the job's request for this entry until past its ``deadline`` (this host's

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
@@ -19,11 +18,10 @@ from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.wire import ErrorCode, Job, JobDecoder, Message, Payload, trace_fields
 from conveyor.errors import WireError
-from conveyor.laid_requests import LaidRequest
 from conveyor.logging import JobContext, job_context
 from conveyor.methods import ModelMethods
-from conveyor.tracing import JobTrace, current_failed, timing_batches, tracer
-from conveyor.types import InferenceRequest, InferenceResponse
+from conveyor.tracing import JobTrace, current_failed, tracer
+from conveyor.types import InferenceRequest
 from conveyor.worker import execution
 from conveyor.worker.admission import Admission, Refusal
 from conveyor.worker.answers import (
@@ -41,6 +39,7 @@ from conveyor.worker.cancellation import CANCELLED, DUPLICATE, JobScope, Running
 from conveyor.worker.clock import RedisClock, remaining_fields
 from conveyor.worker.heartbeat import WorkerStats, model_totals
 from conveyor.worker.metrics import WorkerMetrics
+from conveyor.worker.model_batchers import ModelBatchers
 from conveyor.worker.refusals import Refusals
 from conveyor.worker.registry import ModelRegistry, ServedModel
 from conveyor.worker.slots import Slots
@@ -57,14 +56,6 @@ def trace_id(trace: JobTrace) -> int:
     """The trace id of a job's span if it records (sampled), else 0."""
     context = trace.span.get_span_context()
     return context.trace_id if context.trace_flags.sampled else 0
-
-
-def batch_context() -> None:
-    """A batch's lines carry a batch id (set in the batch's task, as ``on_batch`` runs): one
-    run serves several requests. Its requests run again one by one (a failed batch) keep it."""
-    current = job_context.get()
-    if current is None or not current.batch_id:  # else one of its requests' re-runs
-        job_context.set(JobContext(batch_id=secrets.token_hex(6)))
 
 
 class JobRunner:
@@ -98,10 +89,10 @@ class JobRunner:
         self._start_soon = start_soon  # runs a batcher for the worker's life
         self._admission = admission
         self._refusals = Refusals(broker, keys, metrics, clock, worker)
-        self._batchers: dict[int, AdaptiveBatcher] = {}  # by id() of the ServedModel
         # read by the heartbeat thread, once a beat (its `last_minute`)
         stats.totals = lambda: model_totals(metrics)
         self.tracer = tracer()  # None unless the app configured tracing: then no span work
+        self._batchers = ModelBatchers(metrics, start_soon, timed=self.tracer is not None)
         self._decoder = JobDecoder()  # a read's jobs' common layout, proven once (wire.layout)
 
     def new_read(self) -> None:
@@ -234,11 +225,20 @@ class JobRunner:
         jobs = self._jobs
         jobs.arm(loop, scope, job.id, started + (deadline - now))
         try:
-            if trace is None:
-                messages = await self._run_method(delivery, job, served, deadline, None)
-            else:
+            if trace is not None:
                 with trace.step(job.method):  # a predict_stream's chunks: events of it
                     messages = await self._run_method(delivery, job, served, deadline, trace)
+            elif job.method == _PREDICT_STREAM:
+                messages = await self._run_method(delivery, job, served, deadline, None)
+            else:  # the common path, inline: awaits the model's own coroutine, no wrappers
+                if job.args:
+                    give_id(job.args[0], job)
+                try:
+                    result = await self._unary_call(served, job)
+                except Exception as error:  # the model's own failure goes back to the caller
+                    messages = [failure_message(job, delivery, self._worker, error)]
+                else:
+                    messages = [result_message(job, delivery, result)]
         except asyncio.CancelledError:
             stopped_by = jobs.taken_back(scope, task)
             if stopped_by is None:
@@ -329,21 +329,21 @@ class JobRunner:
         if job.args:
             give_id(job.args[0], job)
         try:
-            batcher = self.batcher_for(served, job)
-            if batcher is not None:
-                assert isinstance(job.args[0], InferenceRequest)
-                result: Payload = await batcher.predict(job.args[0])
-            else:
-                result = await self._call(served, job)
+            result = await self._unary_call(served, job)
         except Exception as error:  # the model's own failure goes back to the caller
             if self.tracer is not None:
                 current_failed(error)  # on the method's span (JobTrace.step)
             return [failure_message(job, delivery, self._worker, error)]
         return [result_message(job, delivery, result)]
 
-    def _call(self, served: ServedModel, job: Job) -> Awaitable[Payload]:
-        """The call of the job's method, to await: an ``async def`` method's own coroutine
-        (one coroutine less per job), else :func:`execution.call`'s."""
+    def _unary_call(self, served: ServedModel, job: Job) -> Awaitable[Payload]:
+        """The job's call, to await: through the model's adaptive batcher, else its method's
+        own coroutine when ``async def`` (one coroutine less per job), else
+        :func:`execution.call`'s. Raises what a call would (inside the caller's ``try``)."""
+        batcher = self.batcher_for(served, job)
+        if batcher is not None:
+            assert isinstance(job.args[0], InferenceRequest)
+            return batcher.predict(job.args[0])
         assert served.model is not None
         method = getattr(served.model, job.method)
         calls = served.calls
@@ -356,45 +356,4 @@ class JobRunner:
 
     def batcher_for(self, served: ServedModel, job: Job) -> AdaptiveBatcher | None:
         """The model's adaptive batcher, for a ``predict`` of one request (made on first use)."""
-        settings = served.settings
-        if (
-            settings.max_batch_size <= 1
-            or job.method != ModelMethods.Predict.value
-            or len(job.args) != 1
-            or job.kwargs
-            or not isinstance(job.args[0], (InferenceRequest, LaidRequest))  # the batch path's
-        ):
-            return None
-        batcher = self._batchers.get(id(served))
-        if batcher is None:
-
-            async def predict(request: InferenceRequest) -> InferenceResponse:
-                model = served.model
-                if model is None:
-                    raise RuntimeError(f"model {served.name!r} was unloaded")
-                calls = served.calls
-                if "predict" in served.coroutines:
-                    async with calls.for_coroutine():  # the batcher's own bound is the same
-                        response = await model.predict(request)
-                else:
-                    response = await execution.call(model.predict, calls.threads, request)
-                if not isinstance(response, InferenceResponse):
-                    raise TypeError(f"predict returned {type(response).__name__}")
-                return response
-
-            observe = self._metrics.batch_size.labels(served.name).observe
-
-            def batch_started(size: int) -> None:
-                batch_context()
-                observe(size)
-
-            batcher = AdaptiveBatcher(
-                predict,
-                settings.max_batch_size,
-                settings.max_batch_time,
-                on_batch=timing_batches(batch_started) if self.tracer else batch_started,
-                concurrent_batches=served.calls.batches,
-            )
-            self._batchers[id(served)] = batcher
-            self._start_soon(batcher.run)
-        return batcher
+        return self._batchers.for_job(served, job)
