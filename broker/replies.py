@@ -135,7 +135,7 @@ class ReplyWriter:
     async def answer(
         self,
         job: Job,
-        messages: Sequence[Message],
+        messages: Sequence[Message | Fields],  # or their fields, encoded already,
         target: AckTarget,
         deadline: float,
         acked: Callable[[], None],
@@ -151,7 +151,10 @@ class ReplyWriter:
         A refused answer is tried again, with backoff, until ``deadline``, as by
         :meth:`store`. Raises only what encoding the messages raises (nothing was sent).
         """
-        entries = [encode_message(message) for message in messages]
+        entries = [
+            message if type(message) is dict else encode_message(message)  # type: ignore[arg-type]
+            for message in messages
+        ]
         write = Answer(self, job, entries, target, deadline, acked, ended).write()
         self._pending.append(write)
         self._unsettled += 1

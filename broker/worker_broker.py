@@ -33,7 +33,7 @@ from conveyor.broker.keys import Keys
 from conveyor.broker.replies import Answering
 from conveyor.broker.settings import RedisSettings
 from conveyor.broker.waiting_jobs import WaitingJobs
-from conveyor.broker.wire import Job, Message, RawFields
+from conveyor.broker.wire import Fields, Job, Message, RawFields
 from conveyor.broker.worker_streams import WorkerStreams
 
 __all__ = ("WorkerBroker",)
@@ -198,7 +198,7 @@ class WorkerBroker:
         self,
         delivery: Delivery,
         job: Job,
-        messages: Sequence[Message],
+        messages: Sequence[Message | Fields],  # or their fields, encoded already
         deadline: float,
         acked: Callable[[], None],
         ended: Callable[[BaseException | None], None],

@@ -25,7 +25,7 @@ from conveyor.broker.entries import (
 from conveyor.broker.keys import GROUP, Keys, hash_tag
 from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.broker.replies import ReplyWriter
-from conveyor.broker.wire import Job, Message, RawFields, dead_letter
+from conveyor.broker.wire import Fields, Job, Message, RawFields, dead_letter
 from conveyor.broker.writes import INLINE_REPLY_MAX_BYTES
 
 __all__ = ("INLINE_REPLY_MAX_BYTES", "WorkerStreams")
@@ -222,7 +222,7 @@ class WorkerStreams:
         self,
         delivery: Delivery,
         job: Job,
-        messages: Sequence[Message],
+        messages: Sequence[Message | Fields],  # or their fields, encoded already
         deadline: float,
         acked: Callable[[], None],
         ended: Callable[[BaseException | None], None],

@@ -7,7 +7,16 @@ import math
 import time
 
 from conveyor.broker import Delivery
-from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType, Payload
+from conveyor.broker.wire import (
+    ErrorCode,
+    ErrorInfo,
+    Fields,
+    Job,
+    Message,
+    MessageType,
+    Payload,
+    encode_result,
+)
 from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.clock import RedisClock
 from conveyor.worker.recent_errors import RECENT_ERRORS
@@ -68,9 +77,10 @@ def readable_job(delivery: Delivery, model: str, clock: RedisClock) -> Job | Non
     return Job(request_id, "", model, None, reply, bell, deadline, time.time())
 
 
-def outcome(message: Message) -> str:
-    """A job's outcome for metrics: ok, or the error code of its last message."""
-    if message.type is not MessageType.ERROR or message.error is None:
+def outcome(message: Message | Fields) -> str:
+    """A job's outcome for metrics: ok, or the error code of its last message (fields encoded
+    already are a result's: :func:`result_fields`)."""
+    if isinstance(message, dict) or message.type is not MessageType.ERROR or message.error is None:
         return "ok"
     return "error" if message.error.code == ErrorCode.MODEL_ERROR else message.error.code
 
@@ -105,6 +115,23 @@ def failure_message(job: Job, delivery: Delivery, worker: str, error: Exception)
 def result_message(job: Job, delivery: Delivery, result: Payload) -> Message:
     """The result answer of one delivery of ``job``. As MLServer's data plane: a response
     carries its request's id (or the job's, see :func:`give_id`)."""
+    _response_id(job, result)
+    return Message(
+        MessageType.RESULT,
+        job.id,
+        delivery.deliveries,
+        payload=result,
+        entry=delivery.entry_id.decode(),
+    )
+
+
+def result_fields(job: Job, delivery: Delivery, result: Payload) -> Fields:
+    """:func:`result_message`'s entry fields, without building the ``Message``."""
+    _response_id(job, result)
+    return encode_result(job.id, delivery.deliveries, delivery.entry_id.decode(), result)
+
+
+def _response_id(job: Job, result: Payload) -> None:
     if isinstance(result, InferenceResponse) and job.args:
         request = job.args[0]
         if isinstance(request, InferenceRequest):
@@ -113,13 +140,6 @@ def result_message(job: Job, delivery: Delivery, result: Payload) -> Message:
                 result.__pydantic_fields_set__.add("id")
             else:
                 result.id = request.id or job.id
-    return Message(
-        MessageType.RESULT,
-        job.id,
-        delivery.deliveries,
-        payload=result,
-        entry=delivery.entry_id.decode(),
-    )
 
 
 def log_unfinished(delivery: Delivery, error: BaseException) -> None:

@@ -11,12 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, cast
 
 from conveyor.broker import Delivery, WorkerBroker
 from conveyor.broker.keys import GROUP, Keys, hash_tag
-from conveyor.broker.wire import ErrorCode, Job, JobDecoder, Message, Payload, trace_fields
+from conveyor.broker.wire import (
+    ErrorCode,
+    Fields,
+    Job,
+    JobDecoder,
+    Message,
+    Payload,
+    trace_fields,
+)
 from conveyor.errors import WireError
 from conveyor.logging import JobContext, job_context
 from conveyor.methods import ModelMethods
@@ -32,6 +40,7 @@ from conveyor.worker.answers import (
     log_answered_duplicate,
     log_unfinished,
     outcome,
+    result_fields,
     result_message,
 )
 from conveyor.worker.batcher import AdaptiveBatcher
@@ -224,6 +233,7 @@ class JobRunner:
         # Bounded by the job's deadline; a caller that gives up cancels it (worker.control).
         jobs = self._jobs
         jobs.arm(loop, scope, job.id, started + (deadline - now))
+        messages: Sequence[Message | Fields]
         try:
             if trace is not None:
                 with trace.step(job.method):  # a predict_stream's chunks: events of it
@@ -237,8 +247,8 @@ class JobRunner:
                     result = await self._unary_call(served, job)
                 except Exception as error:  # the model's own failure goes back to the caller
                     messages = [failure_message(job, delivery, self._worker, error)]
-                else:
-                    messages = [result_message(job, delivery, result)]
+                else:  # its fields, encoded without a Message (wire.messages.encode_result)
+                    messages = [result_fields(job, delivery, result)]
         except asyncio.CancelledError:
             stopped_by = jobs.taken_back(scope, task)
             if stopped_by is None:

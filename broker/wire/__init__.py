@@ -86,7 +86,12 @@ from conveyor.broker.wire.dead import DEAD_FIELDS, DeadField, dead_letter, job_f
 from conveyor.broker.wire.doorbell import INLINE_MARK, Rung, pack_inline, read_rung
 from conveyor.broker.wire.jobs import decode_job, encode_job, trace_fields
 from conveyor.broker.wire.layout import JobDecoder
-from conveyor.broker.wire.messages import decode_message, encode_message, encode_rows
+from conveyor.broker.wire.messages import (
+    decode_message,
+    encode_message,
+    encode_result,
+    encode_rows,
+)
 from conveyor.broker.wire.readable import fields_size
 from conveyor.broker.wire.rows import RowsEncoder
 from conveyor.broker.wire.schema import (
@@ -130,6 +135,7 @@ __all__ = (
     "decode_message",
     "encode_job",
     "encode_message",
+    "encode_result",
     "encode_rows",
     "fields_size",
     "job_fields",

@@ -26,7 +26,7 @@ from conveyor.broker.wire.schema import (
 )
 from conveyor.errors import WireError
 
-__all__ = ("decode_message", "encode_message", "encode_rows")
+__all__ = ("decode_message", "encode_message", "encode_result", "encode_rows")
 
 _ENTRY_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _MESSAGE_TYPES = {t.value.encode(): t for t in MessageType}
@@ -57,6 +57,17 @@ def encode_message(message: Message) -> Fields:
         message.error,
         encode_payload,
         message.payload,
+    )
+
+
+def encode_result(message_id: str, attempt: int, entry: str, payload: Any) -> Fields:
+    """``encode_message`` of ``Message(MessageType.RESULT, message_id, attempt, payload=payload,
+    entry=entry)`` without building the frozen ``Message``: a unary job's answer, one a job.
+    The same fields and errors (``tests/unit/test_wire_result.py``)."""
+    if not message_id:
+        raise ValueError("message field 'id' must be a non-empty string")
+    return _encoded(
+        MessageType.RESULT, message_id, attempt, 0, entry, None, encode_payload, payload
     )
 
 
