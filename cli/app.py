@@ -167,7 +167,10 @@ def worker(
     grace_period: Annotated[float, typer.Option(help="Seconds to drain on SIGTERM.")] = 30.0,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Serve Prometheus metrics on this port (one for all --processes)."),
+        typer.Option(
+            help="Serve Prometheus metrics on this port (one for all --processes; "
+            "0: a free one, logged as metrics.serving)."
+        ),
     ] = None,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
@@ -181,7 +184,10 @@ def worker(
     ] = None,
     health_port: Annotated[
         int | None,
-        typer.Option(help="Serve /live and /ready on this port (one for all --processes)."),
+        typer.Option(
+            help="Serve /live and /ready on this port (one for all --processes; "
+            "0: a free one, logged as health.serving)."
+        ),
     ] = None,
     health_file: Annotated[
         Path | None,
@@ -366,7 +372,10 @@ def gateway(
     ] = 64 * 1024 * 1024,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Serve Prometheus metrics on this port (of all --workers, summed)."),
+        typer.Option(
+            help="Serve Prometheus metrics on this port (of all --workers, summed; "
+            "0: a free one, logged as metrics.serving)."
+        ),
     ] = None,
     record_metrics: Annotated[
         bool, typer.Option(hidden=True, help="Record metrics for the parent (--workers N).")

@@ -159,7 +159,9 @@ def children_ready(
 @contextlib.contextmanager
 def serving_health(port: int | None, ready: Callable[[], Report]) -> Iterator[None]:
     """Serves ``/live`` and ``/ready`` on ``port`` (all interfaces) from a daemon thread, for
-    the block's duration; nothing when ``port`` is None."""
+    the block's duration; nothing when ``port`` is None. The port bound is logged
+    (``health.serving port=N``): with port 0 the kernel picks a free one, and the log line is
+    how a caller (a test, a script) learns it."""
     if port is None:
         yield
         return

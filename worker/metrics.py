@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from conveyor import metrics as model_metrics
-from conveyor.multiprocess_metrics import LATENCY_BUCKETS
+from conveyor.multiprocess_metrics import LATENCY_BUCKETS, start_serving
 from conveyor.worker.health import listening
 from conveyor.worker.histograms import LoopHistogram
 from conveyor.worker.minute_stats import BATCH_BUCKETS
@@ -175,9 +175,10 @@ class WorkerMetrics:
             self.flush()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Serves ``/metrics`` over HTTP from a daemon thread."""
+        """Serves ``/metrics`` over HTTP from a daemon thread; port 0: a free one, logged
+        (``metrics.serving address=ADDR:PORT``)."""
         with listening("--metrics-port", port):
-            start_http_server(port, addr=addr, registry=self.registry)
+            start_serving(port, addr, self.registry)
 
 
 class _Chained:

@@ -31,7 +31,6 @@ from conveyor.broker.wire import (
 )
 from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
-from conveyor.embedded import free_port
 from conveyor.errors import DeadlineExceeded, RemoteError, WireError
 from conveyor.types import InferenceRequest, InferenceResponse
 from tests.e2e.test_metrics import scrape_settled
@@ -67,8 +66,8 @@ async def test_cancelled_batched_jobs_running_and_queued(
     """A caller's cancel of a job whose batch runs answers it Cancelled at once (the batch runs
     on); of a job whose batch waits, drops it from its batch, whose others run without it. The
     metrics count each job once, by outcome; every job is acked."""
-    port = free_port()
-    worker = fleet.start(MODELS, extra=["--metrics-port", str(port)])
+    worker = fleet.start(MODELS, extra=["--metrics-port", "0"])
+    port = worker.metrics_port()
     stream = Keys(prefix).jobs("slow_batched")
     async with Client(redis_url, prefix=prefix, timeout=20) as client:
         model = client.model("slow_batched")

@@ -31,7 +31,7 @@ import httpx
 import pytest
 import redis
 
-from conveyor.embedded import RedisServer, free_port
+from conveyor.embedded import RedisServer
 from tests.support.fleet import GatewayProcess, WorkerProcess
 
 yaml = pytest.importorskip("yaml", reason="PyYAML parses docker-compose.yml (the dev extra)")
@@ -326,14 +326,13 @@ def test_services_run_locally(
     worker = services["worker"]
     worker_argv = service_argv(image, worker)
     assert worker_argv[3:5] == ["worker", str(REPO / "examples" / "models")]
-    health_ports = []
     for _ in range(WORKER_REPLICAS):  # each container has its own network: here, a port each
         local = list(worker_argv)
-        health_ports.append(free_port())
-        local[local.index("--health-port") + 1] = str(health_ports[-1])
+        local[local.index("--health-port") + 1] = "0"  # a free one, read off its log
         started.append(WorkerProcess(local, service_env(worker, server.url)))
     for replica in started:
         replica.wait_for_log("worker.started")
+    health_ports = [replica.health_port() for replica in started]
     # its healthcheck, as Docker runs it inside each container
     check = [str(arg) for arg in worker["healthcheck"]["test"]]
     assert check[:2] == ["CMD", "python"], check

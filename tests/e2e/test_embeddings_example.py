@@ -24,7 +24,6 @@ import pytest
 
 from conveyor.client import Client
 from conveyor.codecs import NumpyCodec, StringCodec
-from conveyor.embedded import free_port
 from conveyor.model import MLModel
 from conveyor.repository import load_model_settings
 from conveyor.settings import ModelParameters
@@ -132,11 +131,10 @@ def served(redis_url: str) -> Iterator[Served]:
     """One worker process serving the example folder as it is (max_batch_size 32)."""
     _needs_examples_extra()
     fleet = Fleet(redis_url, f"t{uuid4().hex[:10]}")
-    port = free_port()
-    worker = fleet.start(FOLDER, extra=["--metrics-port", str(port)], wait=False)
+    worker = fleet.start(FOLDER, extra=["--metrics-port", "0"], wait=False)
     try:
         worker.wait_for_log("worker.started", timeout=240)  # importing torch takes a while
-        yield Served(fleet, port)
+        yield Served(fleet, worker.metrics_port())
     finally:
         fleet.stop()
 

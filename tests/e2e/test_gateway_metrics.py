@@ -9,7 +9,6 @@ import pytest
 import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from conveyor.embedded import free_port
 from tests.support.fleet import EXAMPLES, Fleet
 from tests.support.waiting import wait_until
 
@@ -36,8 +35,8 @@ def value(
 
 def test_two_gateway_processes_one_scrape(fleet: Fleet) -> None:
     fleet.start(EXAMPLES)
-    port = free_port()
-    gateways = fleet.start_gateway(extra=["--workers", "2", "--metrics-port", str(port)])
+    gateways = fleet.start_gateway(extra=["--workers", "2", "--metrics-port", "0"])
+    port = gateways.metrics_port()
     first = gateways.lines.index(gateways.wait_for_log("gateway.started"))
     gateways.wait_for_log("gateway.started", 20, first + 1)
     url = f"{gateways.http_url}/v2/models/numpy-linear"
@@ -74,8 +73,8 @@ def test_two_gateway_processes_one_scrape(fleet: Fleet) -> None:
 
 
 def test_one_gateway_process_serves_its_own_metrics(fleet: Fleet) -> None:
-    port = free_port()
-    gateway = fleet.start_gateway(extra=["--metrics-port", str(port)])
+    gateway = fleet.start_gateway(extra=["--metrics-port", "0"])
+    port = gateway.metrics_port()
     assert httpx.get(f"{gateway.http_url}/v2/health/live", timeout=10).status_code == 200
     wait_until(
         lambda: (

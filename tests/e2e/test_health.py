@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.embedded import RedisServer, free_port
+from conveyor.embedded import RedisServer
 from tests.support.fleet import Fleet, WorkerProcess
 from tests.support.waiting import wait_until
 
@@ -78,9 +78,9 @@ def test_one_worker_is_live_then_ready_once_loaded_and_not_ready_without_redis(
 ) -> None:
     server = redis_server_factory()
     folder, gate = gated_model(tmp_path)
-    port = free_port()
     with Fleet(server.url, prefix) as fleet:
-        worker = fleet.start(folder, extra=["--health-port", str(port)], wait=False)
+        worker = fleet.start(folder, extra=["--health-port", "0"], wait=False)
+        port = worker.health_port()
         assert probe_until(port, "/live", lambda a: a[0] == 200, "live") == (200, {"live": True})
         status, body = probe_until(port, "/ready", lambda a: True, "an answer")
         assert status == 503
@@ -109,10 +109,10 @@ def test_a_supervisor_is_ready_when_every_child_is(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     folder, gate = gated_model(tmp_path)
-    port = free_port()
     with Fleet(redis_url, prefix) as fleet:
-        extra = ["--processes", "2", "--health-port", str(port)]
+        extra = ["--processes", "2", "--health-port", "0"]
         supervisor = fleet.start(folder, extra=extra, wait=False)
+        port = supervisor.health_port()
         assert probe_until(port, "/live", lambda a: a[0] == 200, "live") == (200, {"live": True})
         status, body = probe_until(port, "/ready", lambda a: True, "an answer")
         assert status == 503
@@ -129,8 +129,8 @@ def test_a_supervisor_is_ready_when_every_child_is(
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     "extra",
-    [["--health-port"], ["--processes", "2", "--metrics-port"]],
-    ids=["health-port", "supervisor-metrics-port"],
+    [["--health-port"], ["--metrics-port"], ["--processes", "2", "--metrics-port"]],
+    ids=["health-port", "metrics-port", "supervisor-metrics-port"],
 )
 def test_a_taken_port_is_one_clear_line(
     redis_url: str, prefix: str, tmp_path: Path, extra: list[str]

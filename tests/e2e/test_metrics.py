@@ -12,7 +12,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.client import Client
-from conveyor.embedded import free_port
 from conveyor.errors import RemoteError
 from conveyor.types import InferenceRequest
 from tests.support.calls import request
@@ -52,8 +51,7 @@ def scrape_settled(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 async def test_worker_and_client_metrics_after_known_traffic(
     fleet: Fleet, redis_url: str, prefix: str
 ) -> None:
-    port = free_port()
-    fleet.start(MODELS, extra=["--metrics-port", str(port)])
+    port = fleet.start(MODELS, extra=["--metrics-port", "0"]).metrics_port()
     async with Client(redis_url, prefix=prefix, timeout=20) as client:
         for i in range(5):
             await client.model("echo").predict(request(float(i)))

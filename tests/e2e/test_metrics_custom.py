@@ -13,7 +13,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.client import Client
-from conveyor.embedded import free_port
 from conveyor.types import InferenceRequest
 from tests.support.calls import request
 from tests.support.fleet import Fleet
@@ -46,8 +45,7 @@ def answered(found: Samples) -> bool:
 async def test_a_models_logged_values_show_with_its_name_and_version(
     fleet: Fleet, redis_url: str, prefix: str
 ) -> None:
-    port = free_port()
-    fleet.start(MEASURED, extra=["--metrics-port", str(port)])
+    port = fleet.start(MEASURED, extra=["--metrics-port", "0"]).metrics_port()
     async with Client(redis_url, prefix=prefix, timeout=20) as client:
         model = client.model("measured")
         await model.predict(request(2.0))
@@ -84,9 +82,8 @@ def scrape_until(port: int, wanted: Callable[[Samples], bool]) -> Samples:
 async def test_two_processes_one_endpoint_sums_both_processes_values(
     fleet: Fleet, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    port = free_port()
     # one job at a time each: a process inside the barrier leaves the other job to the other
-    extra = ["--processes", "2", "--concurrency", "1", "--metrics-port", str(port)]
+    extra = ["--processes", "2", "--concurrency", "1", "--metrics-port", "0"]
     supervisor = fleet.start(MEASURED, extra=extra, wait=False)
     await anyio.to_thread.run_sync(
         lambda: supervisor.output.wait(
@@ -95,6 +92,7 @@ async def test_two_processes_one_endpoint_sums_both_processes_values(
             30,
         )
     )
+    port = supervisor.metrics_port()  # the supervisor's line, logged before its children start
     barrier = str(tmp_path / "barrier")
     pids = []
     async with Client(redis_url, prefix=prefix, timeout=20) as client:

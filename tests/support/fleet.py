@@ -52,6 +52,22 @@ class WorkerProcess:
             timeout,
         )
 
+    def metrics_port(self, timeout: float = 30.0) -> int:
+        """The port its ``--metrics-port 0`` bound, read off its ``metrics.serving`` line."""
+        return self._port("metrics.serving", timeout)
+
+    def health_port(self, timeout: float = 30.0) -> int:
+        """The port its ``--health-port 0`` bound, read off its ``health.serving`` line."""
+        return self._port("health.serving", timeout)
+
+    def _port(self, event: str, timeout: float) -> int:
+        # port 0, then the port logged: a port picked before the start could be taken by
+        # another process in between (the test would talk to it, or the start would fail)
+        line = self.wait_for_log(event, timeout)
+        found = re.search(r"(?:port=|address=\S*:)(\d+)", line)
+        assert found, line
+        return int(found[1])
+
     def log(self) -> str:
         return "\n".join(self.lines[-40:])
 
