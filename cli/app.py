@@ -63,6 +63,8 @@ RedisOption = Annotated[
     typer.Option("--redis", help="Redis URL (default: $CONVEYOR_REDIS_URL or local Redis)."),
 ]
 PrefixOption = Annotated[str, typer.Option("--prefix", help="Key prefix in Redis.")]
+# `conveyor gateway --host` and `conveyor dashboard --host`: loopback unless told otherwise
+HostOption = Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
 # `conveyor dashboard --token` and `conveyor gateway --dashboard-token`: one setting, one variable
 DashboardTokenOption = Annotated[
@@ -349,9 +351,7 @@ def up(
 def gateway(
     redis: RedisOption = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
-    ] = "127.0.0.1",
+    host: HostOption = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="REST port (V2 over HTTP; 0: a free one).")] = 8080,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (-1: no gRPC server).")] = 8081,
     timeout: Annotated[
@@ -511,9 +511,7 @@ def inspect_(
 def dashboard(
     redis: RedisOption = None,
     prefix: PrefixOption = DEFAULT_PREFIX,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")
-    ] = "127.0.0.1",
+    host: HostOption = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, help="HTTP port (0: a free one).")] = 8088,
     token: DashboardTokenOption = None,
     trusted_origin: TrustedOriginOption = None,
