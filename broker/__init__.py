@@ -30,6 +30,7 @@ _LAZY = {
     "HeartbeatLink": "conveyor.broker.heartbeats",
     "Beat": "conveyor.broker.heartbeats",
     "looks_secret": "conveyor.broker.fleet",  # settings never published (heartbeat `settings`)
+    "REDACTED": "conveyor.broker.fleet",
 }
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from conveyor.broker.clients import ping as ping
     from conveyor.broker.entries import Delivery as Delivery
     from conveyor.broker.errors import translate_errors as translate_errors
+    from conveyor.broker.fleet import REDACTED as REDACTED
     from conveyor.broker.fleet import FleetView as FleetView
     from conveyor.broker.fleet import RestRoute as RestRoute
     from conveyor.broker.fleet import looks_secret as looks_secret
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DEFAULT_REDIS_URL",
+    "REDACTED",
     "Beat",
     "ClientBroker",
     "Delivery",

@@ -54,7 +54,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import redis as sync_redis
 from redis import exceptions as redis_errors
@@ -64,6 +64,7 @@ from conveyor.broker.keys import GROUP, Keys
 
 __all__ = (
     "FIELDS",
+    "REDACTED",
     "FleetView",
     "RestRoute",
     "WorkerState",
@@ -82,6 +83,9 @@ _SECRET = re.compile(r"pass|secret|token|key|auth|credential|cookie|private", re
 def looks_secret(name: str) -> bool:
     """Whether a setting named ``name`` may hold a secret (its value is never published)."""
     return _SECRET.search(name) is not None
+
+
+REDACTED: Final = "<redacted>"  # what a secret-looking setting's value is published (and shown) as
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,12 @@ from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from conveyor.broker import looks_secret
+from conveyor.broker import REDACTED, looks_secret
 from conveyor.settings import ModelSettings
 from conveyor.worker.registry import ServedModel
 
 __all__ = ("REDACTED", "redact", "settings_field", "settings_of")
 
-REDACTED: Final = "<redacted>"
 _TEXT_CHARS: Final = 200
 _ITEMS: Final = 50  # entries kept of one object or list
 _DEPTH: Final = 4

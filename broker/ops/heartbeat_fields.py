@@ -9,11 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.broker.fleet import looks_secret
+from conveyor.broker.fleet import REDACTED, looks_secret
 
 __all__ = ("LoadSettings", "RecentError", "parse_recent_errors", "parse_settings")
-
-REDACTED = "<redacted>"
 
 
 @dataclass(frozen=True, slots=True)
