@@ -538,6 +538,16 @@ def measure(spec: Spec, url: str) -> tuple[Tally, Tally, list[Tally]]:
             print(f"round {index + 1}/{spec.rounds} ({spec.unit}/s): {figures}", file=sys.stderr)
     finally:
         clients.close()
-        for fleet in fleets.values():
+        for (p, kind), fleet in fleets.items():
             fleet.stop()
+            _print_call_places(f"{p}p-{kind}", fleet)
     return one, best, [t for t, _ in steps[2:]]
+
+
+def _print_call_places(name: str, fleet: Fleet) -> None:
+    """Where each worker ran a plain ``def`` model's calls (worker.inline_calls): the loop or
+    threads, as its log lines said."""
+    for worker in fleet.workers:
+        moves = [line.split(" ", 1)[-1] for line in worker.lines if "model.calls_" in line]
+        for move in moves:
+            print(f"{name} {worker.name}: {move}", file=sys.stderr)

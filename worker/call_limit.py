@@ -54,6 +54,8 @@ from dataclasses import dataclass
 
 import anyio
 
+from conveyor.worker.inline_calls import InlineCalls
+
 __all__ = ("CallLimit", "Hold", "Reads", "plan_reads")
 
 # Jobs held per call slot of an unbatched bounded model: the one running, the next (decoded and
@@ -102,6 +104,7 @@ class CallLimit:
     __slots__ = (
         "_async_limiter",
         "concurrent",
+        "inline",
         "limit",
         "max_batch_size",
         "max_batch_time",
@@ -117,17 +120,22 @@ class CallLimit:
         max_batch_time: float = 0.0,
         concurrent: bool = False,
         default_stream: bool = False,
+        label: str = "",
     ) -> None:
         """``limit``: the model's ``max_concurrent_calls`` (None: unset). ``concurrent``: the
         model's ``predict``, or a ``predict_stream`` of its own, is async (many calls at once
         on the loop when ``limit`` is unset). ``default_stream``: its ``predict_stream`` is
-        MLModel's, which calls a plain ``def predict`` in a thread of its own."""
+        MLModel's, which calls a plain ``def predict`` in a thread of its own. ``label``: the
+        model, for log lines."""
         self.limit = limit
         self.max_batch_size = max_batch_size
         self.max_batch_time = max_batch_time
         self.concurrent = concurrent and limit is None
         # Threads of plain `def` methods; shared with async methods when the limit is set.
         self.threads = anyio.CapacityLimiter(limit or 1)
+        # Where its plain `def` calls run (worker.inline_calls): one call at a time may run on
+        # the loop; more at once need threads.
+        self.inline = InlineCalls(label) if (limit or 1) == 1 else None
         self._async_limiter = self.threads if limit is not None else None
         # What a predict_stream runs under, whole: MLModel's default runs the plain predict
         # once, in a thread the worker does not start, so it takes a slot for the stream.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from functools import partial
@@ -13,7 +14,9 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-__all__ = ("call", "iterate", "limited", "sync_inputs")
+from conveyor.worker.call_limit import CallLimit
+
+__all__ = ("call", "call_plain", "iterate", "limited", "sync_inputs")
 
 
 async def call(
@@ -30,6 +33,54 @@ async def call(
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+async def call_plain(
+    method: Callable[..., Any], calls: CallLimit, *args: Any, **kwargs: Any
+) -> Any:
+    """Calls a loaded instance's plain ``def`` method under its call slots: in a worker thread,
+    or on the loop when its recent calls were short and held the GIL (``worker.inline_calls``).
+    Each call's wall and CPU time tell where the next one runs."""
+    inline = calls.inline
+    if inline is None:
+        result = await _in_thread(partial(method, *args, **kwargs), calls.threads)
+    elif inline.inline and calls.threads.borrowed_tokens == 0:
+        # Its slot is free (no thread call nor stream holds it), and stays so: the call ends
+        # before the loop runs anything else. Without taking the limiter: it would cost a
+        # turn of the loop before each call, and one to wake the next waiter after it.
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            result = method(*args, **kwargs)
+        finally:
+            inline.observe(time.perf_counter() - wall, time.thread_time() - cpu)
+    else:
+        timed = _Timed(partial(method, *args, **kwargs))
+        try:
+            result = await _in_thread(timed, calls.threads)
+        finally:
+            if timed.wall >= 0:
+                inline.observe(timed.wall, timed.cpu)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class _Timed:
+    """A call that notes its wall and CPU time in the thread that runs it."""
+
+    __slots__ = ("cpu", "func", "wall")
+
+    def __init__(self, func: Callable[[], Any]) -> None:
+        self.func = func
+        self.wall = self.cpu = -1.0  # not run (yet)
+
+    def __call__(self) -> Any:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self.func()
+        finally:
+            self.cpu = time.thread_time() - cpu
+            self.wall = time.perf_counter() - wall
 
 
 async def limited(

@@ -72,7 +72,7 @@ class ModelBatchers:
                     async with calls.for_coroutine():  # the batcher's own bound is the same
                         response = await model.predict(request)
                 else:
-                    response = await execution.call(model.predict, calls.threads, request)
+                    response = await execution.call_plain(model.predict, calls, request)
                 if not isinstance(response, InferenceResponse):
                     raise TypeError(f"predict returned {type(response).__name__}")
                 return response

@@ -224,6 +224,7 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
         concurrent="predict" in served.coroutines
         or (own_stream and inspect.isasyncgenfunction(stream)),
         default_stream=not own_stream and "predict" not in served.coroutines,
+        label=served.name,
     )
     if not model.ready:
         served.failure = "load() returned False"

@@ -349,7 +349,7 @@ class JobRunner:
     def _unary_call(self, served: ServedModel, job: Job) -> Awaitable[Payload]:
         """The job's call, to await: through the model's adaptive batcher, else its method's
         own coroutine when ``async def`` (one coroutine less per job), else
-        :func:`execution.call`'s. Raises what a call would (inside the caller's ``try``)."""
+        :func:`execution.call_plain`'s. Raises what a call would (inside the caller's ``try``)."""
         batcher = self.batcher_for(served, job)
         if batcher is not None:
             assert isinstance(job.args[0], InferenceRequest)
@@ -361,7 +361,7 @@ class JobRunner:
             if calls.coroutines_unbounded:
                 return cast("Awaitable[Payload]", method(*job.args, **job.kwargs))
             return execution.limited(calls.for_coroutine(), method, *job.args, **job.kwargs)
-        call = execution.call(method, calls.threads, *job.args, **job.kwargs)
+        call = execution.call_plain(method, calls, *job.args, **job.kwargs)
         return cast("Awaitable[Payload]", call)
 
     def batcher_for(self, served: ServedModel, job: Job) -> AdaptiveBatcher | None:

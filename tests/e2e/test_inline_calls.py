@@ -1,0 +1,73 @@
+"""A plain ``def`` model whose calls are short and hold the GIL runs them on the worker's event
+loop; at the first long call, or one that releases the GIL, they go back to threads
+(``worker.inline_calls``). Real Redis, the worker a real subprocess; the model
+(tests/models/inline/busy) answers whether it ran on the loop's thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from conveyor.client import Client
+from conveyor.types import InferenceResponse
+from tests.support.calls import request
+from tests.support.fleet import Fleet
+
+BUSY = Path(__file__).parents[1] / "models" / "inline" / "busy"
+# Calls made before a model that qualifies must be on the loop: far more than the 8 in a row
+# it needs, as a loaded machine may stretch a few calls' wall time past their CPU time.
+ENOUGH = 200
+
+
+def output(response: InferenceResponse, name: str) -> int:
+    (found,) = (o for o in response.outputs if o.name == name)
+    return int(np.asarray(found.data.root).ravel()[0])
+
+
+@pytest.mark.anyio
+async def test_short_gil_holding_calls_move_to_the_loop_and_a_long_one_moves_them_back(
+    fleet: Fleet,
+) -> None:
+    worker = fleet.start(BUSY)
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        busy = client.model("busy")
+        with anyio.fail_after(120):
+            places = []
+            for _ in range(ENOUGH):
+                places.append(output(await busy.predict(request(busy_ms=1.0)), "on_loop"))
+                if places[-1]:
+                    break
+            assert places[0] == 0, "the first calls run in a thread"
+            assert places[-1] == 1, f"never on the loop in {len(places)} calls:\n{worker.log()}"
+            worker.wait_for_log("model.calls_inline model=busy")
+            # a concurrent burst while on the loop: one call at a time still, every one answered
+            responses: list[InferenceResponse] = []
+
+            async def one() -> None:
+                responses.append(await busy.predict(request(busy_ms=1.0)))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(16):
+                    tg.start_soon(one)
+            assert [output(r, "peak") for r in responses] == [1] * 16
+            # a long call (40 ms of CPU: past INLINE_MAX_S) runs where it was sent, on the loop
+            assert output(await busy.predict(request(busy_ms=40.0)), "on_loop") == 1
+            worker.wait_for_log("model.calls_threaded model=busy reason=long_call")
+            assert output(await busy.predict(request(busy_ms=1.0)), "on_loop") == 0
+
+
+@pytest.mark.anyio
+async def test_calls_that_release_the_gil_stay_in_threads(fleet: Fleet) -> None:
+    worker = fleet.start(BUSY)
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        busy = client.model("busy")
+        with anyio.fail_after(60):
+            places = [
+                output(await busy.predict(request(sleep_ms=2.0)), "on_loop") for _ in range(40)
+            ]
+    assert places == [0] * 40
+    assert worker.count("model.calls_inline") == 0

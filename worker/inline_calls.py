@@ -1,0 +1,88 @@
+"""Whether a plain ``def`` model's calls run on the worker's event loop instead of a thread.
+
+A model instance takes one call at a time (``worker.call_limit``), in a thread, so that the
+loop goes on reading, answering and beating while it runs. For a model that holds the GIL for
+the whole of a short call (Python code, tokenizers, kernel launches), the thread buys nothing:
+the loop cannot run while the model holds the GIL, and every call pays a hand-over each way
+(the loop wakes the thread, the thread wakes the loop, each waits for the GIL) and leaves the
+model idle while the loop catches up. Measured (``bench.device``: ~2 ms of GIL-holding Python
+a call, 16 single-item calls in flight, one process, 2 cores; bench/README.md): 233-250 calls/s
+from a thread, 310-343 from the loop; batched (32), 2,000-2,198 and 1,996-2,527.
+
+So an instance whose recent calls were all short and held the GIL runs its next ones on the
+loop (:class:`InlineCalls`), and goes back to threads at the first call that was long or that
+mostly released it (sleeps, I/O, a device's kernels): the loop then waits at most about one
+short call (``INLINE_MAX_S``), far below any Redis timeout. A call's CPU time in its thread
+against its wall time stands for its GIL share: a call that holds the GIL spends its time on
+the CPU of its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ("CALLS_TO_GO_INLINE", "GIL_SHARE", "INLINE_MAX_S", "InlineCalls")
+
+logger = logging.getLogger(__name__)
+
+# The longest call that may run on the loop: the loop serves nothing else meanwhile (other
+# models' jobs, timers, a caller's cancel), so a call must be short to be run there.
+INLINE_MAX_S = 0.02
+# The least share of a call's wall time spent on its thread's CPU for it to count as holding
+# the GIL (a call that waits, sleeps or runs a device's kernels is better in a thread: the loop
+# works meanwhile).
+GIL_SHARE = 0.6
+# On the loop, a call stays there down to this share: a busy host's scheduler also stretches a
+# GIL-holding call's wall time (measured: shares of 0.5 on 2 shared cores), a call that waits
+# on a device or on I/O shows far less.
+_GIL_SHARE_TO_STAY = 0.3
+# Calls in a row that qualify before an instance's calls go to the loop; doubled each time
+# they come back (up to ``_MOST_CALLS_TO_GO_INLINE``), so a model that changes its mind often
+# stays in threads.
+CALLS_TO_GO_INLINE = 8
+_MOST_CALLS_TO_GO_INLINE = 1024
+
+
+class InlineCalls:
+    """Where one model instance's plain ``def`` calls run: observes each call's wall and CPU
+    time and says whether the next one runs on the loop (:attr:`inline`)."""
+
+    __slots__ = ("_needed", "_streak", "inline", "label")
+
+    def __init__(self, label: str) -> None:
+        self.label = label  # the model, for log lines
+        self.inline = False
+        self._streak = 0  # qualifying calls in a row, in threads
+        self._needed = CALLS_TO_GO_INLINE
+
+    def observe(self, wall: float, cpu: float) -> None:
+        """One call ran ``wall`` seconds, ``cpu`` of them on its thread's CPU."""
+        short = wall <= INLINE_MAX_S
+        holds_gil = cpu >= (_GIL_SHARE_TO_STAY if self.inline else GIL_SHARE) * wall
+        if self.inline:
+            if short and holds_gil:
+                return
+            self.inline = False
+            self._streak = 0
+            self._needed = min(self._needed * 2, _MOST_CALLS_TO_GO_INLINE)
+            logger.info(
+                "model.calls_threaded model=%s reason=%s call_ms=%.1f cpu_share=%.2f",
+                self.label,
+                "long_call" if not short else "gil_released",
+                wall * 1e3,
+                cpu / wall if wall > 0 else 0.0,
+            )
+            return
+        if not (short and holds_gil):
+            self._streak = 0
+            return
+        self._streak += 1
+        if self._streak >= self._needed:
+            self.inline = True
+            logger.info(
+                "model.calls_inline model=%s calls=%d call_ms=%.1f cpu_share=%.2f",
+                self.label,
+                self._streak,
+                wall * 1e3,
+                cpu / wall if wall > 0 else 0.0,
+            )
