@@ -51,15 +51,17 @@ async def call_plain(
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             result = method(*args, **kwargs)
-        finally:
-            inline.observe(time.perf_counter() - wall, time.thread_time() - cpu)
+        except BaseException:
+            inline.observe(time.perf_counter() - wall, time.thread_time() - cpu, raised=True)
+            raise
+        inline.observe(time.perf_counter() - wall, time.thread_time() - cpu)
     else:
         timed = _Timed(partial(method, *args, **kwargs))
         try:
             result = await _in_thread(timed, calls.threads)
         finally:
             if timed.wall >= 0:
-                inline.observe(timed.wall, timed.cpu)
+                inline.observe(timed.wall, timed.cpu, raised=timed.raised)
     if inspect.isawaitable(result):
         return await result
     return result
@@ -68,16 +70,20 @@ async def call_plain(
 class _Timed:
     """A call that notes its wall and CPU time in the thread that runs it."""
 
-    __slots__ = ("cpu", "func", "wall")
+    __slots__ = ("cpu", "func", "raised", "wall")
 
     def __init__(self, func: Callable[[], Any]) -> None:
         self.func = func
         self.wall = self.cpu = -1.0  # not run (yet)
+        self.raised = False
 
     def __call__(self) -> Any:
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             return self.func()
+        except BaseException:
+            self.raised = True
+            raise
         finally:
             self.cpu = time.thread_time() - cpu
             self.wall = time.perf_counter() - wall

@@ -10,11 +10,11 @@ a call, 16 single-item calls in flight, one process, 2 cores; bench/README.md): 
 from a thread, 310-343 from the loop; batched (32), 2,000-2,198 and 1,996-2,527.
 
 So an instance whose recent calls were all short and held the GIL runs its next ones on the
-loop (:class:`InlineCalls`), and goes back to threads at the first call that was long or that
-mostly released it (sleeps, I/O, a device's kernels): the loop then waits at most about one
-short call (``INLINE_MAX_S``), far below any Redis timeout. A call's CPU time in its thread
-against its wall time stands for its GIL share: a call that holds the GIL spends its time on
-the CPU of its own thread.
+loop (:class:`InlineCalls`), and goes back to threads at the first call that was long, that
+mostly released it (sleeps, I/O, a device's kernels), or that raised: the loop then waits at
+most about one short call (``INLINE_MAX_S``), far below any Redis timeout. A call's CPU time
+in its thread against its wall time stands for its GIL share: a call that holds the GIL spends
+its time on the CPU of its own thread.
 """
 
 from __future__ import annotations
@@ -55,25 +55,29 @@ class InlineCalls:
         self._streak = 0  # qualifying calls in a row, in threads
         self._needed = CALLS_TO_GO_INLINE
 
-    def observe(self, wall: float, cpu: float) -> None:
-        """One call ran ``wall`` seconds, ``cpu`` of them on its thread's CPU."""
+    def observe(self, wall: float, cpu: float, *, raised: bool = False) -> None:
+        """One call ran ``wall`` seconds, ``cpu`` of them on its thread's CPU; ``raised``: it
+        raised. A call that raised counts against the loop: a model may fail there only (one
+        that calls ``asyncio.run`` or ``anyio.from_thread``, say), so one such call is enough
+        to go back to threads."""
         short = wall <= INLINE_MAX_S
         holds_gil = cpu >= (_GIL_SHARE_TO_STAY if self.inline else GIL_SHARE) * wall
         if self.inline:
-            if short and holds_gil:
+            if short and holds_gil and not raised:
                 return
             self.inline = False
             self._streak = 0
             self._needed = min(self._needed * 2, _MOST_CALLS_TO_GO_INLINE)
+            reason = "raised" if raised else "long_call" if not short else "gil_released"
             logger.info(
                 "model.calls_threaded model=%s reason=%s call_ms=%.1f cpu_share=%.2f",
                 self.label,
-                "long_call" if not short else "gil_released",
+                reason,
                 wall * 1e3,
                 cpu / wall if wall > 0 else 0.0,
             )
             return
-        if not (short and holds_gil):
+        if raised or not (short and holds_gil):
             self._streak = 0
             return
         self._streak += 1

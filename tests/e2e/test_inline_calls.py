@@ -12,10 +12,11 @@ import anyio
 import numpy as np
 import pytest
 
-from conveyor.client import Client
+from conveyor.client import Client, ParallelModel
+from conveyor.errors import RemoteError
 from conveyor.types import InferenceResponse
 from tests.support.calls import request
-from tests.support.fleet import Fleet
+from tests.support.fleet import Fleet, WorkerProcess
 
 BUSY = Path(__file__).parents[1] / "models" / "inline" / "busy"
 # Calls made before a model that qualifies must be on the loop: far more than the 8 in a row
@@ -58,6 +59,30 @@ async def test_short_gil_holding_calls_move_to_the_loop_and_a_long_one_moves_the
             assert output(await busy.predict(request(busy_ms=40.0)), "on_loop") == 1
             worker.wait_for_log("model.calls_threaded model=busy reason=long_call")
             assert output(await busy.predict(request(busy_ms=1.0)), "on_loop") == 0
+
+
+async def until_on_loop(busy: ParallelModel, worker: WorkerProcess) -> None:
+    """Calls ``busy`` with short GIL-holding calls until one ran on the loop."""
+    for _ in range(ENOUGH):
+        if output(await busy.predict(request(busy_ms=1.0)), "on_loop"):
+            return
+    raise AssertionError(f"never on the loop in {ENOUGH} calls:\n{worker.log()}")
+
+
+@pytest.mark.anyio
+async def test_a_call_that_raises_on_the_loop_sends_the_next_ones_to_a_thread(
+    fleet: Fleet,
+) -> None:
+    worker = fleet.start(BUSY)
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        busy = client.model("busy")
+        with anyio.fail_after(120):
+            await until_on_loop(busy, worker)
+            with pytest.raises(RemoteError, match="called on the event loop's thread"):
+                await busy.predict(request(busy_ms=1.0, fail_on_loop=1))
+            worker.wait_for_log("model.calls_threaded model=busy reason=raised")
+            response = await busy.predict(request(busy_ms=1.0, fail_on_loop=1))
+    assert output(response, "on_loop") == 0
 
 
 @pytest.mark.anyio

@@ -74,6 +74,20 @@ def test_on_the_loop_a_call_stretched_by_a_busy_host_stays_there() -> None:
     assert not calls.inline
 
 
+def test_a_call_that_raised_counts_against_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    calls = InlineCalls("m")
+    held(calls, CALLS_TO_GO_INLINE - 1)
+    calls.observe(SHORT, SHORT, raised=True)  # in a thread: the count starts again
+    held(calls, CALLS_TO_GO_INLINE - 1)
+    assert not calls.inline
+    held(calls, 1)
+    assert calls.inline
+    with caplog.at_level(logging.INFO, logger="conveyor.worker.inline_calls"):
+        calls.observe(SHORT, SHORT, raised=True)  # on the loop: back to threads at once
+    assert not calls.inline
+    assert "model.calls_threaded model=m reason=raised" in caplog.text
+
+
 def test_the_count_needed_stops_doubling_at_a_bound() -> None:
     calls = InlineCalls("m")
     for _ in range(20):

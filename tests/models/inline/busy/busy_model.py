@@ -1,7 +1,7 @@
 """A plain ``def predict`` that holds the GIL (``busy_ms`` of its thread's CPU, a request
 parameter) or releases it (``sleep_ms``), and answers whether it ran on the worker's main
 thread (the event loop's: ``worker.inline_calls``) as ``on_loop``, and the most calls it saw
-inside at once as ``peak``."""
+inside at once as ``peak``. With ``fail_on_loop`` it raises when called on that thread."""
 
 import threading
 import time
@@ -28,6 +28,10 @@ class BusyModel(MLModel):
             pass
         time.sleep(float(asked.get("sleep_ms", 0.0)) / 1e3)  # released meanwhile
         on_loop = threading.current_thread() is threading.main_thread()
+        if on_loop and asked.get("fail_on_loop"):  # as a call of asyncio.run() there would
+            with self._lock:
+                self._inside -= 1
+            raise RuntimeError("called on the event loop's thread")
         with self._lock:
             self._inside -= 1
             peak = self._peak
