@@ -212,6 +212,11 @@ class ModelSettings(_ModelEnvSettings):
     adaptive batching one batch at a time. More concurrency comes from more worker processes.
     Ray Serve's ``max_ongoing_requests`` / ``max_concurrent_batches`` are the nearest names."""
 
+    inline_calls: bool = True
+    """Whether a plain ``def`` method's calls may run on the worker's event loop when they are
+    short and hold the GIL (the worker decides from the last calls' times). ``False``: always
+    in a thread, for a model that must not run on the loop's thread."""
+
     @model_validator(mode="wrap")
     @classmethod
     def _take_source_and_class(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:

@@ -121,12 +121,13 @@ class CallLimit:
         concurrent: bool = False,
         default_stream: bool = False,
         label: str = "",
+        inline: bool = True,
     ) -> None:
         """``limit``: the model's ``max_concurrent_calls`` (None: unset). ``concurrent``: the
         model's ``predict``, or a ``predict_stream`` of its own, is async (many calls at once
         on the loop when ``limit`` is unset). ``default_stream``: its ``predict_stream`` is
         MLModel's, which calls a plain ``def predict`` in a thread of its own. ``label``: the
-        model, for log lines."""
+        model, for log lines. ``inline``: its ``inline_calls`` setting."""
         self.limit = limit
         self.max_batch_size = max_batch_size
         self.max_batch_time = max_batch_time
@@ -135,7 +136,7 @@ class CallLimit:
         self.threads = anyio.CapacityLimiter(limit or 1)
         # Where its plain `def` calls run (worker.inline_calls): one call at a time may run on
         # the loop; more at once need threads.
-        self.inline = InlineCalls(label) if (limit or 1) == 1 else None
+        self.inline = InlineCalls(label) if inline and (limit or 1) == 1 else None
         self._async_limiter = self.threads if limit is not None else None
         # What a predict_stream runs under, whole: MLModel's default runs the plain predict
         # once, in a thread the worker does not start, so it takes a slot for the stream.

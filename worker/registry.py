@@ -225,6 +225,7 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
         or (own_stream and inspect.isasyncgenfunction(stream)),
         default_stream=not own_stream and "predict" not in served.coroutines,
         label=served.name,
+        inline=settings.inline_calls,
     )
     if not model.ready:
         served.failure = "load() returned False"

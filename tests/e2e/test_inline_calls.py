@@ -96,3 +96,20 @@ async def test_calls_that_release_the_gil_stay_in_threads(fleet: Fleet) -> None:
             ]
     assert places == [0] * 40
     assert worker.count("model.calls_inline") == 0
+
+
+@pytest.mark.anyio
+async def test_a_model_whose_settings_say_no_keeps_every_call_in_a_thread(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the field as any model setting is given without its folder's file: CONVEYOR_MODEL_*
+    monkeypatch.setenv("CONVEYOR_MODEL_INLINE_CALLS", "false")
+    worker = fleet.start(BUSY)
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        busy = client.model("busy")
+        with anyio.fail_after(60):
+            places = [
+                output(await busy.predict(request(busy_ms=1.0)), "on_loop") for _ in range(40)
+            ]
+    assert places == [0] * 40
+    assert worker.count("model.calls_inline") == 0

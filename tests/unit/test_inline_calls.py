@@ -104,3 +104,4 @@ def test_only_an_instance_of_one_call_at_a_time_may_run_on_the_loop() -> None:
     assert CallLimit(None, 0).inline is not None
     assert CallLimit(1, 0).inline is not None
     assert CallLimit(2, 0).inline is None  # two calls at once need threads
+    assert CallLimit(None, 0, inline=False).inline is None  # the model's inline_calls: false
