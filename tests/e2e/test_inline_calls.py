@@ -6,6 +6,8 @@ loop; at the first long call, or one that releases the GIL, they go back to thre
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -29,21 +31,32 @@ def output(response: InferenceResponse, name: str) -> int:
     return int(np.asarray(found.data.root).ravel()[0])
 
 
+@asynccontextmanager
+async def busy_model(fleet: Fleet) -> AsyncIterator[tuple[ParallelModel, WorkerProcess]]:
+    """A worker serving tests/models/inline/busy, and the model as a client sees it."""
+    worker = fleet.start(BUSY)
+    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
+        yield client.model("busy"), worker
+
+
+async def until_on_loop(busy: ParallelModel, worker: WorkerProcess) -> list[int]:
+    """Calls ``busy`` with short GIL-holding calls until one ran on the loop; where each ran
+    (1: on the loop)."""
+    places: list[int] = []
+    for _ in range(ENOUGH):
+        places.append(output(await busy.predict(request(busy_ms=1.0)), "on_loop"))
+        if places[-1]:
+            return places
+    raise AssertionError(f"never on the loop in {ENOUGH} calls:\n{worker.log()}")
+
+
 @pytest.mark.anyio
 async def test_short_gil_holding_calls_move_to_the_loop_and_a_long_one_moves_them_back(
     fleet: Fleet,
 ) -> None:
-    worker = fleet.start(BUSY)
-    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
-        busy = client.model("busy")
+    async with busy_model(fleet) as (busy, worker):
         with anyio.fail_after(120):
-            places = []
-            for _ in range(ENOUGH):
-                places.append(output(await busy.predict(request(busy_ms=1.0)), "on_loop"))
-                if places[-1]:
-                    break
-            assert places[0] == 0, "the first calls run in a thread"
-            assert places[-1] == 1, f"never on the loop in {len(places)} calls:\n{worker.log()}"
+            assert (await until_on_loop(busy, worker))[0] == 0, "the first calls: a thread"
             worker.wait_for_log("model.calls_inline model=busy")
             # a concurrent burst while on the loop: one call at a time still, every one answered
             responses: list[InferenceResponse] = []
@@ -61,21 +74,11 @@ async def test_short_gil_holding_calls_move_to_the_loop_and_a_long_one_moves_the
             assert output(await busy.predict(request(busy_ms=1.0)), "on_loop") == 0
 
 
-async def until_on_loop(busy: ParallelModel, worker: WorkerProcess) -> None:
-    """Calls ``busy`` with short GIL-holding calls until one ran on the loop."""
-    for _ in range(ENOUGH):
-        if output(await busy.predict(request(busy_ms=1.0)), "on_loop"):
-            return
-    raise AssertionError(f"never on the loop in {ENOUGH} calls:\n{worker.log()}")
-
-
 @pytest.mark.anyio
 async def test_a_call_that_raises_on_the_loop_sends_the_next_ones_to_a_thread(
     fleet: Fleet,
 ) -> None:
-    worker = fleet.start(BUSY)
-    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
-        busy = client.model("busy")
+    async with busy_model(fleet) as (busy, worker):
         with anyio.fail_after(120):
             await until_on_loop(busy, worker)
             with pytest.raises(RemoteError, match="called on the event loop's thread"):
@@ -85,17 +88,21 @@ async def test_a_call_that_raises_on_the_loop_sends_the_next_ones_to_a_thread(
     assert output(response, "on_loop") == 0
 
 
-@pytest.mark.anyio
-async def test_calls_that_release_the_gil_stay_in_threads(fleet: Fleet) -> None:
-    worker = fleet.start(BUSY)
-    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
-        busy = client.model("busy")
+async def assert_stay_in_threads(fleet: Fleet, busy_ms: float = 0.0, sleep_ms: float = 0.0) -> None:
+    """40 calls (each busy, then asleep, so long) all run in a thread, and none moves."""
+    async with busy_model(fleet) as (busy, worker):
         with anyio.fail_after(60):
             places = [
-                output(await busy.predict(request(sleep_ms=2.0)), "on_loop") for _ in range(40)
+                output(await busy.predict(request(busy_ms=busy_ms, sleep_ms=sleep_ms)), "on_loop")
+                for _ in range(40)
             ]
     assert places == [0] * 40
     assert worker.count("model.calls_inline") == 0
+
+
+@pytest.mark.anyio
+async def test_calls_that_release_the_gil_stay_in_threads(fleet: Fleet) -> None:
+    await assert_stay_in_threads(fleet, sleep_ms=2.0)
 
 
 @pytest.mark.anyio
@@ -104,12 +111,4 @@ async def test_a_model_whose_settings_say_no_keeps_every_call_in_a_thread(
 ) -> None:
     # the field as any model setting is given without its folder's file: CONVEYOR_MODEL_*
     monkeypatch.setenv("CONVEYOR_MODEL_INLINE_CALLS", "false")
-    worker = fleet.start(BUSY)
-    async with Client(fleet.redis_url, prefix=fleet.prefix, timeout=30) as client:
-        busy = client.model("busy")
-        with anyio.fail_after(60):
-            places = [
-                output(await busy.predict(request(busy_ms=1.0)), "on_loop") for _ in range(40)
-            ]
-    assert places == [0] * 40
-    assert worker.count("model.calls_inline") == 0
+    await assert_stay_in_threads(fleet, busy_ms=1.0)
