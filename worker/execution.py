@@ -1,4 +1,5 @@
-"""Running one model method: async methods on the loop, plain ``def`` ones in threads."""
+"""Running one model method: async methods on the loop, plain ``def`` ones in threads (or on
+the loop, when their calls are short and hold the GIL: ``worker.inline_calls``)."""
 
 from __future__ import annotations
 
