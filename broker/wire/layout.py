@@ -2,7 +2,9 @@
 
 The jobs of one read are most often one client's calls of one model: their envelopes are the
 same bytes but for the tensors' data (``{"v", "args": [["InferenceRequest", {"inputs": [...]}]],
-...}`` with each array's bytes inline). :class:`JobDecoder` decodes the first such job in full
+...}`` with each array's bytes inline) and each request's own id, when it has one (the gateway
+gives every request one; a msgpack str, of any length: the bytes after it shift by as much).
+:class:`JobDecoder` decodes the first such job in full
 (:func:`~conveyor.broker.wire.jobs.decode_job`) and keeps it as the read's *layout*: where
 each input's bytes lie in its envelope. A later entry whose envelope has the layout's length
 and the layout's bytes everywhere else is the same request with other data (a msgpack bin's
@@ -13,8 +15,9 @@ reason as it would alone. Its readable fields are read for every entry
 (:func:`~conveyor.broker.wire.jobs.common_head`).
 
 A layout is only taken once it is proven: its spans found once in its envelope (a canonical
-ext body), and the envelope decoded again in full with every span's bytes inverted, giving
-the same request but for each input's data, which is then the inverted bytes. Each request
+ext body; the id as the one ``"id"`` key with its value), and the envelope decoded again in
+full with every span's bytes inverted and the id replaced by a longer one, giving the same
+request but for each input's data, which is then the inverted bytes, and for that id. Each request
 gets its own models (parameters too: a codec may cache a decoded payload in them) and its
 own arrays (read-only, over a copy of their bytes, as decoding in full makes them).
 Measured in process (``bench.batchpath``'s requests, best of 30 reads of 256): ``decode_job``
@@ -35,6 +38,8 @@ import numpy as np
 
 from conveyor.batching import _DTYPES
 from conveyor.broker.wire.jobs import common_head, decode_job
+from conveyor.broker.wire.layout_ids import NO_LAYOUT, id_span, read_str
+from conveyor.broker.wire.layout_proof import proven
 from conveyor.broker.wire.schema import Job, Payload, RawFields
 from conveyor.laid_requests import LaidRequest
 from conveyor.types import InferenceRequest, Parameters, RequestInput, TensorData
@@ -91,7 +96,17 @@ class _Layout:
     the request every envelope of the layout decodes to, but for the data (copied when the
     layout was found: the caller may change its request afterwards)."""
 
-    __slots__ = ("envelope", "inline", "inputs", "laid", "request", "rows", "size", "spans")
+    __slots__ = (
+        "envelope",
+        "id_span",
+        "inline",
+        "inputs",
+        "laid",
+        "request",
+        "rows",
+        "size",
+        "spans",
+    )
 
     def __init__(
         self,
@@ -101,8 +116,12 @@ class _Layout:
         inputs: list[tuple[int, int, np.dtype[Any], tuple[int, ...], _State, _State | None]],
         inline: bool,
         laid: bool,
+        id_span: tuple[int, int] | None = None,
     ) -> None:
         self.envelope = envelope
+        # where its request's own id lies, when it has one: each envelope's own, of any length
+        # (the spans after it then shift by as much)
+        self.id_span = id_span
         self.size = len(envelope)
         self.spans = spans
         self.request = request
@@ -113,24 +132,39 @@ class _Layout:
         self.laid = laid
         self.rows = inputs[0][3][0] if laid else 0
 
-    def has(self, envelope: bytes) -> bool:
-        """Whether ``envelope`` has the layout: its bytes but for the spans'."""
-        if len(envelope) != self.size:
-            return False
-        layout, at = self.envelope, 0
+    def match(self, envelope: bytes) -> tuple[int, str | None] | None:
+        """Whether ``envelope`` has the layout (its bytes but for the spans' and its request's
+        id), as how far its spans lie from the layout's and its request's id; else None."""
+        layout, at, shift = self.envelope, 0, 0
+        request_id: str | None = self.request[0]["id"]
+        if self.id_span is not None:
+            start, end = self.id_span
+            if envelope[:start] != layout[:start]:
+                return None
+            found = read_str(envelope, start)
+            if found is None:
+                return None
+            request_id, after = found
+            shift, at = after - end, end
+        if len(envelope) != self.size + shift:
+            return None
         for start, end in self.spans:
-            if envelope[at:start] != layout[at:start]:
-                return False
+            if envelope[at + shift : start + shift] != layout[at:start]:
+                return None
             at = end
-        return envelope[at:] == layout[at:]
+        if envelope[at + shift :] != layout[at:]:
+            return None
+        return shift, request_id
 
-    def request_of(self, envelope: bytes) -> InferenceRequest:
-        """The layout's request with ``envelope``'s data (an envelope it :meth:`has`)."""
+    def request_of(self, envelope: bytes, shift: int, request_id: str | None) -> InferenceRequest:
+        """The layout's request with ``envelope``'s data and id (an envelope it matches, with
+        what :meth:`match` said of it)."""
         new, put, frombuffer = _new, _set, np.frombuffer
         inputs: list[RequestInput] = []
         for start, end, dtype, shape, state, parameters in self.inputs:
             data = new(TensorData)
-            put(data, "__dict__", {"root": frombuffer(envelope[start:end], dtype).reshape(shape)})
+            array = frombuffer(envelope[start + shift : end + shift], dtype).reshape(shape)
+            put(data, "__dict__", {"root": array})
             put(data, "__pydantic_fields_set__", {"root"})
             values, fields_set, _ = state
             values = values.copy()
@@ -146,6 +180,8 @@ class _Layout:
             inputs.append(part)
         values = self.request[0].copy()
         values["inputs"] = inputs
+        if self.id_span is not None:
+            values["id"] = request_id
         request = new(InferenceRequest)
         put(request, "__dict__", values)
         put(request, "__pydantic_fields_set__", set(self.request[1]))
@@ -189,74 +225,47 @@ def _layout_of(fields: RawFields, job: Job) -> _Layout | None:
         if state is None or (parameters is not None and parameters_state is None):
             return None
         inputs.append((end - len(data), end, array.dtype, array.shape, state, parameters_state))
-    if sorted(spans) != spans or not _proven(fields, envelope, spans, job):
+    found_id = id_span(envelope, request.id, spans)
+    if found_id == NO_LAYOUT:
+        return None
+    if sorted(spans) != spans or not proven(fields, envelope, spans, job, found_id):
         return None
     # its inputs' bytes are what merging takes as they are (``batching._array_of``)
     laid = all(
         array.ndim and array.dtype == _DTYPES.get(part.datatype) and list(array.shape) == part.shape
         for part, array in ((part, part.data.root) for part in request.inputs)
     )
-    return _Layout(envelope, spans, request_state, inputs, job.inline_reply, laid)
+    return _Layout(envelope, spans, request_state, inputs, job.inline_reply, laid, found_id)
 
 
 class _Laid(LaidRequest):
     """A request of a proven layout, kept as its envelope's bytes (see ``LaidRequest``)."""
 
-    __slots__ = ("_built", "_envelope", "_layout")
+    __slots__ = ("_built", "_envelope", "_layout", "_own_id", "_shift")
 
-    def __init__(self, layout: _Layout, envelope: bytes) -> None:
-        super().__init__(layout.request[0]["id"], layout.rows)
+    def __init__(
+        self, layout: _Layout, envelope: bytes, shift: int, request_id: str | None
+    ) -> None:
+        super().__init__(request_id, layout.rows)
         self._layout = layout
         self._envelope = envelope
+        self._shift = shift  # its spans' distance from the layout's (see _Layout.match)
+        self._own_id = request_id  # its envelope's (``id`` may be given the job's)
         self._built: InferenceRequest | None = None
 
     def data(self, index: int) -> bytes:
         start, end = self._layout.spans[index]
-        return self._envelope[start:end]
+        return self._envelope[start + self._shift : end + self._shift]
 
     def build(self) -> InferenceRequest:
         built = self._built
         if built is None:
-            built = self._built = self._layout.request_of(self._envelope)
+            built = self._layout.request_of(self._envelope, self._shift, self._own_id)
+            self._built = built
         if built.id is None and self.id is not None:  # as ``give_id`` sets it
             built.__dict__["id"] = self.id
             built.__pydantic_fields_set__.add("id")
         return built
-
-
-def _proven(fields: RawFields, envelope: bytes, spans: list[tuple[int, int]], job: Job) -> bool:
-    """Whether the envelope with every span's bytes inverted decodes, in full, to the same
-    job but for each input's data, which is then its span's inverted bytes."""
-    inverted = bytearray(envelope)
-    for start, end in spans:
-        inverted[start:end] = bytes(255 - byte for byte in envelope[start:end])
-    try:
-        other = decode_job({**fields, b"envelope": bytes(inverted)})
-    except Exception:
-        return False
-    request = job.args[0]
-    got = other.args[0] if len(other.args) == 1 and not other.kwargs else None
-    if (
-        type(got) is not InferenceRequest
-        or not isinstance(request, InferenceRequest)
-        or len(got.inputs) != len(spans)
-        or other.inline_reply != job.inline_reply
-        or (got.id, got.parameters, got.outputs) != (request.id, None, None)
-        or got.__pydantic_fields_set__ != request.__pydantic_fields_set__
-    ):
-        return False
-    for (start, end), part, mine in zip(spans, got.inputs, request.inputs, strict=True):
-        array, own = part.data.root, mine.data.root
-        if (
-            type(array) is not np.ndarray
-            or (array.dtype, array.shape) != (own.dtype, own.shape)
-            or array.tobytes() != bytes(inverted[start:end])
-            or (part.name, part.shape, part.datatype, part.parameters)
-            != (mine.name, mine.shape, mine.datatype, mine.parameters)
-            or part.__pydantic_fields_set__ != mine.__pydantic_fields_set__
-        ):
-            return False
-    return True
 
 
 class JobDecoder:
@@ -290,14 +299,17 @@ class JobDecoder:
         if layout is not None and type(fields) is dict:
             envelope = fields.get(b"envelope")
             head = common_head(fields) if type(envelope) is bytes else None
-            if head is not None and layout.has(envelope):  # type: ignore[arg-type]
+            matched = layout.match(envelope) if head is not None else None  # type: ignore[arg-type]
+            if matched is not None:
+                shift, request_id = matched
                 request: InferenceRequest | LaidRequest
                 if self.lazy and layout.laid:
-                    request = _Laid(layout, envelope)  # type: ignore[arg-type]
+                    request = _Laid(layout, envelope, shift, request_id)  # type: ignore[arg-type]
                 else:
-                    request = layout.request_of(envelope)  # type: ignore[arg-type]
+                    request = layout.request_of(envelope, shift, request_id)  # type: ignore[arg-type]
                 self.laid_out = True
                 self._served = True
+                assert head is not None
                 job_id, method, model, version, reply, bell, deadline, sent_at, attempt = head
                 return Job(
                     job_id,
@@ -322,8 +334,9 @@ class JobDecoder:
             self._layout = layout = _layout_of(fields, job)
             self._served = layout is not None
             if layout is not None and self.lazy and layout.laid:  # merged with the later ones
-                first = _Laid(layout, fields[b"envelope"])
-                first._built = cast("InferenceRequest", job.args[0])  # as _layout_of found it
+                first_request = cast("InferenceRequest", job.args[0])
+                first = _Laid(layout, fields[b"envelope"], 0, first_request.id)
+                first._built = first_request  # as _layout_of found it
                 job = dataclasses.replace(job, args=(cast("Payload", first),))
         return job
 

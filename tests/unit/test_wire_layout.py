@@ -14,6 +14,7 @@ import pytest
 from conveyor.broker.wire import Job, decode_job, encode_job
 from conveyor.broker.wire.layout import JobDecoder
 from conveyor.errors import WireError
+from conveyor.laid_requests import LaidRequest
 from conveyor.types import InferenceRequest, Parameters, RequestInput
 
 
@@ -185,3 +186,73 @@ def test_odd_first_entries_give_no_layout() -> None:
         _same_read([_entry(0, request=request), _entry(1, request=request)])
         decoder.decode(_entry(0, request=request))
         assert decoder._layout is None
+
+
+def _with_id(value: float, request_id: str) -> InferenceRequest:
+    request = _request(value)
+    request.id = request_id
+    return request
+
+
+# Ids of every msgpack str header (fixstr, str 8, str 16) and of non-ASCII text.
+_IDS = ["r-1", "r-22", "", "x" * 31, "y" * 32, "z" * 300, "é-ß-✓", "r-4444"]
+
+
+def test_requests_with_ids_of_any_length_are_those_decoded_alone_and_laid_out() -> None:
+    entries = [
+        _entry(i, request=_with_id(float(i), request_id)) for i, request_id in enumerate(_IDS)
+    ]
+    _same_read(entries)
+    decoder = JobDecoder()
+    ids, laid = [], []
+    for fields in entries:
+        request = decoder.decode(fields).args[0]
+        assert isinstance(request, InferenceRequest)
+        ids.append(request.id)
+        laid.append(decoder.laid_out)
+    assert ids == _IDS
+    assert laid == [False] + [True] * (len(_IDS) - 1)  # the later ones: the first one's layout
+
+
+def test_a_lazy_read_keeps_each_request_s_own_id_and_data() -> None:
+    entries = [
+        _entry(i, request=_with_id(float(i), request_id)) for i, request_id in enumerate(_IDS)
+    ]
+    decoder = JobDecoder(lazy=True)
+    for fields, request_id in zip(entries, _IDS, strict=True):
+        laid = decoder.decode(fields).args[0]
+        assert isinstance(laid, LaidRequest)
+        alone = decode_job(fields).args[0]
+        assert isinstance(alone, InferenceRequest)
+        assert laid.id == request_id
+        assert bytes(laid.data(0)) == alone.inputs[0].data.root.tobytes()
+        assert bytes(laid.data(1)) == alone.inputs[1].data.root.tobytes()
+        assert _state(laid.build()) == _state(alone)
+
+
+def test_a_request_without_an_id_and_one_with_have_two_layouts() -> None:
+    _same_read([_entry(0), _entry(1, request=_with_id(1.0, "r-1")), _entry(2)])
+    _same_read(
+        [
+            _entry(0, request=_with_id(0.0, "r-0")),
+            _entry(1),
+            _entry(2, request=_with_id(2.0, "r-22")),
+        ]
+    )
+
+
+@pytest.mark.parametrize("kind", ["flip", "truncate", "extend"])
+def test_every_byte_of_an_envelope_with_an_id_decodes_as_alone(kind: str) -> None:
+    first, second = (
+        _entry(1, request=_with_id(1.0, "r-1")),
+        _entry(2, request=_with_id(2.0, "r-22")),
+    )
+    envelope = second[b"envelope"]
+    for at in range(len(envelope)):
+        if kind == "flip":
+            mutated = envelope[:at] + bytes([envelope[at] ^ 0x41]) + envelope[at + 1 :]
+        elif kind == "truncate":
+            mutated = envelope[:at]
+        else:
+            mutated = envelope[:at] + b"\x00" + envelope[at:]
+        _same_read([first, {**second, b"envelope": mutated}])
