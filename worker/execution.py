@@ -16,6 +16,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from conveyor.worker.call_limit import CallLimit
+from conveyor.worker.inline_calls import thread_clock
 
 __all__ = ("call", "call_plain", "iterate", "limited", "sync_inputs")
 
@@ -49,45 +50,45 @@ async def call_plain(
         # Its slot is free (no thread call nor stream holds it), and stays so: the call ends
         # before the loop runs anything else. Without taking the limiter: it would cost a
         # turn of the loop before each call, and one to wake the next waiter after it.
-        wall, cpu = time.perf_counter(), time.thread_time()
+        timed = _Timed(partial(method, *args, **kwargs))
         try:
-            result = method(*args, **kwargs)
-        except BaseException:
-            inline.observe(time.perf_counter() - wall, time.thread_time() - cpu, raised=True)
-            raise
-        inline.observe(time.perf_counter() - wall, time.thread_time() - cpu)
+            result = timed()
+        finally:
+            inline.observe(timed.wall, timed.cpu, timed.waited, raised=timed.raised)
     else:
         timed = _Timed(partial(method, *args, **kwargs))
         try:
             result = await _in_thread(timed, calls.threads)
         finally:
             if timed.wall >= 0:
-                inline.observe(timed.wall, timed.cpu, raised=timed.raised)
+                inline.observe(timed.wall, timed.cpu, timed.waited, raised=timed.raised)
     if inspect.isawaitable(result):
         return await result
     return result
 
 
 class _Timed:
-    """A call that notes its wall and CPU time in the thread that runs it."""
+    """A call that notes, in the thread that runs it, its wall time, its CPU time and its time
+    waiting for a CPU (``inline_calls.thread_clock``), and whether it raised."""
 
-    __slots__ = ("cpu", "func", "raised", "wall")
+    __slots__ = ("cpu", "func", "raised", "waited", "wall")
 
     def __init__(self, func: Callable[[], Any]) -> None:
         self.func = func
-        self.wall = self.cpu = -1.0  # not run (yet)
+        self.wall = self.cpu = self.waited = -1.0  # not run (yet)
         self.raised = False
 
     def __call__(self) -> Any:
-        wall, cpu = time.perf_counter(), time.thread_time()
+        wall, (cpu, waited) = time.perf_counter(), thread_clock()
         try:
             return self.func()
         except BaseException:
             self.raised = True
             raise
         finally:
-            self.cpu = time.thread_time() - cpu
+            now_cpu, now_waited = thread_clock()
             self.wall = time.perf_counter() - wall
+            self.cpu, self.waited = now_cpu - cpu, now_waited - waited
 
 
 async def limited(

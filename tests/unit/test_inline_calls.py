@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
 from conveyor.worker.call_limit import CallLimit
-from conveyor.worker.inline_calls import CALLS_TO_GO_INLINE, INLINE_MAX_S, InlineCalls
+from conveyor.worker.inline_calls import (
+    CALLS_TO_GO_INLINE,
+    INLINE_MAX_S,
+    InlineCalls,
+    thread_clock,
+)
 
 SHORT = INLINE_MAX_S / 10
 
@@ -86,6 +92,23 @@ def test_a_call_that_raised_counts_against_the_loop(caplog: pytest.LogCaptureFix
         calls.observe(SHORT, SHORT, raised=True)  # on the loop: back to threads at once
     assert not calls.inline
     assert "model.calls_threaded model=m reason=raised" in caplog.text
+
+
+def test_time_a_call_waited_for_a_cpu_is_not_taken_for_a_released_gil() -> None:
+    calls = InlineCalls("m")
+    for _ in range(CALLS_TO_GO_INLINE):  # 1 ms on the CPU, 4 ms more waiting for one
+        calls.observe(0.005, 0.001, 0.004)
+    assert calls.inline
+
+
+def test_the_thread_clock_counts_this_thread_s_cpu_time() -> None:
+    cpu, waited = thread_clock()
+    started = time.thread_time()
+    while time.thread_time() - started < 0.02:
+        pass
+    later_cpu, later_waited = thread_clock()
+    assert 0.015 < later_cpu - cpu < 1.0
+    assert later_waited >= waited >= 0.0
 
 
 def test_the_count_needed_stops_doubling_at_a_bound() -> None:
