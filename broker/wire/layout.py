@@ -299,8 +299,8 @@ class JobDecoder:
         if layout is not None and type(fields) is dict:
             envelope = fields.get(b"envelope")
             head = common_head(fields) if type(envelope) is bytes else None
-            matched = layout.match(envelope) if head is not None else None  # type: ignore[arg-type]
-            if matched is not None:
+            matched = None if head is None else layout.match(envelope)  # type: ignore[arg-type]
+            if head is not None and matched is not None:
                 shift, request_id = matched
                 request: InferenceRequest | LaidRequest
                 if self.lazy and layout.laid:
@@ -309,7 +309,6 @@ class JobDecoder:
                     request = layout.request_of(envelope, shift, request_id)  # type: ignore[arg-type]
                 self.laid_out = True
                 self._served = True
-                assert head is not None
                 job_id, method, model, version, reply, bell, deadline, sent_at, attempt = head
                 return Job(
                     job_id,
