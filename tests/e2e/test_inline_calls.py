@@ -6,7 +6,7 @@ loop; at the first long call, or one that releases the GIL, they go back to thre
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conveyor.client import Client, ParallelModel
+from conveyor.embedded import RedisServer
 from conveyor.errors import RemoteError
 from conveyor.types import InferenceResponse
 from tests.support.calls import request
@@ -114,3 +115,40 @@ async def test_a_model_whose_settings_say_no_keeps_every_call_in_a_thread(
     # the field as any model setting is given without its folder's file: CONVEYOR_MODEL_*
     monkeypatch.setenv("CONVEYOR_MODEL_INLINE_CALLS", "false")
     await assert_stay_in_threads(fleet, busy_ms=1.0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_calls_on_the_loop_survive_a_redis_crash_and_restart(
+    redis_server_factory: Callable[..., RedisServer], prefix: str
+) -> None:
+    server = redis_server_factory(args=["--appendonly", "yes", "--appendfsync", "everysec"])
+    fleet = Fleet(server.url, prefix)
+    try:
+        async with busy_model(fleet) as (busy, worker):
+            await until_on_loop(busy, worker)
+            calls, answered = 300, 0
+            third = anyio.Event()
+            limiter = anyio.Semaphore(16)
+
+            async def call() -> None:
+                nonlocal answered
+                async with limiter:
+                    await busy.predict(request(busy_ms=1.0))
+                answered += 1
+                if answered == calls // 3:
+                    third.set()
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(calls):
+                    tg.start_soon(call)
+                await third.wait()
+                crashed_pid = server.pid
+                await anyio.to_thread.run_sync(lambda: server.restart(kill=True))
+                assert server.pid != crashed_pid
+            assert answered == calls
+            assert worker.process.poll() is None  # the worker lived through it
+            await until_on_loop(busy, worker)  # and still runs the calls on its loop
+    finally:
+        fleet.stop()
