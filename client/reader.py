@@ -88,8 +88,15 @@ class Reader:
         for fields in rung.messages:
             try:
                 message = decode_message(fields)
-            except WireError as error:  # no request id to tell: say it here
+            except WireError as error:
                 logger.warning("client.bad_bell_entry reason=%s", error.reason)
+                # its caller hears why now, not at its timeout, when the entry names it
+                named = fields.get(b"id") if isinstance(fields, dict) else None
+                waiter = None
+                if isinstance(named, bytes):
+                    waiter = self.waiters.get(named.decode(errors="replace"))
+                if waiter is not None:
+                    waiter.fail(ErrorInfo(ErrorCode.BAD_ENTRY, "WireError", error.reason))
                 continue
             waiter = self.waiters.get(message.id)
             if waiter is not None:

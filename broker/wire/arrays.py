@@ -79,7 +79,11 @@ def _text_array_body(arr: np.ndarray) -> tuple[object, ...]:
                 )
         return ("|O", arr.shape, items)
     if dtype.kind in "SU":
-        return (dtype.str, arr.shape, arr.ravel().tolist())
+        items = arr.ravel().tolist()
+        # As wide as its widest item, not its dtype: a batch's rows keep the batch's width
+        # (its longest sentence), which the receiver would allocate for each of their items.
+        width = max(map(len, items), default=0) or 1
+        return (f"{dtype.str[0]}{dtype.kind}{width}", arr.shape, items)
     raise TypeError(
         f"cannot send a numpy array of dtype {dtype.str!r} ({dtype}): supported are bool, "
         "(u)int8-64, float16/32/64, complex64/128, bytes and str (fixed-width or object)"

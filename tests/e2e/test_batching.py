@@ -509,3 +509,38 @@ async def test_fleet_batches_across_calls_and_isolates_a_bad_request(
         np.testing.assert_array_equal(outputs["y"], np.full((1, 2), 2.0 * i, "f4"))
         batch_sizes.add(int(outputs["rows"][0, 0]))
     assert max(batch_sizes) > 1, "48 concurrent calls never shared a batch"
+
+
+# Sentences of every msgpack length header, empty and not ASCII: each call's own comes back.
+_SENTENCES = ["a dog", "", "x" * 31, "y" * 300, "é-ß-✓ naïve", "w" * 70_000, "the end"]
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_fleet_batches_text_calls_each_answered_with_its_own_sentence(
+    redis_url: str, prefix: str, batched_worker: WorkerProcess
+) -> None:
+    """Single-sentence calls (ids and sentences of every length: the wire's layout of text)
+    merge into batches, and each caller gets its own sentence back."""
+    results: dict[int, InferenceResponse] = {}
+    async with Client(redis_url, prefix=prefix, timeout=30) as client:
+        model = client.model("batched-text")
+
+        async def call(i: int) -> None:
+            sentence = f"{_SENTENCES[i % len(_SENTENCES)]} {i}"
+            request = InferenceRequest(inputs=[StringCodec.encode_input("text", [sentence])])
+            request.id = f"req-{'9' * (i % 40)}-{i}"
+            results[i] = await model.predict(request)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(64):
+                tg.start_soon(call, i)
+    batch_sizes = set()
+    for i, response in results.items():
+        assert response.id == f"req-{'9' * (i % 40)}-{i}"
+        outputs = {o.name: o for o in response.outputs}
+        expected = f"{_SENTENCES[i % len(_SENTENCES)]} {i}".upper()
+        assert StringCodec.decode_output(outputs["upper"]) == [expected]
+        batch_sizes.add(int(NumpyCodec.decode_output(outputs["rows"])[0, 0]))
+    assert max(batch_sizes) > 1, "64 concurrent calls never shared a batch"
