@@ -3,7 +3,8 @@
 One ``conveyor worker`` process serves ``bench-echo`` (a copy of its folder with
 ``max_batch_size`` 256): the batcher merges the single-row requests, the model echoes the merged
 inputs, the batcher splits them back. This process keeps ``--in-flight`` (1,024) single-item
-calls in flight, each a float32 ``[1, --width]`` tensor, and meanwhile reads the worker's CPU
+calls in flight, each a float32 ``[1, --width]`` tensor (or, with ``--text``, one sentence: a
+BYTES ``[1, 1]`` input, as a text model's callers send), and meanwhile reads the worker's CPU
 (/proc) and its ``conveyor_worker_batch_size`` histogram (the mean batch). Beside it, the same
 model is called here, in process, on a request of 256 rows merged beforehand: the model's own
 CPU per request. So
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,6 +39,7 @@ from rich.table import Table
 from bench import harness
 from bench import profile as profiling
 from bench.harness import Meter, Process, load
+from bench.sentences import sentences
 from conveyor.batching import merge_requests, split_response, split_rows
 from conveyor.broker import RedisSettings, create_client
 from conveyor.broker.claims import SoonClaims
@@ -53,10 +56,10 @@ from conveyor.broker.wire import (
     encode_rows,
 )
 from conveyor.client import Client
-from conveyor.codecs import NumpyCodec
+from conveyor.codecs import NumpyCodec, StringCodec
 from conveyor.embedded import RedisServer
 from conveyor.repository import load_model_settings
-from conveyor.types import InferenceRequest
+from conveyor.types import InferenceRequest, InferenceResponse
 from conveyor.worker.batcher import _batch_key
 
 MODEL = "bench-echo"
@@ -64,16 +67,34 @@ PREFIX = "bench-bp"
 BATCH = 256
 
 
-def _request(width: int, value: float) -> InferenceRequest:
-    row = np.full((1, width), value, dtype=np.float32)
-    return InferenceRequest(inputs=[NumpyCodec.encode_input("x", row)])
+@dataclass(frozen=True)
+class Requests:
+    """What each call sends: a float32 ``[1, width]`` row, or (``text``) one sentence, a
+    BYTES ``[1, 1]`` input, as a text model's callers send (``bench.sentences``)."""
+
+    width: int
+    text: bool = False
+
+    def make(self, value: float) -> InferenceRequest:
+        if self.text:
+            sentence = f"{value:g} {sentences(1, seed=int(value))[0]}"
+            return InferenceRequest(inputs=[StringCodec.encode_input("text", [sentence])])
+        row = np.full((1, self.width), value, dtype=np.float32)
+        return InferenceRequest(inputs=[NumpyCodec.encode_input("x", row)])
+
+    def check(self, response: InferenceResponse, request: InferenceRequest) -> None:
+        """Raises unless ``response`` echoes ``request``'s input."""
+        got = NumpyCodec.decode_output(response.outputs[0])
+        sent = NumpyCodec.decode_input(request.inputs[0])
+        if got.shape != sent.shape or not np.array_equal(got, sent):
+            raise RuntimeError(f"bad answer: {got!r}")
 
 
-def model_cpu_per_request(models_dir: Path, width: int, seconds: float = 1.0) -> float:
+def model_cpu_per_request(models_dir: Path, requests: Requests, seconds: float = 1.0) -> float:
     """The model's own CPU per request (us): ``predict`` on 256 rows merged beforehand."""
     settings = load_model_settings(models_dir / MODEL)
     model = settings.implementation(settings)
-    merged = merge_requests([_request(width, float(i)) for i in range(BATCH)])
+    merged = merge_requests([requests.make(float(i)) for i in range(BATCH)])
 
     async def run() -> float:
         await model.load()
@@ -88,7 +109,7 @@ def model_cpu_per_request(models_dir: Path, width: int, seconds: float = 1.0) ->
     return anyio.run(run)
 
 
-def pieces(models_dir: Path, width: int, rounds: int = 20) -> dict[str, float]:
+def pieces(models_dir: Path, requests: Requests, rounds: int = 20) -> dict[str, float]:
     """Each step a batch of 256 takes in the worker, timed here in process (CPU us per
     request, best of ``rounds``): what a batch path costs without Redis, tasks or the loop."""
     settings = load_model_settings(models_dir / MODEL)
@@ -106,7 +127,7 @@ def pieces(models_dir: Path, width: int, rounds: int = 20) -> dict[str, float]:
             bell="p:bell:{c}",
             deadline=now + 60,
             sent_at=now,
-            args=(_request(width, float(i)),),
+            args=(requests.make(float(i)),),
             inline_reply=True,
         )
         entries.append(_as_redis(encode_job(job)))
@@ -246,17 +267,17 @@ def _as_redis(fields: Mapping[str, object]) -> dict[bytes, bytes]:
     return out
 
 
-async def _load(url: str, worker: Process, in_flight: int, seconds: float, width: int) -> Any:
+async def _load(
+    url: str, worker: Process, in_flight: int, seconds: float, requests: Requests
+) -> Any:
     meter = Meter({"client": [os.getpid()], "worker": [worker.pid]})
-    request = _request(width, 1.0)
+    request = requests.make(1.0)
     async with Client(url, prefix=PREFIX) as client:
         model = client.model(MODEL)
 
         async def call() -> object:
             response = await model.predict(request, timeout=120)
-            y = NumpyCodec.decode_output(response.outputs[0])
-            if y.shape != (1, width) or y[0, 0] != 1.0:
-                raise RuntimeError(f"bad answer: {y!r}")
+            requests.check(response, request)
             return response
 
         await call()
@@ -269,10 +290,10 @@ async def _load(url: str, worker: Process, in_flight: int, seconds: float, width
 
 
 async def _profiled(
-    url: str, worker: Process, in_flight: int, seconds: float, width: int, argv: list[str]
+    url: str, worker: Process, in_flight: int, seconds: float, requests: Requests, argv: list[str]
 ) -> None:
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_load, url, worker, in_flight, seconds + 3, width)
+        tg.start_soon(_load, url, worker, in_flight, seconds + 3, requests)
         await anyio.sleep(1.5)  # after the warm-up
         spy = await anyio.run_process(argv, check=False)
         if spy.returncode != 0:
@@ -287,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--in-flight", type=int, default=1024)
     parser.add_argument("--width", type=int, default=25, help="float32 per request (row)")
+    parser.add_argument("--text", action="store_true", help="one sentence a request instead")
     parser.add_argument("--seconds", type=float, default=5.0, help="of load per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
@@ -317,8 +339,9 @@ def main(argv: list[str] | None = None) -> None:
             max_batch_size=args.max_batch_size,
             max_batch_time=args.max_batch_time,
         )
-        model_us = model_cpu_per_request(models_dir, args.width)
-        steps = pieces(models_dir, args.width)
+        requests = Requests(args.width, args.text)
+        model_us = model_cpu_per_request(models_dir, requests)
+        steps = pieces(models_dir, requests)
         steps.update(claim_steps(server.url))
         worker = harness.conveyor_worker(
             server.url,
@@ -337,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = []
             for index in range(args.rounds):
                 result, mean_batch = anyio.run(
-                    _load, server.url, worker, args.in_flight, args.seconds, args.width
+                    _load, server.url, worker, args.in_flight, args.seconds, requests
                 )
                 worker_us = result.cpu_us_per_call["worker"]
                 rows.append(
@@ -386,7 +409,8 @@ def _profile(args: argparse.Namespace, url: str, worker: Process, console: Conso
     spy += ["--rate", str(profiling.RATE), "--duration", str(round(args.profile))]
     spy += ["--subprocesses", "--output", str(out)]
     console.print(f"profiling the worker: {' '.join(spy)}")
-    anyio.run(_profiled, url, worker, args.in_flight, args.profile, args.width, spy)
+    requests = Requests(args.width, args.text)
+    anyio.run(_profiled, url, worker, args.in_flight, args.profile, requests, spy)
     summary = profiling.summarise(out, worker.pid, top=30)
     console.print(f"{summary['samples']} samples of the worker's main thread; raw: {out}")
     for key in ("phases", "topics", "self_lines", "inclusive_conveyor", "self_libraries"):

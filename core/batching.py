@@ -21,7 +21,7 @@ import pydantic
 
 from conveyor.codecs import NumpyCodec
 from conveyor.codecs.numpy import _DATATYPE_TO_DTYPE
-from conveyor.laid_requests import LaidRequest, stack_laid
+from conveyor.laid_requests import LaidRequest, stack_laid, stack_laid_items
 from conveyor.types import (
     InferenceRequest,
     InferenceResponse,
@@ -114,7 +114,9 @@ def merge_requests(requests: Sequence[InferenceRequest | LaidRequest]) -> Infere
         laid = []
     inputs = []
     for index, request_input in enumerate(first.inputs):
-        if laid:
+        if laid and request_input.datatype == "BYTES":  # its items
+            merged = stack_laid_items(laid, index, request_input.shape[1:])
+        elif laid:
             dtype = _DTYPES[request_input.datatype]
             merged = stack_laid(laid, index, dtype, request_input.shape[1:])
         else:
