@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from conveyor.types import InferenceRequest
 
-__all__ = ("LaidRequest", "stack_laid", "stack_laid_items")
+__all__ = ("LaidRequest", "stack_laid")
 
 
 class LaidRequest:
@@ -57,15 +57,3 @@ def stack_laid(
     made from their bytes with one join and one copy."""
     joined = b"".join([request.data(index) for request in requests])
     return np.frombuffer(joined, dtype).reshape((-1, *tail)).copy()
-
-
-def stack_laid_items(
-    requests: Sequence[LaidRequest], index: int, tail: Sequence[int]
-) -> npt.NDArray[Any]:
-    """BYTES input ``index`` of every request stacked along the first axis: the array that
-    ``np.concatenate`` of ``NumpyCodec.decode_input`` of each built request gives (a
-    fixed-width bytes or str array, as wide as the longest item)."""
-    items = [item for request in requests for item in request.items(index)]
-    stacked = np.array(items, dtype=bytes if type(items[0]) is bytes else str)
-    stacked.shape = (-1, *tail)  # in place: the array keeps its own data, as concatenate's
-    return stacked

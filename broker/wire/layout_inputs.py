@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from conveyor.batching import _DTYPES
+from conveyor.batch_rows import _DTYPES
 from conveyor.broker.wire.layout_parts import BIN, items_kind, items_span
 from conveyor.types import Parameters, RequestInput
 

@@ -42,6 +42,8 @@ def _request(value: float, rows: int = 1, ids: int = 3, **extra: Any) -> Inferen
 
 
 def _array(array: Any) -> object:
+    if type(array) is list:  # a BYTES input's items, merged as MLServer merges list data
+        return [(type(item), item) for item in array]
     flags = array.flags
     return (
         array.dtype.str,
