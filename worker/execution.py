@@ -51,9 +51,15 @@ async def call_plain(
         # before the loop runs anything else. Without taking the limiter: it would cost a
         # turn of the loop before each call, and one to wake the next waiter after it.
         timed = _Timed(partial(method, *args, **kwargs))
+        # It sees no running loop, as in a thread: a sync model may run a coroutine of its own
+        # with asyncio.run() (sync wrappers over async libraries do), which a running loop
+        # refuses.
+        loop = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
         try:
             result = timed()
         finally:
+            asyncio.events._set_running_loop(loop)
             inline.observe(timed.wall, timed.cpu, timed.waited, raised=timed.raised)
     else:
         timed = _Timed(partial(method, *args, **kwargs))

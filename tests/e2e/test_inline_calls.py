@@ -91,6 +91,21 @@ async def test_a_call_that_raises_on_the_loop_sends_the_next_ones_to_a_thread(
     assert output(response, "on_loop") == 0
 
 
+@pytest.mark.anyio
+async def test_a_call_on_the_loop_sees_no_running_loop_as_in_a_thread(fleet: Fleet) -> None:
+    """A sync model that runs a coroutine of its own with ``asyncio.run()`` (as sync wrappers
+    over async libraries do) works in a thread; on the loop too, and its calls stay there."""
+    async with busy_model(fleet) as (busy, worker):
+        with anyio.fail_after(120):
+            await until_on_loop(busy, worker)
+            places = [
+                output(await busy.predict(request(busy_ms=1.0, asyncio_run=1)), "on_loop")
+                for _ in range(5)
+            ]
+    assert places[0] == 1, "the first call after the move: on the loop"
+    assert worker.count("reason=raised") == 0, worker.log()
+
+
 async def assert_stay_in_threads(fleet: Fleet, busy_ms: float = 0.0, sleep_ms: float = 0.0) -> None:
     """40 calls (each busy, then asleep, so long) all run in a thread, and none moves."""
     async with busy_model(fleet) as (busy, worker):
