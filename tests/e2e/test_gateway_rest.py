@@ -36,6 +36,7 @@ from tests.support.probe import pending_count
 from tests.support.waiting import wait_until
 
 LIMITED = Path(__file__).parents[1] / "models" / "limited"
+BATCHED_TEXT = Path(__file__).parents[1] / "models" / "batching" / "batched-text"
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,7 +58,7 @@ class Setup:
 def gw(redis_url: str) -> Iterator[Setup]:
     fleet = Fleet(redis_url, f"t{uuid4().hex[:10]}")
     try:
-        worker = fleet.start(MODELS, EXAMPLES, wait=False)
+        worker = fleet.start(MODELS, EXAMPLES, BATCHED_TEXT, wait=False)
         fleet.start(LIMITED, extra=["--concurrency", "1"], wait=False)
         gateway = fleet.start_gateway()
         for process in fleet.workers[:2]:
@@ -294,6 +295,37 @@ async def test_64_calls_in_flight_each_get_their_own_answer(gw: Setup) -> None:
     for i, answer in answers.items():
         np.testing.assert_array_equal(answer, [[i, i + 1, i + 2]])
     assert len(answers) == 256
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_text_calls_batched_together_each_get_their_own_sentence(gw: Setup) -> None:
+    """Single-sentence calls (binary and JSON tensors, sentences of every length, one of 70 KB)
+    into a batched text model: each caller gets its own sentence back, upper-cased."""
+    client = triton_aio.InferenceServerClient(gw.url.removeprefix("http://"), conn_limit=64)
+    lengths = [0, 5, 31, 300, 70_000]
+    answers: dict[int, list[bytes]] = {}
+    batches: set[int] = set()
+
+    def sentence(i: int) -> str:
+        return f"call {i} é " + "w" * lengths[i % len(lengths)]
+
+    async def one(i: int) -> None:
+        text = triton_aio.InferInput("text", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[sentence(i).encode()]], object), binary_data=i % 2)
+        result = await client.infer("batched-text", [text], request_id=f"call-{i}")
+        assert result.get_response()["id"] == f"call-{i}"
+        answers[i] = result.as_numpy("upper").ravel().tolist()
+        batches.add(int(result.as_numpy("rows").ravel()[0]))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(64):
+                tg.start_soon(one, i)
+    finally:
+        await client.close()
+    assert answers == {i: [sentence(i).upper().encode()] for i in range(64)}
+    assert max(batches) > 1, "64 calls in flight never shared a batch"
 
 
 # -- MLServer's JSON, the examples, generate and generate_stream -----------------------------
