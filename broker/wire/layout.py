@@ -136,7 +136,9 @@ class _Layout:
                 parts.append(items)
                 shift = after - end
             at = end
-        if envelope[at + shift :] != layout[at:]:
+        # its length too: an array's bytes are only skipped above (an envelope cut short in
+        # an array that ends it would otherwise match)
+        if len(envelope) != self.size + shift or envelope[at + shift :] != layout[at:]:
             return None
         return parts, request_id
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgpack
 import numpy as np
 import pydantic
 import pytest
@@ -245,3 +246,27 @@ def test_a_request_without_an_id_and_one_with_have_two_layouts() -> None:
             _entry(2, request=_with_id(2.0, "r-22")),
         ]
     )
+
+
+def _args_last(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The entry with its envelope's keys in another order, its arrays last: as another
+    client's msgpack may write them."""
+    envelope = msgpack.unpackb(
+        fields[b"envelope"], raw=False, ext_hook=lambda code, data: msgpack.ExtType(code, data)
+    )
+    reordered = {key: envelope[key] for key in sorted(envelope, key=lambda key: key == "args")}
+    return {**fields, b"envelope": msgpack.packb(reordered, use_bin_type=True)}
+
+
+def test_an_envelope_ending_in_an_array_cut_short_decodes_as_alone() -> None:
+    array_last = InferenceRequest(
+        inputs=[RequestInput(name="x", shape=[4], datatype="FP32", data=np.ones(4, "f4"))]
+    )
+    first, second = (_args_last(_entry(i, request=array_last)) for i in range(2))
+    envelope = second[b"envelope"]
+    assert envelope.endswith(np.ones(4, "f4").tobytes())  # the array's bytes end it
+    decoder = JobDecoder()
+    decoder.decode(first)
+    assert decoder._layout is not None
+    for at in range(len(envelope) - 16, len(envelope) + 1):
+        _same_read([first, {**second, b"envelope": envelope[:at]}])
