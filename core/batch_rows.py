@@ -127,7 +127,9 @@ def merge_requests(requests: Sequence[InferenceRequest | LaidRequest]) -> Infere
         data: npt.NDArray[Any] | list[Any] | None = None
         if request_input.datatype == "BYTES" and laid:  # their items, one list
             data = [item for request in laid for item in request.items(index)]
-            shape = [len(laid) * request_input.shape[0], *request_input.shape[1:]]
+            # each row's items: at least one (a laid input has an item for each element)
+            tail = request_input.shape[1:]
+            shape = [len(data) // math.prod(tail), *tail]
         elif request_input.datatype == "BYTES":
             parts = [request.inputs[index] for request in requests]  # type: ignore[union-attr]
             data = _items(parts)

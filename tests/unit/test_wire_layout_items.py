@@ -134,3 +134,24 @@ def test_odd_text_inputs_give_no_layout(request_: InferenceRequest) -> None:
         decoder.decode(fields)
     assert decoder._layout is None
     assert decode_job(entries[0]).args[0] is not None
+
+
+def _sentences(i: int, count: int) -> InferenceRequest:
+    """``count`` sentences (shape [count, 1]) and _text's numeric input."""
+    request = _text(i)
+    items = [f"{_TEXTS[(i + k) % len(_TEXTS)]} {k}".encode() for k in range(count)]
+    request.inputs[0] = RequestInput(name="text", shape=[count, 1], datatype="BYTES", data=items)
+    return request
+
+
+def test_laid_text_requests_of_two_layouts_merge_as_the_built_ones() -> None:
+    """Two reads' layouts whose requests differ in rows only share a batch (the same batch
+    key): their items merge, each request with its own rows."""
+    ones = [_entry(i, request=_sentences(i, 1)) for i in range(3)]
+    twos = [_entry(i, request=_sentences(i, 2)) for i in range(3, 6)]
+    laid = _laid_read(ones) + _laid_read(twos)
+    built = _built_read(ones) + _built_read(twos)
+    assert all(isinstance(request, LaidRequest) for request in laid)
+    merged = merge_requests(laid)
+    assert _merged_state(merged) == _merged_state(merge_requests(built))
+    assert merged.inputs[0].shape == [3 + 2 * 3, 1]
