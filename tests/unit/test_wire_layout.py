@@ -143,6 +143,14 @@ def test_every_byte_of_an_envelope_decodes_as_alone(
         _entry(i, request=None if request_id is None else _with_id(float(i), request_id))
         for i, request_id in zip((1, 2), ids, strict=True)
     )
+    every_mutation_decodes_as_alone(first, second, kind)
+
+
+def every_mutation_decodes_as_alone(
+    first: dict[bytes, bytes], second: dict[bytes, bytes], kind: str
+) -> None:
+    """Each byte of ``second``'s envelope changed by ``kind`` (flipped, the envelope cut short
+    there, or a byte put in there), read after ``first`` (the layout): decoded as alone."""
     envelope = second[b"envelope"]
     for at in range(len(envelope)):
         if kind == "flip":

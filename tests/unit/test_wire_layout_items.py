@@ -18,7 +18,12 @@ from conveyor.codecs import NumpyCodec, StringCodec
 from conveyor.laid_requests import LaidRequest
 from conveyor.types import InferenceRequest, RequestInput
 from tests.unit.test_laid_requests import _built_read, _laid_read, _merged_state
-from tests.unit.test_wire_layout import _entry, _same_read, _state
+from tests.unit.test_wire_layout import (
+    _entry,
+    _same_read,
+    _state,
+    every_mutation_decodes_as_alone,
+)
 
 # Items of every msgpack header (fixstr, bin 8, str 8 and bin 16, str 16), empty and not ASCII.
 _TEXTS = ["a dog", "", "x" * 31, "y" * 32, "z" * 300, "é-ß-✓ naïve", "w" * 70_000, "end"]
@@ -98,16 +103,7 @@ def test_each_text_request_s_items_are_its_own() -> None:
 @pytest.mark.parametrize("make", [_MAKERS["with ids"], _pair], ids=["one text", "two texts"])
 @pytest.mark.parametrize("kind", ["flip", "truncate", "extend"])
 def test_every_byte_of_a_text_envelope_decodes_as_alone(make: Any, kind: str) -> None:
-    first, second = _entry(1, request=make(1)), _entry(5, request=make(5))
-    envelope = second[b"envelope"]
-    for at in range(len(envelope)):
-        if kind == "flip":
-            mutated = envelope[:at] + bytes([envelope[at] ^ 0x41]) + envelope[at + 1 :]
-        elif kind == "truncate":
-            mutated = envelope[:at]
-        else:
-            mutated = envelope[:at] + b"\x00" + envelope[at:]
-        _same_read([first, {**second, b"envelope": mutated}])
+    every_mutation_decodes_as_alone(_entry(1, request=make(1)), _entry(5, request=make(5)), kind)
 
 
 def _inputs(*parts: RequestInput) -> InferenceRequest:
