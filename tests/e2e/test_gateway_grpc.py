@@ -88,10 +88,10 @@ def fleet(redis_url: str) -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def worker(fleet: Fleet) -> WorkerProcess:
-    """tests/models/common's and examples/models' models; and `bounded` (a queue of at most 3
-    jobs) on a worker of its own that runs one job at a time."""
+    """tests/models/common's and examples/models' models, and `batched-text`; and `bounded` (a
+    queue of at most 3 jobs) on a worker of its own that runs one job at a time."""
     bounded = fleet.start(TESTS / "limited", extra=["--concurrency", "1"], wait=False)
-    worker = fleet.start(MODELS, EXAMPLES)
+    worker = fleet.start(MODELS, EXAMPLES, TESTS / "batching" / "batched-text")
     bounded.wait_for_log("worker.started")
     return worker
 
@@ -323,6 +323,31 @@ async def test_aio_client(gateway: GatewayProcess) -> None:
         with pytest.raises(InferenceServerException) as caught:
             await client.infer("fails", [infer_input("x", array)])
         assert failure(caught) == ("StatusCode.INTERNAL", "ValueError: cannot handle 1 inputs")
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+async def test_text_calls_batched_together_each_get_their_own_sentence(
+    gateway: GatewayProcess,
+) -> None:
+    """Single-sentence calls (raw BYTES contents, sentences of every length, one of 70 KB) into
+    a batched text model: each caller gets its own sentence back, upper-cased."""
+    lengths = [0, 5, 31, 300, 70_000]
+
+    def sentence(i: int) -> str:
+        return f"call {i} é {'w' * lengths[i % len(lengths)]}"
+
+    async with triton_aio.InferenceServerClient(gateway.grpc_address) as client:
+
+        async def one(i: int) -> tuple[list[object], int]:
+            text = infer_input("text", np.array([[sentence(i).encode()]], dtype=object))
+            result = await client.infer("batched-text", [text], request_id=f"call-{i}")
+            assert result.get_response().id == f"call-{i}"
+            return result.as_numpy("upper").ravel().tolist(), int(result.as_numpy("rows")[0, 0])
+
+        answers = await asyncio.gather(*(one(i) for i in range(64)))
+    assert [upper for upper, _ in answers] == [[sentence(i).upper().encode()] for i in range(64)]
+    assert max(rows for _, rows in answers) > 1, "64 calls in flight never shared a batch"
 
 
 @pytest.mark.anyio
