@@ -8,7 +8,10 @@ fences off other runs of the job). With that wait it deletes the reply streams o
 calls and the entries already read of open ones.
 
 After an outage it resyncs: a bell may have been lost, and Redis may have lost the last
-writes before a crash (``appendfsync everysec``), the jobs among them.
+writes before a crash (``appendfsync everysec``), the jobs among them. A small answer taken off
+the bell by a BLMPOP whose reply the crash lost is lost too: the calls whose jobs were still in
+their streams are watched until answered, and one whose job leaves its stream unanswered goes
+again (``_check_watched``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 BELL_BLOCK_S = 1.0  # the reader's longest wait; keeps it well below any socket timeout
 _OUTAGE_PAUSE_S = 0.5  # between tries while Redis is unreachable
+_WATCH_EVERY_S = 1.0  # after an outage, how often the calls still running are looked at
 
 
 class Reader:
@@ -41,6 +45,9 @@ class Reader:
         self.waiters: dict[str, Waiter] = {}
         self.finished: list[str] = []  # reply streams to delete with the next wait
         self._trims: dict[str, bytes] = {}  # open reply streams: read up to this entry
+        # after an outage, the calls whose job was still in its stream: see _check_watched
+        self._watched: dict[str, Waiter] = {}
+        self._next_watch = 0.0
 
     def forget(self, waiter: Waiter) -> None:
         """Stops delivering to ``waiter``; its reply stream goes with the next wait."""
@@ -60,6 +67,8 @@ class Reader:
                     # lost the last writes before a crash (appendfsync everysec).
                     await self._resync()
                     broken = False
+                if self._watched:
+                    await self._check_watched()
                 rung = await broker.wait_bell(BELL_BLOCK_S, finished, trims)
                 if rung.messages:
                     self._deliver_inline(rung)
@@ -143,18 +152,65 @@ class Reader:
         present = await broker.jobs_present([(sent.stream, sent.entry_id) for _, sent in pending])
         for (waiter, sent), here in zip(pending, present, strict=True):
             if here:
+                self._watched[waiter.request_id] = waiter
                 continue
-            # What is left of its timeout, not all of it again: a worker counts the budget
-            # (deadline - sent_at) from when Redis stores the new entry (worker/clock.py).
-            now = time.time()
-            job = replace(
-                sent.job,
-                attempt=sent.job.attempt + 1,
-                sent_at=now,
-                deadline=max(sent.job.deadline, now),
-            )
-            # no queue limit here: the job was admitted once already
-            entry_id = await broker.send_job(sent.stream, encode_job(job))
-            assert isinstance(entry_id, bytes)
-            waiter.sent = Sent(job, sent.stream, entry_id)
-            logger.warning("client.resent request=%s attempt=%d", job.id, job.attempt)
+            await self._resend(waiter, sent)
+
+    async def _check_watched(self) -> None:
+        """The calls whose job was still in its stream when the client came back from an
+        outage, checked each second until answered: a job that left its stream (acked once
+        its answer was stored) with no answer come, none on the bell nor in its reply stream,
+        had its answer lost with the outage, and goes again.
+
+        A small answer rides in the bell, and BLMPOP takes it off the bell as it replies: a
+        reply lost when Redis went down lost the answer with it, while the job, its ack not
+        yet sent, was still in its stream for the resync to see.
+        """
+        now = time.monotonic()
+        if now < self._next_watch:
+            return
+        self._next_watch = now + _WATCH_EVERY_S
+        for request_id, waiter in list(self._watched.items()):
+            if self.waiters.get(request_id) is not waiter or waiter.inbox or waiter.taken:
+                del self._watched[request_id]  # answered, or ended
+        watched = [(w, w.sent) for w in self._watched.values() if w.sent is not None]
+        if not watched:
+            self._watched.clear()
+            return
+        broker = self._broker
+        present = await broker.jobs_present([(sent.stream, sent.entry_id) for _, sent in watched])
+        gone = [(w, sent) for (w, sent), here in zip(watched, present, strict=True) if not here]
+        if not gone:
+            return
+        # its answer, stored before the ack, may be on its way: on the bell, in its stream
+        rung = await broker.drain_bell()
+        self._deliver_inline(rung)
+        asked = {w.key: w for w, _ in gone}
+        for request_id in set(rung.ids):  # others' news, taken off the bell here
+            named = self.waiters.get(request_id)
+            if named is not None:
+                asked[named.key] = named
+        self._dispatch(await broker.read_replies({k: w.cursor for k, w in asked.items()}), asked)
+        for waiter, sent in gone:
+            del self._watched[waiter.request_id]
+            ended = self.waiters.get(waiter.request_id) is not waiter
+            if not ended and not waiter.inbox and waiter.taken == 0 and waiter.sent is sent:
+                logger.warning("client.answer_lost request=%s", sent.job.id)
+                await self._resend(waiter, sent)
+
+    async def _resend(self, waiter: Waiter, sent: Sent) -> None:
+        """Sends the job again, as its next attempt (the first was lost with an outage)."""
+        # What is left of its timeout, not all of it again: a worker counts the budget
+        # (deadline - sent_at) from when Redis stores the new entry (worker/clock.py).
+        now = time.time()
+        job = replace(
+            sent.job,
+            attempt=sent.job.attempt + 1,
+            sent_at=now,
+            deadline=max(sent.job.deadline, now),
+        )
+        # no queue limit here: the job was admitted once already
+        entry_id = await self._broker.send_job(sent.stream, encode_job(job))
+        assert isinstance(entry_id, bytes)
+        waiter.sent = Sent(job, sent.stream, entry_id)
+        logger.warning("client.resent request=%s attempt=%d", job.id, job.attempt)
