@@ -110,11 +110,13 @@ def merge_requests(requests: Sequence[InferenceRequest | LaidRequest]) -> Infere
     """One request whose inputs are the given requests' inputs stacked along axis 0.
 
     The requests must agree on everything but their first dimension: the first one's
-    parameters and outputs are the batch's. What is built here is made of validated parts
-    (names, datatypes and parameters of a validated request, shapes of the stacked array),
-    so it is constructed without validating it again (``model_construct``: same fields set).
-    Requests not yet built (:class:`LaidRequest`, the worker's) are stacked from their bytes
-    when all are (``stack_laid``: the same arrays); the first is built for its fields.
+    parameters and outputs are the batch's. Numeric data is stacked as one array; a BYTES
+    input's items (flat lists of bytes or str) are joined into one list, as MLServer merges
+    list data. What is built here is made of validated parts (names, datatypes and parameters
+    of a validated request, shapes of the stacked data), so it is constructed without
+    validating it again (``model_construct``: same fields set). Requests not yet built
+    (:class:`LaidRequest`, the worker's) are stacked from their bytes, or their items, when
+    all are (``stack_laid``: the same arrays); the first is built for its fields.
     """
     head = requests[0]
     first = head.build() if isinstance(head, LaidRequest) else head
