@@ -74,11 +74,7 @@ class Reader:
                     self._deliver_inline(rung)
                     # let the answered callers go on before the next BLMPOP is sent
                     await anyio.lowlevel.checkpoint()
-                asked: dict[str, Waiter] = {}  # reply stream -> its call
-                for request_id in set(rung.ids):
-                    waiter = self.waiters.get(request_id)
-                    if waiter is not None:
-                        asked[waiter.key] = waiter
+                asked = self._named(rung)
                 if not asked:
                     continue
                 replies = await broker.read_replies({k: w.cursor for k, w in asked.items()})
@@ -91,6 +87,15 @@ class Reader:
                 await anyio.sleep(_OUTAGE_PAUSE_S)  # the connection's own retries ran out
                 continue
             self._dispatch(replies, asked)
+
+    def _named(self, rung: Rung) -> dict[str, Waiter]:
+        """The calls in flight whose reply streams the bell says have news, by stream."""
+        asked: dict[str, Waiter] = {}
+        for request_id in set(rung.ids):
+            waiter = self.waiters.get(request_id)
+            if waiter is not None:
+                asked[waiter.key] = waiter
+        return asked
 
     def _deliver_inline(self, rung: Rung) -> None:
         """Hands the answers that came in the bell itself to their callers."""
@@ -185,11 +190,7 @@ class Reader:
         # its answer, stored before the ack, may be on its way: on the bell, in its stream
         rung = await broker.drain_bell()
         self._deliver_inline(rung)
-        asked = {w.key: w for w, _ in gone}
-        for request_id in set(rung.ids):  # others' news, taken off the bell here
-            named = self.waiters.get(request_id)
-            if named is not None:
-                asked[named.key] = named
+        asked = {**self._named(rung), **{w.key: w for w, _ in gone}}  # others' news too
         self._dispatch(await broker.read_replies({k: w.cursor for k, w in asked.items()}), asked)
         for waiter, sent in gone:
             del self._watched[waiter.request_id]

@@ -78,20 +78,27 @@ def _array_of(part: RequestInput) -> npt.NDArray[Any]:
     return NumpyCodec.decode_input(part)
 
 
+def _flat_items(root: Any, shape: list[int]) -> bool:
+    """Whether a BYTES tensor's data is its items as they come off the wire: a flat list of
+    bytes or str, one for each element of ``shape``."""
+    return (
+        type(root) is list
+        and bool(shape)
+        and len(root) == math.prod(shape)
+        and all(type(item) is bytes or type(item) is str for item in root)
+    )
+
+
 def _items(parts: Sequence[RequestInput]) -> list[Any] | None:
-    """BYTES inputs' items, one list, as MLServer merges list data: when each part's data is
-    a flat list of bytes or str, one item for each element of its shape; else None (stacked
-    as arrays). A list, not a fixed-width array: that would be as wide as the longest item
-    for every item, 256 times a long sentence's bytes in a batch of 256."""
+    """BYTES inputs' items, one list, as MLServer merges list data, when every part's data is
+    a flat list of items (``_flat_items``); else None (stacked as arrays). A list, not a
+    fixed-width array: that would be as wide as the longest item for every item, 256 times a
+    long sentence's bytes in a batch of 256."""
     items: list[Any] = []
     for part in parts:
-        root = part.data.root
-        if type(root) is not list or not part.shape or len(root) != math.prod(part.shape):
+        if not _flat_items(part.data.root, part.shape):
             return None
-        for item in root:
-            if type(item) is not bytes and type(item) is not str:
-                return None
-        items += root
+        items += part.data.root
     return items
 
 
@@ -206,13 +213,7 @@ def _text_rows(output: ResponseOutput) -> npt.NDArray[Any] | None:
     as an object array of its shape, to cut rows from; else None. Not a fixed-width array:
     that would be as wide as the batch's longest item for every item."""
     root = output.data.root
-    if (
-        output.datatype != "BYTES"
-        or type(root) is not list
-        or not output.shape
-        or len(root) != math.prod(output.shape)
-        or any(type(item) is not bytes and type(item) is not str for item in root)
-    ):
+    if output.datatype != "BYTES" or not _flat_items(root, output.shape):
         return None
     array = np.empty(len(root), dtype=object)
     array[:] = root

@@ -107,8 +107,8 @@ class InlineCalls:
     ) -> None:
         """One call ran ``wall`` seconds, ``cpu`` of them on its thread's CPU and ``waited``
         runnable but waiting for one; ``raised``: it raised. A call that raised counts against
-        the loop: a model may fail there only (one that calls ``asyncio.run`` or
-        ``anyio.from_thread``, say), so one such call is enough to go back to threads."""
+        the loop: a model may fail there only (one that calls ``anyio.from_thread``, which
+        needs a worker thread, say), so one such call is enough to go back to threads."""
         short = wall <= INLINE_MAX_S
         share = _GIL_SHARE_TO_STAY if self.inline else GIL_SHARE
         holds_gil = cpu >= share * max(wall - waited, 0.0)
