@@ -273,6 +273,7 @@ class JobRunner:
                 slots.acking -= 1
                 slots.release(entry_id, stream)
                 return
+            slots.answered(stream)  # the model's room is free; the slot waits for the ack
             self._metrics.job_done(
                 metrics, job.model, job.method, outcome(messages[-1]), loop.time() - started
             )
@@ -287,7 +288,7 @@ class JobRunner:
             trace.reply_started()
         try:
             await broker.answer(
-                delivery, job, messages, deadline, lambda: slots.acked(entry_id, stream), ended
+                delivery, job, messages, deadline, lambda: slots.ack_done(entry_id), ended
             )
         except Exception:  # nothing was sent (the answer cannot be encoded): the task's again
             scope.ack_pending = False
