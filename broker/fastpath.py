@@ -16,8 +16,9 @@ refused password, a server that took the connection and never answered), and
 redis-py would wait a socket timeout per read, or for ever on a blocking connection.
 
 redis-py internals the project touches (checked on the versions in :data:`CHECKED_REDIS`;
-re-check each when the pin in pyproject.toml moves). Nothing outside this module reads or
-overrides a private name of redis-py, except the two marked below:
+re-check each when the pin in pyproject.toml moves). Nothing outside this module and its
+sibling :mod:`conveyor.broker.fastpipe` reads or overrides redis-py's internals, except where
+marked below:
 
 ``redis.asyncio.BlockingConnectionPool`` (:class:`FastPool`)
     ``get_connection()`` and ``release()`` overridden; reads ``_available_connections`` (a
@@ -35,9 +36,17 @@ overrides a private name of redis-py, except the two marked below:
     ``_AsyncHiredisParser`` (the asyncio hiredis parser): its ``_reader`` (a
     ``hiredis.Reader``, whose ``gets()`` answers ``NOT_ENOUGH_DATA`` until a reply is whole)
     and ``_connected`` (False once redis-py disconnected it).
-``redis.asyncio.client.Pipeline`` (:func:`lone_command`)
+``redis.asyncio.client.Pipeline`` (:func:`lone_command`; :mod:`conveyor.broker.fastpipe`)
     reads ``command_stack`` (a list of ``(args, options)`` tuples); the caller
     (:mod:`conveyor.broker.pipelining`) passes ``options`` back to ``execute_command``.
+    fastpipe also reads ``connection_pool``, ``connection``, ``is_transaction``,
+    ``explicit_transaction``, ``watching``, ``scripts``, ``response_callbacks`` and
+    ``UNWATCH_COMMANDS``, sets ``connection``, and calls ``parse_response``,
+    ``raise_first_error`` and ``reset``; of the connection it reads ``retry``,
+    ``himport_registry`` (its ``revision``: 0 while no HIMPORT fieldset was ever
+    registered) and ``_resp2_fallback``, and calls ``pack_commands`` and
+    ``disconnect(error=, failure_count=)``; of ``redis.client``, the reply options
+    ``EMPTY_RESPONSE`` and ``NEVER_DECODE``.
 ``redis.asyncio.retry.Retry`` and ``redis.retry.Retry`` (:class:`Retry`, :class:`SyncRetry`)
     ``call_with_retry(do, fail, is_retryable, with_failure_count)`` overridden: redis-py's
     connections and clients call it for every connect and command; ``is_retryable`` is the

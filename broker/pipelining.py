@@ -10,6 +10,7 @@ from redis.asyncio.client import Pipeline, Redis
 from redis.exceptions import ResponseError
 
 from conveyor.broker.fastpath import lone_command
+from conveyor.broker.fastpipe import execute
 
 __all__ = ("PipelineBatcher",)
 
@@ -122,7 +123,7 @@ class PipelineBatcher:
                 except ResponseError as error:  # as the pipeline would hand it back
                     results = [error]
             else:
-                results = await pipe.execute(raise_on_error=False)
+                results = await execute(pipe, raise_on_error=False)
         except BaseException as error:
             if settle is not None:
                 settle(error)
@@ -170,7 +171,7 @@ class PipelineBatcher:
             counts.append(len(pipe) - before)
         self._sending += 1
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await execute(pipe, raise_on_error=False)
         except BaseException as error:  # delivered to every caller of the batch
             for slot in batch:
                 if slot.settle is not None:

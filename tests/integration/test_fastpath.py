@@ -1,7 +1,9 @@
-"""broker/fastpath.py against redis-py's own path, in the failures a fleet meets.
+"""broker/fastpath.py and broker/fastpipe.py against redis-py's own path, in the failures a
+fleet meets.
 
 Each scenario runs twice on a private Redis: once with Conveyor's shortcuts (pool checkout,
-direct write, hiredis packing, a lone command outside a pipeline) and once with redis-py's
+direct write, hiredis packing, a lone command outside a pipeline, a plain pipeline's round
+trip) and once with redis-py's
 own classes (``CONVEYOR_REDIS_FAST_PATHS=0``). Both must give the same outcome, and that
 outcome must be the right one: a connection the server closed is dropped and the command
 answered, with no error.
@@ -27,12 +29,14 @@ from hypothesis import strategies as st
 from redis import exceptions as rex
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.retry import Retry as SyncRetry
 
-from conveyor.broker import RedisSettings, create_client, create_sync_client, fastpath
+from conveyor.broker import RedisSettings, create_client, create_sync_client, fastpath, fastpipe
 from conveyor.broker.pipelining import PipelineBatcher
 from conveyor.embedded import RedisServer
 from tests.support.proxy import ResettingProxy
@@ -101,7 +105,8 @@ async def _warm(client: Redis) -> None:
 
 
 async def _commands(client: Redis) -> list[Any]:
-    """What a client does next: plain commands, a pipeline, and the batcher's lone command."""
+    """What a client does next: plain commands, a pipeline, the batcher's lone command and
+    its pipeline of two (fastpipe on the fast path)."""
     pipe = client.pipeline(transaction=False)
     pipe.set("k", b"v")
     pipe.get("k")
@@ -111,6 +116,7 @@ async def _commands(client: Redis) -> list[Any]:
         await _outcome(client.ping()),
         await _outcome(pipe.execute()),
         await _outcome(batcher.run(lambda p: p.incr("n"))),
+        await _outcome(batcher.run(lambda p: (p.incr("n"), p.get("k")))),
     ]
 
 
@@ -151,7 +157,7 @@ async def test_idle_connections_killed_by_the_server(
     (before the fix the fast checkout handed out the dead connection: every try failed)."""
     server = redis_server_factory()
     fast, own = await _both(server.url, server, _client_kill, monkeypatch)
-    assert fast == own == [True, True, [True, b"v"], [1]]
+    assert fast == own == [True, True, [True, b"v"], [1], [2, b"v"]]
 
 
 async def _idle_timeout(client: Redis, server: RedisServer) -> list[Any]:
@@ -172,7 +178,7 @@ async def test_idle_connections_closed_by_the_server_timeout(
 ) -> None:
     server = redis_server_factory()
     fast, own = await _both(server.url, server, _idle_timeout, monkeypatch)
-    assert fast == own == [True, True, [True, b"v"], [1]]
+    assert fast == own == [True, True, [True, b"v"], [1], [2, b"v"]]
 
 
 async def _restart(client: Redis, server: RedisServer) -> list[Any]:
@@ -193,7 +199,7 @@ async def test_a_redis_restart_with_an_outage(
     server = redis_server_factory()
     fast, own = await _both(server.url, server, _restart, monkeypatch)
     down = ["ConnectionError", "ConnectionError"]
-    assert fast == own == [*down, True, True, [True, b"v"], [1]]
+    assert fast == own == [*down, True, True, [True, b"v"], [1], [2, b"v"]]
 
 
 @pytest.mark.anyio
@@ -211,7 +217,7 @@ async def test_connections_reset_by_a_middlebox(
             return await _commands(client)
 
         fast, own = await _both(proxy.url(server.url), server, scenario, monkeypatch)
-    assert fast == own == [True, True, [True, b"v"], [1]]
+    assert fast == own == [True, True, [True, b"v"], [1], [2, b"v"]]
 
 
 @pytest.mark.anyio
@@ -454,7 +460,32 @@ def test_every_internal_the_head_lists_is_there() -> None:
     assert not parser._connected
     assert "check_health" in inspect.signature(connection.on_connect_check_health).parameters
     assert "nowait" in inspect.signature(connection.disconnect).parameters
-    assert Redis().pipeline(transaction=False).command_stack == []
+    pipe = Redis().pipeline(transaction=False)
+    assert pipe.command_stack == []
+    # fastpipe.py's reads of a pipeline, its connection and redis-py's reply options
+    for name in (
+        "connection_pool",
+        "connection",
+        "is_transaction",
+        "explicit_transaction",
+        "watching",
+        "scripts",
+        "response_callbacks",
+        "parse_response",
+        "raise_first_error",
+        "reset",
+        "UNWATCH_COMMANDS",
+    ):
+        assert hasattr(pipe, name), name
+    assert "WATCH" not in Pipeline.UNWATCH_COMMANDS
+    for name in ("retry", "pack_commands", "himport_registry", "_resp2_fallback"):
+        assert hasattr(connection, name), name
+    assert connection._resp2_fallback is False
+    registry = Redis().connection_pool.make_connection().himport_registry
+    assert registry is not None
+    assert registry.revision == 0  # nothing ever registered
+    assert {"error", "failure_count"} <= set(inspect.signature(connection.disconnect).parameters)
+    assert (EMPTY_RESPONSE, NEVER_DECODE) == ("EMPTY_RESPONSE", "NEVER_DECODE")
     for retry in (AsyncRetry, SyncRetry):
         assert list(inspect.signature(retry.call_with_retry).parameters) == [
             "self",
@@ -551,3 +582,98 @@ async def test_a_silent_handshake_is_bounded_tried_once_and_leaves_no_socket(
         listener.close()
         for writer in accepted:
             writer.close()
+
+
+# -- pipelines (fastpipe) -----------------------------------------------------------------------
+
+
+async def _pipelines(client: Redis, server: RedisServer) -> list[Any]:
+    """Pipelines through fastpipe.execute: replies with their callbacks applied, error replies
+    handed back or raised (annotated as redis-py annotates them), a transaction (redis-py's
+    own path on both), then the connection's next command."""
+    pipe = client.pipeline(transaction=False)
+    pipe.set("k", b"v")
+    pipe.expire("k", 100)  # a callback: 1 -> True
+    pipe.incr("k")  # ERR value is not an integer
+    pipe.xadd("s", {"f": b"v"}, id="1-0")
+    pipe.xrange("s")  # a callback: nested lists -> tuples
+    outcomes: list[Any] = list(await fastpipe.execute(pipe, raise_on_error=False))
+    outcomes[2] = type(outcomes[2]).__name__
+    pipe.get("k")
+    pipe.incr("k")
+    outcomes.append(await _outcome_text(fastpipe.execute(pipe)))
+    multi = client.pipeline(transaction=True)
+    multi.incr("n")
+    multi.incr("n")
+    outcomes.append(await fastpipe.execute(multi))
+    outcomes.append(await client.get("k"))
+    return outcomes
+
+
+async def _outcome_text(call: Awaitable[Any]) -> Any:
+    try:
+        return await call
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+
+
+@pytest.mark.anyio
+async def test_pipelines_through_the_shortcut_are_redis_pys(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = redis_server_factory()
+
+    async def scenario(client: Redis, server: RedisServer) -> list[Any]:
+        await client.delete("s")
+        return await _pipelines(client, server)
+
+    fast, own = await _both(server.url, server, scenario, monkeypatch)
+    assert fast == own
+    assert fast[:2] == [True, True]
+    assert fast[2] == "ResponseError"
+    assert fast[4] == [(b"1-0", {b"f": b"v"})]
+    assert fast[5].startswith("ResponseError: Command # 2 (INCRBY k 1) of pipeline caused error")
+    assert fast[6:] == [[1, 2], b"v"]
+
+
+@pytest.mark.anyio
+async def test_a_pipeline_cancelled_with_its_replies_on_the_wire_spoils_no_later_command(
+    redis_server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while Redis blocks on it: the connection goes, so its late reply is never
+    read as another command's."""
+    server = redis_server_factory()
+
+    async def scenario(client: Redis, server: RedisServer) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        pipe.echo("first")
+        pipe.blmpop(0.5, 1, "empty", direction="RIGHT")
+        with anyio.move_on_after(0.1):
+            await fastpipe.execute(pipe)
+        pools = client.connection_pool
+        return [
+            await client.echo("after"),
+            await client.echo("and after"),
+            len(pools._in_use_connections),
+        ]
+
+    fast, own = await _both(server.url, server, scenario, monkeypatch)
+    assert fast == own == [b"after", b"and after", 0]
+
+
+def test_the_shortcut_takes_plain_pipelines_only() -> None:
+    client = Redis(connection_pool=fastpath.FastPool())
+    pipe = client.pipeline(transaction=False)
+    assert not fastpipe.plain(pipe)  # nothing to send
+    pipe.set("k", b"v")
+    assert fastpipe.plain(pipe)
+    multi = client.pipeline(transaction=True)
+    multi.set("k", b"v")
+    assert not fastpipe.plain(multi)
+    own_pool = Redis().pipeline(transaction=False)
+    own_pool.set("k", b"v")
+    assert not fastpipe.plain(own_pool)
+    long = client.pipeline(transaction=False)
+    for _ in range(fastpipe.MAX_COMMANDS + 1):
+        long.get("k")
+    assert not fastpipe.plain(long)
