@@ -43,11 +43,10 @@ MAX_COMMANDS = 256
 
 def plain(pipe: Pipeline) -> bool:
     """Whether :func:`execute` takes ``pipe`` itself (else redis-py's ``execute`` does)."""
-    stack = pipe.command_stack
     return (
-        type(pipe) is Pipeline
+        type(pipe) is Pipeline  # first: a ClusterPipeline has no command stack
         and type(pipe.connection_pool) is FastPool
-        and 0 < len(stack) <= MAX_COMMANDS
+        and 0 < len(pipe.command_stack) <= MAX_COMMANDS
         and not pipe.is_transaction
         and not pipe.explicit_transaction
         and not pipe.watching

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis import exceptions as rex
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -673,6 +673,9 @@ def test_the_shortcut_takes_plain_pipelines_only() -> None:
     own_pool = Redis().pipeline(transaction=False)
     own_pool.set("k", b"v")
     assert not fastpipe.plain(own_pool)
+    cluster = RedisCluster(host="127.0.0.1", port=1).pipeline()  # never connects
+    cluster.set("k", b"v")
+    assert not fastpipe.plain(cluster)  # type: ignore[arg-type]  # as the batcher may hold
     long = client.pipeline(transaction=False)
     for _ in range(fastpipe.MAX_COMMANDS + 1):
         long.get("k")
