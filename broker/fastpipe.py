@@ -6,16 +6,18 @@ features the project does not use: HIMPORT fieldsets prepared ahead of the comma
 observability records awaited before and after, a closure per try, a packer that may move to
 a thread. Every answer, ack, claim and job the broker sends goes through a pipeline
 (``broker.pipelining``), so that is paid once a round trip, by workers and clients alike.
-Measured (``python -m bench.wire --only pipeline``, bench/README.md): ~100 -> ~75 us of CPU a
-round trip of two commands.
+Measured (``python -m bench.pipeline``, bench/README.md; 2 shared cores): 140 -> 131 us of
+the sender's CPU a round trip of two commands (medians of 15 runs; most of a round trip is the
+kernel's send and wake-up and the event loop's turn, which stay).
 
 :func:`execute` takes the plain case only: a non-transaction pipeline of the standalone
 client, nothing watched, no scripts, short enough for one pass of redis-py's own loop, a pool
 of :class:`~conveyor.broker.fastpath.FastPool` (the fast paths are on), no HIMPORT fieldset
 ever registered. Anything else goes to ``pipe.execute``. What it keeps of redis-py: the pool's
 checkout and release, the connection's packing, sending and reading (with fastpath's own
-shortcuts), each reply's parsing (``Pipeline.parse_response``: response callbacks, error
-replies handed back), the retry policy (``conn.retry.call_with_retry``, the connection dropped
+shortcuts), each reply's parsing as ``Redis.parse_response`` does it (the command's response
+callback; error replies handed back; ``parse_response`` itself for a reply whose options change
+the read), the retry policy (``conn.retry.call_with_retry``, the connection dropped
 before each new try, so a connection error re-sends the whole pipeline as redis-py's does) and
 ``Pipeline.reset``. A failure is met as ``Pipeline.execute`` meets it
 (tests/integration/test_fastpath.py runs both paths through the same failures).

@@ -46,9 +46,9 @@ An unbatched model keeps one rule: three jobs per call slot (the running call, t
 decoded and claimed, one being read), all waited for. A job stops counting once its answer is
 stored, so the next read goes out without a round trip of its own for the acks, which ride
 with the next answer (``worker.slots``). Measured (a plain ``def`` model of 0.5 ms, 16
-single-item calls in flight, one process, 8 runs alternated with the rule before; bench/README.md):
-round trips a call 1.34 -> 1.02, the worker's CPU a call beyond the model's 0.56 -> 0.52 ms
-(medians).
+single-item calls in flight, one process, 8 runs alternated with the rule before;
+bench/README.md): round trips a call 1.34 -> 1.02, the worker's CPU a call beyond the model's
+0.56 -> 0.52 ms (medians).
 """
 
 from __future__ import annotations
