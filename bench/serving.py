@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from redis import Redis as SyncRedis
 
 from bench.harness import Process, cpu_seconds
 from conveyor.client import Client
@@ -132,6 +133,7 @@ class Tally:
     batches: float = 0.0
     jobs: list[float] = field(default_factory=list)  # jobs each process ran
     worker_cpu: float = 0.0  # CPU seconds of the workers, all processes
+    redis_reads: float = 0.0  # socket reads Redis served (every client's): ~ round trips
 
     def add(self, rows: int, seconds: float) -> None:
         self.rows += rows
@@ -151,6 +153,13 @@ class Tally:
         """Workers' CPU seconds per call (a call is ``rows_per_call`` rows)."""
         calls = self.rows / self.rows_per_call
         return self.worker_cpu / calls if self.worker_cpu and calls else None
+
+    @property
+    def reads_per_call(self) -> float | None:
+        """Socket reads Redis served a call, clients' and workers' together (INFO stats
+        ``total_reads_processed``): about the round trips a call costs both sides."""
+        calls = self.rows / self.rows_per_call
+        return self.redis_reads / calls if self.redis_reads and calls else None
 
     def shares(self) -> str:
         total = sum(self.jobs)
@@ -295,10 +304,16 @@ async def fleet_round(
         if n
     ]
     snapshots: list[list[dict[tuple[str, str], float]]] = []
+    reads: list[int] = []
+
+    def redis_reads() -> int:
+        with SyncRedis.from_url(load.url) as probe:
+            return int(probe.info("stats")["total_reads_processed"])
 
     async def snapshot_at(when: float) -> None:
         await anyio.sleep(max(0.0, when - time.time()))
         snapshots.append(await anyio.to_thread.run_sync(fleet.snapshot))
+        reads.append(await anyio.to_thread.run_sync(redis_reads))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(snapshot_at, start_at)
@@ -309,6 +324,7 @@ async def fleet_round(
     for _, latencies in results:
         tally.latencies += latencies
     before, after = snapshots
+    tally.redis_reads += reads[1] - reads[0]
     tally.worker_cpu += sum(a["cpu", ""] - b["cpu", ""] for b, a in zip(before, after, strict=True))
     jobs = [
         a.get(("conveyor_worker_jobs_total", load.model), 0.0)
@@ -337,6 +353,10 @@ def round_ratios(a: Tally, b: Tally) -> str:
     return f" (rounds {min(ratios):.2f}-{max(ratios):.2f})"
 
 
+def _per_call(count: float | None) -> str:
+    return "" if count is None else f"{count:.2f}"
+
+
 def _ms(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds * 1e3:,.1f}"
 
@@ -353,8 +373,8 @@ def report(
     lines = [
         f"| case | {unit}/s | rounds: min-max | x in process, batch 1 | x in process, batch "
         f"{best.rows_per_call} | mean batch | share of jobs by process | p50 ms | p99 ms "
-        "| worker CPU ms per call |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| worker CPU ms per call | Redis reads per call |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for tally in [one, best, *fleet]:
         spread = f"{min(tally.rates):,.0f}-{max(tally.rates):,.0f}" if tally.rates else ""
@@ -365,7 +385,7 @@ def report(
             f"| {tally.per_second / best.per_second:.2f}x "
             f"| {'' if mean is None else f'{mean:.1f}'} | {tally.shares()} "
             f"| {_ms(tally.percentile(50))} | {_ms(tally.percentile(99))} "
-            f"| {_ms(tally.cpu_per_call)} |"
+            f"| {_ms(tally.cpu_per_call)} | {_per_call(tally.reads_per_call)} |"
         )
     lines += ["", "| goal (issue 14) | measured | met |", "|---|---|---|"]
     ours = [t for t in fleet if t.processes > 0]  # not a peer's row
