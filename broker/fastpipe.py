@@ -103,8 +103,9 @@ async def execute(pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
                         reply = await conn.read_response()
                         callback = callbacks.get(name)
                         if callback is not None:
-                            kwargs = {k: v for k, v in options.items() if k != "keys"}
-                            reply = callback(reply, **kwargs)
+                            if "keys" in options:  # a copy: a retry sends the stack again
+                                options = {k: v for k, v in options.items() if k != "keys"}
+                            reply = callback(reply, **options)
                             if inspect.isawaitable(reply):
                                 reply = await reply
                     else:

@@ -42,14 +42,13 @@ class Slots:
 
     def release(self, entry_id: bytes, stream: str) -> None:
         """A job's slot is free: it ended unanswered (pending), or its ack is done."""
-        self.in_flight.pop(entry_id, None)
-        self.held[hash_tag(stream)] -= 1
-        self._freed.set()
+        self.answered(stream)
+        self._free(entry_id)
 
     def acked(self, entry_id: bytes, stream: str) -> None:
-        """An answered batched job's ack is done: its slot is free."""
-        self.acking -= 1
-        self.release(entry_id, stream)
+        """An answered batched job's ack is done: its model's room and its slot are free."""
+        self.answered(stream)
+        self.ack_done(entry_id)
 
     def answered(self, stream: str) -> None:
         """A job run alone has its answer stored: its model has room for the next one,
@@ -64,6 +63,9 @@ class Slots:
     def ack_done(self, entry_id: bytes) -> None:
         """The ack of a job :meth:`answered` is done: its slot is free."""
         self.acking -= 1
+        self._free(entry_id)
+
+    def _free(self, entry_id: bytes) -> None:
         self.in_flight.pop(entry_id, None)
         self._freed.set()
 

@@ -650,11 +650,10 @@ async def test_a_pipeline_cancelled_with_its_replies_on_the_wire_spoils_no_later
         pipe.blmpop(0.5, 1, "empty", direction="RIGHT")
         with anyio.move_on_after(0.1):
             await fastpipe.execute(pipe)
-        pools = client.connection_pool
         return [
             await client.echo("after"),
             await client.echo("and after"),
-            len(pools._in_use_connections),
+            len(client.connection_pool._in_use_connections),
         ]
 
     fast, own = await _both(server.url, server, scenario, monkeypatch)
