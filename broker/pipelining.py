@@ -63,6 +63,12 @@ class PipelineBatcher:
         """Whether a round trip is on the wire: what is queued now goes with the next one."""
         return self._sending > 0
 
+    @property
+    def waiting(self) -> bool:
+        """Whether commands wait to go while nothing is on the wire: a caller now sends them
+        at once, with its own, in one round trip."""
+        return self._sending == 0 and bool(self._queue)
+
     async def run(self, add: AddCommands) -> list[Any]:
         """Queues ``add``'s commands, waits for their batch, and returns their replies.
 

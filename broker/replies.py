@@ -140,6 +140,7 @@ class ReplyWriter:
         deadline: float,
         acked: Callable[[], None],
         ended: Callable[[BaseException | None], None],
+        together: bool = False,
     ) -> None:
         """As :meth:`store` with ``final=True`` and then :meth:`ack_soon`, without waiting
         for Redis unless nothing is on the wire (then this call sends the pipeline itself:
@@ -159,7 +160,7 @@ class ReplyWriter:
         self._pending.append(write)
         self._unsettled += 1
         try:
-            if self._batcher.busy:
+            if together or self._batcher.busy:
                 self._queue_pending()  # rides the next round trip; `ended` hears how it went
             else:
                 await self._batcher.run_settled(self._add)

@@ -138,6 +138,12 @@ class WorkerBroker:
         with self._translated:
             return await self._streams.read_jobs(streams, free, block_s)
 
+    @property
+    def reads_ride(self) -> bool:
+        """Whether the next :meth:`read_jobs` takes the answers waiting to go along with it
+        (see :attr:`WorkerStreams.reads_ride`): answers given until then may wait for it."""
+        return self._streams.reads_ride
+
     async def take_waiting(
         self, streams: Sequence[str], count: int, min_age_s: float, busy: int
     ) -> list[Delivery]:
@@ -202,6 +208,7 @@ class WorkerBroker:
         deadline: float,
         acked: Callable[[], None],
         ended: Callable[[BaseException | None], None],
+        together: bool = False,
     ) -> Awaitable[None]:
         """As :meth:`finish`, without waiting for Redis: the answer goes with the next round
         trip (or now, when none is on the wire). ``ended`` is called once it is stored (with
@@ -209,7 +216,7 @@ class WorkerBroker:
         job stays pending, to be delivered again). A refused answer is tried again until
         ``deadline`` first. Raises only if the messages cannot be encoded (nothing sent).
         The writer's own coroutine, to await: no wrapper coroutine a job."""
-        return self._streams.answer(delivery, job, messages, deadline, acked, ended)
+        return self._streams.answer(delivery, job, messages, deadline, acked, ended, together)
 
     def answer_soon(self, answers: Sequence[Answering]) -> None:
         """As :meth:`answer` for many jobs (a batch's), without waiting: one write of their

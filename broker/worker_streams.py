@@ -51,6 +51,7 @@ class WorkerStreams:
         self.writer = ReplyWriter(self.batcher, where)
         self._claims = SoonClaims(self.batcher, scripted=not cluster)
         self._drained = False  # whether the last sweep of several streams found them all empty
+        self._backlog = False  # see reads_ride
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
         """Creates the consumer group of each stream from its start (so jobs sent before any
@@ -62,6 +63,15 @@ class WorkerStreams:
                 if "BUSYGROUP" not in str(error):
                     raise
 
+    @property
+    def reads_ride(self) -> bool:
+        """Whether the next read rides with the answers waiting to go (see read_jobs): the
+        last read took more than one job, or rode itself. Jobs then queue up while this worker
+        works, and one round trip answers the last ones and takes the next. A worker that
+        takes one job at a time reads as before: an empty read riding would cost a round trip
+        more, and at one call in flight the answer leaves ahead of the read."""
+        return self._backlog
+
     async def read_jobs(self, streams: Sequence[str], free: int, block_s: float) -> list[Delivery]:
         """Takes at most ``free`` new jobs from ``streams``, waiting up to ``block_s``.
 
@@ -69,10 +79,23 @@ class WorkerStreams:
         given order: rotate it for fairness) until ``free`` is reached; only when every
         stream is empty does the worker block on all of them, and a blocked read is answered
         with the entries of the one stream that got them. A worker never holds more jobs
-        than it can run (taskiq-redis PR #129).
+        than it can run (taskiq-redis PR #129). While jobs queue up (:attr:`reads_ride`), a
+        read first goes without blocking in the pipeline of the answers waiting to go.
         """
         if not streams or free <= 0:
             return []
+        backlog, self._backlog = self._backlog, False
+        share = free // len(streams)  # COUNT is per stream: at most `free` in all
+        if backlog and share and self.batcher.waiting and not self.cluster:
+            deliveries = await self._read_riding(dict.fromkeys(streams, ">"), share)
+            if deliveries:
+                self._backlog = True
+                return deliveries
+        deliveries = await self._read_new(streams, free, block_s)
+        self._backlog = len(deliveries) > 1
+        return deliveries
+
+    async def _read_new(self, streams: Sequence[str], free: int, block_s: float) -> list[Delivery]:
         deliveries: list[Delivery] = []
         share = free // len(streams)
         if len(streams) > 1 and self._drained and share and not self.cluster:
@@ -103,6 +126,23 @@ class WorkerStreams:
         count = max(free // len(streams), 1)
         return await self._read_group(dict.fromkeys(streams, ">"), count, int(block_s * 1000))
 
+    async def _read_riding(self, streams: dict[str, str], count: int) -> list[Delivery]:
+        """A read that does not block, sent now with the answers, acks and claims waiting to
+        go: one round trip for both. It fails as their pipeline does (a lost connection fails
+        them all: those jobs stay pending, as with any flush), and a retry sends both again,
+        as redis-py retries any read."""
+
+        def add(pipe: Pipeline) -> None:
+            pipe.xreadgroup(GROUP, self.consumer, streams, count=count)  # type: ignore[arg-type]
+
+        try:
+            (response,) = await self.batcher.run(add)
+        except redis_errors.ResponseError as error:
+            if not is_nogroup(error):
+                raise
+            return []  # the blocking read that follows says it, and recreates the group
+        return _deliveries(response)
+
     async def take_now(self, streams: Sequence[str], count: int) -> list[Delivery]:
         """At most ``count`` new jobs from ``streams`` (COUNT per stream, as read_jobs), never
         blocking."""
@@ -127,13 +167,7 @@ class WorkerStreams:
             logger.warning("consumer group missing; recreating it streams=%s", list(streams))
             await self.ensure_groups(list(streams))
             return []
-        # All of them, even past `count` (never, as the callers ask): an entry read is pending
-        # on this worker, and one dropped here would wait for a reclaim.
-        return [
-            Delivery(stream, entry_id, fields)
-            for stream, entries in entries_by_stream(response)
-            for entry_id, fields in entries
-        ]
+        return _deliveries(response)
 
     async def reclaim(self, streams: Sequence[str], idle_s: float, limit: int) -> list[Delivery]:
         """Takes over jobs whose worker stopped: pending longer than ``idle_s`` (live workers
@@ -226,11 +260,12 @@ class WorkerStreams:
         deadline: float,
         acked: Callable[[], None],
         ended: Callable[[BaseException | None], None],
+        together: bool = False,
     ) -> Awaitable[None]:
         """As :meth:`finish`, without waiting for Redis (see ``ReplyWriter.answer``):
         ``ended`` hears whether the answer was stored, ``acked`` when the job was acked.
         The writer's coroutine, to await (no wrapper coroutine a job)."""
-        return self.writer.answer(job, messages, delivery, deadline, acked, ended)
+        return self.writer.answer(job, messages, delivery, deadline, acked, ended, together)
 
     async def claim(self, delivery: Delivery, job: Job, deadline: float) -> str | None:
         """Claims the job's request for this entry until past its ``deadline`` (this host's
@@ -352,3 +387,13 @@ class WorkerStreams:
             entry_id = last[0][0] if last else b"0-0"
             cursors[stream] = entry_id if isinstance(entry_id, bytes) else b"0-0"
         return cursors
+
+
+def _deliveries(response: Any) -> list[Delivery]:
+    """A read's jobs: all of them, even past its COUNT (never, as the callers ask): an entry
+    read is pending on this worker, and one dropped here would wait for a reclaim."""
+    return [
+        Delivery(stream, entry_id, fields)
+        for stream, entries in entries_by_stream(response)
+        for entry_id, fields in entries
+    ]

@@ -84,13 +84,16 @@ class JobScope:
 class RunningJobs:
     """Every job task of the worker, by scope and (while armed) by request id."""
 
-    __slots__ = ("_on_abort", "aborting", "by_request", "deadlines", "scopes")
+    __slots__ = ("_on_abort", "aborting", "by_request", "deadlines", "read_follows", "scopes")
 
     def __init__(self) -> None:
         self.scopes: set[JobScope] = set()
         self.by_request: dict[str, JobScope] = {}  # request id -> its armed job
         self.deadlines = Deadlines()
         self.aborting = False  # the running jobs are being cancelled: they stay pending
+        # The consumer reads again at the end of this loop turn: answers given now wait to
+        # ride in that read's round trip.
+        self.read_follows = False
         self._on_abort: list[Callable[[], None]] = []  # see on_abort
 
     def start(

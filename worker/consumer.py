@@ -115,6 +115,7 @@ class Consumer:
                 # later): send them now, so a model's room is its own.
                 continue
             now = loop.time()
+            rides = False  # whether the next read may take these jobs' answers along
             try:
                 if reads.look and now >= next_look:
                     next_look = now + reads.look_s
@@ -135,6 +136,7 @@ class Consumer:
                     deliveries = await self._reclaimed(broker, reads.wait, reads.wait_count)
                     if not deliveries:
                         deliveries = await broker.read_jobs(reads.wait, reads.wait_count, block)
+                        rides = broker.reads_ride
                 else:  # only looks, not yet due: until then, or until a slot frees
                     await slots.wait_at_most(next_look - now)
                     continue
@@ -160,10 +162,15 @@ class Consumer:
                 scope = JobScope()
                 jobs.start(loop, scope, handle(delivery, scope))
             if deliveries:
-                # Let the new jobs run up to their first wait before the next read goes out:
-                # a quick job's answer then leaves ahead of it (one send less before the
-                # answer, at one call in flight).
-                await asyncio.sleep(0)
+                # Let the new jobs run up to their first wait before the next read goes out.
+                # A quick job's answer leaves ahead of it (one send less before the answer, at
+                # one call in flight); or, while jobs queue up (a read of several), with it,
+                # in one round trip (WorkerStreams.read_jobs).
+                jobs.read_follows = rides
+                try:
+                    await asyncio.sleep(0)
+                finally:
+                    jobs.read_follows = False
 
     async def await_room(self) -> None:
         """Waits for a slot to free. A job holds its slot until its ack is done: the acks

@@ -288,7 +288,13 @@ class JobRunner:
             trace.reply_started()
         try:
             await broker.answer(
-                delivery, job, messages, deadline, lambda: slots.ack_done(entry_id), ended
+                delivery,
+                job,
+                messages,
+                deadline,
+                lambda: slots.ack_done(entry_id),
+                ended,
+                jobs.read_follows,
             )
         except Exception:  # nothing was sent (the answer cannot be encoded): the task's again
             scope.ack_pending = False
