@@ -151,6 +151,9 @@ class ReplyWriter:
         applies) when it will not be: the job stays pending and ``acked`` is never called.
         A refused answer is tried again, with backoff, until ``deadline``, as by
         :meth:`store`. Raises only what encoding the messages raises (nothing was sent).
+        ``together``: the caller's next read goes out this loop turn and takes the waiting
+        commands along (``WorkerStreams.read_jobs``): the answer waits for it, as when a
+        round trip is on the wire (the flusher sends it if that read does not).
         """
         entries = [
             message if type(message) is dict else encode_message(message)  # type: ignore[arg-type]
