@@ -6,7 +6,7 @@ answered jobs pending, as any flush does."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
 import pytest
 import redis
@@ -17,22 +17,12 @@ from conveyor.broker.wire import Job, Message, MessageType
 from conveyor.embedded import RedisServer
 from conveyor.errors import BrokerConnectionError
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the worker runs on asyncio (redis.asyncio)
-
-
-@pytest.fixture
-async def broker(redis_url: str, prefix: str) -> AsyncIterator[WorkerBroker]:
-    async with WorkerBroker(redis_url, Keys(prefix), "w1", max_block=0.2) as broker:
-        yield broker
-    with redis.Redis.from_url(redis_url) as cleanup:
-        keys = list(cleanup.scan_iter(f"{prefix}:*"))
-        if keys:
-            cleanup.delete(*keys)
+# the worker runs on asyncio (redis.asyncio)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+]
 
 
 class Outcomes:
@@ -82,30 +72,44 @@ def answer(
     )
 
 
+async def answered_read(
+    broker: WorkerBroker, probe: redis.Redis, keys: Keys, count: int, outcomes: Outcomes
+) -> list[Delivery]:
+    """A read of ``count`` jobs (all sent before it), each answered to ride with the next read."""
+    stream = keys.jobs("m")
+    await broker.ensure_groups([stream])
+    send_jobs(probe, stream, count)
+    deliveries = await broker.read_jobs([stream], 8, 0.2)
+    assert len(deliveries) == count
+    for delivery in deliveries:
+        await answer(broker, keys, delivery, outcomes, together=True)
+    return deliveries
+
+
 def reads_processed(probe: redis.Redis) -> int:
     """The socket reads Redis has served (each round trip of a client is at least one)."""
     return int(probe.info("stats")["total_reads_processed"])
 
 
 async def test_a_read_of_several_jobs_makes_the_next_ride_with_their_answers(
-    broker: WorkerBroker, probe: redis.Redis, prefix: str
+    worker_broker: WorkerBroker, probe: redis.Redis, prefix: str
 ) -> None:
     keys = Keys(prefix)
     stream = keys.jobs("m")
     bell = keys.bell("c1")
-    await broker.ensure_groups([stream])
+    await worker_broker.ensure_groups([stream])
     send_jobs(probe, stream, 3)
-    first = await broker.read_jobs([stream], 8, 0.2)
+    first = await worker_broker.read_jobs([stream], 8, 0.2)
     assert len(first) == 3
-    assert broker.reads_ride  # jobs queue up: the next read rides
+    assert worker_broker.reads_ride  # jobs queue up: the next read rides
     send_jobs(probe, stream, 2)
     outcomes = Outcomes()
     for delivery in first:
-        await answer(broker, keys, delivery, outcomes, together=True)
+        await answer(worker_broker, keys, delivery, outcomes, together=True)
     assert not outcomes.ended  # waiting for the read: nothing sent yet
     assert probe.llen(bell) == 0
     before = reads_processed(probe)
-    second = await broker.read_jobs([stream], 8, 0.2)
+    second = await worker_broker.read_jobs([stream], 8, 0.2)
     # one round trip for the answers and the read (plus the probe's INFO itself)
     assert reads_processed(probe) - before == 2
     assert [d.fields[b"n"] for d in second] == [b"0", b"1"]
@@ -113,67 +117,59 @@ async def test_a_read_of_several_jobs_makes_the_next_ride_with_their_answers(
     assert outcomes.ended == {d.entry_id.decode(): None for d in first}
     # their acks wait for the next round trip: pending until then, never before the answers
     assert probe.xpending(stream, GROUP)["pending"] == 5
-    assert await broker.flush_acks()
+    assert await worker_broker.flush_acks()
     assert sorted(outcomes.acked) == sorted(d.entry_id.decode() for d in first)
     assert probe.xpending(stream, GROUP)["pending"] == 2
-    assert broker.reads_ride  # the read rode: the next one rides too
+    assert worker_broker.reads_ride  # the read rode: the next one rides too
 
 
 async def test_one_job_at_a_time_reads_as_before(
-    broker: WorkerBroker, probe: redis.Redis, prefix: str
+    worker_broker: WorkerBroker, probe: redis.Redis, prefix: str
 ) -> None:
     keys = Keys(prefix)
     stream = keys.jobs("m")
-    await broker.ensure_groups([stream])
+    await worker_broker.ensure_groups([stream])
     send_jobs(probe, stream, 1)
-    (delivery,) = await broker.read_jobs([stream], 8, 0.2)
-    assert not broker.reads_ride  # one job: its answer leaves ahead of the next read
+    (delivery,) = await worker_broker.read_jobs([stream], 8, 0.2)
+    assert not worker_broker.reads_ride  # one job: its answer leaves ahead of the next read
     outcomes = Outcomes()
-    await answer(broker, keys, delivery, outcomes, together=False)
+    await answer(worker_broker, keys, delivery, outcomes, together=False)
     assert outcomes.ended == {delivery.entry_id.decode(): None}  # sent by the answer itself
     assert probe.llen(keys.bell("c1")) == 1
     send_jobs(probe, stream, 1)
-    assert len(await broker.read_jobs([stream], 8, 0.2)) == 1
+    assert len(await worker_broker.read_jobs([stream], 8, 0.2)) == 1
     # no answer waiting: a riding read has nothing to ride with, the read blocks as ever
-    assert await broker.read_jobs([stream], 8, 0.05) == []
-    assert not broker.reads_ride
+    assert await worker_broker.read_jobs([stream], 8, 0.05) == []
+    assert not worker_broker.reads_ride
 
 
 async def test_a_riding_read_that_finds_nothing_blocks(
-    broker: WorkerBroker, probe: redis.Redis, prefix: str
+    worker_broker: WorkerBroker, probe: redis.Redis, prefix: str
 ) -> None:
     keys = Keys(prefix)
     stream = keys.jobs("m")
-    await broker.ensure_groups([stream])
-    send_jobs(probe, stream, 2)
-    first = await broker.read_jobs([stream], 8, 0.2)
     outcomes = Outcomes()
-    for delivery in first:
-        await answer(broker, keys, delivery, outcomes, together=True)
+    await answered_read(worker_broker, probe, keys, 2, outcomes)
     started = time.monotonic()
-    assert await broker.read_jobs([stream], 8, 0.3) == []
+    assert await worker_broker.read_jobs([stream], 8, 0.3) == []
     assert time.monotonic() - started >= 0.25  # it blocked after the empty riding read
     assert probe.llen(keys.bell("c1")) == 2  # the answers went with the riding read
     assert set(outcomes.ended.values()) == {None}
-    assert not broker.reads_ride
+    assert not worker_broker.reads_ride
 
 
 async def test_a_lost_group_fails_only_the_riding_read_not_its_answers(
-    broker: WorkerBroker, probe: redis.Redis, prefix: str
+    worker_broker: WorkerBroker, probe: redis.Redis, prefix: str
 ) -> None:
     """Redis lost the group between reads (a restart without persistence): the riding read
     meets NOGROUP, its answers are stored all the same, and the blocking read that follows
     recreates the group, as a blocking read alone does."""
     keys = Keys(prefix)
     stream = keys.jobs("m")
-    await broker.ensure_groups([stream])
-    send_jobs(probe, stream, 2)
-    first = await broker.read_jobs([stream], 8, 0.2)
     outcomes = Outcomes()
-    for delivery in first:
-        await answer(broker, keys, delivery, outcomes, together=True)
+    await answered_read(worker_broker, probe, keys, 2, outcomes)
     probe.xgroup_destroy(stream, GROUP)
-    assert await broker.read_jobs([stream], 8, 0.2) == []
+    assert await worker_broker.read_jobs([stream], 8, 0.2) == []
     assert probe.llen(keys.bell("c1")) == 2
     assert set(outcomes.ended.values()) == {None}
     assert [group["name"] for group in probe.xinfo_groups(stream)] == [GROUP.encode()]
@@ -187,12 +183,8 @@ async def test_a_lost_connection_fails_the_riding_read_and_leaves_its_jobs_pendi
     stream = keys.jobs("m")
     with redis.Redis.from_url(server.url) as probe:
         async with WorkerBroker(server.url, keys, "w1", max_block=0.2) as broker:
-            await broker.ensure_groups([stream])
-            send_jobs(probe, stream, 2)
-            first = await broker.read_jobs([stream], 8, 0.2)
             outcomes = Outcomes()
-            for delivery in first:
-                await answer(broker, keys, delivery, outcomes, together=True)
+            first = await answered_read(broker, probe, keys, 2, outcomes)
             server.kill()
             with pytest.raises(BrokerConnectionError):
                 await broker.read_jobs([stream], 8, 0.2)

@@ -3,8 +3,6 @@ error leaves it as a ConveyorError, and its heartbeat link reports ACL refusals 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anyio
 import pytest
 import redis
@@ -22,14 +20,8 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def broker(redis_url: str, prefix: str) -> AsyncIterator[WorkerBroker]:
-    async with WorkerBroker(redis_url, Keys(prefix), "w1", max_block=0.2) as broker:
-        yield broker
-    cleanup = redis.Redis.from_url(redis_url)
-    keys = list(cleanup.scan_iter(f"{prefix}:*"))
-    if keys:
-        cleanup.delete(*keys)
-    cleanup.close()
+def broker(worker_broker: WorkerBroker) -> WorkerBroker:
+    return worker_broker
 
 
 async def test_a_key_of_the_wrong_type_is_a_broker_command_error(
