@@ -233,8 +233,8 @@ class Client:
         if stream not in self._served.known:  # once per model: fail fast if nobody serves it
             await self._served.check(model, version, stream, timeout)
         self._waiters[job.id] = waiter
-        # The deadline is spelled out in each backend's own terms: anyio's fail_after costs
-        # ~10 us a call on asyncio, and ~10 against trio's own cancel scope's ~5.5 on trio.
+        # The deadline in each backend's own terms: anyio's fail_after costs ~10 us a call on
+        # either, asyncio.timeout ~3.5 us, trio's own cancel scope ~5.5 us.
         with Measured(self.metrics, model, method), traced(span):
             try:
                 if self._asyncio:
