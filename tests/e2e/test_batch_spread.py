@@ -32,7 +32,7 @@ from conveyor.client import Client
 from conveyor.types import InferenceResponse
 from tests.support.calls import request
 from tests.support.fleet import Fleet
-from tests.support.probe import Probe, pending_count
+from tests.support.probe import Probe, blocked_readers, pending_count
 from tests.support.waiting import wait_until_async
 
 MODELS = Path(__file__).parents[1] / "models" / "device"
@@ -69,13 +69,6 @@ async def run_calls(fleet: Fleet, in_flight: int, calls: int) -> list[tuple[int,
                 for _ in range(in_flight):
                     tg.start_soon(caller)
     return answers
-
-
-def blocked_readers(probe: Probe) -> int:
-    """Connections blocked in XREADGROUP now (Redis creates a consumer only once it got an
-    entry, so waiting readers show only in CLIENT LIST)."""
-    clients = probe.client_list()
-    return sum(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients)
 
 
 def mean_batch(answers: list[tuple[int, int]]) -> float:

@@ -6,8 +6,9 @@ answered jobs pending, as any flush does."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
+import anyio
 import pytest
 import redis
 
@@ -16,6 +17,8 @@ from conveyor.broker.keys import GROUP, Keys
 from conveyor.broker.wire import Job, Message, MessageType
 from conveyor.embedded import RedisServer
 from conveyor.errors import BrokerConnectionError
+from tests.support.probe import blocked_readers
+from tests.support.waiting import wait_until_async
 
 # the worker runs on asyncio (redis.asyncio)
 pytestmark = [
@@ -144,18 +147,30 @@ async def test_one_job_at_a_time_reads_as_before(
 
 
 async def test_a_riding_read_that_finds_nothing_blocks(
-    worker_broker: WorkerBroker, probe: redis.Redis, prefix: str
+    redis_server_factory: Callable[..., RedisServer], prefix: str
 ) -> None:
+    """Its own server: the only reader there, so CLIENT LIST shows when it blocks."""
+    server = redis_server_factory()
     keys = Keys(prefix)
     stream = keys.jobs("m")
-    outcomes = Outcomes()
-    await answered_read(worker_broker, probe, keys, 2, outcomes)
-    started = time.monotonic()
-    assert await worker_broker.read_jobs([stream], 8, 0.3) == []
-    assert time.monotonic() - started >= 0.25  # it blocked after the empty riding read
-    assert probe.llen(keys.bell("c1")) == 2  # the answers went with the riding read
+    got: list[Delivery] = []
+    with redis.Redis.from_url(server.url) as probe:
+        async with WorkerBroker(server.url, keys, "w1", max_block=5) as broker:
+            outcomes = Outcomes()
+            await answered_read(broker, probe, keys, 2, outcomes)
+
+            async def read() -> None:
+                got.extend(await broker.read_jobs([stream], 8, 5))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await wait_until_async(lambda: blocked_readers(probe) == 1, "a blocked read")
+                # the answers went with the riding read that found nothing, before it blocked
+                assert probe.llen(keys.bell("c1")) == 2
+                send_jobs(probe, stream, 1)  # the blocked read takes it
+            assert [delivery.fields[b"n"] for delivery in got] == [b"0"]
+            assert not broker.reads_ride
     assert set(outcomes.ended.values()) == {None}
-    assert not worker_broker.reads_ride
 
 
 async def test_a_lost_group_fails_only_the_riding_read_not_its_answers(
@@ -176,7 +191,7 @@ async def test_a_lost_group_fails_only_the_riding_read_not_its_answers(
 
 
 async def test_a_lost_connection_fails_the_riding_read_and_leaves_its_jobs_pending(
-    redis_server_factory: type[RedisServer], prefix: str
+    redis_server_factory: Callable[..., RedisServer], prefix: str
 ) -> None:
     server = redis_server_factory()
     keys = Keys(prefix)

@@ -56,3 +56,10 @@ def pending_count(probe: Probe, stream: str, group: str = GROUP) -> int:
 def reply_streams(probe: redis.Redis, prefix: str) -> list[str]:
     """The reply streams under ``prefix`` (one per client)."""
     return [text(key) for key in probe.scan_iter(f"{prefix}:reply:*", _type="stream")]
+
+
+def blocked_readers(probe: Probe) -> int:
+    """Connections blocked in XREADGROUP now (Redis creates a consumer only once it got an
+    entry, so waiting readers show only in CLIENT LIST)."""
+    clients = probe.client_list()
+    return sum(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients)
