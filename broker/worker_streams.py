@@ -51,7 +51,7 @@ class WorkerStreams:
         self.writer = ReplyWriter(self.batcher, where)
         self._claims = SoonClaims(self.batcher, scripted=not cluster)
         self._drained = False  # whether the last sweep of several streams found them all empty
-        self._backlog = False  # see reads_ride
+        self._rides = False  # see reads_ride
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
         """Creates the consumer group of each stream from its start (so jobs sent before any
@@ -70,7 +70,7 @@ class WorkerStreams:
         works, and one round trip answers the last ones and takes the next. A worker that
         takes one job at a time reads as before: an empty read riding would cost a round trip
         more, and at one call in flight the answer leaves ahead of the read."""
-        return self._backlog
+        return self._rides
 
     async def read_jobs(self, streams: Sequence[str], free: int, block_s: float) -> list[Delivery]:
         """Takes at most ``free`` new jobs from ``streams``, waiting up to ``block_s``.
@@ -84,15 +84,15 @@ class WorkerStreams:
         """
         if not streams or free <= 0:
             return []
-        backlog, self._backlog = self._backlog, False
+        rides, self._rides = self._rides, False
         share = free // len(streams)  # COUNT is per stream: at most `free` in all
-        if backlog and share and self.batcher.waiting and not self.cluster:
+        if rides and share and self.batcher.waiting and not self.cluster:
             deliveries = await self._read_riding(dict.fromkeys(streams, ">"), share)
             if deliveries:
-                self._backlog = True
+                self._rides = True
                 return deliveries
         deliveries = await self._read_new(streams, free, block_s)
-        self._backlog = len(deliveries) > 1
+        self._rides = len(deliveries) > 1
         return deliveries
 
     async def _read_new(self, streams: Sequence[str], free: int, block_s: float) -> list[Delivery]:
