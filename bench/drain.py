@@ -1,11 +1,14 @@
 """Worker CPU per job draining a backlog: ``python -m bench.drain [--jobs N] [--rounds R]``.
 
 For each round, in turns: N echo jobs are XADDed to a private Redis first, then one worker
-process starts (the floor's, ``bench/floor.py``, or ``conveyor worker`` serving ``bench-echo``,
-64 slots) and drains them; its CPU (``/proc``) from its start line to an empty stream, per
-job. No client competes for the CPUs while it runs, and every read takes 64 jobs, so the
-figure is the worker's own cost per job, steadier on a shared machine than the 64-in-flight
-cases. A tree installed apart can be measured against this one by putting it first on
+process starts (the floor's, ``bench/floor.py``; the typed floor, ``bench/typed_floor.py``,
+the floor's loop doing a Conveyor job's V2 decode, model call and encode; or ``conveyor
+worker`` serving ``bench-echo``, 64 slots) and drains them; its CPU (``/proc``) from its start
+line to an empty stream, per job. No client competes for the CPUs while it runs, and every
+read takes 64 jobs, so the figure is the worker's own cost per job, steadier on a shared
+machine than the 64-in-flight cases. Conveyor less the typed floor is what the worker's own
+machinery costs (admission, deadlines, claims, metrics, a task a job, acks after answers).
+A tree installed apart can be measured against this one by putting it first on
 ``PYTHONPATH`` (the worker process inherits it).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 import uuid
 
@@ -83,7 +87,12 @@ def drain(kind: str, jobs: int) -> tuple[float, float]:
             done = redis.xlen(stream)
         else:
             stream = _load_conveyor(redis, jobs)
-            worker = harness.conveyor_worker(server.url, "bench1", "drain-w1", ("bench-echo",))
+            if kind == "typed":
+                folder = str(harness.MODELS / "bench-echo")
+                argv = [sys.executable, "-m", "bench.typed_floor", server.url, "bench1", folder]
+                worker = harness.Process("typed-floor", argv)
+            else:
+                worker = harness.conveyor_worker(server.url, "bench1", "drain-w1", ("bench-echo",))
             worker.wait_for_log("worker.started")
             done = jobs
         try:
@@ -101,7 +110,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results: dict[str, list[tuple[float, float]]] = {"floor": [], "conveyor": []}
+    results: dict[str, list[tuple[float, float]]] = {"floor": [], "typed": [], "conveyor": []}
     for _ in range(args.rounds):
         for kind in results:
             results[kind].append(drain(kind, args.jobs))
