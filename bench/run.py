@@ -134,6 +134,14 @@ GOALS = (
     Goal(
         "1 process >= 0.8x the floor, 64 in flight", "conveyor.64", "floor.64", "calls_per_s", 0.8
     ),
+    Goal(
+        "worker CPU per call <= 1.5x the floor's worker, 64 in flight",
+        "conveyor.64",
+        "floor.64",
+        "cpu:worker",  # the worker processes' CPU per call (Meter), not a Result field
+        1.5,
+        True,
+    ),
     Goal("2 processes >= 1.6x one", "conveyor.2p.64", "conveyor.64", "calls_per_s", 1.6),
     Goal(
         "2 processes >= 1.6x one, a model of 2 ms of Python per call",
@@ -657,10 +665,19 @@ def _ratios(rounds: list[list[Result]], case: str, reference: str, figure: str) 
     for results in rounds:
         by_case = {r.case: r for r in results}
         if case in by_case and reference in by_case:
-            a, b = getattr(by_case[case], figure), getattr(by_case[reference], figure)
+            a, b = _figure(by_case[case], figure), _figure(by_case[reference], figure)
             if a is not None and b:
                 out.append(a / b)
     return out
+
+
+def _figure(result: Result, figure: str) -> float | None:
+    """A figure of a result: a field, or ``cpu:ROLE`` for the CPU per call of a role's
+    processes (client, worker, redis)."""
+    if figure.startswith("cpu:"):
+        return result.cpu_us_per_call.get(figure.removeprefix("cpu:"))
+    value: float | None = getattr(result, figure)
+    return value
 
 
 def _cpu_ratios(rounds: list[list[Result]], case: str, reference: str) -> list[float]:
