@@ -24,7 +24,7 @@ AddSettled = Callable[[Pipeline], Settle | None]
 
 
 class _Slot:
-    __slots__ = ("add", "done", "settle", "settles")
+    __slots__ = ("add", "done", "settle", "settles", "timer")
 
     def __init__(self, add: AddCommands, settles: bool = False) -> None:
         self.add = add
@@ -32,8 +32,12 @@ class _Slot:
         self.done: asyncio.Future[list[Any]] | None = None
         self.settles = settles  # what add returns is a Settle
         self.settle: Settle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # a submit's latest send (see submit)
 
     def add_to(self, pipe: Pipeline) -> None:
+        if self.timer is not None:  # it goes now: its wake-up would find nothing to send
+            self.timer.cancel()
+            self.timer = None
         settle = self.add(pipe)
         if self.settles:
             self.settle = cast("Settle | None", settle)
@@ -92,11 +96,15 @@ class PipelineBatcher:
         caller's pipeline, or go at the latest ``delay_s`` later."""
         if self._closed:
             raise RuntimeError("the pipeline batcher is closed")
-        self._queue.append(_Slot(add, settles=True))
+        slot = _Slot(add, settles=True)
+        self._queue.append(slot)
         if delay_s <= 0:
             self._wake_flusher()
         else:
-            asyncio.get_running_loop().call_later(delay_s, self._wake_flusher)
+            # Cancelled once the slot rides with another round trip (_Slot.add_to), most often
+            # within the delay: one call at a time, each job's claim then woke the flusher for
+            # nothing 10 ms later (broker.claims), a loop turn and a task step a job.
+            slot.timer = asyncio.get_running_loop().call_later(delay_s, self._wake_flusher)
 
     async def _run(self, slot: _Slot) -> list[Any]:
         if self._closed:
@@ -164,6 +172,8 @@ class PipelineBatcher:
         finally:
             self._closed = True
             for slot in self._queue:
+                if slot.timer is not None:
+                    slot.timer.cancel()
                 if slot.done is not None and not slot.done.done():
                     slot.done.set_exception(RuntimeError("the connection to Redis was closed"))
             self._queue.clear()

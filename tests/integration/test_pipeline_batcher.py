@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,3 +150,58 @@ async def test_callers_left_waiting_when_the_flusher_stops_get_an_error(
     assert [str(e) for e in errors] == ["the connection to Redis was closed"]
     with pytest.raises(RuntimeError, match="closed"):
         await batcher.run(lambda pipe: pipe.incr(f"{prefix}:after"))
+
+
+def _live_wake_ups(batcher: PipelineBatcher) -> list[object]:
+    """The loop's pending timers that would wake the batcher's flusher (asyncio's own heap:
+    there is no public way to list a loop's timers)."""
+    loop = asyncio.get_running_loop()
+    return [
+        handle
+        for handle in loop._scheduled  # type: ignore[attr-defined]
+        if not handle.cancelled() and handle._callback == batcher._wake_flusher
+    ]
+
+
+async def test_a_submit_that_rides_with_a_caller_leaves_no_wake_up_behind(
+    redis: Redis, prefix: str
+) -> None:
+    """A submit's latest send (its delay) is a timer; once its commands ride with another
+    caller's round trip the timer is cancelled, not left to wake the flusher for nothing."""
+    batcher = PipelineBatcher(redis)
+    settled: list[Any] = []
+
+    def add(pipe: Pipeline) -> Any:
+        pipe.incr(f"{prefix}:submitted")
+        return settled.append
+
+    batcher.submit(add, delay_s=30.0)
+    assert len(_live_wake_ups(batcher)) == 1
+    assert await batcher.run(lambda pipe: pipe.incr(f"{prefix}:caller")) == [1]
+    assert settled == [[1]]  # it rode in the caller's round trip
+    assert _live_wake_ups(batcher) == []
+
+
+async def test_a_submit_alone_goes_out_after_its_delay(redis: Redis, prefix: str) -> None:
+    batcher = PipelineBatcher(redis)
+    settled = anyio.Event()
+    replies: list[Any] = []
+
+    def add(pipe: Pipeline) -> Any:
+        pipe.incr(f"{prefix}:alone")
+
+        def settle(results: Any) -> None:
+            replies.append(results)
+            settled.set()
+
+        return settle
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.run_flusher)
+        await anyio.wait_all_tasks_blocked()
+        batcher.submit(add, delay_s=0.05)
+        with anyio.fail_after(5):
+            await settled.wait()
+        tg.cancel_scope.cancel()
+    assert replies == [[1]]
+    assert _live_wake_ups(batcher) == []
