@@ -6,7 +6,11 @@ private asyncio loop in a helper thread and is woken through its trio token. Mea
 DESIGN.md: 0.70x the asyncio throughput, the best of the trio options.
 
 Used by :class:`~conveyor.broker.ClientBroker` (``client_broker.py``): each of its operations
-is one step, so its callers never see which thread ran it.
+is one step, so its callers never see which thread ran it. A call's job is the exception: its
+XADD crosses without a step (:meth:`LoopThread.fire`: no task on the loop, no wake of its
+caller), and its outcome comes back on trio (:meth:`LoopThread.back`), as the caller waits
+for its answer only. Both ride the crossings the steps make: measured (``bench/README.md``,
+2026-12-06), the trio client's CPU a call fell by a fifth.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -23,6 +28,8 @@ import anyio
 
 __all__ = ("LoopThread", "Transport", "on_asyncio", "open_transport")
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
 Background = Callable[[], Coroutine[Any, Any, None]]
 
@@ -30,10 +37,23 @@ Background = Callable[[], Coroutine[Any, Any, None]]
 class Transport(Protocol):
     async def step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
 
+    def fire(self, fn: Callable[..., object], *args: Any) -> None:
+        """Calls the plain function ``fn(*args)`` on Redis's loop, without waiting."""
+
+    def back(self, fn: Callable[..., object], *args: Any) -> None:
+        """From Redis's loop: calls ``fn(*args)`` on the caller's side (trio, or the same
+        asyncio loop), without waiting."""
+
 
 class _Direct:
     async def step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return await fn(*args)
+
+    def fire(self, fn: Callable[..., object], *args: Any) -> None:
+        fn(*args)
+
+    def back(self, fn: Callable[..., object], *args: Any) -> None:
+        fn(*args)
 
 
 class _Outcome:
@@ -67,8 +87,10 @@ class LoopThread:
         # One producer and one consumer each: a flag is cleared before its queue is drained,
         # and set after an append, so a step is never left behind.
         self._submitted: deque[_Outcome] = deque()  # trio -> loop thread
+        self._fired: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()  # ... too
         self._submit_scheduled = False
-        self._ended: deque[_Outcome] = deque()  # loop thread -> trio
+        # loop thread -> trio: calls to make there (a step's end sets its caller's event)
+        self._ended: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._wake_scheduled = False
         self._token: Any = None  # the trio run's token, taken by the first step
 
@@ -113,11 +135,7 @@ class LoopThread:
             self._token = trio.lowlevel.current_trio_token()
         outcome = _Outcome(fn, args, trio.Event())
         self._submitted.append(outcome)
-        if not self._submit_scheduled:
-            self._submit_scheduled = True
-            # A fresh context: the trio caller's context variables (its backend marker among
-            # them) must not leak into the asyncio tasks.
-            self._loop.call_soon_threadsafe(self._start_submitted, context=contextvars.Context())
+        self._schedule_submitted()
         done = outcome.done
         try:
             await done.wait()
@@ -136,9 +154,41 @@ class LoopThread:
         result: T = outcome.value
         return result
 
+    def fire(self, fn: Callable[..., object], *args: Any) -> None:
+        """From trio: calls the plain function ``fn(*args)`` on the loop, without waiting (it
+        crosses with the steps submitted meanwhile). ``fn`` hears nothing back by itself:
+        see :meth:`back`."""
+        if self._token is None:
+            import trio
+
+            self._token = trio.lowlevel.current_trio_token()
+        self._fired.append((fn, args))
+        self._schedule_submitted()
+
+    def back(self, fn: Callable[..., object], *args: Any) -> None:
+        """From the loop thread: calls ``fn(*args)`` on trio soon (with the steps that end
+        meanwhile: one wake of trio for all)."""
+        self._ended.append((fn, args))
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._wake_trio()
+
+    def _schedule_submitted(self) -> None:
+        if not self._submit_scheduled:
+            self._submit_scheduled = True
+            # A fresh context: the trio caller's context variables (its backend marker among
+            # them) must not leak into the asyncio tasks.
+            self._loop.call_soon_threadsafe(self._start_submitted, context=contextvars.Context())
+
     def _start_submitted(self) -> None:
-        """On the loop thread: a task for every step submitted so far."""
+        """On the loop thread: the calls fired so far, then a task for every step."""
         self._submit_scheduled = False
+        while self._fired:
+            fn, args = self._fired.popleft()
+            try:
+                fn(*args)
+            except Exception:  # a fired call says its own failures; none may stop the others
+                logger.exception("bridge.fired_call_failed call=%r", fn)
         while self._submitted:
             outcome = self._submitted.popleft()
             self._loop.create_task(self._step(outcome), context=contextvars.Context())
@@ -150,10 +200,7 @@ class LoopThread:
         except BaseException as error:
             outcome.error = error
         finally:
-            self._ended.append(outcome)
-            if not self._wake_scheduled:
-                self._wake_scheduled = True
-                self._wake_trio()
+            self.back(outcome.done.set)
 
     def _wake_trio(self) -> None:
         import trio
@@ -162,10 +209,15 @@ class LoopThread:
             self._token.run_sync_soon(self._set_ended)
 
     def _set_ended(self) -> None:
-        """On trio: wakes the callers of every step that has ended."""
+        """On trio: wakes the callers of every step that has ended, and makes the calls sent
+        back (:meth:`back`)."""
         self._wake_scheduled = False
         while self._ended:
-            self._ended.popleft().done.set()
+            fn, args = self._ended.popleft()
+            try:
+                fn(*args)
+            except Exception:  # raised into trio's run it would end it: said here instead
+                logger.exception("bridge.call_back_failed call=%r", fn)
 
     def close(self) -> None:
         """Stops the background tasks and the loop, and joins the thread (bounded)."""
@@ -218,6 +270,8 @@ def on_asyncio() -> bool:
 class _Bridge:
     def __init__(self, thread: LoopThread) -> None:
         self._thread = thread
+        self.fire = thread.fire
+        self.back = thread.back
 
     async def step(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return await self._thread.run(fn, *args)

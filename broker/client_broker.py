@@ -28,7 +28,8 @@ Use as ``async with ClientBroker(settings, keys, client_id) as broker:``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
 from conveyor.broker.bridge import Transport, on_asyncio, open_transport
@@ -123,6 +124,21 @@ class ClientBroker:
             sent = await self._io.step(self._streams.send_job, stream, fields, max_backlog)
         self.reached = True
         return sent
+
+    def send_job_soon(
+        self, stream: str, fields: Fields, sent: Callable[[bytes | BaseException], None]
+    ) -> bool:
+        """As :meth:`send_job` (no queue limit) without waiting for Redis, on trio: the XADD
+        crosses to Redis's loop with the next hop and rides with the next round trip; ``sent``
+        gets (on trio) the entry id, or the error untranslated (send the job again with
+        :meth:`send_job`, which says what went wrong). Each such send saves a step through the
+        bridge: a task on Redis's loop and a wake of its caller. False on asyncio, where a
+        waiting send measured cheaper: nothing was sent."""
+        if self.on_asyncio:
+            return False
+        io = self._io
+        io.fire(self._streams.submit_job, stream, fields, functools.partial(io.back, sent))
+        return True
 
     async def send_control(self, stream: str, fields: Fields) -> None:
         """XADDs a control request (load, unload, cancel) to a model's control stream."""

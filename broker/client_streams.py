@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
@@ -11,7 +11,7 @@ from redis.asyncio.client import Pipeline, Redis
 
 from conveyor.broker.entries import entries_by_stream, id_tuple, next_id
 from conveyor.broker.keys import GROUP, Keys
-from conveyor.broker.pipelining import PipelineBatcher
+from conveyor.broker.pipelining import PipelineBatcher, Settle
 from conveyor.broker.wire import Fields, RawFields, Rung, read_rung
 
 __all__ = ("ClientStreams",)
@@ -57,6 +57,25 @@ class ClientStreams:
         entry_id = results[-1]
         assert isinstance(entry_id, bytes | int)
         return entry_id
+
+    def submit_job(
+        self, stream: str, fields: Fields, sent: Callable[[bytes | BaseException], None]
+    ) -> None:
+        """As :meth:`send_job` (no queue limit) without waiting: the XADD rides with the next
+        round trip, and ``sent`` gets its entry id, or its error (a refusal, the round trip's,
+        or the batcher's, closed)."""
+
+        def add(pipe: Pipeline) -> Settle:
+            pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            return settle
+
+        def settle(results: list[Any] | BaseException) -> None:
+            sent(results if isinstance(results, BaseException) else results[-1])
+
+        try:
+            self.batcher.submit(add)
+        except RuntimeError as error:  # closed: nothing goes any more
+            sent(error)
 
     async def model_limits(self, model: str) -> int | None:
         """The queue limit workers published for ``model`` (None: unbounded)."""

@@ -37,7 +37,6 @@ from conveyor.broker.wire import (
     ErrorCode,
     Fields,
     Job,
-    Message,
     MessageType,
     Payload,
     encode_job,
@@ -239,14 +238,14 @@ class Client:
             try:
                 if self._asyncio:
                     async with asyncio.timeout(timeout):
-                        message = await self._send_and_wait(
+                        message = await self._sender.send_and_wait(
                             waiter, job, stream, fields, wait_when_full
                         )
                 else:
                     import trio  # loaded already (see __aenter__): a dict lookup
 
                     with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                        message = await self._send_and_wait(
+                        message = await self._sender.send_and_wait(
                             waiter, job, stream, fields, wait_when_full
                         )
                     if scope.cancelled_caught:
@@ -265,12 +264,6 @@ class Client:
             if waiter.streamed:
                 self._reader.finished.append(waiter.key)
             return result(job, message)
-
-    async def _send_and_wait(
-        self, waiter: Waiter, job: Job, stream: str, fields: Fields, wait_when_full: bool
-    ) -> Message:
-        await self._sender.send(waiter, job, stream, fields, wait_when_full)
-        return await waiter.next()
 
     async def stream(
         self,

@@ -16,9 +16,9 @@ import anyio
 
 from conveyor.broker import ClientBroker
 from conveyor.broker.keys import Keys
-from conveyor.broker.wire import ControlVerb, Fields, Job, encode_job
+from conveyor.broker.wire import ControlVerb, Fields, Job, Message, encode_job
 from conveyor.client.backoff import Backoff
-from conveyor.client.waiter import Sent, Waiter
+from conveyor.client.waiter import Sent, Unsent, Waiter
 from conveyor.errors import (
     BrokerConnectionError,
     ConveyorError,
@@ -41,6 +41,22 @@ class Sender:
         self._broker = broker
         self._keys = keys
         self._limits: dict[str, tuple[float, int | None]] = {}  # model -> (when, queue limit)
+
+    async def send_and_wait(
+        self, waiter: Waiter, job: Job, stream: str, fields: Fields, wait_when_full: bool
+    ) -> Message:
+        """Sends a unary call's job and returns its run's first message. On trio, a job of a
+        model without a queue limit goes without waiting for Redis (``send_job_soon``)."""
+        broker = self._broker
+        if not broker.on_asyncio and broker.reached and await self._queue_limit(job.model) is None:
+            waiter.sending = (job, stream)
+            broker.send_job_soon(stream, fields, waiter.sent_soon)
+            try:
+                return await waiter.next()
+            except Unsent:  # not stored: again, waiting (its retries, and its errors)
+                pass
+        await self.send(waiter, job, stream, fields, wait_when_full)
+        return await waiter.next()
 
     async def send(
         self, waiter: Waiter, job: Job, stream: str, fields: Fields, wait_when_full: bool

@@ -28,7 +28,7 @@ from typing import Protocol
 from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType
 from conveyor.errors import BrokerConnectionError, QueueFull
 
-__all__ = ("Event", "Sent", "Waiter")
+__all__ = ("Event", "Sent", "Unsent", "Waiter")
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ _LOST = (
 )
 
 
+class Unsent(Exception):
+    """A job sent without waiting (``Waiter.sending``) that Redis did not store, or whose round
+    trip failed: :meth:`Waiter.next` raises it, and the caller sends the job again, waiting."""
+
+
 class Waiter:
     """One call in flight: where its replies are and what has arrived."""
 
@@ -73,11 +78,13 @@ class Waiter:
         "new_event",
         "next_seq",
         "request_id",
+        "sending",
         "sent",
         "streamed",
         "taken",
         "trim",
         "unreachable",
+        "unsent",
     )
 
     def __init__(self, request_id: str, key: str, new_event: Callable[[], Event]) -> None:
@@ -94,6 +101,9 @@ class Waiter:
         self.taken = 0  # messages the caller has taken
         self.next_seq = 0  # the chunk a predict_stream expects next
         self.sent: Sent | None = None  # the job entry, once XADDed
+        # a job sent without waiting for Redis (see sent_soon): its stream; then its error
+        self.sending: tuple[Job, str] | None = None
+        self.unsent: BaseException | None = None
         self.unreachable: BrokerConnectionError | None = None  # why the job is not sent yet
         self.full: QueueFull | None = None  # ... or: the queue was full, waiting for room
 
@@ -158,8 +168,25 @@ class Waiter:
             )
         )
 
+    def sent_soon(self, outcome: bytes | BaseException) -> None:
+        """How the XADD of a job sent without waiting went (``ClientBroker.send_job_soon``):
+        its entry id, or the error that wakes the caller to send it again."""
+        sending, self.sending = self.sending, None
+        if sending is None:
+            return
+        if isinstance(outcome, BaseException):
+            self.unsent = outcome
+            self.event.set()
+        else:
+            self.sent = Sent(sending[0], sending[1], outcome)
+
     async def next(self) -> Message:
+        """The next message of the call's run; raises :class:`Unsent` when its job, sent
+        without waiting, was not stored (nothing of its run can come)."""
         while not self.inbox:
+            if self.unsent is not None:
+                error, self.unsent = self.unsent, None
+                raise Unsent(str(error)) from error
             await self.event.wait()
             self.event = self.new_event()
         self.taken += 1

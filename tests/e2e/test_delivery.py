@@ -8,7 +8,6 @@ Redis state polled under a deadline (Redis has no event to await).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from conveyor.errors import BrokerOutOfMemory, ConveyorError, StreamInterrupted
 from conveyor.types import InferenceRequest, InferenceResponse, RequestInput
 from tests.support.calls import one, output, request
 from tests.support.fleet import Fleet, wait_acked
-from tests.support.probe import pending_count, reply_streams
+from tests.support.probe import fill_to_maxmemory, pending_count, reply_streams
 from tests.support.waiting import wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
@@ -46,21 +45,6 @@ def chunk_of(response: InferenceResponse) -> tuple[int, int]:
 
 
 # -- 1. out of memory: no ack without an answer ---------------------------------------------------
-
-
-def fill_to_maxmemory(probe: redis.Redis, prefix: str) -> list[str]:
-    """Writes until Redis refuses a write for want of memory, then lowers maxmemory 1 MB below
-    what it holds: connection buffers come and go, and a Redis just at its limit would take
-    some small writes again. Returns the keys written, to free the memory later."""
-    keys: list[str] = []
-    with contextlib.suppress(redis.exceptions.OutOfMemoryError):
-        while True:
-            key = f"{prefix}:filler:{len(keys)}"
-            probe.set(key, b"x" * (256 * 1024))
-            keys.append(key)
-    used = int(probe.info("memory")["used_memory"])
-    probe.config_set("maxmemory", used - 1024 * 1024)
-    return keys
 
 
 @pytest.mark.timeout(90)

@@ -92,3 +92,57 @@ async def test_a_broker_not_open_says_so(prefix: str) -> None:
     with pytest.raises(ConveyorError, match="not open"):
         await broker.model_limits("m")
     await broker.aclose()  # idempotent, and fine unopened
+
+
+async def test_a_job_sent_without_waiting_is_stored_on_trio_only(
+    broker: ClientBroker, redis_url: str, prefix: str, anyio_backend: str
+) -> None:
+    """On trio the XADD crosses to Redis's loop without a step of its own, and its entry id
+    comes back on trio; on asyncio a waiting send is the cheaper (measured), so none goes."""
+    keys = Keys(prefix)
+    stream = keys.jobs("m")
+    assert await broker.model_limits("m") is None  # a first step: the bridge knows trio
+    outcomes: list[bytes | BaseException] = []
+    came = anyio.Event()
+
+    def sent(outcome: bytes | BaseException) -> None:
+        outcomes.append(outcome)
+        came.set()
+
+    soon = broker.send_job_soon(stream, encode_job(_job(keys)), sent)
+    with redis.Redis.from_url(redis_url) as probe:
+        if anyio_backend == "asyncio":
+            assert soon is False
+            assert outcomes == []
+            assert probe.xlen(stream) == 0
+            return
+        assert soon is True
+        with anyio.fail_after(10):
+            await came.wait()
+        (entry,) = outcomes
+        assert isinstance(entry, bytes)
+        assert [entry_id for entry_id, _ in probe.xrange(stream)] == [entry]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_job_sent_without_waiting_hears_that_redis_refused_it(
+    broker: ClientBroker, redis_url: str, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    stream = keys.jobs("m")
+    with redis.Redis.from_url(redis_url) as probe:
+        probe.set(stream, "not a stream")
+    assert await broker.model_limits("m") is None
+    outcomes: list[bytes | BaseException] = []
+    came = anyio.Event()
+
+    def sent(outcome: bytes | BaseException) -> None:
+        outcomes.append(outcome)
+        came.set()
+
+    assert broker.send_job_soon(stream, encode_job(_job(keys)), sent) is True
+    with anyio.fail_after(10):
+        await came.wait()
+    (refused,) = outcomes
+    assert isinstance(refused, redis.exceptions.ResponseError)
+    assert "WRONGTYPE" in str(refused)

@@ -6,6 +6,7 @@ check the shape they read, so the tests type-check without casts.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import redis
@@ -63,3 +64,18 @@ def blocked_readers(probe: Probe) -> int:
     entry, so waiting readers show only in CLIENT LIST)."""
     clients = probe.client_list()
     return sum(c["cmd"] == "xreadgroup" and "b" in c["flags"] for c in clients)
+
+
+def fill_to_maxmemory(probe: redis.Redis, prefix: str) -> list[str]:
+    """Writes until Redis refuses a write for want of memory, then lowers maxmemory 1 MB below
+    what it holds: connection buffers come and go, and a Redis just at its limit would take
+    some small writes again. Returns the keys written, to free the memory later."""
+    keys: list[str] = []
+    with contextlib.suppress(redis.exceptions.OutOfMemoryError):
+        while True:
+            key = f"{prefix}:filler:{len(keys)}"
+            probe.set(key, b"x" * (256 * 1024))
+            keys.append(key)
+    used = int(probe.info("memory")["used_memory"])
+    probe.config_set("maxmemory", used - 1024 * 1024)
+    return keys

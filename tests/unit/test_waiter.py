@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from conveyor.broker.wire import Message, MessageType
-from conveyor.client.waiter import Waiter
+import pytest
+
+from conveyor.broker.wire import Job, Message, MessageType
+from conveyor.client.waiter import Unsent, Waiter
 
 
 def chunk(seq: int, attempt: int = 1, entry: str = "1-0") -> Message:
@@ -50,3 +52,41 @@ def test_waiter_raises_on_a_missing_chunk_or_a_short_stream() -> None:
     error = short.inbox[-1].error
     assert error is not None
     assert "it ended after 3 chunks but 1 arrived" in error.message
+
+
+def _job() -> Job:
+    return Job("r", "predict", "m", None, "k", "b", 2.0, 1.0)
+
+
+def test_a_job_sent_without_waiting_is_known_once_its_xadd_answers() -> None:
+    waiter = new_waiter()
+    waiter.sending = (_job(), "jobs")
+    waiter.sent_soon(b"5-0")
+    assert waiter.sent is not None
+    assert (waiter.sent.stream, waiter.sent.entry_id) == ("jobs", b"5-0")
+    assert waiter.unsent is None
+    waiter.sent_soon(ConnectionError("late"))  # one outcome per send: a second is ignored
+    assert waiter.unsent is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the waiter's events are asyncio's here
+async def test_a_job_sent_without_waiting_that_redis_refused_wakes_its_caller() -> None:
+    """The caller waits for its answer, not for the XADD; a refused XADD wakes it with
+    Unsent (it then sends the job again, waiting, and hears why it fails)."""
+    waiter = new_waiter()
+    waiter.sending = (_job(), "jobs")
+    refused = RuntimeError("OOM command not allowed")
+
+    async def refuse_soon() -> None:
+        await asyncio.sleep(0)
+        waiter.sent_soon(refused)
+
+    task = asyncio.ensure_future(refuse_soon())
+    with pytest.raises(Unsent) as raised:
+        await asyncio.wait_for(waiter.next(), 5)
+    await task
+    assert raised.value.__cause__ is refused
+    assert waiter.sent is None
+    waiter.deliver(Message(MessageType.RESULT, "r", 1, entry="6-0"))  # sent again: answered
+    assert (await waiter.next()).entry == "6-0"
