@@ -48,7 +48,7 @@ class Sender:
         """Sends a unary call's job and returns its run's first message. On trio, a job of a
         model without a queue limit goes without waiting for Redis (``send_job_soon``)."""
         broker = self._broker
-        if not broker.on_asyncio and broker.reached and await self._queue_limit(job.model) is None:
+        if not broker.on_asyncio and broker.reached and self._unlimited(job.model):
             waiter.sending = (job, stream)
             broker.send_job_soon(stream, fields, waiter.sent_soon)
             try:
@@ -94,6 +94,13 @@ class Sender:
             assert isinstance(sent, bytes)
             waiter.sent = Sent(job, stream, sent)
             return
+
+    def _unlimited(self, model: str) -> bool:
+        """Whether the model is known, of late, to have no queue limit. No Redis call: one
+        that fails during an outage is waited out by :meth:`send`."""
+        cached = self._limits.get(model)
+        fresh = cached is not None and time.monotonic() - cached[0] < _LIMITS_TTL_S
+        return fresh and cached is not None and cached[1] is None
 
     async def _queue_limit(self, model: str) -> int | None:
         """The model's ``max_queue_length`` as its workers published it (cached a while)."""

@@ -94,6 +94,24 @@ async def test_a_broker_not_open_says_so(prefix: str) -> None:
     await broker.aclose()  # idempotent, and fine unopened
 
 
+class _Sent:
+    """What a job sent without waiting heard back (``ClientBroker.send_job_soon``)."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[bytes | BaseException] = []
+        self.came = anyio.Event()
+
+    def __call__(self, outcome: bytes | BaseException) -> None:
+        self.outcomes.append(outcome)
+        self.came.set()
+
+    async def one(self) -> bytes | BaseException:
+        with anyio.fail_after(10):
+            await self.came.wait()
+        (outcome,) = self.outcomes
+        return outcome
+
+
 async def test_a_job_sent_without_waiting_is_stored_on_trio_only(
     broker: ClientBroker, redis_url: str, prefix: str, anyio_backend: str
 ) -> None:
@@ -102,24 +120,16 @@ async def test_a_job_sent_without_waiting_is_stored_on_trio_only(
     keys = Keys(prefix)
     stream = keys.jobs("m")
     assert await broker.model_limits("m") is None  # a first step: the bridge knows trio
-    outcomes: list[bytes | BaseException] = []
-    came = anyio.Event()
-
-    def sent(outcome: bytes | BaseException) -> None:
-        outcomes.append(outcome)
-        came.set()
-
+    sent = _Sent()
     soon = broker.send_job_soon(stream, encode_job(_job(keys)), sent)
     with redis.Redis.from_url(redis_url) as probe:
         if anyio_backend == "asyncio":
             assert soon is False
-            assert outcomes == []
+            assert sent.outcomes == []
             assert probe.xlen(stream) == 0
             return
         assert soon is True
-        with anyio.fail_after(10):
-            await came.wait()
-        (entry,) = outcomes
+        entry = await sent.one()
         assert isinstance(entry, bytes)
         assert [entry_id for entry_id, _ in probe.xrange(stream)] == [entry]
 
@@ -133,16 +143,8 @@ async def test_a_job_sent_without_waiting_hears_that_redis_refused_it(
     with redis.Redis.from_url(redis_url) as probe:
         probe.set(stream, "not a stream")
     assert await broker.model_limits("m") is None
-    outcomes: list[bytes | BaseException] = []
-    came = anyio.Event()
-
-    def sent(outcome: bytes | BaseException) -> None:
-        outcomes.append(outcome)
-        came.set()
-
+    sent = _Sent()
     assert broker.send_job_soon(stream, encode_job(_job(keys)), sent) is True
-    with anyio.fail_after(10):
-        await came.wait()
-    (refused,) = outcomes
+    refused = await sent.one()
     assert isinstance(refused, redis.exceptions.ResponseError)
     assert "WRONGTYPE" in str(refused)
