@@ -99,8 +99,10 @@ class Sender:
         """Whether the model is known, of late, to have no queue limit. No Redis call: one
         that fails during an outage is waited out by :meth:`send`."""
         cached = self._limits.get(model)
-        fresh = cached is not None and time.monotonic() - cached[0] < _LIMITS_TTL_S
-        return fresh and cached is not None and cached[1] is None
+        if cached is None:
+            return False
+        when, limit = cached
+        return limit is None and time.monotonic() - when < _LIMITS_TTL_S
 
     async def _queue_limit(self, model: str) -> int | None:
         """The model's ``max_queue_length`` as its workers published it (cached a while)."""
