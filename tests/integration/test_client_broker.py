@@ -13,6 +13,7 @@ from conveyor.broker import ClientBroker, FleetView, RedisSettings
 from conveyor.broker.keys import Keys
 from conveyor.broker.wire import Job, encode_job
 from conveyor.errors import BrokerCommandError, BrokerConnectionError, ConveyorError
+from tests.support.probe import wrong_type_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -68,9 +69,7 @@ async def test_operations_go_through_the_face(broker: ClientBroker, prefix: str)
 async def test_a_key_of_the_wrong_type_is_a_broker_command_error(
     broker: ClientBroker, redis_url: str, prefix: str
 ) -> None:
-    stream = Keys(prefix).jobs("m")
-    with redis.Redis.from_url(redis_url) as probe:
-        probe.set(stream, "not a stream")
+    stream = wrong_type_stream(redis_url, prefix)
     with pytest.raises(BrokerCommandError, match="WRONGTYPE") as caught:
         await broker.send_job(stream, encode_job(_job(Keys(prefix))))
     assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)
@@ -138,13 +137,10 @@ async def test_a_job_sent_without_waiting_is_stored_on_trio_only(
 async def test_a_job_sent_without_waiting_hears_that_redis_refused_it(
     broker: ClientBroker, redis_url: str, prefix: str
 ) -> None:
-    keys = Keys(prefix)
-    stream = keys.jobs("m")
-    with redis.Redis.from_url(redis_url) as probe:
-        probe.set(stream, "not a stream")
+    stream = wrong_type_stream(redis_url, prefix)
     assert await broker.model_limits("m") is None
     sent = _Sent()
-    assert broker.send_job_soon(stream, encode_job(_job(keys)), sent) is True
+    assert broker.send_job_soon(stream, encode_job(_job(Keys(prefix))), sent) is True
     refused = await sent.one()
     assert isinstance(refused, redis.exceptions.ResponseError)
     assert "WRONGTYPE" in str(refused)

@@ -10,6 +10,7 @@ import redis
 from conveyor.broker import Beat, WorkerBroker
 from conveyor.broker.keys import Keys
 from conveyor.errors import BrokerCommandError, BrokerConnectionError
+from tests.support.probe import wrong_type_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -27,10 +28,7 @@ def broker(worker_broker: WorkerBroker) -> WorkerBroker:
 async def test_a_key_of_the_wrong_type_is_a_broker_command_error(
     broker: WorkerBroker, redis_url: str, prefix: str
 ) -> None:
-    keys = Keys(prefix)
-    stream = keys.jobs("m")
-    with redis.Redis.from_url(redis_url) as probe:
-        probe.set(stream, "not a stream")
+    stream = wrong_type_stream(redis_url, prefix)
     with pytest.raises(BrokerCommandError, match="WRONGTYPE") as caught:
         await broker.ensure_groups([stream])
     assert isinstance(caught.value.__cause__, redis.exceptions.ResponseError)

@@ -11,6 +11,8 @@ from typing import Any
 
 import redis
 
+from conveyor.broker.keys import Keys
+
 GROUP = "workers"  # the consumer group of every job stream
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -79,3 +81,12 @@ def fill_to_maxmemory(probe: redis.Redis, prefix: str) -> list[str]:
     used = int(probe.info("memory")["used_memory"])
     probe.config_set("maxmemory", used - 1024 * 1024)
     return keys
+
+
+def wrong_type_stream(url: str, prefix: str, model: str = "m") -> str:
+    """The job stream of ``model``, made a string: Redis refuses every stream command on it
+    (WRONGTYPE)."""
+    stream = Keys(prefix).jobs(model)
+    with redis.Redis.from_url(url) as probe:
+        probe.set(stream, "not a stream")
+    return stream
