@@ -3,6 +3,8 @@
 A worker subprocess and a client both reach a real Redis through tests/proxy.py, which resets
 one open connection (a TCP RST on both sides) about once a second, for a bounded time
 (``CONVEYOR_CHAOS_S``, 20 s by default), while calls and streams run at a steady concurrency.
+The client runs on asyncio and on trio (whose calls' jobs cross to Redis's loop without
+waiting, and are sent again when a reset fails their round trip).
 
 Every call must end with exactly one correct answer or a ``ConveyorError``; a stream's chunks
 come from one run of the model, complete and in order, or the stream raises. The figures
@@ -39,7 +41,7 @@ MODELS = Path(__file__).parents[1] / "models" / "connections"
 
 pytestmark = [
     pytest.mark.anyio,
-    pytest.mark.parametrize("anyio_backend", ["asyncio"]),
+    pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"]),
     pytest.mark.timeout(CHAOS_S + 90),
 ]
 
