@@ -103,9 +103,14 @@ def _worker(url: str, prefix: str, path: str | None) -> Process:
 
 
 def _clients(
-    url: str, sides: dict[str, tuple[str, str | None]], args: argparse.Namespace
+    url: str,
+    sides: dict[str, tuple[str, str | None]],
+    workers: dict[str, Process],
+    args: argparse.Namespace,
 ) -> dict[str, dict[str, Any]]:
-    """One round: a client per side (prefix, tree), started together; what each measured."""
+    """One round: a client per side (prefix, tree), started together; what each measured, and
+    each worker's CPU a call over the same time (from the clients' start, past their warm-up,
+    to their end)."""
     procs = {}
     for side, (prefix, path) in sides.items():
         argv = [sys.executable, "-c", _CLIENT, url, prefix, str(args.seconds)]
@@ -116,6 +121,7 @@ def _clients(
     for proc in procs.values():
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
+    before = {side: cpu_seconds(worker.pid) for side, worker in workers.items()}
     for proc in procs.values():
         assert proc.stdin is not None
         proc.stdin.write("\n")
@@ -125,6 +131,10 @@ def _clients(
         assert proc.stdout is not None
         out[side] = json.loads(proc.stdout.readline())
         proc.wait()
+    for side, worker in workers.items():
+        if side in out:
+            used = cpu_seconds(worker.pid) - before[side]
+            out[side]["worker_us"] = used / out[side]["calls"] * 1e6
     return out
 
 
@@ -148,12 +158,7 @@ def measure(args: argparse.Namespace, base: str) -> dict[str, list[dict[str, Any
                 worker.wait_for_log("worker.started")
             for turn in range(args.rounds + 1):
                 order = dict(list(sides.items())[:: 1 if turn % 2 else -1])
-                before = {side: cpu_seconds(w.pid) for side, w in workers.items()}
-                got = _clients(server.url, order, args)
-                for side, worker in workers.items():
-                    if side in got:
-                        used = cpu_seconds(worker.pid) - before[side]
-                        got[side]["worker_us"] = used / got[side]["calls"] * 1e6
+                got = _clients(server.url, order, workers, args)
                 figure = f"{args.side}_us"
                 line = "  ".join(
                     f"{side} {got[side][figure]:.1f} us a call ({got[side]['calls']} calls)"
