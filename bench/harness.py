@@ -37,10 +37,16 @@ _TICK = os.sysconf("SC_CLK_TCK")
 class Process:
     """A child process whose stderr lines are kept (and drained, so it never blocks on a pipe)."""
 
-    def __init__(self, name: str, argv: Sequence[str], metrics_port: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        metrics_port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.metrics_port = metrics_port  # a Conveyor worker's Prometheus port, if it has one
-        env = dict(os.environ)
+        env = dict(os.environ if env is None else env)  # this process's, by default
         env.pop("CONVEYOR_REDIS_URL", None)
         self.popen = subprocess.Popen(
             list(argv),

@@ -91,15 +91,7 @@ def _env(path: str | None) -> dict[str, str]:
 def _worker(url: str, prefix: str, path: str | None) -> Process:
     argv = [sys.executable, "-m", "conveyor.cli", "worker", str(MODELS / "bench-echo")]
     argv += ["--redis", url, "--prefix", prefix, "--concurrency", "128", "--name", f"{prefix}-w"]
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = _env(path)["PYTHONPATH"]  # Process inherits this environment
-    try:
-        return Process(f"{prefix}-worker", [*argv, "--log-level", "info"])
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = saved
+    return Process(f"{prefix}-worker", [*argv, "--log-level", "info"], env=_env(path))
 
 
 def _clients(
