@@ -1,5 +1,7 @@
 """Redis itself dies (SIGKILL) and comes back with its append-only file: every call still
-gets its one correct answer. Real Redis, workers as real subprocesses."""
+gets its one correct answer. Real Redis, workers as real subprocesses; the client on asyncio
+and on trio (whose calls' jobs go without waiting for Redis, and are sent again when the
+crash fails their round trip)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from conveyor.errors import BrokerConnectionError
 from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+pytestmark = [pytest.mark.anyio]
 
 
 @pytest.mark.timeout(120)
