@@ -10,7 +10,8 @@ machine busier at one moment weighs on all of them alike:
   bench process, ``predict`` called one call after the other, as its author would;
 - **fleet, P processes, unbatched**: P ``conveyor worker`` processes serving a copy of the
   model folder with ``max_batch_size`` 1; single-item calls, ``in_flight_unbatched(P)`` in
-  flight;
+  flight. Each process gets the environment ``conveyor worker --processes P`` gives its
+  children (``worker_env``: its share of the cores for numeric thread pools, unless set);
 - **fleet, P processes, adaptive batching**: the same processes serve a second copy, under
   another name, with ``max_batch_size`` B; single-item calls, ``--in-flight-batched`` in flight;
 - optionally **fleet, P processes, R rows a call** (the caller batches; no adaptive batching).
@@ -45,6 +46,7 @@ from bench.harness import Process, cpu_seconds
 from conveyor.client import Client
 from conveyor.embedded import free_port
 from conveyor.types import InferenceRequest, InferenceResponse
+from conveyor.worker.supervisor import worker_env
 
 CALL_TIMEOUT_S = 300.0
 
@@ -85,13 +87,14 @@ class Fleet:
         cls, url: str, prefix: str, folders: Sequence[Path], processes: int, concurrency: int
     ) -> Fleet:
         workers = []
+        env = worker_env(url, processes)  # as `conveyor worker --processes P` starts them
         for index in range(processes):
             port = free_port()
             argv = [sys.executable, "-m", "conveyor.cli", "worker", *map(str, folders)]
             argv += ["--redis", url, "--prefix", prefix, "--concurrency", str(concurrency)]
             argv += ["--name", f"{prefix}-{index}", "--log-level", "info"]
             argv += ["--metrics-port", str(port)]
-            workers.append(Process(f"{prefix}-{index}", argv, metrics_port=port))
+            workers.append(Process(f"{prefix}-{index}", argv, metrics_port=port, env=env))
         return cls(processes, workers)
 
     def wait_started(self, timeout: float) -> None:
