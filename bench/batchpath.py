@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import anyio
 import numpy as np
+from redis import Redis as SyncRedis
 from rich.console import Console
 from rich.table import Table
 
@@ -270,7 +271,7 @@ def _as_redis(fields: Mapping[str, object]) -> dict[bytes, bytes]:
 async def _load(
     url: str, worker: Process, in_flight: int, seconds: float, requests: Requests
 ) -> Any:
-    meter = Meter({"client": [os.getpid()], "worker": [worker.pid]})
+    meter = Meter({"client": [os.getpid()], "worker": [worker.pid]}, SyncRedis.from_url(url))
     request = requests.make(1.0)
     async with Client(url, prefix=PREFIX) as client:
         model = client.model(MODEL)
@@ -370,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
                         "client_us": result.cpu_us_per_call["client"],
                         "mean_batch": mean_batch,
                         "overhead_us": worker_us - model_us,
+                        # a command's cost is mostly its round trip's, shared by its batch
+                        "redis_commands": result.commands_per_call,
                     }
                 )
                 console.print(f"round {index + 1}: {rows[-1]}")
