@@ -172,9 +172,10 @@ def segments(
     return found
 
 
-async def _calls(call: Callable[[], Awaitable[object]], count: int) -> float:
-    for _ in range(300):  # warm-up
+async def _calls(call: Callable[[], Awaitable[object]], count: int, recorder: Recorder) -> float:
+    for _ in range(300):  # warm-up: not on the time line
         await call()
+    recorder.events.clear()
     latencies = []
     for _ in range(count):
         start = time.perf_counter()
@@ -227,17 +228,14 @@ async def _measure(system: str, url: str, recorder: Recorder, count: int) -> flo
 
         payload = np.random.bytes(100)
         async with FloorClient(url) as floor:
-            recorder.events.clear()
-            return await _calls(lambda: floor.call(payload), count)
+            return await _calls(lambda: floor.call(payload), count, recorder)
     from bench.run import _small_request
     from conveyor.client import Client
 
     request = _small_request()
     async with Client(url, prefix="bench1") as client:
         model = client.model("bench-echo")
-        await model.predict(request)  # the worker is up
-        recorder.events.clear()
-        return await _calls(lambda: model.predict(request), count)
+        return await _calls(lambda: model.predict(request), count, recorder)
 
 
 def main() -> None:
@@ -260,7 +258,11 @@ def main() -> None:
             timeline = run(system, args.calls)
             results[system].append(timeline)
             parts = ", ".join(f"{name} {us:.0f}" for name, us in timeline.segments.items())
-            print(f"{system}: p50 {timeline.p50_ms:.3f} ms; us: {parts}", flush=True)
+            print(
+                f"{system}: p50 {timeline.p50_ms:.3f} ms; {timeline.calls} calls on the time "
+                f"line; us: {parts}",
+                flush=True,
+            )
     _print_table(results)
 
 

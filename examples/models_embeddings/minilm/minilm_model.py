@@ -49,8 +49,8 @@ def weights(settings: ModelSettings) -> str:
     sets ``uri`` to the settings' own folder when the file names none: that means the package.
     """
     uri = settings.parameters.uri if settings.parameters is not None else None
-    own = os.path.dirname(settings.source) if settings.source else None
-    if uri and (folder := to_absolute_path(settings, uri)) != own:
+    own = os.path.dirname(os.path.abspath(settings.source)) if settings.source else None
+    if uri and (folder := os.path.abspath(to_absolute_path(settings, uri))) != own:
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise ValueError(
                 f"parameters.uri {folder!r} holds no config.json: give the folder of "
