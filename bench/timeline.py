@@ -29,7 +29,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,16 +172,13 @@ def segments(
     return found
 
 
-async def _calls(call: Callable[[], Awaitable[object]], count: int, recorder: Recorder) -> float:
+async def _calls(call: harness.Call, count: int, recorder: Recorder) -> float:
     for _ in range(300):  # warm-up: not on the time line
         await call()
     recorder.events.clear()
-    latencies = []
-    for _ in range(count):
-        start = time.perf_counter()
-        await call()
-        latencies.append(time.perf_counter() - start)
-    return statistics.median(latencies) * 1e3
+    result = await harness.sequential("timeline", call, count, harness.Meter({}))
+    assert result.p50_ms is not None
+    return result.p50_ms
 
 
 def run(system: str, count: int) -> Timeline:

