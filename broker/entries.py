@@ -6,8 +6,7 @@ Shared by ``worker_streams`` and ``client_streams`` (the two sides of the protoc
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import exceptions as redis_errors
 
@@ -24,9 +23,9 @@ __all__ = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One job entry as a worker received it."""
+class Delivery(NamedTuple):
+    """One job entry as a worker received it (a ``NamedTuple``: built for every entry read,
+    ~3x faster than a frozen dataclass, as immutable)."""
 
     stream: str
     entry_id: bytes

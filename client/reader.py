@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 
 import anyio
 import anyio.lowlevel
@@ -204,8 +203,7 @@ class Reader:
         # What is left of its timeout, not all of it again: a worker counts the budget
         # (deadline - sent_at) from when Redis stores the new entry (worker/clock.py).
         now = time.time()
-        job = replace(
-            sent.job,
+        job = sent.job._replace(
             attempt=sent.job.attempt + 1,
             sent_at=now,
             deadline=max(sent.job.deadline, now),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 
 import anyio
 
@@ -147,8 +146,8 @@ class Sender:
             try:
                 if unanswered is not None:
                     await broker.withdraw_job(unanswered.stream, unanswered.entry_id)
-                    cancel = replace(
-                        job, method=ControlVerb.CANCEL.value, args=(), kwargs={}, inputs=None
+                    cancel = job._replace(
+                        method=ControlVerb.CANCEL.value, args=(), kwargs={}, inputs=None
                     )
                     await broker.send_control(self._keys.control(job.model), encode_job(cancel))
                 if keys:

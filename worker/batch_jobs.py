@@ -23,7 +23,6 @@ Measured with ``python -m bench.batchpath`` (bench/README.md, "The batch path").
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -296,7 +295,7 @@ class BatchJobs:
             elif error is None and isinstance(response, InferenceResponse):
                 request = job.args[0]
                 if isinstance(request, LaidRequest):  # built to run alone: its id as the job's
-                    job = dataclasses.replace(job, args=(request.build(),))
+                    job = job._replace(args=(request.build(),))
                 message = result_message(job, delivery, response)
             else:
                 if not isinstance(error, Exception):

@@ -36,7 +36,6 @@ the batch path's worker went from 85 to 72 us of CPU a request (``bench.batchpat
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Hashable
 from typing import Any, cast
@@ -326,7 +325,7 @@ class JobDecoder:
                 if matched is not None:
                     first = _Laid(layout, envelope, matched[0], first_request.id)
                     first._built = first_request  # as _layout_of found it
-                    job = dataclasses.replace(job, args=(cast("Payload", first),))
+                    job = job._replace(args=(cast("Payload", first),))
         return job
 
     def next_read(self) -> JobDecoder:

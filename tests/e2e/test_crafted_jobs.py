@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -159,7 +159,7 @@ def test_crafted_keys_are_refused_and_the_victims_untouched(
         method = "load"
     keys, probe, worker = served.keys, served.probe, served.worker
     before = victims.snapshot(probe)
-    crafted = replace(job(keys, model=model, method=method), **{field: getattr(victims, victim)})
+    crafted = job(keys, model=model, method=method)._replace(**{field: getattr(victims, victim)})
     stream = keys.jobs(model) if stream_kind == "jobs" else keys.control(model)
     start = len(worker.lines)
     entry_id = probe.xadd(stream, encode_job(crafted))  # type: ignore[arg-type]
@@ -189,7 +189,7 @@ def test_a_reply_to_another_client_is_refused(served: Served) -> None:
     they do not belong to one client."""
     keys, probe = served.keys, served.probe
     honest = job(keys)
-    crafted = replace(honest, bell=keys.bell("someone-else"))
+    crafted = honest._replace(bell=keys.bell("someone-else"))
     entry_id = probe.xadd(keys.jobs("echo"), encode_job(crafted))  # type: ignore[arg-type]
     assert isinstance(entry_id, bytes)
     reason = dead_letter_of(served, keys.jobs("echo"), entry_id)
@@ -221,7 +221,7 @@ def test_a_version_stream_decides_the_version(served: Served) -> None:
     """A job on echo's ``v1`` stream asking for version ``v9`` is refused, not served by
     whatever answers ``v9`` (or reported as a model nobody serves)."""
     keys, probe = served.keys, served.probe
-    crafted = replace(job(keys), version="v9")
+    crafted = job(keys)._replace(version="v9")
     stream = keys.jobs("echo", "v1")
     entry_id = probe.xadd(stream, encode_job(crafted))  # type: ignore[arg-type]
     assert isinstance(entry_id, bytes)

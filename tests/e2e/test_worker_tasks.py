@@ -9,7 +9,6 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from uuid import uuid4
 
 import anyio
@@ -136,7 +135,7 @@ async def test_a_job_cancelled_by_its_caller_says_so(
     with anyio.fail_after(10):
         while job.id not in worker.jobs.by_request:  # noqa: ASYNC110
             await anyio.sleep(0.01)
-    cancel = replace(job, method="cancel", args=())
+    cancel = job._replace(method="cancel", args=())
     probe.xadd(Keys(prefix).control(job.model), encode_job(cancel))  # type: ignore[arg-type]
     message = await _reply(probe, job)
     assert message.error is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, Literal
 
 import msgpack
@@ -219,7 +218,7 @@ def test_job_version_none_is_an_empty_field_and_inputs_is_left_out() -> None:
 
 def test_inline_reply_flag_rides_in_the_envelope_and_defaults_to_off() -> None:
     assert not _roundtrip_job(_job())[0].inline_reply
-    decoded, raw = _roundtrip_job(replace(_job(), inline_reply=True))
+    decoded, raw = _roundtrip_job(_job()._replace(inline_reply=True))
     assert decoded.inline_reply
     assert msgpack.unpackb(raw[b"envelope"])["inline"] is True
 
@@ -1047,7 +1046,7 @@ def test_error_codes_and_control_verbs_are_their_text_on_the_wire() -> None:
     decoded = decode_message(raw).error
     assert decoded is not None
     assert decoded.code == wire.ErrorCode.DEADLINE
-    cancel = replace(_job(), method=wire.ControlVerb.CANCEL)
+    cancel = _job()._replace(method=wire.ControlVerb.CANCEL)
     decoded_job, raw = _roundtrip_job(cancel)
     assert raw[b"method"] == b"cancel"
     assert decoded_job.method == wire.ControlVerb.CANCEL

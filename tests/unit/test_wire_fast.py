@@ -4,7 +4,6 @@ decodes it or refuses it with its reason)."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from typing import Any
@@ -133,7 +132,7 @@ def _cases() -> list[dict[Any, Any]]:
 
 def _fields(job: Job) -> dict[str, Any]:
     """A job's fields (a Job's == would compare arrays ambiguously)."""
-    return {field.name: getattr(job, field.name) for field in dataclasses.fields(job)}
+    return job._asdict()
 
 
 def _general(raw: dict[Any, Any]) -> Job | str:

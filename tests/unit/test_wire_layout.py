@@ -92,7 +92,7 @@ def _outcome(decode: Any, fields: Any) -> object:
             if isinstance(part.data.root, np.ndarray)
         ]
     return (
-        [getattr(job, name) for name in Job.__slots__ if name != "args"],
+        [getattr(job, name) for name in Job._fields if name != "args"],
         [_state(arg) if isinstance(arg, InferenceRequest) else arg for arg in job.args],
         arrays,
     )
