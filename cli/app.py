@@ -237,7 +237,7 @@ def worker(
     )
     if name:
         settings.name = name
-    from conveyor.worker.collector import tune_collector
+    from conveyor.collector import tune_collector
 
     tune_collector()  # rarer young collections: the job path's objects die young
     try:
@@ -435,10 +435,15 @@ def gateway(
         dashboard_trusted_origins=tuple(dashboard_trusted_origin or ()),
     )
 
+    from conveyor.collector import freeze_survivors, tune_collector
+
     def ready(http: int, grpc: int | None) -> None:
+        # What is alive once it serves (imports, servers, routes) lives as long as it does
+        freeze_survivors()
         grpc_text = f", gRPC on {host}:{grpc}" if grpc is not None else ""
         typer.echo(f"conveyor gateway: REST on http://{host}:{http}{grpc_text}", err=True)
 
+    tune_collector()  # rarer young collections: a call's objects die young (conveyor.collector)
     anyio.run(lambda: serve(settings, on_ready=ready))
 
 

@@ -24,6 +24,7 @@ from anyio.abc import TaskStatus
 
 from conveyor.broker import WorkerBroker
 from conveyor.broker.keys import Keys
+from conveyor.collector import freeze_survivors
 from conveyor.settings import ModelSettings
 from conveyor.worker.admission import Admission
 from conveyor.worker.batch_jobs import BatchJobs
@@ -157,8 +158,7 @@ class Worker:
                     # What is alive now (imports, the models) lives as long as the worker: out of
                     # the collector's way. Else each full collection walks it all: ~15 us per job
                     # at 64 in flight (objects of jobs in flight reach the oldest generation).
-                    gc.collect()
-                    gc.freeze()
+                    freeze_survivors()
                     frozen = True
                 if settings.metrics_port is not None:
                     self.metrics.serve(settings.metrics_port)

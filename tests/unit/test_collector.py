@@ -1,4 +1,4 @@
-"""worker/collector.py: the worker process's first collector threshold."""
+"""core/collector.py: a serving process's first collector threshold, and its start-up freeze."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conveyor.worker.collector import FIRST_THRESHOLD, tune_collector
+from conveyor.collector import FIRST_THRESHOLD, freeze_survivors, tune_collector
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +28,13 @@ def test_a_higher_threshold_or_a_collector_turned_off_is_kept(first: int) -> Non
     gc.set_threshold(first, 10, 10)
     tune_collector()
     assert gc.get_threshold() == (first, 10, 10)
+
+
+def test_freezing_moves_what_is_alive_out_of_the_collectors_reach() -> None:
+    alive = [object() for _ in range(10)]
+    gc.unfreeze()
+    try:
+        freeze_survivors()
+        assert gc.get_freeze_count() >= len(alive)
+    finally:
+        gc.unfreeze()
