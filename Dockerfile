@@ -9,16 +9,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Only what the package needs to build; .dockerignore keeps tests, .git and venvs out.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY core/ core/
 COPY broker/ broker/
 COPY worker/ worker/
 COPY client/ client/
 COPY cli/ cli/
 COPY gateway/ gateway/
+COPY dashboard/ dashboard/
 # The runtime dependencies only: no [dev] (tests, linters), no [embedded] (compose runs
-# Redis). The sources go once installed, so /src can't shadow the package on sys.path.
-RUN pip install --no-cache-dir . && rm -rf /src
+# Redis). The hot path compiled by mypyc (setup.py, CONVEYOR_COMPILE=1: a quarter less CPU a
+# job), with a C compiler that is purged once it has built. The sources go once installed, so
+# /src can't shadow the package on sys.path.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && CONVEYOR_COMPILE=1 pip install --no-cache-dir . \
+    && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
+    && rm -rf /src
 
 WORKDIR /app
 COPY examples/ examples/

@@ -118,8 +118,6 @@ class SoonClaims:
     (``python -m bench.batchpath``'s steps: a batch of 256 claims against a local Redis, the
     claiming process's CPU): a SET each 10.1-11.1 us a claim, one script 3.6-3.9 us."""
 
-    __slots__ = ("_batcher", "_loaded", "_plain", "_scripted", "_waiting")
-
     def __init__(self, batcher: PipelineBatcher, *, scripted: bool = True) -> None:
         self._batcher = batcher
         self._waiting: list[_Claim] = []

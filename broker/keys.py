@@ -45,7 +45,7 @@ def hash_tag(key: str) -> str:
     return key[start + 1 : end] if 0 <= start < end else key
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Keys:
     """Builds Conveyor's key names under one prefix, and parses them back (``*_of``)."""
 

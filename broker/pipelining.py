@@ -24,8 +24,6 @@ AddSettled = Callable[[Pipeline], Settle | None]
 
 
 class _Slot:
-    __slots__ = ("add", "done", "settle", "settles", "timer")
-
     def __init__(self, add: AddCommands, settles: bool = False) -> None:
         self.add = add
         # the caller's replies, or the error of the whole round trip (once it queued)

@@ -48,6 +48,7 @@ from conveyor.broker.writes import (
     conveyor_error,
     inline_entry,
 )
+from conveyor.compiled import caused_by
 from conveyor.errors import BrokerConnectionError
 
 # One job's answer for ``ReplyWriter.answer_soon``: as ``ReplyWriter.answer``'s arguments.
@@ -285,7 +286,7 @@ class ReplyWriter:
         translated = self.translated(error)
         if translated is error:
             raise error
-        raise translated from error
+        raise caused_by(translated, error) from error
 
     async def _send(self, write: Write) -> BaseException | None:
         """One try: the write goes out with whatever else is pending; returns its error."""

@@ -57,7 +57,7 @@ class AckTarget(Protocol):
     def entry_id(self) -> bytes: ...
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class Write:
     """One job's messages to store, or entries to ack, and how it went."""
 
@@ -119,8 +119,6 @@ class Tries:
     connection left unknown is not. Logged once refused, once given up, once stored after
     retries. Both ways of writing an answer (``ReplyWriter.store``, :class:`Answer`) follow it."""
 
-    __slots__ = ("deadline", "delay", "request", "tries")
-
     def __init__(self, request: str, deadline: float) -> None:
         self.request = request  # the job's request id, for the log lines
         self.deadline = deadline  # the job's, on this host's clock
@@ -158,8 +156,6 @@ class Answer:
     """A job's final answer on its way: written, tried again while Redis refuses it and its
     deadline allows, then acked. ``ended`` hears the outcome once (None: stored, its ack
     follows and then ``acked``; else the error, and the job stays pending)."""
-
-    __slots__ = ("acked", "deadline", "ended", "entries", "job", "target", "tries", "writer")
 
     def __init__(
         self,

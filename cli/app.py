@@ -32,8 +32,9 @@ logger = logging.getLogger("conveyor.cli")
 def _version(value: bool) -> None:
     if value:
         import conveyor
+        from conveyor.compiled import describe_build
 
-        typer.echo(f"conveyor {conveyor.__version__}")
+        typer.echo(f"conveyor {conveyor.__version__}, {describe_build()}")
         raise typer.Exit()
 
 

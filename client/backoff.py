@@ -27,8 +27,6 @@ LONGEST_WAIT_S = 1.0
 class Backoff:
     """Doubling waits, from ``FIRST_WAIT_S`` up to ``LONGEST_WAIT_S``."""
 
-    __slots__ = ("delay",)
-
     def __init__(self) -> None:
         self.delay = FIRST_WAIT_S
 

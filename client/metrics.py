@@ -66,8 +66,6 @@ class Measured:
     against ~2.7).
     """
 
-    __slots__ = ("_method", "_metrics", "_model", "_started")
-
     def __init__(self, metrics: ClientMetrics, model: str, method: str) -> None:
         self._metrics = metrics
         self._model = model

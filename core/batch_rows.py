@@ -144,12 +144,13 @@ def merge_requests(requests: Sequence[InferenceRequest | LaidRequest]) -> Infere
             data = _items(parts)
             shape = [sum(part.shape[0] for part in parts), *request_input.shape[1:]]
         if data is None:
+            stacked: npt.NDArray[Any]  # (an array: mypyc's build sees numpy's types as Any)
             if laid:
                 dtype = _DTYPES[request_input.datatype]
-                data = stack_laid(laid, index, dtype, request_input.shape[1:])
+                stacked = stack_laid(laid, index, dtype, request_input.shape[1:])
             else:
-                data = _stack([request.inputs[index] for request in requests])  # type: ignore[union-attr]
-            shape = list(data.shape)
+                stacked = _stack([request.inputs[index] for request in requests])  # type: ignore[union-attr]
+            data, shape = stacked, list(stacked.shape)
         inputs.append(
             _built(
                 RequestInput,
@@ -174,8 +175,6 @@ class Rows:
     fields, each output's ``arrays[i][start : start + size]``. :func:`split_rows` makes them,
     :meth:`response` builds the response :func:`split_response` would (and the wire can
     encode one without building it: ``conveyor.broker.wire.encode_rows``)."""
-
-    __slots__ = ("arrays", "response", "size", "start")
 
     def __init__(
         self, response: InferenceResponse, arrays: list[npt.NDArray[Any]], start: int, size: int

@@ -28,8 +28,6 @@ class LaidRequest:
     """One ``predict`` request, not yet built (see the module's docstring). Not an ABC: an
     ABC's isinstance check, made for each request of a batch, costs ~10x a plain class's."""
 
-    __slots__ = ("id", "rows")
-
     def __init__(self, request_id: str | None, rows: int) -> None:
         self.id = request_id  # given the job's, as ``give_id`` does, before it runs
         self.rows = rows  # its first input's first dimension: its rows of the batch's response

@@ -40,7 +40,7 @@ CONTROL_MAX_BYTES = 64 * 1024
 _KNOWN_CLIENTS_MAX = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Refusal:
     """Why an entry is not run: an error ``code`` and ``type`` for its caller, the reason."""
 

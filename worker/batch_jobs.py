@@ -69,19 +69,6 @@ class _BatchedJob(JobScope):
     """One job on the batch path, and its scope: :meth:`cancel` (its deadline, its caller's
     cancel, another copy's claim) stops it through :meth:`BatchJobs.stop`, not a task."""
 
-    __slots__ = (
-        "batcher",
-        "deadline",
-        "delivery",
-        "job",
-        "metrics",
-        "outcome",
-        "owner",
-        "since",
-        "submitted",
-        "trace",
-    )
-
     def __init__(
         self,
         owner: BatchJobs,

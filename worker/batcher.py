@@ -40,8 +40,6 @@ class Answered:
     its ``response`` (alone in its batch), its ``rows`` of the batch's response (not built:
     the wire encodes them as they are, ``encode_rows``) or the ``error`` it raised."""
 
-    __slots__ = ("error", "response", "rows", "token")
-
     def __init__(
         self,
         token: object,
@@ -59,14 +57,10 @@ class Submitted(Answered):
     """A request :meth:`AdaptiveBatcher.submit` queued: :meth:`AdaptiveBatcher.withdraw` takes
     it back while its batch has not started."""
 
-    __slots__ = ()
-
 
 class _Item(Submitted):
     """One caller's request, and its answer once its batch ran (a submitted one is handed
     over as it is, as its ``Submitted`` and its ``Answered``: no object of those per request)."""
-
-    __slots__ = ("group", "request", "taken")
 
     def __init__(
         self, request: InferenceRequest | LaidRequest, group: _Group, token: object = None
@@ -84,8 +78,6 @@ class _Group:
     """Requests of one batch key that will run together: at most ``max_batch_size``, all
     woken by one event when their batch has run (an event per request cost ~2% of a batched
     worker's CPU)."""
-
-    __slots__ = ("arrived", "done", "items", "key")
 
     def __init__(self, key: Hashable, arrived: float) -> None:
         self.key = key

@@ -77,7 +77,7 @@ _MIN_LOOK_S = 0.001
 _NOTHING: AbstractAsyncContextManager[object] = nullcontext()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Hold:
     """How many jobs of one model a worker holds at once, and how it takes them.
 
@@ -105,17 +105,6 @@ class Hold:
 
 class CallLimit:
     """The call slots of one loaded model instance (made at load, dropped with the instance)."""
-
-    __slots__ = (
-        "_async_limiter",
-        "concurrent",
-        "inline",
-        "limit",
-        "max_batch_size",
-        "max_batch_time",
-        "stream_slots",
-        "threads",
-    )
 
     def __init__(
         self,
@@ -187,7 +176,7 @@ class CallLimit:
         return self.hold(worker_concurrency).most
 
 
-@dataclass(slots=True)
+@dataclass
 class Reads:
     """What the worker reads next (:func:`plan_reads`)."""
 

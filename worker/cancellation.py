@@ -56,8 +56,6 @@ class JobScope:
     and a caller's cancel request both end in one ``task.cancel()``, ~10x cheaper than an
     anyio cancel scope per job."""
 
-    __slots__ = ("ack_pending", "armed", "held", "reason", "started", "task")
-
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.started = False  # its task has taken its first step
@@ -83,8 +81,6 @@ class JobScope:
 
 class RunningJobs:
     """Every job task of the worker, by scope and (while armed) by request id."""
-
-    __slots__ = ("_on_abort", "aborting", "by_request", "deadlines", "read_follows", "scopes")
 
     def __init__(self) -> None:
         self.scopes: set[JobScope] = set()
@@ -179,8 +175,6 @@ class Deadlines:
     time. Here entries are (time, seq, scope) tuples, compared in C; a job that ended (disarmed)
     stays until it reaches the top or the heap is compacted.
     """
-
-    __slots__ = ("_at", "_heap", "_seq", "_timer")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, JobScope]] = []

@@ -30,8 +30,6 @@ __all__ = ("RedisClock", "remaining_fields")
 class RedisClock:
     """Redis's clock as seen from this host: ``offset`` is Redis's time minus ours."""
 
-    __slots__ = ("offset",)
-
     def __init__(self) -> None:
         self.offset = 0.0  # seconds; written by the heartbeat thread, a float: GIL-atomic
 

@@ -19,8 +19,6 @@ __all__ = ("LoopHistogram",)
 class _Series:
     """One label set's observations: a count per bucket (the last one +Inf) and their sum."""
 
-    __slots__ = ("bounds", "counts", "sum")
-
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
@@ -33,8 +31,6 @@ class _Series:
 
 class _LockedSeries(_Series):
     """A series observed from several threads (a plain ``def`` model's calls)."""
-
-    __slots__ = ("lock",)
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         super().__init__(bounds)

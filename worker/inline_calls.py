@@ -55,8 +55,6 @@ _SCHEDSTAT = "/proc/thread-self/schedstat"  # ns on a CPU, ns runnable but waiti
 class _SchedStat:
     """One thread's schedstat file, open for its life (read again with ``pread``, ~1 us)."""
 
-    __slots__ = ("fd",)
-
     def __init__(self) -> None:
         self.fd = os.open(_SCHEDSTAT, os.O_RDONLY)
 
@@ -93,8 +91,6 @@ def thread_clock() -> tuple[float, float]:
 class InlineCalls:
     """Where one model instance's plain ``def`` calls run: observes each call's wall and CPU
     time and says whether the next one runs on the loop (:attr:`inline`)."""
-
-    __slots__ = ("_needed", "_streak", "inline", "label")
 
     def __init__(self, label: str) -> None:
         self.label = label  # the model, for log lines

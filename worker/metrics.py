@@ -32,8 +32,6 @@ FLUSH_EVERY_S = 1.0  # multiprocess mode: how stale a scrape of the loop's histo
 class _Children:
     """The label children one (model, method) updates for each job, looked up once."""
 
-    __slots__ = ("latency", "ok", "reply", "wait")
-
     def __init__(self, wait: Any, latency: Any, ok: Any, reply: Any) -> None:
         self.wait = wait  # queue wait of the model
         self.latency = latency
@@ -44,8 +42,6 @@ class _Children:
 class JobMetrics:
     """One job's metrics: its (model, method)'s label children, and when its model call
     ended (marked by worker.model_calls while the job is the task's current one)."""
-
-    __slots__ = ("children", "done", "ran_until")
 
     def __init__(self, children: _Children) -> None:
         self.children = children

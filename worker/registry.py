@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from conveyor.broker.keys import Keys
+from conveyor.compiled import caused_by
 from conveyor.errors import ModelLoadFailed
 from conveyor.methods import exposed_methods
 from conveyor.model import MLModel
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 _DEFAULT_PAYLOAD_LIMIT = ModelSettings.model_fields["max_payload_bytes"].default
 
 
-@dataclass(slots=True)
+@dataclass
 class ServedModel:
     """One model folder of this worker, loaded or not."""
 
@@ -206,7 +207,7 @@ async def _load(served: ServedModel, limiter: anyio.CapacityLimiter) -> None:
         ready = await call(model.load, limiter)
     except Exception as error:
         served.failure = f"load() raised {type(error).__name__}: {error}"
-        raise ModelLoadFailed(served.name, served.version, error) from error
+        raise caused_by(ModelLoadFailed(served.name, served.version, error), error) from error
     # MLServer's convention: load() returns readiness; a runtime may also set it itself.
     model.ready = bool(ready) if ready is not None else True
     served.model = model

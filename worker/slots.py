@@ -22,8 +22,6 @@ __all__ = ("Slots",)
 class Slots:
     """Jobs held, by entry id (the heartbeat's ``in_flight``) and by model."""
 
-    __slots__ = ("_freed", "acking", "closed", "held", "in_flight")
-
     def __init__(self, in_flight: dict[bytes, str]) -> None:
         self.in_flight = in_flight  # entry id -> job stream (WorkerStats.in_flight)
         self.held: Counter[str] = Counter()  # jobs held, by model (worker.call_limit)

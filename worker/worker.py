@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from conveyor.broker import WorkerBroker
 from conveyor.broker.keys import Keys
 from conveyor.collector import freeze_survivors
+from conveyor.compiled import compiled_modules
 from conveyor.settings import ModelSettings
 from conveyor.worker.admission import Admission
 from conveyor.worker.batch_jobs import BatchJobs
@@ -222,11 +223,13 @@ class Worker:
                         # started once it handles them: a signal sent on "worker.started" is seen
                         await infra.start(self._signal_loop)
                     logger.info(
-                        "worker.started worker=%s models=%s not_served=%s concurrency=%d",
+                        "worker.started worker=%s models=%s not_served=%s concurrency=%d "
+                        "compiled_modules=%d",
                         settings.name,
                         ",".join(self.stats.ready) or "-",
                         ",".join(self.stats.failed) or "-",
                         settings.concurrency,
+                        len(compiled_modules()),
                     )
                     task_status.started()
                     try:

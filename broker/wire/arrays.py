@@ -10,11 +10,12 @@ the bytes Redis returned.
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import msgpack
 import numpy as np
 
-from conveyor.broker.wire.schema import INLINE_MAX_BYTES, RawFields
+from conveyor.broker.wire.schema import INLINE_MAX_BYTES, AsRead, RawFields
 from conveyor.errors import WireError
 
 __all__ = (
@@ -123,7 +124,7 @@ def _raw_array(
         if content < 0:
             raise WireError(f"tensor field index {content} is negative")
         name = _tensor_raw_key(content)
-        buf = fields.get(name)
+        buf = cast(AsRead, fields).get(name)
         if buf is None:
             raise WireError(f"tensor field {name.decode()!r} is missing")
         if not isinstance(buf, bytes | bytearray | memoryview):

@@ -37,7 +37,7 @@ def pack_inline(fields: Fields) -> bytes:
 _local = threading.local()  # a Packer per thread (they are not reentrant)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Rung:
     """What a client found on its doorbell."""
 

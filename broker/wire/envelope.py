@@ -17,7 +17,8 @@ import numpy as np
 
 from conveyor.broker.wire.arrays import EXT_NDARRAY, EXT_SCALAR, array_body, read_array
 from conveyor.broker.wire.readable import missing
-from conveyor.broker.wire.schema import WIRE_VERSION, RawFields
+from conveyor.broker.wire.schema import WIRE_VERSION, AsRead, RawFields
+from conveyor.compiled import caused_by
 from conveyor.errors import WireError
 
 __all__ = ("pack_envelope", "unpack_envelope")
@@ -29,8 +30,6 @@ _PACKER_KEEP_MAX = 1 << 20
 
 class _Encoder:
     """Packs one envelope at a time; one per thread, reused (msgpack Packers are not reentrant)."""
-
-    __slots__ = ("_inner", "_packer", "_tensors")
 
     def __init__(self) -> None:
         self._tensors: list[memoryview] = []
@@ -44,9 +43,8 @@ class _Encoder:
         try:
             data = cast(bytes, self._packer.pack(envelope))
         except OverflowError as exc:
-            raise ValueError(
-                f"cannot send this payload: {exc} (msgpack holds 64-bit ints)"
-            ) from exc
+            text = f"cannot send this payload: {exc} (msgpack holds 64-bit ints)"
+            raise caused_by(ValueError(text), exc) from exc
         finally:
             tensors, self._tensors = self._tensors, []
         if len(data) > _PACKER_KEEP_MAX:
@@ -113,14 +111,12 @@ class _Decoder:
     newer format is reported as such, not as whatever its ext types look like now.
     """
 
-    __slots__ = ("error", "fields")
-
     def __init__(self, fields: RawFields) -> None:
         self.fields = fields
         self.error: WireError | None = None
 
     def unpack(self, fields: RawFields, reader: str) -> dict[str, object]:
-        data = fields.get(b"envelope")
+        data = cast(AsRead, fields).get(b"envelope")
         if data is None:
             raise missing(fields, "envelope")
         if type(data) is not bytes and not isinstance(data, bytes | bytearray | memoryview):
@@ -134,7 +130,9 @@ class _Decoder:
             raise
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             reason = str(exc) or type(exc).__name__
-            raise WireError(f"field 'envelope' is not valid msgpack: {reason}") from exc
+            raise caused_by(
+                WireError(f"field 'envelope' is not valid msgpack: {reason}"), exc
+            ) from exc
         if not isinstance(envelope, dict):
             raise WireError(f"envelope must be a msgpack map, not {type(envelope).__name__}")
         version = envelope.get("v")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import cast
 
 from conveyor.broker.wire.envelope import pack_envelope, unpack_envelope
 from conveyor.broker.wire.payloads import decode_payload, encode_payload
@@ -22,7 +23,8 @@ from conveyor.broker.wire.readable import (
     read_time,
     time_text,
 )
-from conveyor.broker.wire.schema import WIRE_VERSION, Fields, Job, Payload, RawFields
+from conveyor.broker.wire.schema import WIRE_VERSION, AsRead, Fields, Job, Payload, RawFields
+from conveyor.compiled import caused_by
 from conveyor.errors import WireError
 
 __all__ = ("Head", "common_head", "decode_job", "encode_job", "trace_fields")
@@ -86,7 +88,9 @@ def decode_job(fields: RawFields) -> Job:
     except WireError:
         raise
     except Exception as exc:  # the contract: nothing but WireError leaves a decoder
-        raise WireError(f"malformed job entry: {type(exc).__name__}: {exc}") from exc
+        raise caused_by(
+            WireError(f"malformed job entry: {type(exc).__name__}: {exc}"), exc
+        ) from exc
 
 
 def _decode_job(fields: RawFields) -> Job:
@@ -143,7 +147,7 @@ def common_head(fields: dict[bytes, bytes]) -> Head | None:
     """The readable fields of the common job (id, method, model, version, reply, bell,
     deadline, sent_at, attempt) as :func:`_decode_any_job` reads them, or None if they need a
     closer look (there, with their reasons)."""
-    get = fields.get
+    get = cast(AsRead, fields).get
     texts: list[str] = []
     for name in _JOB_TEXT:
         value = get(name)
@@ -253,7 +257,7 @@ def trace_fields(fields: RawFields) -> tuple[str, str]:
     trace context that cannot be read is ignored, never a reason to refuse the job)."""
     texts = []
     for name in (b"traceparent", b"tracestate"):
-        value = fields.get(name)
+        value = cast(AsRead, fields).get(name)
         try:
             texts.append(value.decode() if isinstance(value, bytes) else "")
         except UnicodeDecodeError:

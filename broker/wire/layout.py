@@ -63,7 +63,7 @@ from conveyor.broker.wire.layout_parts import (
     read_str,
 )
 from conveyor.broker.wire.layout_proof import proven
-from conveyor.broker.wire.schema import Job, Payload, RawFields
+from conveyor.broker.wire.schema import AsRead, Job, Payload, RawFields
 from conveyor.laid_requests import LaidRequest
 from conveyor.types import InferenceRequest, RequestInput, TensorData
 
@@ -84,8 +84,6 @@ class _Layout:
     input's kind and the state of the request every envelope of the layout decodes to, but
     for the data (copied when the layout was found: the caller may change its request
     afterwards)."""
-
-    __slots__ = ("envelope", "inline", "inputs", "laid", "pieces", "request", "rows", "size")
 
     def __init__(
         self,
@@ -181,7 +179,7 @@ class _Layout:
 
 def _layout_of(fields: RawFields, job: Job) -> _Layout | None:
     """The layout of a job just decoded in full, once proven; None if it has none."""
-    envelope = fields.get(b"envelope")
+    envelope = cast(AsRead, fields).get(b"envelope")
     if type(envelope) is not bytes or job.kwargs or len(job.args) != 1:
         return None
     request = job.args[0]
@@ -221,8 +219,6 @@ def _layout_of(fields: RawFields, job: Job) -> _Layout | None:
 class _Laid(LaidRequest):
     """A request of a proven layout, kept as its envelope's bytes (see ``LaidRequest``)."""
 
-    __slots__ = ("_built", "_envelope", "_layout", "_own_id", "_parts")
-
     def __init__(
         self, layout: _Layout, envelope: bytes, parts: Parts, request_id: str | None
     ) -> None:
@@ -259,8 +255,6 @@ class JobDecoder:
     same ``WireError`` for a bad one), parsing the common layout once (see the module head).
     One per read: it keeps the layout of its first common job."""
 
-    __slots__ = ("_decoded", "_layout", "_reads", "_served", "_tries", "key", "laid_out", "lazy")
-
     def __init__(self, *, lazy: bool = False) -> None:
         self._layout: _Layout | None = None
         # whether a request of the layout may be a ``LaidRequest`` (the batch path's), which
@@ -283,7 +277,7 @@ class JobDecoder:
         self._decoded += 1
         layout = self._layout
         if layout is not None and type(fields) is dict:
-            envelope = fields.get(b"envelope")
+            envelope = cast(AsRead, fields).get(b"envelope")
             head = common_head(fields) if type(envelope) is bytes else None
             matched = None if head is None else layout.match(envelope)  # type: ignore[arg-type]
             if head is not None and matched is not None:
@@ -320,10 +314,10 @@ class JobDecoder:
             self._served = layout is not None
             if layout is not None and self.lazy and layout.laid:  # merged with the later ones
                 first_request = cast("InferenceRequest", job.args[0])
-                envelope = fields[b"envelope"]
-                matched = layout.match(envelope)  # its own envelope: always matches
+                own = fields[b"envelope"]
+                matched = layout.match(own)  # its own envelope: always matches
                 if matched is not None:
-                    first = _Laid(layout, envelope, matched[0], first_request.id)
+                    first = _Laid(layout, own, matched[0], first_request.id)
                     first._built = first_request  # as _layout_of found it
                     job = job._replace(args=(cast("Payload", first),))
         return job

@@ -18,12 +18,14 @@ from conveyor.broker.wire.payloads import (
 from conveyor.broker.wire.readable import add_tensors, count_text, missing, read_int, read_text
 from conveyor.broker.wire.schema import (
     WIRE_VERSION,
+    AsRead,
     ErrorInfo,
     Fields,
     Message,
     MessageType,
     RawFields,
 )
+from conveyor.compiled import caused_by
 from conveyor.errors import WireError
 
 __all__ = ("decode_message", "encode_message", "encode_result", "encode_rows")
@@ -132,13 +134,15 @@ def decode_message(fields: RawFields) -> Message:
     except WireError:
         raise
     except Exception as exc:  # the contract: nothing but WireError leaves a decoder
-        raise WireError(f"malformed message entry: {type(exc).__name__}: {exc}") from exc
+        raise caused_by(
+            WireError(f"malformed message entry: {type(exc).__name__}: {exc}"), exc
+        ) from exc
 
 
 def _decode_message(fields: RawFields) -> Message:
     if type(fields) is not dict and not isinstance(fields, Mapping):
         raise WireError(f"an entry's fields must be a mapping, not {type(fields).__name__}")
-    raw_type = fields.get(b"type")
+    raw_type = cast(AsRead, fields).get(b"type")
     if raw_type is None:
         raise missing(fields, "type")
     kind = _MESSAGE_TYPES.get(raw_type) if isinstance(raw_type, bytes) else None

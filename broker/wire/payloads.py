@@ -15,6 +15,7 @@ import pydantic
 
 from conveyor.batching import Rows
 from conveyor.broker.wire.schema import Payload
+from conveyor.compiled import caused_by
 from conveyor.errors import WireError
 from conveyor.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
@@ -149,6 +150,6 @@ def decode_payload(value: object, where: str) -> Payload:
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(part) for part in first["loc"]) or "(root)"
-        raise WireError(
-            f"{where} is not a valid {tag}: {loc}: {first['msg']} ({exc.error_count()} error(s))"
-        ) from None
+        count = exc.error_count()
+        text = f"{where} is not a valid {tag}: {loc}: {first['msg']} ({count} error(s))"
+        raise caused_by(WireError(text), None) from None

@@ -7,9 +7,11 @@ with one reason for each refusal. Also what an encoded entry's size is, for the 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from conveyor.broker.wire.arrays import tensor_key
-from conveyor.broker.wire.schema import Fields, RawFields
+from conveyor.broker.wire.schema import AsRead, Fields, RawFields
+from conveyor.compiled import caused_by
 from conveyor.errors import WireError
 
 __all__ = (
@@ -69,7 +71,7 @@ def missing(fields: RawFields, name: str) -> WireError:
 
 
 def read_text(fields: RawFields, name: bytes) -> str:
-    value = fields.get(name)
+    value = cast(AsRead, fields).get(name)
     if value is None:
         raise missing(fields, name.decode())
     if not isinstance(value, bytes):
@@ -77,7 +79,7 @@ def read_text(fields: RawFields, name: bytes) -> str:
     try:
         return value.decode()
     except UnicodeDecodeError as exc:
-        raise WireError(f"field {name.decode()!r} is not UTF-8 text") from exc
+        raise caused_by(WireError(f"field {name.decode()!r} is not UTF-8 text"), exc) from exc
 
 
 def read_int(fields: RawFields, name: bytes, minimum: int) -> int:

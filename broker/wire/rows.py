@@ -33,8 +33,6 @@ class _Template:
     """A proven answer envelope: its bytes around the id's span (its packed str; none if
     not ``has_id``) and each output's data span, and what an answer must share with it."""
 
-    __slots__ = ("arrays", "blobs", "gaps", "has_id", "response", "size")
-
     def __init__(
         self, envelope: bytes, spans: list[tuple[int, int]], rows: Rows, has_id: bool
     ) -> None:
@@ -55,8 +53,6 @@ class _Template:
 
 class RowsEncoder:
     """``encode_rows`` of one batch's answers (see the module's docstring): one per batch."""
-
-    __slots__ = ("_template", "_tried")
 
     def __init__(self) -> None:
         self._template: _Template | None = None

@@ -53,6 +53,10 @@ _NO_KWARGS: Mapping[str, Payload] = MappingProxyType({})
 FieldValue: TypeAlias = bytes | str | int | float | memoryview
 Fields: TypeAlias = dict[str, FieldValue]
 RawFields: TypeAlias = Mapping[bytes, bytes]
+# The same fields before a decoder checked them: each value as an object. Decoders read them so
+# (``cast``): compiled by mypyc (setup.py), a value read as bytes is checked there, and a
+# malformed entry would raise TypeError instead of the decoder's WireError with its reason.
+AsRead: TypeAlias = Mapping[bytes, object]
 
 
 class Job(NamedTuple):

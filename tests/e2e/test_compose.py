@@ -84,6 +84,8 @@ class Image:
         self.user: str | None = None
         self.env: dict[str, str] = {}
         self.runs: list[str] = []
+        self.install_dir = PurePosixPath("/")  # where `pip install .` runs
+        self.installed_from: dict[PurePosixPath, Path] = {}  # ... and what was there
         self.copies: dict[PurePosixPath, Path] = {}  # image path -> repository path
         workdir = PurePosixPath("/")
         for name, arguments in self.instructions:
@@ -110,6 +112,9 @@ class Image:
                         self.copies[target] = local
             elif name == "RUN":
                 self.runs.append(arguments)
+                if "pip install" in arguments:  # what it builds from: copied by then
+                    self.install_dir = workdir
+                    self.installed_from = dict(self.copies)
                 for removed in re.findall(r"rm -rf (\S+)", arguments):
                     gone = PurePosixPath(removed)
                     self.copies = {
@@ -185,6 +190,32 @@ def test_dockerfile(image: Image) -> None:
     # The example models are in the image, and the package sources are gone after install.
     assert image.copies[PurePosixPath("/app/examples")] == REPO / "examples"
     assert all(not str(path).startswith("/src") for path in image.copies)
+
+
+@pytest.mark.timeout(120)
+def test_the_image_builds_the_package_from_what_it_copies(image: Image, tmp_path: Path) -> None:
+    """The image's `pip install .`, here, from only what the Dockerfile copied by then (a
+    package folder it left out once broke the build: pyproject.toml names every one)."""
+    source = tmp_path / "src"
+    for path, local in image.installed_from.items():
+        if image.install_dir in path.parents:
+            target = source / path.relative_to(image.install_dir)
+            if local.is_dir():
+                shutil.copytree(local, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(local, target)
+    assert (source / "setup.py").is_file(), "setup.py compiles the image's hot path"
+    site = tmp_path / "site"
+    # pure Python here (no CONVEYOR_COMPILE): .ci/compiled builds the compiled one
+    env = {key: value for key, value in os.environ.items() if key != "CONVEYOR_COMPILE"}
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    command += ["--target", str(site), str(source)]
+    built = subprocess.run(command, capture_output=True, text=True, env=env, timeout=100)
+    assert built.returncode == 0, built.stderr
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in packages["packages"]:
+        assert (site / package.replace(".", "/") / "__init__.py").is_file(), package
 
 
 @pytest.mark.timeout(10)

