@@ -92,11 +92,13 @@ def _staged() -> list[str]:
     for folder, package in _FOLDERS.items():
         shutil.copytree(folder, _STAGE / package, ignore=shutil.ignore_patterns("__pycache__"))
     (_STAGE / "mypy.ini").write_text(_MYPY_CONFIG)
+    staged = []
     for path in COMPILED:
         if not Path(path).is_file():
             raise SystemExit(f"setup.py: {path} is listed in COMPILED but does not exist")
-    folder_of = {path: path.split("/", 1) for path in COMPILED}
-    return [str(_STAGE / _FOLDERS[top] / rest) for top, rest in folder_of.values()]
+        top, rest = path.split("/", 1)
+        staged.append(str(_STAGE / _FOLDERS[top] / rest))
+    return staged
 
 
 def _extensions() -> list[object]:
