@@ -5,13 +5,14 @@ their sources: the worker spends about a quarter less CPU a job (bench/README.md
 with mypyc"). Without it, or with ``pip install -e``, the package is pure Python, as before.
 
 A compiled build needs a C compiler and Python's headers; mypy (which holds mypyc) is added to
-the build's own requirements. ``conveyor version`` says which modules are compiled.
+the build's own requirements. ``conveyor --version`` says how many modules are compiled.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tomllib
 from pathlib import Path
 
 from setuptools import setup
@@ -64,16 +65,6 @@ COMPILED = (
     "client/backoff.py",
     "client/metrics.py",
 )
-# pyproject.toml's package-dir: repository folder -> package folder
-_FOLDERS = {
-    "core": "conveyor",
-    "broker": "conveyor/broker",
-    "worker": "conveyor/worker",
-    "client": "conveyor/client",
-    "cli": "conveyor/cli",
-    "gateway": "conveyor/gateway",
-    "dashboard": "conveyor/dashboard",
-}
 _STAGE = Path("build/mypyc-src")
 # mypy's settings for the compile: only the package's own types count, whatever is installed
 # where it builds (numpy's, pydantic's or redis-py's values are Any: compiled code checks them
@@ -88,8 +79,14 @@ def _compiling() -> bool:
 def _staged() -> list[str]:
     """The sources copied under build/mypyc-src as their package's folders: mypyc names a module
     by its path, so that broker/keys.py compiles as conveyor.broker.keys."""
+    # repository folder -> package folder, from pyproject.toml's package-dir
+    setuptools_table = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {
+        folder: package.replace(".", "/")
+        for package, folder in setuptools_table["package-dir"].items()
+    }
     shutil.rmtree(_STAGE, ignore_errors=True)
-    for folder, package in _FOLDERS.items():
+    for folder, package in folders.items():
         shutil.copytree(folder, _STAGE / package, ignore=shutil.ignore_patterns("__pycache__"))
     (_STAGE / "mypy.ini").write_text(_MYPY_CONFIG)
     staged = []
@@ -97,7 +94,7 @@ def _staged() -> list[str]:
         if not Path(path).is_file():
             raise SystemExit(f"setup.py: {path} is listed in COMPILED but does not exist")
         top, rest = path.split("/", 1)
-        staged.append(str(_STAGE / _FOLDERS[top] / rest))
+        staged.append(str(_STAGE / folders[top] / rest))
     return staged
 
 
