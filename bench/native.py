@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -63,11 +62,9 @@ _PLACES = (
 _FRAME = re.compile(r"^(?P<symbol>.*) \((?P<library>[^()]*)\)$")
 
 
-@dataclass
-class Samples:
-    """The worker's main-thread stacks, each innermost frame first, as (library, symbol)."""
-
-    stacks: list[list[tuple[str, str]]]
+# One sample's stack, innermost frame first: (library, symbol) a frame; an inlined frame's
+# library is "" (its caller's).
+Stack = list[tuple[str, str]]
 
 
 def readable(symbol: str) -> str | None:
@@ -96,16 +93,16 @@ def stop(perf: subprocess.Popen[bytes]) -> None:
     perf.wait(timeout=120)
 
 
-def read_samples(data: Path, pid: int) -> Samples:
-    """The samples of thread ``pid`` (the main thread: the event loop) in ``data``."""
+def read_samples(data: Path, pid: int) -> list[Stack]:
+    """The stacks of thread ``pid`` (the main thread: the event loop) in ``data``."""
     script = subprocess.run(
         ["perf", "script", "-i", str(data), "-F", "tid,ip,sym,dso"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    stacks: list[list[tuple[str, str]]] = []
-    current: list[tuple[str, str]] | None = None
+    stacks: list[Stack] = []
+    current: Stack | None = None
     for line in script.splitlines():
         if not line.strip():
             continue
@@ -123,20 +120,23 @@ def read_samples(data: Path, pid: int) -> Samples:
             current.append((Path(found["library"]).name, found["symbol"]))
         else:
             current.append(("?", frame))
-    return Samples(stacks)
+    return stacks
 
 
 def place(library: str) -> str:
-    if library.startswith("[kernel"):
-        return "the kernel (sockets, wake-ups)"
     return next((name for key, name in _PLACES if key in library), f"other ({library})")
 
 
-def report(samples: Samples, us_per_job: float, top: int) -> list[str]:
-    total = len(samples.stacks)
+def report(stacks: list[Stack], us_per_job: float, top: int) -> list[str]:
+    total = len(stacks)
+    if not total:
+        sys.exit(
+            "bench.native: perf recorded no sample of the worker's main thread "
+            "(perf_event_paranoid may forbid it: sysctl kernel.perf_event_paranoid)"
+        )
     places: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    for stack in samples.stacks:
+    for stack in stacks:
         library = next((library for library, _ in stack if library), "?")
         places[place(library)] += 1
         inclusive.update({name for _, symbol in stack if (name := readable(symbol))})
