@@ -42,27 +42,27 @@ EXTRA=(redis pydantic-settings python-dotenv python-json-logger opentelemetry-ap
 # first on the path of that build.
 BUILD=(setuptools)
 
+pinned() {  # name...: each as name==the version this venv has (PYTHON names another)
+    "${PYTHON:-python}" -c "import importlib.metadata as m, sys
+for name in sys.argv[1:]: print(f'{name}=={m.version(name)}')" "$@"
+}
+
 prep() {
     ../shared/tools/device-prep || return 1
-    local pins=() name version
-    for name in "${EXTRA[@]}"; do
-        version=$("${PYTHON:-python}" -c "import importlib.metadata as m, sys
-print(m.version(sys.argv[1]))" "$name") || return 1
-        pins+=("$name==$version")
-        # one version of each in .whl (device-prep may have put another)
+    local pins name
+    pins=$(pinned "${EXTRA[@]}") || return 1
+    for name in "${EXTRA[@]}"; do  # one version of each in .whl (device-prep may have another)
         rm -f .whl/"$(echo "$name" | tr - _)"-*.whl
     done
+    # shellcheck disable=SC2086  # one requirement a word
     "${PYTHON:-python}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d .whl "${pins[@]}" || return 1
-    pins=()
-    for name in "${BUILD[@]}"; do
-        pins+=("$name==$("${PYTHON:-python}" -c "import importlib.metadata as m, sys
-print(m.version(sys.argv[1]))" "$name")") || return 1
-    done
+        --platform manylinux2014_x86_64 -d .whl $pins || return 1
+    pins=$(pinned "${BUILD[@]}") || return 1
     rm -rf .dev/build
-    "${PYTHON:-python}" -m pip download -q --no-deps --only-binary=:all: -d .dev/build \
-        "${pins[@]}" || return 1
+    # shellcheck disable=SC2086
+    "${PYTHON:-python}" -m pip download -q --no-deps --only-binary=:all: -d .dev/build $pins ||
+        return 1
     ls .whl .dev/build
     du -shc .whl .dev | tail -n 1 | sed 's/^/gpu_host prep: carry /'
 }
