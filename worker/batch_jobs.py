@@ -251,7 +251,7 @@ class BatchJobs:
 
     def _answers(self, answered: list[Answered]) -> None:
         """A batch's answers (from its batcher): they go in one write."""
-        jobs, slots = self._jobs, self.slots
+        jobs = self._jobs
         answers: list[Any] = []
         encoder = RowsEncoder()  # the batch's answers share one envelope but for ids and rows
         batch = job_context.get()  # the batch's, set as it started (JobRunner.batcher_for)
@@ -293,7 +293,6 @@ class BatchJobs:
             if record.trace is not None:
                 record.trace.reply_started()
             answers.append((job, [message], delivery, record.deadline, record.acked, record.ended))
-        slots.acking += len(answers)  # each keeps its slot until its ack is done
         self._broker.answer_soon(answers)
 
     @staticmethod
@@ -339,7 +338,6 @@ class BatchJobs:
             return
         message = self._runner.stopped(job, delivery, reason)
         record.outcome = outcome(message)
-        self.slots.acking += 1
         self._broker.answer_soon(
             [(job, [message], delivery, record.deadline, record.acked, record.ended)]
         )
@@ -368,13 +366,13 @@ class BatchJobs:
             record.trace.close(error, record.outcome)
         if error is not None:
             log_unfinished(delivery, error)
-            self.slots.acking -= 1
             self.slots.release(delivery.entry_id, delivery.stream)
             return
         loop_now = asyncio.get_running_loop().time()
         self._metrics.job_done(
             record.metrics, job.model, job.method, record.outcome, loop_now - record.since
         )
+        self.slots.awaiting_ack += 1  # counted done: out of the in-flight gauge
         if record.held is not None and record.reason is None:
             log_answered_duplicate(job, delivery, self._worker, record.held)
 

@@ -270,20 +270,19 @@ class JobRunner:
                 trace.close(error, outcome(messages[-1]))
             if error is not None:  # not stored: the job stays pending, delivered again
                 log_unfinished(delivery, error)
-                slots.acking -= 1
                 slots.release(entry_id, stream)
                 return
             slots.answered(stream)  # the model's room is free; the slot waits for the ack
             self._metrics.job_done(
                 metrics, job.model, job.method, outcome(messages[-1]), loop.time() - started
             )
+            slots.awaiting_ack += 1  # counted done: out of the in-flight gauge
             if scope.held is not None:
                 log_answered_duplicate(job, delivery, self._worker, scope.held)
 
         # The answer holds the job's slot (and keeps its claim fresh) until its ack is done,
         # or until it cannot be stored (`ended`); the task does not wait for Redis.
         scope.ack_pending = True
-        slots.acking += 1
         if trace is not None:
             trace.reply_started()
         try:
@@ -298,7 +297,6 @@ class JobRunner:
             )
         except Exception:  # nothing was sent (the answer cannot be encoded): the task's again
             scope.ack_pending = False
-            slots.acking -= 1
             raise
 
     def stopped(self, job: Job, delivery: Delivery, reason: str) -> Message:

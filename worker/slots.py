@@ -25,7 +25,9 @@ class Slots:
     def __init__(self, in_flight: dict[bytes, str]) -> None:
         self.in_flight = in_flight  # entry id -> job stream (WorkerStats.in_flight)
         self.held: Counter[str] = Counter()  # jobs held, by model (worker.call_limit)
-        self.acking = 0  # answered jobs that keep their slots until their acks are done
+        # answers stored and counted done, whose slots wait for their acks: a job leaves the
+        # in-flight gauge here, after its metrics (a scrape that sees none in flight sees it)
+        self.awaiting_ack = 0
         self.closed = False  # no job is taken any more: the worker stops
         self._freed = asyncio.Event()
 
@@ -60,7 +62,7 @@ class Slots:
 
     def ack_done(self, entry_id: bytes) -> None:
         """The ack of a job :meth:`answered` is done: its slot is free."""
-        self.acking -= 1
+        self.awaiting_ack -= 1
         self._free(entry_id)
 
     def _free(self, entry_id: bytes) -> None:

@@ -67,7 +67,7 @@ class Worker:
         file = Path(settings.health_file) if settings.health_file else None
         self.health = Health(self.stats, settings.heartbeat_ttl, file)
         self.jobs = RunningJobs()  # every job task, and how each is stopped
-        self.metrics.track_in_flight(lambda: len(self.stats.in_flight) - self.slots.acking)
+        self.metrics.track_in_flight(lambda: len(self.stats.in_flight) - self.slots.awaiting_ack)
         needed = max(
             (
                 CallLimit(m.max_concurrent_calls, m.max_batch_size).jobs_to_hold(0)

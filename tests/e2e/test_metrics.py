@@ -37,8 +37,9 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def scrape_settled(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Scrape once the worker has finished its jobs. A caller gets its answer before the worker
-    counts the job done (the answer is stored first, then the job is acked and leaves the
-    gauge), and nothing signals that moment to the test: poll under a deadline."""
+    counts the job done (its answer is stored first, then counted, when it leaves the in-flight
+    gauge: tests/e2e/test_in_flight_gauge.py), and nothing signals that moment to the test:
+    poll under a deadline."""
     deadline = time.monotonic() + 10
     while True:
         found = scrape(port)

@@ -22,7 +22,7 @@ def full_model() -> Slots:
     slots = Slots({})
     for entry in (b"1-0", b"2-0", b"3-0"):
         slots.take(entry, STREAM)
-        slots.acking += 1  # answered (or about to be): its ack waits
+        slots.awaiting_ack += 1  # answered: its ack waits
     return slots
 
 
@@ -41,7 +41,7 @@ def test_an_answered_job_frees_its_models_room_but_keeps_its_slot() -> None:
     assert set(slots.in_flight) == {b"1-0", b"2-0", b"3-0"}
     slots.ack_done(b"1-0")
     assert set(slots.in_flight) == {b"2-0", b"3-0"}
-    assert slots.acking == 2
+    assert slots.awaiting_ack == 2
     assert slots.held["m"] == 2  # counted once: at the answer
 
 
