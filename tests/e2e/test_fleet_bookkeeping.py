@@ -8,6 +8,7 @@ which answers with its process id.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from conveyor.broker.keys import GROUP, Keys
 from conveyor.client import Client
 from tests.support.calls import request
 from tests.support.fleet import MODELS, Fleet, WorkerProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -100,8 +102,15 @@ def test_restarted_workers_leave_one_consumer_each(
     while consumers(probe, stream) != {survivor_name}:
         assert time.monotonic() < deadline, consumers(probe, stream)
         time.sleep(0.05)  # watching Redis: the deleting worker may be any, and is gone
-    deleted = [line for w in fleet.workers for line in w.lines if "consumer.deleted" in line]
-    assert {line.split("consumer=")[1].split()[0] for line in deleted} == set(killed)
+
+    def deleted() -> set[str]:
+        lines = [line for w in fleet.workers for line in w.lines if "consumer.deleted" in line]
+        return {line.split("consumer=")[1].split()[0] for line in lines}
+
+    # the deleting worker logs it after Redis has done it: its line may trail a moment
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: deleted() == set(killed), "each killed consumer's deletion logged")
+    assert deleted() == set(killed)
     # killed workers stay listed a minute (``conveyor inspect`` shows them as gone) ...
     assert registered(probe, keys) <= {survivor_name, *killed}
 

@@ -481,7 +481,7 @@ def test_no_worker_taking_the_job_is_unavailable(
     try:
         x = [infer_input("x", np.zeros(1, dtype=np.float32))]
         with pytest.raises(InferenceServerException) as caught:
-            client.infer("slow", x, client_timeout=1.0)
+            client.infer("slow", x, client_timeout=2.0)  # the verdict: 0.2 s before its end
         assert failure(caught)[0] == "StatusCode.UNAVAILABLE"
     finally:
         stopped.signal(signal.SIGKILL)
