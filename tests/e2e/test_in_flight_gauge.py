@@ -6,7 +6,6 @@ in this process, and a watcher checks each loop turn while real callers go throu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import anyio
 import numpy as np
@@ -17,7 +16,8 @@ from conveyor.client import Client
 from conveyor.codecs import NumpyCodec
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse
-from conveyor.worker import Worker, WorkerSettings
+from conveyor.worker import Worker
+from tests.support.in_process import in_process_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -30,23 +30,10 @@ class Echo(MLModel):
         return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("y", x)])
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the worker process always runs on asyncio
-
-
-@pytest.fixture
-async def worker(redis_url: str, prefix: str) -> AsyncIterator[Worker]:
-    models = [
-        ModelSettings(name="alone", implementation=Echo),
-        ModelSettings(name="batched", implementation=Echo, max_batch_size=8, max_batch_time=0.01),
-    ]
-    settings = WorkerSettings(redis_url, prefix=prefix, concurrency=16, freeze_gc=False)
-    worker = Worker(settings, models)
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        yield worker
-        worker.stop()
+MODELS = [
+    ModelSettings(name="alone", implementation=Echo),
+    ModelSettings(name="batched", implementation=Echo, max_batch_size=8, max_batch_time=0.01),
+]
 
 
 def _counted(worker: Worker) -> float:
@@ -61,10 +48,16 @@ def _counted(worker: Worker) -> float:
     )
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the worker's loop
 @pytest.mark.parametrize("model", ["alone", "batched"])
 async def test_a_job_leaves_the_gauge_only_once_counted(
-    worker: Worker, redis_url: str, prefix: str, model: str
+    redis_url: str, prefix: str, model: str
 ) -> None:
+    async with in_process_worker(redis_url, prefix, MODELS, concurrency=16) as worker:
+        await _check_the_gauge(worker, redis_url, prefix, model)
+
+
+async def _check_the_gauge(worker: Worker, redis_url: str, prefix: str, model: str) -> None:
     registry = worker.metrics.registry
     seen: set[bytes] = set()  # every job the worker took (a job stays held for a round trip)
     broken: list[str] = []

@@ -20,9 +20,10 @@ from conveyor.broker.keys import GROUP, Keys
 from conveyor.broker.wire import Job, Message, MessageType, decode_message, encode_job
 from conveyor.settings import ModelSettings
 from conveyor.types import InferenceRequest, InferenceResponse, Parameters, RequestInput
-from conveyor.worker import Worker, WorkerSettings
+from conveyor.worker import Worker
 from conveyor.worker.cancellation import Deadlines, JobScope
 from tests.support.fleet import MODELS, Fleet, wait_acked
+from tests.support.in_process import in_process_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -63,14 +64,8 @@ async def worker(redis_url: str, prefix: str) -> AsyncIterator[Worker]:
         ModelSettings(name="swallows", implementation=SwallowsCancel),
         ModelSettings(name="sync-sleepy", implementation=SyncSleepy),
     ]
-    settings = WorkerSettings(
-        redis_url, prefix=prefix, concurrency=8, read_block=0.2, freeze_gc=False
-    )
-    worker = Worker(settings, models)
-    async with anyio.create_task_group() as tg:
-        await tg.start(worker.run)
-        yield worker
-        worker.stop()
+    async with in_process_worker(redis_url, prefix, models, concurrency=8, read_block=0.2) as w:
+        yield w
 
 
 def _job(prefix: str, model: str, sleep: float, timeout: float) -> Job:
