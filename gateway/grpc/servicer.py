@@ -35,10 +35,8 @@ logger = logging.getLogger(__name__)
 
 # A job's timeout ends this much before its call's deadline (at most a tenth of the time
 # left), so that the gateway's verdict (no worker took it: UNAVAILABLE; a worker ran out of
-# time: DEADLINE_EXCEEDED) reaches the caller before its own deadline does. The verdict asks
-# Redis whether a worker took the job: 50 ms was too little for a busy host (the caller's
-# own deadline came first, and said less).
-_MARGIN_S = 0.2
+# time: DEADLINE_EXCEEDED) reaches the caller before its own deadline does.
+_MARGIN_S = 0.05
 
 
 def _timeout(

@@ -472,17 +472,33 @@ def test_the_deadline_becomes_the_jobs(
     assert "model=echo method=predict" in worker.wait_for_log("job.stopped", 10, start)
 
 
+def _stopped_with_no_read(worker: WorkerProcess, probe: redis.Redis, name: str) -> bool:
+    """Whether ``worker`` (SIGSTOPped; its connections named ``name``) has stopped with no read
+    left in Redis: a read it sent before it stopped, blocked there, would still be handed the
+    next job. Such a read is ended as if its block had timed out (the worker never reads it)."""
+    if Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        return False  # the signal is on its way
+    mine = [c for c in probe.client_list() if c.get("name") == name]
+    for connection in mine:
+        if "b" in connection["flags"]:
+            probe.client_unblock(int(connection["id"]))
+    return bool(mine) and all("b" not in c["flags"] and c["qbuf"] == "0" for c in mine)
+
+
 @pytest.mark.timeout(30)
 def test_no_worker_taking_the_job_is_unavailable(
-    client: triton.InferenceServerClient, fleet: Fleet
+    client: triton.InferenceServerClient, fleet: Fleet, redis_url: str, probe: redis.Redis
 ) -> None:
-    stopped = fleet.start(TESTS / "faults")
+    name = f"stopped-{uuid4().hex[:8]}"
+    named = f"{redis_url}{'&' if '?' in redis_url else '?'}client_name={name}"
+    stopped = fleet.start(TESTS / "faults", extra=["--redis", named])
     stopped.signal(signal.SIGSTOP)  # its heartbeat stays fresh a while: "served", not taken
     try:
+        wait_until(lambda: _stopped_with_no_read(stopped, probe, name), "stopped, no read left")
         x = [infer_input("x", np.zeros(1, dtype=np.float32))]
         with pytest.raises(InferenceServerException) as caught:
-            client.infer("slow", x, client_timeout=2.0)  # the verdict: 0.2 s before its end
-        assert failure(caught)[0] == "StatusCode.UNAVAILABLE"
+            client.infer("slow", x, client_timeout=1.0)
+        assert failure(caught)[0] == "StatusCode.UNAVAILABLE", failure(caught)
     finally:
         stopped.signal(signal.SIGKILL)
         stopped.wait()
