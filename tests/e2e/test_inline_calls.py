@@ -6,7 +6,7 @@ loop; at the first long call, or one that releases the GIL, they go back to thre
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -77,15 +77,32 @@ async def test_short_gil_holding_calls_move_to_the_loop_and_a_long_one_moves_the
             assert output(await busy.predict(request(busy_ms=1.0)), "on_loop") == 0
 
 
+async def answer_or_error(call: Awaitable[InferenceResponse]) -> InferenceResponse | RemoteError:
+    try:
+        return await call
+    except RemoteError as error:
+        return error
+
+
 @pytest.mark.anyio
 async def test_a_call_that_raises_on_the_loop_sends_the_next_ones_to_a_thread(
     fleet: Fleet,
 ) -> None:
     async with busy_model(fleet) as (busy, worker):
         with anyio.fail_after(120):
-            await until_on_loop(busy, worker)
-            with pytest.raises(RemoteError, match="called on the event loop's thread"):
-                await busy.predict(request(busy_ms=1.0, fail_on_loop=1))
+            for _ in range(5):
+                start = len(worker.lines)
+                await until_on_loop(busy, worker)
+                ran = await answer_or_error(busy.predict(request(busy_ms=1.0, fail_on_loop=1)))
+                if isinstance(ran, RemoteError):
+                    assert "called on the event loop's thread" in str(ran)
+                    break
+                # A busy machine stretched the call before it past the limit, and the calls
+                # went back to threads, as the worker said: on the loop again, then.
+                assert output(ran, "on_loop") == 0
+                await worker.wait_for_log_async("model=busy reason=long_call", 10, start)
+            else:
+                raise AssertionError(f"no call raised on the loop:\n{worker.log()}")
             worker.wait_for_log("model.calls_threaded model=busy reason=raised")
             response = await busy.predict(request(busy_ms=1.0, fail_on_loop=1))
     assert output(response, "on_loop") == 0
