@@ -26,7 +26,7 @@ import pytest
 from conveyor.codecs import NumpyCodec, StringCodec
 from conveyor.types import InferenceResponse
 from tests.support.fleet import EXAMPLES, MODELS, Fleet
-from tests.support.process import Watcher, lines_of
+from tests.support.process import Watcher, lines_of, stat_fields
 
 REPO = Path(__file__).parents[2]
 UNREACHABLE = "redis://:s3cret@127.0.0.1:1/0"  # port 1: nothing listens, connect is refused
@@ -158,16 +158,8 @@ class Pid:
         return f"<pid {self.pid} {' '.join(self.cmdline)[:80]!r}>"
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
-
-
 def _start_time(pid: int) -> str | None:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     # A zombie is dead too: nobody reaped it, but it runs nothing.
     return None if fields is None or fields[0] == "Z" else fields[19]
 
@@ -185,7 +177,7 @@ def children(pid: int) -> list[Pid]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
+            fields = stat_fields(int(entry.name))
             if fields is not None and fields[0] != "Z" and fields[1] == str(pid):
                 found.append(Pid(int(entry.name)))
     return found

@@ -36,6 +36,7 @@ from tests.support.fleet import (
     wait_acked,
 )
 from tests.support.probe import pending_count
+from tests.support.process import stat_fields
 from tests.support.waiting import wait_until
 
 TESTS = Path(__file__).parents[1] / "models"
@@ -476,7 +477,7 @@ def _stopped_with_no_read(worker: WorkerProcess, probe: redis.Redis, name: str) 
     """Whether ``worker`` (SIGSTOPped; its connections named ``name``) has stopped with no read
     left in Redis: a read it sent before it stopped, blocked there, would still be handed the
     next job. Such a read is ended as if its block had timed out (the worker never reads it)."""
-    if Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+    if (stat_fields(worker.pid) or ["?"])[0] != "T":
         return False  # the signal is on its way
     mine = [c for c in probe.client_list() if c.get("name") == name]
     for connection in mine:

@@ -23,6 +23,7 @@ from conveyor.embedded import (
     free_port,
 )
 from conveyor.embedded import server as server_module
+from tests.support.process import stat_fields
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -32,11 +33,8 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ne
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie waiting for a reaper counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 @pytest.fixture

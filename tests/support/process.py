@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import IO, Generic, TypeVar
 
 T = TypeVar("T")
@@ -96,3 +97,12 @@ def chunks_of(fd: int) -> Iterator[str]:
         if not chunk:
             return
         yield chunk.decode(errors="replace")
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after "pid (comm) ": state, ppid, ... (None: no such process)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
