@@ -180,11 +180,26 @@ def _by_payload(payload: object, codecs: Iterable[_Codec]) -> _Codec | None:
     return _first_match(f"payload_type={type(payload).__name__}", matching)
 
 
+def _unaliased(hint: object) -> object:
+    """What a ``type X = ...`` alias (PEP 695) stands for, else ``hint`` itself. numpy 2.5 on
+    Python 3.12+ makes ``npt.NDArray`` such an alias: ``NDArray[np.float32]``'s origin is the
+    alias then, not ``np.ndarray``, and the bare ``NDArray`` has none."""
+    alias = getattr(typing, "TypeAliasType", None)  # Python 3.12+
+    if alias is None:
+        return hint
+    while isinstance(hint, alias):
+        hint = hint.__value__
+    origin = typing.get_origin(hint)
+    if isinstance(origin, alias):  # subscripted: the alias's value stands in for it
+        return _unaliased(origin.__value__)
+    return hint
+
+
 def _by_type_hint(type_hint: object, codecs: Iterable[_Codec]) -> _Codec | None:
     codecs = list(codecs)
     wanted = _normalise_hint(type_hint)
     matching = [codec for codec in codecs if _normalise_hint(codec.TypeHint) == wanted]
-    origin = typing.get_origin(type_hint)
+    origin = typing.get_origin(_unaliased(type_hint))
     if not matching and origin is not None:
         # e.g. `npt.NDArray[np.float32]` finds the codec for `np.ndarray`
         matching = [codec for codec in codecs if codec.TypeHint is origin]

@@ -68,7 +68,9 @@ def registry() -> _CodecRegistry:
         ({"type_hint": List[str]}, StringCodec),  # noqa: UP006
         ({"type_hint": list[str]}, StringCodec),
         ({"type_hint": np.ndarray}, NumpyCodec),
+        # a PEP 695 alias since numpy 2.5 on Python 3.12+: seen through to np.ndarray
         ({"type_hint": npt.NDArray[np.float32]}, NumpyCodec),
+        ({"type_hint": npt.NDArray}, NumpyCodec),
         ({"type_hint": dict}, None),
         ({"payload": [datetime.now()]}, DatetimeCodec),
         ({"payload": np.array([1, 2, 3])}, NumpyCodec),  # MLServer raises here (`if payload:`)
