@@ -44,9 +44,9 @@ marked below:
     ``UNWATCH_COMMANDS``, sets ``connection``, and calls ``parse_response``,
     ``raise_first_error`` and ``reset``; of the connection it reads ``retry``,
     ``himport_registry`` (its ``revision``: 0 while no HIMPORT fieldset was ever
-    registered) and ``_resp2_fallback``, and calls ``pack_commands`` and
-    ``disconnect(error=, failure_count=)``; of ``redis.client``, the reply options
-    ``EMPTY_RESPONSE`` and ``NEVER_DECODE``.
+    registered) and ``_resp2_fallback`` (not in 8.1: all replies go to ``parse_response``),
+    calls ``pack_commands`` and ``disconnect(error=, failure_count=)``; of ``redis.client``,
+    the reply options ``EMPTY_RESPONSE`` and ``NEVER_DECODE``.
 ``redis.asyncio.retry.Retry`` and ``redis.retry.Retry`` (:class:`Retry`, :class:`SyncRetry`)
     ``call_with_retry(do, fail, is_retryable, with_failure_count)`` overridden: redis-py's
     connections and clients call it for every connect and command; ``is_retryable`` is the
