@@ -8,6 +8,10 @@ entries from the group: those jobs would never be delivered again.
 
 - a worker that stops deletes its own consumers once its jobs are answered: nothing reads
   for it any more, so nothing can become pending between the check and the delete;
+- a worker that starts makes its consumer at once (``XGROUP CREATECONSUMER``): Redis >= 7.0
+  lists a consumer only once it was handed an entry, and a busy batched model's worker leaves
+  waiting jobs to the workers it sees with room (``waiting_jobs``), so a new worker must be
+  seen before its first job;
 - a worker that died leaves its jobs pending; a live worker reclaims them, and deletes the
   consumer once it has no pending entry left, its heartbeat key is gone (the test reclaim
   uses too) and it has been idle at least a heartbeat TTL (a consumer made just now by a
@@ -22,13 +26,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.client import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from conveyor.broker.entries import is_nogroup
 from conveyor.broker.errors import translate_errors
 from conveyor.broker.keys import GROUP, Keys
 
-__all__ = ("delete_consumer", "delete_dead_consumers", "redis_time")
+__all__ = ("delete_consumer", "delete_dead_consumers", "join_groups", "redis_time")
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,38 @@ async def redis_time(redis: Redis, where: str = "redis") -> tuple[tuple[int, int
         before = time.time()
         seconds, micros = await redis.time()
         return (int(seconds), int(micros)), before, time.time()
+
+
+async def join_groups(
+    redis: Redis, streams: Sequence[str], consumer: str, make_consumer: bool = True
+) -> bool:
+    """Creates each stream's consumer group from its start (so jobs sent before any worker
+    existed are served) unless it exists, and, if ``make_consumer``, ``consumer`` in it.
+    Returns False when Redis refused to make the consumer (an ACL user set up from an older
+    README, or Redis < 6.2), after saying so: the worker serves all the same, and is listed
+    once it gets its first job."""
+    for stream in streams:
+        try:
+            await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+    if not make_consumer:
+        return False
+    try:
+        for stream in streams:
+            await redis.xgroup_createconsumer(stream, GROUP, consumer)
+    except ResponseError as error:
+        if not isinstance(error, NoPermissionError) and "unknown subcommand" not in str(error):
+            raise
+        logger.warning(
+            "worker.consumer_unlisted error=%s: Redis refused XGROUP CREATECONSUMER (add "
+            "+xgroup|createconsumer to the user's ACL rules); until this worker gets its first "
+            "job, busy workers of a batched model do not see that it has room",
+            str(error).strip(),
+        )
+        return False
+    return True
 
 
 async def delete_consumer(

@@ -10,10 +10,12 @@ jobs (its batches' worth: none has room), or when the oldest waiting job has wai
 group's consumers and last delivered id, looks at the first entry after it, and takes up to
 ``count`` entries with XREADGROUP, as a blocking read would have. A consumer's count is its
 pending entries: jobs read and not yet acked (so a batched model's worker sends its acks before
-it reads: ``worker.consumer``). Redis 7.0 lists a consumer only once it got an entry: a worker
-that never got one does not count as having room, but while it waits it is handed each arriving
-job first anyway. One key per script: fine on Redis Cluster. TIME in a script needs Redis >= 7
-(effects replication); BLMPOP does anyway.
+it reads: ``worker.consumer``). Redis >= 7.0 lists a consumer only once it got an entry or was
+made (``XGROUP CREATECONSUMER``), so each worker makes its own at start
+(``bookkeeping.join_groups``): otherwise a new worker between two blocking reads would not
+count as having room, and a busy one would take the jobs meant for it. One key per script:
+fine on Redis Cluster. TIME in a script needs Redis >= 7 (effects replication); BLMPOP does
+anyway.
 
 An ACL user set up from an older README may not run the script (EVALSHA, SCRIPT LOAD) or a
 command in it (XINFO CONSUMERS, TIME): the worker then says what the user lacks, once, and

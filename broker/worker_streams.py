@@ -14,6 +14,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline, Redis
 
+from conveyor.broker.bookkeeping import join_groups
 from conveyor.broker.claims import SoonClaims, claim
 from conveyor.broker.entries import (
     Delivery,
@@ -52,16 +53,12 @@ class WorkerStreams:
         self._claims = SoonClaims(self.batcher, scripted=not cluster)
         self._drained = False  # whether the last sweep of several streams found them all empty
         self._rides = False  # see reads_ride
+        self._listed = True  # False once Redis refused XGROUP CREATECONSUMER
 
     async def ensure_groups(self, streams: Sequence[str]) -> None:
-        """Creates the consumer group of each stream from its start (so jobs sent before any
-        worker existed are served); a group that exists already is left as it is."""
-        for stream in streams:
-            try:
-                await self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis_errors.ResponseError as error:
-                if "BUSYGROUP" not in str(error):
-                    raise
+        """Creates each stream's consumer group unless it exists, with this worker's consumer
+        in it (see ``bookkeeping.join_groups``; a refusal is said once)."""
+        self._listed = await join_groups(self.redis, streams, self.consumer, self._listed)
 
     @property
     def reads_ride(self) -> bool:

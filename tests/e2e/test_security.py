@@ -94,6 +94,8 @@ COMMANDS = (
     "time",  # the heartbeat reads Redis's clock: job deadlines are measured on it
     "xinfo|consumers",  # consumers of dead workers are deleted once they own nothing ...
     "xgroup|delconsumer",  # ... and a stopping worker's own
+    # A starting worker makes its consumer, so busy workers see it has room (waiting_jobs)
+    "xgroup|createconsumer",
     "set",  # a worker claims a request for one copy of its job (SET NX GET): one run
     "xtrim",  # the client deletes what it read of a predict_stream's reply stream
     # A busy batched model takes its next batch only of jobs no idle worker waits for: one
@@ -436,9 +438,10 @@ async def test_a_worker_under_an_acl_line_of_before_its_bookkeeping_serves_and_s
     redis_server_factory: ServerFactory, workers: Workers, prefix: str, tmp_path: Path
 ) -> None:
     """An ACL user set up from an older README (no TIME, XINFO CONSUMERS, XGROUP
-    DELCONSUMER, EVALSHA, SCRIPT LOAD): the worker serves every call, and says what the user
-    lacks."""
+    DELCONSUMER or CREATECONSUMER, EVALSHA, SCRIPT LOAD): the worker serves every call, and
+    says what the user lacks."""
     newer = {"time", "xinfo|consumers", "xgroup|delconsumer", "evalsha", "script|load"}
+    newer |= {"xgroup|createconsumer"}
     older = [command for command in COMMANDS if command not in newer]
     server = start_acl_server(redis_server_factory, tmp_path, prefix, older)
     url = user_url(server.port)
@@ -448,6 +451,8 @@ async def test_a_worker_under_an_acl_line_of_before_its_bookkeeping_serves_and_s
     assert "+evalsha" in worker.wait_for_log("worker.look_unchecked", 5)
     assert "+time" in worker.wait_for_log("worker.clock_unknown", 5)
     assert "+xinfo|consumers" in worker.wait_for_log("worker.consumers_kept", 5)
+    assert "+xgroup|createconsumer" in worker.wait_for_log("worker.consumer_unlisted", 5)
+    assert worker.count("worker.consumer_unlisted") == 1
     worker.signal(signal.SIGTERM)
     assert await exit_code(worker) == 0
     assert "permission" in worker.wait_for_log("worker.consumer_kept", 5)
