@@ -28,6 +28,7 @@ import pytest
 import redis
 
 from conveyor.broker import redact_url
+from conveyor.compiled import compiled_modules
 from conveyor.embedded import RedisServer
 from tests.support.fleet import Fleet
 
@@ -96,6 +97,20 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
         logger.info("redis_url.chosen source=%s", source)
         request.config.stash[_REDIS_SOURCE] = source
         yield url
+
+
+# mypyc's generated coroutines pass a cancellation on with throw(type, exc, tb), which Python
+# 3.12 deprecates; pyproject's "error" filter would fail every cancelled compiled call.
+_MYPYC_THROW = (
+    r"ignore:the \(type, exc, tb\) signature of throw\(\) is deprecated:DeprecationWarning"
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under a compiled build only, that warning of the generated code is not an error."""
+    if compiled_modules():
+        for item in items:
+            item.add_marker(pytest.mark.filterwarnings(_MYPYC_THROW))
 
 
 def pytest_terminal_summary(
