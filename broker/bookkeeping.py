@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.client import Redis
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import ResponseError
 
 from conveyor.broker.entries import is_nogroup
-from conveyor.broker.errors import translate_errors
+from conveyor.broker.errors import refused_by_acl, translate_errors
 from conveyor.broker.keys import GROUP, Keys
 
 __all__ = ("delete_consumer", "delete_dead_consumers", "join_groups", "redis_time")
@@ -66,7 +66,7 @@ async def join_groups(
         for stream in streams:
             await redis.xgroup_createconsumer(stream, GROUP, consumer)
     except ResponseError as error:
-        if not isinstance(error, NoPermissionError) and "unknown subcommand" not in str(error):
+        if not refused_by_acl(error) and "unknown subcommand" not in str(error):
             raise
         logger.warning(
             "worker.consumer_unlisted error=%s: Redis refused XGROUP CREATECONSUMER (add "

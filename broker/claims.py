@@ -31,8 +31,9 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoPermissionError, NoScriptError
+from redis.exceptions import NoScriptError
 
+from conveyor.broker.errors import refused_by_acl
 from conveyor.broker.keys import hash_tag
 from conveyor.broker.pipelining import PipelineBatcher, Settle
 from conveyor.broker.wire import Job
@@ -207,7 +208,7 @@ class SoonClaims:
     def _script_loaded(self, result: object) -> None:
         if not isinstance(result, BaseException):
             self._loaded = True
-        elif _refused_by_acl(result):
+        elif refused_by_acl(result):
             self._refuse(result)
         # else: loaded or not, the scripts after it say (NOSCRIPT: loaded again next time)
 
@@ -217,7 +218,7 @@ class SoonClaims:
         if isinstance(error, NoScriptError):
             self._loaded = False
             return True
-        if _refused_by_acl(error):
+        if refused_by_acl(error):
             self._refuse(error)
             return True
         return False
@@ -239,11 +240,6 @@ class SoonClaims:
 
 
 _LOAD, _SCRIPT, _SET = "load", "script", "set"
-
-
-def _refused_by_acl(error: BaseException) -> bool:
-    """An ACL refusal of the script (EVALSHA, SCRIPT LOAD) or of a command it runs."""
-    return isinstance(error, NoPermissionError) or "can't run this command" in str(error)
 
 
 def _overwrite(key: str, value: str, ttl_ms: int) -> Callable[[Pipeline], Settle | None]:

@@ -39,7 +39,18 @@ from conveyor.errors import (
     ConveyorError,
 )
 
-__all__ = ("is_out_of_memory", "out_of_memory", "translate_errors", "translate_every_error")
+__all__ = (
+    "is_out_of_memory",
+    "out_of_memory",
+    "refused_by_acl",
+    "translate_errors",
+    "translate_every_error",
+)
+
+# How Redis says the ACL refused a command a script runs: Redis 7.0 "The user executing the
+# script can't run this command or subcommand"; Redis >= 7.2 and Valkey "ACL failure in
+# script: ... no permissions to run the 'xinfo|consumers' command".
+_REFUSED_IN_SCRIPT = ("can't run this command", "acl failure", "no permissions to run")
 
 
 def _redacted(target: RedisSettings | str) -> str:
@@ -49,6 +60,14 @@ def _redacted(target: RedisSettings | str) -> str:
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether a command's error is Redis refusing it for want of memory."""
     return isinstance(error, rex.OutOfMemoryError)
+
+
+def refused_by_acl(error: BaseException) -> bool:
+    """Whether a command's error is the ACL refusing it, or a command a script it ran runs."""
+    if isinstance(error, rex.NoPermissionError):
+        return True
+    detail = str(error).lower()
+    return isinstance(error, rex.ResponseError) and any(t in detail for t in _REFUSED_IN_SCRIPT)
 
 
 def out_of_memory(target: RedisSettings | str, error: BaseException) -> BrokerOutOfMemory:

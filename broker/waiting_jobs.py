@@ -30,9 +30,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.client import Redis
-from redis.exceptions import NoPermissionError, ResponseError
+from redis.exceptions import ResponseError
 
 from conveyor.broker.entries import Delivery
+from conveyor.broker.errors import refused_by_acl
 from conveyor.broker.keys import GROUP
 from conveyor.broker.wire import RawFields
 
@@ -98,7 +99,7 @@ class WaitingJobs:
             try:
                 reply = await self._script(keys=[stream], args=args)
             except ResponseError as error:
-                if not _refused_by_acl(error):
+                if not refused_by_acl(error):
                     raise
                 self.checked = False
                 logger.warning(
@@ -111,11 +112,6 @@ class WaitingJobs:
                 return found or None
             found += _deliveries(stream, reply)
         return found
-
-
-def _refused_by_acl(error: ResponseError) -> bool:
-    """An ACL refusal of the script (EVALSHA, SCRIPT LOAD) or of a command it runs."""
-    return isinstance(error, NoPermissionError) or "can't run this command" in str(error)
 
 
 def _deliveries(stream: str, reply: Any) -> list[Delivery]:
