@@ -674,6 +674,7 @@ def test_module_exports() -> None:
     assert errors.__all__ == (
         "is_out_of_memory",
         "out_of_memory",
+        "refused_by_acl",
         "translate_errors",
         "translate_every_error",
     )
