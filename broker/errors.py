@@ -53,6 +53,11 @@ __all__ = (
 _REFUSED_IN_SCRIPT = ("can't run this command", "acl failure", "no permissions to run")
 
 
+# How Redis words a command (or subcommand) it does not know, and what that likely means.
+_UNKNOWN = ("unknown command", "unknown subcommand", "err unknown command")
+_NEEDS = "Conveyor needs Redis 7.0 or newer, or Valkey: is this server older?"
+
+
 def _redacted(target: RedisSettings | str) -> str:
     return target.redacted_url if isinstance(target, RedisSettings) else redact_url(target)
 
@@ -164,4 +169,6 @@ class translate_every_error(translate_errors):
         super().__exit__(exc_type, exc, tb)  # raises what it translates
         if isinstance(exc, rex.RedisError):
             detail = str(exc) or type(exc).__name__
+            if detail.lower().startswith(_UNKNOWN):  # a server older than Conveyor needs?
+                detail += f" ({_NEEDS})"
             raise BrokerCommandError(_redacted(self._target), detail) from exc

@@ -31,10 +31,12 @@ from conveyor.broker.errors import translate_every_error
 from conveyor.broker.heartbeats import HeartbeatLink
 from conveyor.broker.keys import Keys
 from conveyor.broker.replies import Answering
+from conveyor.broker.server_version import ServerVersion, read_server_version
 from conveyor.broker.settings import RedisSettings
 from conveyor.broker.waiting_jobs import WaitingJobs
 from conveyor.broker.wire import Fields, Job, Message, RawFields
 from conveyor.broker.worker_streams import WorkerStreams
+from conveyor.errors import BrokerTooOld
 
 __all__ = ("WorkerBroker",)
 
@@ -85,6 +87,15 @@ class WorkerBroker:
     async def ping(self, timeout: float = 10.0) -> float:
         """Connects, PINGs and disconnects; the round trip in seconds (within ``timeout``)."""
         return await ping(self._settings, timeout=timeout)
+
+    async def server_version(self) -> ServerVersion | None:
+        """The server's name and version (None when it does not say: see
+        ``broker.server_version``); raises :class:`BrokerTooOld` below Redis 7.0."""
+        with self._translated:
+            found = await read_server_version(self._redis)
+        if found is not None and found.too_old:
+            raise BrokerTooOld(self.where, str(found))
+        return found
 
     async def redis_time(self) -> tuple[tuple[int, int], float, float]:
         """Redis's ``TIME`` (seconds, microseconds), with ``time.time()`` just before the

@@ -56,7 +56,7 @@ class Reader:
     async def run(self) -> None:
         """Answers the calls in flight until cancelled; waits out Redis outages."""
         broker = self._broker
-        broken = False
+        broken = refused = False
         while True:
             finished, self.finished = self.finished, []
             trims, self._trims = self._trims, {}
@@ -69,6 +69,7 @@ class Reader:
                 if self._watched:
                     await self._check_watched()
                 rung = await broker.wait_bell(BELL_BLOCK_S, finished, trims)
+                refused = False
                 if rung.messages:
                     self._deliver_inline(rung)
                     # let the answered callers go on before the next BLMPOP is sent
@@ -77,8 +78,18 @@ class Reader:
                 if not asked:
                     continue
                 replies = await broker.read_replies({k: w.cursor for k, w in asked.items()})
-            except BrokerCommandError:
-                raise  # a refused command (a key of another type) is no outage to wait out
+            except BrokerCommandError as error:
+                # Redis refuses the reads (the bell is a key of another type, the server is
+                # too old): no outage to wait out. The calls in flight end with the error now,
+                # not at their timeouts, and the reader tries again after a pause: an
+                # operator may mend the key. Raised, it would cancel the caller's whole block.
+                if not refused:
+                    logger.error("client.reads_refused error=%s", error)
+                refused = True
+                for waiter in list(self.waiters.values()):
+                    waiter.refuse(error)
+                await anyio.sleep(_OUTAGE_PAUSE_S)
+                continue
             except ConveyorError as error:
                 if not broken:
                     logger.warning("client.redis_unavailable error=%s", error)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from conveyor.broker.wire import ErrorCode, ErrorInfo, Job, Message, MessageType
-from conveyor.errors import BrokerConnectionError, QueueFull
+from conveyor.errors import BrokerCommandError, BrokerConnectionError, QueueFull
 
 __all__ = ("Event", "Sent", "Unsent", "Waiter")
 
@@ -77,6 +77,7 @@ class Waiter:
         "key",
         "new_event",
         "next_seq",
+        "refused",
         "request_id",
         "sending",
         "sent",
@@ -104,6 +105,7 @@ class Waiter:
         # a job sent without waiting for Redis (see sent_soon): its stream; then its error
         self.sending: tuple[Job, str] | None = None
         self.unsent: BaseException | None = None
+        self.refused: BrokerCommandError | None = None  # Redis refused the client's reads
         self.unreachable: BrokerConnectionError | None = None  # why the job is not sent yet
         self.full: QueueFull | None = None  # ... or: the queue was full, waiting for room
 
@@ -158,6 +160,15 @@ class Waiter:
         self.attempt = _ENDED  # ignore everything after
         self.event.set()
 
+    def refuse(self, error: BrokerCommandError) -> None:
+        """Ends the call with the error of Redis refusing the reads that would bring its
+        answer (the reader's: a key of another type, a server too old)."""
+        if self.attempt == _ENDED:
+            return
+        self.refused = error
+        self.attempt = _ENDED  # ignore everything after
+        self.event.set()
+
     def _break(self, why: str) -> None:
         shown = self.taken + sum(m.type is MessageType.CHUNK for m in self.inbox)
         self.fail(
@@ -184,6 +195,8 @@ class Waiter:
         """The next message of the call's run; raises :class:`Unsent` when its job, sent
         without waiting, was not stored (nothing of its run can come)."""
         while not self.inbox:
+            if self.refused is not None:  # a new error each time: raised in this call's task
+                raise BrokerCommandError(self.refused.url, self.refused.reason)
             if self.unsent is not None:
                 error, self.unsent = self.unsent, None
                 raise Unsent(str(error)) from error

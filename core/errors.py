@@ -20,6 +20,7 @@
     ├── BrokerConnectionError          Redis cannot be reached (also a ConnectionError)
     ├── BrokerOutOfMemory              Redis is at its maxmemory and refuses writes
     ├── BrokerCommandError             Redis refused a command otherwise (WRONGTYPE, say)
+    ├── BrokerTooOld                   Redis is older than 7.0: it lacks commands Conveyor sends
     ├── InvalidRedisURL                a Redis URL that cannot be used (also a ValueError)
     ├── DeadlineExceeded               no answer in time (also a TimeoutError)
     │   └── NoWorkerError              ... and no worker ever took the job
@@ -59,6 +60,7 @@ __all__ = (
     "BrokerCommandError",
     "BrokerConnectionError",
     "BrokerOutOfMemory",
+    "BrokerTooOld",
     "ConveyorError",
     "DeadLettered",
     "DeadlineExceeded",
@@ -371,3 +373,15 @@ class BrokerCommandError(ConveyorError):
     def __init__(self, url: str, reason: str) -> None:
         self.url, self.reason = url, reason
         super().__init__(f"Redis at {url} refused a command: {reason}")
+
+
+class BrokerTooOld(ConveyorError):
+    """Redis at ``url`` is older than Conveyor needs; ``server`` is what it says it is (its
+    name and version, from HELLO)."""
+
+    def __init__(self, url: str, server: str) -> None:
+        self.url, self.server = url, server
+        super().__init__(
+            f"Redis at {url} is {server}; Conveyor needs Redis 7.0 or newer (or Valkey): it "
+            "sends commands older servers lack (BLMPOP, ...); upgrade it"
+        )

@@ -141,6 +141,8 @@ class Worker:
             try:
                 # Redis first: a wrong URL fails in seconds, not after minutes of loading models.
                 await broker.ping()
+                server = await broker.server_version()  # older than Redis 7.0: stops here
+                logger.info("redis.server server=%s url=%s", server or "unknown", broker.where)
                 # Redis's clock, before the first beat (its registry score) and the first job
                 await bookkeeper.read_clock()
                 # Beating while it loads: a client calling a model this worker is loading waits
