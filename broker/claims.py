@@ -14,8 +14,8 @@ Before it runs a job, a worker claims the request for its copy:
   missing, say an answer lost with a connection): this copy takes the claim over and runs;
 - else another copy of this send runs or ran: this one is a duplicate, acked without an answer.
 
-The claim lives as long as the job's answer can be of use (its deadline plus the reply grace),
-so a copy read late is still known. A claim Redis cannot store (out of memory, say) lets the
+The claim lives until the job's deadline (``entries.claim_ttl``): a copy read later is
+skipped as expired anyway. A claim Redis cannot store (out of memory, say) lets the
 copy run: the client's fencing (a reply names its entry and delivery) still keeps every caller
 to one run's answer. Cost: one SET per job, pipelined with other jobs' commands; the claims of
 one client that leave in one round trip go as one script that runs those SETs (``SoonClaims``).
