@@ -60,8 +60,12 @@ PROTOCOL = 2
 
 def _retry_errors(blocking: bool) -> tuple[type[rex.RedisError], ...]:
     # A blocking connection retries only connection errors: re-sending a BLOCK whose read
-    # timed out would silently wait again (DESIGN.md, redis-py pitfalls).
-    return (rex.ConnectionError,) if blocking else (rex.ConnectionError, rex.TimeoutError)
+    # timed out would silently wait again (DESIGN.md, redis-py pitfalls). READONLY: a failover
+    # made this server a replica, and the command did not run. redis-py drops the connection
+    # before each retry, so the next one finds the new primary where the name now points.
+    if blocking:
+        return (rex.ConnectionError, rex.ReadOnlyError)
+    return (rex.ConnectionError, rex.TimeoutError, rex.ReadOnlyError)
 
 
 # The longest BLOCK a blocking client sends unless its maker says otherwise (max_block).

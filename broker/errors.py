@@ -87,6 +87,13 @@ def _reason(exc: BaseException) -> str:
         return f"authentication failed (check the user name and password): {detail}"
     if isinstance(exc, rex.AuthorizationError | rex.NoPermissionError):
         return f"permission denied (check the user's ACL rules): {detail}"
+    if detail.startswith("UNBLOCKED"):
+        return f"Redis ended a blocking read (a failover, or its key deleted?): {detail}"
+    if isinstance(exc, rex.ReadOnlyError):
+        return (
+            "it is a read-only replica now (a failover?); waiting for a primary at this "
+            f"address: {detail}"
+        )
     if isinstance(exc, rex.BusyLoadingError):
         return f"Redis is loading its data set; retry shortly: {detail}"
     if isinstance(exc, rex.MaxConnectionsError) or "No connection available" in detail:
@@ -108,6 +115,8 @@ class translate_errors:
 
     Maps ``redis`` ``ConnectionError`` (and its ``AuthenticationError``, ``BusyLoadingError``,
     pool exhaustion ...), ``TimeoutError``, ``NoPermissionError`` (an ACL refusal),
+    ``ReadOnlyError`` and an ``UNBLOCKED`` reply (a failover made the server a replica: like
+    an outage, it passes),
     ``InvalidResponse`` (something other than Redis answered) and ``OSError`` (e.g. TLS
     failures) to :class:`~conveyor.errors.BrokerConnectionError` with the server's redacted URL
     and a readable reason, and ``OutOfMemoryError`` (an ``OOM`` refusal) to
@@ -142,6 +151,7 @@ class translate_errors:
             exc,
             rex.ConnectionError
             | rex.TimeoutError
+            | rex.ReadOnlyError
             | rex.NoPermissionError
             | rex.InvalidResponse
             | OSError,
@@ -149,6 +159,10 @@ class translate_errors:
             raise BrokerConnectionError(_redacted(self._target), _reason(exc)) from exc
         if isinstance(exc, rex.OutOfMemoryError):
             raise out_of_memory(self._target, exc) from exc
+        if isinstance(exc, rex.ResponseError) and str(exc).startswith("UNBLOCKED"):
+            # A blocking read Redis ended: the server became a replica (a failover), or the
+            # key went. Like a lost connection, it passes: the caller reads again.
+            raise BrokerConnectionError(_redacted(self._target), _reason(exc)) from exc
 
 
 class translate_every_error(translate_errors):
