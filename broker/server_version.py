@@ -2,9 +2,9 @@
 
 Conveyor needs Redis 7.0 or newer: clients wait on their bells with BLMPOP, a script reads
 TIME before it writes (scripts replicate their effects by default since 7.0), and ``conveyor
-inspect`` reads XINFO's lag. On Redis 6
-the worker would start and serve some calls, and a client would fail each call with "unknown
-command `BLMPOP`": a worker asks first, and stops with the version it found.
+inspect`` reads XINFO's lag. On Redis 6 a worker would start and serve some calls, and a
+client would fail each call with "unknown command `BLMPOP`": a worker asks first, and stops
+with the version it found.
 
 ``HELLO`` with no argument answers the server's name and version and leaves the connection's
 protocol as it is; it needs no ACL permission (as AUTH), so the user README sets up may send
