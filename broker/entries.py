@@ -35,9 +35,13 @@ class Delivery(NamedTuple):
 
 def is_nogroup(error: BaseException) -> bool:
     """The consumer group is gone: destroyed, or its stream deleted (a blocked XREADGROUP is
-    then answered "UNBLOCKED the stream key no longer exists")."""
-    return isinstance(error, redis_errors.ResponseError) and str(error).startswith(
-        ("NOGROUP", "UNBLOCKED")
+    then answered "UNBLOCKED the stream key no longer exists"). Not the other UNBLOCKED, "...
+    instance state changed (master -> replica?)": a failover, which passes as an outage."""
+    if not isinstance(error, redis_errors.ResponseError):
+        return False
+    text = str(error)
+    return text.startswith("NOGROUP") or (
+        text.startswith("UNBLOCKED") and "no longer exists" in text
     )
 
 
