@@ -32,7 +32,7 @@ class Monitor:
         self._client = redis.Redis.from_url(url)
         self.commands: list[dict[str, Any]] = []
         self._ready = threading.Event()
-        self._stop = False
+        self._marker = f"monitor-stop-{uuid4().hex}"
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         assert self._ready.wait(10)
@@ -41,15 +41,18 @@ class Monitor:
         with self._client.monitor() as monitor:  # type: ignore[no-untyped-call]
             self._ready.set()
             for command in monitor.listen():
-                if self._stop:
+                if self._marker in command["command"]:
                     return
                 self.commands.append(command)
 
     def stop(self, url: str) -> None:
-        self._stop = True
+        """Stops once every command Redis ran before this call is listed: MONITOR shows them
+        in order, and the listener may be behind (a flag, not a marker, lost the worker's
+        answers on a busy machine)."""
         with redis.Redis.from_url(url) as poke:
-            poke.ping()  # one more command: the listener sees the flag
+            poke.echo(self._marker)
         self._thread.join(10)
+        assert not self._thread.is_alive(), "MONITOR never showed the marker"
         self._client.close()
 
 
