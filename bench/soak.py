@@ -98,13 +98,12 @@ def _rss_kib(pid: int) -> int:
 
 
 def _redis_state(redis: SyncRedis) -> str:
-    kinds: Counter[str] = Counter()
-    lasting: list[str] = []
-    for key in redis.scan_iter(f"{PREFIX}:*", count=1000):
-        name = key.decode()
-        kinds[name.split(":")[1]] += 1
-        if redis.ttl(key) == -1:
-            lasting.append(name)
+    names = [key.decode() for key in redis.scan_iter(f"{PREFIX}:*", count=1000)]
+    kinds = Counter(name.split(":")[1] for name in names)
+    pipe = redis.pipeline(transaction=False)  # one round trip for every key's TTL
+    for name in names:
+        pipe.ttl(name)
+    lasting = [name for name, ttl in zip(names, pipe.execute(), strict=True) if ttl == -1]
     memory = redis.info("memory")["used_memory"]
     return (
         f"redis {memory / 2**20:.1f} MiB, keys {dict(sorted(kinds.items()))}, "

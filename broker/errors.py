@@ -75,6 +75,11 @@ def refused_by_acl(error: BaseException) -> bool:
     return isinstance(error, rex.ResponseError) and any(t in detail for t in _REFUSED_IN_SCRIPT)
 
 
+def _unblocked(error: BaseException) -> bool:
+    """A blocking read Redis ended ("UNBLOCKED ..."): a failover, or its key deleted."""
+    return isinstance(error, rex.ResponseError) and str(error).startswith("UNBLOCKED")
+
+
 def out_of_memory(target: RedisSettings | str, error: BaseException) -> BrokerOutOfMemory:
     """The Conveyor error for Redis at ``target`` (settings, or a URL redacted here)."""
     return BrokerOutOfMemory(_redacted(target), str(error).strip().rstrip("."))
@@ -87,7 +92,7 @@ def _reason(exc: BaseException) -> str:
         return f"authentication failed (check the user name and password): {detail}"
     if isinstance(exc, rex.AuthorizationError | rex.NoPermissionError):
         return f"permission denied (check the user's ACL rules): {detail}"
-    if detail.startswith("UNBLOCKED"):
+    if _unblocked(exc):
         return f"Redis ended a blocking read (a failover, or its key deleted?): {detail}"
     if isinstance(exc, rex.ReadOnlyError):
         return (
@@ -159,7 +164,7 @@ class translate_errors:
             raise BrokerConnectionError(_redacted(self._target), _reason(exc)) from exc
         if isinstance(exc, rex.OutOfMemoryError):
             raise out_of_memory(self._target, exc) from exc
-        if isinstance(exc, rex.ResponseError) and str(exc).startswith("UNBLOCKED"):
+        if _unblocked(exc):
             # A blocking read Redis ended: the server became a replica (a failover), or the
             # key went. Like a lost connection, it passes: the caller reads again.
             raise BrokerConnectionError(_redacted(self._target), _reason(exc)) from exc
